@@ -1,0 +1,43 @@
+// CUDA entry points for a build without CUDA: report why and refuse.
+#include "tensor/check.h"
+#include "tensor/cuda/cuda_backend.h"
+
+namespace dtrain::cuda {
+namespace {
+[[noreturn]] void refuse(const char* what) {
+  DTRAIN_THROW(UnsupportedError, what,
+               ": this dtrain was built without CUDA (configure with -DDTRAIN_CUDA=ON and nvcc)");
+}
+}  // namespace
+
+bool available() { return false; }
+int device_count() { return 0; }
+std::string unavailable_reason() { return "dtrain was built without CUDA"; }
+Allocator& allocator(int) { refuse("CUDA allocator"); }
+void copy_bytes(void*, Device, const void*, Device, size_t) { refuse("copy to/from CUDA"); }
+void fill(void*, DType, int64_t, double, int) { refuse("fill on CUDA"); }
+void convert(const void*, DType, void*, DType, int64_t, int) { refuse("to_dtype on CUDA"); }
+void unary(kernels::Unary, DType, const void*, void*, int64_t, kernels::UnaryParams, int) {
+  refuse("unary op on CUDA");
+}
+void binary(kernels::Binary, DType, const void*, const void*, void*, int64_t,
+            const kernels::BroadcastIndex&, int) {
+  refuse("binary op on CUDA");
+}
+void sum_dim(DType, const void*, void*, int64_t, int64_t, int64_t, int) { refuse("sum on CUDA"); }
+void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+          int64_t, float, float*, int64_t, int) {
+  refuse("gemm on CUDA");
+}
+void sgd_update(float*, const float*, float*, int64_t, const kernels::SgdParams&, int) {
+  refuse("SGD on CUDA");
+}
+void adam_update(float*, const float*, float*, float*, int64_t, const kernels::AdamParams&, int) {
+  refuse("Adam on CUDA");
+}
+void rmsprop_update(float*, const float*, float*, float*, int64_t, const kernels::RmspropParams&,
+                    int) {
+  refuse("RMSprop on CUDA");
+}
+
+}  // namespace dtrain::cuda

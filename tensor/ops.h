@@ -1,0 +1,119 @@
+// Raw tensor operations: compute only, no autograd recording. The differentiable versions that
+// users call (dtrain::add, dtrain::matmul, ...) live in autograd/functions.h and use these.
+// Every op validates its operands and throws an error naming the op and both operands.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "tensor/kernels.h"
+#include "tensor/tensor.h"
+
+namespace dtrain::ops {
+
+/// The broadcast shape of a and b (NumPy rules); throws naming op and both shapes.
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+
+// ---- elementwise ----------------------------------------------------------------------------
+Tensor unary(kernels::Unary op, const Tensor& x, kernels::UnaryParams params = {});
+/// Broadcasting; comparisons return bool tensors.
+Tensor binary(kernels::Binary op, const Tensor& a, const Tensor& b);
+/// out = op(out, b) in place; b broadcasts to out's shape.
+void binary_(kernels::Binary op, Tensor& out, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+/// y += alpha * x (same shape) in place.
+void axpy_(Tensor& y, double alpha, const Tensor& x);
+void scale_(Tensor& t, double factor);
+/// True when every element is finite.
+bool all_finite(const Tensor& t);
+
+// ---- reductions (fixed order: the same bits on every run and thread count) --------------------
+/// Sum over dims (empty = all); negative dims count from the end.
+Tensor sum(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
+/// Max over one dim: values and int64 indices (first maximum wins).
+std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor max_all(const Tensor& x);
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
+/// Sums a broadcast gradient back to `shape` (the reverse of broadcasting).
+Tensor sum_to(const Tensor& g, const Shape& shape);
+
+// ---- linear algebra -------------------------------------------------------------------------
+/// C = alpha * op(A) @ op(B) + beta * C for 2-D tensors, op = transpose when the flag is set.
+/// Transposes are GEMM flags, never copies. float32 through oneDNN (CPU) or cuBLAS (CUDA).
+void gemm(bool trans_a, bool trans_b, const Tensor& a, const Tensor& b, Tensor& c,
+          float alpha = 1.f, float beta = 0.f);
+/// [.., M, K] @ [.., K, N] with broadcast batch dims; both operands at least 2-D.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+
+// ---- convolution and pooling (NCHW) -------------------------------------------------------
+struct Conv2dArgs {
+  int64_t stride = 1, padding = 0;
+};
+/// x [N, C, H, W], w [O, C, KH, KW], bias [O] or undefined -> [N, O, OH, OW]. oneDNN on the CPU.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args);
+/// Gradients of conv2d: dx (needs x's shape), dw, db (when want_bias).
+Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_shape,
+                             Conv2dArgs args);
+Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
+                              Conv2dArgs args);
+/// The reference implementation (im2col + GEMM) the tests compare oneDNN against.
+Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args);
+Tensor im2col(const Tensor& x, int64_t kh, int64_t kw, Conv2dArgs args);  // [N, C*KH*KW, OH*OW]
+
+struct Pool2dArgs {
+  int64_t kernel = 2, stride = 2, padding = 0;
+};
+/// Returns output and, for max pooling, the flat input index of each maximum (int64).
+std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs args);
+Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape);
+/// Padding counts towards the divisor (PyTorch's count_include_pad=True).
+Tensor avg_pool2d(const Tensor& x, Pool2dArgs args);
+Tensor avg_pool2d_backward(const Tensor& gy, const Shape& x_shape, Pool2dArgs args);
+
+// ---- softmax family, normalisation, losses ---------------------------------------------------
+Tensor softmax(const Tensor& x, int64_t dim);
+Tensor log_softmax(const Tensor& x, int64_t dim);
+Tensor softmax_backward(const Tensor& y, const Tensor& gy, int64_t dim);
+Tensor log_softmax_backward(const Tensor& y, const Tensor& gy, int64_t dim);
+/// Mean cross-entropy of logits [N, C] against int64 targets [N]; also returns the softmax
+/// probabilities, which the backward pass needs.
+std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tensor& targets,
+                                                double label_smoothing = 0.0);
+Tensor softmax_cross_entropy_backward(const Tensor& probs, const Tensor& targets, double grad_loss,
+                                      double label_smoothing = 0.0);
+
+struct NormStats {
+  Tensor mean, rstd;  // per normalised group
+};
+/// Normalises over the trailing dims whose product is `group` (x viewed as [rows, group]).
+std::pair<Tensor, NormStats> layer_norm(const Tensor& x, int64_t group, const Tensor& weight,
+                                        const Tensor& bias, double eps);
+/// Returns dx, dweight, dbias.
+std::vector<Tensor> layer_norm_backward(const Tensor& gy, const Tensor& x, const NormStats& stats,
+                                        const Tensor& weight, int64_t group);
+/// Batch norm over [N, C] or [N, C, H, W] with per-channel statistics. In training, updates
+/// running stats (when defined) with `momentum` and the unbiased variance.
+std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                        Tensor running_mean, Tensor running_var, bool training,
+                                        double momentum, double eps);
+std::vector<Tensor> batch_norm_backward(const Tensor& gy, const Tensor& x, const NormStats& stats,
+                                        const Tensor& weight, bool training);
+
+// ---- indexing, shape ------------------------------------------------------------------------
+/// weight [V, D], indices int64 of any shape -> [..., D]; names the bad index when out of range.
+Tensor embedding(const Tensor& weight, const Tensor& indices);
+Tensor embedding_backward(const Tensor& gy, const Tensor& indices, int64_t num_embeddings);
+/// Copying unless the slice is contiguous in memory (then a view). end is clamped to size(dim).
+Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end);
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
+/// Copying permutation of the dims.
+Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
+/// Mask with P(keep) = 1 - p, scaled by 1 / (1 - p), from the generator's Philox stream.
+Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype = DType::kFloat32);
+/// Wraps a negative dim and checks its range, naming op and the shape.
+int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op);
+
+}  // namespace dtrain::ops

@@ -1,0 +1,374 @@
+// Convolution through oneDNN's primitives (forward, backward-data, backward-weights), the
+// im2col + GEMM reference the tests compare it with (also the float64 path), and 2-D pooling.
+#include <limits>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "tensor/cpu/parallel.h"
+#include "tensor/dispatch.h"
+#include "tensor/ops.h"
+
+namespace dtrain::ops {
+namespace {
+
+struct ConvGeometry {
+  int64_t n, c, h, w, o, kh, kw, oh, ow;
+};
+
+ConvGeometry conv_geometry(const Shape& x, const Shape& w, Conv2dArgs args, const char* op) {
+  DTRAIN_CHECK(x.size() == 4, op, ": input must be [N, C, H, W]; got ", shape_str(x));
+  DTRAIN_CHECK(w.size() == 4, op, ": weight must be [O, C, KH, KW]; got ", shape_str(w));
+  DTRAIN_CHECK(x[1] == w[1], op, ": input ", shape_str(x), " has ", x[1],
+               " channels but weight ", shape_str(w), " expects ", w[1]);
+  DTRAIN_CHECK(args.stride >= 1 && args.padding >= 0, op, ": stride must be >= 1 and padding >= 0;"
+               " got stride ", args.stride, ", padding ", args.padding);
+  ConvGeometry g{x[0], x[1], x[2], x[3], w[0], w[2], w[3], 0, 0};
+  g.oh = (g.h + 2 * args.padding - g.kh) / args.stride + 1;
+  g.ow = (g.w + 2 * args.padding - g.kw) / args.stride + 1;
+  DTRAIN_CHECK(g.h + 2 * args.padding >= g.kh && g.w + 2 * args.padding >= g.kw, op, ": kernel ",
+               g.kh, "x", g.kw, " is larger than the padded input ", shape_str(x));
+  return g;
+}
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+using dnnl::memory;
+using tag = memory::format_tag;
+constexpr auto f32 = memory::data_type::f32;
+
+struct ConvDescs {
+  memory::desc src, wei, bias, dst;
+  memory::dims strides, pad;
+};
+ConvDescs conv_descs(const ConvGeometry& g, Conv2dArgs args) {
+  return {memory::desc({g.n, g.c, g.h, g.w}, f32, tag::nchw),
+          memory::desc({g.o, g.c, g.kh, g.kw}, f32, tag::oihw), memory::desc({g.o}, f32, tag::x),
+          memory::desc({g.n, g.o, g.oh, g.ow}, f32, tag::nchw),
+          {args.stride, args.stride},
+          {args.padding, args.padding}};
+}
+
+// oneDNN keeps its own cache of compiled primitives, so re-creating a primitive for a shape
+// seen before is a cache hit rather than a JIT compilation.
+dnnl::convolution_forward::primitive_desc forward_pd(const ConvDescs& d, bool with_bias) {
+  auto desc = with_bias
+                  ? dnnl::convolution_forward::desc(
+                        dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                        d.src, d.wei, d.bias, d.dst, d.strides, d.pad, d.pad)
+                  : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                    dnnl::algorithm::convolution_direct, d.src,
+                                                    d.wei, d.dst, d.strides, d.pad, d.pad);
+  return {desc, cpu_engine()};
+}
+
+memory wrap(const memory::desc& md, const Tensor& t) {
+  return memory(md, cpu_engine(), t.data_ptr());
+}
+
+bool use_reference(const Tensor& x) { return x.dtype() != DType::kFloat32; }
+
+template <class T>
+void im2col_plane(const T* x, T* col, const ConvGeometry& g, Conv2dArgs a) {
+  // col [C*KH*KW, OH*OW] for one image.
+  const int64_t ohw = g.oh * g.ow;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t ki = 0; ki < g.kh; ++ki)
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        T* row = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
+        for (int64_t oi = 0; oi < g.oh; ++oi) {
+          const int64_t hi = oi * a.stride - a.padding + ki;
+          for (int64_t oj = 0; oj < g.ow; ++oj) {
+            const int64_t wj = oj * a.stride - a.padding + kj;
+            const bool inside = hi >= 0 && hi < g.h && wj >= 0 && wj < g.w;
+            row[oi * g.ow + oj] = inside ? x[(c * g.h + hi) * g.w + wj] : T(0);
+          }
+        }
+      }
+}
+
+template <class T>
+void col2im_plane(const T* col, T* x, const ConvGeometry& g, Conv2dArgs a) {
+  const int64_t ohw = g.oh * g.ow;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t ki = 0; ki < g.kh; ++ki)
+      for (int64_t kj = 0; kj < g.kw; ++kj) {
+        const T* row = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
+        for (int64_t oi = 0; oi < g.oh; ++oi) {
+          const int64_t hi = oi * a.stride - a.padding + ki;
+          if (hi < 0 || hi >= g.h) continue;
+          for (int64_t oj = 0; oj < g.ow; ++oj) {
+            const int64_t wj = oj * a.stride - a.padding + kj;
+            if (wj >= 0 && wj < g.w) x[(c * g.h + hi) * g.w + wj] += row[oi * g.ow + oj];
+          }
+        }
+      }
+}
+
+Tensor conv2d_backward_input_reference(const Tensor& gy, const Tensor& w, const ConvGeometry& g,
+                                       Conv2dArgs args) {
+  Tensor dx = zeros({g.n, g.c, g.h, g.w}, gy.dtype());
+  const int64_t ckk = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
+  Tensor w2 = w.view({g.o, ckk});
+  detail::dispatch_floating(gy.dtype(), "conv2d backward", [&](auto tag_) {
+    using T = decltype(tag_);
+    Tensor col({ckk, ohw}, gy.dtype());
+    for (int64_t n = 0; n < g.n; ++n) {
+      Tensor gyn(gy.storage(), gy.storage_offset_bytes() + n * g.o * ohw * sizeof(T), {g.o, ohw},
+                 gy.dtype());
+      gemm(true, false, w2, gyn, col);
+      col2im_plane<T>(col.data<T>(), dx.data<T>() + n * g.c * g.h * g.w, g, args);
+    }
+  });
+  return dx;
+}
+
+Tensor conv2d_backward_weight_reference(const Tensor& gy, const Tensor& x, const ConvGeometry& g,
+                                        Conv2dArgs args) {
+  const int64_t ckk = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
+  Tensor dw = zeros({g.o, ckk}, gy.dtype());
+  Tensor cols = im2col(x, g.kh, g.kw, args);
+  const size_t es = dtype_size(gy.dtype());
+  for (int64_t n = 0; n < g.n; ++n) {
+    Tensor gyn(gy.storage(), gy.storage_offset_bytes() + n * g.o * ohw * es, {g.o, ohw},
+               gy.dtype());
+    Tensor coln(cols.storage(), n * ckk * ohw * es, {ckk, ohw}, gy.dtype());
+    gemm(false, true, gyn, coln, dw, 1.f, 1.f);
+  }
+  return dw.view({g.o, g.c, g.kh, g.kw});
+}
+
+}  // namespace
+
+Tensor im2col(const Tensor& x, int64_t kh, int64_t kw, Conv2dArgs args) {
+  detail::check_cpu("im2col", x);
+  const ConvGeometry g = conv_geometry(x.shape(), {1, x.size(1), kh, kw}, args, "im2col");
+  const int64_t ckk = g.c * kh * kw, ohw = g.oh * g.ow;
+  Tensor cols({g.n, ckk, ohw}, x.dtype());
+  detail::dispatch_floating(x.dtype(), "im2col", [&](auto tag_) {
+    using T = decltype(tag_);
+    cpu::parallel_for(g.n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n)
+        im2col_plane<T>(x.data<T>() + n * g.c * g.h * g.w, cols.data<T>() + n * ckk * ohw, g, args);
+    });
+  });
+  return cols;
+}
+
+Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args) {
+  detail::check_same("conv2d", x, w);
+  const ConvGeometry g = conv_geometry(x.shape(), w.shape(), args, "conv2d");
+  const int64_t ckk = g.c * g.kh * g.kw;
+  Tensor cols = im2col(x, g.kh, g.kw, args);              // [N, CKK, OHW]
+  Tensor out = matmul(w.view({g.o, ckk}), cols);          // [N, O, OHW]
+  if (bias.defined()) {
+    DTRAIN_CHECK(bias.dim() == 1 && bias.size(0) == g.o, "conv2d: bias must be [", g.o, "]; got ",
+                 bias.describe());
+    binary_(kernels::Binary::kAdd, out, bias.view({g.o, 1}));
+  }
+  return out.view({g.n, g.o, g.oh, g.ow});
+}
+
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args) {
+  detail::check_same("conv2d", x, w);
+  detail::check_cpu("conv2d", x);
+  const ConvGeometry g = conv_geometry(x.shape(), w.shape(), args, "conv2d");
+  if (bias.defined()) {
+    detail::check_same("conv2d", x, bias);
+    DTRAIN_CHECK(bias.dim() == 1 && bias.size(0) == g.o, "conv2d: bias must be [", g.o, "]; got ",
+                 bias.describe());
+  }
+  if (use_reference(x)) return conv2d_reference(x, w, bias, args);
+  Tensor y({g.n, g.o, g.oh, g.ow}, x.dtype());
+  const ConvDescs d = conv_descs(g, args);
+  const auto pd = forward_pd(d, bias.defined());
+  dnnl::stream stream(cpu_engine());
+  std::unordered_map<int, memory> io{{DNNL_ARG_SRC, wrap(d.src, x)},
+                                     {DNNL_ARG_WEIGHTS, wrap(d.wei, w)},
+                                     {DNNL_ARG_DST, wrap(d.dst, y)}};
+  if (bias.defined()) io.emplace(DNNL_ARG_BIAS, wrap(d.bias, bias));
+  dnnl::convolution_forward(pd).execute(stream, io);
+  stream.wait();
+  return y;
+}
+
+Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_shape,
+                             Conv2dArgs args) {
+  detail::check_same("conv2d backward", gy, w);
+  detail::check_cpu("conv2d backward", gy);
+  const ConvGeometry g = conv_geometry(x_shape, w.shape(), args, "conv2d backward");
+  if (use_reference(gy)) return conv2d_backward_input_reference(gy, w, g, args);
+  Tensor dx(x_shape, gy.dtype());
+  const ConvDescs d = conv_descs(g, args);
+  const auto fwd = forward_pd(d, false);
+  dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, d.src, d.wei,
+                                             d.dst, d.strides, d.pad, d.pad);
+  dnnl::convolution_backward_data::primitive_desc pd(desc, cpu_engine(), fwd);
+  dnnl::stream stream(cpu_engine());
+  dnnl::convolution_backward_data(pd).execute(
+      stream, {{DNNL_ARG_DIFF_DST, wrap(d.dst, gy)},
+               {DNNL_ARG_WEIGHTS, wrap(d.wei, w)},
+               {DNNL_ARG_DIFF_SRC, wrap(d.src, dx)}});
+  stream.wait();
+  return dx;
+}
+
+Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
+                              Conv2dArgs args) {
+  detail::check_same("conv2d backward", gy, x);
+  detail::check_cpu("conv2d backward", gy);
+  const ConvGeometry g = conv_geometry(x.shape(), w_shape, args, "conv2d backward");
+  if (use_reference(gy)) return conv2d_backward_weight_reference(gy, x, g, args);
+  Tensor dw(w_shape, gy.dtype());
+  const ConvDescs d = conv_descs(g, args);
+  const auto fwd = forward_pd(d, false);
+  dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, d.src, d.wei,
+                                                d.dst, d.strides, d.pad, d.pad);
+  dnnl::convolution_backward_weights::primitive_desc pd(desc, cpu_engine(), fwd);
+  dnnl::stream stream(cpu_engine());
+  dnnl::convolution_backward_weights(pd).execute(
+      stream, {{DNNL_ARG_SRC, wrap(d.src, x)},
+               {DNNL_ARG_DIFF_DST, wrap(d.dst, gy)},
+               {DNNL_ARG_DIFF_WEIGHTS, wrap(d.wei, dw)}});
+  stream.wait();
+  return dw;
+}
+
+// ---- pooling --------------------------------------------------------------------------------
+namespace {
+struct PoolGeometry {
+  int64_t planes, h, w, oh, ow;
+};
+PoolGeometry pool_geometry(const Shape& x, Pool2dArgs a, const char* op) {
+  DTRAIN_CHECK(x.size() == 4, op, ": input must be [N, C, H, W]; got ", shape_str(x));
+  DTRAIN_CHECK(a.kernel >= 1 && a.stride >= 1 && a.padding >= 0 && 2 * a.padding <= a.kernel, op,
+               ": needs kernel >= 1, stride >= 1 and 0 <= padding <= kernel / 2; got kernel ",
+               a.kernel, ", stride ", a.stride, ", padding ", a.padding);
+  PoolGeometry g{x[0] * x[1], x[2], x[3], 0, 0};
+  DTRAIN_CHECK(g.h + 2 * a.padding >= a.kernel && g.w + 2 * a.padding >= a.kernel, op,
+               ": kernel ", a.kernel, " is larger than the padded input ", shape_str(x));
+  g.oh = (g.h + 2 * a.padding - a.kernel) / a.stride + 1;
+  g.ow = (g.w + 2 * a.padding - a.kernel) / a.stride + 1;
+  return g;
+}
+}  // namespace
+
+std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
+  detail::check_cpu("max_pool2d", x);
+  const PoolGeometry g = pool_geometry(x.shape(), a, "max_pool2d");
+  Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype());
+  Tensor idx(y.shape(), DType::kInt64);
+  detail::dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag_) {
+    using T = decltype(tag_);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    int64_t* pi = idx.data<int64_t>();
+    cpu::parallel_for(g.planes, 1, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        for (int64_t oi = 0; oi < g.oh; ++oi)
+          for (int64_t oj = 0; oj < g.ow; ++oj) {
+            T best = -std::numeric_limits<T>::infinity();
+            int64_t arg = -1;
+            for (int64_t ki = 0; ki < a.kernel; ++ki) {
+              const int64_t hi = oi * a.stride - a.padding + ki;
+              if (hi < 0 || hi >= g.h) continue;
+              for (int64_t kj = 0; kj < a.kernel; ++kj) {
+                const int64_t wj = oj * a.stride - a.padding + kj;
+                if (wj < 0 || wj >= g.w) continue;
+                const T v = px[(p * g.h + hi) * g.w + wj];
+                if (v > best || arg < 0) {
+                  best = v;
+                  arg = hi * g.w + wj;
+                }
+              }
+            }
+            const int64_t o = (p * g.oh + oi) * g.ow + oj;
+            py[o] = best;
+            pi[o] = arg;
+          }
+    });
+  });
+  return {y, idx};
+}
+
+Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape) {
+  detail::check_cpu("max_pool2d backward", gy);
+  Tensor dx = zeros(x_shape, gy.dtype());
+  const int64_t planes = x_shape[0] * x_shape[1], hw = x_shape[2] * x_shape[3];
+  const int64_t ohw = gy.size(2) * gy.size(3);
+  const int64_t* pi = indices.data<int64_t>();
+  detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
+    using T = decltype(tag_);
+    const T* pg = gy.data<T>();
+    T* pd = dx.data<T>();
+    cpu::parallel_for(planes, 1, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        for (int64_t o = 0; o < ohw; ++o) pd[p * hw + pi[p * ohw + o]] += pg[p * ohw + o];
+    });
+  });
+  return dx;
+}
+
+namespace {
+/// PyTorch's window for count_include_pad=True: the divisor counts padding but not the part of
+/// the window that hangs past the padded border.
+struct Window {
+  int64_t h0, h1, w0, w1, divisor;
+};
+Window avg_window(int64_t oi, int64_t oj, const PoolGeometry& g, Pool2dArgs a) {
+  int64_t h0 = oi * a.stride - a.padding, w0 = oj * a.stride - a.padding;
+  int64_t h1 = std::min(h0 + a.kernel, g.h + a.padding), w1 = std::min(w0 + a.kernel, g.w + a.padding);
+  const int64_t divisor = (h1 - h0) * (w1 - w0);
+  return {std::max<int64_t>(h0, 0), std::min(h1, g.h), std::max<int64_t>(w0, 0),
+          std::min(w1, g.w), divisor};
+}
+}  // namespace
+
+Tensor avg_pool2d(const Tensor& x, Pool2dArgs a) {
+  detail::check_cpu("avg_pool2d", x);
+  const PoolGeometry g = pool_geometry(x.shape(), a, "avg_pool2d");
+  Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype());
+  detail::dispatch_floating(x.dtype(), "avg_pool2d", [&](auto tag_) {
+    using T = decltype(tag_);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    cpu::parallel_for(g.planes, 1, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        for (int64_t oi = 0; oi < g.oh; ++oi)
+          for (int64_t oj = 0; oj < g.ow; ++oj) {
+            const Window wd = avg_window(oi, oj, g, a);
+            T acc = 0;
+            for (int64_t hi = wd.h0; hi < wd.h1; ++hi)
+              for (int64_t wj = wd.w0; wj < wd.w1; ++wj) acc += px[(p * g.h + hi) * g.w + wj];
+            py[(p * g.oh + oi) * g.ow + oj] = acc / T(wd.divisor);
+          }
+    });
+  });
+  return y;
+}
+
+Tensor avg_pool2d_backward(const Tensor& gy, const Shape& x_shape, Pool2dArgs a) {
+  detail::check_cpu("avg_pool2d backward", gy);
+  const PoolGeometry g = pool_geometry(x_shape, a, "avg_pool2d backward");
+  Tensor dx = zeros(x_shape, gy.dtype());
+  detail::dispatch_floating(gy.dtype(), "avg_pool2d backward", [&](auto tag_) {
+    using T = decltype(tag_);
+    const T* pg = gy.data<T>();
+    T* pd = dx.data<T>();
+    cpu::parallel_for(g.planes, 1, [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        for (int64_t oi = 0; oi < g.oh; ++oi)
+          for (int64_t oj = 0; oj < g.ow; ++oj) {
+            const Window wd = avg_window(oi, oj, g, a);
+            const T v = pg[(p * g.oh + oi) * g.ow + oj] / T(wd.divisor);
+            for (int64_t hi = wd.h0; hi < wd.h1; ++hi)
+              for (int64_t wj = wd.w0; wj < wd.w1; ++wj) pd[(p * g.h + hi) * g.w + wj] += v;
+          }
+    });
+  });
+  return dx;
+}
+
+}  // namespace dtrain::ops

@@ -1,0 +1,285 @@
+// Elementwise ops with broadcasting: the shared kernel bodies run by the CPU loop or on CUDA.
+#include <cmath>
+
+#include "tensor/cpu/parallel.h"
+#include "tensor/cuda/cuda_backend.h"
+#include "tensor/dispatch.h"
+#include "tensor/ops.h"
+
+namespace dtrain::ops {
+
+using kernels::Binary;
+using kernels::Unary;
+
+int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op) {
+  const int64_t wrapped = dim < 0 ? dim + ndim : dim;
+  if (wrapped < 0 || wrapped >= std::max<int64_t>(ndim, 1)) {
+    DTRAIN_THROW(ValueError, op, ": dim ", dim, " is out of range for a tensor with ", ndim,
+                 " dims");
+  }
+  return wrapped;
+}
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
+  const size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    const int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    if (da != db && da != 1 && db != 1) {
+      DTRAIN_THROW(ValueError, op, ": shapes ", shape_str(a), " and ", shape_str(b),
+                   " cannot be broadcast (dim ", i, ": ", da, " vs ", db, ")");
+    }
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+namespace {
+
+kernels::BroadcastIndex make_index(const Shape& out, const Shape& a, const Shape& b) {
+  kernels::BroadcastIndex index;
+  DTRAIN_CHECK(out.size() <= kernels::BroadcastIndex::kMaxDims, "broadcast: at most ",
+               kernels::BroadcastIndex::kMaxDims, " dims are supported; got ", shape_str(out));
+  index.ndim = static_cast<int>(out.size());
+  int64_t sa = 1, sb = 1;
+  for (int d = index.ndim - 1; d >= 0; --d) {
+    const int64_t ia = d - (index.ndim - static_cast<int>(a.size()));
+    const int64_t ib = d - (index.ndim - static_cast<int>(b.size()));
+    const int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
+    index.shape[d] = out[d];
+    index.a_stride[d] = da == 1 ? 0 : sa;
+    index.b_stride[d] = db == 1 ? 0 : sb;
+    sa *= da;
+    sb *= db;
+  }
+  return index;
+}
+
+/// out[i] = op(a[.], b[.]) on the CPU. Fast paths: equal shapes, and b broadcast along rows or
+/// a scalar; otherwise rows of the last dim with per-row offsets.
+template <class T, class O>
+void binary_cpu(Binary op, const T* a, const T* b, O* out, const Shape& out_shape,
+                const Shape& a_shape, const Shape& b_shape) {
+  const int64_t n = shape_numel(out_shape);
+  const auto run = [&](auto f) {
+    if (a_shape == b_shape) {
+      cpu::parallel_for(n, [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) out[i] = static_cast<O>(f(a[i], b[i]));
+      });
+      return;
+    }
+    if (shape_numel(b_shape) == 1 && a_shape == out_shape) {
+      const T bv = b[0];
+      cpu::parallel_for(n, [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) out[i] = static_cast<O>(f(a[i], bv));
+      });
+      return;
+    }
+    const kernels::BroadcastIndex index = make_index(out_shape, a_shape, b_shape);
+    const int last = index.ndim - 1;
+    const int64_t cols = last >= 0 ? index.shape[last] : 1;
+    const int64_t rows = cols > 0 ? n / cols : 0;
+    const int64_t as = last >= 0 ? index.a_stride[last] : 0;
+    const int64_t bs = last >= 0 ? index.b_stride[last] : 0;
+    cpu::parallel_for(rows, std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(cols, 1)),
+                      [&](int64_t s, int64_t e) {
+                        for (int64_t r = s; r < e; ++r) {
+                          int64_t oa, ob;
+                          index.offsets(r * cols, oa, ob);
+                          O* o = out + r * cols;
+                          for (int64_t c = 0; c < cols; ++c) {
+                            o[c] = static_cast<O>(f(a[oa + c * as], b[ob + c * bs]));
+                          }
+                        }
+                      });
+  };
+  // Switch outside the loop so each op gets its own vectorisable inner loop.
+  switch (op) {
+    case Binary::kAdd: run([](T x, T y) { return x + y; }); return;
+    case Binary::kSub: run([](T x, T y) { return x - y; }); return;
+    case Binary::kMul: run([](T x, T y) { return x * y; }); return;
+    case Binary::kDiv: run([](T x, T y) { return x / y; }); return;
+    case Binary::kReluBackward: run([](T x, T y) { return x > T(0) ? y : T(0); }); return;
+    default: run([op](T x, T y) { return kernels::apply_binary(op, x, y); }); return;
+  }
+}
+
+void check_binary_operands(const char* op, const Tensor& a, const Tensor& b) {
+  detail::check_same(op, a, b);
+}
+
+const char* binary_name(Binary op) {
+  switch (op) {
+    case Binary::kAdd: return "add";
+    case Binary::kSub: return "sub";
+    case Binary::kMul: return "mul";
+    case Binary::kDiv: return "div";
+    case Binary::kPow: return "pow";
+    case Binary::kMax: return "maximum";
+    case Binary::kMin: return "minimum";
+    case Binary::kEq: return "eq";
+    case Binary::kNe: return "ne";
+    case Binary::kLt: return "lt";
+    case Binary::kLe: return "le";
+    case Binary::kGt: return "gt";
+    case Binary::kGe: return "ge";
+    default: return "elementwise backward";
+  }
+}
+
+}  // namespace
+
+Tensor unary(Unary op, const Tensor& x, kernels::UnaryParams params) {
+  detail::check_defined("unary op", x, "input");
+  Tensor y(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cuda()) {
+    cuda::unary(op, x.dtype(), x.data_ptr(), y.data_ptr(), x.numel(), params, x.device().index);
+    return y;
+  }
+  const auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = x.data<T>();
+    T* out = y.data<T>();
+    const auto loop = [&](auto f) {
+      cpu::parallel_for(x.numel(), [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) out[i] = f(in[i]);
+      });
+    };
+    if (op == Unary::kRelu) {
+      loop([](T v) { return v > T(0) ? v : T(0); });
+    } else if (op == Unary::kNeg) {
+      loop([](T v) { return -v; });
+    } else if (op == Unary::kMulScalar) {
+      const T p = static_cast<T>(params.p);
+      loop([p](T v) { return v * p; });
+    } else {
+      loop([&](T v) { return kernels::apply_unary(op, v, params); });
+    }
+  };
+  if (op == Unary::kNeg || op == Unary::kAbs || op == Unary::kMulScalar ||
+      op == Unary::kAddScalar || op == Unary::kRelu || op == Unary::kClamp ||
+      op == Unary::kSquare || op == Unary::kSign) {
+    detail::dispatch_numeric(x.dtype(), "unary op", run);
+  } else {
+    detail::dispatch_floating(x.dtype(), "unary op", run);
+  }
+  return y;
+}
+
+Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
+  const char* name = binary_name(op);
+  check_binary_operands(name, a, b);
+  const Shape out_shape = broadcast_shapes(a.shape(), b.shape(), name);
+  const bool cmp = kernels::is_comparison(op);
+  Tensor out(out_shape, cmp ? DType::kBool : a.dtype(), a.device());
+  if (a.device().is_cuda()) {
+    cuda::binary(op, a.dtype(), a.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(),
+                 make_index(out_shape, a.shape(), b.shape()), a.device().index);
+    return out;
+  }
+  detail::dispatch_numeric(a.dtype(), name, [&](auto tag) {
+    using T = decltype(tag);
+    if (cmp) {
+      binary_cpu<T, bool>(op, a.data<T>(), b.data<T>(), out.data<bool>(), out_shape, a.shape(),
+                          b.shape());
+    } else {
+      binary_cpu<T, T>(op, a.data<T>(), b.data<T>(), out.data<T>(), out_shape, a.shape(),
+                       b.shape());
+    }
+  });
+  return out;
+}
+
+void binary_(Binary op, Tensor& out, const Tensor& b) {
+  const char* name = binary_name(op);
+  check_binary_operands(name, out, b);
+  const Shape shape = broadcast_shapes(out.shape(), b.shape(), name);
+  DTRAIN_CHECK(shape == out.shape(), name, "_: in-place result ", shape_str(shape),
+               " does not fit the destination ", out.describe());
+  DTRAIN_CHECK(!kernels::is_comparison(op), name, "_: comparisons cannot be done in place");
+  if (out.device().is_cuda()) {
+    cuda::binary(op, out.dtype(), out.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(),
+                 make_index(shape, out.shape(), b.shape()), out.device().index);
+    return;
+  }
+  detail::dispatch_numeric(out.dtype(), name, [&](auto tag) {
+    using T = decltype(tag);
+    binary_cpu<T, T>(op, out.data<T>(), b.data<T>(), out.data<T>(), shape, out.shape(), b.shape());
+  });
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  check_binary_operands("where", a, b);
+  detail::check_defined("where", cond, "condition");
+  DTRAIN_CHECK(cond.dtype() == DType::kBool, "where: condition must be bool; got ",
+               cond.describe());
+  const Shape ab = broadcast_shapes(a.shape(), b.shape(), "where");
+  const Shape shape = broadcast_shapes(cond.shape(), ab, "where");
+  detail::check_cpu("where", a);
+  Tensor out(shape, a.dtype());
+  const kernels::BroadcastIndex ia = make_index(shape, a.shape(), b.shape());
+  const kernels::BroadcastIndex ic = make_index(shape, cond.shape(), cond.shape());
+  const bool* c = cond.data<bool>();
+  detail::dispatch_numeric(a.dtype(), "where", [&](auto tag) {
+    using T = decltype(tag);
+    const T* pa = a.data<T>();
+    const T* pb = b.data<T>();
+    T* po = out.data<T>();
+    cpu::parallel_for(out.numel(), [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) {
+        int64_t oa, ob, oc, unused;
+        ia.offsets(i, oa, ob);
+        ic.offsets(i, oc, unused);
+        po[i] = c[oc] ? pa[oa] : pb[ob];
+      }
+    });
+  });
+  return out;
+}
+
+void axpy_(Tensor& y, double alpha, const Tensor& x) {
+  detail::check_same("axpy_", y, x);
+  DTRAIN_CHECK(y.shape() == x.shape(), "axpy_: shapes differ: ", y.describe(), " and ",
+               x.describe());
+  if (y.device().is_cuda()) {
+    binary_(Binary::kAdd, y, alpha == 1.0 ? x : unary(Unary::kMulScalar, x, {alpha}));
+    return;
+  }
+  detail::dispatch_floating(y.dtype(), "axpy_", [&](auto tag) {
+    using T = decltype(tag);
+    T* py = y.data<T>();
+    const T* px = x.data<T>();
+    const T a = static_cast<T>(alpha);
+    cpu::parallel_for(y.numel(), [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) py[i] += a * px[i];
+    });
+  });
+}
+
+void scale_(Tensor& t, double factor) {
+  if (t.device().is_cuda()) {
+    t.copy_(unary(Unary::kMulScalar, t, {factor}));
+    return;
+  }
+  detail::dispatch_floating(t.dtype(), "scale_", [&](auto tag) {
+    using T = decltype(tag);
+    T* p = t.data<T>();
+    const T f = static_cast<T>(factor);
+    cpu::parallel_for(t.numel(), [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) p[i] *= f;
+    });
+  });
+}
+
+bool all_finite(const Tensor& t) {
+  if (!is_floating(t.dtype())) return true;
+  Tensor host = to_dtype(to_device(t, Device::cpu()), DType::kFloat64);
+  const double* p = host.data<double>();
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    if (!std::isfinite(p[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace dtrain::ops

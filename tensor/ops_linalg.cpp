@@ -1,0 +1,138 @@
+// GEMM and matmul: oneDNN's dnnl_sgemm on the CPU, cuBLAS on CUDA, a plain loop for float64.
+#include <oneapi/dnnl/dnnl.h>
+
+#include "tensor/cpu/parallel.h"
+#include "tensor/cuda/cuda_backend.h"
+#include "tensor/dispatch.h"
+#include "tensor/ops.h"
+
+namespace dtrain::ops {
+namespace {
+
+/// Row-major C[M, N] = alpha * op(A) op(B) + beta * C; lda/ldb/ldc are row strides as stored.
+template <class T>
+void gemm_reference(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                    int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  cpu::parallel_for(m, std::max<int64_t>(1, 4096 / std::max<int64_t>(n * k, 1)),
+                    [&](int64_t rb, int64_t re) {
+                      for (int64_t i = rb; i < re; ++i) {
+                        for (int64_t j = 0; j < n; ++j) {
+                          T acc = 0;
+                          for (int64_t p = 0; p < k; ++p) {
+                            const T av = ta ? a[p * lda + i] : a[i * lda + p];
+                            const T bv = tb ? b[j * ldb + p] : b[p * ldb + j];
+                            acc += av * bv;
+                          }
+                          c[i * ldc + j] = alpha * acc + (beta == T(0) ? T(0) : beta * c[i * ldc + j]);
+                        }
+                      }
+                    });
+}
+
+void gemm_raw(Device device, DType dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+              float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, float beta,
+              void* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (dtype == DType::kFloat32) {
+    if (device.is_cuda()) {
+      cuda::gemm(ta, tb, m, n, k, alpha, static_cast<const float*>(a), lda,
+                 static_cast<const float*>(b), ldb, beta, static_cast<float*>(c), ldc,
+                 device.index);
+      return;
+    }
+    if (k == 0) {
+      // oneDNN rejects K = 0; the product is empty, so C = beta * C.
+      float* pc = static_cast<float*>(c);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) pc[i * ldc + j] = beta == 0.f ? 0.f : beta * pc[i * ldc + j];
+      return;
+    }
+    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha,
+                                        static_cast<const float*>(a), lda,
+                                        static_cast<const float*>(b), ldb, beta,
+                                        static_cast<float*>(c), ldc);
+    DTRAIN_CHECK(st == dnnl_success, "gemm: dnnl_sgemm failed with status ", static_cast<int>(st),
+                 " for M=", m, " N=", n, " K=", k);
+    return;
+  }
+  DTRAIN_CHECK(device.is_cpu(), "gemm: ", dtype_name(dtype), " is supported on the CPU only");
+  detail::dispatch_floating(dtype, "gemm", [&](auto tag) {
+    using T = decltype(tag);
+    gemm_reference<T>(ta, tb, m, n, k, T(alpha), static_cast<const T*>(a), lda,
+                      static_cast<const T*>(b), ldb, T(beta), static_cast<T*>(c), ldc);
+  });
+}
+
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, const Tensor& a, const Tensor& b, Tensor& c, float alpha,
+          float beta) {
+  detail::check_same("gemm", a, b);
+  detail::check_same("gemm", a, c);
+  DTRAIN_CHECK(a.dim() == 2 && b.dim() == 2 && c.dim() == 2, "gemm: expects 2-D operands; got ",
+               a.describe(), ", ", b.describe(), " and ", c.describe());
+  const int64_t m = trans_a ? a.size(1) : a.size(0), k = trans_a ? a.size(0) : a.size(1);
+  const int64_t kb = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
+  DTRAIN_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "gemm: ", trans_a ? "A^T " : "A ",
+               shape_str(a.shape()), " @ ", trans_b ? "B^T " : "B ", shape_str(b.shape()),
+               " into C ", shape_str(c.shape()), ": inner or outer dimensions do not match");
+  gemm_raw(a.device(), a.dtype(), trans_a, trans_b, m, n, k, alpha, a.data_ptr(), a.size(1),
+           b.data_ptr(), b.size(1), beta, c.data_ptr(), c.size(1));
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  detail::check_same("matmul", a, b);
+  DTRAIN_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: both operands need at least 2 dims; got ",
+               a.describe(), " and ", b.describe(), ". Reshape a vector to [1, K] or [K, 1]");
+  const int64_t ar = a.size(-2), ac = a.size(-1), br = b.size(-2), bc = b.size(-1);
+  const int64_t m = trans_a ? ac : ar, k = trans_a ? ar : ac;
+  const int64_t kb = trans_b ? bc : br, n = trans_b ? br : bc;
+  if (k != kb) {
+    DTRAIN_THROW(ValueError, "matmul: ", a.describe(), trans_a ? " (transposed)" : "", " @ ",
+                 b.describe(), trans_b ? " (transposed)" : "", ": inner dimensions ", k, " and ",
+                 kb, " differ");
+  }
+  const Shape a_batch(a.shape().begin(), a.shape().end() - 2);
+  const Shape b_batch(b.shape().begin(), b.shape().end() - 2);
+  const Shape batch = broadcast_shapes(a_batch, b_batch, "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  Tensor out(out_shape, a.dtype(), a.device());
+  const size_t es = dtype_size(a.dtype());
+  if (b.dim() == 2 && !trans_a) {
+    // [B..., M, K] @ [K, N]: one GEMM over the stacked rows.
+    gemm_raw(a.device(), a.dtype(), false, trans_b, shape_numel(a_batch) * m, n, k, 1.f,
+             a.data_ptr(), ac, b.data_ptr(), bc, 0.f, out.data_ptr(), n);
+    return out;
+  }
+  const int64_t batches = shape_numel(batch);
+  // Offsets of each batch in a and b with broadcasting (stride 0 on broadcast batch dims).
+  kernels::BroadcastIndex index;
+  index.ndim = static_cast<int>(batch.size());
+  {
+    int64_t sa = 1, sb = 1;
+    for (int d = index.ndim - 1; d >= 0; --d) {
+      const int64_t ia = d - (index.ndim - static_cast<int>(a_batch.size()));
+      const int64_t ib = d - (index.ndim - static_cast<int>(b_batch.size()));
+      const int64_t da = ia >= 0 ? a_batch[ia] : 1, db = ib >= 0 ? b_batch[ib] : 1;
+      index.shape[d] = batch[d];
+      index.a_stride[d] = da == 1 ? 0 : sa;
+      index.b_stride[d] = db == 1 ? 0 : sb;
+      sa *= da;
+      sb *= db;
+    }
+  }
+  const char* pa = static_cast<const char*>(a.data_ptr());
+  const char* pb = static_cast<const char*>(b.data_ptr());
+  char* po = static_cast<char*>(out.data_ptr());
+  for (int64_t i = 0; i < batches; ++i) {
+    int64_t oa = 0, ob = 0;
+    if (index.ndim > 0) index.offsets(i, oa, ob);
+    gemm_raw(a.device(), a.dtype(), trans_a, trans_b, m, n, k, 1.f, pa + oa * ar * ac * es, ac,
+             pb + ob * br * bc * es, bc, 0.f, po + i * m * n * es, n);
+  }
+  return out;
+}
+
+}  // namespace dtrain::ops

@@ -1,0 +1,30 @@
+// Storage: a reference-counted block of device memory that tensors view.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "tensor/dtype.h"
+
+namespace dtrain {
+
+/// Owns nbytes of memory on one device, returned to its allocator on destruction.
+/// Shared between tensors through std::shared_ptr; not copyable.
+class Storage {
+ public:
+  Storage(size_t nbytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+  Device device_;
+};
+
+}  // namespace dtrain

@@ -1,0 +1,422 @@
+// Tensor handles, creation, conversion and random draws.
+#include "tensor/tensor.h"
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "tensor/cpu/parallel.h"
+#include "tensor/cuda/cuda_backend.h"
+#include "tensor/dispatch.h"
+#include "tensor/kernels.h"
+#include "tensor/ops.h"
+
+namespace dtrain {
+
+std::string shape_str(const Shape& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+int64_t shape_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+namespace detail {
+namespace {
+BackwardFn g_backward_fn = nullptr;
+}
+void set_backward_fn(BackwardFn fn) { g_backward_fn = fn; }
+
+void check_defined(const char* op, const Tensor& t, const char* what) {
+  if (!t.defined()) DTRAIN_THROW(ValueError, op, ": ", what, " is an undefined tensor");
+}
+
+void check_same(const char* op, const Tensor& a, const Tensor& b) {
+  check_defined(op, a, "first operand");
+  check_defined(op, b, "second operand");
+  if (a.device() != b.device() || a.dtype() != b.dtype()) {
+    DTRAIN_THROW(ValueError, op, ": operands differ: ", a.describe(), " and ", b.describe(),
+                 "; move or convert one with to_device / to_dtype");
+  }
+}
+
+void check_cpu(const char* op, const Tensor& t) {
+  if (!t.device().is_cpu()) {
+    DTRAIN_THROW(UnsupportedError, op, " is not implemented on ", t.device().str(), " yet (got ",
+                 t.describe(), "); move the tensor to the CPU with to_device");
+  }
+}
+}  // namespace detail
+
+namespace {
+void check_shape(const Shape& shape) {
+  for (int64_t d : shape) {
+    if (d < 0) DTRAIN_THROW(ValueError, "negative dimension in shape ", shape_str(shape));
+  }
+}
+
+double load(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kFloat32: return static_cast<const float*>(p)[i];
+    case DType::kFloat64: return static_cast<const double*>(p)[i];
+    case DType::kFloat16: return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBFloat16: return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kInt64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
+    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
+    case DType::kBool: return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
+  }
+  return 0;
+}
+
+void store(void* p, DType t, int64_t i, double v) {
+  switch (t) {
+    case DType::kFloat32: static_cast<float*>(p)[i] = static_cast<float>(v); return;
+    case DType::kFloat64: static_cast<double*>(p)[i] = v; return;
+    case DType::kFloat16:
+      static_cast<uint16_t*>(p)[i] = kernels::float_to_half(static_cast<float>(v));
+      return;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(p)[i] = kernels::float_to_bf16(static_cast<float>(v));
+      return;
+    case DType::kInt64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); return;
+    case DType::kInt32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); return;
+    case DType::kUInt8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); return;
+    case DType::kBool: static_cast<bool*>(p)[i] = v != 0; return;
+  }
+}
+
+/// Host conversion between any two dtypes. Integer pairs keep full 64-bit precision.
+void convert_cpu(const void* src, DType st, void* dst, DType dt, int64_t n) {
+  if (st == dt) {
+    std::memcpy(dst, src, n * dtype_size(st));
+    return;
+  }
+  if (st == DType::kInt64 && dt == DType::kInt32) {
+    for (int64_t i = 0; i < n; ++i)
+      static_cast<int32_t*>(dst)[i] = static_cast<int32_t>(static_cast<const int64_t*>(src)[i]);
+    return;
+  }
+  cpu::parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) store(dst, dt, i, load(src, st, i));
+  });
+}
+}  // namespace
+
+// ---- Tensor ---------------------------------------------------------------------------------
+Tensor::Tensor(const Shape& shape, DType dtype, Device device) {
+  check_shape(shape);
+  impl_ = std::make_shared<detail::TensorImpl>();
+  impl_->storage = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), device);
+  impl_->shape = shape;
+  impl_->dtype = dtype;
+}
+
+Tensor::Tensor(std::shared_ptr<Storage> storage, size_t offset_bytes, const Shape& shape,
+               DType dtype) {
+  check_shape(shape);
+  const size_t need = offset_bytes + shape_numel(shape) * dtype_size(dtype);
+  DTRAIN_CHECK(storage && need <= storage->nbytes(), "view of ", shape_str(shape), " ",
+               dtype_name(dtype), " at byte offset ", offset_bytes, " needs ", need,
+               " bytes; the storage has ", storage ? storage->nbytes() : 0);
+  impl_ = std::make_shared<detail::TensorImpl>();
+  impl_->storage = std::move(storage);
+  impl_->offset_bytes = offset_bytes;
+  impl_->shape = shape;
+  impl_->dtype = dtype;
+}
+
+detail::TensorImpl& Tensor::impl() const {
+  if (!impl_) DTRAIN_THROW(ValueError, "use of an undefined tensor");
+  return *impl_;
+}
+
+int64_t Tensor::size(int64_t d) const {
+  return shape()[ops::normalize_dim(d, dim(), "Tensor::size")];
+}
+
+std::string Tensor::describe() const {
+  if (!defined()) return "undefined";
+  return std::string(dtype_name(dtype())) + shape_str(shape()) + " on " + device().str();
+}
+
+void Tensor::check_dtype(DType expected) const {
+  if (dtype() != expected) {
+    DTRAIN_THROW(ValueError, "data<", dtype_name(expected), ">() on a tensor of dtype ",
+                 dtype_name(dtype()), " (", describe(), ")");
+  }
+}
+
+bool Tensor::shares_storage(const Tensor& other) const {
+  return defined() && other.defined() && storage() == other.storage();
+}
+
+Tensor Tensor::view(Shape shape) const {
+  int64_t known = 1, infer = -1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == -1) {
+      DTRAIN_CHECK(infer < 0, "view: more than one -1 in ", shape_str(shape));
+      infer = static_cast<int64_t>(i);
+    } else {
+      known *= shape[i];
+    }
+  }
+  if (infer >= 0 && known > 0 && numel() % known == 0) shape[infer] = numel() / known;
+  DTRAIN_CHECK(shape_numel(shape) == numel(), "view: cannot view ", describe(), " as ",
+               shape_str(shape), " (", numel(), " elements)");
+  Tensor out(storage(), storage_offset_bytes(), shape, dtype());
+  out.impl().name = impl().name;
+  return out;
+}
+
+Tensor Tensor::clone() const {
+  Tensor out(shape(), dtype(), device());
+  out.copy_(*this);
+  return out;
+}
+
+Tensor Tensor::detach() const { return Tensor(storage(), storage_offset_bytes(), shape(), dtype()); }
+
+void Tensor::copy_(const Tensor& src) {
+  detail::check_defined("copy_", src, "source");
+  DTRAIN_CHECK(src.numel() == numel(), "copy_: source ", src.describe(), " has ", src.numel(),
+               " elements; destination ", describe(), " has ", numel());
+  if (device().is_cpu() && src.device().is_cpu()) {
+    convert_cpu(src.data_ptr(), src.dtype(), data_ptr(), dtype(), numel());
+  } else if (src.dtype() == dtype()) {
+    cuda::copy_bytes(data_ptr(), device(), src.data_ptr(), src.device(), nbytes());
+  } else if (device() == src.device()) {
+    cuda::convert(src.data_ptr(), src.dtype(), data_ptr(), dtype(), numel(), device().index);
+  } else {
+    copy_(to_device(src, device()));
+  }
+}
+
+void Tensor::fill_(double value) {
+  if (device().is_cuda()) {
+    cuda::fill(data_ptr(), dtype(), numel(), value, device().index);
+    return;
+  }
+  const int64_t n = numel();
+  if (value == 0.0) {
+    std::memset(data_ptr(), 0, nbytes());
+    return;
+  }
+  void* p = data_ptr();
+  const DType t = dtype();
+  if (t == DType::kFloat32) {
+    float* f = static_cast<float*>(p);
+    cpu::parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) f[i] = static_cast<float>(value);
+    });
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) store(p, t, i, value);
+}
+
+template <class T>
+T Tensor::item() const {
+  DTRAIN_CHECK(numel() == 1, "item(): tensor ", describe(), " has ", numel(),
+               " elements; expected exactly one");
+  Tensor host = to_device(*this, Device::cpu());
+  return static_cast<T>(load(host.data_ptr(), dtype(), 0));
+}
+
+template <class T>
+std::vector<T> Tensor::to_vector() const {
+  Tensor host = to_device(*this, Device::cpu());
+  std::vector<T> out(numel());
+  if (dtype() == DTypeOf<T>::value) {
+    std::memcpy(out.data(), host.data_ptr(), nbytes());
+  } else {
+    for (int64_t i = 0; i < numel(); ++i) out[i] = static_cast<T>(load(host.data_ptr(), dtype(), i));
+  }
+  return out;
+}
+
+template float Tensor::item<float>() const;
+template double Tensor::item<double>() const;
+template int64_t Tensor::item<int64_t>() const;
+template int32_t Tensor::item<int32_t>() const;
+template bool Tensor::item<bool>() const;
+template std::vector<float> Tensor::to_vector<float>() const;
+template std::vector<double> Tensor::to_vector<double>() const;
+template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
+template std::vector<int32_t> Tensor::to_vector<int32_t>() const;
+template std::vector<uint8_t> Tensor::to_vector<uint8_t>() const;
+
+Tensor& Tensor::set_requires_grad(bool enabled) {
+  if (enabled && !is_floating(dtype())) {
+    DTRAIN_THROW(ValueError, "requires_grad: only floating-point tensors can require gradients; got ",
+                 describe());
+  }
+  DTRAIN_CHECK(enabled || is_leaf(), "requires_grad(false) on a non-leaf tensor ", describe(),
+               "; use detach() to cut it from the graph");
+  impl().requires_grad = enabled;
+  return *this;
+}
+
+Tensor Tensor::grad() const {
+  const auto& g = impl().grad;
+  return g ? Tensor(g) : Tensor();
+}
+
+void Tensor::set_grad(const Tensor& grad) {
+  if (grad.defined()) {
+    DTRAIN_CHECK(grad.shape() == shape() && grad.dtype() == dtype() && grad.device() == device(),
+                 "set_grad: gradient ", grad.describe(), " does not match tensor ", describe());
+  }
+  impl().grad = grad.impl_ptr();
+}
+
+void Tensor::backward(const Tensor& grad, bool retain_graph) const {
+  DTRAIN_CHECK(requires_grad(), "backward(): tensor ", describe(),
+               " does not require grad and has no grad_fn; did you compute it under NoGradGuard "
+               "or from tensors without requires_grad?");
+  if (!grad.defined()) {
+    DTRAIN_CHECK(numel() == 1, "backward(): grad can be implicitly created only for scalar "
+                 "outputs; this tensor is ", describe(), ". Pass a gradient of the same shape "
+                 "or reduce it (e.g. sum or mean) first");
+  }
+  if (detail::g_backward_fn == nullptr) {
+    // No graph was ever recorded: the tensor is a leaf, whose gradient is the seed itself.
+    Tensor seed = grad.defined() ? grad.clone() : ones(shape(), dtype(), device());
+    Tensor current = this->grad();
+    if (current.defined()) {
+      current.copy_(seed);  // unreachable in practice: leaves get grads only through the engine
+    } else {
+      const_cast<Tensor*>(this)->set_grad(seed);
+    }
+    return;
+  }
+  detail::g_backward_fn(*this, grad, retain_graph);
+}
+
+// ---- creation -------------------------------------------------------------------------------
+Tensor empty(const Shape& shape, DType dtype, Device device) { return Tensor(shape, dtype, device); }
+
+Tensor full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t(shape, dtype, device);
+  t.fill_(value);
+  return t;
+}
+Tensor zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0, dtype, device); }
+Tensor ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1, dtype, device); }
+Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype(), t.device()); }
+Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype(), t.device()); }
+Tensor scalar_tensor(double value, DType dtype, Device device) {
+  return full({}, value, dtype, device);
+}
+
+Tensor arange(double start, double end, double step, DType dtype) {
+  DTRAIN_CHECK(step != 0, "arange: step must be non-zero");
+  const int64_t n = std::max<int64_t>(0, static_cast<int64_t>(std::ceil((end - start) / step)));
+  Tensor t({n}, dtype);
+  for (int64_t i = 0; i < n; ++i) store(t.data_ptr(), dtype, i, start + i * step);
+  return t;
+}
+
+template <class T>
+Tensor from_vector(const std::vector<T>& values, Shape shape, Device device) {
+  if (shape.empty() && values.size() != 1) shape = {static_cast<int64_t>(values.size())};
+  DTRAIN_CHECK(shape_numel(shape) == static_cast<int64_t>(values.size()), "from_vector: ",
+               values.size(), " values do not fill shape ", shape_str(shape));
+  Tensor t(shape, DTypeOf<T>::value);
+  if constexpr (std::is_same_v<T, bool>) {
+    for (size_t i = 0; i < values.size(); ++i) t.data<bool>()[i] = values[i];
+  } else {
+    std::memcpy(t.data_ptr(), values.data(), values.size() * sizeof(T));
+  }
+  return to_device(t, device);
+}
+template Tensor from_vector(const std::vector<float>&, Shape, Device);
+template Tensor from_vector(const std::vector<double>&, Shape, Device);
+template Tensor from_vector(const std::vector<int64_t>&, Shape, Device);
+template Tensor from_vector(const std::vector<int32_t>&, Shape, Device);
+template Tensor from_vector(const std::vector<uint8_t>&, Shape, Device);
+template Tensor from_vector(const std::vector<bool>&, Shape, Device);
+
+Tensor to_dtype(const Tensor& t, DType dtype) {
+  if (t.dtype() == dtype) return t;
+  Tensor out(t.shape(), dtype, t.device());
+  out.copy_(t);
+  return out;
+}
+
+Tensor to_device(const Tensor& t, Device device) {
+  if (t.device() == device) return t;
+  Tensor out(t.shape(), t.dtype(), device);
+  cuda::copy_bytes(out.data_ptr(), device, t.data_ptr(), t.device(), t.nbytes());
+  return out;
+}
+
+// ---- random ---------------------------------------------------------------------------------
+Generator& default_generator() {
+  static Generator gen(0, 0);
+  return gen;
+}
+void manual_seed(uint64_t seed) { default_generator() = Generator(seed, 0); }
+
+namespace {
+template <class Draw>
+void fill_random(Tensor& t, Generator& gen, uint64_t values_per_element, Draw draw) {
+  detail::check_cpu("random fill", t);
+  const uint64_t offset = gen.reserve(static_cast<uint64_t>(t.numel()) * values_per_element);
+  const uint64_t seed = gen.seed(), stream = gen.stream();
+  detail::dispatch_floating(t.dtype(), "random fill", [&](auto tag) {
+    using T = decltype(tag);
+    T* p = t.data<T>();
+    cpu::parallel_for(t.numel(), 4096, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) p[i] = static_cast<T>(draw(seed, stream, offset, i));
+    });
+  });
+}
+}  // namespace
+
+void uniform_(Tensor& t, double low, double high, Generator& gen) {
+  fill_random(t, gen, 1, [=](uint64_t s, uint64_t st, uint64_t off, int64_t i) {
+    return low + (high - low) * kernels::philox_uniform(s, st, off, i);
+  });
+}
+
+void normal_(Tensor& t, double mean, double std, Generator& gen) {
+  // Two normals per Philox block (Box-Muller on 64-bit uniforms): reserve 2 words per element.
+  fill_random(t, gen, 2, [=](uint64_t s, uint64_t st, uint64_t off, int64_t i) {
+    return mean + std * kernels::philox_normal(s, st, off, i);
+  });
+}
+
+Tensor rand(const Shape& shape, Generator& gen, DType dtype) { return uniform(shape, 0, 1, gen, dtype); }
+
+Tensor uniform(const Shape& shape, double low, double high, Generator& gen, DType dtype) {
+  Tensor t(shape, dtype);
+  uniform_(t, low, high, gen);
+  return t;
+}
+
+Tensor randn(const Shape& shape, Generator& gen, DType dtype) {
+  Tensor t(shape, dtype);
+  normal_(t, 0, 1, gen);
+  return t;
+}
+
+Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen) {
+  DTRAIN_CHECK(high > low, "randint: empty range [", low, ", ", high, ")");
+  Tensor t(shape, DType::kInt64);
+  const uint64_t offset = gen.reserve(t.numel());
+  int64_t* p = t.data<int64_t>();
+  const uint64_t range = static_cast<uint64_t>(high - low);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const kernels::Philox4 r = kernels::philox(gen.seed(), gen.stream(), offset + i / 4);
+    p[i] = low + static_cast<int64_t>(r.v[i % 4] % range);
+  }
+  return t;
+}
+
+}  // namespace dtrain
