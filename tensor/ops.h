@@ -117,3 +117,8 @@ Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype = 
 int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op);
 
 }  // namespace dtrain::ops
+
+namespace dtrain::ops {
+/// Copies x broadcast to `shape` (NumPy rules).
+Tensor expand(const Tensor& x, const Shape& shape);
+}  // namespace dtrain::ops

@@ -1,5 +1,6 @@
 // Elementwise ops with broadcasting: the shared kernel bodies run by the CPU loop or on CUDA.
 #include <cmath>
+#include <cstring>
 
 #include "tensor/cpu/parallel.h"
 #include "tensor/cuda/cuda_backend.h"
@@ -280,6 +281,42 @@ bool all_finite(const Tensor& t) {
     if (!std::isfinite(p[i])) return false;
   }
   return true;
+}
+
+}  // namespace dtrain::ops
+
+namespace dtrain::ops {
+
+Tensor expand(const Tensor& x, const Shape& shape) {
+  const Shape out_shape = broadcast_shapes(x.shape(), shape, "expand");
+  DTRAIN_CHECK(out_shape == shape, "expand: ", x.describe(), " cannot be expanded to ",
+               shape_str(shape));
+  if (x.shape() == shape) return x.clone();
+  if (x.device().is_cuda()) {
+    return binary(Binary::kAdd, zeros(shape, x.dtype(), x.device()), x);
+  }
+  Tensor out(shape, x.dtype());
+  const kernels::BroadcastIndex index = make_index(shape, x.shape(), x.shape());
+  const size_t es = dtype_size(x.dtype());
+  const char* src = static_cast<const char*>(x.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  const int64_t cols = shape.empty() ? 1 : shape.back();
+  const int64_t rows = cols > 0 ? out.numel() / cols : 0;
+  const bool row_broadcast = !x.shape().empty() && index.a_stride[index.ndim - 1] == 0;
+  cpu::parallel_for(rows, std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(cols, 1)),
+                    [&](int64_t b, int64_t e) {
+                      for (int64_t r = b; r < e; ++r) {
+                        int64_t off, unused;
+                        index.offsets(r * cols, off, unused);
+                        char* o = dst + r * cols * es;
+                        if (!row_broadcast && !x.shape().empty()) {
+                          std::memcpy(o, src + off * es, cols * es);
+                        } else {
+                          for (int64_t c = 0; c < cols; ++c) std::memcpy(o + c * es, src + off * es, es);
+                        }
+                      }
+                    });
+  return out;
 }
 
 }  // namespace dtrain::ops

@@ -262,6 +262,8 @@ Tensor& Tensor::set_requires_grad(bool enabled) {
   return *this;
 }
 
+bool Tensor::is_leaf() const { return impl().is_leaf; }
+
 Tensor Tensor::grad() const {
   const auto& g = impl().grad;
   return g ? Tensor(g) : Tensor();

@@ -33,6 +33,7 @@ struct TensorImpl {
   Shape shape;
   DType dtype = DType::kFloat32;
   bool requires_grad = false;
+  bool is_leaf = true;  // false once the autograd layer records it as an op's output
   std::shared_ptr<TensorImpl> grad;  // accumulated gradient (leaves, or tensors that retain it)
   std::shared_ptr<autograd::AutogradMeta> autograd;
   std::string name;  // optional, used in error messages (parameters carry their names)
