@@ -1,0 +1,181 @@
+// Optimiser steps: the shared update rules run per element on the CPU or on CUDA.
+#include "nn/optim.h"
+
+#include <cmath>
+
+#include "autograd/grad_mode.h"
+#include "tensor/cpu/parallel.h"
+#include "tensor/cuda/cuda_backend.h"
+#include "tensor/dispatch.h"
+#include "tensor/kernels.h"
+
+namespace dtrain::nn {
+
+namespace {
+std::string key(size_t i, const std::string& name) { return std::to_string(i) + "." + name; }
+
+/// Runs body(T* p, const T* g, T* bufs...) over chunks of the parameter on the CPU.
+template <class F>
+void for_each_element(const char* op, Tensor& p, F&& f) {
+  detail::dispatch_floating(p.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    cpu::parallel_for(p.numel(), [&](int64_t b, int64_t e) { f(T{}, b, e); });
+  });
+}
+}  // namespace
+
+Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(params)), lr_(lr) {
+  DTRAIN_CHECK(lr >= 0, "optimizer: learning rate must be >= 0; got ", lr);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    DTRAIN_CHECK(params_[i].defined() && params_[i].requires_grad(), "optimizer: parameter ", i,
+                 " (", params_[i].name(), ") does not require grad");
+  }
+}
+
+void Optimizer::step() {
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor g = params_[i].grad();
+    if (!g.defined()) continue;
+    update(i, params_[i], g);
+  }
+  ++steps_;
+}
+
+void Optimizer::zero_grad(bool set_to_none) {
+  for (Tensor& p : params_) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (set_to_none) p.set_grad(Tensor());
+    else g.zero_();
+  }
+}
+
+Tensor& Optimizer::buffer(size_t i, const std::string& name) {
+  auto [it, inserted] = buffers_.try_emplace(key(i, name));
+  if (inserted) it->second = zeros_like(params_[i]);
+  return it->second;
+}
+
+bool Optimizer::has_buffer(size_t i, const std::string& name) const {
+  return buffers_.count(key(i, name)) > 0;
+}
+
+OptimizerState Optimizer::state_dict() const {
+  OptimizerState s;
+  for (const auto& [k, t] : buffers_) s.tensors[k] = t.clone();
+  s.scalars["step"] = static_cast<double>(steps_);
+  s.scalars["lr"] = lr_;
+  return s;
+}
+
+void Optimizer::load_state_dict(const OptimizerState& state) {
+  std::map<std::string, Tensor> loaded;
+  for (const auto& [k, t] : state.tensors) {
+    const size_t dot = k.find('.');
+    const size_t i = dot == std::string::npos ? params_.size() : std::stoul(k.substr(0, dot));
+    DTRAIN_CHECK(i < params_.size(), name(), " state: buffer '", k, "' refers to parameter ", i,
+                 " but the optimiser has ", params_.size(), " parameters");
+    DTRAIN_CHECK(t.shape() == params_[i].shape(), name(), " state: buffer '", k, "' has shape ",
+                 shape_str(t.shape()), " but parameter ", i, " (", params_[i].name(), ") is ",
+                 shape_str(params_[i].shape()));
+    loaded[k] = to_dtype(t, params_[i].dtype()).clone();
+  }
+  buffers_ = std::move(loaded);
+  if (auto it = state.scalars.find("step"); it != state.scalars.end()) steps_ = static_cast<int64_t>(it->second);
+  if (auto it = state.scalars.find("lr"); it != state.scalars.end()) lr_ = it->second;
+}
+
+// ---- SGD ------------------------------------------------------------------------------------
+SGD::SGD(std::vector<Tensor> params, SgdOptions o) : Optimizer(std::move(params), o.lr), o_(o) {
+  DTRAIN_CHECK(o.momentum >= 0 && o.weight_decay >= 0, "sgd: momentum and weight_decay must be >= 0");
+  DTRAIN_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+               "sgd: nesterov needs momentum > 0 and dampening = 0");
+}
+
+void SGD::update(size_t i, Tensor& p, const Tensor& g) {
+  const bool first = !has_buffer(i, "momentum_buffer");
+  Tensor& buf = o_.momentum != 0 ? buffer(i, "momentum_buffer") : p;  // p: unused placeholder
+  const kernels::SgdParams s{static_cast<float>(lr_), static_cast<float>(o_.momentum),
+                             static_cast<float>(o_.dampening), static_cast<float>(o_.weight_decay),
+                             o_.nesterov, first};
+  if (p.device().is_cuda()) {
+    cuda::sgd_update(p.data<float>(), g.data<float>(), buf.data<float>(), p.numel(), s, p.device().index);
+    return;
+  }
+  for_each_element("sgd", p, [&](auto tag, int64_t b, int64_t e) {
+    using T = decltype(tag);
+    T* pp = p.data<T>();
+    const T* pg = g.data<T>();
+    T* pb = buf.data<T>();
+    T scratch = 0;
+    for (int64_t k = b; k < e; ++k) {
+      kernels::sgd_update(pp[k], pg[k], o_.momentum != 0 ? pb[k] : scratch, s);
+    }
+  });
+}
+
+// ---- Adam / AdamW ---------------------------------------------------------------------------
+Adam::Adam(std::vector<Tensor> params, AdamOptions o, bool decoupled)
+    : Optimizer(std::move(params), o.lr), o_(o), decoupled_(decoupled) {
+  DTRAIN_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
+               "adam: betas must be in [0, 1); got ", o.beta1, ", ", o.beta2);
+  DTRAIN_CHECK(o.eps >= 0 && o.weight_decay >= 0, "adam: eps and weight_decay must be >= 0");
+}
+
+void Adam::update(size_t i, Tensor& p, const Tensor& g) {
+  Tensor& m = buffer(i, "exp_avg");
+  Tensor& v = buffer(i, "exp_avg_sq");
+  const double t = static_cast<double>(steps_ + 1);
+  const kernels::AdamParams s{static_cast<float>(lr_), static_cast<float>(o_.beta1),
+                              static_cast<float>(o_.beta2), static_cast<float>(o_.eps),
+                              static_cast<float>(o_.weight_decay),
+                              static_cast<float>(1 - std::pow(o_.beta1, t)),
+                              static_cast<float>(1 - std::pow(o_.beta2, t)), decoupled_};
+  if (p.device().is_cuda()) {
+    cuda::adam_update(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), p.numel(),
+                      s, p.device().index);
+    return;
+  }
+  for_each_element("adam", p, [&](auto tag, int64_t b, int64_t e) {
+    using T = decltype(tag);
+    T* pp = p.data<T>();
+    const T* pg = g.data<T>();
+    T* pm = m.data<T>();
+    T* pv = v.data<T>();
+    for (int64_t k = b; k < e; ++k) kernels::adam_update(pp[k], pg[k], pm[k], pv[k], s);
+  });
+}
+
+// ---- RMSprop --------------------------------------------------------------------------------
+RMSprop::RMSprop(std::vector<Tensor> params, RmspropOptions o)
+    : Optimizer(std::move(params), o.lr), o_(o) {
+  DTRAIN_CHECK(o.alpha >= 0 && o.eps >= 0 && o.momentum >= 0 && o.weight_decay >= 0,
+               "rmsprop: alpha, eps, momentum and weight_decay must be >= 0");
+}
+
+void RMSprop::update(size_t i, Tensor& p, const Tensor& g) {
+  Tensor& sq = buffer(i, "square_avg");
+  Tensor& buf = o_.momentum > 0 ? buffer(i, "momentum_buffer") : sq;
+  const kernels::RmspropParams s{static_cast<float>(lr_), static_cast<float>(o_.alpha),
+                                 static_cast<float>(o_.eps), static_cast<float>(o_.weight_decay),
+                                 static_cast<float>(o_.momentum)};
+  if (p.device().is_cuda()) {
+    cuda::rmsprop_update(p.data<float>(), g.data<float>(), sq.data<float>(), buf.data<float>(),
+                         p.numel(), s, p.device().index);
+    return;
+  }
+  for_each_element("rmsprop", p, [&](auto tag, int64_t b, int64_t e) {
+    using T = decltype(tag);
+    T* pp = p.data<T>();
+    const T* pg = g.data<T>();
+    T* ps = sq.data<T>();
+    T* pb = buf.data<T>();
+    T scratch = 0;
+    for (int64_t k = b; k < e; ++k) {
+      kernels::rmsprop_update(pp[k], pg[k], ps[k], o_.momentum > 0 ? pb[k] : scratch, s);
+    }
+  });
+}
+
+}  // namespace dtrain::nn

@@ -1,0 +1,105 @@
+// Optimisers (SGD, Adam, AdamW, RMSprop) with PyTorch's update rules, and their state for exact
+// resume. The per-element update bodies are shared with the CUDA backend (tensor/kernels.h).
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace dtrain::nn {
+
+/// Everything an optimiser needs to continue exactly: per-parameter buffers by
+/// "<param index>.<buffer>" and scalars such as "step" and "lr".
+struct OptimizerState {
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, double> scalars;
+};
+
+class Optimizer {
+ public:
+  explicit Optimizer(std::vector<Tensor> params, double lr);
+  virtual ~Optimizer() = default;
+  virtual std::string_view name() const = 0;
+  /// Applies one update to every parameter that has a gradient. Not recorded by autograd.
+  void step();
+  /// Zeroes gradients in place, or drops them.
+  void zero_grad(bool set_to_none = false);
+  double lr() const { return lr_; }
+  void set_lr(double lr) { lr_ = lr; }
+  int64_t steps() const { return steps_; }
+  const std::vector<Tensor>& params() const { return params_; }
+
+  OptimizerState state_dict() const;
+  /// Throws naming the first buffer whose shape or presence does not match the parameters.
+  void load_state_dict(const OptimizerState& state);
+
+ protected:
+  /// Updates parameter i with its gradient g; buffers come from buffer(i, name).
+  virtual void update(size_t i, Tensor& p, const Tensor& g) = 0;
+  /// Per-parameter state buffer, zero-initialised on first use.
+  Tensor& buffer(size_t i, const std::string& name);
+  bool has_buffer(size_t i, const std::string& name) const;
+
+  std::vector<Tensor> params_;
+  double lr_;
+  int64_t steps_ = 0;  // completed step() calls
+
+ private:
+  std::map<std::string, Tensor> buffers_;
+};
+
+struct SgdOptions {
+  double lr = 0.01, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false;
+};
+class SGD : public Optimizer {
+ public:
+  SGD(std::vector<Tensor> params, SgdOptions options);
+  std::string_view name() const override { return "sgd"; }
+
+ protected:
+  void update(size_t i, Tensor& p, const Tensor& g) override;
+
+ private:
+  SgdOptions o_;
+};
+
+struct AdamOptions {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+};
+/// Adam (weight decay added to the gradient); AdamW decouples it (PyTorch's default 0.01).
+class Adam : public Optimizer {
+ public:
+  Adam(std::vector<Tensor> params, AdamOptions options, bool decoupled_weight_decay = false);
+  std::string_view name() const override { return decoupled_ ? "adamw" : "adam"; }
+
+ protected:
+  void update(size_t i, Tensor& p, const Tensor& g) override;
+
+ private:
+  AdamOptions o_;
+  bool decoupled_;
+};
+class AdamW : public Adam {
+ public:
+  AdamW(std::vector<Tensor> params, AdamOptions options) : Adam(std::move(params), options, true) {}
+};
+
+struct RmspropOptions {
+  double lr = 1e-2, alpha = 0.99, eps = 1e-8, weight_decay = 0, momentum = 0;
+};
+class RMSprop : public Optimizer {
+ public:
+  RMSprop(std::vector<Tensor> params, RmspropOptions options);
+  std::string_view name() const override { return "rmsprop"; }
+
+ protected:
+  void update(size_t i, Tensor& p, const Tensor& g) override;
+
+ private:
+  RmspropOptions o_;
+};
+
+}  // namespace dtrain::nn
