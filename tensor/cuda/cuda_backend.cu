@@ -1,0 +1,360 @@
+// The CUDA backend: grid-stride kernels over the shared kernel bodies (tensor/kernels.h), a caching
+// device allocator, and cuBLAS GEMM. Everything runs on the legacy default stream of the current
+// device, which orders all work, so a freed block can be handed out again at once.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <bit>
+#include <mutex>
+#include <vector>
+
+#include "tensor/check.h"
+#include "tensor/cuda/cuda_backend.h"
+
+#define DTRAIN_CUDA_CHECK(expr)                                                              \
+  do {                                                                                       \
+    const cudaError_t err_ = (expr);                                                         \
+    if (err_ != cudaSuccess) {                                                               \
+      DTRAIN_THROW(::dtrain::ValueError, "CUDA error ", static_cast<int>(err_), " (",       \
+                   cudaGetErrorString(err_), ") in ", #expr);                               \
+    }                                                                                        \
+  } while (0)
+
+#define DTRAIN_CUBLAS_CHECK(expr)                                                            \
+  do {                                                                                       \
+    const cublasStatus_t st_ = (expr);                                                       \
+    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                      \
+      DTRAIN_THROW(::dtrain::ValueError, "cuBLAS error ", static_cast<int>(st_), " (",      \
+                   cublasGetStatusString(st_), ") in ", #expr);                             \
+    }                                                                                        \
+  } while (0)
+
+namespace dtrain::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+int blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(b < 65535 ? (b < 1 ? 1 : b) : 65535);
+}
+
+void check_launch() { DTRAIN_CUDA_CHECK(cudaGetLastError()); }
+
+struct DeviceGuard {
+  explicit DeviceGuard(int device) {
+    cudaGetDevice(&previous);
+    if (previous != device) DTRAIN_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() { cudaSetDevice(previous); }
+  int previous = 0;
+};
+
+// ---- allocator ------------------------------------------------------------------------------
+class CachingCudaAllocator final : public Allocator {
+ public:
+  explicit CachingCudaAllocator(int device) : device_(device) {}
+
+  void* allocate(size_t nbytes) override {
+    const size_t block = std::bit_ceil(nbytes < 512 ? size_t{512} : nbytes);
+    const int cls = std::countr_zero(block);
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.allocs;
+      stats_.bytes_in_use += block;
+      stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+      if (!free_[cls].empty()) {
+        void* p = free_[cls].back();
+        free_[cls].pop_back();
+        ++stats_.cache_hits;
+        stats_.bytes_cached -= block;
+        return p;
+      }
+      ++stats_.system_allocs;
+    }
+    DeviceGuard guard(device_);
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, block);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();  // clear the sticky-free error before retrying
+      empty_cache();
+      err = cudaMalloc(&p, block);
+    }
+    if (err != cudaSuccess) {
+      DTRAIN_THROW(ValueError, "cudaMalloc of ", nbytes, " bytes on cuda:", device_, " failed: ",
+                   cudaGetErrorString(err));
+    }
+    return p;
+  }
+
+  void deallocate(void* ptr, size_t nbytes) override {
+    if (ptr == nullptr) return;
+    const size_t block = std::bit_ceil(nbytes < 512 ? size_t{512} : nbytes);
+    std::lock_guard lock(mu_);
+    stats_.bytes_in_use -= block;
+    stats_.bytes_cached += block;
+    // Reusable at once: every kernel runs on the default stream, so later work that gets this
+    // block is ordered after the work that used it.
+    free_[std::countr_zero(block)].push_back(ptr);
+  }
+
+  AllocatorStats stats() const override {
+    std::lock_guard lock(mu_);
+    return stats_;
+  }
+
+  void empty_cache() override {
+    std::lock_guard lock(mu_);
+    DeviceGuard guard(device_);
+    cudaDeviceSynchronize();
+    for (auto& list : free_) {
+      stats_.system_frees += list.size();
+      for (void* p : list) cudaFree(p);
+      list.clear();
+    }
+    stats_.bytes_cached = 0;
+  }
+
+ private:
+  int device_;
+  mutable std::mutex mu_;
+  std::array<std::vector<void*>, 64> free_;
+  AllocatorStats stats_;
+};
+
+// ---- element access for any dtype -----------------------------------------------------------
+__device__ double load(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kFloat32: return static_cast<const float*>(p)[i];
+    case DType::kFloat64: return static_cast<const double*>(p)[i];
+    case DType::kFloat16: return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBFloat16: return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kInt64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
+    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
+    case DType::kBool: return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
+  }
+  return 0;
+}
+
+__device__ void store(void* p, DType t, int64_t i, double v) {
+  switch (t) {
+    case DType::kFloat32: static_cast<float*>(p)[i] = static_cast<float>(v); return;
+    case DType::kFloat64: static_cast<double*>(p)[i] = v; return;
+    case DType::kFloat16: static_cast<uint16_t*>(p)[i] = kernels::float_to_half(static_cast<float>(v)); return;
+    case DType::kBFloat16: static_cast<uint16_t*>(p)[i] = kernels::float_to_bf16(static_cast<float>(v)); return;
+    case DType::kInt64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); return;
+    case DType::kInt32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); return;
+    case DType::kUInt8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); return;
+    case DType::kBool: static_cast<bool*>(p)[i] = v != 0; return;
+  }
+}
+
+// ---- kernels --------------------------------------------------------------------------------
+#define DTRAIN_GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
+
+__global__ void fill_kernel(void* dst, DType t, int64_t n, double v) {
+  DTRAIN_GRID_STRIDE(i, n) store(dst, t, i, v);
+}
+
+__global__ void convert_kernel(const void* src, DType st, void* dst, DType dt, int64_t n) {
+  DTRAIN_GRID_STRIDE(i, n) store(dst, dt, i, load(src, st, i));
+}
+
+template <class T>
+__global__ void unary_kernel(kernels::Unary op, const T* x, T* y, int64_t n, kernels::UnaryParams q) {
+  DTRAIN_GRID_STRIDE(i, n) y[i] = kernels::apply_unary(op, x[i], q);
+}
+
+template <class T, class O>
+__global__ void binary_kernel(kernels::Binary op, const T* a, const T* b, O* out, int64_t n,
+                              kernels::BroadcastIndex index) {
+  DTRAIN_GRID_STRIDE(i, n) {
+    int64_t ia = i, ib = i;
+    if (index.ndim > 0) index.offsets(i, ia, ib);
+    out[i] = static_cast<O>(kernels::apply_binary(op, a[ia], b[ib]));
+  }
+}
+
+/// One thread per output; the reduction over r runs in a fixed order.
+template <class T>
+__global__ void sum_dim_kernel(const T* x, T* y, int64_t outer, int64_t r, int64_t inner) {
+  DTRAIN_GRID_STRIDE(idx, outer * inner) {
+    const int64_t o = idx / inner, i = idx % inner;
+    T acc = 0;
+    for (int64_t k = 0; k < r; ++k) acc += x[(o * r + k) * inner + i];
+    y[idx] = acc;
+  }
+}
+
+__global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, kernels::SgdParams s) {
+  DTRAIN_GRID_STRIDE(i, n) {
+    float scratch = 0;
+    kernels::sgd_update(p[i], g[i], s.momentum != 0 ? buf[i] : scratch, s);
+  }
+}
+
+__global__ void adam_kernel(float* p, const float* g, float* m, float* v, int64_t n, kernels::AdamParams s) {
+  DTRAIN_GRID_STRIDE(i, n) kernels::adam_update(p[i], g[i], m[i], v[i], s);
+}
+
+__global__ void rmsprop_kernel(float* p, const float* g, float* sq, float* buf, int64_t n,
+                               kernels::RmspropParams s) {
+  DTRAIN_GRID_STRIDE(i, n) {
+    float scratch = 0;
+    kernels::rmsprop_update(p[i], g[i], sq[i], s.momentum > 0 ? buf[i] : scratch, s);
+  }
+}
+
+template <class F>
+void dispatch_cuda_floating(DType t, const char* op, F&& f) {
+  switch (t) {
+    case DType::kFloat32: f(float{}); return;
+    case DType::kFloat64: f(double{}); return;
+    default:
+      DTRAIN_THROW(UnsupportedError, op, " on CUDA: dtype ", dtype_name(t),
+                   " is not supported; expected float32 or float64");
+  }
+}
+
+cublasHandle_t cublas_handle(int device) {
+  static std::mutex mu;
+  static std::vector<cublasHandle_t> handles;
+  std::lock_guard lock(mu);
+  if (static_cast<int>(handles.size()) <= device) handles.resize(device + 1, nullptr);
+  if (handles[device] == nullptr) {
+    DeviceGuard guard(device);
+    DTRAIN_CUBLAS_CHECK(cublasCreate(&handles[device]));
+  }
+  return handles[device];
+}
+
+}  // namespace
+
+bool available() { return device_count() > 0; }
+
+int device_count() {
+  int n = 0;
+  // Without a driver this returns an error (cudaErrorInsufficientDriver, 35): no GPU.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string unavailable_reason() {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return "cudaGetDeviceCount failed with error " + std::to_string(static_cast<int>(err)) + " (" +
+           cudaGetErrorString(err) + ")";
+  }
+  return n == 0 ? "no CUDA device present" : "";
+}
+
+Allocator& allocator(int device) {
+  static std::mutex mu;
+  static std::vector<CachingCudaAllocator*> allocators;  // leaked: outlives static tensors
+  std::lock_guard lock(mu);
+  if (device < 0 || device >= device_count()) {
+    DTRAIN_THROW(ValueError, "cuda:", device, " is not available (", device_count(),
+                 " CUDA devices; ", unavailable_reason(), ")");
+  }
+  if (static_cast<int>(allocators.size()) <= device) allocators.resize(device + 1, nullptr);
+  if (allocators[device] == nullptr) allocators[device] = new CachingCudaAllocator(device);
+  return *allocators[device];
+}
+
+void copy_bytes(void* dst, Device, const void* src, Device, size_t nbytes) {
+  if (nbytes == 0) return;
+  // Unified addressing tells cudaMemcpyDefault which side each pointer is on.
+  DTRAIN_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, cudaMemcpyDefault));
+}
+
+void fill(void* dst, DType dtype, int64_t n, double value, int device) {
+  DeviceGuard guard(device);
+  fill_kernel<<<blocks_for(n), kThreads>>>(dst, dtype, n, value);
+  check_launch();
+}
+
+void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, int device) {
+  DeviceGuard guard(device);
+  convert_kernel<<<blocks_for(n), kThreads>>>(src, src_dtype, dst, dst_dtype, n);
+  check_launch();
+}
+
+void unary(kernels::Unary op, DType dtype, const void* x, void* y, int64_t n,
+           kernels::UnaryParams params, int device) {
+  DeviceGuard guard(device);
+  dispatch_cuda_floating(dtype, "unary op", [&](auto tag) {
+    using T = decltype(tag);
+    unary_kernel<T><<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(x), static_cast<T*>(y), n, params);
+  });
+  check_launch();
+}
+
+void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void* out, int64_t n,
+            const kernels::BroadcastIndex& index, int device) {
+  DeviceGuard guard(device);
+  dispatch_cuda_floating(dtype, "binary op", [&](auto tag) {
+    using T = decltype(tag);
+    if (kernels::is_comparison(op)) {
+      binary_kernel<T, bool><<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(a),
+                                                          static_cast<const T*>(b),
+                                                          static_cast<bool*>(out), n, index);
+    } else {
+      binary_kernel<T, T><<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(a),
+                                                       static_cast<const T*>(b),
+                                                       static_cast<T*>(out), n, index);
+    }
+  });
+  check_launch();
+}
+
+void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int64_t inner, int device) {
+  DeviceGuard guard(device);
+  dispatch_cuda_floating(dtype, "sum", [&](auto tag) {
+    using T = decltype(tag);
+    sum_dim_kernel<T><<<blocks_for(outer * inner), kThreads>>>(static_cast<const T*>(x),
+                                                               static_cast<T*>(y), outer, r, inner);
+  });
+  check_launch();
+}
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int device) {
+  DeviceGuard guard(device);
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands, keep the
+  // transpose flags, no copies.
+  DTRAIN_CUBLAS_CHECK(cublasSgemm(cublas_handle(device), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                  trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
+                                  static_cast<int>(m), static_cast<int>(k), &alpha, b,
+                                  static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c,
+                                  static_cast<int>(ldc)));
+}
+
+void sgd_update(float* p, const float* g, float* buf, int64_t n, const kernels::SgdParams& s, int device) {
+  DeviceGuard guard(device);
+  sgd_kernel<<<blocks_for(n), kThreads>>>(p, g, buf, n, s);
+  check_launch();
+}
+
+void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const kernels::AdamParams& s,
+                 int device) {
+  DeviceGuard guard(device);
+  adam_kernel<<<blocks_for(n), kThreads>>>(p, g, m, v, n, s);
+  check_launch();
+}
+
+void rmsprop_update(float* p, const float* g, float* sq, float* buf, int64_t n,
+                    const kernels::RmspropParams& s, int device) {
+  DeviceGuard guard(device);
+  rmsprop_kernel<<<blocks_for(n), kThreads>>>(p, g, sq, buf, n, s);
+  check_launch();
+}
+
+}  // namespace dtrain::cuda
