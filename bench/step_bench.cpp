@@ -1,0 +1,132 @@
+// Micro-benchmarks of the foundation: GEMM through dtrain against a direct dnnl_sgemm call,
+// conv2d forward + backward at the CNN's layer shapes, elementwise bandwidth against memcpy, and
+// one MLP 784-256-128-10 training step. Run: build/bench/step_bench (see docs/performance.md).
+#include <benchmark/benchmark.h>
+#include <oneapi/dnnl/dnnl.h>
+
+#include <cstring>
+
+#include "nn/layers.h"
+#include "nn/loss.h"
+#include "nn/optim.h"
+#include "tensor/allocator.h"
+#include "tensor/ops.h"
+
+using namespace dtrain;
+
+namespace {
+
+void set_flops(benchmark::State& state, double flops_per_iter) {
+  state.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * state.iterations() / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+
+// ---- GEMM: C[M, N] = A[M, K] @ B[N, K]^T, the Linear forward layout ------------------------
+void BM_GemmDirectDnnl(benchmark::State& state) {
+  const int64_t m = state.range(0), k = state.range(1), n = state.range(2);
+  Generator gen(1);
+  Tensor a = randn({m, k}, gen), b = randn({n, k}, gen), c({m, n});
+  for (auto _ : state) {
+    dnnl_sgemm('N', 'T', m, n, k, 1.f, a.data<float>(), k, b.data<float>(), k, 0.f, c.data<float>(), n);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_flops(state, 2.0 * m * n * k);
+}
+
+void BM_GemmDtrain(benchmark::State& state) {
+  const int64_t m = state.range(0), k = state.range(1), n = state.range(2);
+  Generator gen(1);
+  Tensor a = randn({m, k}, gen), b = randn({n, k}, gen);
+  for (auto _ : state) {
+    Tensor c = ops::matmul(a, b, false, true);  // allocation included, as in a training step
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_flops(state, 2.0 * m * n * k);
+}
+
+void gemm_shapes(benchmark::internal::Benchmark* b) {
+  b->Args({64, 784, 256})->Args({256, 784, 256})->Args({64, 256, 128})->Args({1024, 1024, 1024});
+  b->ArgNames({"M", "K", "N"});
+}
+BENCHMARK(BM_GemmDirectDnnl)->Apply(gemm_shapes);
+BENCHMARK(BM_GemmDtrain)->Apply(gemm_shapes);
+
+// ---- conv2d forward + backward at the CNN's shapes (batch 64, 5x5, padding 2) ---------------
+void BM_Conv2dForwardBackward(benchmark::State& state) {
+  const int64_t c = state.range(0), o = state.range(1), hw = state.range(2), n = 64;
+  Generator gen(2);
+  Tensor x = randn({n, c, hw, hw}, gen), w = randn({o, c, 5, 5}, gen), b = randn({o}, gen);
+  Tensor gy = randn({n, o, hw, hw}, gen);
+  for (auto _ : state) {
+    Tensor y = ops::conv2d(x, w, b, {1, 2});
+    Tensor dx = ops::conv2d_backward_input(gy, w, x.shape(), {1, 2});
+    Tensor dw = ops::conv2d_backward_weight(gy, x, w.shape(), {1, 2});
+    benchmark::DoNotOptimize(dw.data_ptr());
+  }
+  set_flops(state, 3 * 2.0 * n * o * hw * hw * c * 25);
+}
+BENCHMARK(BM_Conv2dForwardBackward)->Args({1, 32, 28})->Args({32, 64, 14})->ArgNames({"C", "O", "HW"});
+
+// ---- elementwise bandwidth --------------------------------------------------------------------
+void set_bytes(benchmark::State& state, int64_t bytes_per_iter) {
+  state.SetBytesProcessed(bytes_per_iter * state.iterations());
+}
+
+void BM_Memcpy(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Tensor a = randn({n}), b({n});
+  for (auto _ : state) {
+    std::memcpy(b.data_ptr(), a.data_ptr(), n * 4);
+    benchmark::DoNotOptimize(b.data_ptr());
+  }
+  set_bytes(state, 2 * n * 4);
+}
+void BM_Add(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Tensor a = randn({n}), b = randn({n});
+  for (auto _ : state) {
+    Tensor c = ops::binary(kernels::Binary::kAdd, a, b);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_bytes(state, 3 * n * 4);
+}
+void BM_Relu(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Tensor a = randn({n});
+  for (auto _ : state) {
+    Tensor c = ops::unary(kernels::Unary::kRelu, a);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_bytes(state, 2 * n * 4);
+}
+BENCHMARK(BM_Memcpy)->Arg(1 << 16)->Arg(1 << 22);
+BENCHMARK(BM_Add)->Arg(1 << 16)->Arg(1 << 22);
+BENCHMARK(BM_Relu)->Arg(1 << 16)->Arg(1 << 22);
+
+// ---- one training step of MLP 784-256-128-10 ---------------------------------------------------
+void BM_MlpTrainStep(benchmark::State& state) {
+  const int64_t batch = state.range(0);
+  Generator gen(3);
+  manual_seed(0);
+  nn::Sequential model{std::make_shared<nn::Linear>(784, 256), std::make_shared<nn::ReLU>(),
+                       std::make_shared<nn::Linear>(256, 128), std::make_shared<nn::ReLU>(),
+                       std::make_shared<nn::Linear>(128, 10)};
+  nn::SGD opt(model.parameters(), {.lr = 0.01, .momentum = 0.9});
+  Tensor x = randn({batch, 784}, gen);
+  Tensor y = randint(0, 10, {batch}, gen);
+  for (auto _ : state) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model(x), y);
+    loss.backward();
+    opt.step();
+  }
+  state.counters["samples/s"] = benchmark::Counter(static_cast<double>(batch) * state.iterations(),
+                                                   benchmark::Counter::kIsRate);
+  const auto stats = cpu_allocator().stats();
+  state.counters["system_allocs"] = static_cast<double>(stats.system_allocs);
+}
+BENCHMARK(BM_MlpTrainStep)->Arg(64)->Arg(256)->ArgName("batch");
+
+}  // namespace
+
+BENCHMARK_MAIN();
