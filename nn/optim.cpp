@@ -95,23 +95,27 @@ SGD::SGD(std::vector<Tensor> params, SgdOptions o) : Optimizer(std::move(params)
 
 void SGD::update(size_t i, Tensor& p, const Tensor& g) {
   const bool first = !has_buffer(i, "momentum_buffer");
-  Tensor& buf = o_.momentum != 0 ? buffer(i, "momentum_buffer") : p;  // p: unused placeholder
+  Tensor buf = o_.momentum != 0 ? buffer(i, "momentum_buffer") : Tensor();
   const kernels::SgdParams s{static_cast<float>(lr_), static_cast<float>(o_.momentum),
                              static_cast<float>(o_.dampening), static_cast<float>(o_.weight_decay),
                              o_.nesterov, first};
   if (p.device().is_cuda()) {
-    cuda::sgd_update(p.data<float>(), g.data<float>(), buf.data<float>(), p.numel(), s, p.device().index);
+    cuda::sgd_update(p.data<float>(), g.data<float>(), buf.defined() ? buf.data<float>() : nullptr,
+                     p.numel(), s, p.device().index);
     return;
   }
   for_each_element("sgd", p, [&](auto tag, int64_t b, int64_t e) {
     using T = decltype(tag);
     T* pp = p.data<T>();
     const T* pg = g.data<T>();
-    T* pb = buf.data<T>();
-    T scratch = 0;
-    for (int64_t k = b; k < e; ++k) {
-      kernels::sgd_update(pp[k], pg[k], o_.momentum != 0 ? pb[k] : scratch, s);
-    }
+    T* pb = buf.defined() ? buf.data<T>() : nullptr;
+    // A local copy: stores through pp cannot alias it, so the loop vectorises.
+    const kernels::SgdParams local = s;
+    kernels::dispatch_sgd_variant(local, [&](auto momentum, auto nesterov, auto first_step) {
+      for (int64_t k = b; k < e; ++k) {
+        kernels::sgd_update<momentum.value, nesterov.value, first_step.value>(pp, pg, pb, k, local);
+      }
+    });
   });
 }
 
@@ -143,7 +147,8 @@ void Adam::update(size_t i, Tensor& p, const Tensor& g) {
     const T* pg = g.data<T>();
     T* pm = m.data<T>();
     T* pv = v.data<T>();
-    for (int64_t k = b; k < e; ++k) kernels::adam_update(pp[k], pg[k], pm[k], pv[k], s);
+    const kernels::AdamParams local = s;  // not aliased by the stores: the loop vectorises
+    for (int64_t k = b; k < e; ++k) kernels::adam_update(pp[k], pg[k], pm[k], pv[k], local);
   });
 }
 
@@ -172,8 +177,9 @@ void RMSprop::update(size_t i, Tensor& p, const Tensor& g) {
     T* ps = sq.data<T>();
     T* pb = buf.data<T>();
     T scratch = 0;
+    const kernels::RmspropParams local = s;
     for (int64_t k = b; k < e; ++k) {
-      kernels::rmsprop_update(pp[k], pg[k], ps[k], o_.momentum > 0 ? pb[k] : scratch, s);
+      kernels::rmsprop_update(pp[k], pg[k], ps[k], local.momentum > 0 ? pb[k] : scratch, local);
     }
   });
 }

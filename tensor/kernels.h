@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define DTRAIN_HD __host__ __device__ __forceinline__
@@ -93,15 +94,27 @@ struct SgdParams {
   float lr, momentum, dampening, weight_decay;
   bool nesterov, first_step;
 };
-/// p -= lr * update, with momentum buffer buf (unused when momentum == 0).
-template <class T>
-DTRAIN_HD void sgd_update(T& p, T g, T& buf, const SgdParams& s) {
-  g = g + T(s.weight_decay) * p;
-  if (s.momentum != 0) {
-    buf = s.first_step ? g : T(s.momentum) * buf + T(1 - s.dampening) * g;
-    g = s.nesterov ? g + T(s.momentum) * buf : buf;
+/// p[i] -= lr * update, with momentum buffer buf (null without momentum). The variant flags are
+/// template parameters so the CPU loop over one variant vectorises.
+template <bool kMomentum, bool kNesterov, bool kFirstStep, class T>
+DTRAIN_HD void sgd_update(T* p, const T* g, T* buf, int64_t i, const SgdParams& s) {
+  T d = g[i] + T(s.weight_decay) * p[i];
+  if constexpr (kMomentum) {
+    const T b = kFirstStep ? d : T(s.momentum) * buf[i] + T(1 - s.dampening) * d;
+    buf[i] = b;
+    d = kNesterov ? d + T(s.momentum) * b : b;
   }
-  p = p - T(s.lr) * g;
+  p[i] -= T(s.lr) * d;
+}
+
+/// Calls f with std::integral_constant flags matching the SGD variant.
+template <class F>
+DTRAIN_HD void dispatch_sgd_variant(const SgdParams& s, F&& f) {
+  using yes = std::true_type;
+  using no = std::false_type;
+  if (s.momentum == 0) return f(no{}, no{}, no{});
+  if (s.nesterov) return s.first_step ? f(yes{}, yes{}, yes{}) : f(yes{}, yes{}, no{});
+  return s.first_step ? f(yes{}, no{}, yes{}) : f(yes{}, no{}, no{});
 }
 
 struct AdamParams {

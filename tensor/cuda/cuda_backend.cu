@@ -189,11 +189,9 @@ __global__ void sum_dim_kernel(const T* x, T* y, int64_t outer, int64_t r, int64
   }
 }
 
+template <bool kMomentum, bool kNesterov, bool kFirstStep>
 __global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, kernels::SgdParams s) {
-  DTRAIN_GRID_STRIDE(i, n) {
-    float scratch = 0;
-    kernels::sgd_update(p[i], g[i], s.momentum != 0 ? buf[i] : scratch, s);
-  }
+  DTRAIN_GRID_STRIDE(i, n) kernels::sgd_update<kMomentum, kNesterov, kFirstStep>(p, g, buf, i, s);
 }
 
 __global__ void adam_kernel(float* p, const float* g, float* m, float* v, int64_t n, kernels::AdamParams s) {
@@ -339,7 +337,9 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 
 void sgd_update(float* p, const float* g, float* buf, int64_t n, const kernels::SgdParams& s, int device) {
   DeviceGuard guard(device);
-  sgd_kernel<<<blocks_for(n), kThreads>>>(p, g, buf, n, s);
+  kernels::dispatch_sgd_variant(s, [&](auto momentum, auto nesterov, auto first_step) {
+    sgd_kernel<momentum.value, nesterov.value, first_step.value><<<blocks_for(n), kThreads>>>(p, g, buf, n, s);
+  });
   check_launch();
 }
 
