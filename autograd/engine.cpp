@@ -2,6 +2,7 @@
 #include "autograd/engine.h"
 
 #include <atomic>
+#include <cctype>
 #include <limits>
 #include <queue>
 #include <unordered_map>
@@ -29,6 +30,21 @@ void add_into(Tensor& acc, const Tensor& g) {
   } else {
     acc = ops::binary(kernels::Binary::kAdd, acc, g);
   }
+}
+
+/// "max_pool2d" -> "MaxPool2dBackward", the PyTorch-style node name users look for in errors.
+std::string backward_name(const char* op) {
+  std::string s;
+  bool upper = true;
+  for (const char* c = op; *c; ++c) {
+    if (*c == '_') {
+      upper = true;
+      continue;
+    }
+    s += upper ? static_cast<char>(std::toupper(static_cast<unsigned char>(*c))) : *c;
+    upper = false;
+  }
+  return s + "Backward";
 }
 
 std::string input_description(const std::vector<Tensor>& inputs) {
@@ -108,7 +124,7 @@ Tensor record(Tensor out, const char* name, const std::vector<Tensor>& inputs,
   bool any = false;
   for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
   if (!any) return out;
-  auto node = std::make_shared<FunctionNode>(std::string(name) + "Backward", std::move(backward));
+  auto node = std::make_shared<FunctionNode>(backward_name(name), std::move(backward));
   node->sequence = g_sequence.fetch_add(1, std::memory_order_relaxed);
   node->next.reserve(inputs.size());
   for (const Tensor& t : inputs) node->next.push_back(gradient_edge(t));

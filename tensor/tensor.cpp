@@ -291,7 +291,7 @@ void Tensor::backward(const Tensor& grad, bool retain_graph) const {
     Tensor seed = grad.defined() ? grad.clone() : ones(shape(), dtype(), device());
     Tensor current = this->grad();
     if (current.defined()) {
-      current.copy_(seed);  // unreachable in practice: leaves get grads only through the engine
+      ops::binary_(kernels::Binary::kAdd, current, seed);  // accumulate, as the engine does
     } else {
       const_cast<Tensor*>(this)->set_grad(seed);
     }

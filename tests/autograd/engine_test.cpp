@@ -1,18 +1,410 @@
-// The backward engine: accumulation, hooks, retain_graph and misuse errors.
+// The backward engine: accumulation, hooks, retain_graph, grad mode, anomaly mode, gradcheck's
+// own failure reporting, and misuse errors.
+#include "autograd/engine.h"
+
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <string>
+#include <vector>
+
 #include "autograd/functions.h"
+#include "autograd/grad_mode.h"
+#include "autograd/gradcheck.h"
 #include "autograd/node.h"
 #include "testutil.h"
 
 namespace dtrain {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using testutil::all_close;
+
+/// The message of the dtrain::Error `body` throws ("" when it throws nothing).
+template <class Body>
+std::string error_message(Body&& body) {
+  try {
+    body();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::vector<float> values(const Tensor& t) { return t.to_vector<float>(); }
+
 TEST(Engine, GradientOfSharedLeafAccumulates) {
   Tensor x = from_vector<float>({1, 2, 3}).set_requires_grad();
   Tensor y = sum(x * x + x * 3.0);  // dy/dx = 2x + 3
   y.backward();
   EXPECT_EQ(x.grad().to_vector<float>(), (std::vector<float>{5, 7, 9}));
+}
+
+TEST(Engine, GradientsAccumulateAcrossTwoBackwardCalls) {
+  Tensor x = from_vector<float>({1, 2, 3}).set_requires_grad();
+  sum(x * x).backward();    // 2x
+  sum(x * 4.0).backward();  // + 4, a separate graph
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{6, 8, 10}));
+}
+
+TEST(Engine, LeafBackwardAccumulatesLikeAnyOther) {
+  // A leaf as the root: its gradient is the seed, added to what is there.
+  Tensor x = from_vector<float>({1.5f}).set_requires_grad();
+  x.backward();
+  x.backward();
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{2}));
+}
+
+TEST(Engine, RetainGraphAllowsSecondBackwardAndDoublesGrads) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor w = from_vector<float>({3, -1}).set_requires_grad();
+  Tensor y = sum(exp(x) * w);
+  y.backward(Tensor(), /*retain_graph=*/true);
+  const std::vector<float> gx1 = values(x.grad()), gw1 = values(w.grad());
+  y.backward();
+  EXPECT_TRUE(all_close(x.grad(), from_vector<float>({2 * gx1[0], 2 * gx1[1]})));
+  EXPECT_TRUE(all_close(w.grad(), from_vector<float>({2 * gw1[0], 2 * gw1[1]})));
+  EXPECT_TRUE(all_close(w.grad(), from_vector<float>({2 * std::exp(1.f), 2 * std::exp(2.f)})));
+}
+
+TEST(Engine, SecondBackwardWithoutRetainGraphThrows) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = sum(x * x);
+  y.backward();
+  const std::string msg = error_message([&] { y.backward(); });
+  EXPECT_THAT(msg, AllOf(HasSubstr("second time"), HasSubstr("retain_graph")));
+  // The first backward's gradient is intact.
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{2, 4}));
+}
+
+TEST(Engine, NonScalarBackwardWithoutGradThrows) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = x * 2.0;
+  EXPECT_THAT(error_message([&] { y.backward(); }), HasSubstr("scalar"));
+  // The engine entry point checks the same thing.
+  EXPECT_THAT(error_message([&] { autograd::backward(y); }), HasSubstr("scalar"));
+}
+
+TEST(Engine, NonScalarBackwardWithExplicitGradWorks) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = x * x;
+  y.backward(from_vector<float>({1, 10}));
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{2, 40}));
+}
+
+TEST(Engine, BackwardWithMismatchedGradShapeThrows) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = x * x;
+  EXPECT_THAT(error_message([&] {
+                y.backward(from_vector<float>({1, 2, 3}));
+              }),
+              AllOf(HasSubstr("[3]"), HasSubstr("[2]")));
+}
+
+TEST(Engine, BackwardOnTensorNotRequiringGradThrows) {
+  Tensor x = from_vector<float>({1, 2});
+  Tensor y = sum(x * x);
+  EXPECT_FALSE(y.requires_grad());
+  EXPECT_THAT(error_message([&] { y.backward(); }), HasSubstr("does not require grad"));
+  EXPECT_THAT(error_message([&] { autograd::backward(y); }), HasSubstr("does not require grad"));
+}
+
+TEST(Engine, NoGradGuardRecordsNothing) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  {
+    NoGradGuard no_grad;
+    EXPECT_FALSE(autograd::grad_enabled());
+    Tensor y = exp(x * 2.0) + x;
+    EXPECT_FALSE(y.requires_grad());
+    EXPECT_EQ(autograd::grad_fn(y), nullptr);
+    { NoGradGuard nested; }
+    EXPECT_FALSE(autograd::grad_enabled()) << "a nested guard restores the outer state";
+  }
+  EXPECT_TRUE(autograd::grad_enabled());
+  EXPECT_TRUE((x * 2.0).requires_grad());
+}
+
+TEST(Engine, DetachCutsTheGraph) {
+  Tensor x = from_vector<float>({2, 3}).set_requires_grad();
+  Tensor y = x * x;
+  Tensor d = y.detach();
+  EXPECT_FALSE(d.requires_grad());
+  EXPECT_TRUE(d.is_leaf());
+  EXPECT_TRUE(d.shares_storage(y));
+  // z = x * stop_gradient(x^2): dz/dx = x^2, not 3x^2.
+  sum(x * d).backward();
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{4, 9}));
+}
+
+TEST(Engine, RequiresGradPropagates) {
+  Tensor a = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor b = from_vector<float>({3, 4});
+  EXPECT_TRUE((a * b).requires_grad());
+  EXPECT_TRUE((b * a).requires_grad());
+  EXPECT_TRUE(matmul(reshape(b, {1, 2}), reshape(a, {2, 1})).requires_grad());
+  EXPECT_FALSE(a.view({2, 1}).requires_grad()) << "Tensor::view has no autograd link";
+  EXPECT_TRUE(cat({b, a}).requires_grad());
+  EXPECT_FALSE((b * b).requires_grad());
+  EXPECT_FALSE(sum(exp(b)).requires_grad());
+  // Only the input that requires grad receives one.
+  sum(a * b).backward();
+  EXPECT_EQ(values(a.grad()), (std::vector<float>{3, 4}));
+  EXPECT_FALSE(b.grad().defined());
+}
+
+TEST(Engine, IsLeafSemantics) {
+  Tensor a = from_vector<float>({1, 2});
+  EXPECT_TRUE(a.is_leaf());
+  a.set_requires_grad();
+  EXPECT_TRUE(a.is_leaf());
+  Tensor y = a * 2.0;
+  EXPECT_FALSE(y.is_leaf());
+  EXPECT_NE(autograd::grad_fn(y), nullptr);
+  EXPECT_EQ(autograd::grad_fn(y)->name(), "MulBackward");
+  EXPECT_TRUE(y.detach().is_leaf());
+  // Multi-word ops get PyTorch-style CamelCase node names.
+  Tensor img = ones({1, 1, 2, 2}).set_requires_grad();
+  EXPECT_EQ(autograd::grad_fn(max_pool2d(img, 2, 2))->name(), "MaxPool2dBackward");
+  EXPECT_EQ(autograd::grad_fn(log_softmax(a, 0))->name(), "LogSoftmaxBackward");
+  Tensor c = from_vector<float>({1, 2}) * 2.0;  // no input requires grad: a leaf
+  EXPECT_TRUE(c.is_leaf());
+  // A non-leaf cannot opt out; detach() is the way.
+  EXPECT_THAT(error_message([&] { y.set_requires_grad(false); }), HasSubstr("detach"));
+  // Non-leaves do not keep their gradient unless asked to.
+  sum(y).backward();
+  EXPECT_FALSE(y.grad().defined());
+  EXPECT_TRUE(a.grad().defined());
+}
+
+TEST(Engine, ReshapeOutputHasItsOwnGraphLink) {
+  // reshape shares storage with its input; recording must not turn the input into a non-leaf.
+  Tensor x = from_vector<float>({1, 2, 3, 4}).set_requires_grad();
+  Tensor y = reshape(x, {2, 2});
+  EXPECT_TRUE(x.is_leaf());
+  EXPECT_FALSE(y.is_leaf());
+  EXPECT_TRUE(y.shares_storage(x));
+  sum(y * y).backward();
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{2, 4, 6, 8}));
+}
+
+TEST(Engine, HookOnNonLeafScalesTheGradientFlowingBack) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = x * 2.0;
+  int calls = 0;
+  Tensor seen;
+  autograd::register_hook(y, [&](const Tensor& g) {
+    ++calls;
+    seen = g.clone();
+    return g * 3.0;
+  });
+  sum(y * y).backward();  // dL/dy = 2y = [4, 8]; scaled by 3, then times dy/dx = 2
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(values(seen), (std::vector<float>{4, 8}));
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{24, 48}));
+}
+
+TEST(Engine, HookReturningUndefinedKeepsTheGradient) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = x * 2.0;
+  autograd::register_hook(y, [](const Tensor&) { return Tensor(); });
+  sum(y).backward();
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{2, 2}));
+}
+
+TEST(Engine, RegisterHookOnTensorNotRequiringGradThrows) {
+  Tensor x = from_vector<float>({1, 2});
+  EXPECT_THAT(error_message([&] { autograd::register_hook(x, [](const Tensor& g) { return g; }); }),
+              HasSubstr("does not require grad"));
+}
+
+TEST(Engine, HookOnLeafRunsBeforeAccumulation) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  std::vector<std::vector<float>> grad_before_hook_ran, incoming;
+  autograd::register_hook(x, [&](const Tensor& g) {
+    grad_before_hook_ran.push_back(x.grad().defined() ? values(x.grad()) : std::vector<float>{});
+    incoming.push_back(values(g));
+    return g * 10.0;
+  });
+  sum(x * x).backward();
+  sum(x * x).backward();
+  ASSERT_EQ(incoming.size(), 2u);
+  // The hook sees this backward's gradient, not the accumulated one, and runs before .grad changes.
+  EXPECT_EQ(incoming[0], (std::vector<float>{2, 4}));
+  EXPECT_EQ(incoming[1], (std::vector<float>{2, 4}));
+  EXPECT_TRUE(grad_before_hook_ran[0].empty());
+  EXPECT_EQ(grad_before_hook_ran[1], (std::vector<float>{20, 40}));
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{40, 80}));
+}
+
+TEST(Engine, PostAccumulateHookFiresOncePerBackwardForALeafUsedThreeTimes) {
+  Tensor x = from_vector<float>({0.5f, -1.f}).set_requires_grad();
+  int calls = 0;
+  std::vector<std::vector<float>> seen;
+  autograd::register_post_accumulate_grad_hook(x, [&](Tensor& leaf) {
+    ++calls;
+    seen.push_back(values(leaf.grad()));
+  });
+  auto loss = [&] {
+    // x enters at three depths: x * x (twice through one node), exp(x) and sigmoid(x * 3).
+    return sum(x * x + exp(x) + sigmoid(x * 3.0) * 2.0);
+  };
+  auto expected = [&](float v) {  // d/dx of one loss
+    const float s = 1.f / (1.f + std::exp(-3.f * v));
+    return 2 * v + std::exp(v) + 2 * 3 * s * (1 - s);
+  };
+  loss().backward();
+  EXPECT_EQ(calls, 1);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_NEAR(seen[0][0], expected(0.5f), 1e-5);
+  EXPECT_NEAR(seen[0][1], expected(-1.f), 1e-5);
+  loss().backward();
+  EXPECT_EQ(calls, 2);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NEAR(seen[1][0], 2 * expected(0.5f), 1e-5) << "sees the accumulated gradient";
+  EXPECT_NEAR(seen[1][1], 2 * expected(-1.f), 1e-5);
+}
+
+TEST(Engine, PostAccumulateHookOnNonLeafThrows) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = x * 2.0;
+  EXPECT_THAT(
+      error_message([&] { autograd::register_post_accumulate_grad_hook(y, [](Tensor&) {}); }),
+      HasSubstr("not a leaf"));
+}
+
+TEST(Engine, RetainGradKeepsANonLeafGradient) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  Tensor y = x * 3.0;
+  Tensor z = y * y;
+  autograd::retain_grad(y);
+  sum(z).backward();
+  ASSERT_TRUE(y.grad().defined());
+  EXPECT_EQ(values(y.grad()), (std::vector<float>{6, 12}));  // 2y
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{18, 36}));
+  EXPECT_FALSE(z.grad().defined());
+}
+
+TEST(Engine, AccumulatorsRunAsSoonAsTheirGradientIsComplete) {
+  // y = tanh(w2 * tanh(w1 * x)): w2's gradient is complete once the outer mul has run, before the
+  // inner tanh's backward; DDP relies on this to start communicating early.
+  Tensor x = from_vector<float>({0.3f, -0.7f});
+  Tensor w1 = from_vector<float>({1.2f, 0.4f}).set_requires_grad();
+  Tensor w2 = from_vector<float>({-0.5f, 2.f}).set_requires_grad();
+  std::vector<std::string> order;
+  autograd::register_post_accumulate_grad_hook(w1, [&](Tensor&) { order.push_back("w1"); });
+  autograd::register_post_accumulate_grad_hook(w2, [&](Tensor&) { order.push_back("w2"); });
+  Tensor h = tanh(w1 * x);
+  autograd::register_hook(h, [&](const Tensor&) {
+    order.push_back("h");  // runs when the inner tanh's backward starts
+    return Tensor();
+  });
+  sum(tanh(w2 * h)).backward();
+  EXPECT_EQ(order, (std::vector<std::string>{"w2", "h", "w1"}));
+}
+
+TEST(Engine, AccumulatorOfALeafUsedEarlyAndLateWaitsForAllContributions) {
+  // w feeds both the first and the last op; its hook must see the complete gradient, once.
+  Tensor w = from_vector<float>({0.5f}).set_requires_grad();
+  Tensor x = from_vector<float>({2.f});
+  std::vector<float> seen;
+  autograd::register_post_accumulate_grad_hook(
+      w, [&](Tensor& leaf) { seen.push_back(values(leaf.grad())[0]); });
+  Tensor h = exp(w * x);  // first use
+  sum(h * w).backward();  // last use: L = w exp(wx), dL/dw = exp(wx) (1 + wx)
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_NEAR(seen[0], std::exp(1.f) * 2.f, 1e-5);
+}
+
+TEST(Engine, AnomalyModeNamesTheBackwardNodeAndForwardOp) {
+  Tensor x = from_vector<float>({0.f, 1.f, 4.f}).set_requires_grad();
+  AnomalyGuard anomaly;
+  Tensor y = sum(sqrt(x));  // d sqrt / dx = inf at 0
+  const std::string msg = error_message([&] { y.backward(); });
+  EXPECT_THAT(msg, AllOf(HasSubstr("SqrtBackward"), HasSubstr("sqrt with inputs"),
+                         HasSubstr("float32[3]")));
+}
+
+TEST(Engine, AnomalyModeNamesLogOfZero) {
+  Tensor x = from_vector<float>({1.f, 0.f, 2.f, 3.f}).set_requires_grad();
+  AnomalyGuard anomaly;
+  Tensor y = sum(log(reshape(x, {2, 2})));
+  const std::string msg = error_message([&] { y.backward(); });
+  EXPECT_THAT(msg, AllOf(HasSubstr("LogBackward"), HasSubstr("log with inputs"),
+                         HasSubstr("float32[2, 2]")));
+}
+
+TEST(Engine, WithoutAnomalyModeNonFiniteGradientsPassSilently) {
+  ASSERT_FALSE(autograd::anomaly_enabled());
+  Tensor x = from_vector<float>({0.f, 4.f}).set_requires_grad();
+  EXPECT_NO_THROW(sum(sqrt(x)).backward());
+  const auto g = values(x.grad());
+  EXPECT_TRUE(std::isinf(g[0]));
+  EXPECT_FLOAT_EQ(g[1], 0.25f);
+}
+
+TEST(Engine, AnomalyGuardRestoresThePreviousState) {
+  EXPECT_FALSE(autograd::anomaly_enabled());
+  {
+    AnomalyGuard anomaly;
+    EXPECT_TRUE(autograd::anomaly_enabled());
+  }
+  EXPECT_FALSE(autograd::anomaly_enabled());
+}
+
+/// y = x^2 recorded through autograd::record with a backward of `factor` * g * x.
+Tensor square_with_backward_factor(const Tensor& x, double factor) {
+  Tensor y = ops::binary(kernels::Binary::kMul, x, x);
+  return autograd::record(y, "square", {x}, [xd = x.detach(), factor](const Tensor& g) {
+    return std::vector<Tensor>{mul(mul(g, xd), factor)};
+  });
+}
+
+TEST(Engine, GradcheckAcceptsACorrectCustomOp) {
+  Generator gen(5);
+  Tensor x = randn({2, 3}, gen, DType::kFloat64).set_requires_grad();
+  const GradcheckResult r = gradcheck(
+      [](const std::vector<Tensor>& in) { return square_with_backward_factor(in[0], 2.0); }, {x});
+  EXPECT_TRUE(r.ok) << r.message;
+  EXPECT_LT(r.max_abs_error, 1e-6);
+}
+
+TEST(Engine, GradcheckRejectsAWrongGradient) {
+  Generator gen(5);
+  Tensor x = randn({2, 3}, gen, DType::kFloat64).set_requires_grad();
+  const GradcheckResult r = gradcheck(
+      [](const std::vector<Tensor>& in) { return square_with_backward_factor(in[0], 1.0); }, {x});
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.message,
+              AllOf(HasSubstr("analytic"), HasSubstr("numerical"), HasSubstr("input 0")));
+  EXPECT_GT(r.max_abs_error, 0.01);
+}
+
+TEST(Engine, GradcheckRejectsAMissingCrossTerm) {
+  // A wrong off-diagonal Jacobian entry: out = [x0 * x1, x1] with d(out0)/dx0 dropped.
+  Tensor x = from_vector<double>({1.5, -2.0}).set_requires_grad();
+  auto fn = [](const std::vector<Tensor>& in) {
+    Tensor v = in[0];
+    Tensor out =
+        from_vector<double>({v.data<double>()[0] * v.data<double>()[1], v.data<double>()[1]});
+    return autograd::record(out, "bad", {v}, [vd = v.detach()](const Tensor& g) {
+      const double* pg = g.data<double>();
+      const double* pv = vd.data<double>();
+      return std::vector<Tensor>{from_vector<double>({0.0, pg[0] * pv[0] + pg[1]})};
+    });
+  };
+  const GradcheckResult r = gradcheck(fn, {x});
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.message, HasSubstr("element 0"));
+}
+
+TEST(Engine, GradcheckRequiresFloat64) {
+  Tensor x = from_vector<float>({1, 2}).set_requires_grad();
+  EXPECT_THAT(error_message([&] {
+                gradcheck([](const std::vector<Tensor>& in) { return in[0] * 2.0; }, {x});
+              }),
+              HasSubstr("float64"));
 }
 
 }  // namespace
