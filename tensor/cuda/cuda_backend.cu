@@ -11,6 +11,7 @@
 
 #include "tensor/check.h"
 #include "tensor/cuda/cuda_backend.h"
+#include "tensor/kernels_nn.h"
 
 #define DTRAIN_CUDA_CHECK(expr)                                                              \
   do {                                                                                       \
@@ -229,7 +230,62 @@ cublasHandle_t cublas_handle(int device) {
   return handles[device];
 }
 
+template <class Kernel>
+__global__ void functor_kernel(Kernel k, int64_t n) {
+  DTRAIN_GRID_STRIDE(i, n) k(i);
+}
+
 }  // namespace
+
+template <class Kernel>
+void launch(int64_t n, const Kernel& k, int device) {
+  DeviceGuard guard(device);
+  functor_kernel<Kernel><<<blocks_for(n), kThreads>>>(k, n);
+  check_launch();
+}
+
+// One line per functor of tensor/kernels_nn.h (float and double where templated on T).
+#define DTRAIN_LAUNCH_FLOATING(K)                                     \
+  template void launch<kernels::K<float>>(int64_t, const kernels::K<float>&, int); \
+  template void launch<kernels::K<double>>(int64_t, const kernels::K<double>&, int)
+DTRAIN_LAUNCH_FLOATING(SoftmaxLines);
+DTRAIN_LAUNCH_FLOATING(SoftmaxBackwardLines);
+DTRAIN_LAUNCH_FLOATING(CrossEntropyRows);
+DTRAIN_LAUNCH_FLOATING(CrossEntropyBackward);
+DTRAIN_LAUNCH_FLOATING(NllRows);
+DTRAIN_LAUNCH_FLOATING(NllBackwardRows);
+DTRAIN_LAUNCH_FLOATING(LayerNormRows);
+DTRAIN_LAUNCH_FLOATING(LayerNormBackwardRows);
+DTRAIN_LAUNCH_FLOATING(LayerNormParamGradColumns);
+DTRAIN_LAUNCH_FLOATING(BatchNormChannels);
+DTRAIN_LAUNCH_FLOATING(BatchNormBackwardChannels);
+DTRAIN_LAUNCH_FLOATING(MaxLines);
+DTRAIN_LAUNCH_FLOATING(MaxLinesBackward);
+DTRAIN_LAUNCH_FLOATING(MaxPoolForward);
+DTRAIN_LAUNCH_FLOATING(MaxPoolBackwardPlanes);
+DTRAIN_LAUNCH_FLOATING(AvgPoolForward);
+DTRAIN_LAUNCH_FLOATING(AvgPoolBackwardPlanes);
+DTRAIN_LAUNCH_FLOATING(Im2colRows);
+DTRAIN_LAUNCH_FLOATING(Col2imPlanes);
+DTRAIN_LAUNCH_FLOATING(EmbeddingGather);
+DTRAIN_LAUNCH_FLOATING(EmbeddingScatterColumns);
+DTRAIN_LAUNCH_FLOATING(WhereElements);
+DTRAIN_LAUNCH_FLOATING(UniformFill);
+DTRAIN_LAUNCH_FLOATING(NormalFill);
+DTRAIN_LAUNCH_FLOATING(DropoutMaskFill);
+template void launch<kernels::MaxLines<int64_t>>(int64_t, const kernels::MaxLines<int64_t>&, int);
+template void launch<kernels::MaxLines<int32_t>>(int64_t, const kernels::MaxLines<int32_t>&, int);
+template void launch<kernels::WhereElements<int64_t>>(int64_t, const kernels::WhereElements<int64_t>&, int);
+template void launch<kernels::GatherElements<uint8_t>>(int64_t, const kernels::GatherElements<uint8_t>&, int);
+template void launch<kernels::GatherElements<uint16_t>>(int64_t, const kernels::GatherElements<uint16_t>&, int);
+template void launch<kernels::GatherElements<uint32_t>>(int64_t, const kernels::GatherElements<uint32_t>&, int);
+template void launch<kernels::GatherElements<uint64_t>>(int64_t, const kernels::GatherElements<uint64_t>&, int);
+
+void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+             size_t rows) {
+  if (width == 0 || rows == 0) return;
+  DTRAIN_CUDA_CHECK(cudaMemcpy2D(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDefault));
+}
 
 bool available() { return device_count() > 0; }
 

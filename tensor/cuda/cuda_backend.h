@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tensor/allocator.h"
+#include "tensor/check.h"
 #include "tensor/dtype.h"
 #include "tensor/kernels.h"
 
@@ -48,4 +49,21 @@ void adam_update(float* p, const float* g, float* m, float* v, int64_t n,
 void rmsprop_update(float* p, const float* g, float* sq, float* buf, int64_t n,
                     const kernels::RmspropParams& s, int device);
 
+}  // namespace dtrain::cuda
+
+namespace dtrain::cuda {
+#if defined(DTRAIN_HAS_CUDA)
+/// Runs k(i) for every i in [0, n) on the device in a grid-stride kernel. Explicitly instantiated
+/// in cuda_backend.cu for every functor of tensor/kernels_nn.h.
+template <class Kernel>
+void launch(int64_t n, const Kernel& k, int device);
+#else
+template <class Kernel>
+void launch(int64_t, const Kernel&, int) {
+  DTRAIN_THROW(UnsupportedError, "CUDA kernel launch: this dtrain was built without CUDA");
+}
+#endif
+/// Copies `rows` blocks of `width` bytes between strided host or device buffers (cudaMemcpy2D).
+void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+             size_t rows);
 }  // namespace dtrain::cuda
