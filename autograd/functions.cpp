@@ -210,20 +210,7 @@ std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
   auto [values, indices] = ops::max(x, dim, keepdim);
   dim = ops::normalize_dim(dim, x.dim(), "max");
   values = record(values, "max", {x}, [s = x.shape(), dim, idx = indices](const Tensor& g) {
-    Tensor dx = zeros(s, g.dtype());
-    int64_t outer = 1, inner = 1;
-    for (int64_t d = 0; d < dim; ++d) outer *= s[d];
-    for (size_t d = dim + 1; d < s.size(); ++d) inner *= s[d];
-    const int64_t r = s[dim];
-    const int64_t* pi = idx.data<int64_t>();
-    detail::dispatch_floating(g.dtype(), "max backward", [&](auto tag) {
-      using T = decltype(tag);
-      const T* pg = g.data<T>();
-      T* pd = dx.data<T>();
-      for (int64_t o = 0; o < outer; ++o)
-        for (int64_t i = 0; i < inner; ++i) pd[(o * r + pi[o * inner + i]) * inner + i] = pg[o * inner + i];
-    });
-    return Grads{dx};
+    return Grads{ops::max_backward(g, idx, s, dim)};
   });
   return {values, indices};
 }
@@ -337,35 +324,11 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, double label_s
 }
 
 Tensor nll_loss(const Tensor& log_probs, const Tensor& targets) {
-  detail::check_cpu("nll_loss", log_probs);
-  DTRAIN_CHECK(log_probs.dim() == 2 && targets.dtype() == DType::kInt64 && targets.dim() == 1 &&
-                   targets.size(0) == log_probs.size(0),
-               "nll_loss: expects log-probabilities [N, C] and int64 targets [N]; got ",
-               log_probs.describe(), " and ", targets.describe());
-  const int64_t n = log_probs.size(0), c = log_probs.size(1);
-  const int64_t* t = targets.data<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    DTRAIN_CHECK(t[i] >= 0 && t[i] < c, "nll_loss: target ", t[i], " at position ", i,
-                 " is outside [0, ", c, ")");
-  }
-  Tensor loss({}, log_probs.dtype());
-  detail::dispatch_floating(log_probs.dtype(), "nll_loss", [&](auto tag) {
-    using T = decltype(tag);
-    double total = 0;
-    for (int64_t i = 0; i < n; ++i) total -= log_probs.data<T>()[i * c + t[i]];
-    loss.data<T>()[0] = static_cast<T>(n ? total / n : 0.0);
-  });
-  return record(loss, "nll_loss", {log_probs}, [shape = log_probs.shape(), tg = targets](const Tensor& g) {
-    Tensor d = zeros(shape, g.dtype());
-    const int64_t rows = shape[0], cols = shape[1];
-    const double v = -g.item<double>() / static_cast<double>(std::max<int64_t>(rows, 1));
-    const int64_t* pt = tg.data<int64_t>();
-    detail::dispatch_floating(g.dtype(), "nll_loss backward", [&](auto tag) {
-      using T = decltype(tag);
-      for (int64_t i = 0; i < rows; ++i) d.data<T>()[i * cols + pt[i]] = static_cast<T>(v);
-    });
-    return Grads{d};
-  });
+  return record(ops::nll_loss(log_probs, targets), "nll_loss", {log_probs},
+                [shape = log_probs.shape(), t = targets, dtype = log_probs.dtype(),
+                 device = log_probs.device()](const Tensor& g) {
+                  return Grads{ops::nll_loss_backward(shape, t, g.item<double>(), dtype, device)};
+                });
 }
 
 Tensor mse_loss(const Tensor& input, const Tensor& target) {
@@ -408,7 +371,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   if (!training || p == 0) return x;
-  Tensor mask = ops::dropout_mask(x.shape(), p, gen, x.dtype());
+  Tensor mask = ops::dropout_mask(x.shape(), p, gen, x.dtype(), x.device());
   return record(bin(Binary::kMul, x, mask), "dropout", {x},
                 [mask](const Tensor& g) { return Grads{bin(Binary::kMul, g, mask)}; });
 }

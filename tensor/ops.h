@@ -33,6 +33,8 @@ Tensor sum(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false
 Tensor mean(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);
 /// Max over one dim: values and int64 indices (first maximum wins).
 std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim = false);
+/// Gradient of max over dim: gy routed to the positions in indices (as max returned them).
+Tensor max_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape, int64_t dim);
 Tensor max_all(const Tensor& x);
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 /// Sums a broadcast gradient back to `shape` (the reverse of broadcasting).
@@ -83,6 +85,12 @@ std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tens
 Tensor softmax_cross_entropy_backward(const Tensor& probs, const Tensor& targets, double grad_loss,
                                       double label_smoothing = 0.0);
 
+/// Mean negative log-likelihood of log-probabilities [N, C] at int64 targets [N], and its
+/// gradient for an upstream gradient grad_loss.
+Tensor nll_loss(const Tensor& log_probs, const Tensor& targets);
+Tensor nll_loss_backward(const Shape& shape, const Tensor& targets, double grad_loss, DType dtype,
+                         Device device);
+
 struct NormStats {
   Tensor mean, rstd;  // per normalised group
 };
@@ -112,7 +120,8 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
 Tensor permute(const Tensor& x, const std::vector<int64_t>& dims);
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
 /// Mask with P(keep) = 1 - p, scaled by 1 / (1 - p), from the generator's Philox stream.
-Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype = DType::kFloat32);
+Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype = DType::kFloat32,
+                    Device device = Device::cpu());
 /// Wraps a negative dim and checks its range, naming op and the shape.
 int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op);
 
@@ -121,4 +130,10 @@ int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op);
 namespace dtrain::ops {
 /// Copies x broadcast to `shape` (NumPy rules).
 Tensor expand(const Tensor& x, const Shape& shape);
+/// out[i] = x[source offset of i under index's `a` strides], for any dtype (expand, permute).
+void gather_elements(const Tensor& x, Tensor& out, const kernels::BroadcastIndex& index);
+/// Copies `rows` blocks of `width` bytes from src (row pitch src_pitch) to dst (dst_pitch), on
+/// the host or the device.
+void copy_blocks(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                 int64_t rows, Device device);
 }  // namespace dtrain::ops

@@ -1,12 +1,15 @@
-// Convolution through oneDNN's primitives (forward, backward-data, backward-weights), the
-// im2col + GEMM reference the tests compare it with (also the float64 path), and 2-D pooling.
+// Convolution through oneDNN's primitives (forward, backward-data, backward-weights) on the CPU,
+// im2col + GEMM as the reference the tests compare it with (also the float64 and CUDA path), and
+// 2-D pooling.
 #include <limits>
 
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
+#include "tensor/kernels_nn.h"
 #include "tensor/ops.h"
+#include "tensor/run.h"
 
 namespace dtrain::ops {
 namespace {
@@ -68,59 +71,23 @@ memory wrap(const memory::desc& md, const Tensor& t) {
   return memory(md, cpu_engine(), t.data_ptr());
 }
 
-bool use_reference(const Tensor& x) { return x.dtype() != DType::kFloat32; }
+/// oneDNN serves float32 on the CPU; float64 (gradcheck) and CUDA use im2col + GEMM.
+bool use_reference(const Tensor& x) { return x.dtype() != DType::kFloat32 || x.device().is_cuda(); }
 
-template <class T>
-void im2col_plane(const T* x, T* col, const ConvGeometry& g, Conv2dArgs a) {
-  // col [C*KH*KW, OH*OW] for one image.
-  const int64_t ohw = g.oh * g.ow;
-  for (int64_t c = 0; c < g.c; ++c)
-    for (int64_t ki = 0; ki < g.kh; ++ki)
-      for (int64_t kj = 0; kj < g.kw; ++kj) {
-        T* row = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
-        for (int64_t oi = 0; oi < g.oh; ++oi) {
-          const int64_t hi = oi * a.stride - a.padding + ki;
-          for (int64_t oj = 0; oj < g.ow; ++oj) {
-            const int64_t wj = oj * a.stride - a.padding + kj;
-            const bool inside = hi >= 0 && hi < g.h && wj >= 0 && wj < g.w;
-            row[oi * g.ow + oj] = inside ? x[(c * g.h + hi) * g.w + wj] : T(0);
-          }
-        }
-      }
-}
-
-template <class T>
-void col2im_plane(const T* col, T* x, const ConvGeometry& g, Conv2dArgs a) {
-  const int64_t ohw = g.oh * g.ow;
-  for (int64_t c = 0; c < g.c; ++c)
-    for (int64_t ki = 0; ki < g.kh; ++ki)
-      for (int64_t kj = 0; kj < g.kw; ++kj) {
-        const T* row = col + ((c * g.kh + ki) * g.kw + kj) * ohw;
-        for (int64_t oi = 0; oi < g.oh; ++oi) {
-          const int64_t hi = oi * a.stride - a.padding + ki;
-          if (hi < 0 || hi >= g.h) continue;
-          for (int64_t oj = 0; oj < g.ow; ++oj) {
-            const int64_t wj = oj * a.stride - a.padding + kj;
-            if (wj >= 0 && wj < g.w) x[(c * g.h + hi) * g.w + wj] += row[oi * g.ow + oj];
-          }
-        }
-      }
+kernels::Window2d window_of(const ConvGeometry& g, Conv2dArgs a) {
+  return {g.h, g.w, g.oh, g.ow, g.kh, g.kw, a.stride, a.padding};
 }
 
 Tensor conv2d_backward_input_reference(const Tensor& gy, const Tensor& w, const ConvGeometry& g,
                                        Conv2dArgs args) {
-  Tensor dx = zeros({g.n, g.c, g.h, g.w}, gy.dtype());
   const int64_t ckk = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
-  Tensor w2 = w.view({g.o, ckk});
+  // cols[n] = W^T [CKK, O] @ gy[n] [O, OHW], then scattered back onto the image.
+  Tensor cols = matmul(w.view({g.o, ckk}), gy.view({g.n, g.o, ohw}), true, false);
+  Tensor dx = zeros({g.n, g.c, g.h, g.w}, gy.dtype(), gy.device());
   detail::dispatch_floating(gy.dtype(), "conv2d backward", [&](auto tag_) {
     using T = decltype(tag_);
-    Tensor col({ckk, ohw}, gy.dtype());
-    for (int64_t n = 0; n < g.n; ++n) {
-      Tensor gyn(gy.storage(), gy.storage_offset_bytes() + n * g.o * ohw * sizeof(T), {g.o, ohw},
-                 gy.dtype());
-      gemm(true, false, w2, gyn, col);
-      col2im_plane<T>(col.data<T>(), dx.data<T>() + n * g.c * g.h * g.w, g, args);
-    }
+    run_kernel(gy.device(), g.n * g.c,
+               kernels::Col2imPlanes<T>{cols.data<T>(), dx.data<T>(), g.c, window_of(g, args)}, 1);
   });
   return dx;
 }
@@ -128,7 +95,7 @@ Tensor conv2d_backward_input_reference(const Tensor& gy, const Tensor& w, const 
 Tensor conv2d_backward_weight_reference(const Tensor& gy, const Tensor& x, const ConvGeometry& g,
                                         Conv2dArgs args) {
   const int64_t ckk = g.c * g.kh * g.kw, ohw = g.oh * g.ow;
-  Tensor dw = zeros({g.o, ckk}, gy.dtype());
+  Tensor dw = zeros({g.o, ckk}, gy.dtype(), gy.device());
   Tensor cols = im2col(x, g.kh, g.kw, args);
   const size_t es = dtype_size(gy.dtype());
   for (int64_t n = 0; n < g.n; ++n) {
@@ -143,16 +110,15 @@ Tensor conv2d_backward_weight_reference(const Tensor& gy, const Tensor& x, const
 }  // namespace
 
 Tensor im2col(const Tensor& x, int64_t kh, int64_t kw, Conv2dArgs args) {
-  detail::check_cpu("im2col", x);
+  detail::check_defined("im2col", x, "input");
   const ConvGeometry g = conv_geometry(x.shape(), {1, x.size(1), kh, kw}, args, "im2col");
   const int64_t ckk = g.c * kh * kw, ohw = g.oh * g.ow;
-  Tensor cols({g.n, ckk, ohw}, x.dtype());
+  Tensor cols({g.n, ckk, ohw}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "im2col", [&](auto tag_) {
     using T = decltype(tag_);
-    cpu::parallel_for(g.n, 1, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n)
-        im2col_plane<T>(x.data<T>() + n * g.c * g.h * g.w, cols.data<T>() + n * ckk * ohw, g, args);
-    });
+    run_kernel(x.device(), g.n * ckk,
+               kernels::Im2colRows<T>{x.data<T>(), cols.data<T>(), g.c, window_of(g, args)},
+               std::max<int64_t>(1, 4096 / std::max<int64_t>(ohw, 1)));
   });
   return cols;
 }
@@ -173,7 +139,6 @@ Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias, Co
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args) {
   detail::check_same("conv2d", x, w);
-  detail::check_cpu("conv2d", x);
   const ConvGeometry g = conv_geometry(x.shape(), w.shape(), args, "conv2d");
   if (bias.defined()) {
     detail::check_same("conv2d", x, bias);
@@ -197,7 +162,6 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs a
 Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_shape,
                              Conv2dArgs args) {
   detail::check_same("conv2d backward", gy, w);
-  detail::check_cpu("conv2d backward", gy);
   const ConvGeometry g = conv_geometry(x_shape, w.shape(), args, "conv2d backward");
   if (use_reference(gy)) return conv2d_backward_input_reference(gy, w, g, args);
   Tensor dx(x_shape, gy.dtype());
@@ -218,7 +182,6 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
 Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
                               Conv2dArgs args) {
   detail::check_same("conv2d backward", gy, x);
-  detail::check_cpu("conv2d backward", gy);
   const ConvGeometry g = conv_geometry(x.shape(), w_shape, args, "conv2d backward");
   if (use_reference(gy)) return conv2d_backward_weight_reference(gy, x, g, args);
   Tensor dw(w_shape, gy.dtype());
@@ -255,118 +218,58 @@ PoolGeometry pool_geometry(const Shape& x, Pool2dArgs a, const char* op) {
 }
 }  // namespace
 
+namespace {
+kernels::Window2d pool_window(const PoolGeometry& g, Pool2dArgs a) {
+  return {g.h, g.w, g.oh, g.ow, a.kernel, a.kernel, a.stride, a.padding};
+}
+}  // namespace
+
 std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
-  detail::check_cpu("max_pool2d", x);
+  detail::check_defined("max_pool2d", x, "input");
   const PoolGeometry g = pool_geometry(x.shape(), a, "max_pool2d");
-  Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype());
-  Tensor idx(y.shape(), DType::kInt64);
+  Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype(), x.device());
+  Tensor idx(y.shape(), DType::kInt64, x.device());
   detail::dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
-    int64_t* pi = idx.data<int64_t>();
-    cpu::parallel_for(g.planes, 1, [&](int64_t b, int64_t e) {
-      for (int64_t p = b; p < e; ++p)
-        for (int64_t oi = 0; oi < g.oh; ++oi)
-          for (int64_t oj = 0; oj < g.ow; ++oj) {
-            T best = -std::numeric_limits<T>::infinity();
-            int64_t arg = -1;
-            for (int64_t ki = 0; ki < a.kernel; ++ki) {
-              const int64_t hi = oi * a.stride - a.padding + ki;
-              if (hi < 0 || hi >= g.h) continue;
-              for (int64_t kj = 0; kj < a.kernel; ++kj) {
-                const int64_t wj = oj * a.stride - a.padding + kj;
-                if (wj < 0 || wj >= g.w) continue;
-                const T v = px[(p * g.h + hi) * g.w + wj];
-                if (v > best || arg < 0) {
-                  best = v;
-                  arg = hi * g.w + wj;
-                }
-              }
-            }
-            const int64_t o = (p * g.oh + oi) * g.ow + oj;
-            py[o] = best;
-            pi[o] = arg;
-          }
-    });
+    run_kernel(x.device(), y.numel(),
+               kernels::MaxPoolForward<T>{x.data<T>(), y.data<T>(), idx.data<int64_t>(), pool_window(g, a)},
+               4096);
   });
   return {y, idx};
 }
 
 Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape) {
-  detail::check_cpu("max_pool2d backward", gy);
-  Tensor dx = zeros(x_shape, gy.dtype());
-  const int64_t planes = x_shape[0] * x_shape[1], hw = x_shape[2] * x_shape[3];
-  const int64_t ohw = gy.size(2) * gy.size(3);
-  const int64_t* pi = indices.data<int64_t>();
+  Tensor dx = zeros(x_shape, gy.dtype(), gy.device());
+  const int64_t planes = x_shape[0] * x_shape[1];
   detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
     using T = decltype(tag_);
-    const T* pg = gy.data<T>();
-    T* pd = dx.data<T>();
-    cpu::parallel_for(planes, 1, [&](int64_t b, int64_t e) {
-      for (int64_t p = b; p < e; ++p)
-        for (int64_t o = 0; o < ohw; ++o) pd[p * hw + pi[p * ohw + o]] += pg[p * ohw + o];
-    });
+    run_kernel(gy.device(), planes,
+               kernels::MaxPoolBackwardPlanes<T>{gy.data<T>(), indices.data<int64_t>(), dx.data<T>(),
+                                                 x_shape[2] * x_shape[3], gy.size(2) * gy.size(3)},
+               1);
   });
   return dx;
 }
 
-namespace {
-/// PyTorch's window for count_include_pad=True: the divisor counts padding but not the part of
-/// the window that hangs past the padded border.
-struct Window {
-  int64_t h0, h1, w0, w1, divisor;
-};
-Window avg_window(int64_t oi, int64_t oj, const PoolGeometry& g, Pool2dArgs a) {
-  int64_t h0 = oi * a.stride - a.padding, w0 = oj * a.stride - a.padding;
-  int64_t h1 = std::min(h0 + a.kernel, g.h + a.padding), w1 = std::min(w0 + a.kernel, g.w + a.padding);
-  const int64_t divisor = (h1 - h0) * (w1 - w0);
-  return {std::max<int64_t>(h0, 0), std::min(h1, g.h), std::max<int64_t>(w0, 0),
-          std::min(w1, g.w), divisor};
-}
-}  // namespace
-
 Tensor avg_pool2d(const Tensor& x, Pool2dArgs a) {
-  detail::check_cpu("avg_pool2d", x);
+  detail::check_defined("avg_pool2d", x, "input");
   const PoolGeometry g = pool_geometry(x.shape(), a, "avg_pool2d");
-  Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype());
+  Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "avg_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
-    cpu::parallel_for(g.planes, 1, [&](int64_t b, int64_t e) {
-      for (int64_t p = b; p < e; ++p)
-        for (int64_t oi = 0; oi < g.oh; ++oi)
-          for (int64_t oj = 0; oj < g.ow; ++oj) {
-            const Window wd = avg_window(oi, oj, g, a);
-            T acc = 0;
-            for (int64_t hi = wd.h0; hi < wd.h1; ++hi)
-              for (int64_t wj = wd.w0; wj < wd.w1; ++wj) acc += px[(p * g.h + hi) * g.w + wj];
-            py[(p * g.oh + oi) * g.ow + oj] = acc / T(wd.divisor);
-          }
-    });
+    run_kernel(x.device(), y.numel(), kernels::AvgPoolForward<T>{x.data<T>(), y.data<T>(), pool_window(g, a)},
+               4096);
   });
   return y;
 }
 
 Tensor avg_pool2d_backward(const Tensor& gy, const Shape& x_shape, Pool2dArgs a) {
-  detail::check_cpu("avg_pool2d backward", gy);
   const PoolGeometry g = pool_geometry(x_shape, a, "avg_pool2d backward");
-  Tensor dx = zeros(x_shape, gy.dtype());
+  Tensor dx = zeros(x_shape, gy.dtype(), gy.device());
   detail::dispatch_floating(gy.dtype(), "avg_pool2d backward", [&](auto tag_) {
     using T = decltype(tag_);
-    const T* pg = gy.data<T>();
-    T* pd = dx.data<T>();
-    cpu::parallel_for(g.planes, 1, [&](int64_t b, int64_t e) {
-      for (int64_t p = b; p < e; ++p)
-        for (int64_t oi = 0; oi < g.oh; ++oi)
-          for (int64_t oj = 0; oj < g.ow; ++oj) {
-            const Window wd = avg_window(oi, oj, g, a);
-            const T v = pg[(p * g.oh + oi) * g.ow + oj] / T(wd.divisor);
-            for (int64_t hi = wd.h0; hi < wd.h1; ++hi)
-              for (int64_t wj = wd.w0; wj < wd.w1; ++wj) pd[(p * g.h + hi) * g.w + wj] += v;
-          }
-    });
+    run_kernel(gy.device(), g.planes,
+               kernels::AvgPoolBackwardPlanes<T>{gy.data<T>(), dx.data<T>(), pool_window(g, a)}, 1);
   });
   return dx;
 }

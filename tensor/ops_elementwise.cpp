@@ -5,7 +5,9 @@
 #include "tensor/cpu/parallel.h"
 #include "tensor/cuda/cuda_backend.h"
 #include "tensor/dispatch.h"
+#include "tensor/kernels_nn.h"
 #include "tensor/ops.h"
+#include "tensor/run.h"
 
 namespace dtrain::ops {
 
@@ -213,29 +215,23 @@ void binary_(Binary op, Tensor& out, const Tensor& b) {
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_binary_operands("where", a, b);
   detail::check_defined("where", cond, "condition");
-  DTRAIN_CHECK(cond.dtype() == DType::kBool, "where: condition must be bool; got ",
-               cond.describe());
+  DTRAIN_CHECK(cond.dtype() == DType::kBool && cond.device() == a.device(),
+               "where: condition must be bool on ", a.device().str(), "; got ", cond.describe());
   const Shape ab = broadcast_shapes(a.shape(), b.shape(), "where");
   const Shape shape = broadcast_shapes(cond.shape(), ab, "where");
-  detail::check_cpu("where", a);
-  Tensor out(shape, a.dtype());
-  const kernels::BroadcastIndex ia = make_index(shape, a.shape(), b.shape());
-  const kernels::BroadcastIndex ic = make_index(shape, cond.shape(), cond.shape());
-  const bool* c = cond.data<bool>();
-  detail::dispatch_numeric(a.dtype(), "where", [&](auto tag) {
+  Tensor out(shape, a.dtype(), a.device());
+  const auto run = [&](auto tag) {
     using T = decltype(tag);
-    const T* pa = a.data<T>();
-    const T* pb = b.data<T>();
-    T* po = out.data<T>();
-    cpu::parallel_for(out.numel(), [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) {
-        int64_t oa, ob, oc, unused;
-        ia.offsets(i, oa, ob);
-        ic.offsets(i, oc, unused);
-        po[i] = c[oc] ? pa[oa] : pb[ob];
-      }
-    });
-  });
+    run_kernel(a.device(), out.numel(),
+               kernels::WhereElements<T>{cond.data<bool>(), a.data<T>(), b.data<T>(), out.data<T>(),
+                                         make_index(shape, a.shape(), b.shape()),
+                                         make_index(shape, cond.shape(), cond.shape())});
+  };
+  if (a.dtype() == DType::kInt64) {
+    run(int64_t{});
+  } else {
+    detail::dispatch_floating(a.dtype(), "where", run);
+  }
   return out;
 }
 
@@ -292,31 +288,57 @@ Tensor expand(const Tensor& x, const Shape& shape) {
   DTRAIN_CHECK(out_shape == shape, "expand: ", x.describe(), " cannot be expanded to ",
                shape_str(shape));
   if (x.shape() == shape) return x.clone();
-  if (x.device().is_cuda()) {
-    return binary(Binary::kAdd, zeros(shape, x.dtype(), x.device()), x);
-  }
-  Tensor out(shape, x.dtype());
+  Tensor out(shape, x.dtype(), x.device());
   const kernels::BroadcastIndex index = make_index(shape, x.shape(), x.shape());
-  const size_t es = dtype_size(x.dtype());
-  const char* src = static_cast<const char*>(x.data_ptr());
-  char* dst = static_cast<char*>(out.data_ptr());
-  const int64_t cols = shape.empty() ? 1 : shape.back();
-  const int64_t rows = cols > 0 ? out.numel() / cols : 0;
-  const bool row_broadcast = !x.shape().empty() && index.a_stride[index.ndim - 1] == 0;
-  cpu::parallel_for(rows, std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(cols, 1)),
+  const bool rows_repeat = !x.shape().empty() && index.a_stride[index.ndim - 1] != 0;
+  if (x.device().is_cpu() && rows_repeat) {
+    // The last dim is not broadcast: copy whole rows.
+    const size_t es = dtype_size(x.dtype());
+    const int64_t cols = shape.back(), rows = cols > 0 ? out.numel() / cols : 0;
+    const char* src = static_cast<const char*>(x.data_ptr());
+    char* dst = static_cast<char*>(out.data_ptr());
+    cpu::parallel_for(rows, std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(cols, 1)),
+                      [&](int64_t b, int64_t e) {
+                        for (int64_t r = b; r < e; ++r) {
+                          int64_t off, unused;
+                          index.offsets(r * cols, off, unused);
+                          std::memcpy(dst + r * cols * es, src + off * es, cols * es);
+                        }
+                      });
+    return out;
+  }
+  gather_elements(x, out, index);
+  return out;
+}
+
+void gather_elements(const Tensor& x, Tensor& out, const kernels::BroadcastIndex& index) {
+  const auto run = [&](auto tag) {
+    using E = decltype(tag);
+    run_kernel(x.device(), out.numel(),
+               kernels::GatherElements<E>{static_cast<const E*>(x.data_ptr()),
+                                          static_cast<E*>(out.data_ptr()), index});
+  };
+  switch (dtype_size(x.dtype())) {
+    case 1: run(uint8_t{}); return;
+    case 2: run(uint16_t{}); return;
+    case 4: run(uint32_t{}); return;
+    default: run(uint64_t{}); return;
+  }
+}
+
+void copy_blocks(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
+                 int64_t rows, Device device) {
+  if (device.is_cuda()) {
+    cuda::copy_2d(dst, dst_pitch, src, src_pitch, width, rows);
+    return;
+  }
+  cpu::parallel_for(rows, std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(width / 4, 1)),
                     [&](int64_t b, int64_t e) {
                       for (int64_t r = b; r < e; ++r) {
-                        int64_t off, unused;
-                        index.offsets(r * cols, off, unused);
-                        char* o = dst + r * cols * es;
-                        if (!row_broadcast && !x.shape().empty()) {
-                          std::memcpy(o, src + off * es, cols * es);
-                        } else {
-                          for (int64_t c = 0; c < cols; ++c) std::memcpy(o + c * es, src + off * es, es);
-                        }
+                        std::memcpy(static_cast<char*>(dst) + r * dst_pitch,
+                                    static_cast<const char*>(src) + r * src_pitch, width);
                       }
                     });
-  return out;
 }
 
 }  // namespace dtrain::ops

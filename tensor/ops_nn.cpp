@@ -1,10 +1,13 @@
-// Softmax family, fused softmax-cross-entropy, layer and batch norm, embedding, shape ops, dropout.
+// Softmax family, fused softmax-cross-entropy, NLL, layer and batch norm, embedding, shape ops and
+// dropout: functors from tensor/kernels_nn.h run on the CPU or CUDA.
 #include <cmath>
 #include <cstring>
 
 #include "tensor/cpu/parallel.h"
 #include "tensor/dispatch.h"
+#include "tensor/kernels_nn.h"
 #include "tensor/ops.h"
+#include "tensor/run.h"
 
 namespace dtrain::ops {
 namespace {
@@ -22,43 +25,18 @@ Split split_at(const Shape& shape, int64_t dim) {
   return s;
 }
 
-/// Runs f(T{}, x_ptr, y_ptr, split) over lines along dim; used by the softmax family.
-template <class T, class F>
-void for_each_line(const Split& s, F&& f) {
-  cpu::parallel_for(s.outer * s.inner, std::max<int64_t>(1, 4096 / std::max<int64_t>(s.r, 1)),
-                    [&](int64_t b, int64_t e) {
-                      for (int64_t idx = b; idx < e; ++idx) {
-                        const int64_t o = idx / s.inner, i = idx % s.inner;
-                        f(o * s.r * s.inner + i);
-                      }
-                    });
-}
+constexpr int64_t kLineGrain = 64;  // lines, rows and channels are heavy work items
 
 Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
   detail::check_defined(op, x, "input");
-  detail::check_cpu(op, x);
   dim = normalize_dim(dim, x.dim(), op);
   const Split s = split_at(x.shape(), dim);
-  Tensor y(x.shape(), x.dtype());
+  Tensor y(x.shape(), x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
-    for_each_line<T>(s, [&](int64_t base) {
-      const int64_t st = s.inner;
-      T mx = px[base];
-      for (int64_t k = 1; k < s.r; ++k) mx = std::max(mx, px[base + k * st]);
-      T sum = 0;
-      for (int64_t k = 0; k < s.r; ++k) sum += std::exp(px[base + k * st] - mx);
-      if (log) {
-        const T lse = std::log(sum);
-        for (int64_t k = 0; k < s.r; ++k) py[base + k * st] = px[base + k * st] - mx - lse;
-      } else {
-        const T inv = T(1) / sum;
-        for (int64_t k = 0; k < s.r; ++k) py[base + k * st] = std::exp(px[base + k * st] - mx) * inv;
-      }
-    });
+    run_kernel(x.device(), s.outer * s.inner,
+               kernels::SoftmaxLines<T>{x.data<T>(), y.data<T>(), s.r, s.inner, log}, kLineGrain);
   });
   return y;
 }
@@ -67,40 +45,38 @@ Tensor softmax_backward_impl(const Tensor& y, const Tensor& gy, int64_t dim, boo
   detail::check_same("softmax backward", y, gy);
   dim = normalize_dim(dim, y.dim(), "softmax backward");
   const Split s = split_at(y.shape(), dim);
-  Tensor dx(y.shape(), y.dtype());
+  Tensor dx(y.shape(), y.dtype(), y.device());
   detail::dispatch_floating(y.dtype(), "softmax backward", [&](auto tag) {
     using T = decltype(tag);
-    const T* py = y.data<T>();
-    const T* pg = gy.data<T>();
-    T* pd = dx.data<T>();
-    for_each_line<T>(s, [&](int64_t base) {
-      const int64_t st = s.inner;
-      T dot = 0;
-      for (int64_t k = 0; k < s.r; ++k) {
-        const int64_t i = base + k * st;
-        dot += log ? pg[i] : pg[i] * py[i];
-      }
-      for (int64_t k = 0; k < s.r; ++k) {
-        const int64_t i = base + k * st;
-        pd[i] = log ? pg[i] - std::exp(py[i]) * dot : py[i] * (pg[i] - dot);
-      }
-    });
+    run_kernel(y.device(), s.outer * s.inner,
+               kernels::SoftmaxBackwardLines<T>{y.data<T>(), gy.data<T>(), dx.data<T>(), s.r,
+                                                s.inner, log},
+               kLineGrain);
   });
   return dx;
 }
 
+/// Checks int64 class indices [N] against logits [N, C]; reads them on the host.
 void check_targets(const char* op, const Tensor& logits, const Tensor& targets) {
   DTRAIN_CHECK(logits.dim() == 2, op, ": input must be [N, C]; got ", logits.describe());
-  DTRAIN_CHECK(targets.dtype() == DType::kInt64 && targets.dim() == 1 &&
-                   targets.size(0) == logits.size(0),
-               op, ": targets must be int64 [", logits.size(0), "]; got ", targets.describe());
-  const int64_t* t = targets.data<int64_t>();
-  for (int64_t i = 0; i < targets.numel(); ++i) {
+  DTRAIN_CHECK(targets.defined() && targets.dtype() == DType::kInt64 && targets.dim() == 1 &&
+                   targets.size(0) == logits.size(0) && targets.device() == logits.device(),
+               op, ": targets must be int64 [", logits.size(0), "] on ", logits.device().str(),
+               "; got ", targets.describe());
+  const auto t = targets.to_vector<int64_t>();
+  for (size_t i = 0; i < t.size(); ++i) {
     if (t[i] < 0 || t[i] >= logits.size(1)) {
       DTRAIN_THROW(ValueError, op, ": target ", t[i], " at position ", i, " is outside [0, ",
                    logits.size(1), ")");
     }
   }
+}
+
+/// Mean of per-row losses as a scalar tensor (fixed-order sum).
+Tensor mean_of_rows(const Tensor& row_loss) {
+  Tensor total = sum(row_loss);
+  scale_(total, 1.0 / static_cast<double>(std::max<int64_t>(row_loss.numel(), 1)));
+  return total.view({});
 }
 
 }  // namespace
@@ -116,48 +92,61 @@ Tensor log_softmax_backward(const Tensor& y, const Tensor& gy, int64_t dim) {
 
 std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tensor& targets,
                                                 double label_smoothing) {
-  detail::check_cpu("cross_entropy", logits);
+  detail::check_defined("cross_entropy", logits, "input");
   check_targets("cross_entropy", logits, targets);
   DTRAIN_CHECK(label_smoothing >= 0 && label_smoothing <= 1,
                "cross_entropy: label_smoothing must be in [0, 1]; got ", label_smoothing);
-  Tensor logp = log_softmax(logits, 1);
   const int64_t n = logits.size(0), c = logits.size(1);
-  Tensor loss({}, logits.dtype());
-  const int64_t* t = targets.data<int64_t>();
+  Tensor probs(logits.shape(), logits.dtype(), logits.device());
+  Tensor row_loss({n}, logits.dtype(), logits.device());
   detail::dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
-    T* lp = logp.data<T>();
-    double total = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      double row = -(1 - label_smoothing) * lp[i * c + t[i]];
-      if (label_smoothing > 0) {
-        double all = 0;
-        for (int64_t j = 0; j < c; ++j) all += lp[i * c + j];
-        row -= label_smoothing * all / c;
-      }
-      total += row;
-    }
-    loss.data<T>()[0] = static_cast<T>(n > 0 ? total / n : 0.0);
-    // Keep the probabilities, which the backward pass needs, in place of the log-probabilities.
-    for (int64_t i = 0; i < n * c; ++i) lp[i] = std::exp(lp[i]);
+    run_kernel(logits.device(), n,
+               kernels::CrossEntropyRows<T>{logits.data<T>(), targets.data<int64_t>(),
+                                            probs.data<T>(), row_loss.data<T>(), c, label_smoothing},
+               kLineGrain);
   });
-  return {loss, logp};
+  return {mean_of_rows(row_loss), probs};
 }
 
 Tensor softmax_cross_entropy_backward(const Tensor& probs, const Tensor& targets, double grad_loss,
                                       double label_smoothing) {
   const int64_t n = probs.size(0), c = probs.size(1);
-  Tensor d(probs.shape(), probs.dtype());
-  const int64_t* t = targets.data<int64_t>();
+  Tensor d(probs.shape(), probs.dtype(), probs.device());
   detail::dispatch_floating(probs.dtype(), "cross_entropy backward", [&](auto tag) {
     using T = decltype(tag);
-    const T* p = probs.data<T>();
-    T* pd = d.data<T>();
-    const T scale = static_cast<T>(grad_loss / std::max<int64_t>(n, 1));
     const T off = static_cast<T>(label_smoothing / c);
-    const T on = static_cast<T>(1 - label_smoothing) + off;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < c; ++j) pd[i * c + j] = (p[i * c + j] - (j == t[i] ? on : off)) * scale;
+    run_kernel(probs.device(), n * c,
+               kernels::CrossEntropyBackward<T>{probs.data<T>(), targets.data<int64_t>(),
+                                                d.data<T>(), c,
+                                                static_cast<T>(grad_loss / std::max<int64_t>(n, 1)),
+                                                static_cast<T>(1 - label_smoothing) + off, off});
+  });
+  return d;
+}
+
+Tensor nll_loss(const Tensor& log_probs, const Tensor& targets) {
+  detail::check_defined("nll_loss", log_probs, "input");
+  check_targets("nll_loss", log_probs, targets);
+  const int64_t n = log_probs.size(0);
+  Tensor row_loss({n}, log_probs.dtype(), log_probs.device());
+  detail::dispatch_floating(log_probs.dtype(), "nll_loss", [&](auto tag) {
+    using T = decltype(tag);
+    run_kernel(log_probs.device(), n,
+               kernels::NllRows<T>{log_probs.data<T>(), targets.data<int64_t>(), row_loss.data<T>(),
+                                   log_probs.size(1)});
+  });
+  return mean_of_rows(row_loss);
+}
+
+Tensor nll_loss_backward(const Shape& shape, const Tensor& targets, double grad_loss, DType dtype,
+                         Device device) {
+  Tensor d = zeros(shape, dtype, device);
+  detail::dispatch_floating(dtype, "nll_loss backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T value = static_cast<T>(-grad_loss / static_cast<double>(std::max<int64_t>(shape[0], 1)));
+    run_kernel(device, shape[0], kernels::NllBackwardRows<T>{targets.data<int64_t>(), d.data<T>(),
+                                                             shape[1], value});
   });
   return d;
 }
@@ -165,91 +154,48 @@ Tensor softmax_cross_entropy_backward(const Tensor& probs, const Tensor& targets
 // ---- normalisation --------------------------------------------------------------------------
 std::pair<Tensor, NormStats> layer_norm(const Tensor& x, int64_t group, const Tensor& weight,
                                         const Tensor& bias, double eps) {
-  detail::check_cpu("layer_norm", x);
+  detail::check_defined("layer_norm", x, "input");
   DTRAIN_CHECK(group > 0 && x.numel() % group == 0, "layer_norm: normalised size ", group,
                " does not divide ", x.describe());
-  if (weight.defined()) {
-    DTRAIN_CHECK(weight.numel() == group, "layer_norm: weight ", weight.describe(), " must have ",
-                 group, " elements");
-    detail::check_same("layer_norm", x, weight);
-  }
-  if (bias.defined()) {
-    DTRAIN_CHECK(bias.numel() == group, "layer_norm: bias ", bias.describe(), " must have ", group,
-                 " elements");
+  for (const Tensor* t : {&weight, &bias}) {
+    if (!t->defined()) continue;
+    detail::check_same("layer_norm", x, *t);
+    DTRAIN_CHECK(t->numel() == group, "layer_norm: ", t == &weight ? "weight " : "bias ",
+                 t->describe(), " must have ", group, " elements");
   }
   const int64_t rows = x.numel() / group;
-  Tensor y(x.shape(), x.dtype());
-  NormStats st{Tensor({rows}, x.dtype()), Tensor({rows}, x.dtype())};
+  Tensor y(x.shape(), x.dtype(), x.device());
+  NormStats st{Tensor({rows}, x.dtype(), x.device()), Tensor({rows}, x.dtype(), x.device())};
   detail::dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
     using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
-    const T* pw = weight.defined() ? weight.data<T>() : nullptr;
-    const T* pb = bias.defined() ? bias.data<T>() : nullptr;
-    T* pm = st.mean.data<T>();
-    T* pr = st.rstd.data<T>();
-    cpu::parallel_for(rows, 64, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const T* row = px + r * group;
-        double mean = 0, var = 0;
-        for (int64_t k = 0; k < group; ++k) mean += row[k];
-        mean /= group;
-        for (int64_t k = 0; k < group; ++k) var += (row[k] - mean) * (row[k] - mean);
-        var /= group;
-        const T rstd = static_cast<T>(1.0 / std::sqrt(var + eps));
-        pm[r] = static_cast<T>(mean);
-        pr[r] = rstd;
-        for (int64_t k = 0; k < group; ++k) {
-          T v = (row[k] - pm[r]) * rstd;
-          if (pw) v = v * pw[k];
-          if (pb) v = v + pb[k];
-          py[r * group + k] = v;
-        }
-      }
-    });
+    run_kernel(x.device(), rows,
+               kernels::LayerNormRows<T>{x.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
+                                         bias.defined() ? bias.data<T>() : nullptr, y.data<T>(),
+                                         st.mean.data<T>(), st.rstd.data<T>(), group, eps},
+               kLineGrain);
   });
   return {y, st};
 }
 
 std::vector<Tensor> layer_norm_backward(const Tensor& gy, const Tensor& x, const NormStats& st,
                                         const Tensor& weight, int64_t group) {
+  detail::check_same("layer_norm backward", gy, x);
   const int64_t rows = x.numel() / group;
-  Tensor dx(x.shape(), x.dtype());
-  Tensor dw = zeros({group}, x.dtype()), db = zeros({group}, x.dtype());
+  Tensor dx(x.shape(), x.dtype(), x.device());
+  Tensor dw({group}, x.dtype(), x.device()), db({group}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "layer_norm backward", [&](auto tag) {
     using T = decltype(tag);
-    const T* px = x.data<T>();
-    const T* pg = gy.data<T>();
-    const T* pw = weight.defined() ? weight.data<T>() : nullptr;
-    const T* pm = st.mean.data<T>();
-    const T* pr = st.rstd.data<T>();
-    T* pd = dx.data<T>();
-    cpu::parallel_for(rows, 64, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        double sum_dxhat = 0, sum_dxhat_xhat = 0;
-        for (int64_t k = 0; k < group; ++k) {
-          const T xhat = (px[r * group + k] - pm[r]) * pr[r];
-          const T dxhat = pg[r * group + k] * (pw ? pw[k] : T(1));
-          sum_dxhat += dxhat;
-          sum_dxhat_xhat += dxhat * xhat;
-        }
-        const T m1 = static_cast<T>(sum_dxhat / group), m2 = static_cast<T>(sum_dxhat_xhat / group);
-        for (int64_t k = 0; k < group; ++k) {
-          const T xhat = (px[r * group + k] - pm[r]) * pr[r];
-          const T dxhat = pg[r * group + k] * (pw ? pw[k] : T(1));
-          pd[r * group + k] = pr[r] * (dxhat - m1 - xhat * m2);
-        }
-      }
-    });
-    // Parameter gradients: a fixed row order for determinism.
-    T* pdw = dw.data<T>();
-    T* pdb = db.data<T>();
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t k = 0; k < group; ++k) {
-        const T xhat = (px[r * group + k] - pm[r]) * pr[r];
-        pdw[k] += pg[r * group + k] * xhat;
-        pdb[k] += pg[r * group + k];
-      }
+    run_kernel(x.device(), rows,
+               kernels::LayerNormBackwardRows<T>{x.data<T>(), gy.data<T>(),
+                                                 weight.defined() ? weight.data<T>() : nullptr,
+                                                 st.mean.data<T>(), st.rstd.data<T>(), dx.data<T>(),
+                                                 group},
+               kLineGrain);
+    run_kernel(x.device(), group,
+               kernels::LayerNormParamGradColumns<T>{x.data<T>(), gy.data<T>(), st.mean.data<T>(),
+                                                     st.rstd.data<T>(), dw.data<T>(), db.data<T>(),
+                                                     rows, group},
+               kLineGrain);
   });
   return {dx, dw, db};
 }
@@ -268,7 +214,7 @@ ChannelLayout channel_layout(const Tensor& x) {
 std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                         Tensor running_mean, Tensor running_var, bool training,
                                         double momentum, double eps) {
-  detail::check_cpu("batch_norm", x);
+  detail::check_defined("batch_norm", x, "input");
   const ChannelLayout l = channel_layout(x);
   for (const Tensor* t : std::initializer_list<const Tensor*>{&weight, &bias, &running_mean, &running_var}) {
     if (t->defined()) {
@@ -277,133 +223,92 @@ std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, c
                    " must have ", l.c, " elements for input ", x.describe());
     }
   }
-  const int64_t count = l.n * l.hw;
   if (training) {
-    DTRAIN_CHECK(count > 1, "batch_norm: training needs more than one value per channel; got input ",
+    DTRAIN_CHECK(l.n * l.hw > 1, "batch_norm: training needs more than one value per channel; got input ",
                  x.describe());
   } else {
     DTRAIN_CHECK(running_mean.defined() && running_var.defined(),
                  "batch_norm: evaluation needs running statistics");
   }
-  Tensor y(x.shape(), x.dtype());
-  NormStats st{Tensor({l.c}, x.dtype()), Tensor({l.c}, x.dtype())};
+  Tensor y(x.shape(), x.dtype(), x.device());
+  NormStats st{Tensor({l.c}, x.dtype(), x.device()), Tensor({l.c}, x.dtype(), x.device())};
   detail::dispatch_floating(x.dtype(), "batch_norm", [&](auto tag) {
     using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
-    const T* pw = weight.defined() ? weight.data<T>() : nullptr;
-    const T* pb = bias.defined() ? bias.data<T>() : nullptr;
-    cpu::parallel_for(l.c, 1, [&](int64_t b, int64_t e) {
-      for (int64_t ch = b; ch < e; ++ch) {
-        double mean, var;
-        if (training) {
-          mean = 0;
-          for (int64_t i = 0; i < l.n; ++i)
-            for (int64_t k = 0; k < l.hw; ++k) mean += px[(i * l.c + ch) * l.hw + k];
-          mean /= count;
-          var = 0;
-          for (int64_t i = 0; i < l.n; ++i)
-            for (int64_t k = 0; k < l.hw; ++k) {
-              const double d = px[(i * l.c + ch) * l.hw + k] - mean;
-              var += d * d;
-            }
-          var /= count;
-          if (running_mean.defined()) {
-            T* rm = running_mean.data<T>();
-            T* rv = running_var.data<T>();
-            rm[ch] = static_cast<T>((1 - momentum) * rm[ch] + momentum * mean);
-            rv[ch] = static_cast<T>((1 - momentum) * rv[ch] + momentum * var * count / (count - 1));
-          }
-        } else {
-          mean = running_mean.data<T>()[ch];
-          var = running_var.data<T>()[ch];
-        }
-        const T m = static_cast<T>(mean), rstd = static_cast<T>(1.0 / std::sqrt(var + eps));
-        st.mean.data<T>()[ch] = m;
-        st.rstd.data<T>()[ch] = rstd;
-        const T w = pw ? pw[ch] : T(1), bb = pb ? pb[ch] : T(0);
-        for (int64_t i = 0; i < l.n; ++i)
-          for (int64_t k = 0; k < l.hw; ++k) {
-            const int64_t at = (i * l.c + ch) * l.hw + k;
-            py[at] = (px[at] - m) * rstd * w + bb;
-          }
-      }
-    });
+    run_kernel(x.device(), l.c,
+               kernels::BatchNormChannels<T>{
+                   x.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
+                   bias.defined() ? bias.data<T>() : nullptr, y.data<T>(), st.mean.data<T>(),
+                   st.rstd.data<T>(), running_mean.defined() ? running_mean.data<T>() : nullptr,
+                   running_var.defined() ? running_var.data<T>() : nullptr, l.n, l.c, l.hw,
+                   training, momentum, eps},
+               1);
   });
   return {y, st};
 }
 
 std::vector<Tensor> batch_norm_backward(const Tensor& gy, const Tensor& x, const NormStats& st,
                                         const Tensor& weight, bool training) {
+  detail::check_same("batch_norm backward", gy, x);
   const ChannelLayout l = channel_layout(x);
-  const int64_t count = l.n * l.hw;
-  Tensor dx(x.shape(), x.dtype());
-  Tensor dw({l.c}, x.dtype()), db({l.c}, x.dtype());
+  Tensor dx(x.shape(), x.dtype(), x.device());
+  Tensor dw({l.c}, x.dtype(), x.device()), db({l.c}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "batch_norm backward", [&](auto tag) {
     using T = decltype(tag);
-    const T* px = x.data<T>();
-    const T* pg = gy.data<T>();
-    const T* pw = weight.defined() ? weight.data<T>() : nullptr;
-    T* pd = dx.data<T>();
-    cpu::parallel_for(l.c, 1, [&](int64_t b, int64_t e) {
-      for (int64_t ch = b; ch < e; ++ch) {
-        const T m = st.mean.data<T>()[ch], rstd = st.rstd.data<T>()[ch];
-        const T w = pw ? pw[ch] : T(1);
-        double sum_g = 0, sum_g_xhat = 0;
-        for (int64_t i = 0; i < l.n; ++i)
-          for (int64_t k = 0; k < l.hw; ++k) {
-            const int64_t at = (i * l.c + ch) * l.hw + k;
-            sum_g += pg[at];
-            sum_g_xhat += pg[at] * (px[at] - m) * rstd;
-          }
-        dw.data<T>()[ch] = static_cast<T>(sum_g_xhat);
-        db.data<T>()[ch] = static_cast<T>(sum_g);
-        const T m1 = static_cast<T>(w * sum_g / count), m2 = static_cast<T>(w * sum_g_xhat / count);
-        for (int64_t i = 0; i < l.n; ++i)
-          for (int64_t k = 0; k < l.hw; ++k) {
-            const int64_t at = (i * l.c + ch) * l.hw + k;
-            const T xhat = (px[at] - m) * rstd;
-            pd[at] = training ? rstd * (pg[at] * w - m1 - xhat * m2) : pg[at] * w * rstd;
-          }
-      }
-    });
+    run_kernel(x.device(), l.c,
+               kernels::BatchNormBackwardChannels<T>{
+                   x.data<T>(), gy.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
+                   st.mean.data<T>(), st.rstd.data<T>(), dx.data<T>(), dw.data<T>(), db.data<T>(),
+                   l.n, l.c, l.hw, training},
+               1);
   });
   return {dx, dw, db};
 }
 
 // ---- embedding ------------------------------------------------------------------------------
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
-  detail::check_cpu("embedding", weight);
+  detail::check_defined("embedding", weight, "weight");
   DTRAIN_CHECK(weight.dim() == 2, "embedding: weight must be [V, D]; got ", weight.describe());
-  DTRAIN_CHECK(indices.dtype() == DType::kInt64, "embedding: indices must be int64; got ",
+  DTRAIN_CHECK(indices.defined() && indices.dtype() == DType::kInt64 &&
+                   indices.device() == weight.device(),
+               "embedding: indices must be int64 on ", weight.device().str(), "; got ",
                indices.describe());
   const int64_t v = weight.size(0), d = weight.size(1);
-  Shape out_shape = indices.shape();
-  out_shape.push_back(d);
-  Tensor out(out_shape, weight.dtype());
-  const int64_t* idx = indices.data<int64_t>();
-  const size_t row_bytes = d * dtype_size(weight.dtype());
-  for (int64_t i = 0; i < indices.numel(); ++i) {
+  const auto idx = indices.to_vector<int64_t>();
+  for (size_t i = 0; i < idx.size(); ++i) {
     if (idx[i] < 0 || idx[i] >= v) {
       DTRAIN_THROW(ValueError, "embedding: index ", idx[i], " at position ", i,
                    " is outside [0, ", v, ") for weight ", weight.describe());
     }
-    std::memcpy(static_cast<char*>(out.data_ptr()) + i * row_bytes,
-                static_cast<const char*>(weight.data_ptr()) + idx[i] * row_bytes, row_bytes);
   }
+  Shape out_shape = indices.shape();
+  out_shape.push_back(d);
+  Tensor out(out_shape, weight.dtype(), weight.device());
+  if (weight.device().is_cpu()) {
+    // Whole rows at a time: a gather of contiguous rows is a memcpy each.
+    const size_t row_bytes = d * dtype_size(weight.dtype());
+    for (size_t i = 0; i < idx.size(); ++i) {
+      std::memcpy(static_cast<char*>(out.data_ptr()) + i * row_bytes,
+                  static_cast<const char*>(weight.data_ptr()) + idx[i] * row_bytes, row_bytes);
+    }
+    return out;
+  }
+  detail::dispatch_floating(weight.dtype(), "embedding", [&](auto tag) {
+    using T = decltype(tag);
+    run_kernel(weight.device(), out.numel(),
+               kernels::EmbeddingGather<T>{weight.data<T>(), indices.data<int64_t>(), out.data<T>(), d});
+  });
   return out;
 }
 
 Tensor embedding_backward(const Tensor& gy, const Tensor& indices, int64_t num_embeddings) {
   const int64_t d = gy.size(-1);
-  Tensor dw = zeros({num_embeddings, d}, gy.dtype());
-  const int64_t* idx = indices.data<int64_t>();
+  Tensor dw = zeros({num_embeddings, d}, gy.dtype(), gy.device());
   detail::dispatch_floating(gy.dtype(), "embedding backward", [&](auto tag) {
     using T = decltype(tag);
-    const T* pg = gy.data<T>();
-    T* pw = dw.data<T>();
-    for (int64_t i = 0; i < indices.numel(); ++i)
-      for (int64_t k = 0; k < d; ++k) pw[idx[i] * d + k] += pg[i * d + k];
+    run_kernel(gy.device(), d,
+               kernels::EmbeddingScatterColumns<T>{gy.data<T>(), indices.data<int64_t>(),
+                                                   dw.data<T>(), indices.numel(), d},
+               1);
   });
   return dw;
 }
@@ -424,25 +329,23 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end) {
   if (s.outer == 1) {
     return Tensor(x.storage(), x.storage_offset_bytes() + start * s.inner * es, shape, x.dtype());
   }
-  detail::check_cpu("slice", x);
-  Tensor out(shape, x.dtype());
+  Tensor out(shape, x.dtype(), x.device());
   const size_t chunk = (end - start) * s.inner * es;
-  for (int64_t o = 0; o < s.outer; ++o) {
-    std::memcpy(static_cast<char*>(out.data_ptr()) + o * chunk,
-                static_cast<const char*>(x.data_ptr()) + (o * s.r + start) * s.inner * es, chunk);
-  }
+  copy_blocks(out.data_ptr(), chunk, static_cast<const char*>(x.data_ptr()) + start * s.inner * es,
+              s.r * s.inner * es, chunk, s.outer, x.device());
   return out;
 }
 
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   DTRAIN_CHECK(!xs.empty(), "cat: needs at least one tensor");
   const Tensor& first = xs[0];
+  DTRAIN_CHECK(first.dim() > 0, "cat: zero-dimensional tensor ", first.describe(),
+               " cannot be concatenated; use stack");
   dim = normalize_dim(dim, first.dim(), "cat");
   Shape shape = first.shape();
   shape[dim] = 0;
   for (size_t i = 0; i < xs.size(); ++i) {
     detail::check_same("cat", first, xs[i]);
-    detail::check_cpu("cat", xs[i]);
     bool ok = xs[i].dim() == first.dim();
     for (int64_t d = 0; ok && d < first.dim(); ++d) ok = d == dim || xs[i].size(d) == first.size(d);
     if (!ok) {
@@ -451,18 +354,15 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     }
     shape[dim] += xs[i].size(dim);
   }
-  Tensor out(shape, first.dtype());
+  Tensor out(shape, first.dtype(), first.device());
   const Split so = split_at(shape, dim);
   const size_t es = dtype_size(first.dtype());
   int64_t at = 0;
   for (const Tensor& x : xs) {
-    const int64_t rows = x.size(dim);
-    for (int64_t o = 0; o < so.outer; ++o) {
-      std::memcpy(static_cast<char*>(out.data_ptr()) + (o * so.r + at) * so.inner * es,
-                  static_cast<const char*>(x.data_ptr()) + o * rows * so.inner * es,
-                  rows * so.inner * es);
-    }
-    at += rows;
+    const size_t block = x.size(dim) * so.inner * es;
+    copy_blocks(static_cast<char*>(out.data_ptr()) + at * so.inner * es, so.r * so.inner * es,
+                x.data_ptr(), block, block, so.outer, x.device());
+    at += x.size(dim);
   }
   return out;
 }
@@ -484,66 +384,58 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
 }
 
 Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
-  detail::check_cpu("permute", x);
   const int64_t nd = x.dim();
   DTRAIN_CHECK(static_cast<int64_t>(dims.size()) == nd, "permute: ", dims.size(),
                " dims given for ", x.describe());
+  DTRAIN_CHECK(nd <= kernels::BroadcastIndex::kMaxDims, "permute: at most ",
+               kernels::BroadcastIndex::kMaxDims, " dims are supported; got ", x.describe());
   std::vector<int64_t> perm(nd);
   std::vector<bool> seen(nd, false);
   for (int64_t i = 0; i < nd; ++i) {
     perm[i] = normalize_dim(dims[i], nd, "permute");
-    DTRAIN_CHECK(!seen[perm[i]], "permute: dim ", perm[i], " repeated");
+    DTRAIN_CHECK(!seen[perm[i]], "permute: dim ", perm[i], " repeated in the permutation");
     seen[perm[i]] = true;
   }
-  Shape out_shape(nd);
-  std::vector<int64_t> in_stride(nd), out_src_stride(nd);
+  std::vector<int64_t> in_stride(nd);
   int64_t st = 1;
   for (int64_t d = nd - 1; d >= 0; --d) {
     in_stride[d] = st;
     st *= x.size(d);
   }
+  // Output element i reads the input at sum(out_index[d] * in_stride[perm[d]]).
+  kernels::BroadcastIndex index;
+  index.ndim = static_cast<int>(nd);
+  Shape out_shape(nd);
   for (int64_t i = 0; i < nd; ++i) {
     out_shape[i] = x.size(perm[i]);
-    out_src_stride[i] = in_stride[perm[i]];
+    index.shape[i] = out_shape[i];
+    index.a_stride[i] = in_stride[perm[i]];
   }
-  Tensor out(out_shape, x.dtype());
-  const size_t es = dtype_size(x.dtype());
-  const char* src = static_cast<const char*>(x.data_ptr());
-  char* dst = static_cast<char*>(out.data_ptr());
-  const int64_t n = x.numel();
-  cpu::parallel_for(n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      int64_t rem = i, off = 0;
-      for (int64_t d = nd - 1; d >= 0; --d) {
-        off += (rem % out_shape[d]) * out_src_stride[d];
-        rem /= out_shape[d];
-      }
-      std::memcpy(dst + i * es, src + off * es, es);
-    }
-  });
+  Tensor out(out_shape, x.dtype(), x.device());
+  gather_elements(x, out, index);
   return out;
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
+  if (x.dim() == 0) {  // only dims 0 and -1 are valid, and swapping them changes nothing
+    normalize_dim(d0, 0, "transpose");
+    normalize_dim(d1, 0, "transpose");
+    return x.clone();
+  }
   std::vector<int64_t> dims(x.dim());
   for (int64_t i = 0; i < x.dim(); ++i) dims[i] = i;
   std::swap(dims[normalize_dim(d0, x.dim(), "transpose")], dims[normalize_dim(d1, x.dim(), "transpose")]);
   return permute(x, dims);
 }
 
-Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype) {
+Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype, Device device) {
   DTRAIN_CHECK(p >= 0 && p <= 1, "dropout: p must be in [0, 1]; got ", p);
-  Tensor mask(shape, dtype);
+  Tensor mask(shape, dtype, device);
   const uint64_t offset = gen.reserve(mask.numel());
-  const uint64_t seed = gen.seed(), stream = gen.stream();
   detail::dispatch_floating(dtype, "dropout", [&](auto tag) {
     using T = decltype(tag);
-    T* pm = mask.data<T>();
-    const T keep = p < 1 ? static_cast<T>(1.0 / (1.0 - p)) : T(0);
-    cpu::parallel_for(mask.numel(), 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        pm[i] = kernels::philox_uniform(seed, stream, offset, i) >= p ? keep : T(0);
-    });
+    run_kernel(device, mask.numel(),
+               kernels::DropoutMaskFill<T>{mask.data<T>(), gen.seed(), gen.stream(), offset, p}, 4096);
   });
   return mask;
 }

@@ -5,7 +5,9 @@
 #include "tensor/cpu/parallel.h"
 #include "tensor/cuda/cuda_backend.h"
 #include "tensor/dispatch.h"
+#include "tensor/kernels_nn.h"
 #include "tensor/ops.h"
+#include "tensor/run.h"
 
 namespace dtrain::ops {
 namespace {
@@ -112,8 +114,9 @@ Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   detail::check_defined("mean", x, "input");
   const auto norm = normalize_dims(dims, x.dim(), "mean");
   int64_t count = 1;
-  for (int64_t d : norm) count *= x.shape()[d];
-  if (x.dim() == 0) count = 1;
+  if (x.dim() > 0) {
+    for (int64_t d : norm) count *= x.shape()[d];
+  }
   Tensor s = sum(x, dims, keepdim);
   scale_(s, 1.0 / static_cast<double>(std::max<int64_t>(count, 1)));
   return s;
@@ -121,37 +124,38 @@ Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 
 std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
   detail::check_defined("max", x, "input");
-  detail::check_cpu("max", x);
   dim = normalize_dim(dim, x.dim(), "max");
-  DTRAIN_CHECK(x.shape()[dim] > 0, "max: dim ", dim, " of ", x.describe(), " is empty");
+  DTRAIN_CHECK(x.dim() == 0 || x.shape()[dim] > 0, "max: dim ", dim, " of ", x.describe(), " is empty");
   const Split s = split_at(x.shape(), dim);
-  Shape out_shape = reduced_shape(x.shape(), {dim}, keepdim);
-  Tensor values(out_shape, x.dtype());
-  Tensor indices(out_shape, DType::kInt64);
-  int64_t* pi = indices.data<int64_t>();
-  detail::dispatch_numeric(x.dtype(), "max", [&](auto tag) {
+  const Shape out_shape = reduced_shape(x.shape(), {dim}, keepdim);
+  Tensor values(out_shape, x.dtype(), x.device());
+  Tensor indices(out_shape, DType::kInt64, x.device());
+  const auto run = [&](auto tag) {
     using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* pv = values.data<T>();
-    cpu::parallel_for(s.outer * s.inner, [&](int64_t b, int64_t e) {
-      for (int64_t idx = b; idx < e; ++idx) {
-        const int64_t o = idx / s.inner, i = idx % s.inner;
-        const T* base = px + o * s.r * s.inner + i;
-        T best = base[0];
-        int64_t arg = 0;
-        for (int64_t k = 1; k < s.r; ++k) {
-          const T v = base[k * s.inner];
-          if (v > best || (v != v && best == best)) {  // NaN propagates, like PyTorch
-            best = v;
-            arg = k;
-          }
-        }
-        pv[idx] = best;
-        pi[idx] = arg;
-      }
-    });
-  });
+    run_kernel(x.device(), s.outer * s.inner,
+               kernels::MaxLines<T>{x.data<T>(), values.data<T>(), indices.data<int64_t>(), s.r,
+                                    s.inner},
+               std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(s.r, 1)));
+  };
+  switch (x.dtype()) {
+    case DType::kInt64: run(int64_t{}); break;
+    case DType::kInt32: run(int32_t{}); break;
+    default: detail::dispatch_floating(x.dtype(), "max", run);
+  }
   return {values, indices};
+}
+
+Tensor max_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape, int64_t dim) {
+  dim = normalize_dim(dim, static_cast<int64_t>(x_shape.size()), "max backward");
+  const Split s = split_at(x_shape, dim);
+  Tensor dx = zeros(x_shape, gy.dtype(), gy.device());
+  detail::dispatch_floating(gy.dtype(), "max backward", [&](auto tag) {
+    using T = decltype(tag);
+    run_kernel(gy.device(), s.outer * s.inner,
+               kernels::MaxLinesBackward<T>{gy.data<T>(), indices.data<int64_t>(), dx.data<T>(),
+                                            s.r, s.inner});
+  });
+  return dx;
 }
 
 Tensor max_all(const Tensor& x) { return max(x.view({x.numel()}), 0).first; }

@@ -9,7 +9,9 @@
 #include "tensor/cuda/cuda_backend.h"
 #include "tensor/dispatch.h"
 #include "tensor/kernels.h"
+#include "tensor/kernels_nn.h"
 #include "tensor/ops.h"
+#include "tensor/run.h"
 
 namespace dtrain {
 
@@ -138,6 +140,7 @@ detail::TensorImpl& Tensor::impl() const {
 }
 
 int64_t Tensor::size(int64_t d) const {
+  DTRAIN_CHECK(dim() > 0, "Tensor::size: ", describe(), " has no dimensions");
   return shape()[ops::normalize_dim(d, dim(), "Tensor::size")];
 }
 
@@ -365,32 +368,22 @@ Generator& default_generator() {
 }
 void manual_seed(uint64_t seed) { default_generator() = Generator(seed, 0); }
 
-namespace {
-template <class Draw>
-void fill_random(Tensor& t, Generator& gen, uint64_t values_per_element, Draw draw) {
-  detail::check_cpu("random fill", t);
-  const uint64_t offset = gen.reserve(static_cast<uint64_t>(t.numel()) * values_per_element);
-  const uint64_t seed = gen.seed(), stream = gen.stream();
-  detail::dispatch_floating(t.dtype(), "random fill", [&](auto tag) {
-    using T = decltype(tag);
-    T* p = t.data<T>();
-    cpu::parallel_for(t.numel(), 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) p[i] = static_cast<T>(draw(seed, stream, offset, i));
-    });
-  });
-}
-}  // namespace
-
 void uniform_(Tensor& t, double low, double high, Generator& gen) {
-  fill_random(t, gen, 1, [=](uint64_t s, uint64_t st, uint64_t off, int64_t i) {
-    return low + (high - low) * kernels::philox_uniform(s, st, off, i);
+  const uint64_t offset = gen.reserve(t.numel());
+  detail::dispatch_floating(t.dtype(), "uniform_", [&](auto tag) {
+    using T = decltype(tag);
+    run_kernel(t.device(), t.numel(),
+               kernels::UniformFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, low, high}, 4096);
   });
 }
 
 void normal_(Tensor& t, double mean, double std, Generator& gen) {
-  // Two normals per Philox block (Box-Muller on 64-bit uniforms): reserve 2 words per element.
-  fill_random(t, gen, 2, [=](uint64_t s, uint64_t st, uint64_t off, int64_t i) {
-    return mean + std * kernels::philox_normal(s, st, off, i);
+  // Two normals per Philox block (Box-Muller on 64-bit uniforms): two words per element.
+  const uint64_t offset = gen.reserve(2 * static_cast<uint64_t>(t.numel()));
+  detail::dispatch_floating(t.dtype(), "normal_", [&](auto tag) {
+    using T = decltype(tag);
+    run_kernel(t.device(), t.numel(),
+               kernels::NormalFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, mean, std}, 4096);
   });
 }
 
@@ -411,12 +404,23 @@ Tensor randn(const Shape& shape, Generator& gen, DType dtype) {
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen) {
   DTRAIN_CHECK(high > low, "randint: empty range [", low, ", ", high, ")");
   Tensor t(shape, DType::kInt64);
-  const uint64_t offset = gen.reserve(t.numel());
   int64_t* p = t.data<int64_t>();
   const uint64_t range = static_cast<uint64_t>(high - low);
+  if (range <= (uint64_t{1} << 32)) {
+    const uint64_t offset = gen.reserve(t.numel());
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const kernels::Philox4 r = kernels::philox(gen.seed(), gen.stream(), offset + i / 4);
+      p[i] = low + static_cast<int64_t>(r.v[i % 4] % range);
+    }
+    return t;
+  }
+  // Ranges wider than 32 bits take two words per element.
+  const uint64_t offset = gen.reserve(2 * static_cast<uint64_t>(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i) {
-    const kernels::Philox4 r = kernels::philox(gen.seed(), gen.stream(), offset + i / 4);
-    p[i] = low + static_cast<int64_t>(r.v[i % 4] % range);
+    const kernels::Philox4 r = kernels::philox(gen.seed(), gen.stream(), offset + i / 2);
+    const int lane = static_cast<int>(i % 2) * 2;
+    const uint64_t word = (static_cast<uint64_t>(r.v[lane]) << 32) | r.v[lane + 1];
+    p[i] = low + static_cast<int64_t>(word % range);
   }
   return t;
 }
