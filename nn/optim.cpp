@@ -57,6 +57,8 @@ Tensor& Optimizer::buffer(size_t i, const std::string& name) {
   return it->second;
 }
 
+double& Optimizer::scalar(size_t i, const std::string& name) { return scalars_[key(i, name)]; }
+
 bool Optimizer::has_buffer(size_t i, const std::string& name) const {
   return buffers_.count(key(i, name)) > 0;
 }
@@ -64,6 +66,7 @@ bool Optimizer::has_buffer(size_t i, const std::string& name) const {
 OptimizerState Optimizer::state_dict() const {
   OptimizerState s;
   for (const auto& [k, t] : buffers_) s.tensors[k] = t.clone();
+  s.scalars = scalars_;
   s.scalars["step"] = static_cast<double>(steps_);
   s.scalars["lr"] = lr_;
   return s;
@@ -81,7 +84,17 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
                  shape_str(params_[i].shape()));
     loaded[k] = to_dtype(t, params_[i].dtype()).clone();
   }
+  std::map<std::string, double> per_param;
+  for (const auto& [k, v] : state.scalars) {
+    const size_t dot = k.find('.');
+    if (dot == std::string::npos) continue;  // optimiser-wide: "step", "lr"
+    const size_t i = std::stoul(k.substr(0, dot));
+    DTRAIN_CHECK(i < params_.size(), name(), " state: scalar '", k, "' refers to parameter ", i,
+                 " but the optimiser has ", params_.size(), " parameters");
+    per_param[k] = v;
+  }
   buffers_ = std::move(loaded);
+  scalars_ = std::move(per_param);
   if (auto it = state.scalars.find("step"); it != state.scalars.end()) steps_ = static_cast<int64_t>(it->second);
   if (auto it = state.scalars.find("lr"); it != state.scalars.end()) lr_ = it->second;
 }
@@ -130,7 +143,7 @@ Adam::Adam(std::vector<Tensor> params, AdamOptions o, bool decoupled)
 void Adam::update(size_t i, Tensor& p, const Tensor& g) {
   Tensor& m = buffer(i, "exp_avg");
   Tensor& v = buffer(i, "exp_avg_sq");
-  const double t = static_cast<double>(steps_ + 1);
+  const double t = (scalar(i, "step") += 1);
   const kernels::AdamParams s{static_cast<float>(lr_), static_cast<float>(o_.beta1),
                               static_cast<float>(o_.beta2), static_cast<float>(o_.eps),
                               static_cast<float>(o_.weight_decay),

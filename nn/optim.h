@@ -41,6 +41,8 @@ class Optimizer {
   /// Per-parameter state buffer, zero-initialised on first use.
   Tensor& buffer(size_t i, const std::string& name);
   bool has_buffer(size_t i, const std::string& name) const;
+  /// Per-parameter scalar state (0 until set), saved as "<i>.<name>" in the state's scalars.
+  double& scalar(size_t i, const std::string& name);
 
   std::vector<Tensor> params_;
   double lr_;
@@ -48,6 +50,7 @@ class Optimizer {
 
  private:
   std::map<std::string, Tensor> buffers_;
+  std::map<std::string, double> scalars_;
 };
 
 struct SgdOptions {
@@ -70,6 +73,8 @@ struct AdamOptions {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
 };
 /// Adam (weight decay added to the gradient); AdamW decouples it (PyTorch's default 0.01).
+/// Bias correction counts each parameter's own steps, so a parameter that first gets a gradient
+/// late is corrected as PyTorch does.
 class Adam : public Optimizer {
  public:
   Adam(std::vector<Tensor> params, AdamOptions options, bool decoupled_weight_decay = false);

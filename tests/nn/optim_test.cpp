@@ -109,6 +109,24 @@ TEST(Adam, FirstStepIsBiasCorrectedToAboutLr) {
   EXPECT_EQ(opt.name(), "adam");
 }
 
+// PyTorch counts Adam's steps per parameter: a parameter whose first gradient arrives at the
+// optimiser's second step gets the first-step bias correction (a move of about lr).
+TEST(Adam, BiasCorrectionCountsEachParametersOwnSteps) {
+  Tensor early = from_vector<float>({1.f}).set_requires_grad();
+  Tensor late = from_vector<float>({1.f}).set_requires_grad();
+  nn::Adam opt({early, late}, nn::AdamOptions{0.1});
+  early.set_grad(from_vector<float>({1.f}));
+  opt.step();  // `late` has no gradient yet
+  EXPECT_FLOAT_EQ(late.item<float>(), 1.f);
+  late.set_grad(from_vector<float>({1.f}));
+  opt.step();
+  EXPECT_NEAR(late.item<float>(), 0.9f, 1e-6);
+  // The per-parameter count survives a state round trip.
+  nn::OptimizerState state = opt.state_dict();
+  EXPECT_EQ(state.scalars.at("0.step"), 2);
+  EXPECT_EQ(state.scalars.at("1.step"), 1);
+}
+
 TEST(Adam, TwoStepsByHand) {
   const double lr = 0.05, b1 = 0.8, b2 = 0.9, eps = 1e-6, wd = 0.1;
   const std::vector<std::vector<double>> grads{{0.3, -0.1, 2.0}, {-0.2, 0.4, 1.0}};
