@@ -89,7 +89,10 @@ std::vector<Tensor> AccumulateGrad::apply(const Tensor& grad_output) {
     ops::binary_(kernels::Binary::kAdd, current, g);
   } else {
     // A fresh tensor: the incoming gradient may be shared with other parts of the graph.
-    leaf.set_grad(g.clone());
+    // Take the incoming tensor when nothing else refers to it (a fresh result of a backward
+    // function); otherwise copy, since it may be shared with other parts of the graph.
+    const bool sole_owner = g.impl_ptr().use_count() <= 2 && g.storage().use_count() == 1;
+    leaf.set_grad(sole_owner ? g.detach() : g.clone());
   }
   for (const auto& hook : m.post_accumulate_hooks) hook(leaf);
   return {};
