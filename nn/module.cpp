@@ -108,13 +108,32 @@ std::shared_ptr<Module> Module::make_empty() const {
 
 std::shared_ptr<Module> Module::clone(Device device) const {
   std::shared_ptr<Module> copy = make_empty();
-  if (device != Device::cpu()) {
-    DTRAIN_THROW(UnsupportedError, "clone to ", device.str(),
-                 ": modules are created on the CPU; CUDA replicas are not supported yet");
-  }
-  copy->load_state_dict(state_dict());
+  copy->load_state_dict(state_dict());  // copy_ moves values across devices
+  copy->to(device);
   copy->train(training_);
   return copy;
+}
+
+Module& Module::to(Device device) {
+  NamedTensors all = named_parameters();
+  for (auto& entry : named_buffers()) all.push_back(entry);
+  for (auto& [name, t] : all) {
+    if (t.device() == device) continue;
+    // Swap the storage under the shared impl, so every handle to this tensor moves with it.
+    Tensor moved = to_device(t, device);
+    detail::TensorImpl& impl = t.impl();
+    impl.storage = moved.storage();
+    impl.offset_bytes = moved.storage_offset_bytes();
+    impl.grad.reset();
+  }
+  return *this;
+}
+
+Device Module::device() const {
+  auto params = named_parameters();
+  if (!params.empty()) return params.front().second.device();
+  auto buffers = named_buffers();
+  return buffers.empty() ? Device::cpu() : buffers.front().second.device();
 }
 
 void Module::zero_grad(bool set_to_none) {

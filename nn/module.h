@@ -43,6 +43,11 @@ class Module : public std::enable_shared_from_this<Module> {
   void load_state_dict(const NamedTensors& state, bool strict = true);
   /// A deep copy with its own parameters and buffers on `device` (replicas).
   std::shared_ptr<Module> clone(Device device = Device::cpu()) const;
+  /// Moves every parameter and buffer to `device` in place: handles held elsewhere (layer
+  /// members, optimisers) see the move. Gradients are dropped.
+  Module& to(Device device);
+  /// The device of the first parameter (or buffer); cpu for a module without state.
+  Device device() const;
   /// Zeroes gradients in place (keeps gradient memory, e.g. views into a bucket), or drops them.
   void zero_grad(bool set_to_none = false);
   int64_t num_parameters() const;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "nn/layers.h"
+#include "tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -360,6 +361,27 @@ TEST(Module, NumParametersCountsEveryElement) {
   EXPECT_EQ(no_bias.num_parameters(), 30);
   nn::BatchNorm2d bn(8);  // buffers are not parameters
   EXPECT_EQ(bn.num_parameters(), 16);
+}
+
+}  // namespace
+}  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+TEST(ModuleDevice, ToSameDeviceKeepsStorageAndCudaNeedsAGpu) {
+  nn::Linear layer(3, 2);
+  const void* before = layer.weight.data_ptr();
+  layer.to(Device::cpu());
+  EXPECT_EQ(layer.weight.data_ptr(), before);
+  EXPECT_EQ(layer.device(), Device::cpu());
+  if (!cuda::available()) {
+    EXPECT_THROW(layer.to(Device::cuda(0)), Error);
+    GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  }
+  auto replica = layer.clone(Device::cuda(0));
+  EXPECT_EQ(replica->device(), Device::cuda(0));
+  EXPECT_EQ(replica->named_parameters()[0].second.to_vector<float>(), layer.weight.to_vector<float>());
 }
 
 }  // namespace
