@@ -131,7 +131,8 @@ Tensor record(Tensor out, const char* name, const std::vector<Tensor>& inputs,
   node->sequence = g_sequence.fetch_add(1, std::memory_order_relaxed);
   node->next.reserve(inputs.size());
   for (const Tensor& t : inputs) node->next.push_back(gradient_edge(t));
-  if (anomaly_enabled()) node->forward_info = std::string(name) + " with inputs " + input_description(inputs);
+  if (anomaly_enabled())
+    node->forward_info = std::string(name) + " with inputs " + input_description(inputs);
   // The output may be a view sharing storage with an input (reshape): give it its own impl so
   // its graph link does not overwrite the input's.
   out = Tensor(out.storage(), out.storage_offset_bytes(), out.shape(), out.dtype());
@@ -153,8 +154,9 @@ void register_hook(const Tensor& t, GradHook hook) {
 }
 
 void register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateHook hook) {
-  DTRAIN_CHECK(leaf.requires_grad() && leaf.is_leaf(), "register_post_accumulate_grad_hook: ",
-               leaf.describe(), " is not a leaf that requires grad");
+  DTRAIN_CHECK(leaf.requires_grad() && leaf.is_leaf(),
+               "register_post_accumulate_grad_hook: ", leaf.describe(),
+               " is not a leaf that requires grad");
   meta(leaf).post_accumulate_hooks.push_back(std::move(hook));
 }
 
@@ -165,7 +167,8 @@ void retain_grad(const Tensor& t) {
     if (auto impl = weak.lock()) {
       Tensor target(impl);
       Tensor current = target.grad();
-      target.set_grad(current.defined() ? ops::binary(kernels::Binary::kAdd, current, g) : g.clone());
+      target.set_grad(current.defined() ? ops::binary(kernels::Binary::kAdd, current, g)
+                                        : g.clone());
     }
     return Tensor();
   });
@@ -175,8 +178,10 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
   DTRAIN_CHECK(root.requires_grad(), "backward(): ", root.describe(), " does not require grad");
   Tensor seed = grad;
   if (!seed.defined()) {
-    DTRAIN_CHECK(root.numel() == 1, "backward(): grad can be implicitly created only for scalar "
-                 "outputs; got ", root.describe(), ". Pass a gradient of the same shape or reduce first");
+    DTRAIN_CHECK(root.numel() == 1,
+                 "backward(): grad can be implicitly created only for scalar "
+                 "outputs; got ",
+                 root.describe(), ". Pass a gradient of the same shape or reduce first");
     seed = ones(root.shape(), root.dtype(), root.device());
   } else {
     DTRAIN_CHECK(seed.shape() == root.shape() && seed.dtype() == root.dtype(),
@@ -225,8 +230,9 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     if (anomaly_enabled()) {
       for (size_t i = 0; i < input_grads.size(); ++i) {
         if (input_grads[i].defined() && !ops::all_finite(input_grads[i])) {
-          DTRAIN_THROW(ValueError, "anomaly: ", node->name(), " returned NaN or Inf in its gradient ",
-                       "for input ", i, " (", input_grads[i].describe(), "); the forward op was ",
+          DTRAIN_THROW(ValueError, "anomaly: ", node->name(),
+                       " returned NaN or Inf in its gradient ", "for input ", i, " (",
+                       input_grads[i].describe(), "); the forward op was ",
                        node->forward_info.empty() ? std::string("unknown") : node->forward_info);
         }
       }
@@ -235,7 +241,8 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     for (size_t i = 0; i < node->next.size(); ++i) {
       Node* next = node->next[i].get();
       if (!next) continue;
-      if (i < input_grads.size() && input_grads[i].defined()) add_into(buffers[next], input_grads[i]);
+      if (i < input_grads.size() && input_grads[i].defined())
+        add_into(buffers[next], input_grads[i]);
       if (--deps[next] == 0) ready.push(node->next[i]);
     }
   }

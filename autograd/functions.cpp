@@ -24,10 +24,11 @@ Tensor scalar_like(const Tensor& t, double v) { return scalar_tensor(v, t.dtype(
 
 // ---- elementwise ----------------------------------------------------------------------------
 Tensor add(const Tensor& a, const Tensor& b) {
-  return record(bin(Binary::kAdd, a, b), "add", {a, b},
-                [sa = a.shape(), sb = b.shape(), ra = needs(a), rb = needs(b)](const Tensor& g) {
-                  return Grads{ra ? ops::sum_to(g, sa) : Tensor(), rb ? ops::sum_to(g, sb) : Tensor()};
-                });
+  return record(
+      bin(Binary::kAdd, a, b), "add", {a, b},
+      [sa = a.shape(), sb = b.shape(), ra = needs(a), rb = needs(b)](const Tensor& g) {
+        return Grads{ra ? ops::sum_to(g, sa) : Tensor(), rb ? ops::sum_to(g, sb) : Tensor()};
+      });
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
@@ -133,12 +134,13 @@ Tensor sigmoid(const Tensor& x) {
 
 Tensor clamp(const Tensor& x, double lo, double hi) {
   DTRAIN_CHECK(lo <= hi, "clamp: lo ", lo, " is greater than hi ", hi);
-  return record(un(Unary::kClamp, x, 0, lo, hi), "clamp", {x},
-                [x = x.detach(), lo, hi](const Tensor& g) {
-                  Tensor inside = bin(Binary::kMul, to_dtype(bin(Binary::kGe, x, scalar_like(x, lo)), x.dtype()),
-                                      to_dtype(bin(Binary::kLe, x, scalar_like(x, hi)), x.dtype()));
-                  return Grads{bin(Binary::kMul, g, inside)};
-                });
+  return record(
+      un(Unary::kClamp, x, 0, lo, hi), "clamp", {x}, [x = x.detach(), lo, hi](const Tensor& g) {
+        Tensor inside =
+            bin(Binary::kMul, to_dtype(bin(Binary::kGe, x, scalar_like(x, lo)), x.dtype()),
+                to_dtype(bin(Binary::kLe, x, scalar_like(x, hi)), x.dtype()));
+        return Grads{bin(Binary::kMul, g, inside)};
+      });
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
@@ -198,12 +200,14 @@ Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 }
 
 Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
-  const double scale = 1.0 / static_cast<double>(std::max<int64_t>(1, reduced_count(x.shape(), dims)));
-  return record(ops::mean(x, dims, keepdim), "mean", {x}, [s = x.shape(), dims, scale](const Tensor& g) {
-    Tensor e = expand_reduced(g, s, dims);
-    ops::scale_(e, scale);
-    return Grads{e};
-  });
+  const double scale =
+      1.0 / static_cast<double>(std::max<int64_t>(1, reduced_count(x.shape(), dims)));
+  return record(ops::mean(x, dims, keepdim), "mean", {x},
+                [s = x.shape(), dims, scale](const Tensor& g) {
+                  Tensor e = expand_reduced(g, s, dims);
+                  ops::scale_(e, scale);
+                  return Grads{e};
+                });
 }
 
 std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
@@ -219,20 +223,21 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return ops::argmax(x
 
 // ---- linear algebra -------------------------------------------------------------------------
 Tensor matmul(const Tensor& a, const Tensor& b) {
-  return record(ops::matmul(a, b), "matmul", {a, b},
-                [a = a.detach(), b = b.detach(), ra = needs(a), rb = needs(b)](const Tensor& g) {
-                  Tensor ga, gb;
-                  if (ra) ga = ops::sum_to(ops::matmul(g, b, false, true), a.shape());
-                  if (rb) {
-                    if (b.dim() == 2 && a.dim() > 2) {
-                      // Rows of every batch against one matrix: a single GEMM over stacked rows.
-                      gb = ops::matmul(a.view({-1, a.size(-1)}), g.view({-1, g.size(-1)}), true, false);
-                    } else {
-                      gb = ops::sum_to(ops::matmul(a, g, true, false), b.shape());
-                    }
-                  }
-                  return Grads{ga, gb};
-                });
+  return record(
+      ops::matmul(a, b), "matmul", {a, b},
+      [a = a.detach(), b = b.detach(), ra = needs(a), rb = needs(b)](const Tensor& g) {
+        Tensor ga, gb;
+        if (ra) ga = ops::sum_to(ops::matmul(g, b, false, true), a.shape());
+        if (rb) {
+          if (b.dim() == 2 && a.dim() > 2) {
+            // Rows of every batch against one matrix: a single GEMM over stacked rows.
+            gb = ops::matmul(a.view({-1, a.size(-1)}), g.view({-1, g.size(-1)}), true, false);
+          } else {
+            gb = ops::sum_to(ops::matmul(a, g, true, false), b.shape());
+          }
+        }
+        return Grads{ga, gb};
+      });
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
@@ -294,9 +299,10 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
 
 Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
   const ops::Pool2dArgs args{kernel, stride, padding};
-  return record(ops::avg_pool2d(x, args), "avg_pool2d", {x}, [s = x.shape(), args](const Tensor& g) {
-    return Grads{ops::avg_pool2d_backward(g, s, args)};
-  });
+  return record(ops::avg_pool2d(x, args), "avg_pool2d", {x},
+                [s = x.shape(), args](const Tensor& g) {
+                  return Grads{ops::avg_pool2d_backward(g, s, args)};
+                });
 }
 
 // ---- softmax, losses ------------------------------------------------------------------------
@@ -342,10 +348,10 @@ Tensor mse_loss(const Tensor& input, const Tensor& target) {
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight,
                   const Tensor& bias, double eps) {
   const int64_t k = static_cast<int64_t>(normalized_shape.size());
-  DTRAIN_CHECK(k >= 1 && k <= x.dim() &&
-                   Shape(x.shape().end() - k, x.shape().end()) == normalized_shape,
-               "layer_norm: input ", x.describe(), " does not end in normalized_shape ",
-               shape_str(normalized_shape));
+  DTRAIN_CHECK(
+      k >= 1 && k <= x.dim() && Shape(x.shape().end() - k, x.shape().end()) == normalized_shape,
+      "layer_norm: input ", x.describe(), " does not end in normalized_shape ",
+      shape_str(normalized_shape));
   const int64_t group = shape_numel(normalized_shape);
   auto [y, stats] = ops::layer_norm(x, group, weight, bias, eps);
   return record(y, "layer_norm", {x, weight, bias},
@@ -361,12 +367,12 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                   const Tensor& running_mean, const Tensor& running_var, bool training,
                   double momentum, double eps) {
-  auto [y, stats] = ops::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps);
-  return record(y, "batch_norm", {x, weight, bias},
-                [x = x.detach(), w = weight.defined() ? weight.detach() : Tensor(), stats = stats,
-                 training](const Tensor& g) {
-                  return ops::batch_norm_backward(g, x, stats, w, training);
-                });
+  auto [y, stats] =
+      ops::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps);
+  return record(
+      y, "batch_norm", {x, weight, bias},
+      [x = x.detach(), w = weight.defined() ? weight.detach() : Tensor(), stats = stats,
+       training](const Tensor& g) { return ops::batch_norm_backward(g, x, stats, w, training); });
 }
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
@@ -445,8 +451,10 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
 Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
   Tensor y = ops::permute(x, dims);
   std::vector<int64_t> inverse(dims.size());
-  for (size_t i = 0; i < dims.size(); ++i) inverse[ops::normalize_dim(dims[i], x.dim(), "permute")] = i;
-  return record(y, "permute", {x}, [inverse](const Tensor& g) { return Grads{ops::permute(g, inverse)}; });
+  for (size_t i = 0; i < dims.size(); ++i)
+    inverse[ops::normalize_dim(dims[i], x.dim(), "permute")] = i;
+  return record(y, "permute", {x},
+                [inverse](const Tensor& g) { return Grads{ops::permute(g, inverse)}; });
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {

@@ -20,7 +20,7 @@ struct GradcheckResult {
 /// Inputs must be float64 tensors; those with requires_grad are checked. fn may return any shape:
 /// each output element is checked through a one-hot backward.
 GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
-                          const std::vector<Tensor>& inputs, double eps = 1e-6,
-                          double atol = 1e-5, double rtol = 1e-3);
+                          const std::vector<Tensor>& inputs, double eps = 1e-6, double atol = 1e-5,
+                          double rtol = 1e-3);
 
 }  // namespace dtrain

@@ -73,16 +73,17 @@ class AccumulateGrad final : public Node {
 };
 
 struct AutogradMeta {
-  NodePtr grad_fn;                               // null for leaves
-  std::weak_ptr<Node> grad_accumulator;          // leaves: reused across graphs
-  std::vector<GradHook> hooks;                   // leaves: run before accumulation
+  NodePtr grad_fn;                       // null for leaves
+  std::weak_ptr<Node> grad_accumulator;  // leaves: reused across graphs
+  std::vector<GradHook> hooks;           // leaves: run before accumulation
   std::vector<PostAccumulateHook> post_accumulate_hooks;
 };
 
 /// The tensor's metadata, created on first use.
 AutogradMeta& meta(const Tensor& t);
 NodePtr grad_fn(const Tensor& t);
-/// The node a gradient for t flows into: its grad_fn, its accumulator (leaf requiring grad), or null.
+/// The node a gradient for t flows into: its grad_fn, its accumulator (leaf requiring grad), or
+/// null.
 NodePtr gradient_edge(const Tensor& t);
 
 /// Records `out` as produced by a node named `name` from `inputs` when grad mode is on and some

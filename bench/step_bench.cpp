@@ -17,8 +17,8 @@ using namespace dtrain;
 namespace {
 
 void set_flops(benchmark::State& state, double flops_per_iter) {
-  state.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * state.iterations() / 1e9,
-                                                 benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops_per_iter * state.iterations() / 1e9, benchmark::Counter::kIsRate);
 }
 
 // ---- GEMM: C[M, N] = A[M, K] @ B[N, K]^T, the Linear forward layout ------------------------
@@ -27,7 +27,8 @@ void BM_GemmDirectDnnl(benchmark::State& state) {
   Generator gen(1);
   Tensor a = randn({m, k}, gen), b = randn({n, k}, gen), c({m, n});
   for (auto _ : state) {
-    dnnl_sgemm('N', 'T', m, n, k, 1.f, a.data<float>(), k, b.data<float>(), k, 0.f, c.data<float>(), n);
+    dnnl_sgemm('N', 'T', m, n, k, 1.f, a.data<float>(), k, b.data<float>(), k, 0.f, c.data<float>(),
+               n);
     benchmark::DoNotOptimize(c.data_ptr());
   }
   set_flops(state, 2.0 * m * n * k);
@@ -65,7 +66,10 @@ void BM_Conv2dForwardBackward(benchmark::State& state) {
   }
   set_flops(state, 3 * 2.0 * n * o * hw * hw * c * 25);
 }
-BENCHMARK(BM_Conv2dForwardBackward)->Args({1, 32, 28})->Args({32, 64, 14})->ArgNames({"C", "O", "HW"});
+BENCHMARK(BM_Conv2dForwardBackward)
+    ->Args({1, 32, 28})
+    ->Args({32, 64, 14})
+    ->ArgNames({"C", "O", "HW"});
 
 // ---- elementwise bandwidth --------------------------------------------------------------------
 void set_bytes(benchmark::State& state, int64_t bytes_per_iter) {

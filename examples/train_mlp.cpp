@@ -96,10 +96,12 @@ int main(int argc, char** argv) {
       auto keys = rand({n}, shuffle_gen).to_vector<float>();
       std::vector<int64_t> order(n);
       std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+      std::sort(order.begin(), order.end(),
+                [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
       double running = 0;
       for (int64_t s = 0; s < steps_per_epoch; ++s) {
-        Tensor idx = from_vector(std::vector<int64_t>(order.begin() + s * batch, order.begin() + (s + 1) * batch));
+        Tensor idx = from_vector(
+            std::vector<int64_t>(order.begin() + s * batch, order.begin() + (s + 1) * batch));
         Tensor x = embedding(train.images, idx);  // row gather
         Tensor y = ops::embedding(train.labels.view({n, 1}), idx).view({batch});
         opt.zero_grad();
@@ -109,13 +111,15 @@ int main(int argc, char** argv) {
         schedule.step();
         running += loss.item<float>();
         if ((s + 1) % 200 == 0) {
-          std::printf("epoch %d step %lld/%lld loss %.4f\n", epoch + 1, static_cast<long long>(s + 1),
-                      static_cast<long long>(steps_per_epoch), running / 200);
+          std::printf("epoch %d step %lld/%lld loss %.4f\n", epoch + 1,
+                      static_cast<long long>(s + 1), static_cast<long long>(steps_per_epoch),
+                      running / 200);
           running = 0;
         }
       }
     }
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("test_accuracy=%.4f samples_per_sec=%.0f wall_s=%.1f\n", accuracy(model, test),
                 epochs * steps_per_epoch * batch / secs, secs);
     return 0;

@@ -35,8 +35,12 @@ void xavier_normal_(Tensor& w, double gain, Generator& gen) {
   dtrain::normal_(w, 0, gain * std::sqrt(2.0 / static_cast<double>(in + out)), gen);
 }
 
-void uniform_(Tensor& t, double low, double high, Generator& gen) { dtrain::uniform_(t, low, high, gen); }
-void normal_(Tensor& t, double mean, double std, Generator& gen) { dtrain::normal_(t, mean, std, gen); }
+void uniform_(Tensor& t, double low, double high, Generator& gen) {
+  dtrain::uniform_(t, low, high, gen);
+}
+void normal_(Tensor& t, double mean, double std, Generator& gen) {
+  dtrain::normal_(t, mean, std, gen);
+}
 void zeros_(Tensor& t) { t.fill_(0); }
 void ones_(Tensor& t) { t.fill_(1); }
 

@@ -44,9 +44,14 @@ std::shared_ptr<Module> Linear::make_empty() const {
 // ---- Conv2d, pooling ------------------------------------------------------------------------
 Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
                int64_t padding, bool with_bias, Generator& gen)
-    : in_(in_channels), out_(out_channels), kernel_(kernel_size), stride_(stride), padding_(padding) {
+    : in_(in_channels),
+      out_(out_channels),
+      kernel_(kernel_size),
+      stride_(stride),
+      padding_(padding) {
   DTRAIN_CHECK(in_ > 0 && out_ > 0 && kernel_ > 0 && stride_ > 0 && padding_ >= 0,
-               "Conv2d: invalid configuration (", dims({in_, out_, kernel_, stride_, padding_}), ")");
+               "Conv2d: invalid configuration (", dims({in_, out_, kernel_, stride_, padding_}),
+               ")");
   Tensor w({out_, in_, kernel_, kernel_});
   init::kaiming_uniform_(w, std::sqrt(5.0), gen);
   weight = register_parameter("weight", w);
@@ -74,7 +79,9 @@ std::shared_ptr<Module> Conv2d::make_empty() const {
 
 MaxPool2d::MaxPool2d(int64_t kernel_size, int64_t stride, int64_t padding)
     : kernel_(kernel_size), stride_(stride < 0 ? kernel_size : stride), padding_(padding) {}
-std::string MaxPool2d::describe() const { return "MaxPool2d(" + dims({kernel_, stride_, padding_}) + ")"; }
+std::string MaxPool2d::describe() const {
+  return "MaxPool2d(" + dims({kernel_, stride_, padding_}) + ")";
+}
 Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel_, stride_, padding_); }
 std::shared_ptr<Module> MaxPool2d::make_empty() const {
   return std::make_shared<MaxPool2d>(kernel_, stride_, padding_);
@@ -82,7 +89,9 @@ std::shared_ptr<Module> MaxPool2d::make_empty() const {
 
 AvgPool2d::AvgPool2d(int64_t kernel_size, int64_t stride, int64_t padding)
     : kernel_(kernel_size), stride_(stride < 0 ? kernel_size : stride), padding_(padding) {}
-std::string AvgPool2d::describe() const { return "AvgPool2d(" + dims({kernel_, stride_, padding_}) + ")"; }
+std::string AvgPool2d::describe() const {
+  return "AvgPool2d(" + dims({kernel_, stride_, padding_}) + ")";
+}
 Tensor AvgPool2d::forward(const Tensor& x) { return avg_pool2d(x, kernel_, stride_, padding_); }
 std::shared_ptr<Module> AvgPool2d::make_empty() const {
   return std::make_shared<AvgPool2d>(kernel_, stride_, padding_);
@@ -99,7 +108,8 @@ BatchNorm::BatchNorm(int64_t num_features, int spatial_dims, double eps, double 
   num_batches_tracked = register_buffer("num_batches_tracked", zeros({}, DType::kInt64));
 }
 std::string BatchNorm::describe() const {
-  return std::string("BatchNorm") + (spatial_dims_ == 2 ? "2d(" : "1d(") + std::to_string(features_) + ")";
+  return std::string("BatchNorm") + (spatial_dims_ == 2 ? "2d(" : "1d(") +
+         std::to_string(features_) + ")";
 }
 Tensor BatchNorm::forward(const Tensor& x) {
   const int64_t want = spatial_dims_ + 2;
@@ -114,13 +124,16 @@ std::shared_ptr<Module> BatchNorm::make_empty() const {
   return std::make_shared<BatchNorm>(features_, spatial_dims_, eps_, momentum_);
 }
 
-LayerNorm::LayerNorm(Shape normalized_shape, double eps) : shape_(std::move(normalized_shape)), eps_(eps) {
+LayerNorm::LayerNorm(Shape normalized_shape, double eps)
+    : shape_(std::move(normalized_shape)), eps_(eps) {
   weight = register_parameter("weight", ones(shape_));
   bias = register_parameter("bias", zeros(shape_));
 }
 std::string LayerNorm::describe() const { return "LayerNorm(" + shape_str(shape_) + ")"; }
 Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, shape_, weight, bias, eps_); }
-std::shared_ptr<Module> LayerNorm::make_empty() const { return std::make_shared<LayerNorm>(shape_, eps_); }
+std::shared_ptr<Module> LayerNorm::make_empty() const {
+  return std::make_shared<LayerNorm>(shape_, eps_);
+}
 
 // ---- embedding, dropout, activations --------------------------------------------------------
 Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, Generator& gen)
@@ -131,7 +144,9 @@ Embedding::Embedding(int64_t num_embeddings, int64_t embedding_dim, Generator& g
 }
 std::string Embedding::describe() const { return "Embedding(" + dims({num_, dim_}) + ")"; }
 Tensor Embedding::forward(const Tensor& indices) { return embedding(weight, indices); }
-std::shared_ptr<Module> Embedding::make_empty() const { return std::make_shared<Embedding>(num_, dim_); }
+std::shared_ptr<Module> Embedding::make_empty() const {
+  return std::make_shared<Embedding>(num_, dim_);
+}
 
 Dropout::Dropout(double p, uint64_t seed, uint64_t stream) : p_(p), gen_(seed, stream) {
   DTRAIN_CHECK(p >= 0 && p <= 1, "Dropout: p must be in [0, 1]; got ", p);
@@ -146,19 +161,27 @@ std::shared_ptr<Module> Dropout::make_empty() const {
 
 std::string ActivationLayer::describe() const {
   switch (kind_) {
-    case Activation::kReLU: return "ReLU";
-    case Activation::kGELU: return "GELU";
-    case Activation::kTanh: return "Tanh";
-    case Activation::kSigmoid: return "Sigmoid";
+    case Activation::kReLU:
+      return "ReLU";
+    case Activation::kGELU:
+      return "GELU";
+    case Activation::kTanh:
+      return "Tanh";
+    case Activation::kSigmoid:
+      return "Sigmoid";
   }
   return "Activation";
 }
 Tensor ActivationLayer::forward(const Tensor& x) {
   switch (kind_) {
-    case Activation::kReLU: return relu(x);
-    case Activation::kGELU: return gelu(x);
-    case Activation::kTanh: return tanh(x);
-    case Activation::kSigmoid: return sigmoid(x);
+    case Activation::kReLU:
+      return relu(x);
+    case Activation::kGELU:
+      return gelu(x);
+    case Activation::kTanh:
+      return tanh(x);
+    case Activation::kSigmoid:
+      return sigmoid(x);
   }
   return x;
 }
@@ -166,7 +189,9 @@ std::shared_ptr<Module> ActivationLayer::make_empty() const {
   return std::make_shared<ActivationLayer>(kind_);
 }
 
-std::shared_ptr<Module> Flatten::make_empty() const { return std::make_shared<Flatten>(start_dim_); }
+std::shared_ptr<Module> Flatten::make_empty() const {
+  return std::make_shared<Flatten>(start_dim_);
+}
 
 // ---- Sequential -----------------------------------------------------------------------------
 Sequential::Sequential(std::initializer_list<ModulePtr> modules) {
@@ -177,7 +202,9 @@ Sequential& Sequential::add(ModulePtr m, std::string name) {
   register_module(name.empty() ? std::to_string(size()) : std::move(name), std::move(m));
   return *this;
 }
-std::string Sequential::describe() const { return "Sequential(" + std::to_string(size()) + " modules)"; }
+std::string Sequential::describe() const {
+  return "Sequential(" + std::to_string(size()) + " modules)";
+}
 Tensor Sequential::forward(const Tensor& x) {
   Tensor y = x;
   for (const auto& [name, m] : named_children()) y = m->forward(y);

@@ -155,10 +155,22 @@ class ActivationLayer : public Module {
  private:
   Activation kind_;
 };
-class ReLU : public ActivationLayer { public: ReLU() : ActivationLayer(Activation::kReLU) {} };
-class GELU : public ActivationLayer { public: GELU() : ActivationLayer(Activation::kGELU) {} };
-class Tanh : public ActivationLayer { public: Tanh() : ActivationLayer(Activation::kTanh) {} };
-class Sigmoid : public ActivationLayer { public: Sigmoid() : ActivationLayer(Activation::kSigmoid) {} };
+class ReLU : public ActivationLayer {
+ public:
+  ReLU() : ActivationLayer(Activation::kReLU) {}
+};
+class GELU : public ActivationLayer {
+ public:
+  GELU() : ActivationLayer(Activation::kGELU) {}
+};
+class Tanh : public ActivationLayer {
+ public:
+  Tanh() : ActivationLayer(Activation::kTanh) {}
+};
+class Sigmoid : public ActivationLayer {
+ public:
+  Sigmoid() : ActivationLayer(Activation::kSigmoid) {}
+};
 
 /// [N, d1, d2, ...] -> [N, d1 * d2 * ...].
 class Flatten : public Module {

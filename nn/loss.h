@@ -27,7 +27,9 @@ class NLLLoss {
 
 class MSELoss {
  public:
-  Tensor operator()(const Tensor& input, const Tensor& target) const { return mse_loss(input, target); }
+  Tensor operator()(const Tensor& input, const Tensor& target) const {
+    return mse_loss(input, target);
+  }
 };
 
 }  // namespace dtrain::nn

@@ -35,7 +35,8 @@ MultiStepLR::MultiStepLR(Optimizer& opt, std::vector<int64_t> milestones, double
                "MultiStepLR: milestones must be increasing");
 }
 double MultiStepLR::lr_at(int64_t step) const {
-  const auto passed = std::upper_bound(milestones_.begin(), milestones_.end(), step) - milestones_.begin();
+  const auto passed =
+      std::upper_bound(milestones_.begin(), milestones_.end(), step) - milestones_.begin();
   return base_lr() * std::pow(gamma_, static_cast<double>(passed));
 }
 
@@ -51,7 +52,9 @@ double CosineLR::lr_at(int64_t step) const {
 
 LinearWarmup::LinearWarmup(Optimizer& opt, int64_t warmup_steps, std::unique_ptr<LRScheduler> after,
                            double start_factor)
-    : LRScheduler(opt, opt.lr()), warmup_(warmup_steps), after_(std::move(after)),
+    : LRScheduler(opt, opt.lr()),
+      warmup_(warmup_steps),
+      after_(std::move(after)),
       start_factor_(start_factor) {
   DTRAIN_CHECK(warmup_steps >= 0, "LinearWarmup: warmup_steps must be >= 0");
   DTRAIN_CHECK(after_ != nullptr, "LinearWarmup: needs the schedule that follows the warm-up");

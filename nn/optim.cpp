@@ -46,8 +46,10 @@ void Optimizer::zero_grad(bool set_to_none) {
   for (Tensor& p : params_) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    if (set_to_none) p.set_grad(Tensor());
-    else g.zero_();
+    if (set_to_none)
+      p.set_grad(Tensor());
+    else
+      g.zero_();
   }
 }
 
@@ -95,13 +97,15 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
   }
   buffers_ = std::move(loaded);
   scalars_ = std::move(per_param);
-  if (auto it = state.scalars.find("step"); it != state.scalars.end()) steps_ = static_cast<int64_t>(it->second);
+  if (auto it = state.scalars.find("step"); it != state.scalars.end())
+    steps_ = static_cast<int64_t>(it->second);
   if (auto it = state.scalars.find("lr"); it != state.scalars.end()) lr_ = it->second;
 }
 
 // ---- SGD ------------------------------------------------------------------------------------
 SGD::SGD(std::vector<Tensor> params, SgdOptions o) : Optimizer(std::move(params), o.lr), o_(o) {
-  DTRAIN_CHECK(o.momentum >= 0 && o.weight_decay >= 0, "sgd: momentum and weight_decay must be >= 0");
+  DTRAIN_CHECK(o.momentum >= 0 && o.weight_decay >= 0,
+               "sgd: momentum and weight_decay must be >= 0");
   DTRAIN_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
                "sgd: nesterov needs momentum > 0 and dampening = 0");
 }
@@ -109,9 +113,12 @@ SGD::SGD(std::vector<Tensor> params, SgdOptions o) : Optimizer(std::move(params)
 void SGD::update(size_t i, Tensor& p, const Tensor& g) {
   const bool first = !has_buffer(i, "momentum_buffer");
   Tensor buf = o_.momentum != 0 ? buffer(i, "momentum_buffer") : Tensor();
-  const kernels::SgdParams s{static_cast<float>(lr_), static_cast<float>(o_.momentum),
-                             static_cast<float>(o_.dampening), static_cast<float>(o_.weight_decay),
-                             o_.nesterov, first};
+  const kernels::SgdParams s{static_cast<float>(lr_),
+                             static_cast<float>(o_.momentum),
+                             static_cast<float>(o_.dampening),
+                             static_cast<float>(o_.weight_decay),
+                             o_.nesterov,
+                             first};
   if (p.device().is_cuda()) {
     cuda::sgd_update(p.data<float>(), g.data<float>(), buf.defined() ? buf.data<float>() : nullptr,
                      p.numel(), s, p.device().index);
@@ -144,11 +151,14 @@ void Adam::update(size_t i, Tensor& p, const Tensor& g) {
   Tensor& m = buffer(i, "exp_avg");
   Tensor& v = buffer(i, "exp_avg_sq");
   const double t = (scalar(i, "step") += 1);
-  const kernels::AdamParams s{static_cast<float>(lr_), static_cast<float>(o_.beta1),
-                              static_cast<float>(o_.beta2), static_cast<float>(o_.eps),
+  const kernels::AdamParams s{static_cast<float>(lr_),
+                              static_cast<float>(o_.beta1),
+                              static_cast<float>(o_.beta2),
+                              static_cast<float>(o_.eps),
                               static_cast<float>(o_.weight_decay),
                               static_cast<float>(1 - std::pow(o_.beta1, t)),
-                              static_cast<float>(1 - std::pow(o_.beta2, t)), decoupled_};
+                              static_cast<float>(1 - std::pow(o_.beta2, t)),
+                              decoupled_};
   if (p.device().is_cuda()) {
     cuda::adam_update(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), p.numel(),
                       s, p.device().index);

@@ -20,9 +20,15 @@ class Error : public std::runtime_error {
   std::string message_;
 };
 
-class ValueError : public Error { using Error::Error; };
-class UnsupportedError : public Error { using Error::Error; };
-class TimeoutError : public Error { using Error::Error; };
+class ValueError : public Error {
+  using Error::Error;
+};
+class UnsupportedError : public Error {
+  using Error::Error;
+};
+class TimeoutError : public Error {
+  using Error::Error;
+};
 
 namespace detail {
 template <class... Parts>
@@ -39,7 +45,7 @@ std::string concat(const Parts&... parts) {
   throw ErrorType(::dtrain::detail::concat(__VA_ARGS__), __FILE__, __LINE__)
 
 /// Throws ValueError with the streamed parts when cond is false.
-#define DTRAIN_CHECK(cond, ...)                   \
-  do {                                            \
+#define DTRAIN_CHECK(cond, ...)                                   \
+  do {                                                            \
     if (!(cond)) DTRAIN_THROW(::dtrain::ValueError, __VA_ARGS__); \
   } while (0)

@@ -12,8 +12,12 @@ namespace dtrain::detail {
 template <class F>
 void dispatch_floating(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::kFloat32: f(float{}); return;
-    case DType::kFloat64: f(double{}); return;
+    case DType::kFloat32:
+      f(float{});
+      return;
+    case DType::kFloat64:
+      f(double{});
+      return;
     default:
       DTRAIN_THROW(UnsupportedError, op, ": dtype ", dtype_name(t),
                    " is not supported; expected float32 or float64 (convert with to_dtype)");
@@ -23,10 +27,17 @@ void dispatch_floating(DType t, const char* op, F&& f) {
 template <class F>
 void dispatch_numeric(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::kInt64: f(int64_t{}); return;
-    case DType::kInt32: f(int32_t{}); return;
-    case DType::kUInt8: f(uint8_t{}); return;
-    default: dispatch_floating(t, op, static_cast<F&&>(f));
+    case DType::kInt64:
+      f(int64_t{});
+      return;
+    case DType::kInt32:
+      f(int32_t{});
+      return;
+    case DType::kUInt8:
+      f(uint8_t{});
+      return;
+    default:
+      dispatch_floating(t, op, static_cast<F&&>(f));
   }
 }
 

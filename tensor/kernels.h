@@ -18,13 +18,42 @@ namespace dtrain::kernels {
 
 // ---- elementwise ----------------------------------------------------------------------------
 enum class Unary : uint8_t {
-  kNeg, kExp, kLog, kSqrt, kAbs, kRelu, kGelu, kTanh, kSigmoid, kPow, kClamp, kAddScalar,
-  kMulScalar, kRsqrt, kSquare, kSign
+  kNeg,
+  kExp,
+  kLog,
+  kSqrt,
+  kAbs,
+  kRelu,
+  kGelu,
+  kTanh,
+  kSigmoid,
+  kPow,
+  kClamp,
+  kAddScalar,
+  kMulScalar,
+  kRsqrt,
+  kSquare,
+  kSign
 };
 enum class Binary : uint8_t {
-  kAdd, kSub, kMul, kDiv, kPow, kMax, kMin, kEq, kNe, kLt, kLe, kGt, kGe,
+  kAdd,
+  kSub,
+  kMul,
+  kDiv,
+  kPow,
+  kMax,
+  kMin,
+  kEq,
+  kNe,
+  kLt,
+  kLe,
+  kGt,
+  kGe,
   // backward helpers: a = forward input or output, b = incoming gradient
-  kReluBackward, kGeluBackward, kTanhBackward, kSigmoidBackward
+  kReluBackward,
+  kGeluBackward,
+  kTanhBackward,
+  kSigmoidBackward
 };
 
 /// Parameters of the scalar-parameterised unary ops (kPow: p; kClamp: lo, hi; k*Scalar: p).
@@ -36,22 +65,38 @@ template <class T>
 DTRAIN_HD T apply_unary(Unary op, T x, const UnaryParams& q) {
   using std::exp, std::log, std::sqrt, std::fabs, std::tanh, std::erf, std::pow;
   switch (op) {
-    case Unary::kNeg: return -x;
-    case Unary::kExp: return exp(x);
-    case Unary::kLog: return log(x);
-    case Unary::kSqrt: return sqrt(x);
-    case Unary::kAbs: return fabs(x);
-    case Unary::kRelu: return x > T(0) ? x : T(0);
-    case Unary::kGelu: return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
-    case Unary::kTanh: return tanh(x);
-    case Unary::kSigmoid: return T(1) / (T(1) + exp(-x));
-    case Unary::kPow: return pow(x, T(q.p));
-    case Unary::kClamp: return x < T(q.lo) ? T(q.lo) : (x > T(q.hi) ? T(q.hi) : x);
-    case Unary::kAddScalar: return x + T(q.p);
-    case Unary::kMulScalar: return x * T(q.p);
-    case Unary::kRsqrt: return T(1) / sqrt(x);
-    case Unary::kSquare: return x * x;
-    case Unary::kSign: return T((x > T(0)) - (x < T(0)));
+    case Unary::kNeg:
+      return -x;
+    case Unary::kExp:
+      return exp(x);
+    case Unary::kLog:
+      return log(x);
+    case Unary::kSqrt:
+      return sqrt(x);
+    case Unary::kAbs:
+      return fabs(x);
+    case Unary::kRelu:
+      return x > T(0) ? x : T(0);
+    case Unary::kGelu:
+      return T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)));
+    case Unary::kTanh:
+      return tanh(x);
+    case Unary::kSigmoid:
+      return T(1) / (T(1) + exp(-x));
+    case Unary::kPow:
+      return pow(x, T(q.p));
+    case Unary::kClamp:
+      return x < T(q.lo) ? T(q.lo) : (x > T(q.hi) ? T(q.hi) : x);
+    case Unary::kAddScalar:
+      return x + T(q.p);
+    case Unary::kMulScalar:
+      return x * T(q.p);
+    case Unary::kRsqrt:
+      return T(1) / sqrt(x);
+    case Unary::kSquare:
+      return x * x;
+    case Unary::kSign:
+      return T((x > T(0)) - (x < T(0)));
   }
   return x;
 }
@@ -60,28 +105,44 @@ template <class T>
 DTRAIN_HD T apply_binary(Binary op, T a, T b) {
   using std::exp, std::erf, std::pow;
   switch (op) {
-    case Binary::kAdd: return a + b;
-    case Binary::kSub: return a - b;
-    case Binary::kMul: return a * b;
-    case Binary::kDiv: return a / b;
-    case Binary::kPow: return pow(a, b);
-    case Binary::kMax: return a > b ? a : b;
-    case Binary::kMin: return a < b ? a : b;
-    case Binary::kEq: return T(a == b);
-    case Binary::kNe: return T(a != b);
-    case Binary::kLt: return T(a < b);
-    case Binary::kLe: return T(a <= b);
-    case Binary::kGt: return T(a > b);
-    case Binary::kGe: return T(a >= b);
-    case Binary::kReluBackward: return a > T(0) ? b : T(0);
+    case Binary::kAdd:
+      return a + b;
+    case Binary::kSub:
+      return a - b;
+    case Binary::kMul:
+      return a * b;
+    case Binary::kDiv:
+      return a / b;
+    case Binary::kPow:
+      return pow(a, b);
+    case Binary::kMax:
+      return a > b ? a : b;
+    case Binary::kMin:
+      return a < b ? a : b;
+    case Binary::kEq:
+      return T(a == b);
+    case Binary::kNe:
+      return T(a != b);
+    case Binary::kLt:
+      return T(a < b);
+    case Binary::kLe:
+      return T(a <= b);
+    case Binary::kGt:
+      return T(a > b);
+    case Binary::kGe:
+      return T(a >= b);
+    case Binary::kReluBackward:
+      return a > T(0) ? b : T(0);
     case Binary::kGeluBackward: {
       // d/dx [x * Phi(x)] = Phi(x) + x * phi(x)
       const T cdf = T(0.5) * (T(1) + erf(a * T(0.70710678118654752440)));
       const T pdf = T(0.39894228040143267794) * exp(T(-0.5) * a * a);
       return b * (cdf + a * pdf);
     }
-    case Binary::kTanhBackward: return b * (T(1) - a * a);     // a = tanh(x)
-    case Binary::kSigmoidBackward: return b * a * (T(1) - a);  // a = sigmoid(x)
+    case Binary::kTanhBackward:
+      return b * (T(1) - a * a);  // a = tanh(x)
+    case Binary::kSigmoidBackward:
+      return b * a * (T(1) - a);  // a = sigmoid(x)
   }
   return a;
 }
@@ -188,9 +249,9 @@ DTRAIN_HD uint16_t float_to_half(float f) {
   const uint32_t u = float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;             // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;            // overflow -> Inf
-  if (abs < 0x38800000u) {                                   // subnormal or zero in half
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow -> Inf
+  if (abs < 0x38800000u) {                        // subnormal or zero in half
     const float af = bits_float(abs);
     // Round to nearest even multiple of 2^-24 (rint keeps ties to even).
     const float scaled = af * 16777216.0f;
@@ -224,7 +285,10 @@ DTRAIN_HD Philox4 philox(uint64_t seed, uint64_t stream, uint64_t counter) {
     const uint32_t lo0 = mulhilo(0xD2511F53u, c0, hi0);
     const uint32_t lo1 = mulhilo(0xCD9E8D57u, c2, hi1);
     const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }

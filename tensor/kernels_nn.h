@@ -108,7 +108,9 @@ struct NllRows {
   const int64_t* targets;
   T* row_loss;
   int64_t c;
-  DTRAIN_HD void operator()(int64_t row) const { row_loss[row] = -log_probs[row * c + targets[row]]; }
+  DTRAIN_HD void operator()(int64_t row) const {
+    row_loss[row] = -log_probs[row * c + targets[row]];
+  }
 };
 template <class T>
 struct NllBackwardRows {
@@ -426,7 +428,8 @@ struct Im2colRows {
       const int64_t hi = oi * g.stride - g.padding + ki;
       for (int64_t oj = 0; oj < g.ow; ++oj) {
         const int64_t wj = oj * g.stride - g.padding + kj;
-        out[oi * g.ow + oj] = hi >= 0 && hi < g.h && wj >= 0 && wj < g.w ? plane[hi * g.w + wj] : T(0);
+        out[oi * g.ow + oj] =
+            hi >= 0 && hi < g.h && wj >= 0 && wj < g.w ? plane[hi * g.w + wj] : T(0);
       }
     }
   }

@@ -2,7 +2,6 @@
 // im2col + GEMM as the reference the tests compare it with (also the float64 and CUDA path), and
 // 2-D pooling.
 #include <limits>
-
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "tensor/cpu/parallel.h"
@@ -21,10 +20,12 @@ struct ConvGeometry {
 ConvGeometry conv_geometry(const Shape& x, const Shape& w, Conv2dArgs args, const char* op) {
   DTRAIN_CHECK(x.size() == 4, op, ": input must be [N, C, H, W]; got ", shape_str(x));
   DTRAIN_CHECK(w.size() == 4, op, ": weight must be [O, C, KH, KW]; got ", shape_str(w));
-  DTRAIN_CHECK(x[1] == w[1], op, ": input ", shape_str(x), " has ", x[1],
-               " channels but weight ", shape_str(w), " expects ", w[1]);
-  DTRAIN_CHECK(args.stride >= 1 && args.padding >= 0, op, ": stride must be >= 1 and padding >= 0;"
-               " got stride ", args.stride, ", padding ", args.padding);
+  DTRAIN_CHECK(x[1] == w[1], op, ": input ", shape_str(x), " has ", x[1], " channels but weight ",
+               shape_str(w), " expects ", w[1]);
+  DTRAIN_CHECK(args.stride >= 1 && args.padding >= 0, op,
+               ": stride must be >= 1 and padding >= 0;"
+               " got stride ",
+               args.stride, ", padding ", args.padding);
   ConvGeometry g{x[0], x[1], x[2], x[3], w[0], w[2], w[3], 0, 0};
   g.oh = (g.h + 2 * args.padding - g.kh) / args.stride + 1;
   g.ow = (g.w + 2 * args.padding - g.kw) / args.stride + 1;
@@ -48,7 +49,8 @@ struct ConvDescs {
 };
 ConvDescs conv_descs(const ConvGeometry& g, Conv2dArgs args) {
   return {memory::desc({g.n, g.c, g.h, g.w}, f32, tag::nchw),
-          memory::desc({g.o, g.c, g.kh, g.kw}, f32, tag::oihw), memory::desc({g.o}, f32, tag::x),
+          memory::desc({g.o, g.c, g.kh, g.kw}, f32, tag::oihw),
+          memory::desc({g.o}, f32, tag::x),
           memory::desc({g.n, g.o, g.oh, g.ow}, f32, tag::nchw),
           {args.stride, args.stride},
           {args.padding, args.padding}};
@@ -58,9 +60,9 @@ ConvDescs conv_descs(const ConvGeometry& g, Conv2dArgs args) {
 // seen before is a cache hit rather than a JIT compilation.
 dnnl::convolution_forward::primitive_desc forward_pd(const ConvDescs& d, bool with_bias) {
   auto desc = with_bias
-                  ? dnnl::convolution_forward::desc(
-                        dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                        d.src, d.wei, d.bias, d.dst, d.strides, d.pad, d.pad)
+                  ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                    dnnl::algorithm::convolution_direct, d.src,
+                                                    d.wei, d.bias, d.dst, d.strides, d.pad, d.pad)
                   : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
                                                     dnnl::algorithm::convolution_direct, d.src,
                                                     d.wei, d.dst, d.strides, d.pad, d.pad);
@@ -127,8 +129,8 @@ Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias, Co
   detail::check_same("conv2d", x, w);
   const ConvGeometry g = conv_geometry(x.shape(), w.shape(), args, "conv2d");
   const int64_t ckk = g.c * g.kh * g.kw;
-  Tensor cols = im2col(x, g.kh, g.kw, args);              // [N, CKK, OHW]
-  Tensor out = matmul(w.view({g.o, ckk}), cols);          // [N, O, OHW]
+  Tensor cols = im2col(x, g.kh, g.kw, args);      // [N, CKK, OHW]
+  Tensor out = matmul(w.view({g.o, ckk}), cols);  // [N, O, OHW]
   if (bias.defined()) {
     DTRAIN_CHECK(bias.dim() == 1 && bias.size(0) == g.o, "conv2d: bias must be [", g.o, "]; got ",
                  bias.describe());
@@ -171,10 +173,9 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
                                              d.dst, d.strides, d.pad, d.pad);
   dnnl::convolution_backward_data::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
-  dnnl::convolution_backward_data(pd).execute(
-      stream, {{DNNL_ARG_DIFF_DST, wrap(d.dst, gy)},
-               {DNNL_ARG_WEIGHTS, wrap(d.wei, w)},
-               {DNNL_ARG_DIFF_SRC, wrap(d.src, dx)}});
+  dnnl::convolution_backward_data(pd).execute(stream, {{DNNL_ARG_DIFF_DST, wrap(d.dst, gy)},
+                                                       {DNNL_ARG_WEIGHTS, wrap(d.wei, w)},
+                                                       {DNNL_ARG_DIFF_SRC, wrap(d.src, dx)}});
   stream.wait();
   return dx;
 }
@@ -191,10 +192,10 @@ Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_
                                                 d.dst, d.strides, d.pad, d.pad);
   dnnl::convolution_backward_weights::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
-  dnnl::convolution_backward_weights(pd).execute(
-      stream, {{DNNL_ARG_SRC, wrap(d.src, x)},
-               {DNNL_ARG_DIFF_DST, wrap(d.dst, gy)},
-               {DNNL_ARG_DIFF_WEIGHTS, wrap(d.wei, dw)}});
+  dnnl::convolution_backward_weights(pd).execute(stream,
+                                                 {{DNNL_ARG_SRC, wrap(d.src, x)},
+                                                  {DNNL_ARG_DIFF_DST, wrap(d.dst, gy)},
+                                                  {DNNL_ARG_DIFF_WEIGHTS, wrap(d.wei, dw)}});
   stream.wait();
   return dw;
 }
@@ -210,8 +211,8 @@ PoolGeometry pool_geometry(const Shape& x, Pool2dArgs a, const char* op) {
                ": needs kernel >= 1, stride >= 1 and 0 <= padding <= kernel / 2; got kernel ",
                a.kernel, ", stride ", a.stride, ", padding ", a.padding);
   PoolGeometry g{x[0] * x[1], x[2], x[3], 0, 0};
-  DTRAIN_CHECK(g.h + 2 * a.padding >= a.kernel && g.w + 2 * a.padding >= a.kernel, op,
-               ": kernel ", a.kernel, " is larger than the padded input ", shape_str(x));
+  DTRAIN_CHECK(g.h + 2 * a.padding >= a.kernel && g.w + 2 * a.padding >= a.kernel, op, ": kernel ",
+               a.kernel, " is larger than the padded input ", shape_str(x));
   g.oh = (g.h + 2 * a.padding - a.kernel) / a.stride + 1;
   g.ow = (g.w + 2 * a.padding - a.kernel) / a.stride + 1;
   return g;
@@ -232,7 +233,8 @@ std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
   detail::dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
     run_kernel(x.device(), y.numel(),
-               kernels::MaxPoolForward<T>{x.data<T>(), y.data<T>(), idx.data<int64_t>(), pool_window(g, a)},
+               kernels::MaxPoolForward<T>{x.data<T>(), y.data<T>(), idx.data<int64_t>(),
+                                          pool_window(g, a)},
                4096);
   });
   return {y, idx};
@@ -243,10 +245,11 @@ Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape&
   const int64_t planes = x_shape[0] * x_shape[1];
   detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
     using T = decltype(tag_);
-    run_kernel(gy.device(), planes,
-               kernels::MaxPoolBackwardPlanes<T>{gy.data<T>(), indices.data<int64_t>(), dx.data<T>(),
-                                                 x_shape[2] * x_shape[3], gy.size(2) * gy.size(3)},
-               1);
+    run_kernel(
+        gy.device(), planes,
+        kernels::MaxPoolBackwardPlanes<T>{gy.data<T>(), indices.data<int64_t>(), dx.data<T>(),
+                                          x_shape[2] * x_shape[3], gy.size(2) * gy.size(3)},
+        1);
   });
   return dx;
 }
@@ -257,8 +260,8 @@ Tensor avg_pool2d(const Tensor& x, Pool2dArgs a) {
   Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "avg_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
-    run_kernel(x.device(), y.numel(), kernels::AvgPoolForward<T>{x.data<T>(), y.data<T>(), pool_window(g, a)},
-               4096);
+    run_kernel(x.device(), y.numel(),
+               kernels::AvgPoolForward<T>{x.data<T>(), y.data<T>(), pool_window(g, a)}, 4096);
   });
   return y;
 }

@@ -99,12 +99,24 @@ void binary_cpu(Binary op, const T* a, const T* b, O* out, const Shape& out_shap
   };
   // Switch outside the loop so each op gets its own vectorisable inner loop.
   switch (op) {
-    case Binary::kAdd: run([](T x, T y) { return x + y; }); return;
-    case Binary::kSub: run([](T x, T y) { return x - y; }); return;
-    case Binary::kMul: run([](T x, T y) { return x * y; }); return;
-    case Binary::kDiv: run([](T x, T y) { return x / y; }); return;
-    case Binary::kReluBackward: run([](T x, T y) { return x > T(0) ? y : T(0); }); return;
-    default: run([op](T x, T y) { return kernels::apply_binary(op, x, y); }); return;
+    case Binary::kAdd:
+      run([](T x, T y) { return x + y; });
+      return;
+    case Binary::kSub:
+      run([](T x, T y) { return x - y; });
+      return;
+    case Binary::kMul:
+      run([](T x, T y) { return x * y; });
+      return;
+    case Binary::kDiv:
+      run([](T x, T y) { return x / y; });
+      return;
+    case Binary::kReluBackward:
+      run([](T x, T y) { return x > T(0) ? y : T(0); });
+      return;
+    default:
+      run([op](T x, T y) { return kernels::apply_binary(op, x, y); });
+      return;
   }
 }
 
@@ -114,20 +126,34 @@ void check_binary_operands(const char* op, const Tensor& a, const Tensor& b) {
 
 const char* binary_name(Binary op) {
   switch (op) {
-    case Binary::kAdd: return "add";
-    case Binary::kSub: return "sub";
-    case Binary::kMul: return "mul";
-    case Binary::kDiv: return "div";
-    case Binary::kPow: return "pow";
-    case Binary::kMax: return "maximum";
-    case Binary::kMin: return "minimum";
-    case Binary::kEq: return "eq";
-    case Binary::kNe: return "ne";
-    case Binary::kLt: return "lt";
-    case Binary::kLe: return "le";
-    case Binary::kGt: return "gt";
-    case Binary::kGe: return "ge";
-    default: return "elementwise backward";
+    case Binary::kAdd:
+      return "add";
+    case Binary::kSub:
+      return "sub";
+    case Binary::kMul:
+      return "mul";
+    case Binary::kDiv:
+      return "div";
+    case Binary::kPow:
+      return "pow";
+    case Binary::kMax:
+      return "maximum";
+    case Binary::kMin:
+      return "minimum";
+    case Binary::kEq:
+      return "eq";
+    case Binary::kNe:
+      return "ne";
+    case Binary::kLt:
+      return "lt";
+    case Binary::kLe:
+      return "le";
+    case Binary::kGt:
+      return "gt";
+    case Binary::kGe:
+      return "ge";
+    default:
+      return "elementwise backward";
   }
 }
 
@@ -319,10 +345,18 @@ void gather_elements(const Tensor& x, Tensor& out, const kernels::BroadcastIndex
                                           static_cast<E*>(out.data_ptr()), index});
   };
   switch (dtype_size(x.dtype())) {
-    case 1: run(uint8_t{}); return;
-    case 2: run(uint16_t{}); return;
-    case 4: run(uint32_t{}); return;
-    default: run(uint64_t{}); return;
+    case 1:
+      run(uint8_t{});
+      return;
+    case 2:
+      run(uint16_t{});
+      return;
+    case 4:
+      run(uint32_t{});
+      return;
+    default:
+      run(uint64_t{});
+      return;
   }
 }
 

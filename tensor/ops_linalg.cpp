@@ -13,20 +13,20 @@ namespace {
 template <class T>
 void gemm_reference(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
                     int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  cpu::parallel_for(m, std::max<int64_t>(1, 4096 / std::max<int64_t>(n * k, 1)),
-                    [&](int64_t rb, int64_t re) {
-                      for (int64_t i = rb; i < re; ++i) {
-                        for (int64_t j = 0; j < n; ++j) {
-                          T acc = 0;
-                          for (int64_t p = 0; p < k; ++p) {
-                            const T av = ta ? a[p * lda + i] : a[i * lda + p];
-                            const T bv = tb ? b[j * ldb + p] : b[p * ldb + j];
-                            acc += av * bv;
-                          }
-                          c[i * ldc + j] = alpha * acc + (beta == T(0) ? T(0) : beta * c[i * ldc + j]);
-                        }
-                      }
-                    });
+  cpu::parallel_for(
+      m, std::max<int64_t>(1, 4096 / std::max<int64_t>(n * k, 1)), [&](int64_t rb, int64_t re) {
+        for (int64_t i = rb; i < re; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = 0;
+            for (int64_t p = 0; p < k; ++p) {
+              const T av = ta ? a[p * lda + i] : a[i * lda + p];
+              const T bv = tb ? b[j * ldb + p] : b[p * ldb + j];
+              acc += av * bv;
+            }
+            c[i * ldc + j] = alpha * acc + (beta == T(0) ? T(0) : beta * c[i * ldc + j]);
+          }
+        }
+      });
 }
 
 void gemm_raw(Device device, DType dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
@@ -44,13 +44,13 @@ void gemm_raw(Device device, DType dtype, bool ta, bool tb, int64_t m, int64_t n
       // oneDNN rejects K = 0; the product is empty, so C = beta * C.
       float* pc = static_cast<float*>(c);
       for (int64_t i = 0; i < m; ++i)
-        for (int64_t j = 0; j < n; ++j) pc[i * ldc + j] = beta == 0.f ? 0.f : beta * pc[i * ldc + j];
+        for (int64_t j = 0; j < n; ++j)
+          pc[i * ldc + j] = beta == 0.f ? 0.f : beta * pc[i * ldc + j];
       return;
     }
-    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha,
-                                        static_cast<const float*>(a), lda,
-                                        static_cast<const float*>(b), ldb, beta,
-                                        static_cast<float*>(c), ldc);
+    const dnnl_status_t st =
+        dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, static_cast<const float*>(a),
+                   lda, static_cast<const float*>(b), ldb, beta, static_cast<float*>(c), ldc);
     DTRAIN_CHECK(st == dnnl_success, "gemm: dnnl_sgemm failed with status ", static_cast<int>(st),
                  " for M=", m, " N=", n, " K=", k);
     return;

@@ -18,9 +18,12 @@ struct Split {
 Split split_at(const Shape& shape, int64_t dim) {
   Split s;
   for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
-    if (d < dim) s.outer *= shape[d];
-    else if (d == dim) s.r = shape[d];
-    else s.inner *= shape[d];
+    if (d < dim)
+      s.outer *= shape[d];
+    else if (d == dim)
+      s.r = shape[d];
+    else
+      s.inner *= shape[d];
   }
   return s;
 }
@@ -101,10 +104,11 @@ std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tens
   Tensor row_loss({n}, logits.dtype(), logits.device());
   detail::dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(logits.device(), n,
-               kernels::CrossEntropyRows<T>{logits.data<T>(), targets.data<int64_t>(),
-                                            probs.data<T>(), row_loss.data<T>(), c, label_smoothing},
-               kLineGrain);
+    run_kernel(
+        logits.device(), n,
+        kernels::CrossEntropyRows<T>{logits.data<T>(), targets.data<int64_t>(), probs.data<T>(),
+                                     row_loss.data<T>(), c, label_smoothing},
+        kLineGrain);
   });
   return {mean_of_rows(row_loss), probs};
 }
@@ -116,11 +120,11 @@ Tensor softmax_cross_entropy_backward(const Tensor& probs, const Tensor& targets
   detail::dispatch_floating(probs.dtype(), "cross_entropy backward", [&](auto tag) {
     using T = decltype(tag);
     const T off = static_cast<T>(label_smoothing / c);
-    run_kernel(probs.device(), n * c,
-               kernels::CrossEntropyBackward<T>{probs.data<T>(), targets.data<int64_t>(),
-                                                d.data<T>(), c,
-                                                static_cast<T>(grad_loss / std::max<int64_t>(n, 1)),
-                                                static_cast<T>(1 - label_smoothing) + off, off});
+    run_kernel(
+        probs.device(), n * c,
+        kernels::CrossEntropyBackward<T>{probs.data<T>(), targets.data<int64_t>(), d.data<T>(), c,
+                                         static_cast<T>(grad_loss / std::max<int64_t>(n, 1)),
+                                         static_cast<T>(1 - label_smoothing) + off, off});
   });
   return d;
 }
@@ -144,9 +148,10 @@ Tensor nll_loss_backward(const Shape& shape, const Tensor& targets, double grad_
   Tensor d = zeros(shape, dtype, device);
   detail::dispatch_floating(dtype, "nll_loss backward", [&](auto tag) {
     using T = decltype(tag);
-    const T value = static_cast<T>(-grad_loss / static_cast<double>(std::max<int64_t>(shape[0], 1)));
-    run_kernel(device, shape[0], kernels::NllBackwardRows<T>{targets.data<int64_t>(), d.data<T>(),
-                                                             shape[1], value});
+    const T value =
+        static_cast<T>(-grad_loss / static_cast<double>(std::max<int64_t>(shape[0], 1)));
+    run_kernel(device, shape[0],
+               kernels::NllBackwardRows<T>{targets.data<int64_t>(), d.data<T>(), shape[1], value});
   });
   return d;
 }
@@ -186,10 +191,9 @@ std::vector<Tensor> layer_norm_backward(const Tensor& gy, const Tensor& x, const
   detail::dispatch_floating(x.dtype(), "layer_norm backward", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(x.device(), rows,
-               kernels::LayerNormBackwardRows<T>{x.data<T>(), gy.data<T>(),
-                                                 weight.defined() ? weight.data<T>() : nullptr,
-                                                 st.mean.data<T>(), st.rstd.data<T>(), dx.data<T>(),
-                                                 group},
+               kernels::LayerNormBackwardRows<T>{
+                   x.data<T>(), gy.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
+                   st.mean.data<T>(), st.rstd.data<T>(), dx.data<T>(), group},
                kLineGrain);
     run_kernel(x.device(), group,
                kernels::LayerNormParamGradColumns<T>{x.data<T>(), gy.data<T>(), st.mean.data<T>(),
@@ -205,8 +209,8 @@ struct ChannelLayout {
   int64_t n, c, hw;
 };
 ChannelLayout channel_layout(const Tensor& x) {
-  DTRAIN_CHECK(x.dim() == 2 || x.dim() == 4, "batch_norm: input must be [N, C] or [N, C, H, W]; got ",
-               x.describe());
+  DTRAIN_CHECK(x.dim() == 2 || x.dim() == 4,
+               "batch_norm: input must be [N, C] or [N, C, H, W]; got ", x.describe());
   return {x.size(0), x.size(1), x.dim() == 4 ? x.size(2) * x.size(3) : 1};
 }
 }  // namespace
@@ -216,7 +220,8 @@ std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, c
                                         double momentum, double eps) {
   detail::check_defined("batch_norm", x, "input");
   const ChannelLayout l = channel_layout(x);
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&weight, &bias, &running_mean, &running_var}) {
+  for (const Tensor* t :
+       std::initializer_list<const Tensor*>{&weight, &bias, &running_mean, &running_var}) {
     if (t->defined()) {
       detail::check_same("batch_norm", x, *t);
       DTRAIN_CHECK(t->numel() == l.c, "batch_norm: per-channel tensor ", t->describe(),
@@ -224,7 +229,8 @@ std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, c
     }
   }
   if (training) {
-    DTRAIN_CHECK(l.n * l.hw > 1, "batch_norm: training needs more than one value per channel; got input ",
+    DTRAIN_CHECK(l.n * l.hw > 1,
+                 "batch_norm: training needs more than one value per channel; got input ",
                  x.describe());
   } else {
     DTRAIN_CHECK(running_mean.defined() && running_var.defined(),
@@ -268,16 +274,15 @@ std::vector<Tensor> batch_norm_backward(const Tensor& gy, const Tensor& x, const
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
   detail::check_defined("embedding", weight, "weight");
   DTRAIN_CHECK(weight.dim() == 2, "embedding: weight must be [V, D]; got ", weight.describe());
-  DTRAIN_CHECK(indices.defined() && indices.dtype() == DType::kInt64 &&
-                   indices.device() == weight.device(),
-               "embedding: indices must be int64 on ", weight.device().str(), "; got ",
-               indices.describe());
+  DTRAIN_CHECK(
+      indices.defined() && indices.dtype() == DType::kInt64 && indices.device() == weight.device(),
+      "embedding: indices must be int64 on ", weight.device().str(), "; got ", indices.describe());
   const int64_t v = weight.size(0), d = weight.size(1);
   const auto idx = indices.to_vector<int64_t>();
   for (size_t i = 0; i < idx.size(); ++i) {
     if (idx[i] < 0 || idx[i] >= v) {
-      DTRAIN_THROW(ValueError, "embedding: index ", idx[i], " at position ", i,
-                   " is outside [0, ", v, ") for weight ", weight.describe());
+      DTRAIN_THROW(ValueError, "embedding: index ", idx[i], " at position ", i, " is outside [0, ",
+                   v, ") for weight ", weight.describe());
     }
   }
   Shape out_shape = indices.shape();
@@ -294,8 +299,9 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
   }
   detail::dispatch_floating(weight.dtype(), "embedding", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(weight.device(), out.numel(),
-               kernels::EmbeddingGather<T>{weight.data<T>(), indices.data<int64_t>(), out.data<T>(), d});
+    run_kernel(
+        weight.device(), out.numel(),
+        kernels::EmbeddingGather<T>{weight.data<T>(), indices.data<int64_t>(), out.data<T>(), d});
   });
   return out;
 }
@@ -320,8 +326,8 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end) {
   if (start < 0) start += size;
   if (end < 0) end += size;
   end = std::min(end, size);
-  DTRAIN_CHECK(start >= 0 && start <= end, "slice: range [", start, ", ", end, ") is invalid for dim ",
-               dim, " of ", x.describe());
+  DTRAIN_CHECK(start >= 0 && start <= end, "slice: range [", start, ", ", end,
+               ") is invalid for dim ", dim, " of ", x.describe());
   Shape shape = x.shape();
   shape[dim] = end - start;
   const Split s = split_at(x.shape(), dim);
@@ -349,8 +355,8 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     bool ok = xs[i].dim() == first.dim();
     for (int64_t d = 0; ok && d < first.dim(); ++d) ok = d == dim || xs[i].size(d) == first.size(d);
     if (!ok) {
-      DTRAIN_THROW(ValueError, "cat: tensor ", i, " ", xs[i].describe(), " does not match tensor 0 ",
-                   first.describe(), " outside dim ", dim);
+      DTRAIN_THROW(ValueError, "cat: tensor ", i, " ", xs[i].describe(),
+                   " does not match tensor 0 ", first.describe(), " outside dim ", dim);
     }
     shape[dim] += xs[i].size(dim);
   }
@@ -424,7 +430,8 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
   }
   std::vector<int64_t> dims(x.dim());
   for (int64_t i = 0; i < x.dim(); ++i) dims[i] = i;
-  std::swap(dims[normalize_dim(d0, x.dim(), "transpose")], dims[normalize_dim(d1, x.dim(), "transpose")]);
+  std::swap(dims[normalize_dim(d0, x.dim(), "transpose")],
+            dims[normalize_dim(d1, x.dim(), "transpose")]);
   return permute(x, dims);
 }
 
@@ -435,7 +442,8 @@ Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype, D
   detail::dispatch_floating(dtype, "dropout", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(device, mask.numel(),
-               kernels::DropoutMaskFill<T>{mask.data<T>(), gen.seed(), gen.stream(), offset, p}, 4096);
+               kernels::DropoutMaskFill<T>{mask.data<T>(), gen.seed(), gen.stream(), offset, p},
+               4096);
   });
   return mask;
 }

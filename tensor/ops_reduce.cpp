@@ -18,9 +18,12 @@ struct Split {
 Split split_at(const Shape& shape, int64_t dim) {
   Split s;
   for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
-    if (d < dim) s.outer *= shape[d];
-    else if (d == dim) s.r = shape[d];
-    else s.inner *= shape[d];
+    if (d < dim)
+      s.outer *= shape[d];
+    else if (d == dim)
+      s.r = shape[d];
+    else
+      s.inner *= shape[d];
   }
   return s;
 }
@@ -88,8 +91,10 @@ Shape reduced_shape(const Shape& shape, const std::vector<int64_t>& dims, bool k
   Shape out;
   for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
     const bool reduced = std::find(dims.begin(), dims.end(), d) != dims.end();
-    if (!reduced) out.push_back(shape[d]);
-    else if (keepdim) out.push_back(1);
+    if (!reduced)
+      out.push_back(shape[d]);
+    else if (keepdim)
+      out.push_back(1);
   }
   return out;
 }
@@ -125,22 +130,28 @@ Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
 std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
   detail::check_defined("max", x, "input");
   dim = normalize_dim(dim, x.dim(), "max");
-  DTRAIN_CHECK(x.dim() == 0 || x.shape()[dim] > 0, "max: dim ", dim, " of ", x.describe(), " is empty");
+  DTRAIN_CHECK(x.dim() == 0 || x.shape()[dim] > 0, "max: dim ", dim, " of ", x.describe(),
+               " is empty");
   const Split s = split_at(x.shape(), dim);
   const Shape out_shape = reduced_shape(x.shape(), {dim}, keepdim);
   Tensor values(out_shape, x.dtype(), x.device());
   Tensor indices(out_shape, DType::kInt64, x.device());
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(x.device(), s.outer * s.inner,
-               kernels::MaxLines<T>{x.data<T>(), values.data<T>(), indices.data<int64_t>(), s.r,
-                                    s.inner},
-               std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(s.r, 1)));
+    run_kernel(
+        x.device(), s.outer * s.inner,
+        kernels::MaxLines<T>{x.data<T>(), values.data<T>(), indices.data<int64_t>(), s.r, s.inner},
+        std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(s.r, 1)));
   };
   switch (x.dtype()) {
-    case DType::kInt64: run(int64_t{}); break;
-    case DType::kInt32: run(int32_t{}); break;
-    default: detail::dispatch_floating(x.dtype(), "max", run);
+    case DType::kInt64:
+      run(int64_t{});
+      break;
+    case DType::kInt32:
+      run(int32_t{});
+      break;
+    default:
+      detail::dispatch_floating(x.dtype(), "max", run);
   }
   return {values, indices};
 }

@@ -65,32 +65,52 @@ void check_shape(const Shape& shape) {
 
 double load(const void* p, DType t, int64_t i) {
   switch (t) {
-    case DType::kFloat32: return static_cast<const float*>(p)[i];
-    case DType::kFloat64: return static_cast<const double*>(p)[i];
-    case DType::kFloat16: return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kBFloat16: return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kInt64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
-    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
-    case DType::kBool: return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
+    case DType::kFloat32:
+      return static_cast<const float*>(p)[i];
+    case DType::kFloat64:
+      return static_cast<const double*>(p)[i];
+    case DType::kFloat16:
+      return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBFloat16:
+      return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kInt64:
+      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::kInt32:
+      return static_cast<const int32_t*>(p)[i];
+    case DType::kUInt8:
+      return static_cast<const uint8_t*>(p)[i];
+    case DType::kBool:
+      return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
   }
   return 0;
 }
 
 void store(void* p, DType t, int64_t i, double v) {
   switch (t) {
-    case DType::kFloat32: static_cast<float*>(p)[i] = static_cast<float>(v); return;
-    case DType::kFloat64: static_cast<double*>(p)[i] = v; return;
+    case DType::kFloat32:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      return;
+    case DType::kFloat64:
+      static_cast<double*>(p)[i] = v;
+      return;
     case DType::kFloat16:
       static_cast<uint16_t*>(p)[i] = kernels::float_to_half(static_cast<float>(v));
       return;
     case DType::kBFloat16:
       static_cast<uint16_t*>(p)[i] = kernels::float_to_bf16(static_cast<float>(v));
       return;
-    case DType::kInt64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); return;
-    case DType::kInt32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); return;
-    case DType::kUInt8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); return;
-    case DType::kBool: static_cast<bool*>(p)[i] = v != 0; return;
+    case DType::kInt64:
+      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      return;
+    case DType::kInt32:
+      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      return;
+    case DType::kUInt8:
+      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
+      return;
+    case DType::kBool:
+      static_cast<bool*>(p)[i] = v != 0;
+      return;
   }
 }
 
@@ -184,7 +204,9 @@ Tensor Tensor::clone() const {
   return out;
 }
 
-Tensor Tensor::detach() const { return Tensor(storage(), storage_offset_bytes(), shape(), dtype()); }
+Tensor Tensor::detach() const {
+  return Tensor(storage(), storage_offset_bytes(), shape(), dtype());
+}
 
 void Tensor::copy_(const Tensor& src) {
   detail::check_defined("copy_", src, "source");
@@ -238,7 +260,8 @@ std::vector<T> Tensor::to_vector() const {
   if (dtype() == DTypeOf<T>::value) {
     std::memcpy(out.data(), host.data_ptr(), nbytes());
   } else {
-    for (int64_t i = 0; i < numel(); ++i) out[i] = static_cast<T>(load(host.data_ptr(), dtype(), i));
+    for (int64_t i = 0; i < numel(); ++i)
+      out[i] = static_cast<T>(load(host.data_ptr(), dtype(), i));
   }
   return out;
 }
@@ -256,7 +279,8 @@ template std::vector<uint8_t> Tensor::to_vector<uint8_t>() const;
 
 Tensor& Tensor::set_requires_grad(bool enabled) {
   if (enabled && !is_floating(dtype())) {
-    DTRAIN_THROW(ValueError, "requires_grad: only floating-point tensors can require gradients; got ",
+    DTRAIN_THROW(ValueError,
+                 "requires_grad: only floating-point tensors can require gradients; got ",
                  describe());
   }
   DTRAIN_CHECK(enabled || is_leaf(), "requires_grad(false) on a non-leaf tensor ", describe(),
@@ -285,8 +309,11 @@ void Tensor::backward(const Tensor& grad, bool retain_graph) const {
                " does not require grad and has no grad_fn; did you compute it under NoGradGuard "
                "or from tensors without requires_grad?");
   if (!grad.defined()) {
-    DTRAIN_CHECK(numel() == 1, "backward(): grad can be implicitly created only for scalar "
-                 "outputs; this tensor is ", describe(), ". Pass a gradient of the same shape "
+    DTRAIN_CHECK(numel() == 1,
+                 "backward(): grad can be implicitly created only for scalar "
+                 "outputs; this tensor is ",
+                 describe(),
+                 ". Pass a gradient of the same shape "
                  "or reduce it (e.g. sum or mean) first");
   }
   if (detail::g_backward_fn == nullptr) {
@@ -304,15 +331,21 @@ void Tensor::backward(const Tensor& grad, bool retain_graph) const {
 }
 
 // ---- creation -------------------------------------------------------------------------------
-Tensor empty(const Shape& shape, DType dtype, Device device) { return Tensor(shape, dtype, device); }
+Tensor empty(const Shape& shape, DType dtype, Device device) {
+  return Tensor(shape, dtype, device);
+}
 
 Tensor full(const Shape& shape, double value, DType dtype, Device device) {
   Tensor t(shape, dtype, device);
   t.fill_(value);
   return t;
 }
-Tensor zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0, dtype, device); }
-Tensor ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1, dtype, device); }
+Tensor zeros(const Shape& shape, DType dtype, Device device) {
+  return full(shape, 0, dtype, device);
+}
+Tensor ones(const Shape& shape, DType dtype, Device device) {
+  return full(shape, 1, dtype, device);
+}
 Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.dtype(), t.device()); }
 Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.dtype(), t.device()); }
 Tensor scalar_tensor(double value, DType dtype, Device device) {
@@ -330,8 +363,8 @@ Tensor arange(double start, double end, double step, DType dtype) {
 template <class T>
 Tensor from_vector(const std::vector<T>& values, Shape shape, Device device) {
   if (shape.empty() && values.size() != 1) shape = {static_cast<int64_t>(values.size())};
-  DTRAIN_CHECK(shape_numel(shape) == static_cast<int64_t>(values.size()), "from_vector: ",
-               values.size(), " values do not fill shape ", shape_str(shape));
+  DTRAIN_CHECK(shape_numel(shape) == static_cast<int64_t>(values.size()),
+               "from_vector: ", values.size(), " values do not fill shape ", shape_str(shape));
   Tensor t(shape, DTypeOf<T>::value);
   if constexpr (std::is_same_v<T, bool>) {
     for (size_t i = 0; i < values.size(); ++i) t.data<bool>()[i] = values[i];
@@ -373,7 +406,8 @@ void uniform_(Tensor& t, double low, double high, Generator& gen) {
   detail::dispatch_floating(t.dtype(), "uniform_", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(t.device(), t.numel(),
-               kernels::UniformFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, low, high}, 4096);
+               kernels::UniformFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, low, high},
+               4096);
   });
 }
 
@@ -383,11 +417,14 @@ void normal_(Tensor& t, double mean, double std, Generator& gen) {
   detail::dispatch_floating(t.dtype(), "normal_", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(t.device(), t.numel(),
-               kernels::NormalFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, mean, std}, 4096);
+               kernels::NormalFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, mean, std},
+               4096);
   });
 }
 
-Tensor rand(const Shape& shape, Generator& gen, DType dtype) { return uniform(shape, 0, 1, gen, dtype); }
+Tensor rand(const Shape& shape, Generator& gen, DType dtype) {
+  return uniform(shape, 0, 1, gen, dtype);
+}
 
 Tensor uniform(const Shape& shape, double low, double high, Generator& gen, DType dtype) {
   Tensor t(shape, dtype);

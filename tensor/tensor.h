@@ -33,7 +33,7 @@ struct TensorImpl {
   Shape shape;
   DType dtype = DType::kFloat32;
   bool requires_grad = false;
-  bool is_leaf = true;  // false once the autograd layer records it as an op's output
+  bool is_leaf = true;               // false once the autograd layer records it as an op's output
   std::shared_ptr<TensorImpl> grad;  // accumulated gradient (leaves, or tensors that retain it)
   std::shared_ptr<autograd::AutogradMeta> autograd;
   std::string name;  // optional, used in error messages (parameters carry their names)
@@ -64,7 +64,9 @@ class Tensor {
   /// "float32[64, 784] on cpu", for messages.
   std::string describe() const;
 
-  void* data_ptr() const { return static_cast<char*>(impl().storage->data()) + impl().offset_bytes; }
+  void* data_ptr() const {
+    return static_cast<char*>(impl().storage->data()) + impl().offset_bytes;
+  }
   /// Typed pointer; throws ValueError when T does not match dtype().
   template <class T>
   T* data() const {
@@ -160,8 +162,10 @@ class Generator {
 Generator& default_generator();
 void manual_seed(uint64_t seed);
 
-Tensor rand(const Shape& shape, Generator& gen = default_generator(), DType dtype = DType::kFloat32);
-Tensor randn(const Shape& shape, Generator& gen = default_generator(), DType dtype = DType::kFloat32);
+Tensor rand(const Shape& shape, Generator& gen = default_generator(),
+            DType dtype = DType::kFloat32);
+Tensor randn(const Shape& shape, Generator& gen = default_generator(),
+             DType dtype = DType::kFloat32);
 /// Uniform in [low, high).
 Tensor uniform(const Shape& shape, double low, double high, Generator& gen = default_generator(),
                DType dtype = DType::kFloat32);

@@ -2,9 +2,9 @@
 // below a grain size where threading costs more than it saves.
 #pragma once
 
-#include <cstdint>
-
 #include <omp.h>
+
+#include <cstdint>
 
 namespace dtrain::cpu {
 

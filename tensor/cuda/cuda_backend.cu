@@ -13,22 +13,22 @@
 #include "tensor/cuda/cuda_backend.h"
 #include "tensor/kernels_nn.h"
 
-#define DTRAIN_CUDA_CHECK(expr)                                                              \
-  do {                                                                                       \
-    const cudaError_t err_ = (expr);                                                         \
-    if (err_ != cudaSuccess) {                                                               \
-      DTRAIN_THROW(::dtrain::ValueError, "CUDA error ", static_cast<int>(err_), " (",       \
-                   cudaGetErrorString(err_), ") in ", #expr);                               \
-    }                                                                                        \
+#define DTRAIN_CUDA_CHECK(expr)                                                       \
+  do {                                                                                \
+    const cudaError_t err_ = (expr);                                                  \
+    if (err_ != cudaSuccess) {                                                        \
+      DTRAIN_THROW(::dtrain::ValueError, "CUDA error ", static_cast<int>(err_), " (", \
+                   cudaGetErrorString(err_), ") in ", #expr);                         \
+    }                                                                                 \
   } while (0)
 
-#define DTRAIN_CUBLAS_CHECK(expr)                                                            \
-  do {                                                                                       \
-    const cublasStatus_t st_ = (expr);                                                       \
-    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                      \
-      DTRAIN_THROW(::dtrain::ValueError, "cuBLAS error ", static_cast<int>(st_), " (",      \
-                   cublasGetStatusString(st_), ") in ", #expr);                             \
-    }                                                                                        \
+#define DTRAIN_CUBLAS_CHECK(expr)                                                      \
+  do {                                                                                 \
+    const cublasStatus_t st_ = (expr);                                                 \
+    if (st_ != CUBLAS_STATUS_SUCCESS) {                                                \
+      DTRAIN_THROW(::dtrain::ValueError, "cuBLAS error ", static_cast<int>(st_), " (", \
+                   cublasGetStatusString(st_), ") in ", #expr);                        \
+    }                                                                                  \
   } while (0)
 
 namespace dtrain::cuda {
@@ -83,8 +83,8 @@ class CachingCudaAllocator final : public Allocator {
       err = cudaMalloc(&p, block);
     }
     if (err != cudaSuccess) {
-      DTRAIN_THROW(ValueError, "cudaMalloc of ", nbytes, " bytes on cuda:", device_, " failed: ",
-                   cudaGetErrorString(err));
+      DTRAIN_THROW(ValueError, "cudaMalloc of ", nbytes, " bytes on cuda:", device_,
+                   " failed: ", cudaGetErrorString(err));
     }
     return p;
   }
@@ -127,34 +127,59 @@ class CachingCudaAllocator final : public Allocator {
 // ---- element access for any dtype -----------------------------------------------------------
 __device__ double load(const void* p, DType t, int64_t i) {
   switch (t) {
-    case DType::kFloat32: return static_cast<const float*>(p)[i];
-    case DType::kFloat64: return static_cast<const double*>(p)[i];
-    case DType::kFloat16: return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kBFloat16: return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kInt64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case DType::kInt32: return static_cast<const int32_t*>(p)[i];
-    case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
-    case DType::kBool: return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
+    case DType::kFloat32:
+      return static_cast<const float*>(p)[i];
+    case DType::kFloat64:
+      return static_cast<const double*>(p)[i];
+    case DType::kFloat16:
+      return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBFloat16:
+      return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kInt64:
+      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::kInt32:
+      return static_cast<const int32_t*>(p)[i];
+    case DType::kUInt8:
+      return static_cast<const uint8_t*>(p)[i];
+    case DType::kBool:
+      return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
   }
   return 0;
 }
 
 __device__ void store(void* p, DType t, int64_t i, double v) {
   switch (t) {
-    case DType::kFloat32: static_cast<float*>(p)[i] = static_cast<float>(v); return;
-    case DType::kFloat64: static_cast<double*>(p)[i] = v; return;
-    case DType::kFloat16: static_cast<uint16_t*>(p)[i] = kernels::float_to_half(static_cast<float>(v)); return;
-    case DType::kBFloat16: static_cast<uint16_t*>(p)[i] = kernels::float_to_bf16(static_cast<float>(v)); return;
-    case DType::kInt64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); return;
-    case DType::kInt32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); return;
-    case DType::kUInt8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); return;
-    case DType::kBool: static_cast<bool*>(p)[i] = v != 0; return;
+    case DType::kFloat32:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      return;
+    case DType::kFloat64:
+      static_cast<double*>(p)[i] = v;
+      return;
+    case DType::kFloat16:
+      static_cast<uint16_t*>(p)[i] = kernels::float_to_half(static_cast<float>(v));
+      return;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(p)[i] = kernels::float_to_bf16(static_cast<float>(v));
+      return;
+    case DType::kInt64:
+      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      return;
+    case DType::kInt32:
+      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      return;
+    case DType::kUInt8:
+      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
+      return;
+    case DType::kBool:
+      static_cast<bool*>(p)[i] = v != 0;
+      return;
   }
 }
 
 // ---- kernels --------------------------------------------------------------------------------
-#define DTRAIN_GRID_STRIDE(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
+#define DTRAIN_GRID_STRIDE(i, n)                                            \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
+       i += int64_t(blockDim.x) * gridDim.x)
 
 __global__ void fill_kernel(void* dst, DType t, int64_t n, double v) {
   DTRAIN_GRID_STRIDE(i, n) store(dst, t, i, v);
@@ -165,7 +190,8 @@ __global__ void convert_kernel(const void* src, DType st, void* dst, DType dt, i
 }
 
 template <class T>
-__global__ void unary_kernel(kernels::Unary op, const T* x, T* y, int64_t n, kernels::UnaryParams q) {
+__global__ void unary_kernel(kernels::Unary op, const T* x, T* y, int64_t n,
+                             kernels::UnaryParams q) {
   DTRAIN_GRID_STRIDE(i, n) y[i] = kernels::apply_unary(op, x[i], q);
 }
 
@@ -195,7 +221,8 @@ __global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, kern
   DTRAIN_GRID_STRIDE(i, n) kernels::sgd_update<kMomentum, kNesterov, kFirstStep>(p, g, buf, i, s);
 }
 
-__global__ void adam_kernel(float* p, const float* g, float* m, float* v, int64_t n, kernels::AdamParams s) {
+__global__ void adam_kernel(float* p, const float* g, float* m, float* v, int64_t n,
+                            kernels::AdamParams s) {
   DTRAIN_GRID_STRIDE(i, n) kernels::adam_update(p[i], g[i], m[i], v[i], s);
 }
 
@@ -210,8 +237,12 @@ __global__ void rmsprop_kernel(float* p, const float* g, float* sq, float* buf, 
 template <class F>
 void dispatch_cuda_floating(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::kFloat32: f(float{}); return;
-    case DType::kFloat64: f(double{}); return;
+    case DType::kFloat32:
+      f(float{});
+      return;
+    case DType::kFloat64:
+      f(double{});
+      return;
     default:
       DTRAIN_THROW(UnsupportedError, op, " on CUDA: dtype ", dtype_name(t),
                    " is not supported; expected float32 or float64");
@@ -245,7 +276,7 @@ void launch(int64_t n, const Kernel& k, int device) {
 }
 
 // One line per functor of tensor/kernels_nn.h (float and double where templated on T).
-#define DTRAIN_LAUNCH_FLOATING(K)                                     \
+#define DTRAIN_LAUNCH_FLOATING(K)                                                  \
   template void launch<kernels::K<float>>(int64_t, const kernels::K<float>&, int); \
   template void launch<kernels::K<double>>(int64_t, const kernels::K<double>&, int)
 DTRAIN_LAUNCH_FLOATING(SoftmaxLines);
@@ -275,11 +306,20 @@ DTRAIN_LAUNCH_FLOATING(NormalFill);
 DTRAIN_LAUNCH_FLOATING(DropoutMaskFill);
 template void launch<kernels::MaxLines<int64_t>>(int64_t, const kernels::MaxLines<int64_t>&, int);
 template void launch<kernels::MaxLines<int32_t>>(int64_t, const kernels::MaxLines<int32_t>&, int);
-template void launch<kernels::WhereElements<int64_t>>(int64_t, const kernels::WhereElements<int64_t>&, int);
-template void launch<kernels::GatherElements<uint8_t>>(int64_t, const kernels::GatherElements<uint8_t>&, int);
-template void launch<kernels::GatherElements<uint16_t>>(int64_t, const kernels::GatherElements<uint16_t>&, int);
-template void launch<kernels::GatherElements<uint32_t>>(int64_t, const kernels::GatherElements<uint32_t>&, int);
-template void launch<kernels::GatherElements<uint64_t>>(int64_t, const kernels::GatherElements<uint64_t>&, int);
+template void launch<kernels::WhereElements<int64_t>>(int64_t,
+                                                      const kernels::WhereElements<int64_t>&, int);
+template void launch<kernels::GatherElements<uint8_t>>(int64_t,
+                                                       const kernels::GatherElements<uint8_t>&,
+                                                       int);
+template void launch<kernels::GatherElements<uint16_t>>(int64_t,
+                                                        const kernels::GatherElements<uint16_t>&,
+                                                        int);
+template void launch<kernels::GatherElements<uint32_t>>(int64_t,
+                                                        const kernels::GatherElements<uint32_t>&,
+                                                        int);
+template void launch<kernels::GatherElements<uint64_t>>(int64_t,
+                                                        const kernels::GatherElements<uint64_t>&,
+                                                        int);
 
 void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
              size_t rows) {
@@ -346,7 +386,8 @@ void unary(kernels::Unary op, DType dtype, const void* x, void* y, int64_t n,
   DeviceGuard guard(device);
   dispatch_cuda_floating(dtype, "unary op", [&](auto tag) {
     using T = decltype(tag);
-    unary_kernel<T><<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(x), static_cast<T*>(y), n, params);
+    unary_kernel<T>
+        <<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(x), static_cast<T*>(y), n, params);
   });
   check_launch();
 }
@@ -361,15 +402,15 @@ void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void*
                                                           static_cast<const T*>(b),
                                                           static_cast<bool*>(out), n, index);
     } else {
-      binary_kernel<T, T><<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(a),
-                                                       static_cast<const T*>(b),
-                                                       static_cast<T*>(out), n, index);
+      binary_kernel<T, T><<<blocks_for(n), kThreads>>>(
+          op, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n, index);
     }
   });
   check_launch();
 }
 
-void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int64_t inner, int device) {
+void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int64_t inner,
+             int device) {
   DeviceGuard guard(device);
   dispatch_cuda_floating(dtype, "sum", [&](auto tag) {
     using T = decltype(tag);
@@ -391,16 +432,18 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
                                   static_cast<int>(ldc)));
 }
 
-void sgd_update(float* p, const float* g, float* buf, int64_t n, const kernels::SgdParams& s, int device) {
+void sgd_update(float* p, const float* g, float* buf, int64_t n, const kernels::SgdParams& s,
+                int device) {
   DeviceGuard guard(device);
   kernels::dispatch_sgd_variant(s, [&](auto momentum, auto nesterov, auto first_step) {
-    sgd_kernel<momentum.value, nesterov.value, first_step.value><<<blocks_for(n), kThreads>>>(p, g, buf, n, s);
+    sgd_kernel<momentum.value, nesterov.value, first_step.value>
+        <<<blocks_for(n), kThreads>>>(p, g, buf, n, s);
   });
   check_launch();
 }
 
-void adam_update(float* p, const float* g, float* m, float* v, int64_t n, const kernels::AdamParams& s,
-                 int device) {
+void adam_update(float* p, const float* g, float* m, float* v, int64_t n,
+                 const kernels::AdamParams& s, int device) {
   DeviceGuard guard(device);
   adam_kernel<<<blocks_for(n), kThreads>>>(p, g, m, v, n, s);
   check_launch();

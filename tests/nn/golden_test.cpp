@@ -118,19 +118,20 @@ TEST_P(GoldenMlpOptimizers, ThreeStepsMatchPyTorch) {
 INSTANTIATE_TEST_SUITE_P(
     All, GoldenMlpOptimizers,
     ::testing::Values(
-        OptimizerCase{"sgd",
-                      [](std::vector<Tensor> p) {
-                        return std::make_unique<nn::SGD>(std::move(p), nn::SgdOptions{0.1, 0.9, 0, 0.01});
-                      }},
-        OptimizerCase{"nesterov",
-                      [](std::vector<Tensor> p) {
-                        return std::make_unique<nn::SGD>(std::move(p),
-                                                         nn::SgdOptions{0.1, 0.9, 0, 0, true});
-                      }},
+        OptimizerCase{
+            "sgd",
+            [](std::vector<Tensor> p) {
+              return std::make_unique<nn::SGD>(std::move(p), nn::SgdOptions{0.1, 0.9, 0, 0.01});
+            }},
+        OptimizerCase{
+            "nesterov",
+            [](std::vector<Tensor> p) {
+              return std::make_unique<nn::SGD>(std::move(p), nn::SgdOptions{0.1, 0.9, 0, 0, true});
+            }},
         OptimizerCase{"adamw",
                       [](std::vector<Tensor> p) {
-                        return std::make_unique<nn::AdamW>(std::move(p),
-                                                           nn::AdamOptions{0.01, 0.9, 0.999, 1e-8, 0.01});
+                        return std::make_unique<nn::AdamW>(
+                            std::move(p), nn::AdamOptions{0.01, 0.9, 0.999, 1e-8, 0.01});
                       }},
         OptimizerCase{"adam",
                       [](std::vector<Tensor> p) {
@@ -181,14 +182,16 @@ TEST(GoldenCnn, SgdMomentumAndAdamWMatchPyTorch) {
     GoldenCnn model;
     load_params(model, f);
     nn::SGD opt(model.parameters(), {0.1, 0.9, 0, 0.01});
-    EXPECT_NEAR(train_three_steps(model, opt, f["x"], f.labels("y")), f["sgd.loss3"].item<float>(), 1e-5);
+    EXPECT_NEAR(train_three_steps(model, opt, f["x"], f.labels("y")), f["sgd.loss3"].item<float>(),
+                1e-5);
     expect_params(model, f, "sgd.");
   }
   {
     GoldenCnn model;
     load_params(model, f);
     nn::AdamW opt(model.parameters(), {0.01, 0.9, 0.999, 1e-8, 0.01});
-    EXPECT_NEAR(train_three_steps(model, opt, f["x"], f.labels("y")), f["adamw.loss3"].item<float>(), 1e-5);
+    EXPECT_NEAR(train_three_steps(model, opt, f["x"], f.labels("y")),
+                f["adamw.loss3"].item<float>(), 1e-5);
     // Three AdamW steps of lr 0.01 move any element by at most about 0.03.
     expect_params(model, f, "adamw.", "conv1.bias", 0.031);
   }

@@ -1,5 +1,7 @@
 // The standard layers: default initialisation, output shapes, input validation messages, and
 // forward results against the functional ops or hand-computed values.
+#include "nn/layers.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -8,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "nn/layers.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -202,9 +203,15 @@ TEST(BatchNorm, ValidatesInputShape) {
   nn::BatchNorm1d bn1(4);
   nn::BatchNorm2d bn2(4);
   EXPECT_THAT(value_error_message([&] { bn1.forward(zeros({8, 3})); }), HasSubstr("[N, 4]"));
-  EXPECT_THAT(value_error_message([&] { bn1.forward(zeros({8, 4, 2, 2})); }), HasSubstr("BatchNorm1d(4)"));
+  EXPECT_THAT(value_error_message([&] {
+                bn1.forward(zeros({8, 4, 2, 2}));
+              }),
+              HasSubstr("BatchNorm1d(4)"));
   EXPECT_THAT(value_error_message([&] { bn2.forward(zeros({8, 4})); }), HasSubstr("[N, 4, H, W]"));
-  EXPECT_THAT(value_error_message([&] { bn2.forward(zeros({8, 3, 2, 2})); }), HasSubstr("BatchNorm2d(4)"));
+  EXPECT_THAT(value_error_message([&] {
+                bn2.forward(zeros({8, 3, 2, 2}));
+              }),
+              HasSubstr("BatchNorm2d(4)"));
   EXPECT_EQ(bn1.forward(zeros({8, 4})).shape(), Shape({8, 4}));
   EXPECT_EQ(bn2.forward(zeros({8, 4, 3, 3})).shape(), Shape({8, 4, 3, 3}));
 }
@@ -314,7 +321,8 @@ TEST(Sequential, ForwardEqualsManualComposition) {
 
 TEST(Sequential, AddNamesChildrenAndChains) {
   nn::Sequential seq;
-  seq.add(std::make_shared<nn::Linear>(3, 3)).add(std::make_shared<nn::ReLU>(), "act")
+  seq.add(std::make_shared<nn::Linear>(3, 3))
+      .add(std::make_shared<nn::ReLU>(), "act")
       .add(std::make_shared<nn::Linear>(3, 1), "out");
   ASSERT_EQ(seq.size(), 3u);
   EXPECT_EQ(seq.named_children()[0].first, "0");

@@ -1,11 +1,12 @@
 // Loss objects against the functional losses, and cross-entropy against log_softmax + NLL and
 // hand-computed values (with and without label smoothing).
+#include "nn/loss.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
-#include "nn/loss.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -1,13 +1,13 @@
 // Learning-rate schedules: values against their formulas, step() driving the optimiser's lr,
 // exact restore from the step counter, and constructor argument checks.
+#include "nn/lr_scheduler.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <memory>
 #include <numbers>
 #include <vector>
-
-#include "nn/lr_scheduler.h"
 
 namespace dtrain {
 namespace {
@@ -51,7 +51,8 @@ TEST_F(SchedulerTest, CosineLRAtStartMiddleEndAndBeyond) {
   EXPECT_DOUBLE_EQ(sched.lr_at(50), (0.1 + 0.001) / 2);
   EXPECT_DOUBLE_EQ(sched.lr_at(100), 0.001);
   EXPECT_DOUBLE_EQ(sched.lr_at(250), 0.001);
-  for (int64_t s : {1, 10, 25, 75, 99}) EXPECT_NEAR(sched.lr_at(s), cosine(0.1, 0.001, s, 100), 1e-15) << s;
+  for (int64_t s : {1, 10, 25, 75, 99})
+    EXPECT_NEAR(sched.lr_at(s), cosine(0.1, 0.001, s, 100), 1e-15) << s;
   // Monotonically decreasing over the schedule.
   for (int64_t s = 1; s <= 100; ++s) EXPECT_LT(sched.lr_at(s), sched.lr_at(s - 1)) << s;
 }

@@ -98,7 +98,8 @@ TEST(Module, NamedParametersAreTheLayersOwnTensors) {
   EXPECT_EQ(named[5].second.impl_ptr(), mlp.fc3->bias.impl_ptr());
   const auto params = mlp.parameters();
   ASSERT_EQ(params.size(), named.size());
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_EQ(params[i].impl_ptr(), named[i].second.impl_ptr());
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_EQ(params[i].impl_ptr(), named[i].second.impl_ptr());
 }
 
 TEST(Module, ParametersRequireGradAndCarryTheirLocalNames) {
@@ -118,7 +119,8 @@ TEST(Module, BatchNormBuffersAreNamedAndNotParameters) {
   nn::Sequential seq{std::make_shared<nn::Linear>(3, 4), std::make_shared<nn::BatchNorm1d>(4)};
   EXPECT_THAT(names_of(seq.named_buffers()),
               ElementsAre("1.running_mean", "1.running_var", "1.num_batches_tracked"));
-  EXPECT_THAT(names_of(seq.named_parameters()), ElementsAre("0.weight", "0.bias", "1.weight", "1.bias"));
+  EXPECT_THAT(names_of(seq.named_parameters()),
+              ElementsAre("0.weight", "0.bias", "1.weight", "1.bias"));
   for (const auto& [name, b] : seq.named_buffers()) EXPECT_FALSE(b.requires_grad()) << name;
   const auto buffers = seq.named_buffers();
   EXPECT_EQ(buffers[0].second.shape(), Shape({4}));
@@ -148,8 +150,9 @@ TEST(Module, TrainAndEvalPropagateToEveryDescendant) {
 TEST(Module, StateDictHasParametersThenBuffersAsCopies) {
   nn::Sequential seq{std::make_shared<nn::Linear>(3, 4), std::make_shared<nn::BatchNorm1d>(4)};
   const auto state = seq.state_dict();
-  EXPECT_THAT(names_of(state), ElementsAre("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
-                                           "1.running_var", "1.num_batches_tracked"));
+  EXPECT_THAT(names_of(state),
+              ElementsAre("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                          "1.running_var", "1.num_batches_tracked"));
   // Copies: changing the model afterwards leaves the state dict alone.
   const Tensor before = state[0].second.clone();
   auto linear = std::static_pointer_cast<nn::Linear>(seq[0]);
@@ -228,7 +231,8 @@ TEST(Module, FailedStrictLoadLeavesTheModelUnchanged) {
   state.emplace_back("unexpected", zeros({1}));
   EXPECT_THROW(mlp.load_state_dict(state), ValueError);
   const auto after = mlp.state_dict();
-  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(bit_equal(after[i].second, before[i].second));
+  for (size_t i = 0; i < before.size(); ++i)
+    EXPECT_TRUE(bit_equal(after[i].second, before[i].second));
 }
 
 TEST(Module, NonStrictLoadIgnoresMissingAndUnexpectedKeys) {
@@ -381,7 +385,8 @@ TEST(ModuleDevice, ToSameDeviceKeepsStorageAndCudaNeedsAGpu) {
   }
   auto replica = layer.clone(Device::cuda(0));
   EXPECT_EQ(replica->device(), Device::cuda(0));
-  EXPECT_EQ(replica->named_parameters()[0].second.to_vector<float>(), layer.weight.to_vector<float>());
+  EXPECT_EQ(replica->named_parameters()[0].second.to_vector<float>(),
+            layer.weight.to_vector<float>());
 }
 
 }  // namespace

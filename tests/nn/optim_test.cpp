@@ -1,5 +1,7 @@
 // Optimisers: update rules against hand-computed values, argument checks, bit-exact resume from
 // state dicts, and allocation-free steady-state training steps.
+#include "nn/optim.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "nn/layers.h"
-#include "nn/optim.h"
 #include "tensor/allocator.h"
 #include "testutil.h"
 
@@ -293,8 +294,8 @@ std::vector<OptimizerCase> optimizer_cases() {
   return {
       {"SgdMomentum",
        [](std::vector<Tensor> ps) -> std::unique_ptr<nn::Optimizer> {
-         return std::make_unique<nn::SGD>(std::move(ps), nn::SgdOptions{.lr = 0.05, .momentum = 0.9,
-                                                                        .weight_decay = 1e-3});
+         return std::make_unique<nn::SGD>(
+             std::move(ps), nn::SgdOptions{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-3});
        }},
       {"Adam",
        [](std::vector<Tensor> ps) -> std::unique_ptr<nn::Optimizer> {
@@ -380,13 +381,15 @@ TEST_P(EveryOptimizer, ResumeFromStateDictsIsBitExact) {
   for (int s = 3; s < 6; ++s) train_step(*model_only, *opt_fresh, data[s]);
   bool all_same = true;
   const auto pm = model_only->named_parameters();
-  for (size_t i = 0; i < ps.size(); ++i) all_same = all_same && bit_equal(pm[i].second, ps[i].second);
+  for (size_t i = 0; i < ps.size(); ++i)
+    all_same = all_same && bit_equal(pm[i].second, ps[i].second);
   EXPECT_FALSE(all_same);
 }
 
 TEST_P(EveryOptimizer, SteadyStateStepsMakeNoSystemAllocations) {
   Generator gen(5);
-  nn::Sequential model{std::make_shared<nn::Linear>(20, 32, true, gen), std::make_shared<nn::ReLU>(),
+  nn::Sequential model{std::make_shared<nn::Linear>(20, 32, true, gen),
+                       std::make_shared<nn::ReLU>(),
                        std::make_shared<nn::Linear>(32, 10, true, gen)};
   auto opt = GetParam().make(model.parameters());
   const Batch b{randn({16, 20}, gen), randint(0, 10, {16}, gen)};
