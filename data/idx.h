@@ -1,0 +1,41 @@
+// IDX files (the MNIST format): big-endian header, gzip-compressed or plain. Fashion-MNIST is a
+// pair of image and label files per split.
+#pragma once
+
+#include <string>
+
+#include "data/dataset.h"
+
+namespace dtrain::data {
+
+/// Default location of Debian's dataset-fashion-mnist package.
+inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+/// Images (idx3, unsigned bytes, [N, H, W]) with their labels (idx1, [N]). Headers are validated
+/// (magic, rank, dims, sizes against the file length, label range); an error names the file and
+/// what is wrong (e.g. "truncated: header says 60000 x 28 x 28 = 47040000 bytes, file has 1024").
+/// Gzip is detected by its magic bytes, so .gz and plain files both load.
+class IdxDataset final : public Dataset {
+ public:
+  IdxDataset(const std::string& images_path, const std::string& labels_path, Normalize normalize,
+             int64_t num_classes = 10);
+  int64_t size() const override;
+  Shape example_shape() const override;  // [1, H, W]
+  int64_t num_classes() const override;
+  void fill_batch(const std::vector<int64_t>& indices, Tensor& x, Tensor& y) const override;
+  std::string describe() const override;
+
+ private:
+  std::string images_path_;
+  int64_t n_ = 0, h_ = 0, w_ = 0, classes_ = 10;
+  std::vector<float> pixels_;   // normalised, [N * H * W]
+  std::vector<int64_t> labels_;
+};
+
+/// The train and test splits from `dir` (train-*-idx*-ubyte[.gz], t10k-*-idx*-ubyte[.gz]).
+struct Splits {
+  DatasetPtr train, test;
+};
+Splits load_fashion_mnist(const std::string& dir, Normalize normalize);
+
+}  // namespace dtrain::data

@@ -1,0 +1,56 @@
+// Checkpoints: everything needed to continue a run exactly, in a Protocol Buffers file written
+// atomically (temp file, fsync, rename, fsync of the directory) with a CRC-32C of the payload.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace dtrain::train {
+
+/// What a checkpoint holds, in dtrain types (the protobuf schema stays inside checkpoint.cpp).
+struct CheckpointData {
+  int64_t step = 0;   // optimiser steps completed
+  int64_t epoch = 0;  // epoch in progress
+  int64_t batch_in_epoch = 0;  // batches of `epoch` already consumed (sampler position)
+  int32_t world_size = 1;
+  std::string config_yaml;  // the resolved config
+  std::vector<std::pair<std::string, Tensor>> model;  // parameters and buffers by name
+  std::map<std::string, Tensor> optimizer_tensors;    // OptimizerState::tensors
+  std::map<std::string, double> optimizer_scalars;    // OptimizerState::scalars
+  int64_t schedule_step = 0;
+  std::map<std::string, uint64_t> rng_offsets;  // Philox generator offsets by name
+  std::map<std::string, double> metrics;        // e.g. last loss, for the record
+};
+
+/// Writes `data` to `path` atomically: `path` either keeps its old content or gets the complete
+/// new one, never a partial file. Throws (naming the path and the system error) on failure, e.g.
+/// a read-only directory; the previous checkpoint is untouched then.
+void save_checkpoint(const std::string& path, const CheckpointData& data);
+
+/// Reads and verifies a checkpoint; throws naming the path and what is wrong (bad magic, unknown
+/// version, truncated, checksum mismatch, unparsable payload).
+CheckpointData load_checkpoint(const std::string& path);
+
+/// Checkpoints in `dir` named ckpt-<step>.dtck, newest (highest step) first.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+/// "<dir>/ckpt-<step zero-padded to 10>.dtck".
+std::string checkpoint_path(const std::string& dir, int64_t step);
+/// Deletes all but the newest `keep` checkpoints in dir.
+void prune_checkpoints(const std::string& dir, int keep);
+
+/// The newest checkpoint in dir that loads and verifies. Each one that does not is reported
+/// through `warn` (path and reason) and skipped. nullopt when none is valid.
+struct LoadedCheckpoint {
+  std::string path;
+  CheckpointData data;
+};
+std::optional<LoadedCheckpoint> load_latest_valid(const std::string& dir,
+                                                  void (*warn)(const std::string&) = nullptr);
+
+}  // namespace dtrain::train

@@ -1,0 +1,20 @@
+// safetensors export: the format Hugging Face tools, PyTorch and NumPy read.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace dtrain::train {
+
+/// Writes tensors by name (8-byte little-endian header length, JSON header with dtype, shape and
+/// data_offsets, then the raw bytes in order) with optional string metadata. Written to a temp
+/// file and renamed, so `path` is never left half-written. Throws naming the path on failure.
+void write_safetensors(const std::string& path,
+                       const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace dtrain::train
