@@ -423,7 +423,7 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
-  if (x.dim() == 0) {  // only dims 0 and -1 are valid, and swapping them changes nothing
+  if (x.dim() == 0) {  // only dim 0 is valid, and swapping it with itself changes nothing
     normalize_dim(d0, 0, "transpose");
     normalize_dim(d1, 0, "transpose");
     return x.clone();

@@ -1,0 +1,77 @@
+// CUDA backend parity: ops on cuda:0 agree with the CPU. Skipped where no CUDA device is usable.
+#include <gtest/gtest.h>
+
+#include "reference.h"
+#include "tensor/cuda/cuda_backend.h"
+#include "tensor/ops.h"
+#include "testutil.h"
+
+namespace dtrain {
+namespace {
+
+using kernels::Binary;
+using kernels::Unary;
+using testref::random_tensor;
+using testutil::all_close;
+using testutil::bit_equal;
+
+class Cuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  }
+  static Tensor gpu(const Tensor& t) { return to_device(t, Device::cuda(0)); }
+  static Tensor cpu(const Tensor& t) { return to_device(t, Device::cpu()); }
+};
+
+TEST_F(Cuda, CopiesRoundTripBitExactly) {
+  Tensor x = random_tensor({1000, 3}, 1);
+  Tensor g = gpu(x);
+  EXPECT_EQ(g.device(), Device::cuda(0));
+  EXPECT_TRUE(bit_equal(cpu(g), x));
+  EXPECT_EQ(g.to_vector<float>(), x.to_vector<float>());
+}
+
+TEST_F(Cuda, AddWithBroadcastingMatchesCpu) {
+  Tensor a = random_tensor({64, 1, 128}, 2), b = random_tensor({1, 32, 128}, 3);
+  Tensor out = ops::binary(Binary::kAdd, gpu(a), gpu(b));
+  EXPECT_EQ(out.device(), Device::cuda(0));
+  EXPECT_TRUE(bit_equal(cpu(out), ops::binary(Binary::kAdd, a, b)));
+  Tensor lt = ops::binary(Binary::kLt, gpu(a), gpu(b));
+  EXPECT_EQ(lt.dtype(), DType::kBool);
+  EXPECT_TRUE(bit_equal(cpu(lt), ops::binary(Binary::kLt, a, b)));
+}
+
+TEST_F(Cuda, UnaryAndSumMatchCpu) {
+  Tensor x = random_tensor({256, 300}, 4);
+  EXPECT_TRUE(
+      all_close(cpu(ops::unary(Unary::kTanh, gpu(x))), ops::unary(Unary::kTanh, x), 1e-6, 1e-6));
+  for (int64_t dim : {0, 1}) {
+    EXPECT_TRUE(all_close(cpu(ops::sum(gpu(x), {dim})), ops::sum(x, {dim}), 1e-5, 1e-5))
+        << "dim " << dim;
+  }
+}
+
+TEST_F(Cuda, MatmulMatchesCpu) {
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 1, tb = t & 2;
+    Tensor a = random_tensor(ta ? Shape{3, 65, 33} : Shape{3, 33, 65}, 10 + t);
+    Tensor b = random_tensor(tb ? Shape{17, 65} : Shape{65, 17}, 20 + t);
+    Tensor out = ops::matmul(gpu(a), gpu(b), ta, tb);
+    EXPECT_EQ(out.device(), Device::cuda(0));
+    EXPECT_TRUE(all_close(cpu(out), ops::matmul(a, b, ta, tb), 1e-4, 1e-4))
+        << "trans_a " << ta << " trans_b " << tb;
+  }
+}
+
+TEST_F(Cuda, FillAndConvertMatchCpu) {
+  Tensor f = full({1000}, 2.5, DType::kFloat32, Device::cuda(0));
+  EXPECT_TRUE(bit_equal(cpu(f), full({1000}, 2.5)));
+  Tensor x = random_tensor({1000}, 30, -100, 100);
+  for (DType dtype : {DType::kFloat64, DType::kFloat16, DType::kBFloat16}) {
+    EXPECT_TRUE(bit_equal(cpu(to_dtype(gpu(x), dtype)), to_dtype(x, dtype))) << dtype_name(dtype);
+  }
+}
+
+}  // namespace
+}  // namespace dtrain

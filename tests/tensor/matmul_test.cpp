@@ -1,0 +1,175 @@
+// ops::gemm and ops::matmul against a triple loop accumulated in double: every transpose
+// combination, odd sizes, alpha/beta, K = 0, batched broadcasting and the float64 path.
+#include <gtest/gtest.h>
+
+#include "reference.h"
+#include "tensor/ops.h"
+#include "testutil.h"
+
+namespace dtrain {
+namespace {
+
+using testref::random_tensor;
+using testref::tensor_of;
+using testutil::all_close;
+
+/// op(A)[i, p] for A stored row-major as `a` with `cols` columns.
+double at(const std::vector<double>& a, int64_t cols, bool trans, int64_t i, int64_t p) {
+  return trans ? a[p * cols + i] : a[i * cols + p];
+}
+
+/// alpha * op(A) @ op(B) + beta * C, in double.
+std::vector<double> naive_gemm(bool ta, bool tb, const Tensor& a, const Tensor& b, int64_t m,
+                               int64_t n, int64_t k, double alpha = 1, double beta = 0,
+                               const std::vector<double>& c = {}) {
+  const auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  std::vector<double> out(m * n);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int64_t p = 0; p < k; ++p)
+        acc += at(va, a.size(1), ta, i, p) * at(vb, b.size(1), tb, p, j);
+      out[i * n + j] = alpha * acc + (beta == 0 ? 0 : beta * c[i * n + j]);
+    }
+  return out;
+}
+
+Shape stored_shape(bool trans, int64_t rows, int64_t cols) {
+  return trans ? Shape{cols, rows} : Shape{rows, cols};
+}
+
+TEST(Gemm, AllSizesAndTransposesMatchTripleLoop) {
+  const int64_t sizes[] = {1, 3, 17, 129};
+  uint64_t seed = 1;
+  for (int64_t m : sizes)
+    for (int64_t n : sizes)
+      for (int64_t k : sizes)
+        for (int t = 0; t < 4; ++t) {
+          const bool ta = t & 1, tb = t & 2;
+          Tensor a = random_tensor(stored_shape(ta, m, k), seed++);
+          Tensor b = random_tensor(stored_shape(tb, k, n), seed++);
+          Tensor c({m, n});
+          ops::gemm(ta, tb, a, b, c);
+          // float32 products of values in [-1, 1]: error grows like K * eps.
+          ASSERT_TRUE(
+              all_close(c, tensor_of(naive_gemm(ta, tb, a, b, m, n, k), {m, n}), 1e-4, 2e-6 * k))
+              << "M=" << m << " N=" << n << " K=" << k << " trans_a=" << ta << " trans_b=" << tb;
+        }
+}
+
+TEST(Gemm, AlphaAndBetaScaleAndAccumulate) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat64}) {
+    for (int t = 0; t < 4; ++t) {
+      const bool ta = t & 1, tb = t & 2;
+      Tensor a = random_tensor(stored_shape(ta, 7, 5), 20, -1, 1, dtype);
+      Tensor b = random_tensor(stored_shape(tb, 5, 9), 21, -1, 1, dtype);
+      Tensor c = random_tensor({7, 9}, 22, -1, 1, dtype);
+      const auto expected = naive_gemm(ta, tb, a, b, 7, 9, 5, 0.5, -2.0, c.to_vector<double>());
+      ops::gemm(ta, tb, a, b, c, 0.5f, -2.0f);
+      const double tol = dtype == DType::kFloat32 ? 1e-5 : 1e-13;
+      EXPECT_TRUE(all_close(c, tensor_of(expected, {7, 9}, dtype), tol, tol))
+          << dtype_name(dtype) << " trans_a=" << ta << " trans_b=" << tb;
+    }
+  }
+}
+
+TEST(Gemm, EmptyInnerDimensionScalesC) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat64}) {
+    Tensor a({3, 0}, dtype), b({0, 4}, dtype);
+    Tensor c = full({3, 4}, 1.5, dtype);
+    ops::gemm(false, false, a, b, c, 1.f, 2.f);
+    EXPECT_TRUE(all_close(c, full({3, 4}, 3.0, dtype))) << dtype_name(dtype);
+    ops::gemm(false, false, a, b, c);
+    EXPECT_TRUE(all_close(c, zeros({3, 4}, dtype))) << dtype_name(dtype);
+  }
+}
+
+TEST(Gemm, Float64MatchesTripleLoopTightly) {
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 1, tb = t & 2;
+    Tensor a = random_tensor(stored_shape(ta, 33, 65), 30 + t, -1, 1, DType::kFloat64);
+    Tensor b = random_tensor(stored_shape(tb, 65, 17), 40 + t, -1, 1, DType::kFloat64);
+    Tensor c({33, 17}, DType::kFloat64);
+    ops::gemm(ta, tb, a, b, c);
+    EXPECT_TRUE(
+        all_close(c, tensor_of(naive_gemm(ta, tb, a, b, 33, 17, 65), {33, 17}, DType::kFloat64),
+                  1e-12, 1e-12));
+  }
+}
+
+/// Batched matmul with broadcast batch dims and optional transposes of the last two dims.
+Tensor naive_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  const int64_t ar = a.size(-2), ac = a.size(-1), br = b.size(-2), bc = b.size(-1);
+  const int64_t m = ta ? ac : ar, k = ta ? ar : ac, n = tb ? br : bc;
+  const Shape a_batch(a.shape().begin(), a.shape().end() - 2);
+  const Shape b_batch(b.shape().begin(), b.shape().end() - 2);
+  const Shape batch = ops::broadcast_shapes(a_batch, b_batch, "naive");
+  Shape out_shape = batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  const auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  std::vector<double> out(shape_numel(out_shape));
+  for (int64_t bi = 0; bi < shape_numel(batch); ++bi) {
+    const auto idx = testref::unravel(bi, batch);
+    const int64_t oa = testref::broadcast_source(idx, a_batch) * ar * ac;
+    const int64_t ob = testref::broadcast_source(idx, b_batch) * br * bc;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t p = 0; p < k; ++p) {
+          const double x = ta ? va[oa + p * ac + i] : va[oa + i * ac + p];
+          const double y = tb ? vb[ob + j * bc + p] : vb[ob + p * bc + j];
+          acc += x * y;
+        }
+        out[(bi * m + i) * n + j] = acc;
+      }
+  }
+  return tensor_of(out, out_shape, a.dtype());
+}
+
+struct MatmulCase {
+  Shape a, b, out;
+  bool ta = false, tb = false;
+};
+
+TEST(Matmul, BatchedBroadcastingMatchesNaive) {
+  const std::vector<MatmulCase> cases = {
+      {{5, 4}, {4, 6}, {5, 6}},
+      {{2, 3, 4}, {4, 6}, {2, 3, 6}},
+      {{3, 4, 5}, {3, 5, 2}, {3, 4, 2}},
+      {{1, 4, 5}, {3, 5, 2}, {3, 4, 2}},
+      {{3, 4, 5}, {1, 5, 2}, {3, 4, 2}},
+      {{4, 5}, {3, 5, 2}, {3, 4, 2}},
+      {{2, 1, 3, 4}, {5, 4, 6}, {2, 5, 3, 6}},
+      {{2, 3, 4}, {6, 4}, {2, 3, 6}, false, true},
+      {{2, 4, 3}, {4, 6}, {2, 3, 6}, true, false},
+      {{3, 5, 4}, {3, 2, 5}, {3, 4, 2}, true, true},
+      {{1, 5, 4}, {3, 5, 2}, {3, 4, 2}, true, false},
+      {{4, 3}, {6, 4}, {3, 6}, true, true},
+      {{2, 3, 40}, {40, 50}, {2, 3, 50}},
+  };
+  uint64_t seed = 50;
+  for (DType dtype : {DType::kFloat32, DType::kFloat64}) {
+    for (const auto& c : cases) {
+      Tensor a = random_tensor(c.a, seed++, -1, 1, dtype);
+      Tensor b = random_tensor(c.b, seed++, -1, 1, dtype);
+      Tensor out = ops::matmul(a, b, c.ta, c.tb);
+      ASSERT_EQ(out.shape(), c.out) << shape_str(c.a) << " @ " << shape_str(c.b);
+      EXPECT_EQ(out.dtype(), dtype);
+      const double tol = dtype == DType::kFloat32 ? 1e-5 : 1e-13;
+      EXPECT_TRUE(all_close(out, naive_matmul(a, b, c.ta, c.tb), tol, tol))
+          << dtype_name(dtype) << " " << shape_str(c.a) << (c.ta ? "^T" : "") << " @ "
+          << shape_str(c.b) << (c.tb ? "^T" : "");
+    }
+  }
+}
+
+TEST(Matmul, AgreesWithGemmOnTwoDimensionalOperands) {
+  Tensor a = random_tensor({17, 129}, 60), b = random_tensor({129, 3}, 61);
+  Tensor c({17, 3});
+  ops::gemm(false, false, a, b, c);
+  EXPECT_TRUE(all_close(ops::matmul(a, b), c, 1e-6, 1e-6));
+}
+
+}  // namespace
+}  // namespace dtrain
