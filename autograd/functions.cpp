@@ -178,7 +178,7 @@ namespace {
 Tensor expand_reduced(const Tensor& g, const Shape& in_shape, std::vector<int64_t> dims) {
   Shape keep = in_shape;
   const int64_t nd = static_cast<int64_t>(in_shape.size());
-  if (dims.empty()) {
+  if (dims.empty() || in_shape.empty()) {
     for (auto& d : keep) d = 1;
   } else {
     for (int64_t d : dims) keep[ops::normalize_dim(d, nd, "reduction backward")] = 1;
@@ -186,7 +186,7 @@ Tensor expand_reduced(const Tensor& g, const Shape& in_shape, std::vector<int64_
   return ops::expand(g.view(keep), in_shape);
 }
 int64_t reduced_count(const Shape& shape, const std::vector<int64_t>& dims) {
-  if (dims.empty()) return shape_numel(shape);
+  if (dims.empty() || shape.empty()) return shape_numel(shape);
   int64_t n = 1;
   for (int64_t d : dims) n *= shape[ops::normalize_dim(d, shape.size(), "mean")];
   return n;
@@ -458,6 +458,11 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
+  if (x.dim() == 0) {  // swapping the only valid dim with itself
+    ops::normalize_dim(d0, 0, "transpose");
+    ops::normalize_dim(d1, 0, "transpose");
+    return reshape(x, {});
+  }
   std::vector<int64_t> dims(x.dim());
   for (int64_t i = 0; i < x.dim(); ++i) dims[i] = i;
   std::swap(dims[ops::normalize_dim(d0, x.dim(), "transpose")],

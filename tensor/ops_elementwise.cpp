@@ -15,8 +15,10 @@ using kernels::Binary;
 using kernels::Unary;
 
 int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op) {
-  const int64_t wrapped = dim < 0 ? dim + ndim : dim;
-  if (wrapped < 0 || wrapped >= std::max<int64_t>(ndim, 1)) {
+  // A 0-dim tensor accepts dims 0 and -1, as in PyTorch.
+  const int64_t extent = std::max<int64_t>(ndim, 1);
+  const int64_t wrapped = dim < 0 ? dim + extent : dim;
+  if (wrapped < 0 || wrapped >= extent) {
     DTRAIN_THROW(ValueError, op, ": dim ", dim, " is out of range for a tensor with ", ndim,
                  " dims");
   }

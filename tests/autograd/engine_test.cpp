@@ -409,3 +409,19 @@ TEST(Engine, GradcheckRequiresFloat64) {
 
 }  // namespace
 }  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+TEST(ScalarTensors, ReductionsAndTransposeOfZeroDimTensorsHaveGradients) {
+  Tensor x = scalar_tensor(3.0).set_requires_grad();
+  Tensor y = mean(transpose(x, 0, -1) * x, {0});  // d/dx x^2 = 2x
+  y.backward();
+  EXPECT_FLOAT_EQ(x.grad().item<float>(), 6.0f);
+  Tensor z = scalar_tensor(2.0).set_requires_grad();
+  sum(z, {0}).backward();
+  EXPECT_FLOAT_EQ(z.grad().item<float>(), 1.0f);
+}
+
+}  // namespace
+}  // namespace dtrain
