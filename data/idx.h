@@ -28,7 +28,8 @@ class IdxDataset final : public Dataset {
  private:
   std::string images_path_;
   int64_t n_ = 0, h_ = 0, w_ = 0, classes_ = 10;
-  std::vector<float> pixels_;   // normalised, [N * H * W]
+  Normalize normalize_;        // for describe()
+  std::vector<float> pixels_;  // normalised, [N * H * W]
   std::vector<int64_t> labels_;
 };
 

@@ -13,8 +13,8 @@
 namespace dtrain::data {
 
 struct Batch {
-  Tensor x;  // [B, example...] float32
-  Tensor y;  // [B] int64
+  Tensor x;           // [B, example...] float32
+  Tensor y;           // [B] int64
   int64_t index = 0;  // position of this batch within the epoch
 };
 
@@ -38,11 +38,14 @@ class DataLoader {
 
  private:
   void stop_worker();
+  /// Worker body: fills batches [first_batch, num_batches) of `order` into ready_.
+  void produce(std::vector<int64_t> order, int64_t first_batch, int64_t num_batches);
   DatasetPtr dataset_;
   DistributedSampler sampler_;
   int64_t batch_size_;
   bool drop_last_;
   int prefetch_;
+  bool started_ = false;  // start_epoch was called; only the consumer thread touches it
   // Worker state, guarded by mu_.
   std::mutex mu_;
   std::condition_variable cv_;

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  build-essential cmake ninja-build ccache pkg-config
+  build-essential cmake ninja-build ccache pkg-config clang-format git
   libdnnl-dev                              # GEMM and convolution on the CPU
   libopenmpi-dev openmpi-bin               # mpi backend, mpirun
   libyaml-cpp-dev                          # configs

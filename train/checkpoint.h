@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -15,11 +16,11 @@ namespace dtrain::train {
 
 /// What a checkpoint holds, in dtrain types (the protobuf schema stays inside checkpoint.cpp).
 struct CheckpointData {
-  int64_t step = 0;   // optimiser steps completed
-  int64_t epoch = 0;  // epoch in progress
+  int64_t step = 0;            // optimiser steps completed
+  int64_t epoch = 0;           // epoch in progress
   int64_t batch_in_epoch = 0;  // batches of `epoch` already consumed (sampler position)
   int32_t world_size = 1;
-  std::string config_yaml;  // the resolved config
+  std::string config_yaml;                            // the resolved config
   std::vector<std::pair<std::string, Tensor>> model;  // parameters and buffers by name
   std::map<std::string, Tensor> optimizer_tensors;    // OptimizerState::tensors
   std::map<std::string, double> optimizer_scalars;    // OptimizerState::scalars
@@ -37,11 +38,17 @@ void save_checkpoint(const std::string& path, const CheckpointData& data);
 /// version, truncated, checksum mismatch, unparsable payload).
 CheckpointData load_checkpoint(const std::string& path);
 
-/// Checkpoints in `dir` named ckpt-<step>.dtck, newest (highest step) first.
+/// Writes the concatenation of `pieces` to `path` atomically: temp file "<path>.tmp.<pid>", fsync,
+/// rename over `path`, fsync of the directory. On failure throws dtrain::Error naming the path and
+/// the system error, removes the temp file and leaves `path` as it was. Also used by safetensors.
+void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces);
+
+/// Checkpoints in `dir` named ckpt-<step>.dtck, newest (highest step) first, as "<dir>/<name>".
+/// Temp files and other names are ignored; a missing directory gives an empty list.
 std::vector<std::string> list_checkpoints(const std::string& dir);
 /// "<dir>/ckpt-<step zero-padded to 10>.dtck".
 std::string checkpoint_path(const std::string& dir, int64_t step);
-/// Deletes all but the newest `keep` checkpoints in dir.
+/// Deletes all but the newest `keep` (>= 0) checkpoints in dir.
 void prune_checkpoints(const std::string& dir, int keep);
 
 /// The newest checkpoint in dir that loads and verifies. Each one that does not is reported
