@@ -23,6 +23,8 @@ class DistributedSampler {
   std::vector<int64_t> indices() const;
   /// The whole epoch's list before it is split across replicas (length num_samples * replicas).
   std::vector<int64_t> global_order() const;
+  /// Size of the dataset the indices range over, [0, dataset_size).
+  int64_t dataset_size() const { return size_; }
   int num_replicas() const { return replicas_; }
   int rank() const { return rank_; }
 
