@@ -4,4 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Reference Python readers (tensorboard, safetensors) for tests/train/readers_test.cpp; those
+# tests skip when the venv cannot be made (e.g. no network).
+if pyreaders=$(scripts/python_readers.sh); then
+  export DTRAIN_PYREADERS="$pyreaders"
+else
+  echo "test: Python readers unavailable; the PythonReaders tests will be skipped" >&2
+fi
 ctest --test-dir build --output-on-failure --timeout 300 -j"$(nproc)" "$@"

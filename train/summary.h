@@ -5,22 +5,33 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace dtrain::train {
 
-/// Masked CRC-32C as TFRecord framing uses it: ((crc >> 15) | (crc << 17)) + 0xa282ead8.
+/// CRC-32C (Castagnoli). Pass the previous result as `crc` to continue over more bytes.
 uint32_t crc32c(const void* data, size_t n, uint32_t crc = 0);
+/// Masked CRC-32C as TFRecord framing uses it: ((crc >> 15) | (crc << 17)) + 0xa282ead8.
 uint32_t masked_crc32c(const void* data, size_t n);
 
-/// Writes events.out.tfevents.<unix seconds>.<hostname> in `dir` (created if missing): TFRecord
-/// framing of tensorflow.Event messages (wire-compatible schema in train/tensorboard.proto). The
-/// first record carries file_version "brain.Event:2". Records are flushed by flush() and on
-/// destruction.
+namespace detail {
+/// `text` as a quoted JSON string ('"', '\\' and control characters escaped); shared by the JSON
+/// writers of this folder.
+std::string json_string(std::string_view text);
+}  // namespace detail
+
+/// Writes events.out.tfevents.<unix seconds>.<hostname> in `dir` (created if missing; ".<n>" is
+/// appended when another writer took that name in the same second): TFRecord framing of
+/// tensorflow.Event messages (wire-compatible schema in train/tensorboard.proto). The first record
+/// carries file_version "brain.Event:2". Records are flushed by flush() and on destruction. Throws
+/// dtrain::Error naming the path when the file cannot be opened or written. Not thread-safe.
 class TensorBoardWriter {
  public:
   explicit TensorBoardWriter(const std::string& dir);
   ~TensorBoardWriter();
+  /// `value` is stored as float32 (Summary.Value.simple_value); wall_time in unix seconds.
   void add_scalar(const std::string& tag, double value, int64_t step, double wall_time);
   void flush();
   const std::string& path() const { return path_; }
@@ -31,11 +42,15 @@ class TensorBoardWriter {
   std::ofstream out_;
 };
 
-/// One JSON object per line: {"step": 10, "epoch": 0, "loss": 0.5, ...}; numbers written with
-/// full precision (%.17g), non-finite values as null. Flushed after every line.
+/// One JSON object per line: {"step": 10, "epoch": 0, "loss": 0.5, ...}; whole numbers below 2^53
+/// without a decimal point, others with full precision (%.17g), non-finite values as null. Flushed
+/// after every line. The parent directory is created if missing; `append` keeps existing lines (a
+/// resumed run), otherwise the file is truncated. Throws dtrain::Error naming the path when it
+/// cannot be opened or written. Not thread-safe.
 class JsonlWriter {
  public:
-  explicit JsonlWriter(const std::string& path);
+  explicit JsonlWriter(const std::string& path, bool append = false);
+  /// Keys in the given order.
   void write(const std::vector<std::pair<std::string, double>>& fields);
   const std::string& path() const { return path_; }
 

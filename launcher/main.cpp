@@ -1,0 +1,119 @@
+// The dtrain executable: train, config check/reference, eval, export. Exit codes: 0 success,
+// 2 usage or config error, 1 run-time failure. The only place that catches errors at the top.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/safetensors.h"
+#include "train/trainer.h"
+
+#ifndef DTRAIN_VERSION
+#define DTRAIN_VERSION "0.0.0"
+#endif
+
+namespace {
+
+constexpr int kUsageError = 2;
+constexpr int kRuntimeError = 1;
+
+int report_config_error(const dtrain::train::ConfigError& e) {
+  std::fprintf(stderr, "dtrain: %s\n", e.message().c_str());
+  return kUsageError;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dtrain: data-parallel training of neural networks from a YAML config"};
+  app.set_version_flag("--version", std::string("dtrain ") + DTRAIN_VERSION);
+  app.require_subcommand(1);
+
+  std::string config_path, checkpoint_path, output_path, format = "safetensors";
+  std::vector<std::string> overrides;
+
+  CLI::App* train = app.add_subcommand("train", "Train a model as the config describes");
+  train->add_option("config", config_path, "YAML config file")
+      ->required()
+      ->check(CLI::ExistingFile);
+  train->add_option("overrides", overrides, "section.key=value overrides, e.g. train.epochs=3");
+
+  CLI::App* config = app.add_subcommand("config", "Inspect configs");
+  config->require_subcommand(1);
+  CLI::App* check =
+      config->add_subcommand("check", "Print the resolved config, or every problem found (exit 2)");
+  check->add_option("config", config_path, "YAML config file")->required();
+  check->add_option("overrides", overrides, "section.key=value overrides");
+  CLI::App* reference = config->add_subcommand(
+      "reference", "Print every config key with its type, default and meaning (Markdown)");
+
+  CLI::App* eval = app.add_subcommand("eval", "Evaluate a checkpoint on the test split");
+  eval->add_option("config", config_path, "YAML config file")->required()->check(CLI::ExistingFile);
+  eval->add_option("overrides", overrides, "section.key=value overrides");
+  eval->add_option("--checkpoint", checkpoint_path, "checkpoint file (.dtck)")->required();
+
+  CLI::App* exporter = app.add_subcommand("export", "Export a checkpoint's parameters by name");
+  exporter->add_option("checkpoint", checkpoint_path, "checkpoint file (.dtck)")->required();
+  exporter->add_option("--format", format, "output format")->check(CLI::IsMember({"safetensors"}));
+  exporter->add_option("-o,--output", output_path, "output file")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kUsageError;
+  }
+
+  try {
+    using namespace dtrain::train;
+    if (*train) {
+      Config c = load_config(config_path, overrides);
+      Trainer trainer(c, dtrain::make_strategy(c.strategy.type));
+      const TrainResult r = trainer.run();
+      if (trainer.config().train.stop_at_step > 0 && r.stopped_early) {
+        std::printf("stopped at step %lld (train.stop_at_step); checkpoint %s\n",
+                    static_cast<long long>(r.steps), r.last_checkpoint.c_str());
+      }
+      std::printf("%s\n", r.final_line().c_str());
+      return 0;
+    }
+    if (*reference) {
+      std::fputs(config_reference_markdown().c_str(), stdout);
+      return 0;
+    }
+    if (*check) {
+      Config c = load_config(config_path, overrides);
+      std::printf("# %s is valid (config hash %s)\n%s", config_path.c_str(), c.hash().c_str(),
+                  c.to_yaml().c_str());
+      return 0;
+    }
+    if (*eval) {
+      Config c = load_config(config_path, overrides);
+      Trainer trainer(c, dtrain::make_strategy(c.strategy.type));
+      const EvalResult r = trainer.evaluate_checkpoint(checkpoint_path);
+      std::printf("eval: test_accuracy=%.4f test_loss=%.4f examples=%lld\n", r.accuracy, r.loss,
+                  static_cast<long long>(r.examples));
+      return 0;
+    }
+    if (*exporter) {
+      const CheckpointData ckpt = load_checkpoint(checkpoint_path);
+      write_safetensors(output_path, ckpt.model,
+                        {{"format", "pt"},
+                         {"dtrain_step", std::to_string(ckpt.step)},
+                         {"dtrain_checkpoint", checkpoint_path}});
+      std::printf("wrote %zu tensors to %s\n", ckpt.model.size(), output_path.c_str());
+      return 0;
+    }
+  } catch (const dtrain::train::ConfigError& e) {
+    return report_config_error(e);
+  } catch (const dtrain::Error& e) {
+    std::fprintf(stderr, "dtrain: error: %s\n", e.message().c_str());
+    return kRuntimeError;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dtrain: error: %s\n", e.what());
+    return kRuntimeError;
+  }
+  return kUsageError;
+}

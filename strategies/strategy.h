@@ -1,0 +1,46 @@
+// Strategy: how replicas are created and kept in sync. The Trainer calls only this interface, so
+// data-parallel strategies plug in without changing the training loop.
+#pragma once
+
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "nn/module.h"
+
+namespace dtrain {
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  virtual std::string_view name() const = 0;
+  /// Replicas whose gradients are averaged each step (the global batch is this times the
+  /// per-replica batch).
+  virtual int num_replicas_in_sync() const = 0;
+  /// This process's replica index among num_replicas_in_sync() (0 for single-process runs).
+  virtual int rank() const = 0;
+  /// Once before training: make every replica start from rank 0's parameters, install hooks.
+  virtual void prepare(nn::Module& model) = 0;
+  /// After backward: returns when every gradient holds the average over all replicas.
+  virtual void synchronize_gradients(nn::Module& model) = 0;
+  /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
+  virtual void sum_across_replicas(std::vector<double>& values) = 0;
+  /// The replica that writes checkpoints, summaries and the progress display.
+  bool is_primary() const { return rank() == 0; }
+};
+
+/// One process, one replica: nothing to synchronise.
+class SingleProcessStrategy final : public Strategy {
+ public:
+  std::string_view name() const override { return "single"; }
+  int num_replicas_in_sync() const override { return 1; }
+  int rank() const override { return 0; }
+  void prepare(nn::Module&) override {}
+  void synchronize_gradients(nn::Module&) override {}
+  void sum_across_replicas(std::vector<double>&) override {}
+};
+
+/// The strategy named by `type` ("single"); throws ValueError listing the known names otherwise.
+std::unique_ptr<Strategy> make_strategy(std::string_view type);
+
+}  // namespace dtrain

@@ -1,0 +1,565 @@
+// The config schema (one table: key, type, default, allowed values, meaning), YAML parsing with
+// yaml-cpp, validation that reports every problem with file:line and a suggestion, overrides.
+#include "train/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+
+namespace dtrain::train {
+namespace {
+
+/// Error text, or nullopt when the value was accepted and stored.
+using SetResult = std::optional<std::string>;
+
+struct Field {
+  std::string section, key, type, allowed, doc;
+  std::function<std::string(const Config&)> show;            // the value as YAML
+  std::function<SetResult(Config&, const YAML::Node&)> set;  // parse, validate, store
+  std::string name() const { return section + "." + key; }
+};
+
+std::string format_double(double v) {
+  std::ostringstream os;
+  os << std::setprecision(15) << v;
+  std::string s = os.str();
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep it a float in YAML
+  return s;
+}
+
+std::string scalar_text(const YAML::Node& n) {
+  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a mapping";
+  return "nothing";
+}
+
+template <class Get>
+Field int_field(std::string section, std::string key, Get get, int64_t lo, int64_t hi,
+                std::string doc) {
+  std::string allowed = "integer >= " + std::to_string(lo);
+  if (hi != INT64_MAX)
+    allowed = "integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  Field f{std::move(section), std::move(key), "int", allowed, std::move(doc), nullptr, nullptr};
+  f.show = [get](const Config& c) { return std::to_string(get(const_cast<Config&>(c))); };
+  f.set = [get, lo, hi, allowed](Config& c, const YAML::Node& n) -> SetResult {
+    int64_t v;
+    try {
+      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
+      v = n.as<int64_t>();
+    } catch (const YAML::Exception&) {
+      return "expected an " + allowed + ", got " + scalar_text(n);
+    }
+    if (v < lo || v > hi) return std::to_string(v) + " is out of range; allowed: " + allowed;
+    get(c) = v;
+    return std::nullopt;
+  };
+  return f;
+}
+
+template <class Get>
+Field float_field(std::string section, std::string key, Get get, double lo, double hi,
+                  std::string doc, bool lo_open = false) {
+  std::ostringstream allowed;
+  allowed << "number " << (lo_open ? "> " : ">= ") << lo;
+  if (std::isfinite(hi)) allowed << " and <= " << hi;
+  Field f{std::move(section), std::move(key), "float", allowed.str(),
+          std::move(doc),     nullptr,        nullptr};
+  f.show = [get](const Config& c) { return format_double(get(const_cast<Config&>(c))); };
+  f.set = [get, lo, hi, lo_open, a = allowed.str()](Config& c, const YAML::Node& n) -> SetResult {
+    double v;
+    try {
+      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
+      v = n.as<double>();
+    } catch (const YAML::Exception&) {
+      return "expected a " + a + ", got " + scalar_text(n);
+    }
+    if (!std::isfinite(v) || v < lo || (lo_open && v == lo) || v > hi) {
+      return format_double(v) + " is out of range; allowed: " + a;
+    }
+    get(c) = v;
+    return std::nullopt;
+  };
+  return f;
+}
+
+template <class Get>
+Field bool_field(std::string section, std::string key, Get get, std::string doc) {
+  Field f{std::move(section), std::move(key), "bool", "true | false",
+          std::move(doc),     nullptr,        nullptr};
+  f.show = [get](const Config& c) { return get(const_cast<Config&>(c)) ? "true" : "false"; };
+  f.set = [get](Config& c, const YAML::Node& n) -> SetResult {
+    try {
+      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
+      get(c) = n.as<bool>();
+    } catch (const YAML::Exception&) {
+      return "expected true or false, got " + scalar_text(n);
+    }
+    return std::nullopt;
+  };
+  return f;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+/// " (did you mean 'x'?)" for the closest candidate within a few edits, else "".
+std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  return best.empty() ? "" : " (did you mean '" + best + "'?)";
+}
+
+/// `choices` lists the allowed values; `free_text` accepts any non-empty string instead.
+template <class Get>
+Field string_field(std::string section, std::string key, Get get, std::vector<std::string> choices,
+                   std::string doc, std::string free_text = "") {
+  std::string allowed = free_text;
+  if (allowed.empty()) {
+    for (size_t i = 0; i < choices.size(); ++i) allowed += (i ? " | " : "") + choices[i];
+  }
+  Field f{std::move(section), std::move(key), "string", allowed, std::move(doc), nullptr, nullptr};
+  f.show = [get](const Config& c) {
+    const std::string& v = get(const_cast<Config&>(c));
+    return v.empty() ? std::string("\"\"") : YAML::Dump(YAML::Node(v));
+  };
+  f.set = [get, choices, allowed](Config& c, const YAML::Node& n) -> SetResult {
+    if (!n.IsScalar()) return "expected a string (" + allowed + "), got " + scalar_text(n);
+    const std::string v = n.Scalar();
+    if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
+      return "'" + v + "' is not one of " + allowed + suggestion(v, choices);
+    }
+    if (choices.empty() && v.empty()) return "must not be empty";
+    get(c) = v;
+    return std::nullopt;
+  };
+  return f;
+}
+
+template <class Get>
+Field int_list_field(std::string section, std::string key, Get get, int64_t lo, bool allow_empty,
+                     std::string doc) {
+  const std::string allowed = std::string(allow_empty ? "list" : "non-empty list") +
+                              " of integers >= " + std::to_string(lo);
+  Field f{std::move(section), std::move(key), "int list", allowed,
+          std::move(doc),     nullptr,        nullptr};
+  f.show = [get](const Config& c) {
+    std::string s = "[";
+    const auto& v = get(const_cast<Config&>(c));
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return s + "]";
+  };
+  f.set = [get, lo, allow_empty, allowed](Config& c, const YAML::Node& n) -> SetResult {
+    if (!n.IsSequence()) return "expected a " + allowed + " like [256, 128], got " + scalar_text(n);
+    std::vector<int64_t> v;
+    for (size_t i = 0; i < n.size(); ++i) {
+      try {
+        if (!n[i].IsScalar()) throw YAML::Exception(YAML::Mark(), "");
+        v.push_back(n[i].as<int64_t>());
+      } catch (const YAML::Exception&) {
+        return "element " + std::to_string(i) + ": expected an integer, got " + scalar_text(n[i]);
+      }
+      if (v.back() < lo) {
+        return "element " + std::to_string(i) + " is " + std::to_string(v.back()) +
+               "; allowed: " + allowed;
+      }
+    }
+    if (v.empty() && !allow_empty) return "must not be empty; allowed: " + allowed;
+    get(c) = v;
+    return std::nullopt;
+  };
+  return f;
+}
+
+#define DTRAIN_GET(member) \
+  [](Config & c) -> auto& { return c.member; }
+constexpr double kInf = HUGE_VAL;
+
+const std::vector<Field>& schema() {
+  static const std::vector<Field> fields = {
+      // model
+      string_field("model", "type", DTRAIN_GET(model.type), {"mlp", "cnn"},
+                   "Model family: `mlp` (flatten, hidden layers, linear head) or `cnn` (conv5x5, "
+                   "pool, conv5x5, pool, fully connected, linear head)."),
+      int_list_field("model", "hidden", DTRAIN_GET(model.hidden), 1, true,
+                     "mlp: widths of the hidden layers, input side first."),
+      string_field("model", "activation", DTRAIN_GET(model.activation),
+                   {"relu", "gelu", "tanh", "sigmoid"}, "Activation after each hidden layer."),
+      float_field("model", "dropout", DTRAIN_GET(model.dropout), 0, 0.99,
+                  "Dropout probability after each hidden activation (0: none)."),
+      bool_field("model", "batch_norm", DTRAIN_GET(model.batch_norm),
+                 "Batch normalisation after each hidden linear or convolution layer."),
+      int_list_field("model", "channels", DTRAIN_GET(model.channels), 1, false,
+                     "cnn: output channels of the two 5x5 convolutions (exactly two values)."),
+      int_field("model", "fc_units", DTRAIN_GET(model.fc_units), 1, INT64_MAX,
+                "cnn: width of the hidden fully connected layer."),
+      // data
+      string_field("data", "name", DTRAIN_GET(data.name), {"fashion_mnist", "synthetic"},
+                   "Data set: Fashion-MNIST from IDX files, or a seeded synthetic set with a "
+                   "learnable target."),
+      string_field("data", "path", DTRAIN_GET(data.path), {},
+                   "Directory with the Fashion-MNIST IDX files (.gz or plain).", "directory path"),
+      string_field("data", "normalize", DTRAIN_GET(data.normalize), {"none", "unit", "standard"},
+                   "Pixel scaling: raw 0..255, /255, or standardised with the training set's mean "
+                   "and standard deviation."),
+      int_field("data", "synthetic_train_size", DTRAIN_GET(data.synthetic_train_size), 1, INT64_MAX,
+                "synthetic: training examples."),
+      int_field("data", "synthetic_test_size", DTRAIN_GET(data.synthetic_test_size), 1, INT64_MAX,
+                "synthetic: test examples."),
+      int_list_field("data", "synthetic_shape", DTRAIN_GET(data.synthetic_shape), 1, false,
+                     "synthetic: shape of one example, e.g. [1, 28, 28]."),
+      int_field("data", "synthetic_classes", DTRAIN_GET(data.synthetic_classes), 2, INT64_MAX,
+                "synthetic: number of classes."),
+      int_field("data", "prefetch", DTRAIN_GET(data.prefetch), 1, 64,
+                "Batches the loader thread prepares ahead of training."),
+      // optimizer
+      string_field("optimizer", "type", DTRAIN_GET(optimizer.type),
+                   {"sgd", "adam", "adamw", "rmsprop"}, "Optimiser (PyTorch's update rules)."),
+      float_field("optimizer", "lr", DTRAIN_GET(optimizer.lr), 0, kInf,
+                  "Base learning rate (the schedule scales it).", true),
+      float_field("optimizer", "momentum", DTRAIN_GET(optimizer.momentum), 0, 1,
+                  "sgd, rmsprop: momentum factor."),
+      float_field("optimizer", "dampening", DTRAIN_GET(optimizer.dampening), 0, 1,
+                  "sgd: dampening of the momentum."),
+      bool_field("optimizer", "nesterov", DTRAIN_GET(optimizer.nesterov),
+                 "sgd: Nesterov momentum (needs momentum > 0 and dampening 0)."),
+      float_field("optimizer", "weight_decay", DTRAIN_GET(optimizer.weight_decay), 0, kInf,
+                  "L2 penalty (sgd, adam, rmsprop) or decoupled decay (adamw)."),
+      float_field("optimizer", "beta1", DTRAIN_GET(optimizer.beta1), 0, 0.999999,
+                  "adam, adamw: first-moment decay."),
+      float_field("optimizer", "beta2", DTRAIN_GET(optimizer.beta2), 0, 0.999999,
+                  "adam, adamw: second-moment decay."),
+      float_field("optimizer", "eps", DTRAIN_GET(optimizer.eps), 0, 1,
+                  "adam, adamw, rmsprop: term added to the denominator.", true),
+      float_field("optimizer", "alpha", DTRAIN_GET(optimizer.alpha), 0, 1,
+                  "rmsprop: smoothing constant of the squared-gradient average."),
+      // schedule
+      string_field("schedule", "type", DTRAIN_GET(schedule.type),
+                   {"constant", "step", "multistep", "cosine"},
+                   "Learning-rate schedule over optimiser steps; cosine decays to eta_min at the "
+                   "last step."),
+      int_field("schedule", "warmup_steps", DTRAIN_GET(schedule.warmup_steps), 0, INT64_MAX,
+                "Linear warm-up steps before the schedule starts."),
+      float_field("schedule", "warmup_start_factor", DTRAIN_GET(schedule.warmup_start_factor), 0, 1,
+                  "Warm-up starts at this fraction of the learning rate."),
+      bool_field("schedule", "scale_lr_with_replicas", DTRAIN_GET(schedule.scale_lr_with_replicas),
+                 "Linear scaling rule: multiply lr by the number of replicas."),
+      int_field("schedule", "step_size", DTRAIN_GET(schedule.step_size), 1, INT64_MAX,
+                "step: steps between decays."),
+      float_field("schedule", "gamma", DTRAIN_GET(schedule.gamma), 0, 1,
+                  "step, multistep: decay factor.", true),
+      int_list_field("schedule", "milestones", DTRAIN_GET(schedule.milestones), 1, true,
+                     "multistep: steps at which lr is multiplied by gamma (increasing)."),
+      float_field("schedule", "eta_min", DTRAIN_GET(schedule.eta_min), 0, kInf,
+                  "cosine: learning rate at the end."),
+      // train
+      int_field("train", "epochs", DTRAIN_GET(train.epochs), 1, INT64_MAX,
+                "Passes over the training set (unless max_steps ends the run first)."),
+      int_field("train", "max_steps", DTRAIN_GET(train.max_steps), 0, INT64_MAX,
+                "Optimiser steps for the whole run; 0: epochs decide."),
+      int_field("train", "batch_size", DTRAIN_GET(train.batch_size), 1, INT64_MAX,
+                "Examples per replica per forward pass."),
+      int_field("train", "grad_accum_steps", DTRAIN_GET(train.grad_accum_steps), 1, INT64_MAX,
+                "Batches whose gradients are summed (and averaged) before each optimiser step."),
+      int_field("train", "seed", DTRAIN_GET(train.seed), 0, INT64_MAX,
+                "Seeds initialisation, shuffling and dropout: the same seed gives the same run."),
+      float_field("train", "label_smoothing", DTRAIN_GET(train.label_smoothing), 0, 0.99,
+                  "Label smoothing of the cross-entropy loss."),
+      bool_field("train", "drop_last", DTRAIN_GET(train.drop_last),
+                 "Drop the last incomplete batch of each epoch."),
+      string_field("train", "checkpoint_dir", DTRAIN_GET(train.checkpoint_dir), {},
+                   "Directory for checkpoints (created when missing).", "directory path"),
+      int_field("train", "checkpoint_every_steps", DTRAIN_GET(train.checkpoint_every_steps), 0,
+                INT64_MAX, "Checkpoint every this many steps (0: only at the end)."),
+      int_field("train", "keep_checkpoints", DTRAIN_GET(train.keep_checkpoints), 1, INT64_MAX,
+                "Newest checkpoints kept; older ones are deleted."),
+      string_field("train", "resume", DTRAIN_GET(train.resume), {},
+                   "`auto`: continue from the newest valid checkpoint in checkpoint_dir if any; "
+                   "`never`: start fresh; otherwise the path of a checkpoint to continue from.",
+                   "auto | never | checkpoint path"),
+      int_field("train", "stop_at_step", DTRAIN_GET(train.stop_at_step), 0, INT64_MAX,
+                "Stop with a checkpoint after this step, as if preempted; the schedule still spans "
+                "the whole run (0: off)."),
+      int_field("train", "threads", DTRAIN_GET(train.threads), 0, 1024,
+                "Kernel threads per process; 0: all cores."),
+      // strategy
+      string_field("strategy", "type", DTRAIN_GET(strategy.type), {"single"},
+                   "How replicas are kept in sync; `single` is one process, one replica."),
+      string_field("strategy", "backend", DTRAIN_GET(strategy.backend),
+                   {"auto", "mpi", "nccl", "local"}, "Communication backend for the strategy."),
+      int_field("strategy", "devices", DTRAIN_GET(strategy.devices), 1, 1024,
+                "Replicas (devices) per process."),
+      float_field("strategy", "bucket_cap_mb", DTRAIN_GET(strategy.bucket_cap_mb), 0, kInf,
+                  "Gradient bucket size for all-reduce, MiB.", true),
+      float_field("strategy", "timeout_s", DTRAIN_GET(strategy.timeout_s), 0, kInf,
+                  "A collective that does not finish in this many seconds stops the job.", true),
+      // launcher
+      int_field("launcher", "nproc_per_node", DTRAIN_GET(launcher.nproc_per_node), 1, 1024,
+                "Worker processes per node for `dtrain launch`."),
+      int_field("launcher", "max_restarts", DTRAIN_GET(launcher.max_restarts), 0, INT64_MAX,
+                "Restarts of the whole job after a worker fails."),
+      float_field("launcher", "heartbeat_timeout_s", DTRAIN_GET(launcher.heartbeat_timeout_s), 0,
+                  kInf, "A worker silent for this long counts as failed.", true),
+      // log
+      string_field("log", "dir", DTRAIN_GET(log.dir), {},
+                   "Directory for metrics.jsonl and TensorBoard event files.", "directory path"),
+      int_field("log", "every_steps", DTRAIN_GET(log.every_steps), 1, INT64_MAX,
+                "Steps between metric records and progress lines."),
+      bool_field("log", "tensorboard", DTRAIN_GET(log.tensorboard),
+                 "Write TensorBoard event files next to metrics.jsonl."),
+      bool_field("log", "trace", DTRAIN_GET(log.trace),
+                 "Record a Chrome-trace timeline (arrives with the strategies work)."),
+      string_field("log", "progress", DTRAIN_GET(log.progress), {"auto", "bar", "lines", "off"},
+                   "Progress display: `auto` redraws a bar on a terminal and prints plain lines "
+                   "otherwise."),
+  };
+  return fields;
+}
+#undef DTRAIN_GET
+
+const std::vector<std::string>& section_names() {
+  static const std::vector<std::string> names = {"model", "data",     "optimizer", "schedule",
+                                                 "train", "strategy", "launcher",  "log"};
+  return names;
+}
+
+/// Collects every problem, then throws them together.
+struct Problems {
+  std::vector<std::string> lines;
+  void add(const std::string& where, const std::string& what) {
+    lines.push_back(where.empty() ? what : where + ": " + what);
+  }
+};
+
+std::string where(const std::string& source, const YAML::Node& n) {
+  const YAML::Mark m = n.Mark();
+  if (m.is_null() || m.line < 0) return source;
+  return source + ":" + std::to_string(m.line + 1);
+}
+
+const Field* find_field(const std::string& section, const std::string& key) {
+  for (const Field& f : schema()) {
+    if (f.section == section && f.key == key) return &f;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> keys_of(const std::string& section) {
+  std::vector<std::string> keys;
+  for (const Field& f : schema()) {
+    if (f.section == section) keys.push_back(f.key);
+  }
+  return keys;
+}
+
+void apply_node(Config& c, const std::string& section, const std::string& key,
+                const YAML::Node& value, const std::string& at, Problems& p) {
+  const Field* f = find_field(section, key);
+  if (f == nullptr) {
+    std::vector<std::string> qualified;
+    for (const auto& k : keys_of(section)) qualified.push_back(section + "." + k);
+    p.add(at,
+          "unknown key '" + section + "." + key + "'" + suggestion(section + "." + key, qualified));
+    return;
+  }
+  if (auto err = f->set(c, value)) p.add(at, f->name() + ": " + *err);
+}
+
+void apply_document(Config& c, const YAML::Node& root, const std::string& source, Problems& p) {
+  if (!root || root.IsNull()) return;  // an empty file: all defaults
+  if (!root.IsMap()) {
+    p.add(where(source, root), "the config must be a mapping of sections (model, data, ...)");
+    return;
+  }
+  for (const auto& entry : root) {
+    const std::string section = entry.first.as<std::string>();
+    const auto& names = section_names();
+    if (std::find(names.begin(), names.end(), section) == names.end()) {
+      p.add(where(source, entry.first),
+            "unknown section '" + section + "'" + suggestion(section, names));
+      continue;
+    }
+    if (entry.second.IsNull()) continue;
+    if (!entry.second.IsMap()) {
+      p.add(where(source, entry.second), "section '" + section + "' must be a mapping of keys");
+      continue;
+    }
+    for (const auto& kv : entry.second) {
+      apply_node(c, section, kv.first.as<std::string>(), kv.second, where(source, kv.first), p);
+    }
+  }
+}
+
+void apply_overrides(Config& c, const std::vector<std::string>& overrides, Problems& p) {
+  for (const std::string& o : overrides) {
+    const std::string at = "override '" + o + "'";
+    const size_t eq = o.find('='), dot = o.find('.');
+    if (eq == std::string::npos || dot == std::string::npos || dot > eq) {
+      p.add(at, "expected section.key=value, e.g. train.epochs=3");
+      continue;
+    }
+    const std::string section = o.substr(0, dot), key = o.substr(dot + 1, eq - dot - 1);
+    const auto& names = section_names();
+    if (std::find(names.begin(), names.end(), section) == names.end()) {
+      p.add(at, "unknown section '" + section + "'" + suggestion(section, names));
+      continue;
+    }
+    YAML::Node value;
+    try {
+      value = YAML::Load(o.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      p.add(at, "the value is not valid YAML: " + e.msg);
+      continue;
+    }
+    if (!value || value.IsNull()) value = YAML::Node(std::string());
+    apply_node(c, section, key, value, at, p);
+  }
+}
+
+/// Rules that involve more than one key.
+void check_combinations(const Config& c, const std::string& source, Problems& p) {
+  const std::string at = source.empty() ? "config" : source;
+  if (c.model.type == "cnn" && c.model.channels.size() != 2) {
+    p.add(at,
+          "model.channels: cnn needs exactly two values (conv1 and conv2 output channels); got " +
+              std::to_string(c.model.channels.size()));
+  }
+  if (c.optimizer.nesterov && (c.optimizer.momentum <= 0 || c.optimizer.dampening != 0)) {
+    p.add(at, "optimizer.nesterov: needs optimizer.momentum > 0 and optimizer.dampening = 0");
+  }
+  if (c.schedule.type == "multistep" &&
+      !std::is_sorted(c.schedule.milestones.begin(), c.schedule.milestones.end())) {
+    p.add(at, "schedule.milestones: must be increasing for multistep");
+  }
+  if (c.schedule.type == "multistep" && c.schedule.milestones.empty()) {
+    p.add(at, "schedule.milestones: multistep needs at least one milestone");
+  }
+  if (c.train.stop_at_step > 0 && c.train.max_steps > 0 &&
+      c.train.stop_at_step > c.train.max_steps) {
+    p.add(at, "train.stop_at_step (" + std::to_string(c.train.stop_at_step) +
+                  ") is after train.max_steps (" + std::to_string(c.train.max_steps) + ")");
+  }
+  if (c.train.resume == "auto" && c.train.checkpoint_dir.empty()) {
+    p.add(at, "train.resume: auto needs train.checkpoint_dir");
+  }
+}
+
+Config parse_checked(const std::function<YAML::Node()>& load, const std::string& source,
+                     const std::vector<std::string>& overrides) {
+  Config c;
+  c.source = source;
+  Problems p;
+  try {
+    apply_document(c, load(), source, p);
+  } catch (const YAML::ParserException& e) {
+    p.add(source + ":" + std::to_string(e.mark.line + 1), "YAML syntax error: " + e.msg);
+  } catch (const YAML::BadFile&) {
+    p.add(source, "cannot read the config file (does it exist?)");
+  }
+  apply_overrides(c, overrides, p);
+  if (p.lines.empty()) check_combinations(c, source, p);
+  if (!p.lines.empty()) {
+    std::string msg =
+        std::to_string(p.lines.size()) + " config problem" + (p.lines.size() > 1 ? "s" : "") + ":";
+    for (const auto& l : p.lines) msg += "\n  " + l;
+    ConfigError err(msg, __FILE__, __LINE__);
+    err.problems = p.lines;
+    throw err;
+  }
+  return c;
+}
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  return parse_checked([&] { return YAML::LoadFile(path); }, path, overrides);
+}
+
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides) {
+  return parse_checked([&] { return YAML::Load(yaml_text); }, source_name, overrides);
+}
+
+std::string Config::to_yaml() const {
+  std::string out;
+  std::string current;
+  for (const Field& f : schema()) {
+    if (f.section != current) {
+      out += f.section + ":\n";
+      current = f.section;
+    }
+    out += "  " + f.key + ": " + f.show(*this) + "\n";
+  }
+  return out;
+}
+
+std::string Config::hash() const {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : to_yaml()) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  std::ostringstream os;
+  os << std::hex << std::setw(16) << std::setfill('0') << h;
+  return os.str();
+}
+
+std::vector<std::string> config_keys() {
+  std::vector<std::string> keys;
+  for (const Field& f : schema()) keys.push_back(f.name());
+  return keys;
+}
+
+std::string config_reference_markdown() {
+  const Config defaults;
+  std::ostringstream os;
+  os << "# Configuration reference\n\n"
+     << "A run is configured by one YAML file with the sections below; every key is optional and "
+        "takes the default shown. `dtrain config check CONFIG` prints the resolved configuration "
+        "or every problem found (file:line, key, what is allowed, and the nearest valid key for "
+        "a misspelling). Command-line overrides `section.key=value` (values in YAML syntax, e.g. "
+        "`model.hidden=[512,256]`) go through the same checks.\n\n"
+     << "This page is generated from the schema in `train/config.cpp` by "
+        "`dtrain config reference`; a test fails when they disagree.\n";
+  std::string current;
+  for (const Field& f : schema()) {
+    if (f.section != current) {
+      os << "\n## `" << f.section << "`\n\n| key | type | default | allowed | meaning |\n"
+         << "| --- | --- | --- | --- | --- |\n";
+      current = f.section;
+    }
+    std::string shown = f.show(defaults);
+    os << "| `" << f.name() << "` | " << f.type << " | `" << shown << "` | " << f.allowed << " | "
+       << f.doc << " |\n";
+  }
+  return os.str();
+}
+
+}  // namespace dtrain::train

@@ -1,0 +1,132 @@
+// The run configuration: typed sections with defaults, read from YAML and `section.key=value`
+// overrides, and checked against one schema (train/config.cpp) that also generates docs/config.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensor/check.h"
+
+namespace dtrain::train {
+
+struct ModelConfig {
+  std::string type = "mlp";                  // mlp | cnn
+  std::vector<int64_t> hidden = {256, 128};  // mlp: hidden layer widths
+  std::string activation = "relu";           // relu | gelu | tanh | sigmoid
+  double dropout = 0.0;
+  bool batch_norm = false;
+  std::vector<int64_t> channels = {32, 64};  // cnn: output channels of the two 5x5 convolutions
+  int64_t fc_units = 1024;                   // cnn: width of the hidden fully connected layer
+};
+
+struct DataConfig {
+  std::string name = "fashion_mnist";  // fashion_mnist | synthetic
+  std::string path = "/usr/share/datasets/fashion-mnist";
+  std::string normalize = "standard";  // none | unit | standard
+  int64_t synthetic_train_size = 60000;
+  int64_t synthetic_test_size = 10000;
+  std::vector<int64_t> synthetic_shape = {1, 28, 28};
+  int64_t synthetic_classes = 10;
+  int64_t prefetch = 2;
+};
+
+struct OptimizerConfig {
+  std::string type = "sgd";  // sgd | adam | adamw | rmsprop
+  double lr = 0.05;
+  double momentum = 0.9;
+  double dampening = 0.0;
+  bool nesterov = false;
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double alpha = 0.99;  // rmsprop smoothing
+};
+
+struct ScheduleConfig {
+  std::string type = "cosine";  // constant | step | multistep | cosine
+  int64_t warmup_steps = 0;
+  double warmup_start_factor = 0.0;
+  bool scale_lr_with_replicas = false;
+  int64_t step_size = 1000;  // step: steps between decays
+  double gamma = 0.1;        // step, multistep: decay factor
+  std::vector<int64_t> milestones = {};
+  double eta_min = 0.0;  // cosine: final learning rate
+};
+
+struct TrainSection {
+  int64_t epochs = 10;
+  int64_t max_steps = 0;  // 0: epochs decide
+  int64_t batch_size = 64;
+  int64_t grad_accum_steps = 1;
+  int64_t seed = 0;
+  double label_smoothing = 0.0;
+  bool drop_last = true;
+  std::string checkpoint_dir = "checkpoints";
+  int64_t checkpoint_every_steps = 500;
+  int64_t keep_checkpoints = 3;
+  std::string resume = "auto";  // auto | never | <checkpoint path>
+  int64_t stop_at_step = 0;     // stop (with a checkpoint) after this step, as if preempted
+  int64_t threads = 0;          // kernel threads; 0: all cores
+};
+
+struct StrategyConfig {
+  std::string type = "single";  // single (more strategies arrive with the strategies work)
+  std::string backend = "auto";
+  int64_t devices = 1;
+  double bucket_cap_mb = 25;
+  double timeout_s = 300;
+};
+
+struct LauncherConfig {
+  int64_t nproc_per_node = 1;
+  int64_t max_restarts = 0;
+  double heartbeat_timeout_s = 60;
+};
+
+struct LogConfig {
+  std::string dir = "runs";
+  int64_t every_steps = 50;
+  bool tensorboard = true;
+  bool trace = false;
+  std::string progress = "auto";  // auto | bar | lines | off
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainSection train;
+  StrategyConfig strategy;
+  LauncherConfig launcher;
+  LogConfig log;
+  std::string source;  // file it came from ("" for defaults)
+
+  /// The resolved configuration as YAML (every key, sections in schema order).
+  std::string to_yaml() const;
+  /// FNV-1a hash of to_yaml(), hex: equal configs give equal hashes on every machine.
+  std::string hash() const;
+};
+
+/// A config problem: file, line (0 when unknown), key and message; the CLI exits with 2.
+class ConfigError : public Error {
+ public:
+  ConfigError(const std::string& msg, const char* file, int line) : Error(msg, file, line) {}
+  /// Every problem found, one line each ("configs/x.yaml:7: train.batch_size: ...").
+  std::vector<std::string> problems;
+};
+
+/// Reads `path` and applies `overrides` ("section.key=value", YAML values), validating every key,
+/// type and range against the schema. Throws ConfigError listing every problem found.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+/// Parses YAML text as if it came from `source_name` (for tests and checkpoints).
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides = {});
+
+/// The reference of every key (section, key, type, default, allowed values, meaning) as Markdown:
+/// docs/config.md is this text.
+std::string config_reference_markdown();
+/// "section.key" of every key in the schema.
+std::vector<std::string> config_keys();
+
+}  // namespace dtrain::train

@@ -1,0 +1,192 @@
+// CRC-32C, TensorBoard event files (TFRecord framing of tensorflow.Event) and JSON-lines metrics.
+#include "train/summary.h"
+
+#include <unistd.h>
+
+#include <array>
+#include <bit>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <system_error>
+
+#include "tensor/check.h"
+#include "train/tensorboard.pb.h"
+
+namespace dtrain::train {
+namespace {
+
+static_assert(
+    std::endian::native == std::endian::little,
+    "TFRecord framing is little-endian; this writer copies integers as they are in memory");
+
+constexpr uint32_t kCastagnoliReflected = 0x82F63B78u;
+
+constexpr std::array<uint32_t, 256> make_crc32c_table() {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t byte = 0; byte < 256; ++byte) {
+    uint32_t crc = byte;
+    for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ ((crc & 1u) ? kCastagnoliReflected : 0u);
+    table[byte] = crc;
+  }
+  return table;
+}
+constexpr std::array<uint32_t, 256> kCrc32cTable = make_crc32c_table();
+
+std::string hostname() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
+
+/// Creates `dir` and its parents; throws naming it on failure.
+void create_directories(const std::filesystem::path& dir, const char* what) {
+  if (dir.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  DTRAIN_CHECK(!ec, what, ": cannot create directory ", dir.string(), ": ", ec.message());
+}
+
+std::string format_number(double value) {
+  if (!std::isfinite(value)) return "null";
+  char text[32];
+  // Whole numbers that a double holds exactly print as integers (steps, epochs, counts).
+  if (value == std::trunc(value) && std::fabs(value) < 9007199254740992.0) {
+    std::snprintf(text, sizeof(text), "%lld", static_cast<long long>(value));
+  } else {
+    std::snprintf(text, sizeof(text), "%.17g", value);
+  }
+  return text;
+}
+
+}  // namespace
+
+uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = kCrc32cTable[(crc ^ bytes[i]) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+uint32_t masked_crc32c(const void* data, size_t n) {
+  const uint32_t crc = crc32c(data, n);
+  return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
+}
+
+namespace detail {
+std::string json_string(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char escaped[8];
+          std::snprintf(escaped, sizeof(escaped), "\\u%04x", static_cast<unsigned>(c));
+          out += escaped;
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+  return out;
+}
+}  // namespace detail
+
+// ---- TensorBoardWriter ------------------------------------------------------------------------
+
+TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
+  create_directories(dir, "TensorBoardWriter");
+  const std::string base = (std::filesystem::path(dir) / "events.out.tfevents.").string() +
+                           std::to_string(static_cast<long long>(std::time(nullptr))) + "." +
+                           hostname();
+  path_ = base;
+  for (int n = 1; std::filesystem::exists(path_); ++n) path_ = base + "." + std::to_string(n);
+  out_.open(path_, std::ios::binary | std::ios::trunc);
+  DTRAIN_CHECK(out_.is_open(), "TensorBoardWriter: cannot open ", path_,
+               " for writing: ", std::strerror(errno));
+
+  tensorflow::Event event;
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  event.set_wall_time(std::chrono::duration<double>(now).count());
+  event.set_file_version("brain.Event:2");
+  write_record(event.SerializeAsString());
+  flush();
+}
+
+TensorBoardWriter::~TensorBoardWriter() {
+  // A destructor must not throw; a write error was already reported by the call that hit it.
+  if (out_.is_open()) out_.flush();
+}
+
+void TensorBoardWriter::add_scalar(const std::string& tag, double value, int64_t step,
+                                   double wall_time) {
+  tensorflow::Event event;
+  event.set_wall_time(wall_time);
+  event.set_step(step);
+  tensorflow::Summary::Value* entry = event.mutable_summary()->add_value();
+  entry->set_tag(tag);
+  entry->set_simple_value(static_cast<float>(value));
+  write_record(event.SerializeAsString());
+}
+
+void TensorBoardWriter::flush() {
+  out_.flush();
+  DTRAIN_CHECK(out_.good(), "TensorBoardWriter: cannot write ", path_, ": ", std::strerror(errno));
+}
+
+void TensorBoardWriter::write_record(const std::string& data) {
+  const uint64_t length = data.size();
+  const uint32_t length_crc = masked_crc32c(&length, sizeof(length));
+  const uint32_t data_crc = masked_crc32c(data.data(), data.size());
+  out_.write(reinterpret_cast<const char*>(&length), sizeof(length));
+  out_.write(reinterpret_cast<const char*>(&length_crc), sizeof(length_crc));
+  out_.write(data.data(), static_cast<std::streamsize>(data.size()));
+  out_.write(reinterpret_cast<const char*>(&data_crc), sizeof(data_crc));
+  DTRAIN_CHECK(out_.good(), "TensorBoardWriter: cannot write ", path_, ": ", std::strerror(errno));
+}
+
+// ---- JsonlWriter ------------------------------------------------------------------------------
+
+JsonlWriter::JsonlWriter(const std::string& path, bool append) : path_(path) {
+  create_directories(std::filesystem::path(path).parent_path(), "JsonlWriter");
+  out_.open(path, append ? std::ios::app : std::ios::trunc);
+  DTRAIN_CHECK(out_.is_open(), "JsonlWriter: cannot open ", path,
+               " for writing: ", std::strerror(errno));
+}
+
+void JsonlWriter::write(const std::vector<std::pair<std::string, double>>& fields) {
+  std::string line = "{";
+  for (size_t i = 0; i < fields.size(); ++i) {
+    if (i > 0) line += ", ";
+    line += detail::json_string(fields[i].first);
+    line += ": ";
+    line += format_number(fields[i].second);
+  }
+  line += "}\n";
+  out_ << line;
+  // Flushed per line so a crashed or killed run still leaves every completed line readable.
+  out_.flush();
+  DTRAIN_CHECK(out_.good(), "JsonlWriter: cannot write ", path_, ": ", std::strerror(errno));
+}
+
+}  // namespace dtrain::train
