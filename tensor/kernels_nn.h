@@ -10,6 +10,15 @@
 
 #include "tensor/kernels.h"
 
+// Vectorised sum reductions on the CPU: OpenMP SIMD fixes the reduction order for a given build,
+// so results stay bit-identical from run to run. Ignored in CUDA device code.
+#if defined(__CUDA_ARCH__)
+#define DTRAIN_SIMD_SUM(...)
+#else
+#define DTRAIN_PRAGMA(text) _Pragma(#text)
+#define DTRAIN_SIMD_SUM(...) DTRAIN_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#endif
+
 namespace dtrain::kernels {
 
 /// x viewed as [outer, r, inner]; item = one line (outer * inner of them) along r.
@@ -219,16 +228,25 @@ struct BatchNormChannels {
     const int64_t count = n * hw;
     double m, var;
     if (training) {
+      // Per-row float sums (vectorised), accumulated across rows in double.
       m = 0;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t k = 0; k < hw; ++k) m += x[(i * c + ch) * hw + k];
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = x + (i * c + ch) * hw;
+        T s = 0;
+        DTRAIN_SIMD_SUM(s)
+        for (int64_t k = 0; k < hw; ++k) s += row[k];
+        m += s;
+      }
       m /= count;
       var = 0;
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t k = 0; k < hw; ++k) {
-          const double d = x[(i * c + ch) * hw + k] - m;
-          var += d * d;
-        }
+      const T mt = static_cast<T>(m);
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = x + (i * c + ch) * hw;
+        T s = 0;
+        DTRAIN_SIMD_SUM(s)
+        for (int64_t k = 0; k < hw; ++k) s += (row[k] - mt) * (row[k] - mt);
+        var += s;
+      }
       var /= count;
       if (running_mean) {
         running_mean[ch] = static_cast<T>((1 - momentum) * running_mean[ch] + momentum * m);
@@ -267,12 +285,18 @@ struct BatchNormBackwardChannels {
     const int64_t count = n * hw;
     const T mt = mean[ch], r = rstd[ch], wc = w ? w[ch] : T(1);
     double sum_g = 0, sum_gx = 0;
-    for (int64_t i = 0; i < n; ++i)
+    for (int64_t i = 0; i < n; ++i) {
+      const T* g_row = gy + (i * c + ch) * hw;
+      const T* x_row = x + (i * c + ch) * hw;
+      T sg = 0, sgx = 0;
+      DTRAIN_SIMD_SUM(sg, sgx)
       for (int64_t k = 0; k < hw; ++k) {
-        const int64_t at = (i * c + ch) * hw + k;
-        sum_g += gy[at];
-        sum_gx += gy[at] * (x[at] - mt) * r;
+        sg += g_row[k];
+        sgx += g_row[k] * (x_row[k] - mt) * r;
       }
+      sum_g += sg;
+      sum_gx += sgx;
+    }
     dw[ch] = static_cast<T>(sum_gx);
     db[ch] = static_cast<T>(sum_g);
     const T m1 = static_cast<T>(wc * sum_g / count), m2 = static_cast<T>(wc * sum_gx / count);
@@ -325,32 +349,36 @@ struct Window2d {
   int64_t h, w, oh, ow, kh, kw, stride, padding;
 };
 
-/// Max pooling; item = one output element of [planes, oh, ow]; index = flat position in the plane.
+/// Max pooling; item = one output row (plane p, row oi) of [planes, oh, ow]; the index is the
+/// flat position of the maximum in its plane.
 template <class T>
 struct MaxPoolForward {
   const T* x;
   T* y;
   int64_t* indices;
   Window2d g;
-  DTRAIN_HD void operator()(int64_t o) const {
-    const int64_t p = o / (g.oh * g.ow), oi = (o / g.ow) % g.oh, oj = o % g.ow;
-    T best = 0;
-    int64_t arg = -1;
-    for (int64_t ki = 0; ki < g.kh; ++ki) {
-      const int64_t hi = oi * g.stride - g.padding + ki;
-      if (hi < 0 || hi >= g.h) continue;
-      for (int64_t kj = 0; kj < g.kw; ++kj) {
-        const int64_t wj = oj * g.stride - g.padding + kj;
-        if (wj < 0 || wj >= g.w) continue;
-        const T v = x[(p * g.h + hi) * g.w + wj];
-        if (arg < 0 || v > best) {
-          best = v;
-          arg = hi * g.w + wj;
+  DTRAIN_HD void operator()(int64_t row) const {
+    const int64_t p = row / g.oh, oi = row % g.oh;
+    const T* plane = x + p * g.h * g.w;
+    for (int64_t oj = 0; oj < g.ow; ++oj) {
+      T best = 0;
+      int64_t arg = -1;
+      for (int64_t ki = 0; ki < g.kh; ++ki) {
+        const int64_t hi = oi * g.stride - g.padding + ki;
+        if (hi < 0 || hi >= g.h) continue;
+        for (int64_t kj = 0; kj < g.kw; ++kj) {
+          const int64_t wj = oj * g.stride - g.padding + kj;
+          if (wj < 0 || wj >= g.w) continue;
+          const T v = plane[hi * g.w + wj];
+          if (arg < 0 || v > best) {
+            best = v;
+            arg = hi * g.w + wj;
+          }
         }
       }
+      y[row * g.ow + oj] = best;
+      indices[row * g.ow + oj] = arg;
     }
-    y[o] = best;
-    indices[o] = arg;
   }
 };
 /// item = one plane (outputs of a plane may share a maximum, so a plane is one work item).
@@ -380,19 +408,22 @@ DTRAIN_HD void avg_window(const Window2d& g, int64_t oi, int64_t oj, int64_t& h0
   w1 = w1 < g.w ? w1 : g.w;
 }
 
+/// Average pooling; item = one output row (plane p, row oi).
 template <class T>
 struct AvgPoolForward {
   const T* x;
   T* y;
   Window2d g;
-  DTRAIN_HD void operator()(int64_t o) const {
-    const int64_t p = o / (g.oh * g.ow), oi = (o / g.ow) % g.oh, oj = o % g.ow;
-    int64_t h0, h1, w0, w1, divisor;
-    avg_window(g, oi, oj, h0, h1, w0, w1, divisor);
-    T acc = 0;
-    for (int64_t hi = h0; hi < h1; ++hi)
-      for (int64_t wj = w0; wj < w1; ++wj) acc += x[(p * g.h + hi) * g.w + wj];
-    y[o] = acc / T(divisor);
+  DTRAIN_HD void operator()(int64_t row) const {
+    const int64_t p = row / g.oh, oi = row % g.oh;
+    for (int64_t oj = 0; oj < g.ow; ++oj) {
+      int64_t h0, h1, w0, w1, divisor;
+      avg_window(g, oi, oj, h0, h1, w0, w1, divisor);
+      T acc = 0;
+      for (int64_t hi = h0; hi < h1; ++hi)
+        for (int64_t wj = w0; wj < w1; ++wj) acc += x[(p * g.h + hi) * g.w + wj];
+      y[row * g.ow + oj] = acc / T(divisor);
+    }
   }
 };
 template <class T>

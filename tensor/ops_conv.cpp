@@ -273,10 +273,10 @@ std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
   Tensor idx(y.shape(), DType::kInt64, x.device());
   detail::dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
-    run_kernel(x.device(), y.numel(),
+    run_kernel(x.device(), g.planes * g.oh,
                kernels::MaxPoolForward<T>{x.data<T>(), y.data<T>(), idx.data<int64_t>(),
                                           pool_window(g, a)},
-               4096);
+               64);
   });
   return {y, idx};
 }
@@ -301,8 +301,8 @@ Tensor avg_pool2d(const Tensor& x, Pool2dArgs a) {
   Tensor y({x.size(0), x.size(1), g.oh, g.ow}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "avg_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
-    run_kernel(x.device(), y.numel(),
-               kernels::AvgPoolForward<T>{x.data<T>(), y.data<T>(), pool_window(g, a)}, 4096);
+    run_kernel(x.device(), g.planes * g.oh,
+               kernels::AvgPoolForward<T>{x.data<T>(), y.data<T>(), pool_window(g, a)}, 64);
   });
   return y;
 }

@@ -353,8 +353,14 @@ const std::vector<std::string>& section_names() {
 /// Collects every problem, then throws them together.
 struct Problems {
   std::vector<std::string> lines;
+  std::map<std::string, std::string> origin;  // "section.key" -> where its value was last set
   void add(const std::string& where, const std::string& what) {
     lines.push_back(where.empty() ? what : where + ": " + what);
+  }
+  /// "file:line" or "override '...'" that set `key`, so rules over several keys can point there.
+  std::string where_set(const std::string& key, const std::string& fallback) const {
+    const auto it = origin.find(key);
+    return it == origin.end() ? fallback : it->second;
   }
 };
 
@@ -389,7 +395,11 @@ void apply_node(Config& c, const std::string& section, const std::string& key,
           "unknown key '" + section + "." + key + "'" + suggestion(section + "." + key, qualified));
     return;
   }
-  if (auto err = f->set(c, value)) p.add(at, f->name() + ": " + *err);
+  if (auto err = f->set(c, value)) {
+    p.add(at, f->name() + ": " + *err);
+  } else {
+    p.origin[f->name()] = at;
+  }
 }
 
 void apply_document(Config& c, const YAML::Node& root, const std::string& source, Problems& p) {
@@ -398,12 +408,24 @@ void apply_document(Config& c, const YAML::Node& root, const std::string& source
     p.add(where(source, root), "the config must be a mapping of sections (model, data, ...)");
     return;
   }
+  // A key that is a list, a mapping or empty is reported here: as<std::string>() would throw.
+  std::set<std::string> seen_sections;
   for (const auto& entry : root) {
-    const std::string section = entry.first.as<std::string>();
+    if (!entry.first.IsScalar()) {
+      p.add(where(source, entry.first),
+            "a section name must be a word (model, data, ...), got " + scalar_text(entry.first));
+      continue;
+    }
+    const std::string section = entry.first.Scalar();
     const auto& names = section_names();
     if (std::find(names.begin(), names.end(), section) == names.end()) {
       p.add(where(source, entry.first),
             "unknown section '" + section + "'" + suggestion(section, names));
+      continue;
+    }
+    // YAML forbids duplicate keys; yaml-cpp keeps both, and the later one would silently win.
+    if (!seen_sections.insert(section).second) {
+      p.add(where(source, entry.first), "section '" + section + "' appears twice");
       continue;
     }
     if (entry.second.IsNull()) continue;
@@ -411,8 +433,19 @@ void apply_document(Config& c, const YAML::Node& root, const std::string& source
       p.add(where(source, entry.second), "section '" + section + "' must be a mapping of keys");
       continue;
     }
+    std::set<std::string> seen_keys;
     for (const auto& kv : entry.second) {
-      apply_node(c, section, kv.first.as<std::string>(), kv.second, where(source, kv.first), p);
+      if (!kv.first.IsScalar()) {
+        p.add(where(source, kv.first),
+              "a key in section '" + section + "' must be a word, got " + scalar_text(kv.first));
+        continue;
+      }
+      const std::string key = kv.first.Scalar();
+      if (!seen_keys.insert(key).second) {
+        p.add(where(source, kv.first), section + "." + key + ": appears twice");
+        continue;
+      }
+      apply_node(c, section, key, kv.second, where(source, kv.first), p);
     }
   }
 }
@@ -445,29 +478,33 @@ void apply_overrides(Config& c, const std::vector<std::string>& overrides, Probl
 
 /// Rules that involve more than one key.
 void check_combinations(const Config& c, const std::string& source, Problems& p) {
-  const std::string at = source.empty() ? "config" : source;
+  const std::string file = source.empty() ? "config" : source;
+  // Each rule points at the line (or override) that set the key it names.
+  const auto at = [&](const std::string& key) { return p.where_set(key, file); };
   if (c.model.type == "cnn" && c.model.channels.size() != 2) {
-    p.add(at,
+    p.add(at("model.channels"),
           "model.channels: cnn needs exactly two values (conv1 and conv2 output channels); got " +
               std::to_string(c.model.channels.size()));
   }
   if (c.optimizer.nesterov && (c.optimizer.momentum <= 0 || c.optimizer.dampening != 0)) {
-    p.add(at, "optimizer.nesterov: needs optimizer.momentum > 0 and optimizer.dampening = 0");
+    p.add(at("optimizer.nesterov"),
+          "optimizer.nesterov: needs optimizer.momentum > 0 and optimizer.dampening = 0");
   }
   if (c.schedule.type == "multistep" &&
       !std::is_sorted(c.schedule.milestones.begin(), c.schedule.milestones.end())) {
-    p.add(at, "schedule.milestones: must be increasing for multistep");
+    p.add(at("schedule.milestones"), "schedule.milestones: must be increasing for multistep");
   }
   if (c.schedule.type == "multistep" && c.schedule.milestones.empty()) {
-    p.add(at, "schedule.milestones: multistep needs at least one milestone");
+    p.add(at("schedule.type"), "schedule.milestones: multistep needs at least one milestone");
   }
   if (c.train.stop_at_step > 0 && c.train.max_steps > 0 &&
       c.train.stop_at_step > c.train.max_steps) {
-    p.add(at, "train.stop_at_step (" + std::to_string(c.train.stop_at_step) +
-                  ") is after train.max_steps (" + std::to_string(c.train.max_steps) + ")");
+    p.add(at("train.stop_at_step"), "train.stop_at_step (" + std::to_string(c.train.stop_at_step) +
+                                        ") is after train.max_steps (" +
+                                        std::to_string(c.train.max_steps) + ")");
   }
   if (c.train.resume == "auto" && c.train.checkpoint_dir.empty()) {
-    p.add(at, "train.resume: auto needs train.checkpoint_dir");
+    p.add(at("train.checkpoint_dir"), "train.resume: auto needs train.checkpoint_dir");
   }
 }
 
@@ -555,9 +592,16 @@ std::string config_reference_markdown() {
          << "| --- | --- | --- | --- | --- |\n";
       current = f.section;
     }
-    std::string shown = f.show(defaults);
-    os << "| `" << f.name() << "` | " << f.type << " | `" << shown << "` | " << f.allowed << " | "
-       << f.doc << " |\n";
+    const auto cell = [](const std::string& text) {  // a '|' would end the table cell
+      std::string escaped;
+      for (char ch : text) {
+        if (ch == '|') escaped += '\\';
+        escaped += ch;
+      }
+      return escaped;
+    };
+    os << "| `" << f.name() << "` | " << f.type << " | `" << f.show(defaults) << "` | "
+       << cell(f.allowed) << " | " << cell(f.doc) << " |\n";
   }
   return os.str();
 }

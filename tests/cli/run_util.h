@@ -1,0 +1,37 @@
+// Runs the real dtrain executable for end-to-end tests: exit code and combined output.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+namespace dtrain::testutil {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+/// Runs `dtrain <args>` through the shell in `cwd` (arguments are passed as written: quote them).
+inline CommandResult run_dtrain(const std::string& args, const std::string& cwd = ".") {
+  const std::string command = "cd '" + cwd + "' && OMP_NUM_THREADS=1 '" + DTRAIN_EXECUTABLE +
+                              "' " + args + " 2>&1";
+  CommandResult r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = ::pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+inline std::string source_path(const std::string& relative) {
+  return std::string(DTRAIN_SOURCE_DIR) + "/" + relative;
+}
+
+}  // namespace dtrain::testutil
