@@ -36,4 +36,12 @@ class Dataset {
 
 using DatasetPtr = std::shared_ptr<const Dataset>;
 
+namespace detail {
+/// fill_batch for data sets held as one float row of `example_numel` values per example plus a
+/// label each: checks x, y and the indices (naming `dataset`), then copies the rows.
+void fill_batch_from_rows(const Dataset& dataset, const std::vector<float>& rows,
+                          const std::vector<int64_t>& labels, const std::vector<int64_t>& indices,
+                          Tensor& x, Tensor& y);
+}  // namespace detail
+
 }  // namespace dtrain::data

@@ -181,31 +181,13 @@ Shape IdxDataset::example_shape() const { return {1, h_, w_}; }
 int64_t IdxDataset::num_classes() const { return classes_; }
 
 void IdxDataset::fill_batch(const std::vector<int64_t>& indices, Tensor& x, Tensor& y) const {
-  const int64_t batch = static_cast<int64_t>(indices.size());
-  const int64_t example = h_ * w_;
-  DTRAIN_CHECK(x.defined() && x.dtype() == DType::kFloat32 && x.device().is_cpu() &&
-                   x.numel() == batch * example,
-               describe(), ": fill_batch x is ", x.defined() ? x.describe() : "undefined",
-               "; expected float32[", batch, ", 1, ", h_, ", ", w_, "] (or any shape with ",
-               batch * example, " elements) on cpu");
-  DTRAIN_CHECK(
-      y.defined() && y.dtype() == DType::kInt64 && y.device().is_cpu() && y.shape() == Shape{batch},
-      describe(), ": fill_batch y is ", y.defined() ? y.describe() : "undefined",
-      "; expected int64[", batch, "] on cpu");
-  float* xs = x.data<float>();
-  int64_t* ys = y.data<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t i = indices[b];
-    DTRAIN_CHECK(i >= 0 && i < n_, describe(), ": index ", i, " at batch position ", b,
-                 " is out of range [0, ", n_, ")");
-    std::memcpy(xs + b * example, pixels_.data() + i * example, example * sizeof(float));
-    ys[b] = labels_[i];
-  }
+  detail::fill_batch_from_rows(*this, pixels_, labels_, indices, x, y);
 }
 
 std::string IdxDataset::describe() const {
-  return detail::concat("IdxDataset('", images_path_, "': ", n_, " x [1, ", h_, ", ", w_, "], ",
-                        classes_, " classes, normalize ", normalize_name(normalize_), ")");
+  return dtrain::detail::concat("IdxDataset('", images_path_, "': ", n_, " x [1, ", h_, ", ", w_,
+                                "], ", classes_, " classes, normalize ", normalize_name(normalize_),
+                                ")");
 }
 
 Splits load_fashion_mnist(const std::string& dir, Normalize normalize) {

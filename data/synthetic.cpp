@@ -54,31 +54,12 @@ SyntheticDataset::SyntheticDataset(int64_t size, Shape example_shape, int64_t nu
 }
 
 void SyntheticDataset::fill_batch(const std::vector<int64_t>& indices, Tensor& x, Tensor& y) const {
-  const int64_t batch = static_cast<int64_t>(indices.size());
-  Shape expected_x{batch};
-  expected_x.insert(expected_x.end(), shape_.begin(), shape_.end());
-  DTRAIN_CHECK(x.defined() && x.dtype() == DType::kFloat32 && x.device().is_cpu() &&
-                   x.numel() == batch * features_,
-               describe(), ": fill_batch x is ", x.defined() ? x.describe() : "undefined",
-               "; expected float32", shape_str(expected_x), " on cpu");
-  DTRAIN_CHECK(
-      y.defined() && y.dtype() == DType::kInt64 && y.device().is_cpu() && y.shape() == Shape{batch},
-      describe(), ": fill_batch y is ", y.defined() ? y.describe() : "undefined",
-      "; expected int64[", batch, "] on cpu");
-  float* xs = x.data<float>();
-  int64_t* ys = y.data<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t i = indices[b];
-    DTRAIN_CHECK(i >= 0 && i < n_, describe(), ": index ", i, " at batch position ", b,
-                 " is out of range [0, ", n_, ")");
-    std::memcpy(xs + b * features_, inputs_.data() + i * features_, features_ * sizeof(float));
-    ys[b] = labels_[i];
-  }
+  detail::fill_batch_from_rows(*this, inputs_, labels_, indices, x, y);
 }
 
 std::string SyntheticDataset::describe() const {
-  return detail::concat("SyntheticDataset(", n_, " x ", shape_str(shape_), ", ", classes_,
-                        " classes)");
+  return dtrain::detail::concat("SyntheticDataset(", n_, " x ", shape_str(shape_), ", ", classes_,
+                                " classes)");
 }
 
 }  // namespace dtrain::data

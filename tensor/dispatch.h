@@ -1,10 +1,12 @@
-// Dtype dispatch for op implementations: calls f(T{}) with the C++ type of a dtype, or throws
-// UnsupportedError naming the op and the dtype.
+// Internals shared by op implementations: dtype dispatch (calls f(T{}) with the C++ type of a
+// dtype, or throws UnsupportedError naming the op and the dtype), operand checks, and the index
+// arithmetic of reductions along a dim and of broadcasting.
 #pragma once
 
 #include <cstdint>
 
 #include "tensor/check.h"
+#include "tensor/kernels.h"
 #include "tensor/tensor.h"
 
 namespace dtrain::detail {
@@ -45,5 +47,14 @@ void dispatch_numeric(DType t, const char* op, F&& f) {
 void check_same(const char* op, const Tensor& a, const Tensor& b);
 void check_defined(const char* op, const Tensor& t, const char* what);
 void check_cpu(const char* op, const Tensor& t);
+
+/// A shape seen as [outer, r, inner] around dim: for reductions and ops along one dim.
+struct Split {
+  int64_t outer = 1, r = 1, inner = 1;
+};
+Split split_at(const Shape& shape, int64_t dim);
+
+/// Offsets of a and b (broadcast to `out`, NumPy rules) for each flat index of `out`.
+kernels::BroadcastIndex broadcast_index(const Shape& out, const Shape& a, const Shape& b);
 
 }  // namespace dtrain::detail

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "tensor/dtype.h"
+
 #if defined(__CUDACC__)
 #define DTRAIN_HD __host__ __device__ __forceinline__
 #else
@@ -264,6 +266,59 @@ DTRAIN_HD uint16_t float_to_half(float f) {
   const uint32_t rest = mant & 0x1fffu;
   if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;
   return sign | static_cast<uint16_t>(half);
+}
+
+/// Element i of a buffer of any dtype, widened to double (int64 beyond 2^53 loses precision).
+DTRAIN_HD double load_element(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kFloat32:
+      return static_cast<const float*>(p)[i];
+    case DType::kFloat64:
+      return static_cast<const double*>(p)[i];
+    case DType::kFloat16:
+      return half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBFloat16:
+      return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kInt64:
+      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::kInt32:
+      return static_cast<const int32_t*>(p)[i];
+    case DType::kUInt8:
+      return static_cast<const uint8_t*>(p)[i];
+    case DType::kBool:
+      return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
+  }
+  return 0;
+}
+
+/// Stores v as element i of a buffer of dtype t (16-bit floats round to nearest even).
+DTRAIN_HD void store_element(void* p, DType t, int64_t i, double v) {
+  switch (t) {
+    case DType::kFloat32:
+      static_cast<float*>(p)[i] = static_cast<float>(v);
+      return;
+    case DType::kFloat64:
+      static_cast<double*>(p)[i] = v;
+      return;
+    case DType::kFloat16:
+      static_cast<uint16_t*>(p)[i] = float_to_half(static_cast<float>(v));
+      return;
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(p)[i] = float_to_bf16(static_cast<float>(v));
+      return;
+    case DType::kInt64:
+      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
+      return;
+    case DType::kInt32:
+      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
+      return;
+    case DType::kUInt8:
+      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
+      return;
+    case DType::kBool:
+      static_cast<bool*>(p)[i] = v != 0;
+      return;
+  }
 }
 
 // ---- Philox4x32-10 ---------------------------------------------------------------------------

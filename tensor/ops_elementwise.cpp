@@ -42,24 +42,7 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
 
 namespace {
 
-kernels::BroadcastIndex make_index(const Shape& out, const Shape& a, const Shape& b) {
-  kernels::BroadcastIndex index;
-  DTRAIN_CHECK(out.size() <= kernels::BroadcastIndex::kMaxDims, "broadcast: at most ",
-               kernels::BroadcastIndex::kMaxDims, " dims are supported; got ", shape_str(out));
-  index.ndim = static_cast<int>(out.size());
-  int64_t sa = 1, sb = 1;
-  for (int d = index.ndim - 1; d >= 0; --d) {
-    const int64_t ia = d - (index.ndim - static_cast<int>(a.size()));
-    const int64_t ib = d - (index.ndim - static_cast<int>(b.size()));
-    const int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
-    index.shape[d] = out[d];
-    index.a_stride[d] = da == 1 ? 0 : sa;
-    index.b_stride[d] = db == 1 ? 0 : sb;
-    sa *= da;
-    sb *= db;
-  }
-  return index;
-}
+using detail::broadcast_index;
 
 /// out[i] = op(a[.], b[.]) on the CPU. Fast paths: equal shapes, and b broadcast along rows or
 /// a scalar; otherwise rows of the last dim with per-row offsets.
@@ -81,7 +64,7 @@ void binary_cpu(Binary op, const T* a, const T* b, O* out, const Shape& out_shap
       });
       return;
     }
-    const kernels::BroadcastIndex index = make_index(out_shape, a_shape, b_shape);
+    const kernels::BroadcastIndex index = broadcast_index(out_shape, a_shape, b_shape);
     const int last = index.ndim - 1;
     const int64_t cols = last >= 0 ? index.shape[last] : 1;
     const int64_t rows = cols > 0 ? n / cols : 0;
@@ -206,7 +189,7 @@ Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
   Tensor out(out_shape, cmp ? DType::kBool : a.dtype(), a.device());
   if (a.device().is_cuda()) {
     cuda::binary(op, a.dtype(), a.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(),
-                 make_index(out_shape, a.shape(), b.shape()), a.device().index);
+                 broadcast_index(out_shape, a.shape(), b.shape()), a.device().index);
     return out;
   }
   detail::dispatch_numeric(a.dtype(), name, [&](auto tag) {
@@ -231,7 +214,7 @@ void binary_(Binary op, Tensor& out, const Tensor& b) {
   DTRAIN_CHECK(!kernels::is_comparison(op), name, "_: comparisons cannot be done in place");
   if (out.device().is_cuda()) {
     cuda::binary(op, out.dtype(), out.data_ptr(), b.data_ptr(), out.data_ptr(), out.numel(),
-                 make_index(shape, out.shape(), b.shape()), out.device().index);
+                 broadcast_index(shape, out.shape(), b.shape()), out.device().index);
     return;
   }
   detail::dispatch_numeric(out.dtype(), name, [&](auto tag) {
@@ -252,8 +235,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
     using T = decltype(tag);
     run_kernel(a.device(), out.numel(),
                kernels::WhereElements<T>{cond.data<bool>(), a.data<T>(), b.data<T>(), out.data<T>(),
-                                         make_index(shape, a.shape(), b.shape()),
-                                         make_index(shape, cond.shape(), cond.shape())});
+                                         broadcast_index(shape, a.shape(), b.shape()),
+                                         broadcast_index(shape, cond.shape(), cond.shape())});
   };
   if (a.dtype() == DType::kInt64) {
     run(int64_t{});
@@ -317,7 +300,7 @@ Tensor expand(const Tensor& x, const Shape& shape) {
                shape_str(shape));
   if (x.shape() == shape) return x.clone();
   Tensor out(shape, x.dtype(), x.device());
-  const kernels::BroadcastIndex index = make_index(shape, x.shape(), x.shape());
+  const kernels::BroadcastIndex index = broadcast_index(shape, x.shape(), x.shape());
   const bool rows_repeat = !x.shape().empty() && index.a_stride[index.ndim - 1] != 0;
   if (x.device().is_cpu() && rows_repeat) {
     // The last dim is not broadcast: copy whole rows.

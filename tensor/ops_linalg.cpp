@@ -108,21 +108,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   }
   const int64_t batches = shape_numel(batch);
   // Offsets of each batch in a and b with broadcasting (stride 0 on broadcast batch dims).
-  kernels::BroadcastIndex index;
-  index.ndim = static_cast<int>(batch.size());
-  {
-    int64_t sa = 1, sb = 1;
-    for (int d = index.ndim - 1; d >= 0; --d) {
-      const int64_t ia = d - (index.ndim - static_cast<int>(a_batch.size()));
-      const int64_t ib = d - (index.ndim - static_cast<int>(b_batch.size()));
-      const int64_t da = ia >= 0 ? a_batch[ia] : 1, db = ib >= 0 ? b_batch[ib] : 1;
-      index.shape[d] = batch[d];
-      index.a_stride[d] = da == 1 ? 0 : sa;
-      index.b_stride[d] = db == 1 ? 0 : sb;
-      sa *= da;
-      sb *= db;
-    }
-  }
+  const kernels::BroadcastIndex index = detail::broadcast_index(batch, a_batch, b_batch);
   const char* pa = static_cast<const char*>(a.data_ptr());
   const char* pb = static_cast<const char*>(b.data_ptr());
   char* po = static_cast<char*>(out.data_ptr());

@@ -12,21 +12,8 @@
 namespace dtrain::ops {
 namespace {
 
-struct Split {
-  int64_t outer = 1, r = 1, inner = 1;
-};
-Split split_at(const Shape& shape, int64_t dim) {
-  Split s;
-  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
-    if (d < dim)
-      s.outer *= shape[d];
-    else if (d == dim)
-      s.r = shape[d];
-    else
-      s.inner *= shape[d];
-  }
-  return s;
-}
+using detail::Split;
+using detail::split_at;
 
 constexpr int64_t kLineGrain = 64;  // lines, rows and channels are heavy work items
 

@@ -48,6 +48,39 @@ void check_same(const char* op, const Tensor& a, const Tensor& b) {
   }
 }
 
+Split split_at(const Shape& shape, int64_t dim) {
+  Split s;
+  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) {
+    if (d < dim) {
+      s.outer *= shape[d];
+    } else if (d == dim) {
+      s.r = shape[d];
+    } else {
+      s.inner *= shape[d];
+    }
+  }
+  return s;
+}
+
+kernels::BroadcastIndex broadcast_index(const Shape& out, const Shape& a, const Shape& b) {
+  kernels::BroadcastIndex index;
+  DTRAIN_CHECK(out.size() <= kernels::BroadcastIndex::kMaxDims, "broadcast: at most ",
+               kernels::BroadcastIndex::kMaxDims, " dims are supported; got ", shape_str(out));
+  index.ndim = static_cast<int>(out.size());
+  int64_t sa = 1, sb = 1;
+  for (int d = index.ndim - 1; d >= 0; --d) {
+    const int64_t ia = d - (index.ndim - static_cast<int>(a.size()));
+    const int64_t ib = d - (index.ndim - static_cast<int>(b.size()));
+    const int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
+    index.shape[d] = out[d];
+    index.a_stride[d] = da == 1 ? 0 : sa;
+    index.b_stride[d] = db == 1 ? 0 : sb;
+    sa *= da;
+    sb *= db;
+  }
+  return index;
+}
+
 void check_cpu(const char* op, const Tensor& t) {
   if (!t.device().is_cpu()) {
     DTRAIN_THROW(UnsupportedError, op, " is not implemented on ", t.device().str(), " yet (got ",
@@ -63,56 +96,8 @@ void check_shape(const Shape& shape) {
   }
 }
 
-double load(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::kFloat32:
-      return static_cast<const float*>(p)[i];
-    case DType::kFloat64:
-      return static_cast<const double*>(p)[i];
-    case DType::kFloat16:
-      return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kBFloat16:
-      return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kInt64:
-      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case DType::kInt32:
-      return static_cast<const int32_t*>(p)[i];
-    case DType::kUInt8:
-      return static_cast<const uint8_t*>(p)[i];
-    case DType::kBool:
-      return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
-  }
-  return 0;
-}
-
-void store(void* p, DType t, int64_t i, double v) {
-  switch (t) {
-    case DType::kFloat32:
-      static_cast<float*>(p)[i] = static_cast<float>(v);
-      return;
-    case DType::kFloat64:
-      static_cast<double*>(p)[i] = v;
-      return;
-    case DType::kFloat16:
-      static_cast<uint16_t*>(p)[i] = kernels::float_to_half(static_cast<float>(v));
-      return;
-    case DType::kBFloat16:
-      static_cast<uint16_t*>(p)[i] = kernels::float_to_bf16(static_cast<float>(v));
-      return;
-    case DType::kInt64:
-      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
-      return;
-    case DType::kInt32:
-      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
-      return;
-    case DType::kUInt8:
-      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
-      return;
-    case DType::kBool:
-      static_cast<bool*>(p)[i] = v != 0;
-      return;
-  }
-}
+using kernels::load_element;
+using kernels::store_element;
 
 /// Host conversion between any two dtypes. Integer pairs keep full 64-bit precision.
 void convert_cpu(const void* src, DType st, void* dst, DType dt, int64_t n) {
@@ -126,7 +111,7 @@ void convert_cpu(const void* src, DType st, void* dst, DType dt, int64_t n) {
     return;
   }
   cpu::parallel_for(n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) store(dst, dt, i, load(src, st, i));
+    for (int64_t i = b; i < e; ++i) store_element(dst, dt, i, load_element(src, st, i));
   });
 }
 }  // namespace
@@ -242,7 +227,7 @@ void Tensor::fill_(double value) {
     });
     return;
   }
-  for (int64_t i = 0; i < n; ++i) store(p, t, i, value);
+  for (int64_t i = 0; i < n; ++i) store_element(p, t, i, value);
 }
 
 template <class T>
@@ -250,7 +235,7 @@ T Tensor::item() const {
   DTRAIN_CHECK(numel() == 1, "item(): tensor ", describe(), " has ", numel(),
                " elements; expected exactly one");
   Tensor host = to_device(*this, Device::cpu());
-  return static_cast<T>(load(host.data_ptr(), dtype(), 0));
+  return static_cast<T>(load_element(host.data_ptr(), dtype(), 0));
 }
 
 template <class T>
@@ -261,7 +246,7 @@ std::vector<T> Tensor::to_vector() const {
     std::memcpy(out.data(), host.data_ptr(), nbytes());
   } else {
     for (int64_t i = 0; i < numel(); ++i)
-      out[i] = static_cast<T>(load(host.data_ptr(), dtype(), i));
+      out[i] = static_cast<T>(load_element(host.data_ptr(), dtype(), i));
   }
   return out;
 }
@@ -356,7 +341,7 @@ Tensor arange(double start, double end, double step, DType dtype) {
   DTRAIN_CHECK(step != 0, "arange: step must be non-zero");
   const int64_t n = std::max<int64_t>(0, static_cast<int64_t>(std::ceil((end - start) / step)));
   Tensor t({n}, dtype);
-  for (int64_t i = 0; i < n; ++i) store(t.data_ptr(), dtype, i, start + i * step);
+  for (int64_t i = 0; i < n; ++i) store_element(t.data_ptr(), dtype, i, start + i * step);
   return t;
 }
 

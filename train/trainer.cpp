@@ -281,7 +281,10 @@ TrainResult Trainer::run() {
     double step_loss = 0;
     data::Batch b;
     const auto epoch_start = std::chrono::steady_clock::now();
-    while (!finished && loader.next(b)) {
+    // An epoch ends after its last full accumulation: leftover batches would draw dropout masks
+    // and move batch-norm statistics for a step that never happens (and a resumed run skips them).
+    const int64_t batches_used = steps_per_epoch * t.grad_accum_steps;
+    while (!finished && batch_in_epoch < batches_used && loader.next(b)) {
       Tensor loss = cross_entropy(model_->forward(b.x), b.y, t.label_smoothing);
       (t.grad_accum_steps > 1 ? loss * accum_scale : loss).backward();
       step_loss += loss.item<double>() * accum_scale;
@@ -328,8 +331,7 @@ TrainResult Trainer::run() {
       }
     }
     train_seconds += seconds_since(epoch_start);
-    if (accumulated > 0) optimizer_->zero_grad();  // an incomplete accumulation at the epoch's end
-    const bool epoch_done = batch_in_epoch >= steps_per_epoch * t.grad_accum_steps;
+    const bool epoch_done = batch_in_epoch >= batches_used;
     if (epoch_done) {
       const EvalResult ev = evaluate();
       result.test = ev;
@@ -347,6 +349,7 @@ TrainResult Trainer::run() {
         scalar("test/loss", ev.loss);
         scalar("test/accuracy", ev.accuracy);
       }
+      window_start = std::chrono::steady_clock::now();  // throughput excludes evaluation
     }
   }
   if (progress) progress->finish();

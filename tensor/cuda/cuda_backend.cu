@@ -11,6 +11,7 @@
 
 #include "tensor/check.h"
 #include "tensor/cuda/cuda_backend.h"
+#include "tensor/dispatch.h"
 #include "tensor/kernels_nn.h"
 
 #define DTRAIN_CUDA_CHECK(expr)                                                       \
@@ -124,69 +125,17 @@ class CachingCudaAllocator final : public Allocator {
   AllocatorStats stats_;
 };
 
-// ---- element access for any dtype -----------------------------------------------------------
-__device__ double load(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::kFloat32:
-      return static_cast<const float*>(p)[i];
-    case DType::kFloat64:
-      return static_cast<const double*>(p)[i];
-    case DType::kFloat16:
-      return kernels::half_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kBFloat16:
-      return kernels::bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kInt64:
-      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case DType::kInt32:
-      return static_cast<const int32_t*>(p)[i];
-    case DType::kUInt8:
-      return static_cast<const uint8_t*>(p)[i];
-    case DType::kBool:
-      return static_cast<const bool*>(p)[i] ? 1.0 : 0.0;
-  }
-  return 0;
-}
-
-__device__ void store(void* p, DType t, int64_t i, double v) {
-  switch (t) {
-    case DType::kFloat32:
-      static_cast<float*>(p)[i] = static_cast<float>(v);
-      return;
-    case DType::kFloat64:
-      static_cast<double*>(p)[i] = v;
-      return;
-    case DType::kFloat16:
-      static_cast<uint16_t*>(p)[i] = kernels::float_to_half(static_cast<float>(v));
-      return;
-    case DType::kBFloat16:
-      static_cast<uint16_t*>(p)[i] = kernels::float_to_bf16(static_cast<float>(v));
-      return;
-    case DType::kInt64:
-      static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v);
-      return;
-    case DType::kInt32:
-      static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v);
-      return;
-    case DType::kUInt8:
-      static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v);
-      return;
-    case DType::kBool:
-      static_cast<bool*>(p)[i] = v != 0;
-      return;
-  }
-}
-
 // ---- kernels --------------------------------------------------------------------------------
 #define DTRAIN_GRID_STRIDE(i, n)                                            \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
        i += int64_t(blockDim.x) * gridDim.x)
 
 __global__ void fill_kernel(void* dst, DType t, int64_t n, double v) {
-  DTRAIN_GRID_STRIDE(i, n) store(dst, t, i, v);
+  DTRAIN_GRID_STRIDE(i, n) kernels::store_element(dst, t, i, v);
 }
 
 __global__ void convert_kernel(const void* src, DType st, void* dst, DType dt, int64_t n) {
-  DTRAIN_GRID_STRIDE(i, n) store(dst, dt, i, load(src, st, i));
+  DTRAIN_GRID_STRIDE(i, n) kernels::store_element(dst, dt, i, kernels::load_element(src, st, i));
 }
 
 template <class T>
@@ -231,21 +180,6 @@ __global__ void rmsprop_kernel(float* p, const float* g, float* sq, float* buf, 
   DTRAIN_GRID_STRIDE(i, n) {
     float scratch = 0;
     kernels::rmsprop_update(p[i], g[i], sq[i], s.momentum > 0 ? buf[i] : scratch, s);
-  }
-}
-
-template <class F>
-void dispatch_cuda_floating(DType t, const char* op, F&& f) {
-  switch (t) {
-    case DType::kFloat32:
-      f(float{});
-      return;
-    case DType::kFloat64:
-      f(double{});
-      return;
-    default:
-      DTRAIN_THROW(UnsupportedError, op, " on CUDA: dtype ", dtype_name(t),
-                   " is not supported; expected float32 or float64");
   }
 }
 
@@ -384,7 +318,7 @@ void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64
 void unary(kernels::Unary op, DType dtype, const void* x, void* y, int64_t n,
            kernels::UnaryParams params, int device) {
   DeviceGuard guard(device);
-  dispatch_cuda_floating(dtype, "unary op", [&](auto tag) {
+  detail::dispatch_floating(dtype, "unary op", [&](auto tag) {
     using T = decltype(tag);
     unary_kernel<T>
         <<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(x), static_cast<T*>(y), n, params);
@@ -395,7 +329,7 @@ void unary(kernels::Unary op, DType dtype, const void* x, void* y, int64_t n,
 void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void* out, int64_t n,
             const kernels::BroadcastIndex& index, int device) {
   DeviceGuard guard(device);
-  dispatch_cuda_floating(dtype, "binary op", [&](auto tag) {
+  detail::dispatch_floating(dtype, "binary op", [&](auto tag) {
     using T = decltype(tag);
     if (kernels::is_comparison(op)) {
       binary_kernel<T, bool><<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(a),
@@ -412,7 +346,7 @@ void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void*
 void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int64_t inner,
              int device) {
   DeviceGuard guard(device);
-  dispatch_cuda_floating(dtype, "sum", [&](auto tag) {
+  detail::dispatch_floating(dtype, "sum", [&](auto tag) {
     using T = decltype(tag);
     sum_dim_kernel<T><<<blocks_for(outer * inner), kThreads>>>(static_cast<const T*>(x),
                                                                static_cast<T*>(y), outer, r, inner);

@@ -17,8 +17,8 @@ struct CommandResult {
 
 /// Runs `dtrain <args>` through the shell in `cwd` (arguments are passed as written: quote them).
 inline CommandResult run_dtrain(const std::string& args, const std::string& cwd = ".") {
-  const std::string command = "cd '" + cwd + "' && OMP_NUM_THREADS=1 '" + DTRAIN_EXECUTABLE +
-                              "' " + args + " 2>&1";
+  const std::string command =
+      "cd '" + cwd + "' && OMP_NUM_THREADS=1 '" + DTRAIN_EXECUTABLE + "' " + args + " 2>&1";
   CommandResult r;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return r;

@@ -1,0 +1,362 @@
+// `dtrain train`, `eval` and `export` end to end on a small synthetic set: the final line,
+// summaries, checkpoint pruning, bit-exact resume after a stop mid-epoch, fallback past a corrupt
+// checkpoint.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/run_util.h"
+#include "train/checkpoint.h"
+#include "train/scratch_dir.h"
+
+namespace dtrain {
+namespace {
+
+using testutil::CommandResult;
+using testutil::run_dtrain;
+using testutil::ScratchDir;
+
+// 2048 / 32 = 64 steps per epoch, 128 in all; a run takes well under a second.
+constexpr char kConfig[] =
+    "model:\n"
+    "  type: mlp\n"
+    "  hidden: [32]\n"
+    "data:\n"
+    "  name: synthetic\n"
+    "  synthetic_train_size: 2048\n"
+    "  synthetic_test_size: 512\n"
+    "  synthetic_shape: [32]\n"
+    "train:\n"
+    "  epochs: 2\n"
+    "  batch_size: 32\n"
+    "  resume: never\n"
+    "log:\n"
+    "  progress: off\n";
+constexpr int64_t kStepsPerEpoch = 64;
+
+/// A scratch directory holding run.yaml; every run uses it as its working directory, so the
+/// relative checkpoints/ and runs/ of the config land there.
+class RunDir : public ScratchDir {
+ public:
+  RunDir() { testutil::write_bytes(*this / "run.yaml", kConfig); }
+  CommandResult dtrain(const std::string& args) const { return run_dtrain(args, path().string()); }
+  CommandResult train(const std::string& overrides = "") const {
+    return dtrain("train run.yaml " + overrides);
+  }
+  std::vector<std::string> checkpoints() const {
+    std::vector<std::string> names;
+    for (const auto& p : train::list_checkpoints(*this / "checkpoints")) {
+      names.push_back(std::filesystem::path(p).filename().string());
+    }
+    return names;
+  }
+};
+
+struct FinalLine {
+  std::string accuracy, loss;  // as printed (4 decimals)
+  int64_t steps = -1;
+};
+
+const std::regex kFinalLine(
+    "^final: test_accuracy=([0-9.]+) test_loss=([0-9.]+) steps=([0-9]+) "
+    "samples_per_sec=[0-9.]+ wall_s=[0-9.]+$");
+
+/// The one line matching kFinalLine; fails the test when there is not exactly one.
+FinalLine final_line(const std::string& output) {
+  FinalLine f;
+  int found = 0;
+  std::istringstream lines(output);
+  std::string line;
+  std::smatch m;
+  while (std::getline(lines, line)) {
+    if (!std::regex_match(line, m, kFinalLine)) continue;
+    ++found;
+    f = {m[1], m[2], std::stoll(m[3])};
+  }
+  EXPECT_EQ(found, 1) << "final lines in:\n" << output;
+  return f;
+}
+
+std::vector<std::string> lines_containing(const std::string& text, const std::string& part) {
+  std::vector<std::string> out;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.find(part) != std::string::npos) out.push_back(line);
+  }
+  return out;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+std::string ckpt_name(int64_t step) {
+  return std::filesystem::path(train::checkpoint_path("checkpoints", step)).filename().string();
+}
+
+TEST(Train, RunPrintsOneFinalLineAndLearns) {
+  RunDir dir;
+  const auto r = dir.train();
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const FinalLine f = final_line(r.output);
+  EXPECT_EQ(f.steps, 2 * kStepsPerEpoch);
+  // Ten classes: chance is 0.1; the synthetic target is learnable (this run reaches ~0.76).
+  EXPECT_GT(std::stod(f.accuracy), 0.5) << r.output;
+  EXPECT_EQ(lines_containing(r.output, "final:").size(), 1u) << r.output;
+  EXPECT_FALSE(contains(r.output, "stopped at step")) << r.output;
+}
+
+TEST(Train, WritesMetricsAndTensorBoardEvents) {
+  RunDir dir;
+  const auto r = dir.train("log.every_steps=10");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string metrics = testutil::read_bytes(dir / "runs/metrics.jsonl");
+  const auto train_records = lines_containing(metrics, "\"loss\":");
+  const auto test_records = lines_containing(metrics, "\"test_accuracy\":");
+  // Every 10 steps plus the last step (128), and one test record per epoch.
+  EXPECT_EQ(train_records.size(), 13u) << metrics;
+  EXPECT_EQ(test_records.size(), 2u) << metrics;
+  for (const auto& line : lines_containing(metrics, "")) {
+    EXPECT_TRUE(line.starts_with("{") && line.ends_with("}")) << line;
+  }
+  int events = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir / "runs")) {
+    if (entry.path().filename().string().starts_with("events.out.tfevents.")) {
+      ++events;
+      EXPECT_GT(entry.file_size(), 100u) << entry.path();
+    }
+  }
+  EXPECT_EQ(events, 1);
+
+  RunDir quiet;
+  ASSERT_EQ(quiet.train("log.tensorboard=false").exit_code, 0);
+  for (const auto& entry : std::filesystem::directory_iterator(quiet / "runs")) {
+    EXPECT_FALSE(entry.path().filename().string().starts_with("events.")) << entry.path();
+  }
+}
+
+TEST(Train, CheckpointsArePrunedToKeepCheckpoints) {
+  RunDir dir;
+  const auto r = dir.train("train.checkpoint_every_steps=16 train.keep_checkpoints=2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Written at 16, 32, ..., 128; the two newest stay, and no temp file is left behind.
+  EXPECT_EQ(dir.checkpoints(), (std::vector<std::string>{ckpt_name(128), ckpt_name(112)}));
+  size_t files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir / "checkpoints")) {
+    ++files;
+  }
+  EXPECT_EQ(files, 2u);
+}
+
+TEST(Train, EvalOfFinalCheckpointMatchesFinalLine) {
+  RunDir dir;
+  const auto r = dir.train();
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const FinalLine f = final_line(r.output);
+  const auto e = dir.dtrain("eval run.yaml --checkpoint checkpoints/" + ckpt_name(f.steps));
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_TRUE(contains(
+      e.output, "eval: test_accuracy=" + f.accuracy + " test_loss=" + f.loss + " examples=512\n"))
+      << "final: " << f.accuracy << " " << f.loss << "\neval: " << e.output;
+}
+
+TEST(Train, ExportOfMissingCheckpointFailsNamingIt) {
+  RunDir dir;
+  const auto r = dir.dtrain("export missing/ckpt-0000000007.dtck -o model.safetensors");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "missing/ckpt-0000000007.dtck")) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "model.safetensors"));
+}
+
+TEST(Train, ResumeFromMissingCheckpointFailsNamingIt) {
+  RunDir dir;
+  const auto r = dir.train("train.resume=nowhere/ckpt-0000000007.dtck");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "nowhere/ckpt-0000000007.dtck")) << r.output;
+  EXPECT_FALSE(contains(r.output, "final:")) << r.output;
+}
+
+TEST(Train, EmptyDataDirectoryFailsNamingIt) {
+  RunDir dir;
+  std::filesystem::create_directories(dir / "empty");
+  const auto r = dir.train("data.name=fashion_mnist 'data.path=" + (dir / "empty") + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "dtrain: error:")) << r.output;
+  EXPECT_TRUE(contains(r.output, dir / "empty")) << r.output;
+  EXPECT_FALSE(contains(r.output, "final:")) << r.output;
+}
+
+TEST(Train, CorruptNewestCheckpointFallsBackToThePreviousOne) {
+  RunDir dir;
+  const std::string every = " train.checkpoint_every_steps=16 train.keep_checkpoints=3";
+  ASSERT_EQ(dir.train("train.epochs=1" + every).exit_code, 0);
+  ASSERT_EQ(dir.checkpoints(),
+            (std::vector<std::string>{ckpt_name(64), ckpt_name(48), ckpt_name(32)}));
+  const std::string newest = dir / ("checkpoints/" + ckpt_name(64));
+  std::filesystem::resize_file(newest, std::filesystem::file_size(newest) / 2);
+
+  const auto r = dir.train("train.epochs=2 train.resume=auto" + every);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto warnings = lines_containing(r.output, "warning:");
+  ASSERT_EQ(warnings.size(), 1u) << r.output;
+  EXPECT_TRUE(contains(warnings[0], "checkpoints/" + ckpt_name(64))) << warnings[0];
+  EXPECT_TRUE(contains(warnings[0], "truncated")) << warnings[0];
+  EXPECT_TRUE(contains(r.output, "resuming from checkpoints/" + ckpt_name(48) + ": step 48,"))
+      << r.output;
+  EXPECT_EQ(final_line(r.output).steps, 2 * kStepsPerEpoch);
+  EXPECT_EQ(dir.checkpoints(),
+            (std::vector<std::string>{ckpt_name(128), ckpt_name(112), ckpt_name(96)}));
+}
+
+// Exact resume: a run stopped mid-epoch and resumed ends bit-identical to one that never stopped.
+
+void expect_same_tensor(const std::string& what, const Tensor& a, const Tensor& b) {
+  ASSERT_TRUE(a.defined() && b.defined()) << what;
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  ASSERT_TRUE(a.dtype() == b.dtype()) << what;
+  EXPECT_EQ(std::memcmp(a.data_ptr(), b.data_ptr(), a.nbytes()), 0) << what << " differs";
+}
+
+/// Everything that decides how training continues: model, optimiser state, schedule, sampler
+/// position and dropout streams.
+void expect_same_checkpoint(const std::string& a_path, const std::string& b_path) {
+  const train::CheckpointData a = train::load_checkpoint(a_path);
+  const train::CheckpointData b = train::load_checkpoint(b_path);
+  EXPECT_EQ(a.step, b.step);
+  EXPECT_EQ(a.epoch, b.epoch);
+  EXPECT_EQ(a.batch_in_epoch, b.batch_in_epoch);
+  ASSERT_EQ(a.model.size(), b.model.size());
+  ASSERT_FALSE(a.model.empty());
+  for (size_t i = 0; i < a.model.size(); ++i) {
+    EXPECT_EQ(a.model[i].first, b.model[i].first);
+    expect_same_tensor("model " + a.model[i].first, a.model[i].second, b.model[i].second);
+  }
+  ASSERT_EQ(a.optimizer_tensors.size(), b.optimizer_tensors.size());
+  ASSERT_FALSE(a.optimizer_tensors.empty());
+  for (const auto& [name, tensor] : a.optimizer_tensors) {
+    ASSERT_TRUE(b.optimizer_tensors.contains(name)) << name;
+    expect_same_tensor("optimizer " + name, tensor, b.optimizer_tensors.at(name));
+  }
+  EXPECT_EQ(a.optimizer_scalars, b.optimizer_scalars);
+  EXPECT_EQ(a.schedule_step, b.schedule_step);
+  EXPECT_EQ(a.rng_offsets, b.rng_offsets);
+}
+
+/// The raw tensor bytes after the 8-byte little-endian header length and the JSON header.
+std::string safetensors_data(const std::string& file) {
+  EXPECT_GE(file.size(), 8u);
+  if (file.size() < 8) return "";
+  uint64_t header = 0;
+  for (int i = 7; i >= 0; --i) header = header << 8 | static_cast<unsigned char>(file[i]);
+  EXPECT_LE(8 + header, file.size());
+  return file.substr(std::min<size_t>(file.size(), 8 + header));
+}
+
+struct ResumeCase {
+  std::string overrides;  // on top of kConfig
+  int64_t stop_at;        // the step B stops after: inside an epoch
+  int64_t total_steps;
+};
+
+/// Runs A (straight through) and B (stopped at stop_at, then resumed with resume=auto) in two
+/// directories and compares their final checkpoints and exported tensors bit for bit.
+void check_exact_resume(const ResumeCase& c) {
+  ScratchDir root;
+  std::filesystem::create_directories(root / "a");
+  std::filesystem::create_directories(root / "b");
+  testutil::write_bytes(root / "a/run.yaml", kConfig);
+  testutil::write_bytes(root / "b/run.yaml", kConfig);
+  const auto run = [&](const std::string& where, const std::string& args) {
+    return run_dtrain(args, root / where);
+  };
+  const std::string base = "train run.yaml " + c.overrides;
+
+  const auto a = run("a", base);
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  const FinalLine fa = final_line(a.output);
+  ASSERT_EQ(fa.steps, c.total_steps);
+
+  const auto stopped = run("b", base + " train.stop_at_step=" + std::to_string(c.stop_at));
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.output;
+  EXPECT_TRUE(contains(stopped.output, "stopped at step " + std::to_string(c.stop_at) +
+                                           " (train.stop_at_step); checkpoint checkpoints/" +
+                                           ckpt_name(c.stop_at) + "\n"))
+      << stopped.output;
+  EXPECT_EQ(final_line(stopped.output).steps, c.stop_at);
+
+  const auto resumed = run("b", base + " train.resume=auto");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_TRUE(contains(resumed.output, "resuming from checkpoints/" + ckpt_name(c.stop_at) +
+                                           ": step " + std::to_string(c.stop_at) + ","))
+      << resumed.output;
+  const FinalLine fb = final_line(resumed.output);
+  EXPECT_EQ(fb.steps, fa.steps);
+  EXPECT_EQ(fb.accuracy, fa.accuracy);
+  EXPECT_EQ(fb.loss, fa.loss);
+
+  const std::string final_ckpt = "checkpoints/" + ckpt_name(c.total_steps);
+  expect_same_checkpoint(root / ("a/" + final_ckpt), root / ("b/" + final_ckpt));
+
+  // Same relative checkpoint path, so the metadata agrees too and whole files can be compared.
+  for (const char* where : {"a", "b"}) {
+    const auto e = run(where, "export " + final_ckpt + " -o model.safetensors");
+    ASSERT_EQ(e.exit_code, 0) << e.output;
+  }
+  const std::string sa = testutil::read_bytes(root / "a/model.safetensors");
+  const std::string sb = testutil::read_bytes(root / "b/model.safetensors");
+  const std::string da = safetensors_data(sa), db = safetensors_data(sb);
+  EXPECT_FALSE(da.empty());
+  EXPECT_TRUE(da == db) << "exported tensor bytes differ (" << da.size() << " vs " << db.size()
+                        << " bytes)";
+  EXPECT_TRUE(sa == sb) << "exported files differ";
+
+  // B's summaries continue across its two runs: one test record per epoch, as in A.
+  const auto test_records = [&](const std::string& where) {
+    const std::string metrics = testutil::read_bytes(root / (where + "/runs/metrics.jsonl"));
+    return lines_containing(metrics, "\"test_accuracy\":").size();
+  };
+  EXPECT_EQ(test_records("b"), test_records("a"));
+}
+
+// 37 and 45 are not multiples of the steps per epoch: every stop lands inside an epoch.
+TEST(ExactResume, SgdMomentum) { check_exact_resume({"", 37, 2 * kStepsPerEpoch}); }
+
+TEST(ExactResume, DropoutWithGradAccum) {
+  // 32 optimiser steps per epoch; step 45 is 26 batches into the second epoch.
+  check_exact_resume({"model.dropout=0.2 train.grad_accum_steps=2", 45, kStepsPerEpoch});
+}
+
+TEST(ExactResume, AdamW) {
+  check_exact_resume({"optimizer.type=adamw optimizer.lr=0.01 optimizer.weight_decay=0.01", 37,
+                      2 * kStepsPerEpoch});
+}
+
+TEST(ExactResume, BatchNormRmspropInWarmupWithShortLastBatch) {
+  // 2000 examples keep a short last batch (drop_last=false): 63 steps per epoch. The stop falls
+  // inside the warm-up, and batch norm's running statistics are buffers the checkpoint must hold.
+  check_exact_resume(
+      {"model.batch_norm=true optimizer.type=rmsprop optimizer.lr=0.001 "
+       "schedule.warmup_steps=50 data.synthetic_train_size=2000 "
+       "train.drop_last=false",
+       45, 126});
+}
+
+// When an epoch's batches do not divide by grad_accum_steps, the left-over batches must not be run
+// at all: forward passes on them would draw dropout masks and move batch-norm statistics, which a
+// run resumed at the epoch's last step never does.
+TEST(ExactResume, AtEpochEndWithLeftOverBatches) {
+  // 2000 / 32 = 63 batches (the last one short), 31 optimiser steps per epoch; stop at step 31.
+  check_exact_resume(
+      {"model.dropout=0.2 model.batch_norm=true train.grad_accum_steps=2 "
+       "data.synthetic_train_size=2000 train.drop_last=false",
+       31, 62});
+}
+
+}  // namespace
+}  // namespace dtrain
