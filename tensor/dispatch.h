@@ -46,7 +46,6 @@ void dispatch_numeric(DType t, const char* op, F&& f) {
 /// Both operands on the same device and of the same dtype, or an error naming both.
 void check_same(const char* op, const Tensor& a, const Tensor& b);
 void check_defined(const char* op, const Tensor& t, const char* what);
-void check_cpu(const char* op, const Tensor& t);
 
 /// A shape seen as [outer, r, inner] around dim: for reductions and ops along one dim.
 struct Split {

@@ -81,12 +81,6 @@ kernels::BroadcastIndex broadcast_index(const Shape& out, const Shape& a, const 
   return index;
 }
 
-void check_cpu(const char* op, const Tensor& t) {
-  if (!t.device().is_cpu()) {
-    DTRAIN_THROW(UnsupportedError, op, " is not implemented on ", t.device().str(), " yet (got ",
-                 t.describe(), "); move the tensor to the CPU with to_device");
-  }
-}
 }  // namespace detail
 
 namespace {

@@ -15,10 +15,9 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
-/// Runs `dtrain <args>` through the shell in `cwd` (arguments are passed as written: quote them).
-inline CommandResult run_dtrain(const std::string& args, const std::string& cwd = ".") {
-  const std::string command =
-      "cd '" + cwd + "' && OMP_NUM_THREADS=1 '" + DTRAIN_EXECUTABLE + "' " + args + " 2>&1";
+/// Runs a shell command line in `cwd`, capturing stdout and stderr together.
+inline CommandResult run_shell(const std::string& line, const std::string& cwd = ".") {
+  const std::string command = "cd '" + cwd + "' && " + line + " 2>&1";
   CommandResult r;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return r;
@@ -28,6 +27,11 @@ inline CommandResult run_dtrain(const std::string& args, const std::string& cwd 
   const int status = ::pclose(pipe);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+/// Runs `dtrain <args>` through the shell in `cwd` (arguments are passed as written: quote them).
+inline CommandResult run_dtrain(const std::string& args, const std::string& cwd = ".") {
+  return run_shell("OMP_NUM_THREADS=1 '" + std::string(DTRAIN_EXECUTABLE) + "' " + args, cwd);
 }
 
 inline std::string source_path(const std::string& relative) {

@@ -1,6 +1,7 @@
 // `dtrain train`, `eval` and `export` end to end on a small synthetic set: the final line,
 // summaries, checkpoint pruning, bit-exact resume after a stop mid-epoch, fallback past a corrupt
 // checkpoint.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -356,6 +357,35 @@ TEST(ExactResume, AtEpochEndWithLeftOverBatches) {
       {"model.dropout=0.2 model.batch_norm=true train.grad_accum_steps=2 "
        "data.synthetic_train_size=2000 train.drop_last=false",
        31, 62});
+}
+
+}  // namespace
+}  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// log.progress: auto prints plain lines when stdout is not a terminal (a pipe here) and a bar
+// redrawn in place (carriage return, clear to end of line) when it is one (a pty from script(1)).
+TEST(Progress, PlainLinesOnAPipeAndABarOnATerminal) {
+  RunDir dir;
+  const CommandResult piped = dir.train("log.progress=auto log.every_steps=32");
+  ASSERT_EQ(piped.exit_code, 0) << piped.output;
+  EXPECT_THAT(piped.output, ::testing::HasSubstr("epoch 1/2 step 32/128"));
+  EXPECT_THAT(piped.output, ::testing::Not(::testing::HasSubstr("\r")));
+
+  if (std::system("command -v script >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "script(1) is not installed; cannot give dtrain a terminal";
+  }
+  const std::string inner =
+      "OMP_NUM_THREADS=1 '" + std::string(DTRAIN_EXECUTABLE) + "' train run.yaml log.progress=auto";
+  const CommandResult tty =
+      testutil::run_shell("script -qec \"" + inner + "\" /dev/null", dir.path().string());
+  ASSERT_EQ(tty.exit_code, 0) << tty.output;
+  EXPECT_THAT(tty.output, ::testing::HasSubstr("\r"));
+  EXPECT_THAT(tty.output, ::testing::HasSubstr("\033[K"));
+  EXPECT_THAT(tty.output, ::testing::HasSubstr("step 128/128 ["));
+  EXPECT_THAT(tty.output, ::testing::HasSubstr("final: test_accuracy="));
 }
 
 }  // namespace
