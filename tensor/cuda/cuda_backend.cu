@@ -288,9 +288,14 @@ Allocator& allocator(int device) {
   static std::mutex mu;
   static std::vector<CachingCudaAllocator*> allocators;  // leaked: outlives static tensors
   std::lock_guard lock(mu);
-  if (device < 0 || device >= device_count()) {
-    DTRAIN_THROW(ValueError, "cuda:", device, " is not available (", device_count(),
-                 " CUDA devices; ", unavailable_reason(), ")");
+  const int count = device_count();
+  if (count == 0) {
+    DTRAIN_THROW(UnsupportedError, "cuda:", device, " is not available: no usable CUDA device (",
+                 unavailable_reason(), ")");
+  }
+  if (device < 0 || device >= count) {
+    DTRAIN_THROW(ValueError, "cuda:", device, " does not exist: this machine has ", count,
+                 " CUDA device", count == 1 ? "" : "s", " (cuda:0 to cuda:", count - 1, ")");
   }
   if (static_cast<int>(allocators.size()) <= device) allocators.resize(device + 1, nullptr);
   if (allocators[device] == nullptr) allocators[device] = new CachingCudaAllocator(device);
