@@ -1,0 +1,257 @@
+// The queue, the Work objects and the argument checks shared by host-memory backends.
+#include "distributed/async_communicator.h"
+
+#include <cstring>
+#include <sstream>
+
+#include "distributed/reduce.h"
+#include "tensor/check.h"
+
+namespace dtrain::dist {
+namespace {
+
+class QueuedWork final : public Work {
+ public:
+  explicit QueuedWork(CollectiveInfo info) : info_(std::move(info)) {}
+
+  void wait(Timeout timeout) override {
+    std::unique_lock lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return done_; })) {
+      DTRAIN_THROW(TimeoutError, info_.describe(), " did not complete within ", timeout.count(),
+                   " ms");
+    }
+    if (error_) std::rethrow_exception(error_);
+  }
+  bool is_completed() const override {
+    std::lock_guard lock(mu_);
+    return done_;
+  }
+  const CollectiveInfo& info() const override { return info_; }
+
+  void finish(std::exception_ptr error) {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+      error_ = std::move(error);
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  CollectiveInfo info_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+};
+
+void check_host_tensor(const char* op, const Tensor& t, const char* what) {
+  DTRAIN_CHECK(t.defined(), op, ": ", what, " is an undefined tensor");
+  DTRAIN_CHECK(t.device().is_cpu(), op, ": ", what, " ", t.describe(),
+               " must be in host memory for this backend (use the nccl backend for GPU tensors)");
+  DTRAIN_CHECK(is_collective_dtype(t.dtype()), op, ": ", what, " has dtype ", dtype_name(t.dtype()),
+               "; collectives support float32, float64, float16, bfloat16, int32 and int64");
+}
+
+}  // namespace
+
+std::string CollectiveInfo::describe() const {
+  std::ostringstream os;
+  os << "collective #" << sequence << " " << kind << " " << dtype_name(dtype) << " x " << count;
+  return os.str();
+}
+
+AsyncCommunicator::AsyncCommunicator(int rank, int size) : Communicator(rank, size) {
+  DTRAIN_CHECK(size >= 1 && rank >= 0 && rank < size, "communicator: rank ", rank,
+               " is outside a group of size ", size);
+}
+
+AsyncCommunicator::~AsyncCommunicator() { stop_worker(); }
+
+void AsyncCommunicator::start_worker() {
+  worker_ = std::thread([this] { worker_loop(); });
+}
+
+void AsyncCommunicator::stop_worker() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void AsyncCommunicator::worker_loop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and everything issued has run
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {
+  CollectiveInfo info;
+  info.sequence = ++sequence_;
+  info.kind = std::move(kind);
+  info.dtype = t.defined() ? t.dtype() : DType::kFloat32;
+  info.count = t.defined() ? t.numel() : 0;
+  return info;
+}
+
+WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, std::function<void()> body) {
+  auto work = std::make_shared<QueuedWork>(info);
+  auto task = [this, work, info, body = std::move(body)] {
+    if (observer_) observer_->on_start(rank(), info);
+    std::exception_ptr error;
+    try {
+      body();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    if (observer_) observer_->on_finish(rank(), info);
+    work->finish(error);
+  };
+  {
+    std::lock_guard lock(mu_);
+    DTRAIN_CHECK(!stopping_, info.describe(), ": the communicator is shutting down");
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_all();
+  return work;
+}
+
+WorkPtr AsyncCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
+  check_host_tensor("all_reduce", t, "tensor");
+  CollectiveInfo info = make_info("all_reduce(" + std::string(reduce_op_name(opts.op)) + ")", t);
+  return enqueue(info, [this, t, opts, info]() mutable {
+    run_all_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
+    if (opts.op == ReduceOp::kAvg) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
+  });
+}
+
+WorkPtr AsyncCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
+                                                const AllReduceOptions& opts) {
+  DTRAIN_CHECK(!ts.empty(), "all_reduce_coalesced: no tensors");
+  int64_t total = 0;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    check_host_tensor("all_reduce_coalesced", ts[i], "tensor");
+    DTRAIN_CHECK(ts[i].dtype() == ts[0].dtype(), "all_reduce_coalesced: tensor ", i, " is ",
+                 ts[i].describe(), " but tensor 0 is ", ts[0].describe(), "; one dtype per call");
+    total += ts[i].numel();
+  }
+  Tensor flat({total}, ts[0].dtype());
+  CollectiveInfo info = make_info("all_reduce_coalesced(" + std::string(reduce_op_name(opts.op)) +
+                                      ", " + std::to_string(ts.size()) + " tensors)",
+                                  flat);
+  return enqueue(info, [this, ts, flat, opts, info]() mutable {
+    // Pack, reduce once, unpack: one collective however many tensors.
+    const size_t es = dtype_size(flat.dtype());
+    int64_t at = 0;
+    for (const Tensor& t : ts) {
+      std::memcpy(static_cast<char*>(flat.data_ptr()) + at * es, t.data_ptr(), t.nbytes());
+      at += t.numel();
+    }
+    run_all_reduce(flat, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
+    if (opts.op == ReduceOp::kAvg)
+      divide_in_place(flat.data_ptr(), flat.numel(), flat.dtype(), size());
+    at = 0;
+    for (Tensor& t : ts) {
+      std::memcpy(t.data_ptr(), static_cast<char*>(flat.data_ptr()) + at * es, t.nbytes());
+      at += t.numel();
+    }
+  });
+}
+
+WorkPtr AsyncCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
+  check_host_tensor("broadcast", t, "tensor");
+  DTRAIN_CHECK(opts.root >= 0 && opts.root < size(), "broadcast: root ", opts.root,
+               " is outside the group of ", size(), " ranks");
+  CollectiveInfo info = make_info("broadcast(root " + std::to_string(opts.root) + ")", t);
+  return enqueue(
+      info, [this, t, opts, info]() mutable { run_broadcast(t, opts.root, info, opts.timeout); });
+}
+
+WorkPtr AsyncCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
+  check_host_tensor("reduce", t, "tensor");
+  DTRAIN_CHECK(opts.root >= 0 && opts.root < size(), "reduce: root ", opts.root,
+               " is outside the group of ", size(), " ranks");
+  CollectiveInfo info = make_info("reduce(" + std::string(reduce_op_name(opts.op)) + ", root " +
+                                      std::to_string(opts.root) + ")",
+                                  t);
+  return enqueue(info, [this, t, opts, info]() mutable {
+    run_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, opts.root, info,
+               opts.timeout);
+    if (opts.op == ReduceOp::kAvg && rank() == opts.root) {
+      divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
+    }
+  });
+}
+
+WorkPtr AsyncCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGatherOptions& opts) {
+  check_host_tensor("all_gather", in, "input");
+  check_host_tensor("all_gather", out, "output");
+  DTRAIN_CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * size(),
+               "all_gather: output ", out.describe(), " must be ", dtype_name(in.dtype()), " with ",
+               in.numel() * size(), " elements (size ", size(), " x input ", in.describe(), ")");
+  CollectiveInfo info = make_info("all_gather", in);
+  return enqueue(
+      info, [this, in, out, opts, info]() mutable { run_all_gather(in, out, info, opts.timeout); });
+}
+
+WorkPtr AsyncCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
+                                          const ReduceScatterOptions& opts) {
+  check_host_tensor("reduce_scatter", in, "input");
+  check_host_tensor("reduce_scatter", out, "output");
+  DTRAIN_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * size(),
+               "reduce_scatter: input ", in.describe(), " must be ", dtype_name(out.dtype()),
+               " with ", out.numel() * size(), " elements (size ", size(), " x output ",
+               out.describe(), ")");
+  CollectiveInfo info =
+      make_info("reduce_scatter(" + std::string(reduce_op_name(opts.op)) + ")", out);
+  return enqueue(info, [this, in, out, opts, info]() mutable {
+    run_reduce_scatter(in, out, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info,
+                       opts.timeout);
+    if (opts.op == ReduceOp::kAvg)
+      divide_in_place(out.data_ptr(), out.numel(), out.dtype(), size());
+  });
+}
+
+WorkPtr AsyncCommunicator::barrier(const BarrierOptions& opts) {
+  CollectiveInfo info = make_info("barrier", Tensor());
+  return enqueue(info, [this, opts, info] { run_barrier(info, opts.timeout); });
+}
+
+WorkPtr AsyncCommunicator::send(const Tensor& t, int peer, const SendRecvOptions& opts) {
+  check_host_tensor("send", t, "tensor");
+  DTRAIN_CHECK(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
+               " must be another rank of the group of ", size());
+  // Point-to-point calls are not collective: they do not take a group sequence number.
+  CollectiveInfo info;
+  info.kind = "send(to " + std::to_string(peer) + ", tag " + std::to_string(opts.tag) + ")";
+  info.dtype = t.dtype();
+  info.count = t.numel();
+  return enqueue(info,
+                 [this, t, peer, opts, info] { run_send(t, peer, opts.tag, info, opts.timeout); });
+}
+
+WorkPtr AsyncCommunicator::recv(Tensor& t, int peer, const SendRecvOptions& opts) {
+  check_host_tensor("recv", t, "tensor");
+  DTRAIN_CHECK(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
+               " must be another rank of the group of ", size());
+  CollectiveInfo info;
+  info.kind = "recv(from " + std::to_string(peer) + ", tag " + std::to_string(opts.tag) + ")";
+  info.dtype = t.dtype();
+  info.count = t.numel();
+  return enqueue(info, [this, t, peer, opts, info]() mutable {
+    run_recv(t, peer, opts.tag, info, opts.timeout);
+  });
+}
+
+}  // namespace dtrain::dist

@@ -1,0 +1,83 @@
+// AsyncCommunicator: the shared part of every host-memory backend. It validates each call,
+// numbers it, and runs it on one background thread in issue order, so compute continues while
+// communication runs; backends implement the blocking run_* primitives.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "distributed/communicator.h"
+
+namespace dtrain::dist {
+
+/// Notified when a collective starts and finishes on the worker thread (the watchdog and the
+/// trace listen here). Called on the worker thread; must be quick and not throw.
+class CollectiveObserver {
+ public:
+  virtual ~CollectiveObserver() = default;
+  virtual void on_start(int rank, const CollectiveInfo& info) = 0;
+  virtual void on_finish(int rank, const CollectiveInfo& info) = 0;
+};
+
+class AsyncCommunicator : public Communicator {
+ public:
+  ~AsyncCommunicator() override;
+
+  WorkPtr all_reduce(Tensor& t, const AllReduceOptions& opts = {}) override;
+  WorkPtr all_reduce_coalesced(std::vector<Tensor>& ts, const AllReduceOptions& opts = {}) override;
+  WorkPtr broadcast(Tensor& t, const BroadcastOptions& opts = {}) override;
+  WorkPtr reduce(Tensor& t, const ReduceOptions& opts = {}) override;
+  WorkPtr all_gather(const Tensor& in, Tensor& out, const AllGatherOptions& opts = {}) override;
+  WorkPtr reduce_scatter(const Tensor& in, Tensor& out,
+                         const ReduceScatterOptions& opts = {}) override;
+  WorkPtr barrier(const BarrierOptions& opts = {}) override;
+  WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
+  WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
+
+  /// The sequence number the next collective will get (1 for the first).
+  uint64_t next_sequence() const { return sequence_ + 1; }
+  void set_observer(CollectiveObserver* observer) { observer_ = observer; }
+
+ protected:
+  AsyncCommunicator(int rank, int size);
+  /// Backends call this last in their constructor (the worker calls their virtual functions).
+  void start_worker();
+  /// Backends call this first in their destructor: drains the queue and joins the worker.
+  void stop_worker();
+
+  // Blocking primitives, run on the worker thread in issue order. kAvg never reaches them (the
+  // base runs kSum and divides). `timeout` bounds how long to wait for the other ranks.
+  virtual void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info,
+                              Timeout timeout) = 0;
+  virtual void run_broadcast(Tensor& t, int root, const CollectiveInfo& info, Timeout timeout) = 0;
+  virtual void run_reduce(Tensor& t, ReduceOp op, int root, const CollectiveInfo& info,
+                          Timeout timeout) = 0;
+  virtual void run_all_gather(const Tensor& in, Tensor& out, const CollectiveInfo& info,
+                              Timeout timeout) = 0;
+  virtual void run_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op,
+                                  const CollectiveInfo& info, Timeout timeout) = 0;
+  virtual void run_barrier(const CollectiveInfo& info, Timeout timeout) = 0;
+  virtual void run_send(const Tensor& t, int peer, int tag, const CollectiveInfo& info,
+                        Timeout timeout) = 0;
+  virtual void run_recv(Tensor& t, int peer, int tag, const CollectiveInfo& info,
+                        Timeout timeout) = 0;
+
+ private:
+  WorkPtr enqueue(CollectiveInfo info, std::function<void()> body);
+  CollectiveInfo make_info(std::string kind, const Tensor& t);
+  void worker_loop();
+
+  uint64_t sequence_ = 0;
+  CollectiveObserver* observer_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stopping_ = false;
+  std::thread worker_;
+};
+
+}  // namespace dtrain::dist

@@ -1,0 +1,108 @@
+// Communicator: backend-neutral collectives over a fixed group of ranks, asynchronous through
+// Work handles. Every rank issues the same collectives in the same order; each gets a sequence
+// number that errors and the watchdog use.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace dtrain::dist {
+
+enum class ReduceOp { kSum, kAvg, kMin, kMax, kProduct };
+std::string_view reduce_op_name(ReduceOp op);
+
+using Timeout = std::chrono::milliseconds;
+inline constexpr Timeout kDefaultTimeout{300'000};
+
+struct AllReduceOptions {
+  ReduceOp op = ReduceOp::kSum;
+  Timeout timeout = kDefaultTimeout;
+};
+struct BroadcastOptions {
+  int root = 0;
+  Timeout timeout = kDefaultTimeout;
+};
+struct ReduceOptions {
+  ReduceOp op = ReduceOp::kSum;
+  int root = 0;
+  Timeout timeout = kDefaultTimeout;
+};
+struct AllGatherOptions {
+  Timeout timeout = kDefaultTimeout;
+};
+struct ReduceScatterOptions {
+  ReduceOp op = ReduceOp::kSum;
+  Timeout timeout = kDefaultTimeout;
+};
+struct BarrierOptions {
+  Timeout timeout = kDefaultTimeout;
+};
+struct SendRecvOptions {
+  int tag = 0;
+  Timeout timeout = kDefaultTimeout;
+};
+
+/// What a collective is, for error messages and the watchdog: "#12 all_reduce(sum) float32 x 1024".
+struct CollectiveInfo {
+  uint64_t sequence = 0;
+  std::string kind;  // "all_reduce(sum)", "broadcast(root 0)", ...
+  DType dtype = DType::kFloat32;
+  int64_t count = 0;
+  std::string describe() const;
+};
+
+/// The completion of one asynchronous collective. Thread-safe.
+class Work {
+ public:
+  virtual ~Work() = default;
+  /// Blocks until the collective finished and re-throws its failure; throws TimeoutError naming
+  /// the collective when it has not finished within `timeout`.
+  virtual void wait(Timeout timeout = kDefaultTimeout) = 0;
+  virtual bool is_completed() const = 0;
+  virtual const CollectiveInfo& info() const = 0;
+};
+using WorkPtr = std::shared_ptr<Work>;
+
+/// Calls return at once; results are valid after the returned Work's wait(). Tensors must stay
+/// alive and untouched until then. One issuing thread per communicator.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::string_view backend_name() const = 0;
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+
+  /// In place: afterwards every rank holds op(t_0, ..., t_{size-1}) (kAvg: the sum / size).
+  virtual WorkPtr all_reduce(Tensor& t, const AllReduceOptions& opts = {}) = 0;
+  /// In place over several tensors as if they were one buffer (one collective).
+  virtual WorkPtr all_reduce_coalesced(std::vector<Tensor>& ts,
+                                       const AllReduceOptions& opts = {}) = 0;
+  /// In place: afterwards every rank holds root's t.
+  virtual WorkPtr broadcast(Tensor& t, const BroadcastOptions& opts = {}) = 0;
+  /// In place on root only; other ranks' t is unspecified afterwards.
+  virtual WorkPtr reduce(Tensor& t, const ReduceOptions& opts = {}) = 0;
+  /// out: [size * in.numel()], rank r's input at offset r * in.numel().
+  virtual WorkPtr all_gather(const Tensor& in, Tensor& out, const AllGatherOptions& opts = {}) = 0;
+  /// in: [size * out.numel()]; rank r receives the reduction of every rank's chunk r.
+  virtual WorkPtr reduce_scatter(const Tensor& in, Tensor& out,
+                                 const ReduceScatterOptions& opts = {}) = 0;
+  virtual WorkPtr barrier(const BarrierOptions& opts = {}) = 0;
+  virtual WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) = 0;
+  virtual WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) = 0;
+
+ protected:
+  Communicator(int rank, int size) : rank_(rank), size_(size) {}
+
+ private:
+  const int rank_, size_;
+};
+
+using CommunicatorPtr = std::shared_ptr<Communicator>;
+
+}  // namespace dtrain::dist

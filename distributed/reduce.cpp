@@ -1,0 +1,108 @@
+// Host reductions for the collectives.
+#include "distributed/reduce.h"
+
+#include <algorithm>
+
+#include "tensor/check.h"
+#include "tensor/kernels.h"
+
+namespace dtrain::dist {
+namespace {
+
+template <class T>
+T combine(T a, T b, ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:
+      return a + b;
+    case ReduceOp::kMin:
+      return b < a ? b : a;
+    case ReduceOp::kMax:
+      return b > a ? b : a;
+    case ReduceOp::kProduct:
+      return a * b;
+  }
+  return a;
+}
+
+template <class T>
+void reduce_typed(T* dst, const T* src, int64_t n, ReduceOp op) {
+  // Switch outside the loop so each op's loop vectorises.
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:
+      for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+      return;
+    default:
+      for (int64_t i = 0; i < n; ++i) dst[i] = combine(dst[i], src[i], op);
+  }
+}
+
+template <float (*ToFloat)(uint16_t), uint16_t (*FromFloat)(float)>
+void reduce_half(uint16_t* dst, const uint16_t* src, int64_t n, ReduceOp op) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = FromFloat(combine(ToFloat(dst[i]), ToFloat(src[i]), op));
+}
+
+}  // namespace
+
+std::string_view reduce_op_name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return "sum";
+    case ReduceOp::kAvg:
+      return "avg";
+    case ReduceOp::kMin:
+      return "min";
+    case ReduceOp::kMax:
+      return "max";
+    case ReduceOp::kProduct:
+      return "product";
+  }
+  return "?";
+}
+
+bool is_collective_dtype(DType dtype) {
+  return dtype == DType::kFloat32 || dtype == DType::kFloat64 || dtype == DType::kFloat16 ||
+         dtype == DType::kBFloat16 || dtype == DType::kInt32 || dtype == DType::kInt64;
+}
+
+void reduce_into(void* dst, const void* src, int64_t n, DType dtype, ReduceOp op) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return reduce_typed(static_cast<float*>(dst), static_cast<const float*>(src), n, op);
+    case DType::kFloat64:
+      return reduce_typed(static_cast<double*>(dst), static_cast<const double*>(src), n, op);
+    case DType::kInt32:
+      return reduce_typed(static_cast<int32_t*>(dst), static_cast<const int32_t*>(src), n, op);
+    case DType::kInt64:
+      return reduce_typed(static_cast<int64_t*>(dst), static_cast<const int64_t*>(src), n, op);
+    case DType::kFloat16:
+      return reduce_half<kernels::half_to_float, kernels::float_to_half>(
+          static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(src), n, op);
+    case DType::kBFloat16:
+      return reduce_half<kernels::bf16_to_float, kernels::float_to_bf16>(
+          static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(src), n, op);
+    default:
+      DTRAIN_THROW(UnsupportedError, "collective reduction: dtype ", dtype_name(dtype),
+                   " is not supported");
+  }
+}
+
+void divide_in_place(void* data, int64_t n, DType dtype, int64_t divisor) {
+  if (dtype == DType::kFloat32) {
+    float* p = static_cast<float*>(data);
+    for (int64_t i = 0; i < n; ++i) p[i] /= static_cast<float>(divisor);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    kernels::store_element(data, dtype, i, [&] {
+      const double v = kernels::load_element(data, dtype, i);
+      if (dtype == DType::kInt32 || dtype == DType::kInt64) {
+        return static_cast<double>(static_cast<int64_t>(v) / divisor);
+      }
+      return v / static_cast<double>(divisor);
+    }());
+  }
+}
+
+}  // namespace dtrain::dist

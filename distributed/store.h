@@ -1,0 +1,85 @@
+// Store: the control plane. A TCP key-value server (hosted by the launcher or rank 0) and its
+// client, for rendezvous, exchanging NCCL ids and publishing progress for the watchdog. Messages
+// are length-prefixed Protocol Buffers (distributed/store.proto); every connection starts with a
+// handshake carrying the shared token, and a client without the right token is dropped.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace dtrain::dist {
+
+/// Messages larger than this are refused (and the connection closed) by both sides.
+inline constexpr size_t kStoreMaxMessageBytes = 64 << 20;
+
+struct StoreServerOptions {
+  std::string bind_address = "127.0.0.1";
+  uint16_t port = 0;  // 0: pick a free port; port() reports it
+  std::string token;  // required from clients; from DTRAIN_STORE_TOKEN when empty
+  int max_clients = 1024;
+};
+
+/// Serves on a background thread until destroyed. Malformed input, oversized messages, wrong
+/// tokens, half-open connections and slow clients affect only their own connection.
+class StoreServer {
+ public:
+  explicit StoreServer(const StoreServerOptions& options);
+  ~StoreServer();
+  StoreServer(const StoreServer&) = delete;
+  StoreServer& operator=(const StoreServer&) = delete;
+  uint16_t port() const;
+  /// "host:port" as clients should dial it.
+  std::string address() const;
+  /// Connections refused for a wrong or missing token so far (they are also logged to stderr).
+  int64_t rejected_connections() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+struct StoreClientOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  std::string token;  // from DTRAIN_STORE_TOKEN when empty
+  std::chrono::milliseconds connect_timeout{30'000};
+  std::chrono::milliseconds request_timeout{300'000};
+};
+
+/// One connection; calls are serialised (thread-safe). Every error names host:port and the
+/// operation (e.g. "store 127.0.0.1:29500: get('x'): connection closed by the server").
+class StoreClient {
+ public:
+  explicit StoreClient(const StoreClientOptions& options);
+  ~StoreClient();
+  StoreClient(const StoreClient&) = delete;
+  StoreClient& operator=(const StoreClient&) = delete;
+
+  void set(const std::string& key, const std::string& value);
+  /// Waits (up to the request timeout) for the key to exist, then returns its value.
+  std::string get(const std::string& key);
+  /// The value, or nullopt at once when the key does not exist.
+  std::optional<std::string> try_get(const std::string& key);
+  /// Blocks until every key exists; throws TimeoutError listing the missing keys after `timeout`.
+  void wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout);
+  /// Atomically adds `delta` to the integer at key (missing: 0) and returns the new value.
+  int64_t add(const std::string& key, int64_t delta);
+  /// Sets key to `desired` if its current value is `expected` ("" matches a missing key); returns
+  /// the value after the call.
+  std::string compare_set(const std::string& key, const std::string& expected,
+                          const std::string& desired);
+  /// True when the key existed.
+  bool remove(const std::string& key);
+  int64_t num_keys();
+  std::string address() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dtrain::dist

@@ -1,0 +1,196 @@
+// Collective test bodies shared by every backend: the local suite runs them on threads, the MPI
+// suite in real ranks under mpirun. Inputs are small multiples of 1/4 (exact in every dtype), so
+// sums are exact whatever the order and results can be compared bit for bit.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "distributed/communicator.h"
+#include "tensor/kernels.h"
+
+namespace dtrain::testdist {
+
+using dist::Communicator;
+using dist::ReduceOp;
+
+/// Element i of rank r's input: (r + 1) / 2 + (i mod 4) / 4 for sums and min/max; 1 or 2 for
+/// products (powers of two stay exact in every dtype); integers are scaled by 4.
+inline double input_value(DType dtype, ReduceOp op, int rank, int64_t i) {
+  double v = op == ReduceOp::kProduct ? 1.0 + static_cast<double>((rank + i) % 2)
+                                      : (rank + 1) * 0.5 + static_cast<double>(i % 4) * 0.25;
+  if (dtype == DType::kInt32 || dtype == DType::kInt64) v *= 4;
+  return v;
+}
+
+inline Tensor rank_input(DType dtype, ReduceOp op, int rank, int64_t count) {
+  Tensor t({count}, dtype);
+  for (int64_t i = 0; i < count; ++i) {
+    kernels::store_element(t.data_ptr(), dtype, i, input_value(dtype, op, rank, i));
+  }
+  return t;
+}
+
+/// The reduction over all ranks of element i, as the dtype stores it.
+inline double expected_value(DType dtype, ReduceOp op, int size, int64_t i) {
+  double acc = input_value(dtype, op, 0, i);
+  for (int r = 1; r < size; ++r) {
+    const double v = input_value(dtype, op, r, i);
+    switch (op) {
+      case ReduceOp::kSum:
+      case ReduceOp::kAvg:
+        acc += v;
+        break;
+      case ReduceOp::kMin:
+        acc = std::min(acc, v);
+        break;
+      case ReduceOp::kMax:
+        acc = std::max(acc, v);
+        break;
+      case ReduceOp::kProduct:
+        acc *= v;
+        break;
+    }
+  }
+  if (op == ReduceOp::kAvg) {
+    if (dtype == DType::kInt32 || dtype == DType::kInt64) return std::trunc(acc / size);
+    if (dtype == DType::kFloat32) return static_cast<float>(acc) / static_cast<float>(size);
+    acc /= size;
+  }
+  // Round through the dtype, as the collective's result is stored.
+  Tensor one({1}, dtype);
+  kernels::store_element(one.data_ptr(), dtype, 0, acc);
+  return kernels::load_element(one.data_ptr(), dtype, 0);
+}
+
+inline void expect_values(const Tensor& t, const std::function<double(int64_t)>& expected,
+                          const std::string& what) {
+  int reported = 0;
+  for (int64_t i = 0; i < t.numel() && reported < 3; ++i) {
+    const double got = kernels::load_element(t.data_ptr(), t.dtype(), i);
+    if (got != expected(i)) {
+      ADD_FAILURE() << what << ": element " << i << " is " << got << ", expected " << expected(i);
+      ++reported;
+    }
+  }
+}
+
+inline std::string label(const Communicator& c, const char* op, DType dtype, int64_t count) {
+  return std::string(op) + " on rank " + std::to_string(c.rank()) + "/" + std::to_string(c.size()) +
+         " " + std::string(dtype_name(dtype)) + " x " + std::to_string(count);
+}
+
+/// Returns the result so callers can compare it across ranks.
+inline Tensor check_all_reduce(Communicator& c, DType dtype, int64_t count, ReduceOp op) {
+  Tensor t = rank_input(dtype, op, c.rank(), count);
+  c.all_reduce(t, {op})->wait();
+  expect_values(
+      t, [&](int64_t i) { return expected_value(dtype, op, c.size(), i); },
+      label(c, "all_reduce", dtype, count) + " " + std::string(dist::reduce_op_name(op)));
+  return t;
+}
+
+inline void check_all_reduce_coalesced(Communicator& c, DType dtype) {
+  std::vector<Tensor> ts = {rank_input(dtype, ReduceOp::kSum, c.rank(), 5),
+                            rank_input(dtype, ReduceOp::kSum, c.rank(), 0),
+                            rank_input(dtype, ReduceOp::kSum, c.rank(), 9)};
+  c.all_reduce_coalesced(ts, {ReduceOp::kSum})->wait();
+  for (const Tensor& t : ts) {
+    expect_values(
+        t, [&](int64_t i) { return expected_value(dtype, ReduceOp::kSum, c.size(), i); },
+        label(c, "all_reduce_coalesced", dtype, t.numel()));
+  }
+}
+
+inline void check_broadcast(Communicator& c, DType dtype, int64_t count, int root) {
+  Tensor t = rank_input(dtype, ReduceOp::kSum, c.rank(), count);
+  c.broadcast(t, {root})->wait();
+  expect_values(
+      t, [&](int64_t i) { return input_value(dtype, ReduceOp::kSum, root, i); },
+      label(c, "broadcast", dtype, count) + " from root " + std::to_string(root));
+}
+
+inline void check_reduce(Communicator& c, DType dtype, int64_t count, int root) {
+  Tensor t = rank_input(dtype, ReduceOp::kSum, c.rank(), count);
+  c.reduce(t, {ReduceOp::kSum, root})->wait();
+  if (c.rank() != root) return;
+  expect_values(
+      t, [&](int64_t i) { return expected_value(dtype, ReduceOp::kSum, c.size(), i); },
+      label(c, "reduce", dtype, count) + " to root " + std::to_string(root));
+}
+
+inline void check_all_gather(Communicator& c, DType dtype, int64_t count) {
+  Tensor in = rank_input(dtype, ReduceOp::kSum, c.rank(), count);
+  Tensor out({count * c.size()}, dtype);
+  c.all_gather(in, out)->wait();
+  expect_values(
+      out,
+      [&](int64_t i) {
+        return input_value(dtype, ReduceOp::kSum, static_cast<int>(i / std::max<int64_t>(count, 1)),
+                           i % std::max<int64_t>(count, 1));
+      },
+      label(c, "all_gather", dtype, count));
+}
+
+inline void check_reduce_scatter(Communicator& c, DType dtype, int64_t count) {
+  // Every rank's input is [size * count]; rank r receives the sum of chunk r.
+  Tensor in = rank_input(dtype, ReduceOp::kSum, c.rank(), count * c.size());
+  Tensor out({count}, dtype);
+  c.reduce_scatter(in, out, {ReduceOp::kSum})->wait();
+  expect_values(
+      out,
+      [&](int64_t i) {
+        return expected_value(dtype, ReduceOp::kSum, c.size(), c.rank() * count + i);
+      },
+      label(c, "reduce_scatter", dtype, count));
+}
+
+/// A ring: every rank sends its input to the next rank and receives from the previous one.
+inline void check_send_recv_ring(Communicator& c, DType dtype, int64_t count) {
+  if (c.size() < 2) return;
+  const int next = (c.rank() + 1) % c.size(), prev = (c.rank() + c.size() - 1) % c.size();
+  Tensor mine = rank_input(dtype, ReduceOp::kSum, c.rank(), count);
+  Tensor theirs({count}, dtype);
+  // Even ranks send first, odd ranks receive first, so blocking sends cannot deadlock.
+  if (c.rank() % 2 == 0) {
+    c.send(mine, next, {7})->wait();
+    c.recv(theirs, prev, {7})->wait();
+  } else {
+    c.recv(theirs, prev, {7})->wait();
+    c.send(mine, next, {7})->wait();
+  }
+  expect_values(
+      theirs, [&](int64_t i) { return input_value(dtype, ReduceOp::kSum, prev, i); },
+      label(c, "recv", dtype, count));
+}
+
+inline const std::vector<DType>& collective_dtypes() {
+  static const std::vector<DType> all = {DType::kFloat32,  DType::kFloat64, DType::kFloat16,
+                                         DType::kBFloat16, DType::kInt32,   DType::kInt64};
+  return all;
+}
+
+/// Every collective, dtype and op on counts 0, 1 and one not divisible by the world size.
+inline void check_everything(Communicator& c) {
+  const std::vector<int64_t> counts = {0, 1, 4 * c.size() + 3};
+  for (DType dtype : collective_dtypes()) {
+    for (int64_t count : counts) {
+      for (ReduceOp op :
+           {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax, ReduceOp::kProduct}) {
+        check_all_reduce(c, dtype, count, op);
+      }
+      check_broadcast(c, dtype, count, c.size() - 1);
+      check_reduce(c, dtype, count, 0);
+      check_all_gather(c, dtype, count);
+      check_reduce_scatter(c, dtype, count);
+      check_send_recv_ring(c, dtype, count);
+    }
+    check_all_reduce_coalesced(c, dtype);
+  }
+  c.barrier()->wait();
+}
+
+}  // namespace dtrain::testdist

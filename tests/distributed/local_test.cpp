@@ -1,0 +1,147 @@
+// The local backend: every collective over N thread-ranks (1, 2, 3, 8), bit-identical results,
+// asynchronous progress, mismatch detection and timeouts that name the missing ranks.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <functional>
+#include <thread>
+
+#include "collective_cases.h"
+#include "distributed/backends/local/local_communicator.h"
+
+namespace dtrain {
+namespace {
+
+using dist::AsyncCommunicator;
+using ::testing::HasSubstr;
+
+/// Runs body(comm) on every rank of a new local group, one thread per rank.
+void for_each_rank(int world, const std::function<void(AsyncCommunicator&)>& body) {
+  auto comms = dist::make_local_group(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) threads.emplace_back([&, r] { body(*comms[r]); });
+  for (auto& t : threads) t.join();
+}
+
+class LocalCollectives : public ::testing::TestWithParam<int> {};
+
+TEST_P(LocalCollectives, EveryCollectiveDtypeAndCount) {
+  for_each_rank(GetParam(), [](AsyncCommunicator& c) { testdist::check_everything(c); });
+}
+
+TEST_P(LocalCollectives, ResultsAreBitIdenticalOnEveryRank) {
+  const int world = GetParam();
+  std::vector<Tensor> results(world);
+  for_each_rank(world, [&](AsyncCommunicator& c) {
+    // Values whose float sums round: the chunked reduction must still agree everywhere.
+    Tensor t({1000});
+    Generator gen(11, c.rank());
+    uniform_(t, -1, 1, gen);
+    c.all_reduce(t, {dist::ReduceOp::kAvg})->wait();
+    results[c.rank()] = t;
+  });
+  for (int r = 1; r < world; ++r) {
+    EXPECT_EQ(std::memcmp(results[r].data_ptr(), results[0].data_ptr(), results[0].nbytes()), 0)
+        << "rank " << r << " differs from rank 0";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(World, LocalCollectives, ::testing::Values(1, 2, 3, 8),
+                         [](const auto& info) { return std::to_string(info.param) + "ranks"; });
+
+TEST(LocalBackend, CollectivesRunInIssueOrderWhileTheCallerContinues) {
+  for_each_rank(2, [](AsyncCommunicator& c) {
+    Tensor a = full({4}, c.rank() + 1.0), b = full({4}, 10.0 * (c.rank() + 1));
+    const uint64_t first = c.next_sequence();
+    dist::WorkPtr wa = c.all_reduce(a);
+    dist::WorkPtr wb = c.all_reduce(b);  // issued before the first finished
+    EXPECT_EQ(wa->info().sequence, first);
+    EXPECT_EQ(wb->info().sequence, first + 1);
+    wb->wait();
+    EXPECT_TRUE(wa->is_completed());  // in order: the first is done when the second is
+    EXPECT_EQ(a.to_vector<float>()[0], 3.f);
+    EXPECT_EQ(b.to_vector<float>()[0], 30.f);
+  });
+}
+
+TEST(LocalBackend, DifferentCollectivesOnTwoRanksAreReportedOnBoth) {
+  std::vector<std::string> errors(2);
+  for_each_rank(2, [&](AsyncCommunicator& c) {
+    Tensor t({c.rank() == 0 ? 4 : 5});
+    t.zero_();
+    try {
+      c.all_reduce(t)->wait();
+    } catch (const Error& e) {
+      errors[c.rank()] = e.message();
+    }
+  });
+  for (const std::string& e : errors) {
+    EXPECT_THAT(e, HasSubstr("ranks called different collectives"));
+    EXPECT_THAT(e, HasSubstr("rank 0: collective #1 all_reduce(sum) float32 x 4"));
+    EXPECT_THAT(e, HasSubstr("rank 1: collective #1 all_reduce(sum) float32 x 5"));
+  }
+}
+
+TEST(LocalBackend, DifferentKindsAreReported) {
+  std::vector<std::string> errors(2);
+  for_each_rank(2, [&](AsyncCommunicator& c) {
+    Tensor t = zeros({4});
+    try {
+      if (c.rank() == 0) {
+        c.all_reduce(t)->wait();
+      } else {
+        c.broadcast(t)->wait();
+      }
+    } catch (const Error& e) {
+      errors[c.rank()] = e.message();
+    }
+  });
+  EXPECT_THAT(errors[0], HasSubstr("broadcast(root 0)"));
+  EXPECT_THAT(errors[1], HasSubstr("all_reduce(sum)"));
+}
+
+TEST(LocalBackend, ARankThatNeverArrivesIsNamedByTheOthers) {
+  // Ranks 0 and 2 wait with a short timeout; rank 1 skips the collective entirely.
+  std::vector<std::string> errors(3);
+  for_each_rank(3, [&](AsyncCommunicator& c) {
+    if (c.rank() == 1) return;
+    Tensor t = zeros({8});
+    try {
+      c.all_reduce(t, {dist::ReduceOp::kSum, std::chrono::milliseconds(200)})->wait();
+    } catch (const Error& e) {
+      errors[c.rank()] = e.message();
+    }
+  });
+  for (int r : {0, 2}) {
+    EXPECT_THAT(errors[r], HasSubstr("collective #1 all_reduce(sum) float32 x 8"));
+    EXPECT_THAT(errors[r], HasSubstr("ranks that have not reached it: 1"));
+  }
+}
+
+TEST(LocalBackend, WaitTimesOutNamingTheCollective) {
+  auto comms = dist::make_local_group(2);
+  Tensor t = zeros({3});
+  // Only rank 0 issues: its work cannot finish, and wait() says which collective it was.
+  dist::WorkPtr w = comms[0]->all_reduce(t, {dist::ReduceOp::kSum, std::chrono::milliseconds(300)});
+  EXPECT_THROW(w->wait(std::chrono::milliseconds(50)), TimeoutError);
+  try {
+    w->wait(std::chrono::milliseconds(5000));  // the collective's own timeout fires first
+    ADD_FAILURE() << "expected the collective to time out";
+  } catch (const TimeoutError& e) {
+    EXPECT_THAT(e.message(), HasSubstr("ranks that have not reached it: 1"));
+  }
+}
+
+TEST(LocalBackend, BadArgumentsAreRejectedAtTheCall) {
+  auto comms = dist::make_local_group(2);
+  Tensor bools({4}, DType::kBool);
+  Tensor t = zeros({4}), wrong = zeros({7});
+  EXPECT_THROW(comms[0]->all_reduce(bools), ValueError);
+  EXPECT_THROW(comms[0]->broadcast(t, {5}), ValueError);
+  EXPECT_THROW(comms[0]->all_gather(t, wrong), ValueError);
+  EXPECT_THROW(comms[0]->send(t, 0), ValueError);  // to itself
+}
+
+}  // namespace
+}  // namespace dtrain
