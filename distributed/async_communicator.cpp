@@ -1,6 +1,7 @@
 // The queue, the Work objects and the argument checks shared by host-memory backends.
 #include "distributed/async_communicator.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -64,6 +65,57 @@ std::string CollectiveInfo::describe() const {
 AsyncCommunicator::AsyncCommunicator(int rank, int size) : Communicator(rank, size) {
   DTRAIN_CHECK(size >= 1 && rank >= 0 && rank < size, "communicator: rank ", rank,
                " is outside a group of size ", size);
+  const char* debug = std::getenv("DTRAIN_DISTRIBUTED_DEBUG");
+  debug_checks_ = debug != nullptr && std::string(debug) != "0" && std::string(debug) != "";
+}
+
+namespace {
+// A call's fingerprint for the debug check: sequence, dtype, count and the kind's text.
+constexpr int kFingerprintWords = 16;
+constexpr size_t kKindBytes = (kFingerprintWords - 3) * sizeof(int64_t);
+
+Tensor fingerprint(const CollectiveInfo& info) {
+  Tensor t = zeros({kFingerprintWords}, DType::kInt64);
+  int64_t* p = t.data<int64_t>();
+  p[0] = static_cast<int64_t>(info.sequence);
+  p[1] = static_cast<int64_t>(info.dtype);
+  p[2] = info.count;
+  std::memcpy(p + 3, info.kind.data(), std::min(info.kind.size(), kKindBytes));
+  return t;
+}
+
+CollectiveInfo from_fingerprint(const int64_t* p) {
+  CollectiveInfo info;
+  info.sequence = static_cast<uint64_t>(p[0]);
+  info.dtype = static_cast<DType>(p[1]);
+  info.count = p[2];
+  const char* text = reinterpret_cast<const char*>(p + 3);
+  info.kind.assign(text, strnlen(text, kKindBytes));
+  return info;
+}
+}  // namespace
+
+void AsyncCommunicator::verify_same_call(const CollectiveInfo& info, Timeout timeout) {
+  Tensor mine = fingerprint(info);
+  Tensor all = zeros({kFingerprintWords * size()}, DType::kInt64);
+  CollectiveInfo check;
+  check.kind = "debug check before " + info.kind;
+  check.dtype = DType::kInt64;
+  check.count = kFingerprintWords;
+  run_all_gather(mine, all, check, timeout);
+  const int64_t* rows = all.data<int64_t>();
+  bool same = true;
+  for (int r = 0; r < size(); ++r) {
+    same = same && std::memcmp(rows + r * kFingerprintWords, mine.data<int64_t>(),
+                               kFingerprintWords * sizeof(int64_t)) == 0;
+  }
+  if (same) return;
+  std::ostringstream os;
+  os << "ranks called different collectives (DTRAIN_DISTRIBUTED_DEBUG):";
+  for (int r = 0; r < size(); ++r) {
+    os << "\n  rank " << r << ": " << from_fingerprint(rows + r * kFingerprintWords).describe();
+  }
+  DTRAIN_THROW(ValueError, os.str());
 }
 
 AsyncCommunicator::~AsyncCommunicator() { stop_worker(); }
@@ -105,12 +157,15 @@ CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {
   return info;
 }
 
-WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, std::function<void()> body) {
+WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
+                                   std::function<void()> body) {
   auto work = std::make_shared<QueuedWork>(info);
-  auto task = [this, work, info, body = std::move(body)] {
+  auto task = [this, work, info, timeout, body = std::move(body)] {
     if (observer_) observer_->on_start(rank(), info);
     std::exception_ptr error;
     try {
+      // Point-to-point calls (sequence 0) are not collective: only their pair takes part.
+      if (debug_checks_ && info.sequence != 0) verify_same_call(info, timeout);
       body();
     } catch (...) {
       error = std::current_exception();
@@ -130,7 +185,7 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, std::function<void()> bo
 WorkPtr AsyncCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
   check_host_tensor("all_reduce", t, "tensor");
   CollectiveInfo info = make_info("all_reduce(" + std::string(reduce_op_name(opts.op)) + ")", t);
-  return enqueue(info, [this, t, opts, info]() mutable {
+  return enqueue(info, opts.timeout, [this, t, opts, info]() mutable {
     run_all_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
     if (opts.op == ReduceOp::kAvg) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
   });
@@ -150,7 +205,7 @@ WorkPtr AsyncCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
   CollectiveInfo info = make_info("all_reduce_coalesced(" + std::string(reduce_op_name(opts.op)) +
                                       ", " + std::to_string(ts.size()) + " tensors)",
                                   flat);
-  return enqueue(info, [this, ts, flat, opts, info]() mutable {
+  return enqueue(info, opts.timeout, [this, ts, flat, opts, info]() mutable {
     // Pack, reduce once, unpack: one collective however many tensors.
     const size_t es = dtype_size(flat.dtype());
     int64_t at = 0;
@@ -174,8 +229,9 @@ WorkPtr AsyncCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
   DTRAIN_CHECK(opts.root >= 0 && opts.root < size(), "broadcast: root ", opts.root,
                " is outside the group of ", size(), " ranks");
   CollectiveInfo info = make_info("broadcast(root " + std::to_string(opts.root) + ")", t);
-  return enqueue(
-      info, [this, t, opts, info]() mutable { run_broadcast(t, opts.root, info, opts.timeout); });
+  return enqueue(info, opts.timeout, [this, t, opts, info]() mutable {
+    run_broadcast(t, opts.root, info, opts.timeout);
+  });
 }
 
 WorkPtr AsyncCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
@@ -185,7 +241,7 @@ WorkPtr AsyncCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
   CollectiveInfo info = make_info("reduce(" + std::string(reduce_op_name(opts.op)) + ", root " +
                                       std::to_string(opts.root) + ")",
                                   t);
-  return enqueue(info, [this, t, opts, info]() mutable {
+  return enqueue(info, opts.timeout, [this, t, opts, info]() mutable {
     run_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, opts.root, info,
                opts.timeout);
     if (opts.op == ReduceOp::kAvg && rank() == opts.root) {
@@ -201,8 +257,9 @@ WorkPtr AsyncCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGa
                "all_gather: output ", out.describe(), " must be ", dtype_name(in.dtype()), " with ",
                in.numel() * size(), " elements (size ", size(), " x input ", in.describe(), ")");
   CollectiveInfo info = make_info("all_gather", in);
-  return enqueue(
-      info, [this, in, out, opts, info]() mutable { run_all_gather(in, out, info, opts.timeout); });
+  return enqueue(info, opts.timeout, [this, in, out, opts, info]() mutable {
+    run_all_gather(in, out, info, opts.timeout);
+  });
 }
 
 WorkPtr AsyncCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
@@ -215,7 +272,7 @@ WorkPtr AsyncCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
                out.describe(), ")");
   CollectiveInfo info =
       make_info("reduce_scatter(" + std::string(reduce_op_name(opts.op)) + ")", out);
-  return enqueue(info, [this, in, out, opts, info]() mutable {
+  return enqueue(info, opts.timeout, [this, in, out, opts, info]() mutable {
     run_reduce_scatter(in, out, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info,
                        opts.timeout);
     if (opts.op == ReduceOp::kAvg)
@@ -225,7 +282,7 @@ WorkPtr AsyncCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
 
 WorkPtr AsyncCommunicator::barrier(const BarrierOptions& opts) {
   CollectiveInfo info = make_info("barrier", Tensor());
-  return enqueue(info, [this, opts, info] { run_barrier(info, opts.timeout); });
+  return enqueue(info, opts.timeout, [this, opts, info] { run_barrier(info, opts.timeout); });
 }
 
 WorkPtr AsyncCommunicator::send(const Tensor& t, int peer, const SendRecvOptions& opts) {
@@ -237,7 +294,7 @@ WorkPtr AsyncCommunicator::send(const Tensor& t, int peer, const SendRecvOptions
   info.kind = "send(to " + std::to_string(peer) + ", tag " + std::to_string(opts.tag) + ")";
   info.dtype = t.dtype();
   info.count = t.numel();
-  return enqueue(info,
+  return enqueue(info, opts.timeout,
                  [this, t, peer, opts, info] { run_send(t, peer, opts.tag, info, opts.timeout); });
 }
 
@@ -249,7 +306,7 @@ WorkPtr AsyncCommunicator::recv(Tensor& t, int peer, const SendRecvOptions& opts
   info.kind = "recv(from " + std::to_string(peer) + ", tag " + std::to_string(opts.tag) + ")";
   info.dtype = t.dtype();
   info.count = t.numel();
-  return enqueue(info, [this, t, peer, opts, info]() mutable {
+  return enqueue(info, opts.timeout, [this, t, peer, opts, info]() mutable {
     run_recv(t, peer, opts.tag, info, opts.timeout);
   });
 }

@@ -41,6 +41,11 @@ class AsyncCommunicator : public Communicator {
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }
   void set_observer(CollectiveObserver* observer) { observer_ = observer; }
+  /// Before each collective, ranks exchange what they are about to call (sequence, kind, dtype,
+  /// count) and a difference raises an error listing every rank's call, instead of a hang or
+  /// garbage. One small all_gather per collective; on by default when DTRAIN_DISTRIBUTED_DEBUG=1.
+  void set_debug_checks(bool on) { debug_checks_ = on; }
+  bool debug_checks() const { return debug_checks_; }
 
  protected:
   AsyncCommunicator(int rank, int size);
@@ -67,11 +72,14 @@ class AsyncCommunicator : public Communicator {
                         Timeout timeout) = 0;
 
  private:
-  WorkPtr enqueue(CollectiveInfo info, std::function<void()> body);
+  WorkPtr enqueue(CollectiveInfo info, Timeout timeout, std::function<void()> body);
+  /// The debug check: every rank's call, compared; throws listing them when they differ.
+  void verify_same_call(const CollectiveInfo& info, Timeout timeout);
   CollectiveInfo make_info(std::string kind, const Tensor& t);
   void worker_loop();
 
   uint64_t sequence_ = 0;
+  bool debug_checks_ = false;
   CollectiveObserver* observer_ = nullptr;
   std::mutex mu_;
   std::condition_variable cv_;

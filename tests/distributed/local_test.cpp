@@ -83,6 +83,24 @@ TEST(LocalBackend, DifferentCollectivesOnTwoRanksAreReportedOnBoth) {
   }
 }
 
+TEST(LocalBackend, DebugChecksCompareCallsBeforeRunningThem) {
+  std::vector<std::string> errors(2);
+  for_each_rank(2, [&](AsyncCommunicator& c) {
+    c.set_debug_checks(true);
+    Tensor t = zeros({c.rank() == 0 ? 4 : 6});
+    try {
+      c.all_reduce(t)->wait();
+    } catch (const Error& e) {
+      errors[c.rank()] = e.message();
+    }
+  });
+  for (const std::string& e : errors) {
+    EXPECT_THAT(e, HasSubstr("DTRAIN_DISTRIBUTED_DEBUG"));
+    EXPECT_THAT(e, HasSubstr("rank 0: collective #1 all_reduce(sum) float32 x 4"));
+    EXPECT_THAT(e, HasSubstr("rank 1: collective #1 all_reduce(sum) float32 x 6"));
+  }
+}
+
 TEST(LocalBackend, DifferentKindsAreReported) {
   std::vector<std::string> errors(2);
   for_each_rank(2, [&](AsyncCommunicator& c) {
