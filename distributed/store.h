@@ -32,7 +32,7 @@ class StoreServer {
   StoreServer(const StoreServer&) = delete;
   StoreServer& operator=(const StoreServer&) = delete;
   uint16_t port() const;
-  /// "host:port" as clients should dial it.
+  /// "host:port" as clients should dial it (the host name when bound to 0.0.0.0 or ::).
   std::string address() const;
   /// Connections refused for a wrong or missing token so far (they are also logged to stderr).
   int64_t rejected_connections() const;
@@ -52,6 +52,10 @@ struct StoreClientOptions {
 
 /// One connection; calls are serialised (thread-safe). Every error names host:port and the
 /// operation (e.g. "store 127.0.0.1:29500: get('x'): connection closed by the server").
+/// Throws TimeoutError for timeouts, ValueError for requests the server or client refuses (wrong
+/// token, add to a non-integer, a message over kStoreMaxMessageBytes, a key that is not UTF-8),
+/// and Error when the connection fails; after a connection failure or a timed-out answer every
+/// later call throws too (no reconnect: a restarted server has lost the keys).
 class StoreClient {
  public:
   explicit StoreClient(const StoreClientOptions& options);

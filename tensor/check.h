@@ -29,6 +29,10 @@ class UnsupportedError : public Error {
 class TimeoutError : public Error {
   using Error::Error;
 };
+/// A failure inside a communication library (MPI, NCCL): the message carries its decoded error.
+class DistError : public Error {
+  using Error::Error;
+};
 
 namespace detail {
 template <class... Parts>

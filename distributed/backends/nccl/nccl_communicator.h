@@ -1,0 +1,53 @@
+// The nccl backend: collectives on GPU tensors through NCCL, ordered on one CUDA stream per
+// communicator. One GPU per rank (the unique id travels through the Store), or one process driving
+// several GPUs (MirroredStrategy) through NCCL group calls. No CUDA or NCCL type appears here.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distributed/communicator.h"
+#include "distributed/store.h"
+
+namespace dtrain::dist {
+
+class NcclCommunicator final : public Communicator {
+ public:
+  /// One GPU per rank: rank 0 creates the NCCL unique id and publishes it under `store_key`, the
+  /// others read it; every rank then joins the clique on cuda:`device`.
+  static std::shared_ptr<NcclCommunicator> create(int rank, int size, int device,
+                                                  StoreClient& store,
+                                                  const std::string& store_key = "dtrain/nccl_id");
+  /// One communicator per device of this process (ncclCommInitAll), ranks in `devices` order.
+  static std::vector<std::shared_ptr<NcclCommunicator>> create_local(
+      const std::vector<int>& devices);
+  /// All-reduce over communicators of one process in a single NCCL group call: tensors[i] lives on
+  /// communicators[i]'s device. Returns one Work per communicator.
+  static std::vector<WorkPtr> group_all_reduce(
+      const std::vector<std::shared_ptr<NcclCommunicator>>& communicators,
+      std::vector<Tensor>& tensors, const AllReduceOptions& opts = {});
+
+  ~NcclCommunicator() override;
+  std::string_view backend_name() const override { return "nccl"; }
+  int device() const;
+
+  WorkPtr all_reduce(Tensor& t, const AllReduceOptions& opts = {}) override;
+  WorkPtr all_reduce_coalesced(std::vector<Tensor>& ts, const AllReduceOptions& opts = {}) override;
+  WorkPtr broadcast(Tensor& t, const BroadcastOptions& opts = {}) override;
+  WorkPtr reduce(Tensor& t, const ReduceOptions& opts = {}) override;
+  WorkPtr all_gather(const Tensor& in, Tensor& out, const AllGatherOptions& opts = {}) override;
+  WorkPtr reduce_scatter(const Tensor& in, Tensor& out,
+                         const ReduceScatterOptions& opts = {}) override;
+  WorkPtr barrier(const BarrierOptions& opts = {}) override;
+  WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
+  WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
+
+  struct Impl;
+
+ private:
+  NcclCommunicator(int rank, int size, std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dtrain::dist

@@ -1,0 +1,473 @@
+// Tests of the TCP Store: key-value semantics, blocking get/wait across clients, the token
+// handshake, and that bad or slow peers (garbage, oversized, half-open, not reading) affect only
+// their own connection. Everything binds to 127.0.0.1 with a kernel-chosen port.
+#include "distributed/store.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tensor/check.h"
+
+namespace dtrain::dist {
+namespace {
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+const std::string kToken = "test-token-5f2c9a";
+
+StoreServerOptions server_options() {
+  StoreServerOptions o;
+  o.bind_address = "127.0.0.1";
+  o.port = 0;
+  o.token = kToken;
+  return o;
+}
+
+StoreClientOptions client_options(uint16_t port, const std::string& token = kToken) {
+  StoreClientOptions o;
+  o.host = "127.0.0.1";
+  o.port = port;
+  o.token = token;
+  o.connect_timeout = milliseconds(5'000);
+  o.request_timeout = milliseconds(10'000);
+  return o;
+}
+
+std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "<no exception>";
+}
+
+/// A plain TCP socket for speaking (or not speaking) the protocol by hand. Receives time out
+/// after 5 s so that a failing test cannot hang.
+class RawSocket {
+ public:
+  explicit RawSocket(uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    timeval tv{5, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~RawSocket() { ::close(fd_); }
+  void send_bytes(const std::string& bytes) {
+    ASSERT_EQ(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL), ssize_t(bytes.size()));
+  }
+  /// Everything the server sends until it closes the connection; nullopt if it stays open 5 s.
+  std::optional<std::string> read_until_closed() {
+    std::string got;
+    char buf[4096];
+    for (int i = 0; i < 10'000; ++i) {
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n > 0) {
+        got.append(buf, size_t(n));
+        continue;
+      }
+      if (n == 0 || errno == ECONNRESET) return got;
+      return std::nullopt;  // timed out (EAGAIN) or another error
+    }
+    return std::nullopt;
+  }
+
+ private:
+  int fd_;
+};
+
+/// A length-prefixed frame around hand-encoded protobuf bytes.
+std::string frame(const std::string& body) {
+  std::string out;
+  for (int i = 0; i < 4; ++i) out.push_back(char((body.size() >> (8 * i)) & 0xFF));
+  return out + body;
+}
+/// Protobuf field `number` with wire type 2 (length-delimited), for lengths below 128.
+std::string field(int number, const std::string& bytes) {
+  return std::string{char(number << 3 | 2), char(bytes.size())} + bytes;
+}
+std::string handshake_frame(const std::string& token) {
+  // Handshake{token = 1, protocol_version = 2 (varint 1)} in StoreRequest field 1.
+  return frame(field(1, field(1, token) + std::string{char(2 << 3 | 0), 1}));
+}
+std::string get_frame(const std::string& key) { return frame(field(3, field(1, key))); }
+
+/// Sets an environment variable for one scope and restores the previous value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    value ? ::setenv(name, value, 1) : ::unsetenv(name);
+  }
+  ~ScopedEnv() { old_ ? ::setenv(name_, old_->c_str(), 1) : ::unsetenv(name_); }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+TEST(StoreTest, SetGetTryGetRemoveNumKeys) {
+  StoreServer server(server_options());
+  StoreClient client(client_options(server.port()));
+  EXPECT_EQ(client.num_keys(), 0);
+  EXPECT_EQ(client.try_get("a"), std::nullopt);
+  client.set("a", "1");
+  client.set("b", std::string("x\0y", 3));  // values are bytes
+  EXPECT_EQ(client.get("a"), "1");
+  EXPECT_EQ(client.try_get("b"), std::string("x\0y", 3));
+  client.set("a", "2");  // overwrite
+  EXPECT_EQ(client.get("a"), "2");
+  EXPECT_EQ(client.num_keys(), 2);
+  EXPECT_TRUE(client.remove("a"));
+  EXPECT_FALSE(client.remove("a"));
+  EXPECT_EQ(client.try_get("a"), std::nullopt);
+  EXPECT_EQ(client.num_keys(), 1);
+  client.set("empty", "");
+  EXPECT_EQ(client.try_get("empty"), "");
+  EXPECT_EQ(client.address(), "127.0.0.1:" + std::to_string(server.port()));
+}
+
+TEST(StoreTest, AddCountsAndRefusesNonIntegers) {
+  StoreServer server(server_options());
+  StoreClient client(client_options(server.port()));
+  EXPECT_EQ(client.add("n", 5), 5);  // missing counts as 0
+  EXPECT_EQ(client.add("n", -7), -2);
+  EXPECT_EQ(client.get("n"), "-2");
+  client.set("s", "abc");
+  const std::string msg = message_of([&] { client.add("s", 1); });
+  EXPECT_NE(msg.find("add('s', 1)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not an integer"), std::string::npos) << msg;
+  EXPECT_THROW(client.add("s", 1), ValueError);
+  EXPECT_EQ(client.add("n", 2), 0) << "the connection stays usable after a refused request";
+}
+
+TEST(StoreTest, CompareSetSemantics) {
+  StoreServer server(server_options());
+  StoreClient client(client_options(server.port()));
+  EXPECT_EQ(client.compare_set("k", "", "first"), "first");   // "" matches a missing key
+  EXPECT_EQ(client.compare_set("k", "", "second"), "first");  // no match: current value
+  EXPECT_EQ(client.compare_set("k", "first", "third"), "third");
+  EXPECT_EQ(client.get("k"), "third");
+  EXPECT_EQ(client.compare_set("missing", "x", "y"), "");  // no match, still missing
+  EXPECT_EQ(client.try_get("missing"), std::nullopt);
+}
+
+TEST(StoreTest, GetWaitsUntilAnotherClientSetsTheKey) {
+  StoreServer server(server_options());
+  StoreClient getter(client_options(server.port()));
+  StoreClient setter(client_options(server.port()));
+  std::string got;
+  std::thread t([&] { got = getter.get("late"); });  // bounded by request_timeout (10 s)
+  setter.set("late", "value");
+  t.join();
+  EXPECT_EQ(got, "value");
+}
+
+TEST(StoreTest, WaitReturnsOnceEveryKeyExists) {
+  StoreServer server(server_options());
+  StoreClient waiter(client_options(server.port()));
+  StoreClient setter(client_options(server.port()));
+  std::atomic<bool> done{false};
+  std::thread t([&] {
+    waiter.wait({"a", "b"}, milliseconds(10'000));
+    done = true;
+  });
+  setter.set("a", "1");
+  setter.add("b", 1);
+  t.join();
+  EXPECT_TRUE(done);
+  waiter.wait({}, milliseconds(0));  // nothing to wait for
+}
+
+TEST(StoreTest, WaitTimeoutListsMissingKeys) {
+  StoreServer server(server_options());
+  StoreClient client(client_options(server.port()));
+  client.set("present", "1");
+  const auto start = Clock::now();
+  std::string msg;
+  try {
+    client.wait({"present", "gone1", "gone2"}, milliseconds(200));
+    ADD_FAILURE() << "wait() returned";
+  } catch (const TimeoutError& e) {
+    msg = e.what();
+  }
+  EXPECT_GE(Clock::now() - start, milliseconds(190));
+  EXPECT_NE(msg.find("missing keys: 'gone1', 'gone2'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("store 127.0.0.1:" + std::to_string(server.port())), std::string::npos);
+  client.set("gone1", "x");  // still usable afterwards
+  EXPECT_EQ(client.get("gone1"), "x");
+}
+
+TEST(StoreTest, GetTimesOutNamingTheKey) {
+  StoreServer server(server_options());
+  auto options = client_options(server.port());
+  options.request_timeout = milliseconds(150);
+  StoreClient client(options);
+  std::string msg;
+  try {
+    client.get("never");
+    ADD_FAILURE() << "get() returned";
+  } catch (const TimeoutError& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("get('never')"), std::string::npos) << msg;
+}
+
+TEST(StoreTest, LargeValuesAndLimits) {
+  StoreServer server(server_options());
+  StoreClient client(client_options(server.port()));
+  std::string big(3 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = char(i * 7919 % 251);
+  client.set("big", big);
+  EXPECT_EQ(client.get("big"), big);
+  const std::string too_big(kStoreMaxMessageBytes + 1, 'x');
+  const std::string msg = message_of([&] { client.set("huge", too_big); });
+  EXPECT_NE(msg.find("set('huge')"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("limit"), std::string::npos) << msg;
+  EXPECT_THROW(client.set("bad\xff", "v"), ValueError);  // keys must be UTF-8
+  EXPECT_EQ(client.num_keys(), 1) << "refused requests leave the connection usable";
+}
+
+TEST(StoreSecurity, WrongTokenIsRefusedAndLoggedWithoutTheToken) {
+  StoreServer server(server_options());
+  testing::internal::CaptureStderr();
+  const std::string msg =
+      message_of([&] { StoreClient bad(client_options(server.port(), "not-the-token")); });
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_NE(msg.find("unauthorized"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("DTRAIN_STORE_TOKEN"), std::string::npos) << msg;
+  EXPECT_EQ(server.rejected_connections(), 1);
+  EXPECT_NE(log.find("store " + server.address() + ": refused connection from 127.0.0.1:"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("wrong token"), std::string::npos) << log;
+  EXPECT_EQ(log.find("not-the-token"), std::string::npos) << "the token must never be printed";
+  EXPECT_EQ(log.find(kToken), std::string::npos) << "the token must never be printed";
+
+  StoreClient good(client_options(server.port()));
+  good.set("k", "v");
+  EXPECT_EQ(good.get("k"), "v");
+}
+
+TEST(StoreSecurity, RequestWithoutHandshakeIsRefused) {
+  StoreServer server(server_options());
+  RawSocket raw(server.port());
+  raw.send_bytes(get_frame("k"));
+  const auto answer = raw.read_until_closed();
+  ASSERT_TRUE(answer.has_value()) << "the server kept the connection open";
+  EXPECT_NE(answer->find("unauthorized"), std::string::npos);
+  EXPECT_EQ(server.rejected_connections(), 1);
+}
+
+TEST(StoreSecurity, TokenComesFromTheEnvironmentAndIsRequired) {
+  {
+    ScopedEnv env("DTRAIN_STORE_TOKEN", nullptr);
+    auto options = server_options();
+    options.token.clear();
+    const std::string msg = message_of([&] { StoreServer server(options); });
+    EXPECT_NE(msg.find("DTRAIN_STORE_TOKEN"), std::string::npos) << msg;
+  }
+  ScopedEnv env("DTRAIN_STORE_TOKEN", "from-env");
+  auto options = server_options();
+  options.token.clear();
+  StoreServer server(options);
+  StoreClient client(client_options(server.port(), ""));
+  client.set("k", "v");
+  EXPECT_THROW(StoreClient(client_options(server.port(), kToken)), ValueError);
+}
+
+TEST(StoreRobustness, GarbageBytesCloseOnlyThatConnection) {
+  StoreServer server(server_options());
+  StoreClient client(client_options(server.port()));
+  client.set("k", "v");
+  testing::internal::CaptureStderr();
+  RawSocket raw(server.port());
+  raw.send_bytes(frame(std::string(16, '\xff')));  // a valid length, an unparsable body
+  const auto answer = raw.read_until_closed();
+  const std::string log = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(answer.has_value()) << "the server kept the connection open";
+  EXPECT_TRUE(answer->empty());
+  EXPECT_NE(log.find("malformed"), std::string::npos) << log;
+  EXPECT_EQ(client.get("k"), "v");
+  StoreClient another(client_options(server.port()));
+  EXPECT_EQ(another.get("k"), "v");
+}
+
+TEST(StoreRobustness, OversizedLengthPrefixClosesThatConnection) {
+  StoreServer server(server_options());
+  testing::internal::CaptureStderr();
+  RawSocket raw(server.port());
+  raw.send_bytes(handshake_frame(kToken));
+  raw.send_bytes(std::string("\xff\xff\xff\xff", 4));  // 4 GiB announced
+  const auto answer = raw.read_until_closed();
+  const std::string log = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(answer.has_value()) << "the server kept the connection open";
+  EXPECT_NE(log.find("exceeds the limit"), std::string::npos) << log;
+  EXPECT_NE(log.find("from 127.0.0.1:"), std::string::npos) << log;
+  StoreClient client(client_options(server.port()));
+  client.set("k", "v");
+  EXPECT_EQ(client.get("k"), "v");
+}
+
+TEST(StoreRobustness, HalfOpenAndSlowPeersDoNotBlockOthers) {
+  StoreServer server(server_options());
+  StoreClient client(client_options(server.port()));
+  client.set("big", std::string(1 << 20, 'b'));
+  RawSocket silent(server.port());  // connects and never sends
+  RawSocket partial(server.port());
+  partial.send_bytes(std::string("\x40\x00", 2));  // half a length prefix
+  RawSocket half_message(server.port());
+  half_message.send_bytes(handshake_frame(kToken) + std::string("\x10\x00\x00\x00\x1a", 5));
+  // Asks for 1 MiB forty times and never reads: the server's send buffer for it stays full.
+  RawSocket not_reading(server.port());
+  std::string requests = handshake_frame(kToken);
+  for (int i = 0; i < 40; ++i) requests += get_frame("big");
+  not_reading.send_bytes(requests);
+
+  StoreClient other(client_options(server.port()));
+  other.set("k", "v");
+  EXPECT_EQ(client.get("k"), "v");
+  EXPECT_EQ(other.get("big").size(), size_t(1) << 20);
+  EXPECT_EQ(other.num_keys(), 2);
+}
+
+TEST(StoreRobustness, ParkedGetDoesNotBlockOtherClients) {
+  StoreServer server(server_options());
+  StoreClient waiter(client_options(server.port()));
+  StoreClient other(client_options(server.port()));
+  std::string got;
+  std::thread t([&] { got = waiter.get("release"); });
+  for (int i = 0; i < 20; ++i) other.set(std::string("k") + std::to_string(i), "v");
+  EXPECT_EQ(other.get("k3"), "v");
+  other.set("release", "now");
+  t.join();
+  EXPECT_EQ(got, "now");
+}
+
+TEST(StoreConcurrency, HundredClientsAddToOneCounter) {
+  StoreServer server(server_options());
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < 100; ++i) {
+    threads.emplace_back([&] {
+      try {
+        StoreClient client(client_options(server.port()));
+        for (int j = 0; j < 10; ++j) client.add("counter", 1);
+      } catch (const std::exception& e) {
+        ++failures;
+        ADD_FAILURE() << e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures, 0);
+  StoreClient client(client_options(server.port()));
+  EXPECT_EQ(client.get("counter"), "1000");
+}
+
+TEST(StoreServerTest, PortZeroPicksAFreePort) {
+  StoreServer a(server_options());
+  StoreServer b(server_options());
+  EXPECT_NE(a.port(), 0);
+  EXPECT_NE(a.port(), b.port());
+  EXPECT_EQ(a.address(), "127.0.0.1:" + std::to_string(a.port()));
+}
+
+TEST(StoreServerTest, BindingAPortInUseNamesHostAndPort) {
+  StoreServer first(server_options());
+  auto options = server_options();
+  options.port = first.port();
+  const std::string msg = message_of([&] { StoreServer second(options); });
+  EXPECT_NE(msg.find("127.0.0.1:" + std::to_string(first.port())), std::string::npos) << msg;
+  EXPECT_NE(msg.find("already in use"), std::string::npos) << msg;
+}
+
+TEST(StoreClientTest, ServerGoneMakesTheNextCallSaySo) {
+  auto server = std::make_unique<StoreServer>(server_options());
+  const std::string address = server->address();
+  StoreClient client(client_options(server->port()));
+  client.set("k", "v");
+  server.reset();
+  const std::string msg = message_of([&] { client.get("k"); });
+  EXPECT_NE(msg.find("store " + address + ": get('k')"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("closed"), std::string::npos) << msg;
+  const std::string again = message_of([&] { client.set("k", "v"); });
+  EXPECT_NE(again.find("closed"), std::string::npos) << again;
+}
+
+TEST(StoreClientTest, ConnectTimeoutNamesTheAddress) {
+  // A bound socket that does not listen: connections to its port are refused, and no other
+  // process can take the port during the test.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const uint16_t port = ntohs(addr.sin_port);
+  auto options = client_options(port);
+  options.connect_timeout = milliseconds(300);
+  const auto start = Clock::now();
+  std::string msg;
+  try {
+    StoreClient client(options);
+    ADD_FAILURE() << "connected to a port nobody listens on";
+  } catch (const TimeoutError& e) {
+    msg = e.what();
+  }
+  const auto elapsed = Clock::now() - start;
+  ::close(fd);
+  EXPECT_GE(elapsed, milliseconds(290));
+  EXPECT_LT(elapsed, milliseconds(2'000));
+  EXPECT_NE(msg.find("store 127.0.0.1:" + std::to_string(port)), std::string::npos) << msg;
+  EXPECT_NE(msg.find("refused"), std::string::npos) << msg;
+}
+
+TEST(StoreClientTest, ConnectRetriesUntilTheServerStarts) {
+  // Reserve a free port, release it, then start the server on it after the client is retrying.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const uint16_t port = ntohs(addr.sin_port);
+  std::string got;
+  std::string error;
+  std::thread t([&] {
+    try {
+      StoreClient client(client_options(port));  // retries for up to 5 s
+      got = client.get("k");
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  });
+  ::close(fd);
+  auto options = server_options();
+  options.port = port;
+  StoreServer server(options);
+  StoreClient setter(client_options(port));
+  setter.set("k", "hello");
+  t.join();
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(got, "hello");
+}
+
+}  // namespace
+}  // namespace dtrain::dist
