@@ -184,6 +184,7 @@ inline void check_everything(Communicator& c) {
       }
       check_broadcast(c, dtype, count, c.size() - 1);
       check_reduce(c, dtype, count, 0);
+      check_reduce(c, dtype, count, c.size() - 1);
       check_all_gather(c, dtype, count);
       check_reduce_scatter(c, dtype, count);
       check_send_recv_ring(c, dtype, count);

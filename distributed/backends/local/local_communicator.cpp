@@ -112,16 +112,25 @@ void LocalCommunicator::reduce_my_chunk(const Tensor& t, ReduceOp op, int only_r
   if (begin == end) return;
   const size_t es = dtype_size(t.dtype());
   const size_t bytes = (end - begin) * es;
+  const auto input = [&](int r) {
+    return static_cast<const char*>(group_->inputs[r]) + begin * es;
+  };
+  const auto output = [&](int r) { return static_cast<char*>(group_->outputs[r]) + begin * es; };
+  if (only_root < 0 || only_root == 0) {
+    // Only this rank touches chunk rank() of any buffer between the two rendezvous, so rank 0's
+    // buffer can accumulate in place: inputs combine in rank order 0, 1, ... as everywhere else.
+    for (int r = 1; r < size(); ++r) reduce_into(output(0), input(r), end - begin, t.dtype(), op);
+    if (only_root < 0) {
+      for (int r = 1; r < size(); ++r) std::memcpy(output(r), output(0), bytes);
+    }
+    return;
+  }
+  // Reducing onto another root: its buffer is also an input, so accumulate aside first.
   scratch_.resize(bytes);
-  std::memcpy(scratch_.data(), static_cast<const char*>(group_->inputs[0]) + begin * es, bytes);
-  for (int r = 1; r < size(); ++r) {
-    reduce_into(scratch_.data(), static_cast<const char*>(group_->inputs[r]) + begin * es,
-                end - begin, t.dtype(), op);
-  }
-  for (int r = 0; r < size(); ++r) {
-    if (only_root >= 0 && r != only_root) continue;
-    std::memcpy(static_cast<char*>(group_->outputs[r]) + begin * es, scratch_.data(), bytes);
-  }
+  std::memcpy(scratch_.data(), input(0), bytes);
+  for (int r = 1; r < size(); ++r)
+    reduce_into(scratch_.data(), input(r), end - begin, t.dtype(), op);
+  std::memcpy(output(only_root), scratch_.data(), bytes);
 }
 
 void LocalCommunicator::run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info,
