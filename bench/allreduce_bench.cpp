@@ -1,0 +1,91 @@
+// All-reduce bus bandwidth of dtrain's mpi backend against raw MPI_Allreduce on the same buffer,
+// interleaved in one run, 4 KiB to 256 MiB of float32. Prints a Markdown table on rank 0.
+// Run: OMP_NUM_THREADS=1 mpirun -n 2 build/bench/allreduce_bench [max_mib] (see
+// docs/performance.md)
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "distributed/backends/mpi/mpi_communicator.h"
+
+using namespace dtrain;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// Seconds for `reps` back-to-back calls of op, as seen by the slowest rank: a barrier lines the
+/// ranks up first, and the max over ranks is what a synchronous step would wait for.
+template <class Op>
+double timed(int reps, Op&& op) {
+  MPI_Barrier(MPI_COMM_WORLD);
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) op();
+  double mine = std::chrono::duration<double>(Clock::now() - start).count(), slowest = 0;
+  MPI_Allreduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return slowest / reps;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::string human(int64_t bytes) {
+  if (bytes >= (1 << 20)) return std::to_string(bytes >> 20) + " MiB";
+  return std::to_string(bytes >> 10) + " KiB";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int64_t max_bytes = (argc > 1 ? std::atoll(argv[1]) : 256) << 20;
+  auto comm = dist::MpiCommunicator::world();  // initialises MPI with MPI_THREAD_MULTIPLE
+  const int n = comm->size();
+  const double bus_factor = 2.0 * (n - 1) / n;  // nccl-tests' all-reduce bus bandwidth
+  if (comm->rank() == 0) {
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int length = 0;
+    MPI_Get_library_version(version, &length);
+    std::string v(version, length);
+    std::printf("all_reduce(sum) float32 on %d ranks; %s\n\n", n,
+                v.substr(0, v.find('\n')).c_str());
+    std::printf(
+        "| size | dtrain algbw GB/s | dtrain busbw GB/s | MPI_Allreduce algbw GB/s | "
+        "MPI_Allreduce busbw GB/s | dtrain / MPI |\n");
+    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  }
+  for (int64_t bytes = 4 << 10; bytes <= max_bytes; bytes *= 4) {
+    Tensor t = zeros({bytes / 4});  // zeros stay zeros: no overflow over repetitions
+    void* buf = t.data_ptr();
+    // About 256 MiB of traffic per batch, 2..200 calls; the first batch of each is a warm-up.
+    const int reps = static_cast<int>(std::clamp<int64_t>((int64_t{256} << 20) / bytes, 2, 200));
+    const int batches = bytes >= (64 << 20) ? 5 : 9;
+    auto run_dtrain = [&] { comm->all_reduce(t)->wait(); };
+    auto run_mpi = [&] {
+      MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(bytes / 4), MPI_FLOAT, MPI_SUM,
+                    MPI_COMM_WORLD);
+    };
+    timed(1, run_dtrain);
+    timed(1, run_mpi);
+    // Interleaved batches, so drift in the machine's load affects both sides alike.
+    std::vector<double> dtrain_s, mpi_s;
+    for (int b = 0; b < batches; ++b) {
+      dtrain_s.push_back(timed(reps, run_dtrain));
+      mpi_s.push_back(timed(reps, run_mpi));
+    }
+    const double d = median(dtrain_s), m = median(mpi_s);
+    if (comm->rank() == 0) {
+      const double d_alg = bytes / d / 1e9, m_alg = bytes / m / 1e9;
+      std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", human(bytes).c_str(), d_alg,
+                  d_alg * bus_factor, m_alg, m_alg * bus_factor, m / d);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,66 @@
+// The mpi backend: collectives between processes started by mpirun/srun, over host memory.
+// MPI's types stay in the .cpp (a pimpl), so including this header does not need mpi.h.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "distributed/async_communicator.h"
+
+namespace dtrain::dist {
+
+/// A communicator over a private duplicate of MPI_COMM_WORLD.
+///
+/// Collectives run in issue order on the base class's worker thread as nonblocking MPI calls
+/// polled against each call's timeout. float16 and bfloat16 reductions use user-defined MPI
+/// operations that widen each pair of elements to float, reduce, and round back at every step
+/// (like the local backend), so a sum over N ranks is rounded N-1 times.
+///
+/// A collective that times out cannot be cancelled in MPI: the communicator is unusable
+/// afterwards (every later call fails at once) and the job should be stopped (abort()). MPI is
+/// then finalised at exit only if the collective has completed since (its peers came late);
+/// otherwise the process exits without MPI_Finalize, which makes mpirun stop the whole job.
+class MpiCommunicator final : public AsyncCommunicator {
+ public:
+  /// A new communicator over all the processes of the job. Initialises MPI on the first call with
+  /// MPI_THREAD_MULTIPLE (throws if the library grants less) and finalises it at exit, after the
+  /// last MpiCommunicator is gone, only if it was this call that initialised it (an application
+  /// that initialised MPI itself finalises it, after destroying every MpiCommunicator). Collective:
+  /// every rank calls it the same number of times in the same order. Call from one thread at a
+  /// time.
+  static std::shared_ptr<MpiCommunicator> world();
+
+  ~MpiCommunicator() override;
+  std::string_view backend_name() const override { return "mpi"; }
+
+  /// Stops every process of the job (MPI_Abort); for a top-level handler after a failure, so
+  /// peers blocked in a collective do not hang.
+  [[noreturn]] void abort(int error_code) const;
+
+  /// The largest element count passed to one MPI call; larger tensors are split into chunks of
+  /// this many elements. Defaults to INT_MAX (MPI counts are int); tests lower it to exercise the
+  /// chunked paths with small tensors. Set it identically on every rank.
+  void set_max_chunk_elements(int64_t n);
+
+ protected:
+  void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info, Timeout timeout) override;
+  void run_broadcast(Tensor& t, int root, const CollectiveInfo& info, Timeout timeout) override;
+  void run_reduce(Tensor& t, ReduceOp op, int root, const CollectiveInfo& info,
+                  Timeout timeout) override;
+  void run_all_gather(const Tensor& in, Tensor& out, const CollectiveInfo& info,
+                      Timeout timeout) override;
+  void run_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, const CollectiveInfo& info,
+                          Timeout timeout) override;
+  void run_barrier(const CollectiveInfo& info, Timeout timeout) override;
+  void run_send(const Tensor& t, int peer, int tag, const CollectiveInfo& info,
+                Timeout timeout) override;
+  void run_recv(Tensor& t, int peer, int tag, const CollectiveInfo& info, Timeout timeout) override;
+
+ private:
+  struct Impl;
+  MpiCommunicator(std::unique_ptr<Impl> impl, int rank, int size);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dtrain::dist

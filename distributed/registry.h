@@ -1,0 +1,24 @@
+// The backend registry: which communicator backends this build has, and how to create the world
+// communicator of one by name. One explicit line per backend in registry.cpp.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "distributed/async_communicator.h"
+
+namespace dtrain::dist {
+
+/// The backends compiled into this build, in a fixed order: "local" always, then "mpi" when
+/// built with MPI.
+std::vector<std::string> available_backends();
+
+/// A communicator over every process of the job for a backend that spans processes ("mpi").
+/// Collective: every rank calls it the same number of times in the same order. Throws
+/// UnsupportedError for "local" (its ranks are threads: use make_local_group) and for a backend
+/// this build does not have, listing the available ones.
+std::shared_ptr<AsyncCommunicator> create_world_communicator(std::string_view backend);
+
+}  // namespace dtrain::dist

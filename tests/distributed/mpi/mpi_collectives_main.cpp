@@ -1,0 +1,200 @@
+// The mpi backend in real ranks: run under `mpiexec -n N` (ctest: mpi_collectives_np{2,3,4}),
+// every rank runs the same GoogleTest cases; rank 0 prints the full report, the others only their
+// failures, and the exit code is non-zero on every rank when any rank failed.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "collective_cases.h"
+#include "distributed/backends/mpi/mpi_communicator.h"
+#include "distributed/registry.h"
+
+namespace dtrain {
+namespace {
+
+using dist::MpiCommunicator;
+using dist::ReduceOp;
+using ::testing::HasSubstr;
+
+/// The communicator every case shares; created in main, after InitGoogleTest.
+std::shared_ptr<MpiCommunicator> g_comm;
+MpiCommunicator& comm() { return *g_comm; }
+
+/// FNV-1a over a tensor's bytes: equal on every rank iff the results are bit-identical.
+int64_t checksum(const Tensor& t) {
+  uint64_t h = 1469598103934665603ull;
+  const auto* p = static_cast<const unsigned char*>(t.data_ptr());
+  for (size_t i = 0; i < t.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return static_cast<int64_t>(h);
+}
+
+/// Gathers every rank's checksum of t and expects them all equal to rank 0's.
+void expect_same_on_every_rank(const Tensor& t, const std::string& what) {
+  Tensor mine = full({1}, 0.0, DType::kInt64);
+  mine.data<int64_t>()[0] = checksum(t);
+  Tensor all({comm().size()}, DType::kInt64);
+  comm().all_gather(mine, all)->wait();
+  for (int r = 1; r < comm().size(); ++r) {
+    EXPECT_EQ(all.data<int64_t>()[r], all.data<int64_t>()[0])
+        << what << ": rank " << r << "'s result differs from rank 0's";
+  }
+}
+
+TEST(MpiCollectives, EveryCollectiveDtypeAndCount) { testdist::check_everything(comm()); }
+
+TEST(MpiCollectives, ChunkedPathsGiveTheSameResults) {
+  // Counts above INT_MAX are split into chunks; a chunk of 5 elements takes those paths (including
+  // the packed all_gather/reduce_scatter) with counts the test can afford.
+  comm().set_max_chunk_elements(5);
+  testdist::check_everything(comm());
+  comm().set_max_chunk_elements(INT_MAX);
+}
+
+TEST(MpiCollectives, RoundedResultsAreBitIdenticalOnEveryRank) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16}) {
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kProduct}) {
+      // Values whose sums round, unlike collective_cases' exact inputs.
+      Tensor t({1001});
+      Generator gen(11, comm().rank());
+      uniform_(t, -1, 1, gen);
+      t = to_dtype(t, dtype);
+      comm().all_reduce(t, {op})->wait();
+      expect_same_on_every_rank(t, "all_reduce(" + std::string(dist::reduce_op_name(op)) + ") " +
+                                       std::string(dtype_name(dtype)));
+    }
+  }
+}
+
+TEST(MpiCollectives, AllReduce64MiB) {
+  const int64_t count = (int64_t{64} << 20) / 4;
+  Tensor t = testdist::check_all_reduce(comm(), DType::kFloat32, count, ReduceOp::kSum);
+  expect_same_on_every_rank(t, "64 MiB all_reduce");
+}
+
+TEST(MpiCollectives, RunInIssueOrderWhileTheCallerContinues) {
+  Tensor a = full({4}, comm().rank() + 1.0), b = full({1 << 20}, 10.0 * (comm().rank() + 1));
+  const uint64_t first = comm().next_sequence();
+  dist::WorkPtr wa = comm().all_reduce(a);
+  dist::WorkPtr wb = comm().all_reduce(b);  // issued before the first finished
+  EXPECT_EQ(wa->info().sequence, first);
+  EXPECT_EQ(wb->info().sequence, first + 1);
+  wb->wait();
+  EXPECT_TRUE(wa->is_completed());
+  const float n = comm().size();
+  EXPECT_EQ(a.to_vector<float>()[0], n * (n + 1) / 2);
+  EXPECT_EQ(b.to_vector<float>()[0], 10 * n * (n + 1) / 2);
+}
+
+TEST(MpiCollectives, RecvOfTheWrongSizeIsReported) {
+  if (comm().rank() > 1) return;
+  Tensor t = zeros({comm().rank() == 0 ? 3 : 4});
+  if (comm().rank() == 0) {
+    comm().send(t, 1, {3})->wait();
+  } else {
+    try {
+      comm().recv(t, 0, {3})->wait();
+      ADD_FAILURE() << "a 3-element message into a 4-element receive should fail";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.message(), HasSubstr("rank 0 sent 3 elements but the receive expects 4"));
+    }
+  }
+}
+
+TEST(MpiCollectives, RegistryCreatesTheWorld) {
+  EXPECT_THAT(dist::available_backends(), ::testing::ElementsAre("local", "mpi"));
+  auto c = dist::create_world_communicator("mpi");
+  EXPECT_EQ(c->backend_name(), "mpi");
+  EXPECT_EQ(c->rank(), comm().rank());
+  EXPECT_EQ(c->size(), comm().size());
+  Tensor t = full({3}, 1.0);
+  c->all_reduce(t)->wait();
+  EXPECT_EQ(t.to_vector<float>()[2], comm().size());
+}
+
+TEST(MpiCollectives, ATimeoutNamesTheCollectiveAndLeavesTheCommunicatorUnusable) {
+  // A communicator of its own, as this one ends up unusable.
+  auto c = MpiCommunicator::world();
+  Tensor t = full({8}, 1.0);
+  if (c->rank() == 0) {
+    // Rank 0 issues alone; the others join only after it has given up (the first barrier).
+    try {
+      c->all_reduce(t, {ReduceOp::kSum, std::chrono::milliseconds(300)})->wait();
+      ADD_FAILURE() << "expected a timeout";
+    } catch (const TimeoutError& e) {
+      EXPECT_THAT(e.message(), HasSubstr("all_reduce(sum) float32 x 8 timed out after 300 ms on "
+                                         "rank 0 of " +
+                                         std::to_string(c->size())));
+      EXPECT_THAT(e.message(), HasSubstr("unusable"));
+    }
+    try {
+      c->barrier()->wait();
+      ADD_FAILURE() << "expected the communicator to refuse further collectives";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.message(), HasSubstr("unusable after an earlier failure"));
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // The late ranks complete the abandoned collective, so MPI can still be finalised at exit.
+  if (c->rank() != 0) c->all_reduce(t)->wait();
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+/// On ranks other than 0: prints only failures, prefixed with the rank.
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  void OnTestStart(const ::testing::TestInfo& info) override {
+    test_ = std::string(info.test_suite_name()) + "." + info.name();
+  }
+  void OnTestPartResult(const ::testing::TestPartResult& result) override {
+    if (!result.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
+                 result.file_name() ? result.file_name() : "?", result.line_number(),
+                 result.message());
+  }
+
+ private:
+  int rank_;
+  std::string test_;
+};
+
+}  // namespace
+}  // namespace dtrain
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  int rank = 0, size = 1, failed = 0;
+  {
+    dtrain::g_comm = dtrain::dist::MpiCommunicator::world();  // initialises MPI
+    rank = dtrain::g_comm->rank();
+    size = dtrain::g_comm->size();
+    if (rank != 0) {
+      auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+      delete listeners.Release(listeners.default_result_printer());
+      listeners.Append(new dtrain::FailurePrinter(rank));
+    }
+    failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+    dtrain::g_comm.reset();
+  }
+  // Every rank learns which ranks failed, so mpiexec's exit status does not depend on which rank
+  // it reports.
+  std::vector<int> failures(size);
+  MPI_Allgather(&failed, 1, MPI_INT, failures.data(), 1, MPI_INT, MPI_COMM_WORLD);
+  int any = 0;
+  std::string report = "[mpi] " + std::to_string(size) + " ranks: ";
+  for (int r = 0; r < size; ++r) {
+    if (!failures[r]) continue;
+    report += any ? ", " : "failed on rank ";
+    report += std::to_string(r);
+    any = 1;
+  }
+  if (rank == 0) std::printf("%s\n", any ? report.c_str() : (report + "all passed").c_str());
+  return any;  // MPI is finalised at exit by the backend
+}
