@@ -21,4 +21,9 @@ std::vector<std::string> available_backends();
 /// this build does not have, listing the available ones.
 std::shared_ptr<AsyncCommunicator> create_world_communicator(std::string_view backend);
 
+/// The job's communicator from the environment contract (detect_world): a one-rank local group
+/// for a single process; otherwise `backend` ("auto" picks mpi under mpirun or srun). Checks that
+/// the backend's rank and size agree with the environment and names both when they do not.
+std::shared_ptr<AsyncCommunicator> init_from_env(std::string_view backend = "auto");
+
 }  // namespace dtrain::dist

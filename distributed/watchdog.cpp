@@ -135,8 +135,9 @@ void Watchdog::loop() {
     if (waited >= options_.timeout) {
       lock.unlock();
       std::string text = report(info, waited);
-      on_timeout_("watchdog timeout (" + std::to_string(options_.timeout.count() / 1000.0) +
-                  " s): " + text);
+      char limit[32];
+      std::snprintf(limit, sizeof limit, "%.1f s", options_.timeout.count() / 1000.0);
+      on_timeout_("watchdog timeout (" + std::string(limit) + "): " + text);
       lock.lock();
       // The action did not end the process (tests): report this collective once.
       if (in_flight_ && in_flight_->sequence == info.sequence) in_flight_.reset();
