@@ -118,6 +118,46 @@ TEST(MpiCollectives, RegistryCreatesTheWorld) {
   EXPECT_EQ(t.to_vector<float>()[2], comm().size());
 }
 
+// With debug checks, ranks compare their calls before running them: a different count or a
+// different collective is an error listing every rank's call, not a hang or garbage.
+TEST(MpiCollectives, DebugChecksCatchDifferentCounts) {
+  auto c = MpiCommunicator::world();
+  c->set_debug_checks(true);
+  Tensor t = zeros({c->rank() == 1 ? 5 : 4});
+  try {
+    c->all_reduce(t)->wait();
+    ADD_FAILURE() << "expected the debug check to catch different counts";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.message(), HasSubstr("DTRAIN_DISTRIBUTED_DEBUG"));
+    EXPECT_THAT(e.message(), HasSubstr("rank 0: collective #1 all_reduce(sum) float32 x 4"));
+    EXPECT_THAT(e.message(), HasSubstr("rank 1: collective #1 all_reduce(sum) float32 x 5"));
+  }
+}
+
+TEST(MpiCollectives, DebugChecksCatchDifferentCollectives) {
+  auto c = MpiCommunicator::world();
+  c->set_debug_checks(true);
+  Tensor t = zeros({4});
+  try {
+    if (c->rank() == 0) {
+      c->broadcast(t)->wait();
+    } else {
+      c->all_reduce(t)->wait();
+    }
+    ADD_FAILURE() << "expected the debug check to catch different collectives";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.message(), HasSubstr("rank 0: collective #1 broadcast(root 0) float32 x 4"));
+    EXPECT_THAT(e.message(), HasSubstr("rank 1: collective #1 all_reduce(sum) float32 x 4"));
+  }
+}
+
+TEST(MpiCollectives, InitFromEnvFindsOpenMpisRankAndSize) {
+  auto c = dist::init_from_env();
+  EXPECT_EQ(c->backend_name(), "mpi");
+  EXPECT_EQ(c->rank(), comm().rank());
+  EXPECT_EQ(c->size(), comm().size());
+}
+
 TEST(MpiCollectives, ATimeoutNamesTheCollectiveAndLeavesTheCommunicatorUnusable) {
   // A communicator of its own, as this one ends up unusable.
   auto c = MpiCommunicator::world();

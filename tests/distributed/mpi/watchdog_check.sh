@@ -20,7 +20,13 @@ check 'grep -q "rank 0: collective #3 all_reduce(sum) float32 x 1024 has waited"
 check 'grep -q "rank 2: collective #3 all_reduce(sum) float32 x 1024 has waited" "$output"' "rank 2 reports the collective"
 check '[ "$(grep -c "ranks that have not reached it: 1$" "$output")" -ge 1 ]' "the report names rank 1"
 check '! grep -q "finished, which it must not have" "$output"' "no rank completed the stalled collective"
-sleep_pids=$(pgrep -x "$(basename "$binary")" || true)
+# mpirun may return while the ranks it signalled are still exiting: poll (at most 5 s) until they
+# are gone; a rank that survives (the sleeping one would for 60 s) fails the check.
+for _ in $(seq 50); do
+  sleep_pids=$(pgrep -x "$(basename "$binary")" || true)
+  [ -z "$sleep_pids" ] && break
+  sleep 0.1
+done
 check '[ -z "$sleep_pids" ]' "no process of the job is left (found: ${sleep_pids:-none})"
 if [ "$fail" -ne 0 ]; then
   echo "--- job output ---"
