@@ -16,6 +16,7 @@ class QueuedWork final : public Work {
   explicit QueuedWork(CollectiveInfo info) : info_(std::move(info)) {}
 
   void wait(Timeout timeout) override {
+    spin_until([&] { return finished_.load(std::memory_order_acquire); });
     std::unique_lock lock(mu_);
     if (!cv_.wait_for(lock, timeout, [&] { return done_; })) {
       DTRAIN_THROW(TimeoutError, info_.describe(), " did not complete within ", timeout.count(),
@@ -35,6 +36,7 @@ class QueuedWork final : public Work {
       done_ = true;
       error_ = std::move(error);
     }
+    finished_.store(true, std::memory_order_release);
     cv_.notify_all();
   }
 
@@ -43,6 +45,7 @@ class QueuedWork final : public Work {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> finished_{false};  // done_, readable without the lock while spinning
   std::exception_ptr error_;
 };
 
@@ -137,12 +140,14 @@ void AsyncCommunicator::stop_worker() {
 void AsyncCommunicator::worker_loop() {
   for (;;) {
     std::function<void()> task;
+    spin_until([&] { return queued_.load(std::memory_order_acquire) > 0; });
     {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and everything issued has run
       task = std::move(queue_.front());
       queue_.pop_front();
+      queued_.store(queue_.size(), std::memory_order_release);
     }
     task();
   }
@@ -177,6 +182,7 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
     std::lock_guard lock(mu_);
     DTRAIN_CHECK(!stopping_, info.describe(), ": the communicator is shutting down");
     queue_.push_back(std::move(task));
+    queued_.store(queue_.size(), std::memory_order_release);
   }
   cv_.notify_all();
   return work;

@@ -3,6 +3,7 @@
 // communication runs; backends implement the blocking run_* primitives.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -16,6 +17,19 @@ namespace dtrain::dist {
 
 /// Notified when a collective starts and finishes on the worker thread (the watchdog and the
 /// trace listen here). Called on the worker thread; must be quick and not throw.
+/// Spins (yielding) until pred() holds or `limit` passes; true if it held. Waits between
+/// collectives are usually a few microseconds, far shorter than waking a blocked thread on an
+/// idle core, so waiters spin this long before they block.
+template <class Pred>
+bool spin_until(Pred&& pred, std::chrono::microseconds limit = std::chrono::microseconds(50)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
 class CollectiveObserver {
  public:
   virtual ~CollectiveObserver() = default;
@@ -84,6 +98,7 @@ class AsyncCommunicator : public Communicator {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
+  std::atomic<size_t> queued_{0};  // queue_.size(), readable without the lock while spinning
   bool stopping_ = false;
   std::thread worker_;
 };

@@ -39,17 +39,23 @@ void LocalGroup::rendezvous(int rank, const CollectiveInfo& info, Timeout timeou
     std::fill(present_.begin(), present_.end(), false);
     ++generation_;
     cv_.notify_all();
-  } else if (!cv_.wait_for(lock, timeout,
-                           [&] { return generation_ != my_generation || !failure_.empty(); })) {
-    std::ostringstream os;
-    os << info.describe() << " timed out after " << timeout.count() << " ms on rank " << rank
-       << "; ranks that have not reached it:";
-    for (int r = 0; r < size_; ++r) {
-      if (!present_[r]) os << " " << r;
+  } else {
+    // Spin briefly outside the lock first: the other ranks are usually microseconds behind.
+    lock.unlock();
+    spin_until([&] { return generation_.load() != my_generation; });
+    lock.lock();
+    if (!cv_.wait_for(lock, timeout,
+                      [&] { return generation_ != my_generation || !failure_.empty(); })) {
+      std::ostringstream os;
+      os << info.describe() << " timed out after " << timeout.count() << " ms on rank " << rank
+         << "; ranks that have not reached it:";
+      for (int r = 0; r < size_; ++r) {
+        if (!present_[r]) os << " " << r;
+      }
+      failure_ = os.str();
+      cv_.notify_all();
+      DTRAIN_THROW(TimeoutError, failure_);
     }
-    failure_ = os.str();
-    cv_.notify_all();
-    DTRAIN_THROW(TimeoutError, failure_);
   }
   if (!failure_.empty()) DTRAIN_THROW(ValueError, failure_);
 }

@@ -47,7 +47,7 @@ class LocalGroup {
   const int size_;
   std::mutex mu_;
   std::condition_variable cv_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};  // written under mu_, read without it while spinning
   int arrived_ = 0;
   std::vector<bool> present_;
   std::vector<CollectiveInfo> calls_;
