@@ -1,0 +1,318 @@
+// DistributedDataParallel: model agreement check, parameter broadcast, gradient buckets whose
+// all-reduce starts from autograd hooks, no_sync, unused-parameter detection, bucket rebuild.
+#include "strategies/ddp.h"
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#include "autograd/node.h"
+#include "tensor/check.h"
+#include "tensor/ops.h"
+
+namespace dtrain {
+
+struct Bucket {
+  std::vector<size_t> params;  // indices into State::params, in bucket order
+  Tensor flat;                 // the gradients, contiguous: each parameter's grad is a view
+  Tensor compressed;           // fp16/bf16 copy sent instead of flat by a comm hook
+  int pending = 0;             // parameters whose gradient is not final yet this step
+  dist::WorkPtr work;
+};
+
+struct DistributedDataParallel::State {
+  std::shared_ptr<dist::Communicator> comm;
+  DdpOptions options;
+  std::vector<std::pair<std::string, Tensor>> params;  // those that require grad
+  std::vector<int> bucket_of;
+  std::vector<Bucket> buckets;
+  std::vector<bool> ready;
+  size_t next_launch = 0;
+  bool syncing = true;
+  bool rebuilt = false;
+  std::vector<size_t> ready_order;  // first step: the order gradients became final
+
+  /// Groups parameters in `order` into buckets (one dtype each, first bucket smaller), and makes
+  /// every gradient a view into its bucket, keeping the values it had.
+  void build_buckets(const std::vector<size_t>& order) {
+    buckets.clear();
+    bucket_of.assign(params.size(), -1);
+    const double mib = 1024.0 * 1024.0;
+    size_t cap = static_cast<size_t>(options.bucket_first_cap_mb * mib);
+    size_t bytes = 0;
+    for (size_t i : order) {
+      const Tensor& p = params[i].second;
+      const bool fits = !buckets.empty() && bytes + p.nbytes() <= cap &&
+                        params[buckets.back().params.front()].second.dtype() == p.dtype();
+      if (!fits) {
+        if (!buckets.empty()) cap = static_cast<size_t>(options.bucket_cap_mb * mib);
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      buckets.back().params.push_back(i);
+      bucket_of[i] = static_cast<int>(buckets.size()) - 1;
+      bytes += p.nbytes();
+    }
+    for (Bucket& b : buckets) {
+      int64_t total = 0;
+      for (size_t i : b.params) total += params[i].second.numel();
+      const Tensor& first = params[b.params.front()].second;
+      b.flat = zeros({total}, first.dtype(), first.device());
+      int64_t at = 0;
+      for (size_t i : b.params) {
+        Tensor& p = params[i].second;
+        Tensor view(b.flat.storage(), at * dtype_size(p.dtype()), p.shape(), p.dtype());
+        if (p.grad().defined()) view.copy_(p.grad());
+        p.set_grad(view);
+        at += p.numel();
+      }
+      b.pending = static_cast<int>(b.params.size());
+    }
+    ready.assign(params.size(), false);
+    next_launch = 0;
+  }
+
+  void launch(Bucket& b) {
+    const int world = comm->size();
+    if (options.comm_hook == "none") {
+      b.work = comm->all_reduce(b.flat, {dist::ReduceOp::kAvg, options.timeout});
+      return;
+    }
+    // Compression: divide first (no overflow in 16 bits), sum the halves, widen at the end.
+    Tensor scaled = b.flat.clone();
+    ops::scale_(scaled, 1.0 / world);
+    b.compressed =
+        to_dtype(scaled, options.comm_hook == "fp16" ? DType::kFloat16 : DType::kBFloat16);
+    b.work = comm->all_reduce(b.compressed, {dist::ReduceOp::kSum, options.timeout});
+  }
+
+  /// Launches ready buckets strictly in bucket order, so every rank issues the same sequence.
+  void launch_ready() {
+    while (next_launch < buckets.size() && buckets[next_launch].pending == 0) {
+      launch(buckets[next_launch]);
+      ++next_launch;
+    }
+  }
+
+  void on_ready(size_t i) {
+    if (!syncing || ready[i]) return;
+    Tensor& p = params[i].second;
+    Bucket& b = buckets[bucket_of[i]];
+    // A gradient that left its bucket (zero_grad(set_to_none) then a fresh accumulation) is
+    // copied back and viewed again.
+    const int64_t offset = offset_in_bucket(i);
+    Tensor view(b.flat.storage(), offset * dtype_size(p.dtype()), p.shape(), p.dtype());
+    if (p.grad().data_ptr() != view.data_ptr()) {
+      view.copy_(p.grad());
+      p.set_grad(view);
+    }
+    ready[i] = true;
+    if (!rebuilt) ready_order.push_back(i);
+    --b.pending;
+    launch_ready();
+  }
+
+  int64_t offset_in_bucket(size_t i) const {
+    int64_t at = 0;
+    for (size_t j : buckets[bucket_of[i]].params) {
+      if (j == i) return at;
+      at += params[j].second.numel();
+    }
+    return at;
+  }
+};
+
+namespace {
+
+uint64_t fnv(const std::string& s, uint64_t h = 1469598103934665603ull) {
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string describe_ranks(const std::vector<int>& ranks) {
+  std::string s;
+  for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
+  return s;
+}
+
+}  // namespace
+
+DistributedDataParallel::DistributedDataParallel(nn::Module& model,
+                                                 std::shared_ptr<dist::Communicator> comm,
+                                                 DdpOptions options)
+    : model_(model), comm_(std::move(comm)), options_(options), state_(std::make_shared<State>()) {
+  DTRAIN_CHECK(comm_ != nullptr, "DistributedDataParallel: needs a communicator");
+  DTRAIN_CHECK(
+      options_.comm_hook == "none" || options_.comm_hook == "fp16" || options_.comm_hook == "bf16",
+      "DistributedDataParallel: comm_hook must be none, fp16 or bf16; got '", options_.comm_hook,
+      "'");
+  check_models_agree();
+  broadcast_state(/*parameters=*/true, /*buffers=*/true);
+  State& s = *state_;
+  s.comm = comm_;
+  s.options = options_;
+  for (auto& [name, p] : model_.named_parameters()) {
+    if (p.requires_grad()) s.params.emplace_back(name, p);
+  }
+  // Reverse registration order approximates the order backward finishes gradients; the real
+  // order, recorded in the first step, replaces it.
+  std::vector<size_t> order(s.params.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = order.size() - 1 - i;
+  s.build_buckets(order);
+  std::weak_ptr<State> weak = state_;
+  for (size_t i = 0; i < s.params.size(); ++i) {
+    autograd::register_post_accumulate_grad_hook(s.params[i].second, [weak, i](Tensor&) {
+      if (auto st = weak.lock()) st->on_ready(i);
+    });
+  }
+}
+
+DistributedDataParallel::~DistributedDataParallel() {
+  // Collectives still in flight hold views of our buckets: let them finish first.
+  for (Bucket& b : state_->buckets) {
+    if (b.work) {
+      try {
+        b.work->wait(options_.timeout);
+      } catch (...) {
+      }
+    }
+  }
+}
+
+void DistributedDataParallel::check_models_agree() {
+  // 1. Every rank gathers every rank's tensor count; 2. then one fingerprint per tensor (name,
+  //    shape, dtype); the first index where a rank differs from rank 0 names the tensor.
+  std::vector<std::pair<std::string, Tensor>> tensors = model_.named_parameters();
+  for (auto& b : model_.named_buffers()) tensors.push_back(b);
+  const int world = comm_->size();
+  Tensor count = full({1}, static_cast<double>(tensors.size()), DType::kInt64);
+  Tensor counts({world}, DType::kInt64);
+  comm_->all_gather(count, counts, {options_.timeout})->wait(options_.timeout);
+  const auto all_counts = counts.to_vector<int64_t>();
+  if (std::any_of(all_counts.begin(), all_counts.end(),
+                  [&](int64_t c) { return c != all_counts[0]; })) {
+    std::ostringstream os;
+    os << "DistributedDataParallel: the ranks' models differ in their number of parameters and "
+          "buffers:";
+    for (int r = 0; r < world; ++r) os << " rank " << r << " has " << all_counts[r] << ";";
+    DTRAIN_THROW(ValueError, os.str());
+  }
+  Tensor mine({static_cast<int64_t>(tensors.size())}, DType::kInt64);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i].second;
+    mine.data<int64_t>()[i] = static_cast<int64_t>(fnv(
+        tensors[i].first + "|" + shape_str(t.shape()) + "|" + std::string(dtype_name(t.dtype()))));
+  }
+  Tensor all({static_cast<int64_t>(tensors.size()) * world}, DType::kInt64);
+  comm_->all_gather(mine, all, {options_.timeout})->wait(options_.timeout);
+  const int64_t* rows = all.data<int64_t>();
+  const size_t n = tensors.size();
+  for (size_t i = 0; i < n; ++i) {
+    std::vector<int> differing;
+    for (int r = 1; r < world; ++r) {
+      if (rows[r * n + i] != rows[i]) differing.push_back(r);
+    }
+    if (!differing.empty()) {
+      DTRAIN_THROW(ValueError, "DistributedDataParallel: the ranks' models differ at '",
+                   tensors[i].first, "' (", tensors[i].second.describe(), " on rank ",
+                   comm_->rank(), "): rank(s) ", describe_ranks(differing),
+                   " have a different name, shape or dtype there than rank 0");
+    }
+  }
+}
+
+void DistributedDataParallel::broadcast_state(bool parameters, bool buffers) {
+  std::vector<Tensor> tensors;
+  if (parameters) {
+    for (auto& [name, p] : model_.named_parameters()) tensors.push_back(p);
+  }
+  if (buffers) {
+    for (auto& [name, b] : model_.named_buffers()) tensors.push_back(b);
+  }
+  if (tensors.empty() || comm_->size() == 1) return;
+  std::vector<dist::WorkPtr> works;
+  for (Tensor& t : tensors) {
+    Tensor data = t.detach();  // the same memory, outside autograd
+    works.push_back(comm_->broadcast(data, {0, options_.timeout}));
+  }
+  for (auto& w : works) w->wait(options_.timeout);
+}
+
+Tensor DistributedDataParallel::forward(const Tensor& x) {
+  if (options_.broadcast_buffers && model_.is_training()) broadcast_state(false, true);
+  return model_.forward(x);
+}
+
+void DistributedDataParallel::synchronize_gradients() {
+  State& s = *state_;
+  if (!s.syncing) return;
+  std::vector<std::string> unused;
+  for (size_t i = 0; i < s.params.size(); ++i) {
+    if (!s.ready[i]) unused.push_back(s.params[i].first);
+  }
+  if (!unused.empty()) {
+    if (!options_.find_unused_parameters) {
+      std::string names;
+      for (const auto& n : unused) names += (names.empty() ? "" : ", ") + n;
+      DTRAIN_THROW(ValueError,
+                   "DistributedDataParallel: parameters that got no gradient in this "
+                   "step: ",
+                   names,
+                   ". Use them in the forward pass, or set "
+                   "find_unused_parameters (strategy.find_unused_parameters: true) so their "
+                   "zero gradients are reduced too");
+    }
+    // Unused parameters contribute their (zeroed) gradients, so every rank runs every bucket.
+    for (size_t i = 0; i < s.params.size(); ++i) {
+      if (!s.ready[i]) {
+        s.ready[i] = true;
+        --s.buckets[s.bucket_of[i]].pending;
+      }
+    }
+    s.launch_ready();
+  }
+  for (Bucket& b : s.buckets) {
+    b.work->wait(options_.timeout);
+    b.work.reset();
+    if (b.compressed.defined()) {
+      b.flat.copy_(b.compressed);
+      b.compressed = Tensor();
+    }
+    b.pending = static_cast<int>(b.params.size());
+  }
+  std::fill(s.ready.begin(), s.ready.end(), false);
+  s.next_launch = 0;
+  if (!s.rebuilt) {
+    // Buckets follow the order gradients actually became final. Rank 0's order is used
+    // everywhere, so all ranks issue the same all-reduces.
+    s.rebuilt = true;
+    std::vector<size_t> order = s.ready_order;
+    for (size_t i = 0; i < s.params.size(); ++i) {
+      if (std::find(order.begin(), order.end(), i) == order.end()) order.push_back(i);
+    }
+    Tensor shared({static_cast<int64_t>(order.size())}, DType::kInt64);
+    for (size_t k = 0; k < order.size(); ++k)
+      shared.data<int64_t>()[k] = static_cast<int64_t>(order[k]);
+    comm_->broadcast(shared, {0, options_.timeout})->wait(options_.timeout);
+    for (size_t k = 0; k < order.size(); ++k)
+      order[k] = static_cast<size_t>(shared.data<int64_t>()[k]);
+    s.build_buckets(order);
+  }
+}
+
+DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp) : ddp_(ddp) {
+  ddp_.state_->syncing = false;
+}
+
+DistributedDataParallel::NoSync::~NoSync() { ddp_.state_->syncing = true; }
+
+std::vector<std::vector<std::string>> DistributedDataParallel::bucket_layout() const {
+  std::vector<std::vector<std::string>> layout;
+  for (const Bucket& b : state_->buckets) {
+    layout.emplace_back();
+    for (size_t i : b.params) layout.back().push_back(state_->params[i].first);
+  }
+  return layout;
+}
+
+}  // namespace dtrain

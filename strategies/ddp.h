@@ -1,0 +1,75 @@
+// DistributedDataParallel: replicas in separate processes (or threads) keep identical parameters
+// by averaging gradients. Gradients live in flat buckets; a bucket's all-reduce starts from the
+// autograd post-accumulate hook of its last gradient while backward continues.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distributed/communicator.h"
+#include "nn/module.h"
+
+namespace dtrain {
+
+struct DdpOptions {
+  double bucket_cap_mb = 25;       // bucket size after the first
+  double bucket_first_cap_mb = 1;  // small first bucket: communication starts early
+  bool find_unused_parameters = false;
+  bool broadcast_buffers = true;   // rank 0's buffers (batch-norm statistics) before each forward
+  std::string comm_hook = "none";  // none | fp16 | bf16: compress buckets for the all-reduce
+  dist::Timeout timeout = dist::kDefaultTimeout;
+};
+
+/// Wraps a model. Construction is collective: rank 0's parameters and buffers are broadcast after
+/// the ranks have checked that their models agree (names, shapes, dtypes; a difference names the
+/// first differing parameter and the ranks). Usage, as in libtorch's loop:
+///   DistributedDataParallel ddp(model, comm);
+///   loss_fn(ddp.forward(x), y).backward();   // buckets all-reduce during backward
+///   ddp.synchronize_gradients();             // waits; gradients hold the average
+///   opt.step();
+/// Not thread-safe; one per replica.
+class DistributedDataParallel {
+ public:
+  DistributedDataParallel(nn::Module& model, std::shared_ptr<dist::Communicator> comm,
+                          DdpOptions options = {});
+  ~DistributedDataParallel();
+  DistributedDataParallel(const DistributedDataParallel&) = delete;
+  DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;
+
+  /// Broadcasts buffers from rank 0 (when enabled), then runs the model.
+  Tensor forward(const Tensor& x);
+  Tensor operator()(const Tensor& x) { return forward(x); }
+  /// Returns when every gradient holds the average over all replicas. Without
+  /// find_unused_parameters, a parameter that got no gradient this step is an error naming it.
+  void synchronize_gradients();
+
+  /// While alive, backward accumulates gradients locally without communicating (gradient
+  /// accumulation); the next synchronised step reduces everything accumulated.
+  class NoSync {
+   public:
+    explicit NoSync(DistributedDataParallel& ddp);
+    ~NoSync();
+
+   private:
+    DistributedDataParallel& ddp_;
+  };
+  NoSync no_sync() { return NoSync(*this); }
+
+  nn::Module& module() { return model_; }
+  dist::Communicator& communicator() { return *comm_; }
+  /// Bucket membership as parameter names, in all-reduce order (for tests and logs).
+  std::vector<std::vector<std::string>> bucket_layout() const;
+
+  struct State;
+
+ private:
+  void check_models_agree();
+  void broadcast_state(bool parameters, bool buffers);
+  nn::Module& model_;
+  std::shared_ptr<dist::Communicator> comm_;
+  DdpOptions options_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace dtrain
