@@ -19,6 +19,19 @@ namespace {
 constexpr int kUsageError = 2;
 constexpr int kRuntimeError = 1;
 
+dtrain::StrategyOptions strategy_options(const dtrain::train::Config& c) {
+  dtrain::StrategyOptions o;
+  o.type = c.strategy.type;
+  o.backend = c.strategy.backend;
+  o.bucket_cap_mb = c.strategy.bucket_cap_mb;
+  o.timeout_s = c.strategy.timeout_s;
+  o.stall_warning_s = c.strategy.stall_warning_s;
+  o.find_unused_parameters = c.strategy.find_unused_parameters;
+  o.broadcast_buffers = c.strategy.broadcast_buffers;
+  o.comm_hook = c.strategy.comm_hook;
+  return o;
+}
+
 int report_config_error(const dtrain::train::ConfigError& e) {
   std::fprintf(stderr, "dtrain: %s\n", e.message().c_str());
   return kUsageError;
@@ -70,8 +83,9 @@ int main(int argc, char** argv) {
     using namespace dtrain::train;
     if (*train) {
       Config c = load_config(config_path, overrides);
-      Trainer trainer(c, dtrain::make_strategy(c.strategy.type));
+      Trainer trainer(c, dtrain::make_strategy(strategy_options(c)));
       const TrainResult r = trainer.run();
+      if (!r.primary) return 0;  // rank 0 reports for the job
       if (trainer.config().train.stop_at_step > 0 && r.stopped_early) {
         std::printf("stopped at step %lld (train.stop_at_step); checkpoint %s\n",
                     static_cast<long long>(r.steps), r.last_checkpoint.c_str());
@@ -91,7 +105,7 @@ int main(int argc, char** argv) {
     }
     if (*eval) {
       Config c = load_config(config_path, overrides);
-      Trainer trainer(c, dtrain::make_strategy(c.strategy.type));
+      Trainer trainer(c, dtrain::make_strategy(strategy_options(c)));
       const EvalResult r = trainer.evaluate_checkpoint(checkpoint_path);
       std::printf("eval: test_accuracy=%.4f test_loss=%.4f examples=%lld\n", r.accuracy, r.loss,
                   static_cast<long long>(r.examples));

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -21,6 +22,8 @@ class Strategy {
   virtual int rank() const = 0;
   /// Once before training: make every replica start from rank 0's parameters, install hooks.
   virtual void prepare(nn::Module& model) = 0;
+  /// The forward pass of a replica (DDP broadcasts batch-norm buffers first).
+  virtual Tensor forward(nn::Module& model, const Tensor& x) { return model.forward(x); }
   /// After backward: returns when every gradient holds the average over all replicas.
   virtual void synchronize_gradients(nn::Module& model) = 0;
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
@@ -40,7 +43,20 @@ class SingleProcessStrategy final : public Strategy {
   void sum_across_replicas(std::vector<double>&) override {}
 };
 
-/// The strategy named by `type` ("single"); throws ValueError listing the known names otherwise.
-std::unique_ptr<Strategy> make_strategy(std::string_view type);
+/// What the `strategy` config section says, in strategies/' own terms.
+struct StrategyOptions {
+  std::string type = "single";  // single | ddp
+  std::string backend = "auto";
+  double bucket_cap_mb = 25;
+  double timeout_s = 300;
+  double stall_warning_s = 60;
+  bool find_unused_parameters = false;
+  bool broadcast_buffers = true;
+  std::string comm_hook = "none";
+};
+
+/// The strategy `options.type` names; throws ValueError listing the known names otherwise.
+/// Strategies that span processes join the job described by the environment (mpirun, srun).
+std::unique_ptr<Strategy> make_strategy(const StrategyOptions& options);
 
 }  // namespace dtrain

@@ -310,16 +310,30 @@ const std::vector<Field>& schema() {
       int_field("train", "threads", DTRAIN_GET(train.threads), 0, 1024,
                 "Kernel threads per process; 0: all cores."),
       // strategy
-      string_field("strategy", "type", DTRAIN_GET(strategy.type), {"single"},
-                   "How replicas are kept in sync; `single` is one process, one replica."),
+      string_field("strategy", "type", DTRAIN_GET(strategy.type), {"single", "ddp"},
+                   "How replicas are kept in sync: `single` is one process, one replica; `ddp` "
+                   "is one replica per process of an mpirun/srun job, gradients averaged by "
+                   "DistributedDataParallel."),
       string_field("strategy", "backend", DTRAIN_GET(strategy.backend),
-                   {"auto", "mpi", "nccl", "local"}, "Communication backend for the strategy."),
+                   {"auto", "mpi", "nccl", "local"},
+                   "Communication backend (`auto`: mpi under mpirun or srun)."),
+      bool_field("strategy", "find_unused_parameters", DTRAIN_GET(strategy.find_unused_parameters),
+                 "ddp: reduce the zero gradients of parameters the forward pass did not use "
+                 "(otherwise they are an error naming them)."),
+      bool_field(
+          "strategy", "broadcast_buffers", DTRAIN_GET(strategy.broadcast_buffers),
+          "ddp: rank 0's buffers (batch-norm statistics) are broadcast before each forward."),
+      string_field("strategy", "comm_hook", DTRAIN_GET(strategy.comm_hook),
+                   {"none", "fp16", "bf16"},
+                   "ddp: compress gradient buckets to 16 bits for the all-reduce."),
       int_field("strategy", "devices", DTRAIN_GET(strategy.devices), 1, 1024,
                 "Replicas (devices) per process."),
       float_field("strategy", "bucket_cap_mb", DTRAIN_GET(strategy.bucket_cap_mb), 0, kInf,
                   "Gradient bucket size for all-reduce, MiB.", true),
       float_field("strategy", "timeout_s", DTRAIN_GET(strategy.timeout_s), 0, kInf,
                   "A collective that does not finish in this many seconds stops the job.", true),
+      float_field("strategy", "stall_warning_s", DTRAIN_GET(strategy.stall_warning_s), 0, kInf,
+                  "A collective running this long logs a progress report and keeps waiting.", true),
       // launcher
       int_field("launcher", "nproc_per_node", DTRAIN_GET(launcher.nproc_per_node), 1, 1024,
                 "Worker processes per node for `dtrain launch`."),

@@ -70,8 +70,12 @@ struct TrainSection {
 };
 
 struct StrategyConfig {
-  std::string type = "single";  // single (more strategies arrive with the strategies work)
+  std::string type = "single";  // single | ddp
   std::string backend = "auto";
+  bool find_unused_parameters = false;
+  bool broadcast_buffers = true;
+  std::string comm_hook = "none";  // none | fp16 | bf16
+  double stall_warning_s = 60;
   int64_t devices = 1;
   double bucket_cap_mb = 25;
   double timeout_s = 300;

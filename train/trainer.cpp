@@ -285,7 +285,7 @@ TrainResult Trainer::run() {
     // and move batch-norm statistics for a step that never happens (and a resumed run skips them).
     const int64_t batches_used = steps_per_epoch * t.grad_accum_steps;
     while (!finished && batch_in_epoch < batches_used && loader.next(b)) {
-      Tensor loss = cross_entropy(model_->forward(b.x), b.y, t.label_smoothing);
+      Tensor loss = cross_entropy(strategy_->forward(*model_, b.x), b.y, t.label_smoothing);
       (t.grad_accum_steps > 1 ? loss * accum_scale : loss).backward();
       step_loss += loss.item<double>() * accum_scale;
       samples += b.y.size(0) * replicas;
@@ -356,6 +356,7 @@ TrainResult Trainer::run() {
   if (result.test.examples == 0) result.test = evaluate();  // stopped mid-epoch or nothing to do
   if (tensorboard) tensorboard->flush();
   result.steps = step;
+  result.primary = primary;
   result.stopped_early = step < total_steps;
   result.samples_per_sec = train_seconds > 0 ? samples / train_seconds : 0;
   result.wall_s = seconds_since(start);

@@ -26,6 +26,7 @@ struct TrainResult {
   double samples_per_sec = 0;   // training throughput of this run (all replicas)
   double wall_s = 0;            // this process's time from start to end
   bool stopped_early = false;   // train.stop_at_step ended the run
+  bool primary = true;          // this process is the replica that reports for the job
   std::string last_checkpoint;  // written by the primary; "" when none was written
   /// "final: test_accuracy=<x> test_loss=<y> steps=<n> samples_per_sec=<z> wall_s=<t>"
   std::string final_line() const;

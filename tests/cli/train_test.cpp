@@ -390,3 +390,32 @@ TEST(Progress, PlainLinesOnAPipeAndABarOnATerminal) {
 
 }  // namespace
 }  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// `mpirun -n 2 dtrain train CONFIG strategy.type=ddp` with batch B per replica trains like one
+// process with batch 2B: the same samples per step, gradients averaged. Only rank 0 reports.
+TEST(DdpUnderMpirun, TwoProcessesMatchOneProcessWithTheGlobalBatch) {
+  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  RunDir ddp_dir, single_dir;
+  const CommandResult ddp = testutil::run_shell(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
+      "mpirun --oversubscribe -n 2 '" +
+          std::string(DTRAIN_EXECUTABLE) + "' train run.yaml strategy.type=ddp",
+      ddp_dir.path().string());
+  ASSERT_EQ(ddp.exit_code, 0) << ddp.output;
+  const CommandResult single = single_dir.train("train.batch_size=64");
+  ASSERT_EQ(single.exit_code, 0) << single.output;
+  const FinalLine a = final_line(ddp.output), b = final_line(single.output);  // one line each
+  EXPECT_EQ(a.steps, b.steps);
+  EXPECT_EQ(a.accuracy, b.accuracy);
+  EXPECT_EQ(a.loss, b.loss);
+  // Only the primary replica writes checkpoints.
+  EXPECT_FALSE(ddp_dir.checkpoints().empty());
+}
+
+}  // namespace
+}  // namespace dtrain
