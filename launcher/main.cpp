@@ -29,6 +29,7 @@ dtrain::StrategyOptions strategy_options(const dtrain::train::Config& c) {
   o.find_unused_parameters = c.strategy.find_unused_parameters;
   o.broadcast_buffers = c.strategy.broadcast_buffers;
   o.comm_hook = c.strategy.comm_hook;
+  o.overlap = c.strategy.overlap;
   return o;
 }
 

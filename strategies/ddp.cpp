@@ -109,7 +109,7 @@ struct DistributedDataParallel::State {
     ready[i] = true;
     if (!rebuilt) ready_order.push_back(i);
     --b.pending;
-    launch_ready();
+    if (options.overlap) launch_ready();
   }
 
   int64_t offset_in_bucket(size_t i) const {
@@ -269,8 +269,8 @@ void DistributedDataParallel::synchronize_gradients() {
         --s.buckets[s.bucket_of[i]].pending;
       }
     }
-    s.launch_ready();
   }
+  s.launch_ready();  // buckets not started from backward (no overlap, unused parameters)
   for (Bucket& b : s.buckets) {
     b.work->wait(options_.timeout);
     b.work.reset();

@@ -18,6 +18,10 @@ struct DdpOptions {
   bool find_unused_parameters = false;
   bool broadcast_buffers = true;   // rank 0's buffers (batch-norm statistics) before each forward
   std::string comm_hook = "none";  // none | fp16 | bf16: compress buckets for the all-reduce
+  /// Start each bucket's all-reduce from backward (true) or all of them in
+  /// synchronize_gradients (false). Overlap pays when communication progresses on a core of its
+  /// own; with one core per rank a polling communicator competes with backward for it.
+  bool overlap = true;
   dist::Timeout timeout = dist::kDefaultTimeout;
 };
 

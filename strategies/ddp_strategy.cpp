@@ -29,6 +29,7 @@ void DdpStrategy::prepare(nn::Module& model) {
   o.find_unused_parameters = options_.find_unused_parameters;
   o.broadcast_buffers = options_.broadcast_buffers;
   o.comm_hook = options_.comm_hook;
+  o.overlap = options_.overlap;
   o.timeout = std::chrono::milliseconds(static_cast<int64_t>(options_.timeout_s * 1000));
   ddp_ = std::make_unique<DistributedDataParallel>(model, comm_, o);
 }

@@ -53,6 +53,7 @@ struct StrategyOptions {
   bool find_unused_parameters = false;
   bool broadcast_buffers = true;
   std::string comm_hook = "none";
+  bool overlap = true;
 };
 
 /// The strategy `options.type` names; throws ValueError listing the known names otherwise.

@@ -326,6 +326,10 @@ const std::vector<Field>& schema() {
       string_field("strategy", "comm_hook", DTRAIN_GET(strategy.comm_hook),
                    {"none", "fp16", "bf16"},
                    "ddp: compress gradient buckets to 16 bits for the all-reduce."),
+      bool_field("strategy", "overlap", DTRAIN_GET(strategy.overlap),
+                 "ddp: start each gradient bucket's all-reduce during backward. Turn off when "
+                 "every rank has a single core: the communicator's progress then competes with "
+                 "backward for it."),
       int_field("strategy", "devices", DTRAIN_GET(strategy.devices), 1, 1024,
                 "Replicas (devices) per process."),
       float_field("strategy", "bucket_cap_mb", DTRAIN_GET(strategy.bucket_cap_mb), 0, kInf,

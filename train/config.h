@@ -75,6 +75,7 @@ struct StrategyConfig {
   bool find_unused_parameters = false;
   bool broadcast_buffers = true;
   std::string comm_hook = "none";  // none | fp16 | bf16
+  bool overlap = true;
   double stall_warning_s = 60;
   int64_t devices = 1;
   double bucket_cap_mb = 25;
