@@ -21,6 +21,7 @@ class HierarchicalCommunicator final : public AsyncCommunicator {
   std::string_view backend_name() const override { return "hierarchical"; }
   int local_rank() const { return local_->rank(); }
   int process_rank() const { return process_rank_; }
+  AsyncCommunicator& local() { return *local_; }
 
  protected:
   // Each collective runs in three steps (intra-process, leaders across processes,

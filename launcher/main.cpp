@@ -1,9 +1,11 @@
 // The dtrain executable: train, config check/reference, eval, export. Exit codes: 0 success,
 // 2 usage or config error, 1 run-time failure. The only place that catches errors at the top.
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <thread>
 
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -30,7 +32,44 @@ dtrain::StrategyOptions strategy_options(const dtrain::train::Config& c) {
   o.broadcast_buffers = c.strategy.broadcast_buffers;
   o.comm_hook = c.strategy.comm_hook;
   o.overlap = c.strategy.overlap;
+  o.devices = static_cast<int>(c.strategy.devices);
   return o;
+}
+
+/// Runs the training loop once per replica of this process (one thread each for mirrored
+/// strategies) and returns the result of the replica that reports (or of the first).
+dtrain::train::TrainResult train_replicas(const dtrain::train::Config& c) {
+  using namespace dtrain::train;
+  auto strategies = dtrain::make_replica_strategies(strategy_options(c));
+  if (strategies.size() == 1) return Trainer(c, std::move(strategies[0])).run();
+  const auto abort = dtrain::replica_abort(strategies);
+  const size_t n = strategies.size();
+  std::vector<TrainResult> results(n);
+  std::vector<std::exception_ptr> errors(n);
+  std::atomic<int> first_failure{-1};
+  // Each replica builds its own data, model and optimiser; construction is collective (DDP
+  // broadcasts rank 0's parameters), so every replica starts on its own thread.
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        results[i] = Trainer(c, std::move(strategies[i])).run();
+      } catch (...) {
+        errors[i] = std::current_exception();
+        int none = -1;
+        if (first_failure.compare_exchange_strong(none, static_cast<int>(i))) {
+          // The others would wait for this replica in their next collective until the timeout.
+          abort("replica " + std::to_string(i) + " of this process failed");
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (first_failure >= 0) std::rethrow_exception(errors[first_failure]);
+  for (const TrainResult& r : results) {
+    if (r.primary) return r;
+  }
+  return results[0];
 }
 
 int report_config_error(const dtrain::train::ConfigError& e) {
@@ -84,10 +123,9 @@ int main(int argc, char** argv) {
     using namespace dtrain::train;
     if (*train) {
       Config c = load_config(config_path, overrides);
-      Trainer trainer(c, dtrain::make_strategy(strategy_options(c)));
-      const TrainResult r = trainer.run();
+      const TrainResult r = train_replicas(c);
       if (!r.primary) return 0;  // rank 0 reports for the job
-      if (trainer.config().train.stop_at_step > 0 && r.stopped_early) {
+      if (c.train.stop_at_step > 0 && r.stopped_early) {
         std::printf("stopped at step %lld (train.stop_at_step); checkpoint %s\n",
                     static_cast<long long>(r.steps), r.last_checkpoint.c_str());
       }

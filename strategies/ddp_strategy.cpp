@@ -8,7 +8,11 @@
 namespace dtrain {
 
 DdpStrategy::DdpStrategy(const StrategyOptions& options)
-    : options_(options), comm_(dist::init_from_env(options.backend)) {
+    : DdpStrategy(options, dist::init_from_env(options.backend)) {}
+
+DdpStrategy::DdpStrategy(const StrategyOptions& options,
+                         std::shared_ptr<dist::AsyncCommunicator> comm)
+    : options_(options), comm_(std::move(comm)) {
   // Without a Store (plain mpirun) the report covers this rank's own progress; the timeout still
   // turns a hang into a non-zero exit.
   dist::WatchdogOptions w;

@@ -1,5 +1,6 @@
-// The `ddp` strategy: one replica per process (mpirun, srun), gradients averaged by
-// DistributedDataParallel over the job's communicator, with the collective watchdog installed.
+// DistributedDataParallel as a Strategy. `ddp`: one replica per process (mpirun, srun) over the
+// job's communicator; `mirrored` and `multi_worker_mirrored` run one of these per replica thread
+// over a local (or hierarchical) communicator. The collective watchdog is installed on each.
 #pragma once
 
 #include <memory>
@@ -13,7 +14,10 @@ namespace dtrain {
 
 class DdpStrategy final : public Strategy {
  public:
+  /// Over the job's communicator from the environment (init_from_env).
   explicit DdpStrategy(const StrategyOptions& options);
+  /// Over a given communicator (a replica thread's local or hierarchical one).
+  DdpStrategy(const StrategyOptions& options, std::shared_ptr<dist::AsyncCommunicator> comm);
   ~DdpStrategy() override;
   std::string_view name() const override { return "ddp"; }
   int num_replicas_in_sync() const override { return comm_->size(); }
@@ -22,6 +26,7 @@ class DdpStrategy final : public Strategy {
   Tensor forward(nn::Module& model, const Tensor& x) override;
   void synchronize_gradients(nn::Module& model) override;
   void sum_across_replicas(std::vector<double>& values) override;
+  dist::AsyncCommunicator& communicator() { return *comm_; }
 
  private:
   StrategyOptions options_;

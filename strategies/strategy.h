@@ -2,6 +2,7 @@
 // data-parallel strategies plug in without changing the training loop.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -45,7 +46,8 @@ class SingleProcessStrategy final : public Strategy {
 
 /// What the `strategy` config section says, in strategies/' own terms.
 struct StrategyOptions {
-  std::string type = "single";  // single | ddp
+  std::string type = "single";  // single | ddp | mirrored | multi_worker_mirrored
+  int devices = 1;              // replicas per process (mirrored, multi_worker_mirrored)
   std::string backend = "auto";
   double bucket_cap_mb = 25;
   double timeout_s = 300;
@@ -58,6 +60,17 @@ struct StrategyOptions {
 
 /// The strategy `options.type` names; throws ValueError listing the known names otherwise.
 /// Strategies that span processes join the job described by the environment (mpirun, srun).
+/// Only for strategies with one replica per process (see make_replica_strategies).
 std::unique_ptr<Strategy> make_strategy(const StrategyOptions& options);
+
+/// One strategy per replica of this process: one for single and ddp; `devices` for mirrored
+/// (replica threads over a local group) and multi_worker_mirrored (replica threads over a
+/// hierarchical communicator: local group plus the job's processes). Run each replica's training
+/// loop on its own thread; if one fails, call abort_replicas so the others stop waiting for it.
+std::vector<std::unique_ptr<Strategy>> make_replica_strategies(const StrategyOptions& options);
+/// A function that makes every replica waiting in a collective of this process's local group
+/// throw `reason` (a no-op for strategies without one). Take it before the strategies move away.
+std::function<void(const std::string& reason)> replica_abort(
+    const std::vector<std::unique_ptr<Strategy>>& replicas);
 
 }  // namespace dtrain

@@ -1,6 +1,7 @@
 // Tensor handles, creation, conversion and random draws.
 #include "tensor/tensor.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -31,7 +32,8 @@ int64_t shape_numel(const Shape& shape) {
 
 namespace detail {
 namespace {
-BackwardFn g_backward_fn = nullptr;
+// Atomic: replica threads record graphs concurrently and each stores the same function.
+std::atomic<BackwardFn> g_backward_fn{nullptr};
 }
 void set_backward_fn(BackwardFn fn) { g_backward_fn = fn; }
 
@@ -295,7 +297,7 @@ void Tensor::backward(const Tensor& grad, bool retain_graph) const {
                  ". Pass a gradient of the same shape "
                  "or reduce it (e.g. sum or mean) first");
   }
-  if (detail::g_backward_fn == nullptr) {
+  if (detail::g_backward_fn.load() == nullptr) {
     // No graph was ever recorded: the tensor is a leaf, whose gradient is the seed itself.
     Tensor seed = grad.defined() ? grad.clone() : ones(shape(), dtype(), device());
     Tensor current = this->grad();
@@ -306,7 +308,7 @@ void Tensor::backward(const Tensor& grad, bool retain_graph) const {
     }
     return;
   }
-  detail::g_backward_fn(*this, grad, retain_graph);
+  detail::g_backward_fn.load()(*this, grad, retain_graph);
 }
 
 // ---- creation -------------------------------------------------------------------------------

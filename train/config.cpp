@@ -310,10 +310,14 @@ const std::vector<Field>& schema() {
       int_field("train", "threads", DTRAIN_GET(train.threads), 0, 1024,
                 "Kernel threads per process; 0: all cores."),
       // strategy
-      string_field("strategy", "type", DTRAIN_GET(strategy.type), {"single", "ddp"},
-                   "How replicas are kept in sync: `single` is one process, one replica; `ddp` "
-                   "is one replica per process of an mpirun/srun job, gradients averaged by "
-                   "DistributedDataParallel."),
+      string_field(
+          "strategy", "type", DTRAIN_GET(strategy.type),
+          {"single", "ddp", "mirrored", "multi_worker_mirrored"},
+          "How replicas are kept in sync: `single` is one process, one replica; `ddp` "
+          "is one replica per process of an mpirun/srun job, gradients averaged by "
+          "DistributedDataParallel; `mirrored` runs `strategy.devices` replicas as threads "
+          "of one process; `multi_worker_mirrored` runs that many in every process of an "
+          "mpirun/srun job (local reduction, then across processes)."),
       string_field("strategy", "backend", DTRAIN_GET(strategy.backend),
                    {"auto", "mpi", "nccl", "local"},
                    "Communication backend (`auto`: mpi under mpirun or srun)."),
@@ -331,7 +335,8 @@ const std::vector<Field>& schema() {
                  "every rank has a single core: the communicator's progress then competes with "
                  "backward for it."),
       int_field("strategy", "devices", DTRAIN_GET(strategy.devices), 1, 1024,
-                "Replicas (devices) per process."),
+                "mirrored, multi_worker_mirrored: replicas per process (logical CPU devices "
+                "cpu:0..N-1, each a thread)."),
       float_field("strategy", "bucket_cap_mb", DTRAIN_GET(strategy.bucket_cap_mb), 0, kInf,
                   "Gradient bucket size for all-reduce, MiB.", true),
       float_field("strategy", "timeout_s", DTRAIN_GET(strategy.timeout_s), 0, kInf,

@@ -70,7 +70,7 @@ struct TrainSection {
 };
 
 struct StrategyConfig {
-  std::string type = "single";  // single | ddp
+  std::string type = "single";  // single | ddp | mirrored | multi_worker_mirrored
   std::string backend = "auto";
   bool find_unused_parameters = false;
   bool broadcast_buffers = true;

@@ -419,3 +419,45 @@ TEST(DdpUnderMpirun, TwoProcessesMatchOneProcessWithTheGlobalBatch) {
 
 }  // namespace
 }  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// strategy.type=mirrored: N replica threads of one process with batch B each train like one
+// process with batch N*B.
+TEST(MirroredStrategy, ReplicaThreadsMatchOneProcessWithTheGlobalBatch) {
+  RunDir mirrored_dir, single_dir;
+  const CommandResult m = mirrored_dir.train("strategy.type=mirrored strategy.devices=2");
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  const CommandResult s = single_dir.train("train.batch_size=64");
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  const FinalLine a = final_line(m.output), b = final_line(s.output);
+  EXPECT_EQ(a.steps, b.steps);
+  EXPECT_EQ(a.accuracy, b.accuracy);
+  EXPECT_EQ(a.loss, b.loss);
+}
+
+// multi_worker_mirrored: 2 processes x 2 replica threads x batch 16 == one process with batch 64.
+TEST(MultiWorkerMirroredStrategy, ProcessesOfReplicaThreadsMatchOneProcess) {
+  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  RunDir multi_dir, single_dir;
+  const CommandResult m = testutil::run_shell(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
+      "mpirun --oversubscribe -n 2 '" +
+          std::string(DTRAIN_EXECUTABLE) +
+          "' train run.yaml strategy.type=multi_worker_mirrored strategy.devices=2 "
+          "train.batch_size=16",
+      multi_dir.path().string());
+  ASSERT_EQ(m.exit_code, 0) << m.output;
+  const CommandResult s = single_dir.train("train.batch_size=64");
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  const FinalLine a = final_line(m.output), b = final_line(s.output);
+  EXPECT_EQ(a.steps, b.steps);
+  EXPECT_EQ(a.accuracy, b.accuracy);
+  EXPECT_EQ(a.loss, b.loss);
+}
+
+}  // namespace
+}  // namespace dtrain

@@ -60,6 +60,14 @@ void LocalGroup::rendezvous(int rank, const CollectiveInfo& info, Timeout timeou
   if (!failure_.empty()) DTRAIN_THROW(ValueError, failure_);
 }
 
+void LocalGroup::abort(const std::string& reason) {
+  {
+    std::lock_guard lock(mu_);
+    if (failure_.empty()) failure_ = reason;
+  }
+  cv_.notify_all();
+}
+
 void LocalGroup::send(int from, int to, int tag, const void* data, size_t nbytes,
                       const CollectiveInfo& info, Timeout timeout) {
   std::unique_lock lock(mu_);

@@ -32,6 +32,10 @@ class LocalGroup {
   std::vector<const void*> inputs;
   std::vector<void*> outputs;
 
+  /// Fails the group: every rank waiting now or later throws an error carrying `reason` (a replica
+  /// thread that failed, so the others stop instead of waiting for it until their timeout).
+  void abort(const std::string& reason);
+
   /// Point-to-point: blocks until the receiver has copied the bytes.
   void send(int from, int to, int tag, const void* data, size_t nbytes, const CollectiveInfo& info,
             Timeout timeout);
@@ -60,6 +64,8 @@ class LocalCommunicator final : public AsyncCommunicator {
   LocalCommunicator(std::shared_ptr<LocalGroup> group, int rank);
   ~LocalCommunicator() override;
   std::string_view backend_name() const override { return "local"; }
+  LocalGroup& group() { return *group_; }
+  std::shared_ptr<LocalGroup> group_ptr() const { return group_; }
 
  protected:
   void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info, Timeout timeout) override;
