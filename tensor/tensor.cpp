@@ -34,7 +34,7 @@ namespace detail {
 namespace {
 // Atomic: replica threads record graphs concurrently and each stores the same function.
 std::atomic<BackwardFn> g_backward_fn{nullptr};
-}
+}  // namespace
 void set_backward_fn(BackwardFn fn) { g_backward_fn = fn; }
 
 void check_defined(const char* op, const Tensor& t, const char* what) {
