@@ -33,6 +33,7 @@ dtrain::StrategyOptions strategy_options(const dtrain::train::Config& c) {
   o.comm_hook = c.strategy.comm_hook;
   o.overlap = c.strategy.overlap;
   o.devices = static_cast<int>(c.strategy.devices);
+  o.check_parameters_every_steps = c.strategy.check_parameters_every_steps;
   return o;
 }
 

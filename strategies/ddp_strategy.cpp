@@ -2,6 +2,8 @@
 #include "strategies/ddp_strategy.h"
 
 #include <cstring>
+#include <map>
+#include <sstream>
 
 #include "distributed/registry.h"
 
@@ -54,6 +56,104 @@ void DdpStrategy::sum_across_replicas(std::vector<double>& values) {
   std::memcpy(t.data_ptr(), values.data(), values.size() * sizeof(double));
   comm_->all_reduce(t)->wait();
   std::memcpy(values.data(), t.data_ptr(), values.size() * sizeof(double));
+}
+
+namespace {
+
+uint64_t fnv(const void* data, size_t n, uint64_t h = 1469598103934665603ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+/// Every replica's 64-bit value, gathered.
+std::vector<int64_t> gather(dist::Communicator& comm, uint64_t value) {
+  Tensor mine = full({1}, 0.0, DType::kInt64);
+  mine.data<int64_t>()[0] = static_cast<int64_t>(value);
+  Tensor all({comm.size()}, DType::kInt64);
+  comm.all_gather(mine, all)->wait();
+  return all.to_vector<int64_t>();
+}
+
+std::vector<int> differing_from_first(const std::vector<int64_t>& values) {
+  std::vector<int> out;
+  for (size_t r = 1; r < values.size(); ++r) {
+    if (values[r] != values[0]) out.push_back(static_cast<int>(r));
+  }
+  return out;
+}
+
+std::string list(const std::vector<int>& ranks) {
+  std::string s;
+  for (int r : ranks) s += (s.empty() ? "" : ", ") + std::to_string(r);
+  return s;
+}
+
+/// "section.key" -> value, from the config text (section headers, then indented keys).
+std::map<std::string, std::string> config_entries(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::istringstream lines(text);
+  std::string line, section;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    if (line[0] != ' ') {
+      section = line.substr(0, colon);
+      continue;
+    }
+    const size_t start = line.find_first_not_of(' ');
+    out[section + "." + line.substr(start, colon - start)] =
+        colon + 2 <= line.size() ? line.substr(colon + 2) : "";
+  }
+  return out;
+}
+
+}  // namespace
+
+void DdpStrategy::check_same_config(const std::string& config_text) {
+  const std::vector<int64_t> hashes = gather(*comm_, fnv(config_text.data(), config_text.size()));
+  const std::vector<int> differing = differing_from_first(hashes);
+  if (differing.empty()) return;
+  // Replica 0's text, for the keys that differ: its length, then its bytes.
+  Tensor length = full({1}, static_cast<double>(config_text.size()), DType::kInt64);
+  comm_->broadcast(length)->wait();
+  Tensor bytes = zeros({length.data<int64_t>()[0]}, DType::kInt64);
+  if (rank() == 0) {
+    for (size_t i = 0; i < config_text.size(); ++i) bytes.data<int64_t>()[i] = config_text[i];
+  }
+  comm_->broadcast(bytes)->wait();
+  std::string first(static_cast<size_t>(bytes.numel()), ' ');
+  for (size_t i = 0; i < first.size(); ++i) first[i] = static_cast<char>(bytes.data<int64_t>()[i]);
+  std::ostringstream os;
+  os << "replicas run different configurations: replica(s) " << list(differing)
+     << " differ from replica 0 (config hashes compared at start-up)";
+  if (hashes[rank()] != hashes[0]) {
+    const auto mine = config_entries(config_text), theirs = config_entries(first);
+    os << "; keys that differ here (replica " << rank() << " vs replica 0):";
+    for (const auto& [key, value] : mine) {
+      auto it = theirs.find(key);
+      if (it == theirs.end() || it->second != value) {
+        os << " " << key << " (" << value << " vs " << (it == theirs.end() ? "missing" : it->second)
+           << ")";
+      }
+    }
+  }
+  DTRAIN_THROW(ValueError, os.str());
+}
+
+void DdpStrategy::check_parameters_in_sync(nn::Module& model, int64_t step) {
+  uint64_t h = 1469598103934665603ull;
+  for (auto& [name, p] : model.named_parameters()) {
+    Tensor host = to_device(p.detach(), Device::cpu());
+    h = fnv(host.data_ptr(), host.nbytes(), h);
+  }
+  const std::vector<int> drifted = differing_from_first(gather(*comm_, h));
+  if (!drifted.empty()) {
+    DTRAIN_THROW(ValueError, "replicas' parameters drifted apart by step ", step, ": replica(s) ",
+                 list(drifted), " differ from replica 0 (parameter checksums compared every ",
+                 options_.check_parameters_every_steps, " steps)");
+  }
 }
 
 }  // namespace dtrain

@@ -26,6 +26,8 @@ class DdpStrategy final : public Strategy {
   Tensor forward(nn::Module& model, const Tensor& x) override;
   void synchronize_gradients(nn::Module& model) override;
   void sum_across_replicas(std::vector<double>& values) override;
+  void check_same_config(const std::string& config_text) override;
+  void check_parameters_in_sync(nn::Module& model, int64_t step) override;
   dist::AsyncCommunicator& communicator() { return *comm_; }
 
  private:

@@ -29,6 +29,16 @@ class Strategy {
   virtual void synchronize_gradients(nn::Module& model) = 0;
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
   virtual void sum_across_replicas(std::vector<double>& values) = 0;
+  /// Collective, at start-up: every replica must run the same configuration (its text, one
+  /// `key: value` per line); otherwise every replica throws, naming the replicas and keys that
+  /// differ from replica 0.
+  virtual void check_same_config(const std::string& config_text) { (void)config_text; }
+  /// Collective: replicas' parameters must be bit-identical; otherwise every replica throws,
+  /// naming the replicas that drifted from replica 0.
+  virtual void check_parameters_in_sync(nn::Module& model, int64_t step) {
+    (void)model;
+    (void)step;
+  }
   /// The replica that writes checkpoints, summaries and the progress display.
   bool is_primary() const { return rank() == 0; }
 };
@@ -56,6 +66,7 @@ struct StrategyOptions {
   bool broadcast_buffers = true;
   std::string comm_hook = "none";
   bool overlap = true;
+  int64_t check_parameters_every_steps = 1000;  // 0: never
 };
 
 /// The strategy `options.type` names; throws ValueError listing the known names otherwise.

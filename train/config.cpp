@@ -341,6 +341,10 @@ const std::vector<Field>& schema() {
                   "Gradient bucket size for all-reduce, MiB.", true),
       float_field("strategy", "timeout_s", DTRAIN_GET(strategy.timeout_s), 0, kInf,
                   "A collective that does not finish in this many seconds stops the job.", true),
+      int_field("strategy", "check_parameters_every_steps",
+                DTRAIN_GET(strategy.check_parameters_every_steps), 0, INT64_MAX,
+                "Replicas compare a checksum of their parameters every this many steps; drift "
+                "is an error naming the replicas (0: never)."),
       float_field("strategy", "stall_warning_s", DTRAIN_GET(strategy.stall_warning_s), 0, kInf,
                   "A collective running this long logs a progress report and keeps waiting.", true),
       // launcher

@@ -77,6 +77,7 @@ struct StrategyConfig {
   std::string comm_hook = "none";  // none | fp16 | bf16
   bool overlap = true;
   double stall_warning_s = 60;
+  int64_t check_parameters_every_steps = 1000;
   int64_t devices = 1;
   double bucket_cap_mb = 25;
   double timeout_s = 300;

@@ -173,6 +173,7 @@ TrainResult Trainer::run() {
   const TrainSection& t = config_.train;
   const bool primary = strategy_->is_primary();
   const int replicas = strategy_->num_replicas_in_sync();
+  strategy_->check_same_config(config_.to_yaml());
   strategy_->prepare(*model_);
 
   data::DataLoader loader(
@@ -297,6 +298,9 @@ TrainResult Trainer::run() {
       schedule_->step();
       optimizer_->zero_grad();
       ++step;
+      const int64_t check_every = config_.strategy.check_parameters_every_steps;
+      if (check_every > 0 && step % check_every == 0)
+        strategy_->check_parameters_in_sync(*model_, step);
       window_loss += step_loss;
       ++window_steps;
       step_loss = 0;

@@ -461,3 +461,29 @@ TEST(MultiWorkerMirroredStrategy, ProcessesOfReplicaThreadsMatchOneProcess) {
 
 }  // namespace
 }  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// Ranks started with different configurations refuse to train and say which keys differ.
+TEST(DdpUnderMpirun, RanksWithDifferentConfigsRefuseNamingTheKeys) {
+  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  RunDir dir;
+  const std::string exe =
+      "'" + std::string(DTRAIN_EXECUTABLE) + "' train run.yaml strategy.type=ddp";
+  const CommandResult r = testutil::run_shell(
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
+      "mpirun --oversubscribe -n 1 " +
+          exe + " : -n 1 " + exe + " train.batch_size=16",
+      dir.path().string());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.output, "replicas run different configurations: replica(s) 1 differ"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "train.batch_size (16 vs 32)")) << r.output;
+  EXPECT_FALSE(contains(r.output, "final:"));
+}
+
+}  // namespace
+}  // namespace dtrain

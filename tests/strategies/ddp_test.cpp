@@ -12,6 +12,7 @@
 #include "distributed/backends/local/local_communicator.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
+#include "strategies/ddp_strategy.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -242,6 +243,36 @@ TEST(Ddp, Fp16CompressionStaysCloseToFullPrecision) {
     EXPECT_TRUE(testutil::all_close(half[0][i].second, full[0][i].second, 1e-2, 1e-3))
         << full[0][i].first;
   }
+}
+
+}  // namespace
+}  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+TEST(DdpStrategy, ParameterDriftIsReportedNamingTheReplica) {
+  std::vector<std::string> errors(3);
+  auto comms = dist::make_local_group(3);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      StrategyOptions o;
+      o.type = "mirrored";
+      DdpStrategy strategy(o, comms[r]);
+      auto model = make_model(0);
+      strategy.prepare(*model);
+      strategy.check_parameters_in_sync(*model, 10);  // in sync after the broadcast
+      if (r == 2) model->named_parameters()[0].second.data<float>()[0] += 1e-3f;
+      try {
+        strategy.check_parameters_in_sync(*model, 20);
+      } catch (const Error& e) {
+        errors[r] = e.message();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors) EXPECT_THAT(e, HasSubstr("drifted apart by step 20: replica(s) 2"));
 }
 
 }  // namespace
