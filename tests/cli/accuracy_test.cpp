@@ -52,14 +52,13 @@ TEST(SlowEndToEnd, FashionMnistMlpWithTwoReplicasReachesTheTargetToo) {
   if (!std::filesystem::exists(kFashionMnistDir)) {
     GTEST_SKIP() << kFashionMnistDir << " is missing (apt-get install dataset-fashion-mnist)";
   }
-  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+  if (!testutil::mpirun_available()) {
     GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
   }
   testutil::ScratchDir ddp_dir, mirrored_dir;
-  const auto ddp = testutil::run_shell(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 600 "
-      "mpirun --oversubscribe -n 2 '" +
-          std::string(DTRAIN_EXECUTABLE) + "' train " + mlp_config() +
+  const auto ddp = testutil::run_dtrain_mpirun(
+      2,
+      "train " + mlp_config() +
           " strategy.type=ddp log.progress=off train.resume=never train.threads=1",
       ddp_dir.path().string());
   ASSERT_EQ(ddp.exit_code, 0) << ddp.output;

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -32,6 +33,23 @@ inline CommandResult run_shell(const std::string& line, const std::string& cwd =
 /// Runs `dtrain <args>` through the shell in `cwd` (arguments are passed as written: quote them).
 inline CommandResult run_dtrain(const std::string& args, const std::string& cwd = ".") {
   return run_shell("OMP_NUM_THREADS=1 '" + std::string(DTRAIN_EXECUTABLE) + "' " + args, cwd);
+}
+
+/// True when Open MPI's mpirun is on PATH (scripts/setup.sh installs openmpi-bin).
+inline bool mpirun_available() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
+
+/// The shell prefix that runs what follows as an Open MPI job of `ranks` processes here: as root,
+/// more ranks than cores, one kernel thread each, bounded in time.
+inline std::string mpirun_prefix(int ranks) {
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 600 "
+         "mpirun --oversubscribe -n " +
+         std::to_string(ranks) + " ";
+}
+
+/// Runs `dtrain <args>` as an mpirun job of `ranks` processes in `cwd`.
+inline CommandResult run_dtrain_mpirun(int ranks, const std::string& args,
+                                       const std::string& cwd = ".") {
+  return run_shell(mpirun_prefix(ranks) + "'" + std::string(DTRAIN_EXECUTABLE) + "' " + args, cwd);
 }
 
 inline std::string source_path(const std::string& relative) {

@@ -397,15 +397,12 @@ namespace {
 // `mpirun -n 2 dtrain train CONFIG strategy.type=ddp` with batch B per replica trains like one
 // process with batch 2B: the same samples per step, gradients averaged. Only rank 0 reports.
 TEST(DdpUnderMpirun, TwoProcessesMatchOneProcessWithTheGlobalBatch) {
-  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+  if (!testutil::mpirun_available()) {
     GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
   }
   RunDir ddp_dir, single_dir;
-  const CommandResult ddp = testutil::run_shell(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
-      "mpirun --oversubscribe -n 2 '" +
-          std::string(DTRAIN_EXECUTABLE) + "' train run.yaml strategy.type=ddp",
-      ddp_dir.path().string());
+  const CommandResult ddp =
+      testutil::run_dtrain_mpirun(2, "train run.yaml strategy.type=ddp", ddp_dir.path().string());
   ASSERT_EQ(ddp.exit_code, 0) << ddp.output;
   const CommandResult single = single_dir.train("train.batch_size=64");
   ASSERT_EQ(single.exit_code, 0) << single.output;
@@ -439,16 +436,13 @@ TEST(MirroredStrategy, ReplicaThreadsMatchOneProcessWithTheGlobalBatch) {
 
 // multi_worker_mirrored: 2 processes x 2 replica threads x batch 16 == one process with batch 64.
 TEST(MultiWorkerMirroredStrategy, ProcessesOfReplicaThreadsMatchOneProcess) {
-  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+  if (!testutil::mpirun_available()) {
     GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
   }
   RunDir multi_dir, single_dir;
-  const CommandResult m = testutil::run_shell(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
-      "mpirun --oversubscribe -n 2 '" +
-          std::string(DTRAIN_EXECUTABLE) +
-          "' train run.yaml strategy.type=multi_worker_mirrored strategy.devices=2 "
-          "train.batch_size=16",
+  const CommandResult m = testutil::run_dtrain_mpirun(
+      2,
+      "train run.yaml strategy.type=multi_worker_mirrored strategy.devices=2 train.batch_size=16",
       multi_dir.path().string());
   ASSERT_EQ(m.exit_code, 0) << m.output;
   const CommandResult s = single_dir.train("train.batch_size=64");
@@ -467,16 +461,15 @@ namespace {
 
 // Ranks started with different configurations refuse to train and say which keys differ.
 TEST(DdpUnderMpirun, RanksWithDifferentConfigsRefuseNamingTheKeys) {
-  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+  if (!testutil::mpirun_available()) {
     GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
   }
   RunDir dir;
   const std::string exe =
       "'" + std::string(DTRAIN_EXECUTABLE) + "' train run.yaml strategy.type=ddp";
+  // Open MPI's MPMD form: rank 0 and rank 1 run different command lines.
   const CommandResult r = testutil::run_shell(
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 120 "
-      "mpirun --oversubscribe -n 1 " +
-          exe + " : -n 1 " + exe + " train.batch_size=16",
+      testutil::mpirun_prefix(1) + exe + " : -n 1 " + exe + " train.batch_size=16",
       dir.path().string());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_TRUE(contains(r.output, "replicas run different configurations: replica(s) 1 differ"))
