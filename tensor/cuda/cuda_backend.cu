@@ -6,9 +6,11 @@
 
 #include <array>
 #include <bit>
+#include <limits>
 #include <mutex>
 #include <vector>
 
+#include "tensor/caching_allocator.h"
 #include "tensor/check.h"
 #include "tensor/cuda/cuda_backend.h"
 #include "tensor/dispatch.h"
@@ -54,75 +56,40 @@ struct DeviceGuard {
 };
 
 // ---- allocator ------------------------------------------------------------------------------
-class CachingCudaAllocator final : public Allocator {
+/// cudaMalloc blocks cached in size classes. All work runs on the default stream, so a freed block
+/// can be handed out again at once: later work that uses it is ordered after earlier work.
+class CachingCudaAllocator final : public detail::CachingAllocator {
  public:
-  explicit CachingCudaAllocator(int device) : device_(device) {}
+  explicit CachingCudaAllocator(int device)
+      : CachingAllocator(512, std::numeric_limits<size_t>::max()), device_(device) {}
 
-  void* allocate(size_t nbytes) override {
-    const size_t block = std::bit_ceil(nbytes < 512 ? size_t{512} : nbytes);
-    const int cls = std::countr_zero(block);
-    {
-      std::lock_guard lock(mu_);
-      ++stats_.allocs;
-      stats_.bytes_in_use += block;
-      stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
-      if (!free_[cls].empty()) {
-        void* p = free_[cls].back();
-        free_[cls].pop_back();
-        ++stats_.cache_hits;
-        stats_.bytes_cached -= block;
-        return p;
-      }
-      ++stats_.system_allocs;
-    }
+ protected:
+  void* system_allocate(size_t nbytes) override {
     DeviceGuard guard(device_);
     void* p = nullptr;
-    cudaError_t err = cudaMalloc(&p, block);
+    const cudaError_t err = cudaMalloc(&p, nbytes);
     if (err == cudaErrorMemoryAllocation) {
-      cudaGetLastError();  // clear the sticky-free error before retrying
-      empty_cache();
-      err = cudaMalloc(&p, block);
+      cudaGetLastError();  // clear the error; the caller empties the cache and retries
+      return nullptr;
     }
-    if (err != cudaSuccess) {
-      DTRAIN_THROW(ValueError, "cudaMalloc of ", nbytes, " bytes on cuda:", device_,
-                   " failed: ", cudaGetErrorString(err));
-    }
+    DTRAIN_CUDA_CHECK(err);
     return p;
   }
-
-  void deallocate(void* ptr, size_t nbytes) override {
-    if (ptr == nullptr) return;
-    const size_t block = std::bit_ceil(nbytes < 512 ? size_t{512} : nbytes);
-    std::lock_guard lock(mu_);
-    stats_.bytes_in_use -= block;
-    stats_.bytes_cached += block;
-    // Reusable at once: every kernel runs on the default stream, so later work that gets this
-    // block is ordered after the work that used it.
-    free_[std::countr_zero(block)].push_back(ptr);
-  }
-
-  AllocatorStats stats() const override {
-    std::lock_guard lock(mu_);
-    return stats_;
-  }
-
-  void empty_cache() override {
-    std::lock_guard lock(mu_);
+  void system_free(void* ptr) override {
     DeviceGuard guard(device_);
-    cudaDeviceSynchronize();
-    for (auto& list : free_) {
-      stats_.system_frees += list.size();
-      for (void* p : list) cudaFree(p);
-      list.clear();
-    }
-    stats_.bytes_cached = 0;
+    cudaFree(ptr);
+  }
+  [[noreturn]] void out_of_memory(size_t nbytes) override {
+    DTRAIN_THROW(ValueError, "cudaMalloc of ", nbytes, " bytes on cuda:", device_,
+                 " failed: out of device memory");
+  }
+  void before_release() override {
+    DeviceGuard guard(device_);
+    cudaDeviceSynchronize();  // no kernel may still use a block we return
   }
 
  private:
   int device_;
-  mutable std::mutex mu_;
-  std::array<std::vector<void*>, 64> free_;
-  AllocatorStats stats_;
 };
 
 // ---- kernels --------------------------------------------------------------------------------
