@@ -176,11 +176,39 @@ TrainResult Trainer::run() {
   strategy_->check_same_config(config_.to_yaml());
   strategy_->prepare(*model_);
 
+  // The checkpoint comes first: resuming with a different number of replicas changes the
+  // per-replica batch (the global batch is kept).
+  std::optional<LoadedCheckpoint> resumed;
+  if (t.resume == "auto") {
+    resumed = load_latest_valid(t.checkpoint_dir, &warn_stderr);
+  } else if (t.resume != "never") {
+    resumed = LoadedCheckpoint{t.resume, load_checkpoint(t.resume)};
+  }
+  int64_t batch = t.batch_size;
+  int lr_replicas = replicas;
+  if (resumed && resumed->data.world_size != replicas) {
+    const int old_world = resumed->data.world_size;
+    const auto saved = resumed->data.metrics.find("global_batch");
+    const int64_t global = saved != resumed->data.metrics.end()
+                               ? static_cast<int64_t>(saved->second)
+                               : batch * old_world;
+    DTRAIN_CHECK(global % replicas == 0, "resume: ", resumed->path, " was written by ", old_world,
+                 " replicas with a global batch of ", global, ", which does not divide across ",
+                 replicas, " replicas; resume with a number of replicas that divides it");
+    batch = global / replicas;
+    lr_replicas = old_world;  // the learning rate stays that of the original run
+    if (primary) {
+      std::printf("resuming a run of %d replicas on %d: global batch %" PRId64 " kept (%" PRId64
+                  " per replica), learning rate kept\n",
+                  old_world, replicas, global, batch);
+    }
+  }
+
   data::DataLoader loader(
       train_set_,
       data::DistributedSampler(train_set_->size(), replicas, strategy_->rank(), /*shuffle=*/true,
                                static_cast<uint64_t>(t.seed), t.drop_last),
-      t.batch_size, t.drop_last, static_cast<int>(config_.data.prefetch));
+      batch, t.drop_last, static_cast<int>(config_.data.prefetch));
   const int64_t batches_per_epoch = loader.batches_per_epoch();
   const int64_t steps_per_epoch = batches_per_epoch / t.grad_accum_steps;
   DTRAIN_CHECK(steps_per_epoch > 0, "train: an epoch of ", batches_per_epoch,
@@ -189,20 +217,16 @@ TrainResult Trainer::run() {
   const int64_t total_steps = t.max_steps > 0 ? t.max_steps : t.epochs * steps_per_epoch;
   const int64_t epochs = (total_steps + steps_per_epoch - 1) / steps_per_epoch;
 
-  const double lr = config_.optimizer.lr * (config_.schedule.scale_lr_with_replicas ? replicas : 1);
+  const double lr =
+      config_.optimizer.lr * (config_.schedule.scale_lr_with_replicas ? lr_replicas : 1);
   optimizer_ = make_optimizer(config_.optimizer, model_->parameters(), lr);
   schedule_ = make_schedule(config_.schedule, *optimizer_, total_steps);
   std::vector<std::pair<std::string, Generator*>> generators;
   collect_generators(*model_, "", generators);
 
-  // Resume: model, optimiser, schedule, sampler position and dropout streams.
+  // Resume: model, optimiser, schedule, sampler position and dropout streams. The sampler
+  // position is in global batches, so it maps unchanged onto another number of replicas.
   int64_t step = 0, start_epoch = 0, skip_batches = 0;
-  std::optional<LoadedCheckpoint> resumed;
-  if (t.resume == "auto") {
-    resumed = load_latest_valid(t.checkpoint_dir, &warn_stderr);
-  } else if (t.resume != "never") {
-    resumed = LoadedCheckpoint{t.resume, load_checkpoint(t.resume)};
-  }
   if (resumed) {
     const CheckpointData& c = resumed->data;
     model_->load_state_dict(c.model);
@@ -253,6 +277,7 @@ TrainResult Trainer::run() {
     c.epoch = epoch;
     c.batch_in_epoch = batch_in_epoch;
     c.world_size = replicas;
+    c.metrics["global_batch"] = static_cast<double>(batch * replicas);
     c.config_yaml = config_.to_yaml();
     c.model = model_->state_dict();
     const nn::OptimizerState os = optimizer_->state_dict();
@@ -311,7 +336,7 @@ TrainResult Trainer::run() {
       if (primary) {
         const double window_s = seconds_since(window_start);
         const double rate =
-            window_steps * t.batch_size * t.grad_accum_steps * replicas / std::max(window_s, 1e-9);
+            window_steps * batch * t.grad_accum_steps * replicas / std::max(window_s, 1e-9);
         progress->update(step, epoch, epochs, window_loss / window_steps, rate);
         if (step % config_.log.every_steps == 0 || step == stop_step) {
           const double lr_now = optimizer_->lr();

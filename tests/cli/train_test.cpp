@@ -480,3 +480,29 @@ TEST(DdpUnderMpirun, RanksWithDifferentConfigsRefuseNamingTheKeys) {
 
 }  // namespace
 }  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// A run of 2 mirrored replicas stopped mid-epoch and resumed on 1 replica keeps the global batch
+// (64 per replica now) and the sampler position, and ends like the uninterrupted 2-replica run.
+TEST(ResumeAcrossWorldSizes, TwoReplicasStoppedThenOneReplicaEndsLikeTwo) {
+  RunDir straight, changed;
+  const CommandResult a =
+      straight.train("strategy.type=mirrored strategy.devices=2 train.resume=auto");
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  const CommandResult first = changed.train(
+      "strategy.type=mirrored strategy.devices=2 train.resume=auto train.stop_at_step=37");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  const CommandResult second = changed.train("train.resume=auto");
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_TRUE(contains(second.output, "resuming a run of 2 replicas on 1: global batch 64 kept"))
+      << second.output;
+  const FinalLine x = final_line(a.output), y = final_line(second.output);
+  EXPECT_EQ(x.steps, y.steps);
+  EXPECT_EQ(x.accuracy, y.accuracy);
+  EXPECT_EQ(x.loss, y.loss);
+}
+
+}  // namespace
+}  // namespace dtrain
