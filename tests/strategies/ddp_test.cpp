@@ -13,6 +13,7 @@
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "strategies/ddp_strategy.h"
+#include "strategies/mirrored.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -273,6 +274,49 @@ TEST(DdpStrategy, ParameterDriftIsReportedNamingTheReplica) {
   }
   for (auto& t : threads) t.join();
   for (const auto& e : errors) EXPECT_THAT(e, HasSubstr("drifted apart by step 20: replica(s) 2"));
+}
+
+}  // namespace
+}  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// The TensorFlow-shaped C++ API: run(step_fn) on 2 replica threads with batch B each trains like
+// one process with batch 2B; reduce() combines what the replicas returned.
+TEST(MirroredStrategyApi, RunStepFnOnEveryReplicaMatchesOneBigBatch) {
+  const int replicas = 2, steps = 10;
+  const int64_t batch = 4;
+  Data data(replicas * batch * steps, 13);
+  auto model = make_model(0);
+  MirroredStrategy strategy(*model, replicas);
+  std::vector<std::unique_ptr<nn::SGD>> optimizers;
+  for (int r = 0; r < replicas; ++r) {
+    optimizers.push_back(std::make_unique<nn::SGD>(strategy.replica_model(r).parameters(),
+                                                   nn::SgdOptions{0.1, 0.9}));
+  }
+  for (int s = 0; s < steps; ++s) {
+    const std::vector<double> losses = strategy.run<double>([&](ReplicaContext& ctx) {
+      auto [x, y] = data.rows((s * ctx.num_replicas + ctx.replica) * batch, batch);
+      optimizers[ctx.replica]->zero_grad();
+      Tensor loss = cross_entropy(ctx.ddp.forward(x), y);
+      loss.backward();
+      ctx.ddp.synchronize_gradients();
+      optimizers[ctx.replica]->step();
+      return loss.item<double>();
+    });
+    ASSERT_EQ(losses.size(), 2u);
+    EXPECT_NEAR(MirroredStrategy::reduce(dist::ReduceOp::kAvg, losses), (losses[0] + losses[1]) / 2,
+                1e-12);
+  }
+  const auto single = train_single(replicas * batch, steps, data);
+  const auto trained = model->state_dict();
+  for (size_t i = 0; i < single.size(); ++i) {
+    EXPECT_TRUE(testutil::all_close(trained[i].second, single[i].second, 1e-5, 1e-6))
+        << single[i].first;
+    EXPECT_TRUE(
+        testutil::bit_equal(strategy.replica_model(1).state_dict()[i].second, trained[i].second));
+  }
 }
 
 }  // namespace
