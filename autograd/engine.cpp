@@ -133,9 +133,14 @@ Tensor record(Tensor out, const char* name, const std::vector<Tensor>& inputs,
   for (const Tensor& t : inputs) node->next.push_back(gradient_edge(t));
   if (anomaly_enabled())
     node->forward_info = std::string(name) + " with inputs " + input_description(inputs);
-  // The output may be a view sharing storage with an input (reshape): give it its own impl so
-  // its graph link does not overwrite the input's.
-  out = Tensor(out.storage(), out.storage_offset_bytes(), out.shape(), out.dtype());
+  // An output that is an input's own handle gets an impl of its own, so its graph link does not
+  // overwrite the input's (outputs are almost always fresh: no allocation then).
+  for (const Tensor& t : inputs) {
+    if (t.defined() && t.impl_ptr() == out.impl_ptr()) {
+      out = Tensor(out.storage(), out.storage_offset_bytes(), out.shape(), out.dtype());
+      break;
+    }
+  }
   out.impl().requires_grad = true;
   out.impl().is_leaf = false;
   meta(out).grad_fn = std::move(node);

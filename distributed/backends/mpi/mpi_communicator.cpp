@@ -227,6 +227,13 @@ struct MpiCommunicator::Impl {
   // Set on the worker thread when a collective timed out; every later call throws it.
   std::string failure;
 
+  /// Point-to-point calls also need a tag MPI accepts.
+  void check_point_to_point(const CollectiveInfo& info, int tag) const {
+    check_usable(info);
+    DTRAIN_CHECK(tag >= 0 && tag <= tag_upper_bound, info.describe(), ": tag ", tag,
+                 " is outside MPI's range [0, ", tag_upper_bound, "]");
+  }
+
   void check_usable(const CollectiveInfo& info) const {
     if (!failure.empty()) {
       DTRAIN_THROW(Error, info.describe(), " on rank ", rank,
@@ -468,9 +475,7 @@ void MpiCommunicator::run_barrier(const CollectiveInfo& info, Timeout timeout) {
 
 void MpiCommunicator::run_send(const Tensor& t, int peer, int tag, const CollectiveInfo& info,
                                Timeout timeout) {
-  impl_->check_usable(info);
-  DTRAIN_CHECK(tag >= 0 && tag <= impl_->tag_upper_bound, info.describe(), ": tag ", tag,
-               " is outside MPI's range [0, ", impl_->tag_upper_bound, "]");
+  impl_->check_point_to_point(info, tag);
   const Deadline deadline = deadline_after(timeout);
   const MPI_Datatype type = mpi_type(t.dtype());
   const size_t es = dtype_size(t.dtype());
@@ -487,9 +492,7 @@ void MpiCommunicator::run_send(const Tensor& t, int peer, int tag, const Collect
 
 void MpiCommunicator::run_recv(Tensor& t, int peer, int tag, const CollectiveInfo& info,
                                Timeout timeout) {
-  impl_->check_usable(info);
-  DTRAIN_CHECK(tag >= 0 && tag <= impl_->tag_upper_bound, info.describe(), ": tag ", tag,
-               " is outside MPI's range [0, ", impl_->tag_upper_bound, "]");
+  impl_->check_point_to_point(info, tag);
   const Deadline deadline = deadline_after(timeout);
   const MPI_Datatype type = mpi_type(t.dtype());
   const size_t es = dtype_size(t.dtype());
