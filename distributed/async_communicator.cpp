@@ -11,6 +11,33 @@
 namespace dtrain::dist {
 namespace {
 
+/// The latest collective of this process, for heartbeats and failure reports.
+struct ProgressRecord {
+  std::mutex mu;
+  std::string text = "no collective yet";
+  bool running = false;
+  std::chrono::steady_clock::time_point since;
+};
+
+ProgressRecord& progress_record() {
+  static ProgressRecord* r = new ProgressRecord();  // leaked: worker threads may outlive statics
+  return *r;
+}
+
+void note_progress(std::string_view backend, int rank, const CollectiveInfo& info, bool running) {
+  if (info.sequence == 0) return;  // point-to-point
+  ProgressRecord& r = progress_record();
+  std::lock_guard lock(r.mu);
+  r.running = running;
+  if (running) {
+    r.text = info.describe();
+    r.text += " (";
+    r.text += backend;
+    r.text += " rank " + std::to_string(rank) + ")";
+    r.since = std::chrono::steady_clock::now();
+  }
+}
+
 class QueuedWork final : public Work {
  public:
   explicit QueuedWork(CollectiveInfo info) : info_(std::move(info)) {}
@@ -153,6 +180,16 @@ void AsyncCommunicator::worker_loop() {
   }
 }
 
+std::string collective_progress() {
+  ProgressRecord& r = progress_record();
+  std::lock_guard lock(r.mu);
+  if (!r.running) return "last finished " + r.text;
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::steady_clock::now() - r.since)
+                      .count();
+  return "in " + r.text + " for " + std::to_string(ms) + " ms";
+}
+
 CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {
   CollectiveInfo info;
   info.sequence = ++sequence_;
@@ -166,6 +203,7 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
                                    std::function<void()> body) {
   auto work = std::make_shared<QueuedWork>(info);
   auto task = [this, work, info, timeout, body = std::move(body)] {
+    note_progress(backend_name(), rank(), info, true);
     if (observer_) observer_->on_start(rank(), info);
     std::exception_ptr error;
     try {
@@ -175,6 +213,7 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
     } catch (...) {
       error = std::current_exception();
     }
+    note_progress(backend_name(), rank(), info, false);
     if (observer_) observer_->on_finish(rank(), info);
     work->finish(error);
   };

@@ -27,12 +27,14 @@
 #include <unordered_map>
 #include <utility>
 
+#include "distributed/socket.h"
 #include "distributed/store.pb.h"
 #include "tensor/check.h"
 
 namespace dtrain::dist {
 namespace {
 
+using namespace net;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
@@ -47,44 +49,6 @@ constexpr milliseconds kResponseGrace{5'000};
 // Reads per connection and loop iteration are capped so that one fast sender cannot starve the
 // others (poll is level-triggered: what is left is read on the next iteration).
 constexpr size_t kReadBudgetBytes = 1 << 20;
-
-std::string errno_text(int err) { return std::generic_category().message(err); }
-
-/// Owns a file descriptor; closes it on destruction.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept {
-    reset(std::exchange(o.fd_, -1));
-    return *this;
-  }
-  ~UniqueFd() { reset(); }
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-std::string host_port(const std::string& host, uint16_t port) {
-  const bool ipv6 = host.find(':') != std::string::npos;
-  return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
-}
-
-std::string sockaddr_text(const sockaddr* addr, socklen_t len) {
-  char host[NI_MAXHOST], serv[NI_MAXSERV];
-  if (::getnameinfo(addr, len, host, sizeof host, serv, sizeof serv,
-                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-    return "<unknown peer>";
-  }
-  return host_port(host, static_cast<uint16_t>(std::atoi(serv)));
-}
 
 std::string token_or_env(const std::string& token) {
   if (!token.empty()) return token;
@@ -148,18 +112,6 @@ uint32_t read_length(const char* p) {
   uint32_t n = 0;
   for (int i = 0; i < 4; ++i) n |= uint32_t(static_cast<unsigned char>(p[i])) << (8 * i);
   return n;
-}
-
-void set_nodelay(int fd) {
-  // Requests and answers are small and strictly alternate; Nagle would delay each by up to 40 ms.
-  const int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-int ms_until(Clock::time_point deadline, Clock::time_point now) {
-  if (deadline <= now) return 0;
-  const auto ms = std::chrono::ceil<milliseconds>(deadline - now).count();
-  return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
 }
 
 void log_line(const std::string& text) {
@@ -227,43 +179,7 @@ struct StoreServer::Impl {
 };
 
 void StoreServer::Impl::bind_and_listen() {
-  const std::string where = host_port(options.bind_address, options.port);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const char* host = options.bind_address.empty() ? nullptr : options.bind_address.c_str();
-  if (int rc = ::getaddrinfo(host, std::to_string(options.port).c_str(), &hints, &found); rc != 0) {
-    DTRAIN_THROW(ValueError, "store: cannot bind ", where, ": ", ::gai_strerror(rc));
-  }
-  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
-  std::string error = "no address";
-  for (addrinfo* ai = found; ai; ai = ai->ai_next) {
-    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!fd) {
-      error = errno_text(errno);
-      continue;
-    }
-    // Lets a restarted store reuse its port while old connections sit in TIME_WAIT; a port with
-    // a live listener still fails with "address already in use".
-    const int one = 1;
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
-      error = errno_text(errno);
-      continue;
-    }
-    sockaddr_storage bound{};
-    socklen_t len = sizeof bound;
-    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &len);
-    port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6&>(bound).sin6_port)
-                                       : ntohs(reinterpret_cast<sockaddr_in&>(bound).sin_port);
-    listen_fd = std::move(fd);
-    return;
-  }
-  DTRAIN_THROW(
-      ValueError, "store: cannot bind ", where, ": ", error,
-      ". Is another store or job using this port? Choose another port, or 0 for a free one");
+  listen_fd = listen_tcp(options.bind_address, options.port, &port, "store");
 }
 
 void StoreServer::Impl::run() {
@@ -282,7 +198,7 @@ void StoreServer::Impl::run() {
       if (c->parked) next = std::min(next, c->parked->deadline);
       if (!c->authed && !c->closing) next = std::min(next, c->handshake_deadline);
     }
-    const int timeout = next == Clock::time_point::max() ? -1 : ms_until(next, now);
+    const int timeout = next == Clock::time_point::max() ? -1 : ms_until(next);
     if (::poll(fds.data(), fds.size(), timeout) < 0) {
       if (errno == EINTR) continue;
       log("poll failed: " + errno_text(errno) + "; the store stops serving");
@@ -663,57 +579,8 @@ void StoreClient::Impl::drop(const std::string& op, const std::string& why, bool
 }
 
 bool StoreClient::Impl::try_connect(Clock::time_point deadline, std::string& error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  const std::string port = std::to_string(options.port);
-  if (int rc = ::getaddrinfo(options.host.c_str(), port.c_str(), &hints, &found); rc != 0) {
-    error = ::gai_strerror(rc);  // the name may resolve later (e.g. a node still booting)
-    return false;
-  }
-  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
-  for (addrinfo* ai = found; ai; ai = ai->ai_next) {
-    UniqueFd s(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!s) {
-      error = errno_text(errno);
-      continue;
-    }
-    if (::connect(s.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
-      if (errno != EINPROGRESS) {
-        error = errno_text(errno);
-        continue;
-      }
-      pollfd p{s.get(), POLLOUT, 0};
-      const int ready = ::poll(&p, 1, ms_until(deadline, Clock::now()));
-      int err = 0;
-      socklen_t len = sizeof err;
-      if (ready <= 0) {
-        error = ready == 0 ? "connection attempt timed out" : errno_text(errno);
-        continue;
-      }
-      ::getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err != 0) {
-        error = errno_text(err);
-        continue;
-      }
-    }
-    // A port in the ephemeral range with nobody listening can be picked as this socket's own
-    // source port, and TCP then connects the socket to itself; treat that as "not up yet".
-    sockaddr_storage self{}, peer{};
-    socklen_t self_len = sizeof self, peer_len = sizeof peer;
-    if (::getsockname(s.get(), reinterpret_cast<sockaddr*>(&self), &self_len) == 0 &&
-        ::getpeername(s.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0 &&
-        self_len == peer_len && std::memcmp(&self, &peer, self_len) == 0) {
-      error = "connected to itself (nothing listening yet)";
-      continue;
-    }
-    set_nodelay(s.get());
-    fd = std::move(s);
-    return true;
-  }
-  return false;
+  fd = try_connect_tcp(options.host, options.port, deadline, error);
+  return static_cast<bool>(fd);
 }
 
 void StoreClient::Impl::connect(const std::string& token) {
@@ -766,7 +633,7 @@ void StoreClient::Impl::send_all(const std::string& op, const std::string& bytes
            false);
     }
     pollfd p{fd.get(), POLLOUT, 0};
-    if (::poll(&p, 1, ms_until(deadline, Clock::now())) == 0) {
+    if (::poll(&p, 1, ms_until(deadline)) == 0) {
       drop(op, "could not send the request in time; the server is not reading", true);
     }
   }
@@ -790,7 +657,7 @@ void StoreClient::Impl::recv_exact(const std::string& op, char* buf, size_t n,
            false);
     }
     pollfd p{fd.get(), POLLIN, 0};
-    if (::poll(&p, 1, ms_until(deadline, Clock::now())) == 0) {
+    if (::poll(&p, 1, ms_until(deadline)) == 0) {
       drop(op, "no answer from the server in time; the connection was dropped", true);
     }
   }

@@ -1,6 +1,7 @@
 // The ddp strategy.
 #include "strategies/ddp_strategy.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -15,12 +16,15 @@ DdpStrategy::DdpStrategy(const StrategyOptions& options)
 DdpStrategy::DdpStrategy(const StrategyOptions& options,
                          std::shared_ptr<dist::AsyncCommunicator> comm)
     : options_(options), comm_(std::move(comm)) {
-  // Without a Store (plain mpirun) the report covers this rank's own progress; the timeout still
-  // turns a hang into a non-zero exit.
+  // Under dtrain launch the watchdog publishes progress to the launcher's Store and its report
+  // names the ranks that did not arrive. Without a Store (plain mpirun) the report covers this
+  // rank's own progress; the timeout still turns a hang into a non-zero exit.
   dist::WatchdogOptions w;
+  const char* restart = std::getenv("DTRAIN_RESTART_COUNT");
+  w.key_prefix += std::string(restart ? restart : "0") + "/";
   w.timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
   w.stall_warning = std::chrono::milliseconds(static_cast<int64_t>(options.stall_warning_s * 1000));
-  watchdog_ = std::make_unique<dist::Watchdog>(comm_->rank(), comm_->size(), w, nullptr);
+  watchdog_ = std::make_unique<dist::Watchdog>(comm_->rank(), comm_->size(), w, dist::job_store());
   comm_->set_observer(watchdog_.get());
 }
 

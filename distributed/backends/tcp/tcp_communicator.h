@@ -1,0 +1,79 @@
+// The tcp backend: processes on one or many machines exchanging data over a full mesh of TCP
+// connections, set up through the Store. It is what workers of `dtrain launch` use (no MPI there).
+// Every reduction is done by the rank that owns a chunk, in rank order, so results are
+// bit-identical on every rank and to the local backend's.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distributed/async_communicator.h"
+#include "distributed/socket.h"
+#include "distributed/store.h"
+
+namespace dtrain::dist {
+
+struct TcpOptions {
+  /// Store keys of this group start with it; a new group (e.g. after a restart) needs a new one.
+  std::string key_prefix = "dtrain/tcp/";
+  /// The address peers dial to reach this rank; empty: the local address that routes to the Store.
+  std::string advertise_address;
+  /// How long to wait for every rank to join.
+  Timeout connect_timeout{300'000};
+};
+
+class TcpCommunicator final : public AsyncCommunicator {
+ public:
+  /// Collective: every rank of the group calls it with the same store and prefix.
+  /// 1. each rank listens on a free port of its advertised address and publishes it with a
+  ///    connection secret that only Store clients (token holders) can read;
+  /// 2. rank r connects to every lower rank and accepts every higher one; the first bytes on a
+  ///    connection name its rank and carry the secret, so strangers are turned away.
+  /// Throws TimeoutError naming the ranks that did not join within connect_timeout.
+  TcpCommunicator(std::shared_ptr<StoreClient> store, int rank, int size, TcpOptions options = {});
+  ~TcpCommunicator() override;
+  std::string_view backend_name() const override { return "tcp"; }
+
+ protected:
+  void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info, Timeout timeout) override;
+  void run_broadcast(Tensor& t, int root, const CollectiveInfo& info, Timeout timeout) override;
+  void run_reduce(Tensor& t, ReduceOp op, int root, const CollectiveInfo& info,
+                  Timeout timeout) override;
+  void run_all_gather(const Tensor& in, Tensor& out, const CollectiveInfo& info,
+                      Timeout timeout) override;
+  void run_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, const CollectiveInfo& info,
+                          Timeout timeout) override;
+  void run_barrier(const CollectiveInfo& info, Timeout timeout) override;
+  void run_send(const Tensor& t, int peer, int tag, const CollectiveInfo& info,
+                Timeout timeout) override;
+  void run_recv(Tensor& t, int peer, int tag, const CollectiveInfo& info, Timeout timeout) override;
+
+ public:
+  /// One message of an exchange: to or from `peer`, `bytes` long.
+  struct Transfer {
+    int peer = 0;
+    bool outgoing = false;
+    char* data = nullptr;
+    size_t bytes = 0;
+    int tag = 0;
+  };
+
+ private:
+  struct Peer {
+    net::UniqueFd fd;
+    std::string address;
+  };
+  void connect_mesh(StoreClient& store, const TcpOptions& options);
+  /// Runs every transfer concurrently (so no pair of ranks waits on each other) until all are done
+  /// or the deadline passes. Each message carries a header with its size and collective, checked
+  /// on arrival, so ranks that issued different calls get an error instead of garbage.
+  void exchange(std::vector<Transfer>& transfers, const CollectiveInfo& info, Timeout timeout);
+  /// Reduce-scatter in rank order: afterwards `mine` holds op over every rank's chunk rank().
+  void reduce_chunk_from_all(const char* data, int64_t count, DType dtype, ReduceOp op, char* mine,
+                             const CollectiveInfo& info, Timeout timeout);
+  std::vector<Peer> peers_;
+  std::vector<char> scratch_;
+};
+
+}  // namespace dtrain::dist

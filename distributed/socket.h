@@ -1,0 +1,65 @@
+// TCP plumbing shared by the Store and the tcp backend: an owning file descriptor, listening and
+// connecting with deadlines, and the text forms of addresses used in error messages.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace dtrain::dist::net {
+
+using Clock = std::chrono::steady_clock;
+
+std::string errno_text(int err);
+
+/// Owns a file descriptor; closes it on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  ~UniqueFd() { reset(); }
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  void reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+/// "host:port", with brackets around IPv6 literals.
+std::string host_port(const std::string& host, uint16_t port);
+/// Numeric "host:port" of a socket address.
+std::string sockaddr_text(const sockaddr* addr, socklen_t len);
+/// Splits "host:port" (or "[v6]:port"); throws ValueError naming `what` when it is malformed.
+std::pair<std::string, uint16_t> split_host_port(const std::string& text, const std::string& what);
+
+/// Milliseconds from now to `deadline` for poll(), 0 when it has passed.
+int ms_until(Clock::time_point deadline);
+
+/// Small messages alternate on these sockets; Nagle would delay each by up to 40 ms.
+void set_nodelay(int fd);
+
+/// A non-blocking listening socket on bind_address:port (port 0: a free one, reported in
+/// *bound_port). Throws ValueError naming `who` and the address, with a hint for ports in use.
+UniqueFd listen_tcp(const std::string& bind_address, uint16_t port, uint16_t* bound_port,
+                    const std::string& who);
+
+/// One attempt to connect (non-blocking socket, TCP_NODELAY) before `deadline`; on failure returns
+/// an empty fd and sets `error`. A name that does not resolve is a failure too (it may resolve
+/// later), as is a socket connected to itself (nothing listening on a port in the ephemeral range).
+UniqueFd try_connect_tcp(const std::string& host, uint16_t port, Clock::time_point deadline,
+                         std::string& error);
+
+/// The local address this machine uses to reach host:port (a UDP connect; nothing is sent):
+/// what a worker advertises to peers that reach it the same way. Throws ValueError on failure.
+std::string local_address_towards(const std::string& host, uint16_t port);
+
+}  // namespace dtrain::dist::net
