@@ -1,12 +1,15 @@
-// The dtrain executable: train, config check/reference, eval, export. Exit codes: 0 success,
-// 2 usage or config error, 1 run-time failure. The only place that catches errors at the top.
+// The dtrain executable: train, launch, config check/reference, eval, export. Exit codes:
+// 0 success, 2 usage or config error, 1 run-time failure (launch: 130/143 when interrupted).
+// The only place that catches errors at the top.
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
+#include "launcher/launch.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/safetensors.h"
@@ -73,6 +76,60 @@ dtrain::train::TrainResult train_replicas(const dtrain::train::Config& c) {
   return results[0];
 }
 
+/// The launcher's settings: the config's `launcher` section, then the flags given on the command
+/// line (which win).
+struct LaunchFlags {
+  dtrain::launch::LaunchOptions values;
+  std::vector<std::pair<CLI::Option*, std::function<void(dtrain::launch::LaunchOptions&)>>> given;
+};
+
+int run_launch_command(const std::string& config_path, const std::vector<std::string>& overrides,
+                       LaunchFlags& flags) {
+  using namespace dtrain::train;
+  const Config c = load_config(config_path, overrides);
+  dtrain::launch::LaunchOptions o;
+  o.config_path = config_path;
+  o.overrides = overrides;
+  o.nproc_per_node = static_cast<int>(c.launcher.nproc_per_node);
+  o.nnodes = static_cast<int>(c.launcher.nnodes);
+  o.rdzv_endpoint = c.launcher.rdzv_endpoint;
+  o.max_restarts = static_cast<int>(std::min<int64_t>(c.launcher.max_restarts, 1'000'000));
+  o.heartbeat_timeout_s = c.launcher.heartbeat_timeout_s;
+  o.stop_grace_s = c.launcher.stop_grace_s;
+  o.rdzv_timeout_s = c.launcher.rdzv_timeout_s;
+  o.log_dir = c.launcher.log_dir;
+  for (auto& [option, apply] : flags.given) {
+    if (option->count() > 0) apply(o);
+  }
+  o.config_hash = c.hash();
+  o.version = DTRAIN_VERSION;
+  o.worker_executable = std::filesystem::read_symlink("/proc/self/exe").string();
+  if (o.node_rank >= o.nnodes) {
+    std::fprintf(stderr,
+                 "dtrain launch: --node-rank %d is not below --nnodes %d (nodes count from 0)\n",
+                 o.node_rank, o.nnodes);
+    return kUsageError;
+  }
+  if (o.nnodes > 1 && o.rdzv_endpoint.empty()) {
+    std::fprintf(stderr,
+                 "dtrain launch: --nnodes %d needs --rdzv-endpoint HOST:PORT (or "
+                 "launcher.rdzv_endpoint): an address of node 0 that every node can reach, where "
+                 "node 0's launcher hosts the store\n",
+                 o.nnodes);
+    return kUsageError;
+  }
+  const int world = o.nnodes * o.nproc_per_node;
+  if (world > 1 && (c.strategy.type == "single" || c.strategy.type == "mirrored")) {
+    std::fprintf(
+        stderr,
+        "dtrain launch: strategy.type is %s, which trains in one process, but the launcher "
+        "would start %d workers; use strategy.type=ddp (or multi_worker_mirrored)\n",
+        c.strategy.type.c_str(), world);
+    return kUsageError;
+  }
+  return dtrain::launch::run_launch(o);
+}
+
 int report_config_error(const dtrain::train::ConfigError& e) {
   std::fprintf(stderr, "dtrain: %s\n", e.message().c_str());
   return kUsageError;
@@ -93,6 +150,43 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::ExistingFile);
   train->add_option("overrides", overrides, "section.key=value overrides, e.g. train.epochs=3");
+
+  CLI::App* launch = app.add_subcommand(
+      "launch", "Start this node's workers, watch them and restart the job after a failure");
+  launch->add_option("config", config_path, "YAML config file")
+      ->required()
+      ->check(CLI::ExistingFile);
+  launch->add_option("overrides", overrides, "section.key=value overrides for every worker");
+  LaunchFlags flags;
+  {
+    using dtrain::launch::LaunchOptions;
+    auto& v = flags.values;
+    const auto given = [&](CLI::Option* option, auto apply) {
+      flags.given.emplace_back(option, apply);
+    };
+    given(launch->add_option("--nproc-per-node", v.nproc_per_node, "workers on this node")
+              ->check(CLI::Range(1, 1024)),
+          [&v](LaunchOptions& o) { o.nproc_per_node = v.nproc_per_node; });
+    given(launch->add_option("--nnodes", v.nnodes, "machines in the job")
+              ->check(CLI::Range(1, 65536)),
+          [&v](LaunchOptions& o) { o.nnodes = v.nnodes; });
+    given(launch->add_option("--node-rank", v.node_rank, "this machine's index, 0 hosts the store")
+              ->check(CLI::Range(0, 65535)),
+          [&v](LaunchOptions& o) { o.node_rank = v.node_rank; });
+    given(launch->add_option("--rdzv-endpoint", v.rdzv_endpoint,
+                             "HOST:PORT of node 0's store (node 0 listens there)"),
+          [&v](LaunchOptions& o) { o.rdzv_endpoint = v.rdzv_endpoint; });
+    given(launch->add_option("--max-restarts", v.max_restarts, "restarts after a failure")
+              ->check(CLI::Range(0, 1'000'000)),
+          [&v](LaunchOptions& o) { o.max_restarts = v.max_restarts; });
+    given(launch
+              ->add_option("--heartbeat-timeout-s", v.heartbeat_timeout_s,
+                           "a silent worker counts as failed after this long (0: never)")
+              ->check(CLI::NonNegativeNumber),
+          [&v](LaunchOptions& o) { o.heartbeat_timeout_s = v.heartbeat_timeout_s; });
+    given(launch->add_option("--log-dir", v.log_dir, "write worker output to DIR/rank_N.log"),
+          [&v](LaunchOptions& o) { o.log_dir = v.log_dir; });
+  }
 
   CLI::App* config = app.add_subcommand("config", "Inspect configs");
   config->require_subcommand(1);
@@ -122,8 +216,10 @@ int main(int argc, char** argv) {
 
   try {
     using namespace dtrain::train;
+    if (*launch) return run_launch_command(config_path, overrides, flags);
     if (*train) {
       Config c = load_config(config_path, overrides);
+      const dtrain::launch::WorkerHeartbeat heartbeat;  // only under dtrain launch
       const TrainResult r = train_replicas(c);
       if (!r.primary) return 0;  // rank 0 reports for the job
       if (c.train.stop_at_step > 0 && r.stopped_early) {

@@ -16,6 +16,7 @@ packages=(
   python3 python3-torch python3-numpy      # golden-value fixtures and side-by-side benchmarks
   python3-venv                             # scripts/python_readers.sh (TensorBoard, safetensors readers)
   libopenblas0-pthread                     # BLAS for that PyTorch (the reference libblas3 is ~20x slower)
+  slurmctld slurmd slurm-client munge      # a real Slurm on localhost for the slurm tests (scripts/slurm/)
 )
 
 missing=()

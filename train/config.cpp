@@ -350,10 +350,28 @@ const std::vector<Field>& schema() {
       // launcher
       int_field("launcher", "nproc_per_node", DTRAIN_GET(launcher.nproc_per_node), 1, 1024,
                 "Worker processes per node for `dtrain launch`."),
+      int_field("launcher", "nnodes", DTRAIN_GET(launcher.nnodes), 1, 65536,
+                "Machines in the job, each running `dtrain launch` with its own `--node-rank`."),
+      string_field("launcher", "rdzv_endpoint", DTRAIN_GET(launcher.rdzv_endpoint), {},
+                   "HOST:PORT of the Store that node 0's launcher hosts; needed with more than "
+                   "one node. Empty on one node: a free port on 127.0.0.1.",
+                   "host:port"),
       int_field("launcher", "max_restarts", DTRAIN_GET(launcher.max_restarts), 0, INT64_MAX,
-                "Restarts of the whole job after a worker fails."),
+                "Restarts of the whole job after a worker fails; workers resume from the latest "
+                "checkpoint."),
       float_field("launcher", "heartbeat_timeout_s", DTRAIN_GET(launcher.heartbeat_timeout_s), 0,
-                  kInf, "A worker silent for this long counts as failed.", true),
+                  kInf,
+                  "A worker that sends no heartbeat for this long (stopped, swapped out, hung) "
+                  "counts as failed; 0: never.",
+                  false),
+      float_field("launcher", "stop_grace_s", DTRAIN_GET(launcher.stop_grace_s), 0, kInf,
+                  "After SIGTERM, workers get this long to exit before SIGKILL.", false),
+      float_field("launcher", "rdzv_timeout_s", DTRAIN_GET(launcher.rdzv_timeout_s), 0, kInf,
+                  "How long launchers wait for every node at start-up and between restarts.", true),
+      string_field("launcher", "log_dir", DTRAIN_GET(launcher.log_dir), {},
+                   "Write each worker's output to LOG_DIR/rank_N.log instead of the launcher's "
+                   "output with a [rank N] prefix.",
+                   "directory path"),
       // log
       string_field("log", "dir", DTRAIN_GET(log.dir), {},
                    "Directory for metrics.jsonl and TensorBoard event files.", "directory path"),

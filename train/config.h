@@ -85,8 +85,13 @@ struct StrategyConfig {
 
 struct LauncherConfig {
   int64_t nproc_per_node = 1;
+  int64_t nnodes = 1;
+  std::string rdzv_endpoint;  // host:port of node 0's Store; "" on one node: a free loopback port
   int64_t max_restarts = 0;
   double heartbeat_timeout_s = 60;
+  double stop_grace_s = 10;
+  double rdzv_timeout_s = 300;
+  std::string log_dir;  // "" prefixes worker output with [rank N] instead of writing files
 };
 
 struct LogConfig {

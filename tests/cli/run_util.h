@@ -1,9 +1,12 @@
 // Runs the real dtrain executable for end-to-end tests: exit code and combined output.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -50,6 +53,17 @@ inline std::string mpirun_prefix(int ranks) {
 inline CommandResult run_dtrain_mpirun(int ranks, const std::string& args,
                                        const std::string& cwd = ".") {
   return run_shell(mpirun_prefix(ranks) + "'" + std::string(DTRAIN_EXECUTABLE) + "' " + args, cwd);
+}
+
+/// The raw tensor bytes of a safetensors file: what follows the 8-byte little-endian header
+/// length and the JSON header.
+inline std::string safetensors_data(const std::string& file) {
+  EXPECT_GE(file.size(), 8u);
+  if (file.size() < 8) return "";
+  uint64_t header = 0;
+  for (int i = 7; i >= 0; --i) header = header << 8 | static_cast<unsigned char>(file[i]);
+  EXPECT_LE(8 + header, file.size());
+  return file.substr(std::min<size_t>(file.size(), 8 + header));
 }
 
 inline std::string source_path(const std::string& relative) {

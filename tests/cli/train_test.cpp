@@ -249,16 +249,6 @@ void expect_same_checkpoint(const std::string& a_path, const std::string& b_path
   EXPECT_EQ(a.rng_offsets, b.rng_offsets);
 }
 
-/// The raw tensor bytes after the 8-byte little-endian header length and the JSON header.
-std::string safetensors_data(const std::string& file) {
-  EXPECT_GE(file.size(), 8u);
-  if (file.size() < 8) return "";
-  uint64_t header = 0;
-  for (int i = 7; i >= 0; --i) header = header << 8 | static_cast<unsigned char>(file[i]);
-  EXPECT_LE(8 + header, file.size());
-  return file.substr(std::min<size_t>(file.size(), 8 + header));
-}
-
 struct ResumeCase {
   std::string overrides;  // on top of kConfig
   int64_t stop_at;        // the step B stops after: inside an epoch
@@ -311,7 +301,7 @@ void check_exact_resume(const ResumeCase& c) {
   }
   const std::string sa = testutil::read_bytes(root / "a/model.safetensors");
   const std::string sb = testutil::read_bytes(root / "b/model.safetensors");
-  const std::string da = safetensors_data(sa), db = safetensors_data(sb);
+  const std::string da = testutil::safetensors_data(sa), db = testutil::safetensors_data(sb);
   EXPECT_FALSE(da.empty());
   EXPECT_TRUE(da == db) << "exported tensor bytes differ (" << da.size() << " vs " << db.size()
                         << " bytes)";

@@ -1,0 +1,680 @@
+// `dtrain launch`. Protocol between the launchers of a job, all through node 0's Store, for each
+// attempt a (0, then 1 after the first restart, ...):
+//  1. every node publishes launch/a/node/K = host, version, config hash, restarts, workers, and
+//     waits for all nodes; nodes that disagree stop with exit status 2 naming the node;
+//  2. each node spawns its workers (global ranks in node order) and watches them;
+//  3. the first node to see a failure writes launch/a/failed (compare-and-set, so the first
+//     failure is the root cause everyone prints); every node stops its workers, adds itself to
+//     launch/a/stopped, and once all have, all start attempt a+1 or give up together;
+//  4. on success each node adds itself to launch/a/done and waits for all, then to
+//     launch/a/leaving, so that node 0 keeps the Store up until every node has read the outcome.
+#include "launcher/launch.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "distributed/async_communicator.h"
+#include "distributed/socket.h"
+#include "distributed/store.h"
+#include "tensor/check.h"
+
+extern char** environ;
+
+namespace dtrain::launch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+namespace net = dist::net;
+
+constexpr size_t kTailLines = 12;
+constexpr int kHeartbeatFd = 3;  // where a worker finds its end of the heartbeat socket
+// A worker that failed because a peer vanished is probably not the root cause: the launcher
+// waits this long for the failure that caused it before reporting this one.
+constexpr milliseconds kSecondaryGrace{2'000};
+constexpr milliseconds kStorePoll{250};
+
+void say(const std::string& text) {
+  const std::string line = "dtrain launch: " + text + "\n";
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
+}
+
+std::string signal_text(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return "signal " + std::to_string(sig) + (abbrev ? " (SIG" + std::string(abbrev) + ")" : "");
+}
+
+std::string random_token() {
+  std::array<unsigned char, 16> bytes{};
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  urandom.read(reinterpret_cast<char*>(bytes.data()), bytes.size());
+  DTRAIN_CHECK(urandom.good(), "launch: cannot read /dev/urandom for the store token");
+  std::string hex;
+  for (unsigned char b : bytes) {
+    constexpr char kDigits[] = "0123456789abcdef";
+    hex += kDigits[b >> 4];
+    hex += kDigits[b & 15];
+  }
+  return hex;
+}
+
+std::string host_name() {
+  char name[256] = {};
+  ::gethostname(name, sizeof name - 1);
+  return name;
+}
+
+int usable_cores() {
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  std::string part;
+  std::istringstream is(s);
+  while (std::getline(is, part, sep)) parts.push_back(part);
+  return parts;
+}
+
+/// Thrown when the nodes disagree (exit status 2, no restart).
+struct NodeMismatch {
+  std::string message;
+};
+
+struct Worker {
+  int rank = 0, local_rank = 0;
+  pid_t pid = -1;
+  net::UniqueFd out, beat;  // the worker's stdout+stderr; its heartbeat socket
+  std::string partial, beat_partial;
+  std::deque<std::string> tail;
+  Clock::time_point last_beat;
+  std::string progress = "no collective yet";
+  bool exited = false;
+  int status = 0;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> log{nullptr, std::fclose};
+};
+
+enum class Outcome { kSucceeded, kFailed, kInterrupted };
+
+class Launcher {
+ public:
+  explicit Launcher(const LaunchOptions& o) : o_(o), host_(host_name()) {}
+  int run();
+
+ private:
+  void start_store();
+  void rendezvous(int attempt);
+  void spawn(int attempt);
+  Outcome monitor(int attempt);
+  void stop_workers();
+  void drain(Worker& w, bool to_eof);
+  void read_beats(Worker& w);
+  void handle_signals();
+  bool reap();
+  std::string describe_failure(const Worker& w, const std::string& what) const;
+  std::string key(int attempt, const std::string& name) const {
+    return "launch/" + std::to_string(attempt) + "/" + name;
+  }
+  /// Adds this node to a counter and waits until every node has; false on timeout.
+  bool count_and_wait(const std::string& counter, milliseconds timeout);
+  milliseconds ms(double seconds) const {
+    return milliseconds(static_cast<int64_t>(seconds * 1e3));
+  }
+
+  const LaunchOptions o_;
+  const std::string host_;
+  std::string token_, store_address_;
+  std::unique_ptr<dist::StoreServer> server_;
+  std::unique_ptr<dist::StoreClient> store_;
+  net::UniqueFd signals_;
+  sigset_t old_mask_{};
+  int interrupted_by_ = 0;
+  int world_size_ = 0, rank_offset_ = 0;
+  std::vector<Worker> workers_;
+};
+
+void Launcher::start_store() {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  if (!o_.rdzv_endpoint.empty()) {
+    std::tie(host, port) = net::split_host_port(o_.rdzv_endpoint, "--rdzv-endpoint");
+  }
+  if (o_.node_rank == 0) {
+    dist::StoreServerOptions so;
+    so.bind_address = host;
+    so.port = port;
+    so.token = token_;
+    server_ = std::make_unique<dist::StoreServer>(so);
+    port = server_->port();
+    say("node 0 hosts the store at " + net::host_port(host, port) +
+        (o_.nnodes > 1
+             ? "; start the other nodes with --rdzv-endpoint " + net::host_port(host, port)
+             : ""));
+  }
+  store_address_ = net::host_port(host, port);
+  dist::StoreClientOptions co;
+  co.host = host;
+  co.port = port;
+  co.token = token_;
+  co.connect_timeout = ms(o_.rdzv_timeout_s);
+  store_ = std::make_unique<dist::StoreClient>(co);
+}
+
+void Launcher::rendezvous(int attempt) {
+  std::ostringstream me;
+  me << host_ << '\t' << o_.version << '\t' << o_.config_hash << '\t' << o_.max_restarts << '\t'
+     << o_.nproc_per_node;
+  store_->set(key(attempt, "node/" + std::to_string(o_.node_rank)), me.str());
+  std::vector<std::string> keys;
+  for (int k = 0; k < o_.nnodes; ++k) keys.push_back(key(attempt, "node/" + std::to_string(k)));
+  try {
+    store_->wait(keys, ms(o_.rdzv_timeout_s));
+  } catch (const TimeoutError&) {
+    std::ostringstream missing;
+    for (int k = 0; k < o_.nnodes; ++k) {
+      if (!store_->try_get(keys[k])) missing << " " << k;
+    }
+    DTRAIN_THROW(TimeoutError, "node(s)", missing.str(), " did not join within ", o_.rdzv_timeout_s,
+                 " s (launcher.rdzv_timeout_s). Is `dtrain launch --node-rank",
+                 missing.str().substr(0, missing.str().find(' ', 1)),
+                 "` running there with "
+                 "--rdzv-endpoint ",
+                 store_address_, ", and can it reach that address?");
+  }
+  world_size_ = 0;
+  rank_offset_ = 0;
+  std::vector<std::string> node0;
+  for (int k = 0; k < o_.nnodes; ++k) {
+    const auto fields = split(store_->get(keys[k]), '\t');
+    DTRAIN_CHECK(fields.size() == 5, "launch: malformed node record for node ", k);
+    if (k == 0) node0 = fields;
+    const char* names[] = {"host", "dtrain version", "config hash", "max_restarts"};
+    for (int f = 1; f <= 3; ++f) {
+      if (fields[f] != node0[f]) {
+        throw NodeMismatch{"node " + std::to_string(k) + " (" + fields[0] + ") has " + names[f] +
+                           " " + fields[f] + " but node 0 (" + node0[0] + ") has " + node0[f] +
+                           (f == 2   ? "; every node must run the same config file and overrides "
+                                       "(`dtrain config check` prints the hash)"
+                            : f == 1 ? "; install the same dtrain on every node"
+                                     : "; pass the same --max-restarts everywhere")};
+      }
+    }
+    const int nproc = std::stoi(fields[4]);
+    if (k < o_.node_rank) rank_offset_ += nproc;
+    world_size_ += nproc;
+  }
+}
+
+void Launcher::spawn(int attempt) {
+  workers_.clear();
+  workers_.resize(o_.nproc_per_node);
+  const int threads = std::max(1, usable_cores() / o_.nproc_per_node);
+  const bool user_threads = std::getenv("OMP_NUM_THREADS") != nullptr;
+  const int heartbeat_ms =
+      static_cast<int>(std::clamp(o_.heartbeat_timeout_s * 1000 / 4, 50.0, 1000.0));
+  // Everything a child needs is built before fork(): after it only async-signal-safe calls.
+  static const char* const kSetHere[] = {"DTRAIN_RANK",         "DTRAIN_WORLD_SIZE",
+                                         "DTRAIN_LOCAL_RANK",   "DTRAIN_LOCAL_WORLD_SIZE",
+                                         "DTRAIN_NODE_RANK",    "DTRAIN_STORE_ADDR",
+                                         "DTRAIN_STORE_TOKEN",  "DTRAIN_RESTART_COUNT",
+                                         "DTRAIN_HEARTBEAT_FD", "DTRAIN_HEARTBEAT_INTERVAL_MS",
+                                         "OPENBLAS_NUM_THREADS"};
+  std::vector<std::string> inherited;
+  for (char** e = environ; *e; ++e) {
+    const std::string var(*e);
+    const std::string name = var.substr(0, var.find('='));
+    if (std::find(std::begin(kSetHere), std::end(kSetHere), name) != std::end(kSetHere) &&
+        (name != "OPENBLAS_NUM_THREADS" || !user_threads)) {
+      continue;
+    }
+    inherited.push_back(var);
+  }
+  if (o_.log_dir.size()) std::filesystem::create_directories(o_.log_dir);
+  for (int i = 0; i < o_.nproc_per_node; ++i) {
+    Worker& w = workers_[i];
+    w.local_rank = i;
+    w.rank = rank_offset_ + i;
+    std::vector<std::string> env = inherited;
+    const auto set = [&](const std::string& name, const std::string& value) {
+      env.push_back(name + "=" + value);
+    };
+    set("DTRAIN_RANK", std::to_string(w.rank));
+    set("DTRAIN_WORLD_SIZE", std::to_string(world_size_));
+    set("DTRAIN_LOCAL_RANK", std::to_string(i));
+    set("DTRAIN_LOCAL_WORLD_SIZE", std::to_string(o_.nproc_per_node));
+    set("DTRAIN_NODE_RANK", std::to_string(o_.node_rank));
+    set("DTRAIN_STORE_ADDR", store_address_);
+    set("DTRAIN_STORE_TOKEN", token_);  // the environment only: a command line shows in ps
+    set("DTRAIN_RESTART_COUNT", std::to_string(attempt));
+    set("DTRAIN_HEARTBEAT_FD", std::to_string(kHeartbeatFd));
+    set("DTRAIN_HEARTBEAT_INTERVAL_MS", std::to_string(heartbeat_ms));
+    if (!user_threads) {
+      set("OMP_NUM_THREADS", std::to_string(threads));
+      set("OPENBLAS_NUM_THREADS", std::to_string(threads));
+    }
+    std::vector<std::string> args = {o_.worker_executable, "train", o_.config_path};
+    args.insert(args.end(), o_.overrides.begin(), o_.overrides.end());
+    std::vector<char*> argv, envp;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    int out[2], beat[2];
+    DTRAIN_CHECK(::pipe2(out, O_CLOEXEC) == 0, "launch: pipe: ", net::errno_text(errno));
+    DTRAIN_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, beat) == 0,
+                 "launch: socketpair: ", net::errno_text(errno));
+    if (o_.log_dir.size()) {
+      const std::string path = o_.log_dir + "/rank_" + std::to_string(w.rank) + ".log";
+      w.log.reset(std::fopen(path.c_str(), "a"));
+      DTRAIN_CHECK(w.log != nullptr, "launch: cannot open ", path, ": ", net::errno_text(errno));
+      std::fprintf(w.log.get(), "--- dtrain launch: attempt %d, rank %d on %s ---\n", attempt,
+                   w.rank, host_.c_str());
+      std::fflush(w.log.get());
+    }
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    DTRAIN_CHECK(pid >= 0, "launch: fork: ", net::errno_text(errno));
+    if (pid == 0) {
+      // Own process group: the launcher stops a worker and anything it started with one kill,
+      // and Ctrl-C in the terminal reaches only the launcher, which then stops everyone.
+      ::setpgid(0, 0);
+      // Dies with the launcher, whatever kills it (no orphans).
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(1);
+      ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
+      ::dup2(out[1], 1);
+      ::dup2(out[1], 2);
+      if (beat[1] == kHeartbeatFd) {
+        ::fcntl(kHeartbeatFd, F_SETFD, 0);
+      } else {
+        ::dup2(beat[1], kHeartbeatFd);
+      }
+      ::execve(argv[0], argv.data(), envp.data());
+      const char msg[] = "dtrain launch: cannot execute the worker\n";
+      [[maybe_unused]] auto n = ::write(2, msg, sizeof msg - 1);
+      ::_exit(127);
+    }
+    ::setpgid(pid, pid);  // also here, so a kill right after fork finds the group
+    ::close(out[1]);
+    ::close(beat[1]);
+    w.pid = pid;
+    w.out.reset(out[0]);
+    w.beat.reset(beat[0]);
+    ::fcntl(out[0], F_SETFL, O_NONBLOCK);
+    ::fcntl(beat[0], F_SETFL, O_NONBLOCK);
+    w.last_beat = Clock::now();
+  }
+  say("attempt " + std::to_string(attempt) + ": started ranks " + std::to_string(rank_offset_) +
+      "-" + std::to_string(rank_offset_ + o_.nproc_per_node - 1) + " of " +
+      std::to_string(world_size_) + " on node " + std::to_string(o_.node_rank) + " (" + host_ +
+      "), " +
+      (user_threads ? std::string("OMP_NUM_THREADS from the environment")
+                    : std::to_string(threads) + " thread(s) each"));
+}
+
+void Launcher::drain(Worker& w, bool to_eof) {
+  if (!w.out) return;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(w.out.get(), buf, sizeof buf);
+    if (n > 0) {
+      w.partial.append(buf, size_t(n));
+      size_t start = 0, nl;
+      while ((nl = w.partial.find('\n', start)) != std::string::npos) {
+        const std::string line = w.partial.substr(start, nl - start);
+        start = nl + 1;
+        w.tail.push_back(line);
+        if (w.tail.size() > kTailLines) w.tail.pop_front();
+        if (w.log) {
+          std::fprintf(w.log.get(), "%s\n", line.c_str());
+        } else {
+          const std::string out = "[rank " + std::to_string(w.rank) + "] " + line + "\n";
+          std::fwrite(out.data(), 1, out.size(), stdout);
+        }
+      }
+      w.partial.erase(0, start);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      if (!to_eof) break;
+      pollfd p{w.out.get(), POLLIN, 0};
+      if (::poll(&p, 1, 200) <= 0) break;  // a grandchild may keep the pipe open
+      continue;
+    }
+    w.out.reset();  // EOF or error
+    if (!w.partial.empty()) {
+      w.partial += "\n";
+      drain(w, false);
+    }
+    break;
+  }
+  if (w.log) std::fflush(w.log.get());
+  std::fflush(stdout);
+}
+
+void Launcher::read_beats(Worker& w) {
+  if (!w.beat) return;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(w.beat.get(), buf, sizeof buf);
+    if (n > 0) {
+      w.last_beat = Clock::now();
+      w.beat_partial.append(buf, size_t(n));
+      // Each line is one heartbeat carrying the worker's collective progress; keep the newest.
+      size_t nl;
+      while ((nl = w.beat_partial.find('\n')) != std::string::npos) {
+        w.progress = w.beat_partial.substr(0, nl);
+        w.beat_partial.erase(0, nl + 1);
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) w.beat.reset();
+    break;
+  }
+}
+
+bool Launcher::reap() {
+  bool any = false;
+  for (Worker& w : workers_) {
+    if (w.exited || w.pid < 0) continue;
+    int status = 0;
+    if (::waitpid(w.pid, &status, WNOHANG) == w.pid) {
+      w.exited = true;
+      w.status = status;
+      any = true;
+    }
+  }
+  return any;
+}
+
+void Launcher::handle_signals() {
+  signalfd_siginfo info;
+  while (::read(signals_.get(), &info, sizeof info) == sizeof info) {
+    if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM) {
+      interrupted_by_ = static_cast<int>(info.ssi_signo);
+    }
+  }
+}
+
+std::string Launcher::describe_failure(const Worker& w, const std::string& what) const {
+  std::ostringstream os;
+  os << "rank " << w.rank << " on node " << o_.node_rank << " (host " << host_ << ", pid " << w.pid
+     << ") " << what << "\n  last collective: " << w.progress << "\n  last output:";
+  if (w.tail.empty()) os << " (none)";
+  for (const std::string& line : w.tail) os << "\n    | " << line;
+  return os.str();
+}
+
+Outcome Launcher::monitor(int attempt) {
+  const std::string failed_key = key(attempt, "failed");
+  auto next_store_poll = Clock::now();
+  std::optional<std::pair<Clock::time_point, std::string>> secondary;
+  const auto fail = [&](const std::string& report) {
+    // The first failure any node records is the root cause that every node prints.
+    const std::string root = store_->compare_set(failed_key, "", report);
+    say("worker failure in attempt " + std::to_string(attempt) + "; root cause:\n  " + root);
+    return Outcome::kFailed;
+  };
+  for (;;) {
+    std::vector<pollfd> fds = {{signals_.get(), POLLIN, 0}};
+    for (const Worker& w : workers_) {
+      if (w.out) fds.push_back({w.out.get(), POLLIN, 0});
+      if (w.beat) fds.push_back({w.beat.get(), POLLIN, 0});
+    }
+    ::poll(fds.data(), fds.size(), 100);
+    handle_signals();
+    if (interrupted_by_) return Outcome::kInterrupted;
+    for (Worker& w : workers_) {
+      drain(w, false);
+      read_beats(w);
+    }
+    reap();
+    const auto now = Clock::now();
+    bool all_done = true;
+    for (Worker& w : workers_) {
+      if (!w.exited) {
+        all_done = false;
+        if (o_.heartbeat_timeout_s > 0 && now - w.last_beat > ms(o_.heartbeat_timeout_s)) {
+          char what[160];
+          std::snprintf(what, sizeof what,
+                        "sent no heartbeat for %.1f s (launcher.heartbeat_timeout_s): stopped "
+                        "(SIGSTOP, a debugger) or starved",
+                        std::chrono::duration<double>(now - w.last_beat).count());
+          return fail(describe_failure(w, what));
+        }
+        continue;
+      }
+      if (WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0) continue;
+      all_done = false;
+      drain(w, true);  // its last words are the most useful part of the report
+      const std::string what = WIFSIGNALED(w.status)
+                                   ? "was killed by " + signal_text(WTERMSIG(w.status))
+                                   : "exited with status " + std::to_string(WEXITSTATUS(w.status));
+      const bool consequence = !WIFSIGNALED(w.status) &&
+                               std::any_of(w.tail.begin(), w.tail.end(), [](const std::string& l) {
+                                 return l.find("closed the connection") != std::string::npos;
+                               });
+      if (!consequence) return fail(describe_failure(w, what));
+      if (!secondary) secondary.emplace(now + kSecondaryGrace, describe_failure(w, what));
+    }
+    if (secondary && now >= secondary->first) return fail(secondary->second);
+    if (all_done) return Outcome::kSucceeded;
+    if (now >= next_store_poll) {
+      next_store_poll = now + kStorePoll;
+      if (auto root = store_->try_get(failed_key)) {
+        say("attempt " + std::to_string(attempt) + " failed on another node; root cause:\n  " +
+            *root);
+        return Outcome::kFailed;
+      }
+    }
+  }
+}
+
+void Launcher::stop_workers() {
+  bool any = false;
+  for (Worker& w : workers_) {
+    if (w.exited || w.pid < 0) continue;
+    // SIGCONT too: a stopped process does not act on SIGTERM until it runs again.
+    ::kill(-w.pid, SIGTERM);
+    ::kill(-w.pid, SIGCONT);
+    any = true;
+  }
+  const auto deadline = Clock::now() + ms(o_.stop_grace_s);
+  while (any && Clock::now() < deadline) {
+    std::vector<pollfd> fds = {{signals_.get(), POLLIN, 0}};
+    for (const Worker& w : workers_) {
+      if (w.out) fds.push_back({w.out.get(), POLLIN, 0});
+    }
+    ::poll(fds.data(), fds.size(), 50);
+    handle_signals();
+    for (Worker& w : workers_) drain(w, false);
+    reap();
+    any = std::any_of(workers_.begin(), workers_.end(), [](const Worker& w) { return !w.exited; });
+  }
+  for (Worker& w : workers_) {
+    if (w.exited || w.pid < 0) continue;
+    ::kill(-w.pid, SIGKILL);
+    ::waitpid(w.pid, &w.status, 0);
+    w.exited = true;
+  }
+  // Anything left in a group (a worker's own children) goes too.
+  for (Worker& w : workers_) {
+    if (w.pid > 0) ::kill(-w.pid, SIGKILL);
+    drain(w, false);
+  }
+}
+
+bool Launcher::count_and_wait(const std::string& counter, milliseconds timeout) {
+  store_->add(counter, 1);
+  const auto deadline = Clock::now() + timeout;
+  for (milliseconds pause{5};; pause = std::min(pause * 2, milliseconds(200))) {
+    const auto value = store_->try_get(counter);
+    if (value && std::stoll(*value) >= o_.nnodes) return true;
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(pause);
+  }
+}
+
+int Launcher::run() {
+  if (o_.nnodes > 1) {
+    const char* shared = std::getenv("DTRAIN_STORE_TOKEN");
+    if (shared == nullptr || std::strlen(shared) < 16) {
+      say("error: with --nnodes > 1 every node's launcher needs the same secret in "
+          "DTRAIN_STORE_TOKEN (16 or more characters), e.g. `export DTRAIN_STORE_TOKEN=$(openssl "
+          "rand -hex 16)` on node 0 and the same value on the others (scripts/slurm/train.sbatch "
+          "does this for Slurm jobs)");
+      return 2;
+    }
+    token_ = shared;
+  } else {
+    token_ = random_token();  // one job, one secret, never on a command line
+  }
+  // Signals arrive through a descriptor the monitor loop polls; workers get the old mask back.
+  // A launcher started in the background by a shell inherits SIGINT ignored, and an ignored
+  // signal never reaches the descriptor: take both back.
+  ::signal(SIGINT, SIG_DFL);
+  ::signal(SIGTERM, SIG_DFL);
+  sigset_t mask;
+  sigemptyset(&mask);
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&mask, sig);
+  ::pthread_sigmask(SIG_BLOCK, &mask, &old_mask_);
+  signals_.reset(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+
+  std::vector<std::string> failures;
+  try {
+    start_store();
+    for (int attempt = 0;; ++attempt) {
+      rendezvous(attempt);
+      spawn(attempt);
+      const Outcome outcome = monitor(attempt);
+      if (outcome == Outcome::kSucceeded) {
+        count_and_wait(key(attempt, "done"), ms(o_.rdzv_timeout_s));
+        // Node 0 keeps the Store up until every node has seen the outcome.
+        if (!count_and_wait(key(attempt, "leaving"), milliseconds(10'000)) && o_.node_rank == 0) {
+          say("some nodes did not confirm the end of the job within 10 s");
+        }
+        say("all " + std::to_string(o_.nproc_per_node) + " worker(s) of node " +
+            std::to_string(o_.node_rank) + " finished" +
+            (attempt ? " after " + std::to_string(attempt) + " restart(s)" : std::string()));
+        return 0;
+      }
+      if (outcome == Outcome::kInterrupted) {
+        const std::string why = "the launcher on node " + std::to_string(o_.node_rank) + " (" +
+                                host_ + ") received " + signal_text(interrupted_by_);
+        try {
+          store_->compare_set(key(attempt, "failed"), "", why);
+        } catch (const Error&) {
+          // The store may be gone already (node 0 stopped first); stopping matters more.
+        }
+        say(why + "; stopping the workers");
+        stop_workers();
+        return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
+      }
+      failures.push_back(store_->get(key(attempt, "failed")));
+      stop_workers();
+      if (interrupted_by_) return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
+      if (!count_and_wait(key(attempt, "stopped"), ms(o_.rdzv_timeout_s))) {
+        say("error: not every node stopped its workers within launcher.rdzv_timeout_s; giving up");
+        return 1;
+      }
+      if (attempt >= o_.max_restarts) break;
+      say("restarting every worker (restart " + std::to_string(attempt + 1) + " of " +
+          std::to_string(o_.max_restarts) + "); they resume from the latest checkpoint");
+    }
+  } catch (const NodeMismatch& e) {
+    say("error: the nodes disagree: " + e.message);
+    return 2;
+  } catch (const Error& e) {
+    if (!workers_.empty()) stop_workers();
+    say("error: " + e.message());
+    return 1;
+  }
+  std::ostringstream summary;
+  summary << "giving up: the job failed " << failures.size() << " time(s) and launcher.max_restarts"
+          << " is " << o_.max_restarts << ". Root causes:";
+  for (size_t i = 0; i < failures.size(); ++i) {
+    summary << "\n  attempt " << i << ": " << failures[i].substr(0, failures[i].find('\n'));
+  }
+  say(summary.str());
+  return 1;
+}
+
+}  // namespace
+
+int run_launch(const LaunchOptions& options) { return Launcher(options).run(); }
+
+// ------------------------------------------------------------------------------------------------
+// Worker side
+
+struct WorkerHeartbeat::Impl {
+  int fd = -1;
+  milliseconds interval{1000};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  std::thread thread;
+};
+
+WorkerHeartbeat::WorkerHeartbeat() {
+  const char* fd = std::getenv("DTRAIN_HEARTBEAT_FD");
+  if (fd == nullptr || *fd == '\0') return;
+  impl_ = new Impl();
+  impl_->fd = std::atoi(fd);
+  if (const char* ms = std::getenv("DTRAIN_HEARTBEAT_INTERVAL_MS")) {
+    impl_->interval = milliseconds(std::max(10, std::atoi(ms)));
+  }
+  impl_->thread = std::thread([impl = impl_] {
+    std::unique_lock lock(impl->mu);
+    do {
+      const std::string line = dist::collective_progress() + "\n";
+      // MSG_NOSIGNAL: a launcher that is gone must not kill this process with SIGPIPE.
+      if (::send(impl->fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
+          errno == EPIPE) {
+        return;
+      }
+    } while (!impl->cv.wait_for(lock, impl->interval, [&] { return impl->stop; }));
+  });
+}
+
+WorkerHeartbeat::~WorkerHeartbeat() {
+  if (!impl_) return;
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->stop = true;
+  }
+  impl_->cv.notify_all();
+  impl_->thread.join();
+  delete impl_;
+}
+
+}  // namespace dtrain::launch

@@ -1,0 +1,52 @@
+// `dtrain launch`: spawns this node's workers, meets the other nodes' launchers at node 0's Store,
+// watches the workers (exit status, heartbeats) and restarts the whole job from its latest
+// checkpoint after a failure. MPI and Slurm start processes themselves; this adds what they lack.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace dtrain::launch {
+
+struct LaunchOptions {
+  std::string config_path;
+  std::vector<std::string> overrides;  // passed to every worker's `dtrain train`
+  int nproc_per_node = 1;
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string rdzv_endpoint;  // "" on one node: a free port on 127.0.0.1
+  int max_restarts = 0;
+  double heartbeat_timeout_s = 60;  // 0: no heartbeat check
+  double stop_grace_s = 10;
+  double rdzv_timeout_s = 300;
+  std::string log_dir;            // "" prefixes worker lines with [rank N] on this output
+  std::string config_hash;        // of the resolved config, compared across nodes
+  std::string version;            // dtrain's, compared across nodes
+  std::string worker_executable;  // the dtrain binary the workers run
+};
+
+/// Exit status of a launcher stopped by SIGINT / SIGTERM (128 + signal, as shells report).
+inline constexpr int kInterruptedExit = 130;
+inline constexpr int kTerminatedExit = 143;
+
+/// Runs the job to the end and returns the launcher's exit status: 0 when every worker of the
+/// final attempt succeeded, 1 when restarts ran out (after a summary of every failure), 2 for
+/// bad options or nodes that disagree, 130/143 when interrupted. Every worker is gone on return.
+int run_launch(const LaunchOptions& options);
+
+/// Worker side: when DTRAIN_HEARTBEAT_FD is set (by run_launch), a thread sends a heartbeat with
+/// this process's collective progress every DTRAIN_HEARTBEAT_INTERVAL_MS until the returned
+/// object is destroyed; otherwise nothing happens.
+class WorkerHeartbeat {
+ public:
+  WorkerHeartbeat();
+  ~WorkerHeartbeat();
+  WorkerHeartbeat(const WorkerHeartbeat&) = delete;
+  WorkerHeartbeat& operator=(const WorkerHeartbeat&) = delete;
+
+ private:
+  struct Impl;
+  Impl* impl_ = nullptr;
+};
+
+}  // namespace dtrain::launch

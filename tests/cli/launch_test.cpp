@@ -1,0 +1,384 @@
+// `dtrain launch` end to end with real processes: the same weights as mpirun, exact recovery after
+// kill -9, a stopped worker caught by its heartbeat, restarts running out, signals to the
+// launcher, two launchers as two nodes, and the store token kept off command lines. Every run is
+// bounded by `timeout`, and each test checks that no process of its job is left.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <regex>
+#include <thread>
+
+#include "cli/run_util.h"
+#include "distributed/store.h"
+#include "train/checkpoint.h"
+#include "train/scratch_dir.h"
+
+namespace dtrain {
+namespace {
+
+using ::testing::HasSubstr;
+using testutil::CommandResult;
+using testutil::ScratchDir;
+using Clock = std::chrono::steady_clock;
+
+// ~2,800 steps of 2 workers: long enough to interrupt mid-epoch, a few seconds in all.
+constexpr char kConfig[] = R"(model: {type: mlp, hidden: [64]}
+data:
+  name: synthetic
+  synthetic_train_size: 20000
+  synthetic_test_size: 1000
+  synthetic_shape: [1, 28, 28]
+  synthetic_classes: 10
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
+train: {epochs: 6, batch_size: 32, seed: 3, checkpoint_dir: checkpoints,
+        checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
+strategy: {type: ddp}
+log: {progress: off, tensorboard: false, every_steps: 1000}
+)";
+constexpr int64_t kTotalSteps = 6 * (20000 / 64);
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// Processes whose environment holds DTRAIN_TEST_JOB=<job> (the launcher, its workers and
+/// anything they started), with their environment.
+std::vector<std::pair<pid_t, std::string>> job_processes(const std::string& job) {
+  std::vector<std::pair<pid_t, std::string>> found;
+  const std::string marker = "DTRAIN_TEST_JOB=" + job;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string env = read_file(entry.path() / "environ");
+    if (env.find(marker + '\0') == std::string::npos &&
+        !(env.size() >= marker.size() &&
+          env.compare(env.size() - marker.size(), marker.size(), marker) == 0)) {
+      continue;
+    }
+    // A zombie keeps its entry until reaped; only live processes count.
+    const std::string stat = read_file(entry.path() / "stat");
+    const size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
+    found.emplace_back(std::stoi(name), env);
+  }
+  return found;
+}
+
+/// The pid of worker `rank` of the job, waiting (bounded) for it to appear; -1 if it does not.
+pid_t worker_pid(const std::string& job, int rank,
+                 std::chrono::seconds limit = std::chrono::seconds(60)) {
+  const std::string want = std::string("DTRAIN_RANK=") + std::to_string(rank) + '\0';
+  const auto deadline = Clock::now() + limit;
+  while (Clock::now() < deadline) {
+    for (const auto& [pid, env] : job_processes(job)) {
+      if (env.find('\0' + want) != std::string::npos) return pid;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return -1;
+}
+
+/// Waits (bounded) until `path` exists.
+bool wait_for_file(const std::filesystem::path& path, std::chrono::seconds limit) {
+  const auto deadline = Clock::now() + limit;
+  while (Clock::now() < deadline) {
+    if (std::filesystem::exists(path)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+std::string unique_job(const char* what) {
+  static int counter = 0;
+  return std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
+/// Runs `dtrain launch ARGS` in `dir` in the background (exec'd by the shell, so the launcher is
+/// the process the test signals), tagged with the job marker.
+std::future<CommandResult> launch_async(const std::filesystem::path& dir, const std::string& job,
+                                        const std::string& args, const std::string& env = "") {
+  const std::string line = "DTRAIN_TEST_JOB=" + job + " " + env + " exec timeout -s KILL 300 '" +
+                           DTRAIN_EXECUTABLE + "' launch " + args;
+  return std::async(std::launch::async, [line, dir] { return testutil::run_shell(line, dir); });
+}
+
+std::string final_line(const std::string& output) {
+  std::smatch m;
+  static const std::regex re("final: test_accuracy=[0-9.]+ test_loss=[0-9.]+ steps=[0-9]+");
+  return std::regex_search(output, m, re) ? m.str() : "";
+}
+
+/// The tensor bytes of the checkpoint after the last step, exported to safetensors.
+std::string final_weights(const std::filesystem::path& dir) {
+  const std::string ckpt =
+      std::filesystem::path(train::checkpoint_path("checkpoints", kTotalSteps)).string();
+  const CommandResult e = testutil::run_dtrain("export " + ckpt + " -o model.safetensors", dir);
+  EXPECT_EQ(e.exit_code, 0) << e.output;
+  return testutil::safetensors_data(read_file(dir / "model.safetensors"));
+}
+
+struct Job {
+  ScratchDir root;
+  std::filesystem::path dir(const std::string& name) {
+    const std::filesystem::path dir = root.path() / name;
+    std::filesystem::create_directories(dir);
+    testutil::write_bytes((dir / "run.yaml").string(), kConfig);
+    return dir;
+  }
+};
+
+void expect_no_process_left(const std::string& job) {
+  // The launcher has returned, so its workers must be gone already: no waiting here.
+  const auto left = job_processes(job);
+  std::string pids;
+  for (const auto& p : left) pids += " " + std::to_string(p.first);
+  EXPECT_TRUE(left.empty()) << "processes of the job still running:" << pids;
+}
+
+TEST(Launch, TwoWorkersMatchMpirunBitForBit) {
+  if (!testutil::mpirun_available()) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  Job job;
+  const auto a = job.dir("launch"), b = job.dir("mpirun");
+  const std::string id = unique_job("match");
+  const CommandResult launched = launch_async(a, id, "--nproc-per-node 2 run.yaml").get();
+  ASSERT_EQ(launched.exit_code, 0) << launched.output;
+  EXPECT_THAT(launched.output, HasSubstr("dtrain launch: node 0 hosts the store at 127.0.0.1:"));
+  EXPECT_THAT(launched.output, HasSubstr("[rank 0] final: "));
+  const CommandResult mpi = testutil::run_dtrain_mpirun(2, "train run.yaml", b);
+  ASSERT_EQ(mpi.exit_code, 0) << mpi.output;
+  EXPECT_EQ(final_line(launched.output), final_line(mpi.output));
+  const std::string wa = final_weights(a), wb = final_weights(b);
+  EXPECT_FALSE(wa.empty());
+  EXPECT_TRUE(wa == wb) << "final weights differ between dtrain launch and mpirun";
+  expect_no_process_left(id);
+}
+
+TEST(Launch, KilledWorkerRestartsAndEndsBitIdenticalToAnUninterruptedRun) {
+  Job job;
+  const auto a = job.dir("straight"), b = job.dir("killed");
+  const CommandResult straight =
+      launch_async(a, unique_job("straight"), "--nproc-per-node 2 run.yaml").get();
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+
+  const std::string id = unique_job("kill9");
+  auto run = launch_async(b, id, "--nproc-per-node 2 --max-restarts 2 run.yaml");
+  // After the first checkpoint (step 150 of 312 in the first epoch): a kill inside an epoch.
+  ASSERT_TRUE(
+      wait_for_file(b / train::checkpoint_path("checkpoints", 150), std::chrono::seconds(120)));
+  const pid_t victim = worker_pid(id, 1);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  const CommandResult killed = run.get();
+  ASSERT_EQ(killed.exit_code, 0) << killed.output;
+  EXPECT_THAT(killed.output, HasSubstr("root cause:\n  rank 1 on node 0"));
+  EXPECT_THAT(killed.output,
+              HasSubstr("pid " + std::to_string(victim) + ") was killed by signal 9 (SIGKILL)"));
+  EXPECT_THAT(killed.output, HasSubstr("last collective: "));
+  EXPECT_THAT(killed.output, HasSubstr("restarting every worker (restart 1 of 2)"));
+  EXPECT_THAT(killed.output, HasSubstr("[rank 0] resuming from checkpoints/"));
+  EXPECT_EQ(final_line(killed.output), final_line(straight.output));
+  const std::string wa = final_weights(a), wb = final_weights(b);
+  EXPECT_FALSE(wa.empty());
+  EXPECT_TRUE(wa == wb) << "the recovered run's final weights differ from the uninterrupted run's";
+  expect_no_process_left(id);
+}
+
+TEST(Launch, StoppedWorkerIsCaughtByItsHeartbeatAndTheJobRestarts) {
+  Job job;
+  const auto dir = job.dir("stopped");
+  const std::string id = unique_job("sigstop");
+  auto run =
+      launch_async(dir, id, "--nproc-per-node 2 --max-restarts 1 --heartbeat-timeout-s 2 run.yaml");
+  ASSERT_TRUE(
+      wait_for_file(dir / train::checkpoint_path("checkpoints", 150), std::chrono::seconds(120)));
+  const pid_t victim = worker_pid(id, 1);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGSTOP), 0);
+  const CommandResult r = run.get();
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("rank 1 on node 0"));
+  EXPECT_THAT(r.output, HasSubstr("sent no heartbeat for"));
+  EXPECT_THAT(r.output, HasSubstr("restarting every worker (restart 1 of 1)"));
+  EXPECT_THAT(r.output, HasSubstr("[rank 0] final: "));
+  expect_no_process_left(id);
+}
+
+TEST(Launch, RestartsRunOutWithASummaryAndNoProcessLeft) {
+  Job job;
+  const auto dir = job.dir("exhausted");
+  const std::string id = unique_job("exhausted");
+  auto run = launch_async(dir, id, "--nproc-per-node 2 --max-restarts 1 run.yaml");
+  // Kill worker 0 of each attempt as soon as it exists.
+  std::vector<pid_t> killed;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    pid_t pid = -1;
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (Clock::now() < deadline) {
+      pid = worker_pid(id, 0);
+      if (pid > 0 && std::find(killed.begin(), killed.end(), pid) == killed.end()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(::kill(pid, SIGKILL), 0);
+    killed.push_back(pid);
+  }
+  const CommandResult r = run.get();
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("giving up: the job failed 2 time(s) and launcher.max_restarts "
+                                  "is 1. Root causes:"));
+  EXPECT_THAT(r.output, HasSubstr("attempt 0: rank 0 on node 0"));
+  EXPECT_THAT(r.output, HasSubstr("attempt 1: rank 0 on node 0"));
+  EXPECT_THAT(r.output, Not(HasSubstr("final:")));
+  expect_no_process_left(id);
+}
+
+TEST(Launch, SigtermAndSigintStopEveryWorkerAndExitWith143And130) {
+  for (const auto& [sig, code] : {std::pair{SIGTERM, 143}, std::pair{SIGINT, 130}}) {
+    Job job;
+    const auto dir = job.dir("signalled");
+    const std::string id = unique_job("signal");
+    auto run = launch_async(dir, id, "--nproc-per-node 2 run.yaml");
+    ASSERT_GT(worker_pid(id, 1), 0);
+    pid_t launcher = -1;
+    // The dtrain process running `launch` (not `timeout`, whose arguments name it too).
+    const std::string launcher_cmdline = std::string(DTRAIN_EXECUTABLE) + '\0' + "launch" + '\0';
+    for (const auto& [pid, env] : job_processes(id)) {
+      if (read_file("/proc/" + std::to_string(pid) + "/cmdline").rfind(launcher_cmdline, 0) == 0) {
+        launcher = pid;
+      }
+    }
+    ASSERT_GT(launcher, 0);
+    ASSERT_EQ(::kill(launcher, sig), 0);
+    const CommandResult r = run.get();
+    EXPECT_EQ(r.exit_code, code) << r.output;
+    EXPECT_THAT(r.output,
+                HasSubstr("received " + std::string(sig == SIGTERM ? "signal 15 (SIGTERM)"
+                                                                   : "signal 2 (SIGINT)")));
+    expect_no_process_left(id);
+  }
+}
+
+TEST(Launch, TheStoreTokenStaysOffCommandLinesAndStrangersCannotJoin) {
+  Job job;
+  const auto dir = job.dir("token");
+  const std::string id = unique_job("token");
+  auto run = launch_async(dir, id, "--nproc-per-node 2 run.yaml");
+  const pid_t worker = worker_pid(id, 1);
+  ASSERT_GT(worker, 0);
+  const std::string env = read_file("/proc/" + std::to_string(worker) + "/environ");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(env, m, std::regex("DTRAIN_STORE_TOKEN=([0-9a-f]+)")));
+  const std::string token = m[1];
+  EXPECT_EQ(token.size(), 32u);
+  ASSERT_TRUE(std::regex_search(env, m, std::regex("DTRAIN_STORE_ADDR=127.0.0.1:([0-9]+)")));
+  const int port = std::stoi(m[1]);
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string cmdline = read_file(entry.path() / "cmdline");
+    EXPECT_EQ(cmdline.find(token), std::string::npos)
+        << "token on the command line of " << entry.path();
+  }
+  for (const std::string& wrong : {std::string("not-the-token"), std::string()}) {
+    dist::StoreClientOptions o;
+    o.port = static_cast<uint16_t>(port);
+    o.token = wrong.empty() ? "x" : wrong;
+    o.connect_timeout = std::chrono::seconds(5);
+    EXPECT_THROW(
+        {
+          dist::StoreClient stranger(o);
+          stranger.try_get("launch/0/node/0");
+        },
+        ValueError);
+  }
+  const CommandResult r = run.get();
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  expect_no_process_left(id);
+}
+
+TEST(Launch, LogDirHoldsOneFilePerRankInsteadOfPrefixedLines) {
+  Job job;
+  const auto dir = job.dir("logs");
+  const CommandResult r = launch_async(dir, unique_job("logs"),
+                                       "--nproc-per-node 2 --log-dir worker-logs run.yaml "
+                                       "train.epochs=1")
+                              .get();
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, Not(HasSubstr("[rank 0]")));
+  const std::string rank0 = read_file(dir / "worker-logs/rank_0.log");
+  EXPECT_THAT(rank0, HasSubstr("--- dtrain launch: attempt 0, rank 0 on "));
+  EXPECT_THAT(rank0, HasSubstr("final: test_accuracy="));
+  EXPECT_TRUE(std::filesystem::exists(dir / "worker-logs/rank_1.log"));
+}
+
+TEST(Launch, TwoLaunchersAsTwoNodesTrainTogetherAndRefuseDifferentConfigs) {
+  Job job;
+  const auto single = job.dir("one-node"), multi = job.dir("two-nodes");
+  const CommandResult one =
+      launch_async(single, unique_job("one"), "--nproc-per-node 2 run.yaml train.epochs=1").get();
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+
+  // A free port for node 0's store: bind port 0, read it, release it.
+  const auto free_port = [] {
+    dist::StoreServerOptions so;
+    so.token = "probe";
+    return dist::StoreServer(so).port();
+  };
+  const std::string endpoint = "127.0.0.1:" + std::to_string(free_port());
+  const std::string token = "DTRAIN_STORE_TOKEN=0123456789abcdef0123";
+  const std::string id = unique_job("nodes");
+  const std::string common = "--nnodes 2 --rdzv-endpoint " + endpoint + " run.yaml train.epochs=1";
+  auto node0 = launch_async(multi, id, "--node-rank 0 " + common, token);
+  auto node1 = launch_async(multi, id, "--node-rank 1 " + common + " log.dir=runs1", token);
+  const CommandResult r0 = node0.get(), r1 = node1.get();
+  // log.dir differs, so the config hashes differ: both refuse, naming node 1.
+  EXPECT_EQ(r0.exit_code, 2) << r0.output;
+  EXPECT_EQ(r1.exit_code, 2) << r1.output;
+  EXPECT_THAT(r0.output, HasSubstr("the nodes disagree: node 1 ("));
+  EXPECT_THAT(r0.output, HasSubstr("config hash"));
+
+  const std::string endpoint2 = "127.0.0.1:" + std::to_string(free_port());
+  const std::string common2 =
+      "--nnodes 2 --rdzv-endpoint " + endpoint2 + " run.yaml train.epochs=1";
+  auto good0 = launch_async(multi, id, "--node-rank 0 " + common2, token);
+  auto good1 = launch_async(multi, id, "--node-rank 1 " + common2, token);
+  const CommandResult g0 = good0.get(), g1 = good1.get();
+  ASSERT_EQ(g0.exit_code, 0) << g0.output;
+  ASSERT_EQ(g1.exit_code, 0) << g1.output;
+  EXPECT_THAT(g1.output, HasSubstr("started ranks 1-1 of 2 on node 1"));
+  EXPECT_EQ(final_line(g0.output), final_line(one.output));
+  expect_no_process_left(id);
+}
+
+TEST(Launch, BadLauncherOptionsAreUsageErrors) {
+  Job job;
+  const auto dir = job.dir("bad");
+  const auto run = [&](const std::string& args) {
+    return testutil::run_dtrain("launch " + args, dir);
+  };
+  CommandResult r = run("--nnodes 2 run.yaml");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--nnodes 2 needs --rdzv-endpoint HOST:PORT"));
+  r = run("--nnodes 2 --node-rank 2 --rdzv-endpoint 127.0.0.1:1 run.yaml");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--node-rank 2 is not below --nnodes 2"));
+  r = run("--nproc-per-node 2 run.yaml strategy.type=single");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("strategy.type is single"));
+  r = run("--nnodes 2 --rdzv-endpoint 127.0.0.1:1 run.yaml");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("DTRAIN_STORE_TOKEN"));
+  r = run("--nproc-per-node 2 run.yaml launcher.rdzv_endpoint=nonsense");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("'nonsense' is not HOST:PORT"));
+}
+
+}  // namespace
+}  // namespace dtrain
