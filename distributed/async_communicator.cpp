@@ -16,7 +16,6 @@ struct ProgressRecord {
   std::mutex mu;
   std::string text = "no collective yet";
   bool running = false;
-  std::chrono::steady_clock::time_point since;
 };
 
 ProgressRecord& progress_record() {
@@ -34,7 +33,6 @@ void note_progress(std::string_view backend, int rank, const CollectiveInfo& inf
     r.text += " (";
     r.text += backend;
     r.text += " rank " + std::to_string(rank) + ")";
-    r.since = std::chrono::steady_clock::now();
   }
 }
 
@@ -183,11 +181,7 @@ void AsyncCommunicator::worker_loop() {
 std::string collective_progress() {
   ProgressRecord& r = progress_record();
   std::lock_guard lock(r.mu);
-  if (!r.running) return "last finished " + r.text;
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::steady_clock::now() - r.since)
-                      .count();
-  return "in " + r.text + " for " + std::to_string(ms) + " ms";
+  return (r.running ? "in " : "last finished ") + r.text;
 }
 
 CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {

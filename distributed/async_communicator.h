@@ -38,8 +38,8 @@ class CollectiveObserver {
 };
 
 /// This process's latest collective over every AsyncCommunicator, for heartbeats and failure
-/// reports: "in #57 all_reduce(sum) float32 x 101770 (tcp rank 1) for 2100 ms", or
-/// "last finished #57 ..." between collectives. Thread-safe.
+/// reports: "in collective #57 all_reduce(sum) float32 x 101770 (tcp rank 1)", or
+/// "last finished collective #57 ..." between collectives. Thread-safe.
 std::string collective_progress();
 
 class AsyncCommunicator : public Communicator {

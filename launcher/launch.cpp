@@ -238,7 +238,7 @@ void Launcher::spawn(int attempt) {
   const int threads = std::max(1, usable_cores() / o_.nproc_per_node);
   const bool user_threads = std::getenv("OMP_NUM_THREADS") != nullptr;
   const int heartbeat_ms =
-      static_cast<int>(std::clamp(o_.heartbeat_timeout_s * 1000 / 4, 50.0, 1000.0));
+      static_cast<int>(std::clamp(o_.heartbeat_timeout_s * 1000 / 4, 50.0, 250.0));
   // Everything a child needs is built before fork(): after it only async-signal-safe calls.
   static const char* const kSetHere[] = {"DTRAIN_RANK",         "DTRAIN_WORLD_SIZE",
                                          "DTRAIN_LOCAL_RANK",   "DTRAIN_LOCAL_WORLD_SIZE",
@@ -429,7 +429,11 @@ void Launcher::handle_signals() {
 std::string Launcher::describe_failure(const Worker& w, const std::string& what) const {
   std::ostringstream os;
   os << "rank " << w.rank << " on node " << o_.node_rank << " (host " << host_ << ", pid " << w.pid
-     << ") " << what << "\n  last collective: " << w.progress << "\n  last output:";
+     << ") " << what << "\n  last collective: " << w.progress;
+  char age[64];
+  std::snprintf(age, sizeof age, " (last heartbeat %.1f s ago)",
+                std::chrono::duration<double>(Clock::now() - w.last_beat).count());
+  os << age << "\n  last output:";
   if (w.tail.empty()) os << " (none)";
   for (const std::string& line : w.tail) os << "\n    | " << line;
   return os.str();
@@ -579,8 +583,11 @@ int Launcher::run() {
       const Outcome outcome = monitor(attempt);
       if (outcome == Outcome::kSucceeded) {
         count_and_wait(key(attempt, "done"), ms(o_.rdzv_timeout_s));
-        // Node 0 keeps the Store up until every node has seen the outcome.
-        if (!count_and_wait(key(attempt, "leaving"), milliseconds(10'000)) && o_.node_rank == 0) {
+        // Node 0 keeps the Store up until every node has seen the outcome; the others leave at
+        // once (node 0 may be gone by the time they would look again).
+        if (o_.node_rank != 0) {
+          store_->add(key(attempt, "leaving"), 1);
+        } else if (!count_and_wait(key(attempt, "leaving"), milliseconds(10'000))) {
           say("some nodes did not confirm the end of the job within 10 s");
         }
         say("all " + std::to_string(o_.nproc_per_node) + " worker(s) of node " +

@@ -138,7 +138,10 @@ void expect_no_process_left(const std::string& job) {
   // The launcher has returned, so its workers must be gone already: no waiting here.
   const auto left = job_processes(job);
   std::string pids;
-  for (const auto& p : left) pids += " " + std::to_string(p.first);
+  for (const auto& p : left) {
+    pids += ' ';
+    pids += std::to_string(p.first);
+  }
   EXPECT_TRUE(left.empty()) << "processes of the job still running:" << pids;
 }
 

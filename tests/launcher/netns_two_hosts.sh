@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Two hosts as network namespaces joined by a veth pair (10.77.0.1 and 10.77.0.2, no default
+# route, so nothing leaves the machine), each with its own host name. One `dtrain launch` per host
+# trains a 2-node job over TCP; the result must equal one host running both workers. Then a worker
+# on the second host is killed with SIGKILL mid-epoch: both launchers print the same root cause,
+# restart, and end with weights bit-identical to the uninterrupted run.
+# Usage: netns_two_hosts.sh DTRAIN   (exit 77 = skipped, with the reason printed)
+set -euo pipefail
+
+dtrain=$1
+skip() { echo "SKIP: $*"; exit 77; }
+[ "$(id -u)" = 0 ] || skip "network namespaces need root"
+for tool in ip nsenter unshare timeout; do
+  command -v "$tool" >/dev/null || skip "$tool is not installed (iproute2, util-linux, coreutils)"
+done
+
+id=$$
+ns_a=dtrain-a-$id ns_b=dtrain-b-$id
+work=$(mktemp -d /tmp/dtrain-netns.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  ip netns del "$ns_a" 2>/dev/null || true
+  ip netns del "$ns_b" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$ns_a" || skip "cannot create network namespaces here"
+ip netns add "$ns_b"
+ip link add "dta$id" type veth peer name "dtb$id"
+ip link set "dta$id" netns "$ns_a"
+ip link set "dtb$id" netns "$ns_b"
+ip -n "$ns_a" addr add 10.77.0.1/24 dev "dta$id"
+ip -n "$ns_b" addr add 10.77.0.2/24 dev "dtb$id"
+for ns in "$ns_a" "$ns_b"; do
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set "dt${ns:7:1}$id" up
+done
+
+cat >"$work/run.yaml" <<'YAML'
+model: {type: mlp, hidden: [64]}
+data: {name: synthetic, synthetic_train_size: 20000, synthetic_test_size: 1000,
+       synthetic_shape: [1, 28, 28], synthetic_classes: 10}
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
+train: {epochs: 4, batch_size: 32, seed: 5, checkpoint_dir: checkpoints,
+        checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
+strategy: {type: ddp}
+log: {progress: off, tensorboard: false, every_steps: 1000}
+YAML
+final_step=$((4 * (20000 / 64)))  # drop_last: whole global batches of 2 x 32
+
+# Runs `dtrain launch ARGS` as host NAME inside namespace NS, in directory DIR, output to FILE.
+launch_on() {
+  local ns=$1 name=$2 dir=$3 file=$4
+  shift 4
+  (cd "$dir" && exec nsenter --net="/run/netns/$ns" unshare --uts \
+    sh -c 'hostname "$0" && exec timeout -s KILL 240 "$@"' "$name" "$dtrain" launch "$@") \
+    >"$file" 2>&1 &
+  pids+=($!)
+}
+
+final_line() { grep -o 'final: test_accuracy=[0-9.]* test_loss=[0-9.]* steps=[0-9]*' "$1" || true; }
+
+weights() {  # the final checkpoint's parameters, exported, as a checksum ("" if it fails)
+  (cd "$1" && "$dtrain" export "checkpoints/ckpt-$(printf %010d "$final_step").dtck" \
+    -o model.safetensors >/dev/null) && sha256sum <"$1/model.safetensors"
+}
+
+same_weights() {
+  local a b
+  a=$(weights "$1") && b=$(weights "$2") && [ -n "$a" ] && [ "$a" = "$b" ]
+}
+
+fail() {
+  echo "FAIL: $*"
+  for f in "$work"/*.out; do echo "--- $f"; cat "$f"; done
+  exit 1
+}
+
+export DTRAIN_STORE_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export OMP_NUM_THREADS=1
+
+# 1. Reference: both workers on one host.
+mkdir -p "$work/one"
+cp "$work/run.yaml" "$work/one/"
+(cd "$work/one" && timeout 240 "$dtrain" launch --nproc-per-node 2 run.yaml) >"$work/one.out" 2>&1 ||
+  fail "the one-host run failed"
+echo "one host:  $(final_line "$work/one.out")"
+
+# 2. Two hosts, one worker each, meeting at host a's store.
+mkdir -p "$work/two"
+cp "$work/run.yaml" "$work/two/"
+common=(--nnodes 2 --rdzv-endpoint 10.77.0.1:29400 run.yaml)
+launch_on "$ns_a" host-a "$work/two" "$work/two-a.out" --node-rank 0 "${common[@]}"
+launch_on "$ns_b" host-b "$work/two" "$work/two-b.out" --node-rank 1 "${common[@]}"
+wait "${pids[0]}" || fail "host a's launcher failed"
+wait "${pids[1]}" || fail "host b's launcher failed"
+pids=()
+echo "two hosts: $(final_line "$work/two-a.out")"
+grep -q "started ranks 1-1 of 2 on node 1 (host-b)" "$work/two-b.out" || fail "host b did not run rank 1"
+[ "$(final_line "$work/two-a.out")" = "$(final_line "$work/one.out")" ] || fail "final lines differ"
+same_weights "$work/two" "$work/one" || fail "final weights differ (or a checkpoint is missing)"
+
+# 3. Kill host b's worker after the first checkpoint; the job restarts on both hosts.
+mkdir -p "$work/kill"
+cp "$work/run.yaml" "$work/kill/"
+common=(--nnodes 2 --rdzv-endpoint 10.77.0.1:29401 --max-restarts 1 run.yaml)
+launch_on "$ns_a" host-a "$work/kill" "$work/kill-a.out" --node-rank 0 "${common[@]}"
+launch_on "$ns_b" host-b "$work/kill" "$work/kill-b.out" --node-rank 1 "${common[@]}"
+for _ in $(seq 600); do
+  [ -e "$work/kill/checkpoints/ckpt-0000000150.dtck" ] && break
+  sleep 0.1
+done
+[ -e "$work/kill/checkpoints/ckpt-0000000150.dtck" ] || fail "no checkpoint at step 150 in 60 s"
+victim=$(pgrep -f -n "$dtrain train run.yaml" -P "$(pgrep -P "${pids[1]}" -f "$dtrain launch" | head -1)" || true)
+if [ -z "$victim" ]; then  # the worker is the launcher's child inside host b's tree
+  victim=$(for p in $(pgrep -f "$dtrain train run.yaml"); do
+    tr '\0' '\n' <"/proc/$p/environ" | grep -qx DTRAIN_NODE_RANK=1 && echo "$p"; done | head -1)
+fi
+[ -n "$victim" ] || fail "cannot find host b's worker"
+kill -KILL "$victim"
+wait "${pids[0]}" || fail "host a's launcher failed after the kill"
+wait "${pids[1]}" || fail "host b's launcher failed after the kill"
+pids=()
+for side in a b; do
+  grep -q "rank 1 on node 1 (host host-b, pid $victim) was killed by signal 9 (SIGKILL)" \
+    "$work/kill-$side.out" || fail "host $side does not name the killed worker as the root cause"
+  grep -q "restarting every worker (restart 1 of 1)" "$work/kill-$side.out" ||
+    fail "host $side did not restart"
+done
+same_weights "$work/kill" "$work/one" || fail "weights after recovery differ"
+echo "recovered: $(final_line "$work/kill-a.out"), weights bit-identical"
+echo "PASS"
