@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a real one-node Slurm started on localhost (scripts/slurm/local_cluster.sh), trains one small
-# config three ways with 2 workers: `mpirun -n 2`, `srun --mpi=pmix -n 2` (no launcher) and
-# `sbatch --ntasks=2 scripts/slurm/train.sbatch`. All three must succeed, print exactly one final
-# line with the same test_accuracy, test_loss and steps, and leave final checkpoints whose
+# config four ways with 2 workers: `mpirun -n 2`, `srun --mpi=pmix -n 2` (no launcher),
+# `dtrain launch --nproc-per-node 2` and `sbatch --ntasks=2 scripts/slurm/train.sbatch`. All four
+# must succeed, print exactly one final line with the same test_accuracy, test_loss and steps, and leave final checkpoints whose
 # exported parameters are identical byte for byte. Skips (77) without root, Slurm or munge.
 # Usage: sbatch_check.sh DTRAIN_EXECUTABLE SOURCE_DIR MPIEXEC
 set -euo pipefail
@@ -57,7 +57,7 @@ log:
   progress: off
   tensorboard: false'
 expected_steps=64
-runs=(mpirun srun sbatch)
+runs=(mpirun srun sbatch launch)
 for run in "${runs[@]}"; do
   mkdir -p "$work/$run"
   printf '%s\n' "$config" >"$work/$run/run.yaml"
@@ -87,6 +87,14 @@ status=0
 (cd "$work/srun" && timeout 45 srun --mpi=pmix -n 2 "$dtrain" train run.yaml strategy.type=ddp) \
   >"$work/srun/out.txt" 2>&1 || status=$?
 check "srun exits 0 (status $status)" test "$status" -eq 0
+
+echo "--- dtrain launch --nproc-per-node 2 run.yaml strategy.type=ddp"
+# The launcher prefixes worker lines with [rank N]; rank 0's lines are compared like the others.
+status=0
+(cd "$work/launch" && timeout 45 "$dtrain" launch --nproc-per-node 2 run.yaml strategy.type=ddp) \
+  >"$work/launch/launch.txt" 2>&1 || status=$?
+sed -n 's/^\[rank 0\] //p' "$work/launch/launch.txt" >"$work/launch/out.txt"
+check "dtrain launch exits 0 (status $status)" test "$status" -eq 0
 
 echo "--- sbatch --wait --ntasks=2 --nodes=1 scripts/slurm/train.sbatch run.yaml"
 # No strategy override: train.sbatch must turn the config's default `single` into ddp. sbatch
@@ -123,6 +131,8 @@ check "srun's test_accuracy, test_loss and steps equal mpirun's" \
   equal_nonempty "${fields_of[mpirun]}" "${fields_of[srun]}"
 check "sbatch's test_accuracy, test_loss and steps equal mpirun's" \
   equal_nonempty "${fields_of[mpirun]}" "${fields_of[sbatch]}"
+check "sbatch's test_accuracy, test_loss and steps equal dtrain launch's" \
+  equal_nonempty "${fields_of[launch]}" "${fields_of[sbatch]}"
 
 # Training state: export the last checkpoint of each run (same relative path, since the export's
 # metadata names it) and compare the files.
@@ -137,6 +147,8 @@ check "srun's exported parameters are byte-identical to mpirun's" \
   cmp "$work/mpirun/model.safetensors" "$work/srun/model.safetensors"
 check "sbatch's exported parameters are byte-identical to mpirun's" \
   cmp "$work/mpirun/model.safetensors" "$work/sbatch/model.safetensors"
+check "sbatch's exported parameters are byte-identical to dtrain launch's" \
+  cmp "$work/launch/model.safetensors" "$work/sbatch/model.safetensors"
 
 # Stop the cluster here (the trap would too) to check that nothing of it is left: every daemon
 # was started with a path under $cluster on its command line.
