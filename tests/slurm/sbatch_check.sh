@@ -3,7 +3,8 @@
 # config four ways with 2 workers: `mpirun -n 2`, `srun --mpi=pmix -n 2` (no launcher),
 # `dtrain launch --nproc-per-node 2` and `sbatch --ntasks=2 scripts/slurm/train.sbatch`. All four
 # must succeed, print exactly one final line with the same test_accuracy, test_loss and steps,
-# and leave final checkpoints whose exported parameters are identical byte for byte. Skips (77) without root, Slurm or munge.
+# and leave final checkpoints whose exported parameters are identical byte for byte. Skips (77)
+# without root, Slurm or munge.
 # Usage: sbatch_check.sh DTRAIN_EXECUTABLE SOURCE_DIR MPIEXEC
 set -euo pipefail
 dtrain=$1 source_dir=$2 mpiexec=$3
