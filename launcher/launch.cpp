@@ -211,24 +211,34 @@ void Launcher::rendezvous(int attempt) {
   world_size_ = 0;
   rank_offset_ = 0;
   std::vector<std::string> node0;
+  std::string mismatch;
   for (int k = 0; k < o_.nnodes; ++k) {
     const auto fields = split(store_->get(keys[k]), '\t');
     DTRAIN_CHECK(fields.size() == 5, "launch: malformed node record for node ", k);
     if (k == 0) node0 = fields;
     const char* names[] = {"host", "dtrain version", "config hash", "max_restarts"};
-    for (int f = 1; f <= 3; ++f) {
+    for (int f = 1; f <= 3 && mismatch.empty(); ++f) {
       if (fields[f] != node0[f]) {
-        throw NodeMismatch{"node " + std::to_string(k) + " (" + fields[0] + ") has " + names[f] +
-                           " " + fields[f] + " but node 0 (" + node0[0] + ") has " + node0[f] +
-                           (f == 2   ? "; every node must run the same config file and overrides "
-                                       "(`dtrain config check` prints the hash)"
-                            : f == 1 ? "; install the same dtrain on every node"
-                                     : "; pass the same --max-restarts everywhere")};
+        mismatch = "node " + std::to_string(k) + " (" + fields[0] + ") has " + names[f] + " " +
+                   fields[f] + " but node 0 (" + node0[0] + ") has " + node0[f] +
+                   (f == 2   ? "; every node must run the same config file and overrides "
+                               "(`dtrain config check` prints the hash)"
+                    : f == 1 ? "; install the same dtrain on every node"
+                             : "; pass the same --max-restarts everywhere");
       }
     }
     const int nproc = std::stoi(fields[4]);
     if (k < o_.node_rank) rank_offset_ += nproc;
     world_size_ += nproc;
+  }
+  if (!mismatch.empty()) {
+    // Every node reaches the same verdict; node 0 keeps the Store up until all have read it.
+    if (o_.node_rank == 0) {
+      count_and_wait(key(attempt, "checked"), milliseconds(10'000));
+    } else {
+      store_->add(key(attempt, "checked"), 1);
+    }
+    throw NodeMismatch{mismatch};
   }
 }
 

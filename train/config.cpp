@@ -137,10 +137,11 @@ std::string suggestion(const std::string& word, const std::vector<std::string>& 
   return best.empty() ? "" : " (did you mean '" + best + "'?)";
 }
 
-/// `choices` lists the allowed values; `free_text` accepts any non-empty string instead.
+/// `choices` lists the allowed values; `free_text` accepts any non-empty string instead (any
+/// string at all with `allow_empty`, for keys whose empty value means "not set").
 template <class Get>
 Field string_field(std::string section, std::string key, Get get, std::vector<std::string> choices,
-                   std::string doc, std::string free_text = "") {
+                   std::string doc, std::string free_text = "", bool allow_empty = false) {
   std::string allowed = free_text;
   if (allowed.empty()) {
     for (size_t i = 0; i < choices.size(); ++i) allowed += (i ? " | " : "") + choices[i];
@@ -150,13 +151,13 @@ Field string_field(std::string section, std::string key, Get get, std::vector<st
     const std::string& v = get(const_cast<Config&>(c));
     return v.empty() ? std::string("\"\"") : YAML::Dump(YAML::Node(v));
   };
-  f.set = [get, choices, allowed](Config& c, const YAML::Node& n) -> SetResult {
+  f.set = [get, choices, allowed, allow_empty](Config& c, const YAML::Node& n) -> SetResult {
     if (!n.IsScalar()) return "expected a string (" + allowed + "), got " + scalar_text(n);
     const std::string v = n.Scalar();
     if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
       return "'" + v + "' is not one of " + allowed + suggestion(v, choices);
     }
-    if (choices.empty() && v.empty()) return "must not be empty";
+    if (choices.empty() && v.empty() && !allow_empty) return "must not be empty";
     get(c) = v;
     return std::nullopt;
   };
@@ -355,7 +356,7 @@ const std::vector<Field>& schema() {
       string_field("launcher", "rdzv_endpoint", DTRAIN_GET(launcher.rdzv_endpoint), {},
                    "HOST:PORT of the Store that node 0's launcher hosts; needed with more than "
                    "one node. Empty on one node: a free port on 127.0.0.1.",
-                   "host:port"),
+                   "host:port or empty", true),
       int_field("launcher", "max_restarts", DTRAIN_GET(launcher.max_restarts), 0, INT64_MAX,
                 "Restarts of the whole job after a worker fails; workers resume from the latest "
                 "checkpoint."),
@@ -371,7 +372,7 @@ const std::vector<Field>& schema() {
       string_field("launcher", "log_dir", DTRAIN_GET(launcher.log_dir), {},
                    "Write each worker's output to LOG_DIR/rank_N.log instead of the launcher's "
                    "output with a [rank N] prefix.",
-                   "directory path"),
+                   "directory path or empty", true),
       // log
       string_field("log", "dir", DTRAIN_GET(log.dir), {},
                    "Directory for metrics.jsonl and TensorBoard event files.", "directory path"),
