@@ -383,5 +383,19 @@ TEST(Launch, BadLauncherOptionsAreUsageErrors) {
   EXPECT_THAT(r.output, HasSubstr("'nonsense' is not HOST:PORT"));
 }
 
+TEST(Launch, APortInUseIsNamedWithAHint) {
+  Job job;
+  const auto dir = job.dir("port");
+  dist::StoreServerOptions so;
+  so.token = "someone-else";
+  dist::StoreServer occupant(so);  // another job's store on the port we ask for
+  const std::string endpoint = "127.0.0.1:" + std::to_string(occupant.port());
+  const CommandResult r = testutil::run_dtrain(
+      "launch --nproc-per-node 2 --rdzv-endpoint " + endpoint + " run.yaml", dir);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("cannot listen on " + endpoint));
+  EXPECT_THAT(r.output, HasSubstr("Is another job using this port?"));
+}
+
 }  // namespace
 }  // namespace dtrain
