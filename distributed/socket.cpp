@@ -122,7 +122,7 @@ UniqueFd listen_tcp(const std::string& bind_address, uint16_t port, uint16_t* bo
     return fd;
   }
   DTRAIN_THROW(ValueError, who, ": cannot listen on ", where, ": ", error,
-               ". Is another job using this port? Choose another port, or 0 for a free one");
+               ". Is another job using this port? Choose another one");
 }
 
 UniqueFd try_connect_tcp(const std::string& host, uint16_t port, Clock::time_point deadline,

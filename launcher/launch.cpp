@@ -565,8 +565,7 @@ int Launcher::run() {
     if (shared == nullptr || std::strlen(shared) < 16) {
       say("error: with --nnodes > 1 every node's launcher needs the same secret in "
           "DTRAIN_STORE_TOKEN (16 or more characters), e.g. `export DTRAIN_STORE_TOKEN=$(openssl "
-          "rand -hex 16)` on node 0 and the same value on the others (scripts/slurm/train.sbatch "
-          "does this for Slurm jobs)");
+          "rand -hex 16)` before starting the launchers, with the same value on every node");
       return 2;
     }
     token_ = shared;

@@ -315,13 +315,14 @@ const std::vector<Field>& schema() {
           "strategy", "type", DTRAIN_GET(strategy.type),
           {"single", "ddp", "mirrored", "multi_worker_mirrored"},
           "How replicas are kept in sync: `single` is one process, one replica; `ddp` "
-          "is one replica per process of an mpirun/srun job, gradients averaged by "
-          "DistributedDataParallel; `mirrored` runs `strategy.devices` replicas as threads "
-          "of one process; `multi_worker_mirrored` runs that many in every process of an "
-          "mpirun/srun job (local reduction, then across processes)."),
+          "is one replica per process of a dtrain launch, mpirun or srun job, gradients "
+          "averaged by DistributedDataParallel; `mirrored` runs `strategy.devices` replicas as "
+          "threads of one process; `multi_worker_mirrored` runs that many in every process of "
+          "such a job (local reduction, then across processes)."),
       string_field("strategy", "backend", DTRAIN_GET(strategy.backend),
-                   {"auto", "mpi", "nccl", "local"},
-                   "Communication backend (`auto`: mpi under mpirun or srun)."),
+                   {"auto", "tcp", "mpi", "nccl", "local"},
+                   "Communication backend (`auto`: tcp under dtrain launch, mpi under mpirun or "
+                   "srun)."),
       bool_field("strategy", "find_unused_parameters", DTRAIN_GET(strategy.find_unused_parameters),
                  "ddp: reduce the zero gradients of parameters the forward pass did not use "
                  "(otherwise they are an error naming them)."),

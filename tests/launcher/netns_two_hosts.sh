@@ -3,7 +3,8 @@
 # route, so nothing leaves the machine), each with its own host name. One `dtrain launch` per host
 # trains a 2-node job over TCP; the result must equal one host running both workers. Then a worker
 # on the second host is killed with SIGKILL mid-epoch: both launchers print the same root cause,
-# restart, and end with weights bit-identical to the uninterrupted run.
+# restart, and end with weights bit-identical to the uninterrupted run. Last, mpirun started on
+# one host runs a rank on each and must give the same weights too.
 # Usage: netns_two_hosts.sh DTRAIN   (exit 77 = skipped, with the reason printed)
 set -euo pipefail
 
@@ -131,4 +132,32 @@ for side in a b; do
 done
 same_weights "$work/kill" "$work/one" || fail "weights after recovery differ"
 echo "recovered: $(final_line "$work/kill-a.out"), weights bit-identical"
+
+# 4. mpirun across the two hosts, started inside host a; Open MPI reaches host b through a
+#    remote-shell agent that enters b's namespace (in place of ssh) with b's host name.
+if command -v mpirun >/dev/null; then
+  cat >"$work/agent.sh" <<AGENT
+#!/bin/sh
+# Open MPI's plm_rsh_agent: AGENT HOST COMMAND (a line for a remote shell).
+host=\$1; shift
+case \$host in
+  10.77.0.1) ns=$ns_a name=host-a ;;
+  10.77.0.2) ns=$ns_b name=host-b ;;
+  *) echo "agent.sh: unknown host \$host" >&2; exit 255 ;;
+esac
+exec nsenter --net=/run/netns/\$ns unshare --uts sh -c "hostname \$name; \$*"
+AGENT
+  chmod +x "$work/agent.sh"
+  mkdir -p "$work/mpi"
+  cp "$work/run.yaml" "$work/mpi/"
+  (cd "$work/mpi" && OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+    nsenter --net="/run/netns/$ns_a" unshare --uts sh -c 'hostname host-a && exec "$@"' sh \
+    mpirun --host 10.77.0.1,10.77.0.2 --map-by node -n 2 --mca plm_rsh_agent "$work/agent.sh" \
+    -x OMP_NUM_THREADS "$dtrain" train run.yaml) >"$work/mpi.out" 2>&1 ||
+    fail "mpirun across the two hosts failed"
+  echo "mpirun:    $(final_line "$work/mpi.out")"
+  same_weights "$work/mpi" "$work/one" || fail "mpirun across hosts gives other weights"
+else
+  echo "(mpirun is not installed: the mpirun-across-hosts part is skipped)"
+fi
 echo "PASS"
