@@ -1,5 +1,5 @@
-// Control and data plane micro-benchmarks that need no MPI: the local backend's all-reduce with 2
-// thread-ranks against memcpy bandwidth, and the Store's request round trip on loopback.
+// Control and data plane micro-benchmarks that need no MPI: the local and tcp backends' all-reduce
+// with 2 ranks against memcpy bandwidth, and the Store's request round trip on loopback.
 // Run: build/bench/comm_bench (see docs/performance.md).
 #include <benchmark/benchmark.h>
 
@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "distributed/backends/local/local_communicator.h"
+#include "distributed/backends/tcp/tcp_communicator.h"
 #include "distributed/store.h"
 
 using namespace dtrain;
@@ -35,6 +36,35 @@ void BM_LocalAllReduce2Ranks(benchmark::State& state) {
   set_bus_bandwidth(state, bytes, 2);
 }
 BENCHMARK(BM_LocalAllReduce2Ranks)->RangeMultiplier(16)->Range(4 << 10, 64 << 20)->UseRealTime();
+
+// Two tcp ranks over loopback sockets, as `dtrain launch` runs them (here as threads of one
+// process, each with its own connections; the kernel copies are the same).
+void BM_TcpAllReduce2Ranks(benchmark::State& state) {
+  const int64_t bytes = state.range(0);
+  dist::StoreServerOptions so;
+  so.token = "bench-token";
+  dist::StoreServer server(so);
+  const auto client = [&] {
+    dist::StoreClientOptions co;
+    co.port = server.port();
+    co.token = "bench-token";
+    return std::make_shared<dist::StoreClient>(co);
+  };
+  std::unique_ptr<dist::TcpCommunicator> peer;
+  std::thread join([&] { peer = std::make_unique<dist::TcpCommunicator>(client(), 1, 2); });
+  dist::TcpCommunicator self(client(), 0, 2);
+  join.join();
+  Tensor a = ones({bytes / 4}), b = ones({bytes / 4});
+  for (auto _ : state) {
+    dist::WorkPtr w0 = self.all_reduce(a);
+    dist::WorkPtr w1 = peer->all_reduce(b);
+    w0->wait();
+    w1->wait();
+  }
+  state.SetBytesProcessed(bytes * state.iterations());
+  set_bus_bandwidth(state, bytes, 2);
+}
+BENCHMARK(BM_TcpAllReduce2Ranks)->RangeMultiplier(16)->Range(4 << 10, 64 << 20)->UseRealTime();
 
 void BM_MemcpySameSize(benchmark::State& state) {
   const int64_t bytes = state.range(0);

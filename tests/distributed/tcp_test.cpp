@@ -57,14 +57,33 @@ void for_each_tcp_rank(int world, const std::function<void(AsyncCommunicator&)>&
   for (auto& t : threads) t.join();
 }
 
-class TcpCollectives : public ::testing::TestWithParam<int> {};
+/// (ranks, whether same-host data goes by address): both data paths run every case.
+class TcpCollectives : public ::testing::TestWithParam<std::tuple<int, bool>> {
+ protected:
+  int world() const { return std::get<0>(GetParam()); }
+  dist::TcpOptions options() const {
+    dist::TcpOptions o;
+    o.cross_memory = std::get<1>(GetParam());
+    return o;
+  }
+};
 
 TEST_P(TcpCollectives, EveryCollectiveDtypeAndCount) {
-  for_each_tcp_rank(GetParam(), [](AsyncCommunicator& c) { testdist::check_everything(c); });
+  const bool by_address = std::get<1>(GetParam());
+  for_each_tcp_rank(
+      world(),
+      [&](AsyncCommunicator& c) {
+        // Ranks that are threads of one process share one host: every peer is read by address
+        // unless that is switched off.
+        EXPECT_EQ(static_cast<dist::TcpCommunicator&>(c).cross_memory_peers(),
+                  by_address ? c.size() - 1 : 0);
+        testdist::check_everything(c);
+      },
+      options());
 }
 
 TEST_P(TcpCollectives, SumsThatRoundAreBitIdenticalToTheLocalBackend) {
-  const int world = GetParam();
+  const int world = this->world();
   const auto input = [](int rank) {
     Tensor t({1001});
     Generator gen(11, rank);
@@ -72,11 +91,14 @@ TEST_P(TcpCollectives, SumsThatRoundAreBitIdenticalToTheLocalBackend) {
     return t;
   };
   std::vector<Tensor> tcp(world), local(world);
-  for_each_tcp_rank(world, [&](AsyncCommunicator& c) {
-    Tensor t = input(c.rank());
-    c.all_reduce(t, {dist::ReduceOp::kAvg})->wait();
-    tcp[c.rank()] = t;
-  });
+  for_each_tcp_rank(
+      world,
+      [&](AsyncCommunicator& c) {
+        Tensor t = input(c.rank());
+        c.all_reduce(t, {dist::ReduceOp::kAvg})->wait();
+        tcp[c.rank()] = t;
+      },
+      options());
   auto comms = dist::make_local_group(world);
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
@@ -93,8 +115,12 @@ TEST_P(TcpCollectives, SumsThatRoundAreBitIdenticalToTheLocalBackend) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(World, TcpCollectives, ::testing::Values(1, 2, 3, 4),
-                         [](const auto& info) { return std::to_string(info.param) + "ranks"; });
+INSTANTIATE_TEST_SUITE_P(World, TcpCollectives,
+                         ::testing::Combine(::testing::Values(1, 2, 3, 4), ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::to_string(std::get<0>(info.param)) + "ranks" +
+                                  (std::get<1>(info.param) ? "ByAddress" : "OverSockets");
+                         });
 
 TEST(TcpBackend, ARankThatNeverJoinsIsNamedAfterTheConnectTimeout) {
   dist::TcpOptions o;

@@ -5,12 +5,15 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <deque>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -24,10 +27,37 @@ using net::Clock;
 
 constexpr char kMagic[8] = {'d', 't', 'r', 'a', 'i', 'n', 't', '1'};
 constexpr size_t kSecretBytes = 32;
-constexpr size_t kHeaderBytes = 64;
-constexpr size_t kWhatAt = 20;  // header: size (8 bytes), sequence (8), tag (4), what
-constexpr size_t kWhatBytes = kHeaderBytes - kWhatAt;
 
+// Every message starts with a frame: payload bytes (8), sequence (8), tag (4), kind (4), the
+// sender's buffer address for kFrameDataByAddress (8), and what it belongs to (64, for errors).
+constexpr size_t kFrameBytes = 96;
+constexpr size_t kFrameWhatBytes = 64;
+constexpr uint32_t kFrameData = 0;           // the payload follows on the socket
+constexpr uint32_t kFrameDataByAddress = 1;  // the receiver copies the payload from the sender
+constexpr uint32_t kFrameAck = 2;            // "copied": the sender may reuse its buffer
+using Frame = std::array<char, kFrameBytes>;
+// Below this a message goes over the socket even to a same-host peer: it fits the socket buffers,
+// so the sender is done at once, while a copy by address costs the sender a wait for the ack.
+constexpr size_t kByAddressMinBytes = 4 << 20;
+
+uint64_t get_u64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = v << 8 | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+struct FrameView {
+  explicit FrameView(const Frame& f) : f_(f) {}
+  uint64_t bytes() const { return get_u64(f_.data()); }
+  uint64_t sequence() const { return get_u64(f_.data() + 8); }
+  int32_t tag() const { return static_cast<int32_t>(get_u64(f_.data() + 16) & 0xFFFFFFFFu); }
+  uint32_t kind() const { return static_cast<uint32_t>(get_u64(f_.data() + 16) >> 32); }
+  uint64_t address() const { return get_u64(f_.data() + 24); }
+  std::string what() const {
+    return std::string(f_.data() + 32, strnlen(f_.data() + 32, kFrameWhatBytes));
+  }
+  const Frame& f_;
+};
 /// First bytes on every connection: who is calling, and the group's secret.
 struct Hello {
   char magic[8];
@@ -73,20 +103,55 @@ void blocking_io(int fd, char* p, size_t n, bool out, Clock::time_point deadline
   }
 }
 
-/// What a message belongs to, compared on arrival: "#12 all_reduce(sum) float32 x 1024".
+/// Gradient buckets are megabytes: kernel buffers that hold a whole chunk let one send() hand it
+/// over instead of waking the peer for every 64 KiB.
+void set_buffers(int fd) {
+  const int bytes = 4 << 20;
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+}
+
+/// What a message belongs to, compared on arrival: "collective #12 all_reduce(sum) float32 x 1024".
 std::string what_of(const CollectiveInfo& info) {
   std::string s = info.describe();
-  if (s.size() > kWhatBytes) s.resize(kWhatBytes);
+  if (s.size() > kFrameWhatBytes) s.resize(kFrameWhatBytes);
   return s;
 }
 
 void put_u64(char* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<char>(v >> (8 * i));
 }
-uint64_t get_u64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = v << 8 | static_cast<unsigned char>(p[i]);
-  return v;
+
+Frame make_frame(uint32_t kind, uint64_t bytes, uint64_t sequence, int32_t tag, uint64_t address,
+                 const std::string& what) {
+  Frame f{};
+  put_u64(f.data(), bytes);
+  put_u64(f.data() + 8, sequence);
+  put_u64(f.data() + 16, static_cast<uint32_t>(tag) | uint64_t{kind} << 32);
+  put_u64(f.data() + 24, address);
+  std::memcpy(f.data() + 32, what.data(), std::min(what.size(), kFrameWhatBytes));
+  return f;
+}
+
+/// The host this process shares memory and process ids with: ranks with the same key may read
+/// each other's buffers (process_vm_readv).
+std::string host_key() {
+  const auto read_link = [](const char* path) {
+    std::error_code ec;
+    return std::filesystem::read_symlink(path, ec).string();
+  };
+  std::ifstream boot("/proc/sys/kernel/random/boot_id");
+  std::string boot_id;
+  std::getline(boot, boot_id);
+  char name[256] = {};
+  ::gethostname(name, sizeof name - 1);
+  return std::string(name) + "/" + boot_id + "/" + read_link("/proc/self/ns/pid") + "/" +
+         read_link("/proc/self/ns/mnt");
+}
+
+bool cross_memory_from_env() {
+  const char* v = std::getenv("DTRAIN_TCP_CROSS_MEMORY");
+  return v == nullptr || std::string(v) != "0";
 }
 
 /// Element offsets of `parts` near-equal chunks of n elements: chunk c is [at[c], at[c+1]).
@@ -103,7 +168,56 @@ TcpCommunicator::TcpCommunicator(std::shared_ptr<StoreClient> store, int rank, i
     : AsyncCommunicator(rank, size), peers_(size) {
   DTRAIN_CHECK(store != nullptr, "tcp: needs a Store to find its peers");
   connect_mesh(*store, options);
+  agree_on_cross_memory(*store, options);
   start_worker();
+}
+
+int TcpCommunicator::cross_memory_peers() const {
+  int n = 0;
+  for (const Peer& p : peers_) n += p.cross_memory ? 1 : 0;
+  return n;
+}
+
+void TcpCommunicator::agree_on_cross_memory(StoreClient& store, const TcpOptions& options) {
+  // 1. Every rank published "host key|pid|address of its probe" (connect_mesh). A rank on the same
+  //    host reads the peer's probe with process_vm_readv: the same bytes mean it may read there.
+  // 2. Each rank sends its verdict to every peer and reads theirs: a pair uses addresses only if
+  //    both can read each other, so both sides frame their messages the same way.
+  const bool allowed = options.cross_memory && cross_memory_from_env();
+  const auto deadline = Clock::now() + options.connect_timeout;
+  const std::string mine = host_key();
+  std::vector<char> verdict(size(), 0);
+  for (int p = 0; p < size(); ++p) {
+    if (p == rank()) continue;
+    const auto fields = [&] {
+      std::vector<std::string> out;
+      std::string part;
+      std::istringstream is(store.get(options.key_prefix + "node/" + std::to_string(p)));
+      while (std::getline(is, part, '|')) out.push_back(part);
+      return out;
+    }();
+    DTRAIN_CHECK(fields.size() == 3, "tcp: malformed node record of rank ", p);
+    peers_[p].pid = std::stoi(fields[1]);
+    if (!allowed || fields[0] != mine) continue;
+    std::string seen(kSecretBytes, '\0');
+    iovec local{seen.data(), seen.size()};
+    iovec remote{reinterpret_cast<void*>(std::stoull(fields[2], nullptr, 16)), seen.size()};
+    verdict[p] = ::process_vm_readv(peers_[p].pid, &local, 1, &remote, 1, 0) ==
+                     static_cast<ssize_t>(seen.size()) &&
+                 seen == probe_;
+  }
+  for (int p = 0; p < size(); ++p) {
+    if (p == rank()) continue;
+    blocking_io(peers_[p].fd.get(), &verdict[p], 1, true, deadline,
+                "cross-memory verdict to rank " + std::to_string(p));
+  }
+  for (int p = 0; p < size(); ++p) {
+    if (p == rank()) continue;
+    char theirs = 0;
+    blocking_io(peers_[p].fd.get(), &theirs, 1, false, deadline,
+                "cross-memory verdict from rank " + std::to_string(p));
+    peers_[p].cross_memory = verdict[p] && theirs;
+  }
 }
 
 TcpCommunicator::~TcpCommunicator() { stop_worker(); }
@@ -121,6 +235,11 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
   if (rank() == 0) store.set(prefix + "secret", random_secret());
   const std::string secret = store.get(prefix + "secret");
   DTRAIN_CHECK(secret.size() == kSecretBytes, "tcp: malformed connection secret in the store");
+  probe_ = secret;
+  std::ostringstream node;
+  node << host_key() << '|' << ::getpid() << '|' << std::hex
+       << reinterpret_cast<uintptr_t>(probe_.data());
+  store.set(prefix + "node/" + std::to_string(rank()), node.str());
   store.set(prefix + "addr/" + std::to_string(rank()), net::host_port(host, port));
 
   Hello mine{};
@@ -154,6 +273,7 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
     }
     blocking_io(fd.get(), reinterpret_cast<char*>(&mine), sizeof mine, true, deadline,
                 "hello to rank " + std::to_string(peer) + " at " + address);
+    set_buffers(fd.get());
     peers_[peer] = {std::move(fd), address};
   }
   // 2. Accept every higher rank; a connection without the secret is closed and ignored.
@@ -194,6 +314,7 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
       continue;
     }
     net::set_nodelay(fd.get());
+    set_buffers(fd.get());
     peers_[hello.rank] = {std::move(fd), from};
     --missing;
   }
@@ -205,102 +326,212 @@ void TcpCommunicator::exchange(std::vector<Transfer>& transfers, const Collectiv
   const auto deadline = Clock::now() + timeout;
   const bool p2p = info.sequence == 0;
   const std::string what = what_of(info);
-  struct State {
-    Transfer* t;
-    std::array<char, kHeaderBytes> header{};
-    size_t done = 0;  // bytes of header + payload moved so far
-    size_t total() const { return kHeaderBytes + t->bytes; }
+  // One entry per peer taking part: at most one message to it and one from it. Frames and inline
+  // payloads leave in queue order; what arrives is parsed frame by frame, and only while something
+  // is still expected from that peer (the next collective's frames stay in the socket).
+  struct Segment {
+    Frame frame{};
+    const char* payload = nullptr;  // inline payload after the frame (tcp mode)
+    size_t bytes = 0, done = 0;     // of frame + payload
   };
-  std::vector<State> states;
-  states.reserve(transfers.size());
-  for (Transfer& t : transfers) {
-    State s{&t};
-    if (t.outgoing) {
-      put_u64(s.header.data(), t.bytes);
-      put_u64(s.header.data() + 8, info.sequence);
-      const auto tag = static_cast<uint32_t>(t.tag);
-      std::memcpy(s.header.data() + 16, &tag, 4);
-      std::memcpy(s.header.data() + kWhatAt, what.data(), what.size());
+  struct PeerIo {
+    int peer = 0;
+    Transfer* out = nullptr;
+    Transfer* in = nullptr;
+    bool out_done = true, in_done = true;
+    std::deque<Segment> queue;
+    Frame frame{};
+    size_t frame_done = 0;
+    size_t payload_done = 0;
+    bool in_payload = false;
+  };
+  std::vector<PeerIo> io;
+  const auto io_of = [&](int peer) -> PeerIo& {
+    for (PeerIo& x : io) {
+      if (x.peer == peer) return x;
     }
-    states.push_back(s);
+    io.push_back(PeerIo{});
+    io.back().peer = peer;
+    return io.back();
+  };
+  io.reserve(transfers.size());
+  for (Transfer& t : transfers) {
+    PeerIo& x = io_of(t.peer);
+    if (t.outgoing) {
+      x.out = &t;
+      x.out_done = false;
+      Segment seg;
+      const bool cma = peers_[t.peer].cross_memory && t.bytes >= kByAddressMinBytes;
+      seg.frame = make_frame(cma ? kFrameDataByAddress : kFrameData, t.bytes, info.sequence, t.tag,
+                             cma ? reinterpret_cast<uint64_t>(t.data) : 0, what);
+      seg.payload = cma ? nullptr : t.data;
+      seg.bytes = kFrameBytes + (cma ? 0 : t.bytes);
+      x.queue.push_back(seg);
+    } else {
+      x.in = &t;
+      x.in_done = false;
+    }
   }
   const auto peer_name = [&](int peer) {
     return "rank " + std::to_string(peer) + " (" + peers_[peer].address + ")";
   };
-  const auto check_header = [&](State& s) {
-    const uint64_t bytes = get_u64(s.header.data());
-    const uint64_t sequence = get_u64(s.header.data() + 8);
-    int32_t tag = 0;
-    std::memcpy(&tag, s.header.data() + 16, 4);
-    const std::string theirs(s.header.data() + kWhatAt,
-                             strnlen(s.header.data() + kWhatAt, kWhatBytes));
-    const bool same = p2p ? (tag == s.t->tag && bytes == s.t->bytes)
-                          : (sequence == info.sequence && theirs == what && bytes == s.t->bytes);
+  const auto lost = [&](int peer, int err) {
+    const std::string why =
+        err == 0 ? "closed the connection" : "closed the connection (" + net::errno_text(err) + ")";
+    DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), ": ", peer_name(peer),
+                 " ", why,
+                 "; that process probably exited or was killed (its own log has the cause)");
+  };
+  const auto check_data_frame = [&](PeerIo& x) {
+    const FrameView f(x.frame);
+    const bool same =
+        p2p ? (f.tag() == x.in->tag && f.bytes() == x.in->bytes)
+            : (f.sequence() == info.sequence && f.what() == what && f.bytes() == x.in->bytes);
     if (!same) {
       DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), " received from ",
-                   peer_name(s.t->peer), " a message of ", bytes, " bytes for '", theirs, "' (tag ",
-                   tag, ") instead of ", s.t->bytes, " bytes",
-                   p2p ? " with tag " + std::to_string(s.t->tag) : std::string(),
+                   peer_name(x.peer), " a message of ", f.bytes(), " bytes for '", f.what(),
+                   "' (tag ", f.tag(), ") instead of ", x.in->bytes, " bytes",
+                   p2p ? " with tag " + std::to_string(x.in->tag) : std::string(),
                    ": the ranks issued different collectives. Every rank must call the same "
                    "collectives in the same order; DTRAIN_DISTRIBUTED_DEBUG=1 lists each call");
     }
   };
-  // Moves as many bytes as the socket takes now; false when it would block.
-  const auto step = [&](State& s) {
-    const int fd = peers_[s.t->peer].fd.get();
-    while (s.done < s.total()) {
-      const bool in_header = s.done < kHeaderBytes;
-      char* p = in_header ? s.header.data() + s.done : s.t->data + (s.done - kHeaderBytes);
-      const size_t n = in_header ? kHeaderBytes - s.done : s.total() - s.done;
-      const ssize_t r = s.t->outgoing ? ::send(fd, p, n, MSG_NOSIGNAL) : ::recv(fd, p, n, 0);
+  // Sends what the socket takes now.
+  const auto flush = [&](PeerIo& x) {
+    const int fd = peers_[x.peer].fd.get();
+    while (!x.queue.empty()) {
+      Segment& seg = x.queue.front();
+      const bool in_frame = seg.done < kFrameBytes;
+      const char* p =
+          in_frame ? seg.frame.data() + seg.done : seg.payload + (seg.done - kFrameBytes);
+      const size_t n = in_frame ? kFrameBytes - seg.done : seg.bytes - seg.done;
+      const ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
       if (r > 0) {
-        s.done += size_t(r);
-        if (!s.t->outgoing && in_header && s.done == kHeaderBytes) check_header(s);
+        seg.done += size_t(r);
+        if (seg.done < seg.bytes) continue;
+        // An inline message is done once sent; one by address once the peer has copied it.
+        if (seg.payload != nullptr || FrameView(seg.frame).kind() == kFrameData) x.out_done = true;
+        x.queue.pop_front();
         continue;
       }
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      const std::string why = r == 0 ? "closed the connection"
-                                     : "closed the connection (" + net::errno_text(errno) + ")";
-      DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), ": ",
-                   peer_name(s.t->peer), " ", why,
-                   "; that process probably exited or was killed (its own log has the cause)");
+      lost(x.peer, errno);
     }
+  };
+  // Receives what has arrived, as long as something is expected from this peer.
+  const auto receive = [&](PeerIo& x) {
+    const int fd = peers_[x.peer].fd.get();
+    while (!x.in_done || !x.out_done) {
+      if (x.in_payload) {
+        const size_t n = x.in->bytes - x.payload_done;
+        const ssize_t r = n == 0 ? 0 : ::recv(fd, x.in->data + x.payload_done, n, 0);
+        if (n == 0 || r > 0) {
+          x.payload_done += size_t(std::max<ssize_t>(r, 0));
+          if (x.payload_done == x.in->bytes) {
+            x.in_payload = false;
+            x.in_done = true;
+          }
+          continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        lost(x.peer, r == 0 ? 0 : errno);
+      }
+      const ssize_t r = ::recv(fd, x.frame.data() + x.frame_done, kFrameBytes - x.frame_done, 0);
+      if (r > 0) {
+        x.frame_done += size_t(r);
+        if (x.frame_done < kFrameBytes) continue;
+        x.frame_done = 0;
+        const FrameView f(x.frame);
+        if (f.kind() == kFrameAck) {
+          DTRAIN_CHECK(!x.out_done && x.out != nullptr && peers_[x.peer].cross_memory, "tcp: rank ",
+                       rank(), " in ", info.describe(),
+                       ": unexpected acknowledgement "
+                       "from ",
+                       peer_name(x.peer));
+          x.out_done = true;
+          continue;
+        }
+        if (x.in == nullptr || x.in_done) {
+          DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), " received from ",
+                       peer_name(x.peer), " a message for '", f.what(),
+                       "' while expecting none from it: the ranks issued different collectives");
+        }
+        check_data_frame(x);
+        if (f.kind() == kFrameData) {
+          x.in_payload = true;
+          x.payload_done = 0;
+          continue;
+        }
+        // By address: copy straight out of the sender's memory, then tell it the buffer is free.
+        read_peer_memory(x.peer, f.address(), x.in->data, x.in->bytes, info);
+        x.in_done = true;
+        Segment ack;
+        ack.frame = make_frame(kFrameAck, 0, info.sequence, 0, 0, what);
+        ack.bytes = kFrameBytes;
+        x.queue.push_back(ack);
+        flush(x);
+        continue;
+      }
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      lost(x.peer, r == 0 ? 0 : errno);
+    }
+  };
+  const auto pending = [&] {
+    bool any = false;
+    for (PeerIo& x : io) {
+      flush(x);
+      receive(x);
+      any = any || !x.out_done || !x.in_done || !x.queue.empty();
+    }
+    return any;
   };
   std::vector<pollfd> fds;
   for (;;) {
-    bool pending = false;
-    for (State& s : states) {
-      step(s);
-      pending = pending || s.done < s.total();
-    }
-    if (!pending) return;
+    // The peer's answer usually comes within microseconds, far sooner than a thread blocked in
+    // poll() wakes up on this kind of machine: retry without blocking for a moment first.
+    if (spin_until([&] { return !pending(); })) return;
     fds.clear();
-    for (const State& s : states) {
-      if (s.done == s.total()) continue;
-      const int fd = peers_[s.t->peer].fd.get();
-      const short ev = s.t->outgoing ? POLLOUT : POLLIN;
-      auto it = std::find_if(fds.begin(), fds.end(), [&](const pollfd& p) { return p.fd == fd; });
-      if (it == fds.end()) {
-        fds.push_back({fd, ev, 0});
-      } else {
-        it->events |= ev;
-      }
+    for (const PeerIo& x : io) {
+      const short ev =
+          short((x.queue.empty() ? 0 : POLLOUT) | (!x.in_done || !x.out_done ? POLLIN : 0));
+      if (ev) fds.push_back({peers_[x.peer].fd.get(), ev, 0});
     }
     const int ready = ::poll(fds.data(), fds.size(), net::ms_until(deadline));
     if (ready < 0 && errno == EINTR) continue;
     if (ready == 0) {
       std::ostringstream waiting;
-      for (const State& s : states) {
-        if (s.done < s.total()) {
-          waiting << "\n  " << (s.t->outgoing ? "sending to " : "receiving from ")
-                  << peer_name(s.t->peer) << ": " << s.done << " of " << s.total() << " bytes";
+      for (const PeerIo& x : io) {
+        if (!x.out_done)
+          waiting << "\n  sending to " << peer_name(x.peer) << ": " << x.out->bytes << " bytes";
+        if (!x.in_done) {
+          waiting << "\n  receiving from " << peer_name(x.peer) << ": "
+                  << (x.in_payload ? x.payload_done : 0) << " of " << x.in->bytes << " bytes";
         }
       }
       DTRAIN_THROW(TimeoutError, "tcp: rank ", rank(), ": ", info.describe(),
                    " did not complete within ", timeout.count(), " ms; still", waiting.str(),
                    "\nThose ranks are stalled, stopped or slower than the timeout allows.");
     }
+  }
+}
+
+void TcpCommunicator::read_peer_memory(int peer, uint64_t address, char* dst, size_t bytes,
+                                       const CollectiveInfo& info) {
+  size_t done = 0;
+  while (done < bytes) {
+    iovec local{dst + done, bytes - done};
+    iovec remote{reinterpret_cast<void*>(address + done), bytes - done};
+    const ssize_t n = ::process_vm_readv(peers_[peer].pid, &local, 1, &remote, 1, 0);
+    if (n <= 0) {
+      DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(),
+                   ": cannot read the data of rank ", peer, " (pid ", peers_[peer].pid,
+                   ") from its memory: ", net::errno_text(errno),
+                   "; it probably exited. DTRAIN_TCP_CROSS_MEMORY=0 sends all data over TCP");
+    }
+    done += size_t(n);
   }
 }
 

@@ -21,6 +21,10 @@ struct TcpOptions {
   std::string advertise_address;
   /// How long to wait for every rank to join.
   Timeout connect_timeout{300'000};
+  /// Ranks on the same host copy each other's buffers directly (process_vm_readv, one copy) and
+  /// use the socket only for small frames; off, or where the system forbids it, all data goes
+  /// over TCP. Default: on unless DTRAIN_TCP_CROSS_MEMORY=0.
+  bool cross_memory = true;
 };
 
 class TcpCommunicator final : public AsyncCommunicator {
@@ -34,6 +38,8 @@ class TcpCommunicator final : public AsyncCommunicator {
   TcpCommunicator(std::shared_ptr<StoreClient> store, int rank, int size, TcpOptions options = {});
   ~TcpCommunicator() override;
   std::string_view backend_name() const override { return "tcp"; }
+  /// Peers whose data this rank copies from their memory instead of receiving it over TCP.
+  int cross_memory_peers() const;
 
  protected:
   void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info, Timeout timeout) override;
@@ -63,8 +69,15 @@ class TcpCommunicator final : public AsyncCommunicator {
   struct Peer {
     net::UniqueFd fd;
     std::string address;
+    bool cross_memory = false;  // both sides can read the other's memory
+    int pid = 0;
   };
   void connect_mesh(StoreClient& store, const TcpOptions& options);
+  /// After the mesh: decides per pair of ranks on one host whether data goes by address.
+  void agree_on_cross_memory(StoreClient& store, const TcpOptions& options);
+  void read_peer_memory(int peer, uint64_t address, char* dst, size_t bytes,
+                        const CollectiveInfo& info);
+
   /// Runs every transfer concurrently (so no pair of ranks waits on each other) until all are done
   /// or the deadline passes. Each message carries a header with its size and collective, checked
   /// on arrival, so ranks that issued different calls get an error instead of garbage.
@@ -74,6 +87,7 @@ class TcpCommunicator final : public AsyncCommunicator {
                              const CollectiveInfo& info, Timeout timeout);
   std::vector<Peer> peers_;
   std::vector<char> scratch_;
+  std::string probe_;  // the group secret, read by same-host peers to test process_vm_readv
 };
 
 }  // namespace dtrain::dist
