@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # On a real one-node Slurm started on localhost (scripts/slurm/local_cluster.sh), trains one small
-# config four ways with 2 workers: `mpirun -n 2`, `srun --mpi=pmix -n 2` (no launcher),
-# `dtrain launch --nproc-per-node 2` and `sbatch --ntasks=2 scripts/slurm/train.sbatch`. All four
-# must succeed, print exactly one final line with the same test_accuracy, test_loss and steps,
-# and leave final checkpoints whose exported parameters are identical byte for byte. Skips (77)
-# without root, Slurm or munge.
+# config five ways with 2 workers: `mpirun -n 2`, `srun --mpi=pmix -n 2` (no launcher),
+# `dtrain launch --nproc-per-node 2`, and `sbatch --ntasks=2 scripts/slurm/train.sbatch` with srun
+# tasks as workers and with DTRAIN_LAUNCHER=dtrain. All must succeed, print exactly one final line
+# with the same test_accuracy, test_loss and steps, and leave final checkpoints whose exported
+# parameters are identical byte for byte. Skips (77) without root, Slurm or munge.
 # Usage: sbatch_check.sh DTRAIN_EXECUTABLE SOURCE_DIR MPIEXEC
 set -euo pipefail
 dtrain=$1 source_dir=$2 mpiexec=$3
@@ -58,7 +58,7 @@ log:
   progress: off
   tensorboard: false'
 expected_steps=64
-runs=(mpirun srun sbatch launch)
+runs=(mpirun srun sbatch launch sbatch-launch)
 for run in "${runs[@]}"; do
   mkdir -p "$work/$run"
   printf '%s\n' "$config" >"$work/$run/run.yaml"
@@ -115,6 +115,24 @@ fi
 check "the batch job ran 2 tasks on 1 node" \
   grep -q "^train.sbatch: job $job: 2 tasks on 1 node" "$work/sbatch/out.txt"
 
+echo "--- DTRAIN_LAUNCHER=dtrain sbatch --wait --ntasks=2 --nodes=1 scripts/slurm/train.sbatch run.yaml"
+# The batch script's launcher mode: one dtrain launch per node (here one), its store on a port
+# unlikely to be taken.
+status=0
+job=$(cd "$work/sbatch-launch" && DTRAIN=$dtrain DTRAIN_LAUNCHER=dtrain \
+  DTRAIN_RDZV_PORT=$((20000 + RANDOM % 9000)) timeout 60 sbatch --wait --parsable --ntasks=2 \
+  --nodes=1 "$source_dir/scripts/slurm/train.sbatch" run.yaml 2>"$work/sbatch-launch/sbatch.err") ||
+  status=$?
+job=${job%%;*}
+check "sbatch job ${job:-?} in launcher mode exits 0 (status $status)" test "$status" -eq 0
+if [ -n "$job" ] && [ -f "$work/sbatch-launch/dtrain-$job.out" ]; then
+  sed 's/^\[rank 0\] //' "$work/sbatch-launch/dtrain-$job.out" >"$work/sbatch-launch/out.txt"
+else
+  echo "no output file dtrain-${job:-?}.out" >"$work/sbatch-launch/out.txt"
+fi
+check "the batch job ran one dtrain launch with 2 workers" \
+  grep -q "^train.sbatch: dtrain launch on 1 node(s), 2 worker(s) each" "$work/sbatch-launch/out.txt"
+
 # "final: test_accuracy=A test_loss=L steps=S samples_per_sec=... wall_s=..." minus the timings.
 declare -A fields_of  # run -> its final line's fields
 final_fields() { grep '^final: ' "$1" | grep -o 'test_accuracy=[^ ]* test_loss=[^ ]* steps=[^ ]*'; }
@@ -134,6 +152,8 @@ check "sbatch's test_accuracy, test_loss and steps equal mpirun's" \
   equal_nonempty "${fields_of[mpirun]}" "${fields_of[sbatch]}"
 check "sbatch's test_accuracy, test_loss and steps equal dtrain launch's" \
   equal_nonempty "${fields_of[launch]}" "${fields_of[sbatch]}"
+check "sbatch in launcher mode gives the same test_accuracy, test_loss and steps" \
+  equal_nonempty "${fields_of[launch]}" "${fields_of[sbatch-launch]}"
 
 # Training state: export the last checkpoint of each run (same relative path, since the export's
 # metadata names it) and compare the files.
@@ -150,6 +170,8 @@ check "sbatch's exported parameters are byte-identical to mpirun's" \
   cmp "$work/mpirun/model.safetensors" "$work/sbatch/model.safetensors"
 check "sbatch's exported parameters are byte-identical to dtrain launch's" \
   cmp "$work/launch/model.safetensors" "$work/sbatch/model.safetensors"
+check "sbatch in launcher mode exports the same parameters byte for byte" \
+  cmp "$work/launch/model.safetensors" "$work/sbatch-launch/model.safetensors"
 
 # Stop the cluster here (the trap would too) to check that nothing of it is left: every daemon
 # was started with a path under $cluster on its command line.
