@@ -85,6 +85,15 @@ pid_t worker_pid(const std::string& job, int rank,
   return -1;
 }
 
+/// The dtrain process running `launch` for the job (not `timeout`, whose arguments name it too).
+pid_t launcher_pid(const std::string& job) {
+  const std::string cmdline = std::string(DTRAIN_EXECUTABLE) + '\0' + "launch" + '\0';
+  for (const auto& [pid, env] : job_processes(job)) {
+    if (read_file("/proc/" + std::to_string(pid) + "/cmdline").rfind(cmdline, 0) == 0) return pid;
+  }
+  return -1;
+}
+
 /// Waits (bounded) until `path` exists.
 bool wait_for_file(const std::filesystem::path& path, std::chrono::seconds limit) {
   const auto deadline = Clock::now() + limit;
@@ -251,14 +260,7 @@ TEST(Launch, SigtermAndSigintStopEveryWorkerAndExitWith143And130) {
     const std::string id = unique_job("signal");
     auto run = launch_async(dir, id, "--nproc-per-node 2 run.yaml");
     ASSERT_GT(worker_pid(id, 1), 0);
-    pid_t launcher = -1;
-    // The dtrain process running `launch` (not `timeout`, whose arguments name it too).
-    const std::string launcher_cmdline = std::string(DTRAIN_EXECUTABLE) + '\0' + "launch" + '\0';
-    for (const auto& [pid, env] : job_processes(id)) {
-      if (read_file("/proc/" + std::to_string(pid) + "/cmdline").rfind(launcher_cmdline, 0) == 0) {
-        launcher = pid;
-      }
-    }
+    const pid_t launcher = launcher_pid(id);
     ASSERT_GT(launcher, 0);
     ASSERT_EQ(::kill(launcher, sig), 0);
     const CommandResult r = run.get();
@@ -268,6 +270,26 @@ TEST(Launch, SigtermAndSigintStopEveryWorkerAndExitWith143And130) {
                                                                    : "signal 2 (SIGINT)")));
     expect_no_process_left(id);
   }
+}
+
+TEST(Launch, WorkersDieWithALauncherKilledBySigkill) {
+  Job job;
+  const auto dir = job.dir("orphans");
+  const std::string id = unique_job("orphans");
+  auto run = launch_async(dir, id, "--nproc-per-node 2 run.yaml");
+  ASSERT_GT(worker_pid(id, 0), 0);
+  ASSERT_GT(worker_pid(id, 1), 0);
+  const pid_t launcher = launcher_pid(id);
+  ASSERT_GT(launcher, 0);
+  // SIGKILL gives the launcher no chance to stop anyone: PR_SET_PDEATHSIG must.
+  ASSERT_EQ(::kill(launcher, SIGKILL), 0);
+  const CommandResult r = run.get();
+  EXPECT_NE(r.exit_code, 0);
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (!job_processes(id).empty() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  expect_no_process_left(id);
 }
 
 TEST(Launch, TheStoreTokenStaysOffCommandLinesAndStrangersCannotJoin) {
