@@ -1,5 +1,6 @@
 // All-reduce bus bandwidth of dtrain's mpi backend against raw MPI_Allreduce on the same buffer,
-// interleaved in one run, 4 KiB to 256 MiB of float32. Prints a Markdown table on rank 0.
+// and of the tcp backend (what `dtrain launch` workers use) in the same processes, interleaved in
+// one run, 4 KiB to 256 MiB of float32. Prints a Markdown table on rank 0.
 // Run: OMP_NUM_THREADS=1 mpirun -n 2 build/bench/allreduce_bench [max_mib] (see
 // docs/performance.md)
 #include <mpi.h>
@@ -8,10 +9,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "distributed/backends/mpi/mpi_communicator.h"
+#include "distributed/backends/tcp/tcp_communicator.h"
 
 using namespace dtrain;
 
@@ -48,6 +51,20 @@ int main(int argc, char** argv) {
   auto comm = dist::MpiCommunicator::world();  // initialises MPI with MPI_THREAD_MULTIPLE
   const int n = comm->size();
   const double bus_factor = 2.0 * (n - 1) / n;  // nccl-tests' all-reduce bus bandwidth
+  // The tcp group finds its peers through a Store that rank 0 hosts; MPI tells the others its port.
+  std::unique_ptr<dist::StoreServer> server;
+  int port = 0;
+  if (comm->rank() == 0) {
+    dist::StoreServerOptions so;
+    so.token = "allreduce-bench";
+    server = std::make_unique<dist::StoreServer>(so);
+    port = server->port();
+  }
+  MPI_Bcast(&port, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  dist::StoreClientOptions co;
+  co.port = static_cast<uint16_t>(port);
+  co.token = "allreduce-bench";
+  dist::TcpCommunicator tcp(std::make_shared<dist::StoreClient>(co), comm->rank(), n);
   if (comm->rank() == 0) {
     char version[MPI_MAX_LIBRARY_VERSION_STRING];
     int length = 0;
@@ -56,9 +73,9 @@ int main(int argc, char** argv) {
     std::printf("all_reduce(sum) float32 on %d ranks; %s\n\n", n,
                 v.substr(0, v.find('\n')).c_str());
     std::printf(
-        "| size | dtrain algbw GB/s | dtrain busbw GB/s | MPI_Allreduce algbw GB/s | "
-        "MPI_Allreduce busbw GB/s | dtrain / MPI |\n");
-    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        "| size | dtrain mpi algbw GB/s | dtrain mpi busbw GB/s | MPI_Allreduce algbw GB/s | "
+        "MPI_Allreduce busbw GB/s | dtrain mpi / MPI | dtrain tcp busbw GB/s | tcp / MPI |\n");
+    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   }
   for (int64_t bytes = 4 << 10; bytes <= max_bytes; bytes *= 4) {
     Tensor t = zeros({bytes / 4});  // zeros stay zeros: no overflow over repetitions
@@ -67,23 +84,27 @@ int main(int argc, char** argv) {
     const int reps = static_cast<int>(std::clamp<int64_t>((int64_t{256} << 20) / bytes, 2, 200));
     const int batches = bytes >= (64 << 20) ? 5 : 9;
     auto run_dtrain = [&] { comm->all_reduce(t)->wait(); };
+    auto run_tcp = [&] { tcp.all_reduce(t)->wait(); };
     auto run_mpi = [&] {
       MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(bytes / 4), MPI_FLOAT, MPI_SUM,
                     MPI_COMM_WORLD);
     };
     timed(1, run_dtrain);
     timed(1, run_mpi);
-    // Interleaved batches, so drift in the machine's load affects both sides alike.
-    std::vector<double> dtrain_s, mpi_s;
+    timed(1, run_tcp);
+    // Interleaved batches, so drift in the machine's load affects every side alike.
+    std::vector<double> dtrain_s, mpi_s, tcp_s;
     for (int b = 0; b < batches; ++b) {
       dtrain_s.push_back(timed(reps, run_dtrain));
       mpi_s.push_back(timed(reps, run_mpi));
+      tcp_s.push_back(timed(reps, run_tcp));
     }
-    const double d = median(dtrain_s), m = median(mpi_s);
+    const double d = median(dtrain_s), m = median(mpi_s), c = median(tcp_s);
     if (comm->rank() == 0) {
       const double d_alg = bytes / d / 1e9, m_alg = bytes / m / 1e9;
-      std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", human(bytes).c_str(), d_alg,
-                  d_alg * bus_factor, m_alg, m_alg * bus_factor, m / d);
+      std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", human(bytes).c_str(),
+                  d_alg, d_alg * bus_factor, m_alg, m_alg * bus_factor, m / d,
+                  bytes / c / 1e9 * bus_factor, m / c);
       std::fflush(stdout);
     }
   }
