@@ -38,7 +38,7 @@ constexpr uint32_t kFrameAck = 2;            // "copied": the sender may reuse i
 using Frame = std::array<char, kFrameBytes>;
 // Below this a message goes over the socket even to a same-host peer: it fits the socket buffers,
 // so the sender is done at once, while a copy by address costs the sender a wait for the ack.
-constexpr size_t kByAddressMinBytes = 4 << 20;
+constexpr size_t kByAddressMinBytes = 256 << 10;
 
 uint64_t get_u64(const char* p) {
   uint64_t v = 0;
