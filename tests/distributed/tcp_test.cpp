@@ -82,6 +82,24 @@ TEST_P(TcpCollectives, EveryCollectiveDtypeAndCount) {
       options());
 }
 
+TEST_P(TcpCollectives, LargeMessagesOfEveryCollective) {
+  // 1.6 MB float32 buffers: every chunk to a peer is at least 400 KB, above the size from which
+  // same-host data goes by address.
+  constexpr int64_t kCount = 400'000;
+  for_each_tcp_rank(
+      world(),
+      [&](AsyncCommunicator& c) {
+        testdist::check_all_reduce(c, DType::kFloat32, kCount, dist::ReduceOp::kSum);
+        testdist::check_all_reduce(c, DType::kFloat64, kCount, dist::ReduceOp::kMax);
+        testdist::check_broadcast(c, DType::kFloat32, kCount, c.size() - 1);
+        testdist::check_reduce(c, DType::kFloat32, kCount, 0);
+        testdist::check_all_gather(c, DType::kFloat32, kCount / 4);
+        testdist::check_reduce_scatter(c, DType::kFloat32, kCount / 4);
+        testdist::check_send_recv_ring(c, DType::kFloat32, kCount);
+      },
+      options());
+}
+
 TEST_P(TcpCollectives, SumsThatRoundAreBitIdenticalToTheLocalBackend) {
   const int world = this->world();
   const auto input = [](int rank) {
