@@ -1,16 +1,22 @@
 // DistributedDataParallel: model agreement check, parameter broadcast, gradient buckets whose
-// all-reduce starts from autograd hooks, no_sync, unused-parameter detection, bucket rebuild.
+// all-reduce starts from autograd hooks, no_sync, unused-parameter detection, bucket rebuild,
+// all-reduce timing.
 #include "strategies/ddp.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <mutex>
 #include <sstream>
 
 #include "autograd/node.h"
+#include "distributed/async_communicator.h"
 #include "tensor/check.h"
 #include "tensor/ops.h"
 
 namespace dtrain {
+
+using Clock = std::chrono::steady_clock;
 
 struct Bucket {
   std::vector<size_t> params;  // indices into State::params, in bucket order
@@ -18,7 +24,43 @@ struct Bucket {
   Tensor compressed;           // fp16/bf16 copy sent instead of flat by a comm hook
   int pending = 0;             // parameters whose gradient is not final yet this step
   dist::WorkPtr work;
+  Clock::time_point launched;  // collect_stats: when this step's all-reduce was issued
 };
+
+namespace {
+
+/// When this rank's collectives finished, by sequence number: noted on the communicator's worker
+/// thread right after each one ran, before its Work completes (collect_stats).
+class FinishTimes final : public dist::CollectiveObserver {
+ public:
+  void on_start(int, const dist::CollectiveInfo&) override {}
+  void on_finish(int, const dist::CollectiveInfo& info) override {
+    const Clock::time_point now = Clock::now();
+    std::lock_guard lock(mu_);
+    times_.emplace_back(info.sequence, now);
+  }
+  /// When collective `sequence` finished; valid once its Work's wait() has returned.
+  Clock::time_point of(uint64_t sequence) {
+    std::lock_guard lock(mu_);
+    for (const auto& [seq, at] : times_) {
+      if (seq == sequence) return at;
+    }
+    return Clock::now();  // not observed (cannot happen after wait()): count it as ending now
+  }
+  /// Forgets what was noted (once per step, so the list stays a step long).
+  void clear() {
+    std::lock_guard lock(mu_);
+    times_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<uint64_t, Clock::time_point>> times_;
+};
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+}  // namespace
 
 struct DistributedDataParallel::State {
   std::shared_ptr<dist::Communicator> comm;
@@ -30,7 +72,9 @@ struct DistributedDataParallel::State {
   size_t next_launch = 0;
   bool syncing = true;
   bool rebuilt = false;
-  std::vector<size_t> ready_order;  // first step: the order gradients became final
+  std::vector<size_t> ready_order;            // first step: the order gradients became final
+  std::shared_ptr<FinishTimes> finish_times;  // set when collect_stats
+  DdpStats stats;
 
   /// Groups parameters in `order` into buckets (one dtype each, first bucket smaller), and makes
   /// every gradient a view into its bucket, keeping the values it had.
@@ -73,6 +117,7 @@ struct DistributedDataParallel::State {
   }
 
   void launch(Bucket& b) {
+    if (finish_times) b.launched = Clock::now();
     const int world = comm->size();
     if (options.comm_hook == "none") {
       b.work = comm->all_reduce(b.flat, {dist::ReduceOp::kAvg, options.timeout});
@@ -112,6 +157,27 @@ struct DistributedDataParallel::State {
     if (options.overlap) launch_ready();
   }
 
+  /// Adds one step to stats: the union of the buckets' [launched, finished] intervals, and the part
+  /// of it after `entered` (when synchronize_gradients began, i.e. after backward returned).
+  void record_step(std::vector<std::pair<Clock::time_point, Clock::time_point>> busy,
+                   Clock::time_point entered) {
+    const Clock::time_point left = Clock::now();
+    std::sort(busy.begin(), busy.end());
+    double total = 0, exposed = 0;
+    for (size_t i = 0; i < busy.size();) {
+      const Clock::time_point begin = busy[i].first;
+      Clock::time_point end = busy[i].second;
+      for (++i; i < busy.size() && busy[i].first <= end; ++i) end = std::max(end, busy[i].second);
+      total += seconds(end - begin);
+      if (end > entered) exposed += seconds(end - std::max(begin, entered));
+    }
+    ++stats.steps;
+    stats.all_reduce_s += total;
+    stats.exposed_s += exposed;
+    stats.synchronize_s += seconds(left - entered);
+    finish_times->clear();
+  }
+
   int64_t offset_in_bucket(size_t i) const {
     int64_t at = 0;
     for (size_t j : buckets[bucket_of[i]].params) {
@@ -146,6 +212,13 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& model,
       options_.comm_hook == "none" || options_.comm_hook == "fp16" || options_.comm_hook == "bf16",
       "DistributedDataParallel: comm_hook must be none, fp16 or bf16; got '", options_.comm_hook,
       "'");
+  auto* observed = dynamic_cast<dist::AsyncCommunicator*>(comm_.get());
+  if (options_.collect_stats && observed == nullptr) {
+    DTRAIN_THROW(UnsupportedError,
+                 "DistributedDataParallel: collect_stats observes when each all-reduce finishes, "
+                 "which needs a communicator derived from AsyncCommunicator; the '",
+                 comm_->backend_name(), "' communicator is not one");
+  }
   check_models_agree();
   broadcast_state(/*parameters=*/true, /*buffers=*/true);
   State& s = *state_;
@@ -165,6 +238,12 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& model,
       if (auto st = weak.lock()) st->on_ready(i);
     });
   }
+  if (options_.collect_stats) {
+    // Construction waited for its own collectives, so the worker thread is not reading the
+    // observer slot while it changes.
+    s.finish_times = std::make_shared<FinishTimes>();
+    observed->set_observer(s.finish_times.get());
+  }
 }
 
 DistributedDataParallel::~DistributedDataParallel() {
@@ -176,6 +255,10 @@ DistributedDataParallel::~DistributedDataParallel() {
       } catch (...) {
       }
     }
+  }
+  if (state_->finish_times) {
+    // Nothing of ours is in flight any more: the worker cannot be calling the observer.
+    static_cast<dist::AsyncCommunicator&>(*comm_).set_observer(nullptr);
   }
 }
 
@@ -246,6 +329,8 @@ Tensor DistributedDataParallel::forward(const Tensor& x) {
 void DistributedDataParallel::synchronize_gradients() {
   State& s = *state_;
   if (!s.syncing) return;
+  const bool timed = s.finish_times != nullptr;
+  const Clock::time_point entered = timed ? Clock::now() : Clock::time_point{};
   std::vector<std::string> unused;
   for (size_t i = 0; i < s.params.size(); ++i) {
     if (!s.ready[i]) unused.push_back(s.params[i].first);
@@ -271,8 +356,10 @@ void DistributedDataParallel::synchronize_gradients() {
     }
   }
   s.launch_ready();  // buckets not started from backward (no overlap, unused parameters)
+  std::vector<std::pair<Clock::time_point, Clock::time_point>> busy;
   for (Bucket& b : s.buckets) {
     b.work->wait(options_.timeout);
+    if (timed) busy.emplace_back(b.launched, s.finish_times->of(b.work->info().sequence));
     b.work.reset();
     if (b.compressed.defined()) {
       b.flat.copy_(b.compressed);
@@ -282,6 +369,7 @@ void DistributedDataParallel::synchronize_gradients() {
   }
   std::fill(s.ready.begin(), s.ready.end(), false);
   s.next_launch = 0;
+  if (timed) s.record_step(std::move(busy), entered);
   if (!s.rebuilt) {
     // Buckets follow the order gradients actually became final. Rank 0's order is used
     // everywhere, so all ranks issue the same all-reduces.
@@ -305,6 +393,10 @@ DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp) : ddp_(ddp
 }
 
 DistributedDataParallel::NoSync::~NoSync() { ddp_.state_->syncing = true; }
+
+DdpStats DistributedDataParallel::stats() const { return state_->stats; }
+
+void DistributedDataParallel::reset_stats() { state_->stats = DdpStats{}; }
 
 std::vector<std::vector<std::string>> DistributedDataParallel::bucket_layout() const {
   std::vector<std::vector<std::string>> layout;

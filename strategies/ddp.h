@@ -23,6 +23,25 @@ struct DdpOptions {
   /// own; with one core per rank a polling communicator competes with backward for it.
   bool overlap = true;
   dist::Timeout timeout = dist::kDefaultTimeout;
+  /// Time the gradient all-reduces (stats()). Needs a communicator derived from AsyncCommunicator
+  /// and takes its one observer slot while the wrapper lives (a Watchdog installed there stops
+  /// being told), so it is for measurements, not for the Trainer's strategies.
+  bool collect_stats = false;
+};
+
+/// How much of the gradient all-reduce backward hid, summed over the synchronised steps since
+/// construction or reset_stats() (DdpOptions::collect_stats). Seconds of steady_clock.
+struct DdpStats {
+  int64_t steps = 0;
+  /// Busy time: per step, the union over buckets of [all-reduce launched, all-reduce finished on
+  /// the communicator's thread].
+  double all_reduce_s = 0;
+  /// The part of all_reduce_s after backward returned (synchronize_gradients was entered).
+  double exposed_s = 0;
+  /// Time spent in synchronize_gradients (exposed_s plus launching and waking up).
+  double synchronize_s = 0;
+  /// The fraction of all-reduce time hidden behind backward: 1 - exposed_s / all_reduce_s.
+  double hidden_fraction() const { return all_reduce_s > 0 ? 1.0 - exposed_s / all_reduce_s : 0; }
 };
 
 /// Wraps a model. Construction is collective: rank 0's parameters and buffers are broadcast after
@@ -64,6 +83,9 @@ class DistributedDataParallel {
   dist::Communicator& communicator() { return *comm_; }
   /// Bucket membership as parameter names, in all-reduce order (for tests and logs).
   std::vector<std::vector<std::string>> bucket_layout() const;
+  /// All-reduce timing so far; zeros unless DdpOptions::collect_stats.
+  DdpStats stats() const;
+  void reset_stats();
 
   struct State;
 

@@ -13,7 +13,6 @@
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "strategies/ddp_strategy.h"
-#include "strategies/mirrored.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -236,6 +235,42 @@ TEST(Ddp, BucketsFollowTheCapAndAreRebuiltInTheOrderGradientsBecameReady) {
   });
 }
 
+TEST(Ddp, StatsSplitAllReduceTimeIntoHiddenAndExposed) {
+  Data data(2 * 4 * 3, 14);
+  for (bool overlap : {false, true}) {
+    for_each_rank(2, [&](std::shared_ptr<dist::Communicator> comm) {
+      auto model = make_model(0);
+      // One bucket per parameter, so buckets launch while backward continues.
+      DistributedDataParallel ddp(*model, comm,
+                                  {.bucket_cap_mb = 1e-9,
+                                   .bucket_first_cap_mb = 1e-9,
+                                   .overlap = overlap,
+                                   .collect_stats = true});
+      for (int s = 0; s < 3; ++s) {
+        auto [x, y] = data.rows(s * 8 + comm->rank() * 4, 4);
+        model->zero_grad();
+        cross_entropy(ddp.forward(x), y).backward();
+        ddp.synchronize_gradients();
+      }
+      const DdpStats st = ddp.stats();
+      EXPECT_EQ(st.steps, 3);
+      EXPECT_GT(st.all_reduce_s, 0);
+      EXPECT_LE(st.exposed_s, st.all_reduce_s);
+      EXPECT_LE(st.exposed_s, st.synchronize_s);
+      if (overlap) {
+        // Every bucket but the last was issued from a hook, before backward returned.
+        EXPECT_GT(st.hidden_fraction(), 0);
+      } else {
+        // All buckets start in synchronize_gradients: nothing is hidden.
+        EXPECT_EQ(st.hidden_fraction(), 0);
+      }
+      ddp.reset_stats();
+      EXPECT_EQ(ddp.stats().steps, 0);
+      EXPECT_EQ(ddp.stats().all_reduce_s, 0);
+    });
+  }
+}
+
 TEST(Ddp, Fp16CompressionStaysCloseToFullPrecision) {
   Data data(2 * 4 * 5, 12);
   const auto full = train_ddp(2, 4, 5, data);
@@ -274,49 +309,6 @@ TEST(DdpStrategy, ParameterDriftIsReportedNamingTheReplica) {
   }
   for (auto& t : threads) t.join();
   for (const auto& e : errors) EXPECT_THAT(e, HasSubstr("drifted apart by step 20: replica(s) 2"));
-}
-
-}  // namespace
-}  // namespace dtrain
-
-namespace dtrain {
-namespace {
-
-// The TensorFlow-shaped C++ API: run(step_fn) on 2 replica threads with batch B each trains like
-// one process with batch 2B; reduce() combines what the replicas returned.
-TEST(MirroredStrategyApi, RunStepFnOnEveryReplicaMatchesOneBigBatch) {
-  const int replicas = 2, steps = 10;
-  const int64_t batch = 4;
-  Data data(replicas * batch * steps, 13);
-  auto model = make_model(0);
-  MirroredStrategy strategy(*model, replicas);
-  std::vector<std::unique_ptr<nn::SGD>> optimizers;
-  for (int r = 0; r < replicas; ++r) {
-    optimizers.push_back(std::make_unique<nn::SGD>(strategy.replica_model(r).parameters(),
-                                                   nn::SgdOptions{0.1, 0.9}));
-  }
-  for (int s = 0; s < steps; ++s) {
-    const std::vector<double> losses = strategy.run<double>([&](ReplicaContext& ctx) {
-      auto [x, y] = data.rows((s * ctx.num_replicas + ctx.replica) * batch, batch);
-      optimizers[ctx.replica]->zero_grad();
-      Tensor loss = cross_entropy(ctx.ddp.forward(x), y);
-      loss.backward();
-      ctx.ddp.synchronize_gradients();
-      optimizers[ctx.replica]->step();
-      return loss.item<double>();
-    });
-    ASSERT_EQ(losses.size(), 2u);
-    EXPECT_NEAR(MirroredStrategy::reduce(dist::ReduceOp::kAvg, losses), (losses[0] + losses[1]) / 2,
-                1e-12);
-  }
-  const auto single = train_single(replicas * batch, steps, data);
-  const auto trained = model->state_dict();
-  for (size_t i = 0; i < single.size(); ++i) {
-    EXPECT_TRUE(testutil::all_close(trained[i].second, single[i].second, 1e-5, 1e-6))
-        << single[i].first;
-    EXPECT_TRUE(
-        testutil::bit_equal(strategy.replica_model(1).state_dict()[i].second, trained[i].second));
-  }
 }
 
 }  // namespace

@@ -1,0 +1,154 @@
+// MirroredStrategy's TensorFlow-shaped API with a DistributedDataset: run(step_fn) on N replica
+// threads, each with its share of the global batch, trains like one process with the global batch,
+// including the short last batch of every epoch (uneven shares, empty shares run or skipped).
+#include "strategies/mirrored.h"
+
+#include <gtest/gtest.h>
+
+#include "data/distributed_dataset.h"
+#include "data/synthetic.h"
+#include "nn/layers.h"
+#include "nn/optim.h"
+#include "testutil.h"
+
+namespace dtrain {
+namespace {
+
+constexpr int64_t kFeatures = 6, kClasses = 3, kPerReplica = 4;
+constexpr int kSteps = 20;
+constexpr uint64_t kSeed = 21;
+
+std::shared_ptr<nn::Sequential> make_classifier() {
+  Generator gen(5);
+  auto model = std::make_shared<nn::Sequential>();
+  model->add(std::make_shared<nn::Linear>(kFeatures, 8, true, gen));
+  model->add(std::make_shared<nn::Tanh>());
+  model->add(std::make_shared<nn::Linear>(8, kClasses, true, gen));
+  return model;
+}
+
+/// How the epoch's last global batch looks, and what a replica with an empty share does.
+enum class Tail {
+  kUneven,              // global / 2 + 1 rows: shares differ by one row
+  kEmptyShares,         // replicas - 1 rows: the last replica's share is empty; it runs the step
+  kEmptySharesSkipped,  // the same, but it skips forward and backward (find_unused_parameters)
+};
+
+struct Case {
+  int replicas;
+  Tail tail;
+};
+
+/// A data set the global batch does not divide: four full global batches, then the tail.
+data::DatasetPtr make_dataset(const Case& c) {
+  const int64_t global = kPerReplica * c.replicas;
+  const int64_t tail = c.tail == Tail::kUneven ? global / 2 + 1 : c.replicas - 1;
+  return std::make_shared<data::SyntheticDataset>(4 * global + tail, Shape{kFeatures}, kClasses, 3);
+}
+
+struct Trained {
+  nn::NamedTensors parameters;
+  std::vector<double> losses;  // the global batch's mean loss per step
+};
+
+/// The reference: one process with the global batch, as the Trainer's data path gives it.
+Trained train_one_process(const data::DatasetPtr& dataset, int64_t global) {
+  auto model = make_classifier();
+  nn::SGD opt(model->parameters(), {0.1, 0.9});
+  data::DataLoader loader(dataset,
+                          data::DistributedSampler(dataset->size(), 1, 0, true, kSeed, false),
+                          global, /*drop_last=*/false);
+  Trained out;
+  for (int64_t epoch = 0; static_cast<int>(out.losses.size()) < kSteps; ++epoch) {
+    loader.start_epoch(epoch);
+    data::Batch b;
+    while (static_cast<int>(out.losses.size()) < kSteps && loader.next(b)) {
+      opt.zero_grad();
+      Tensor loss = cross_entropy(model->forward(b.x), b.y);
+      loss.backward();
+      opt.step();
+      out.losses.push_back(loss.item<double>());
+    }
+  }
+  out.parameters = model->state_dict();
+  return out;
+}
+
+class MirroredDistributedData : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MirroredDistributedData, TwentyStepsMatchOneProcessWithTheGlobalBatch) {
+  const Case c = GetParam();
+  const bool skip_empty = c.tail == Tail::kEmptySharesSkipped;
+  const data::DatasetPtr dataset = make_dataset(c);
+  const int64_t global = kPerReplica * c.replicas;
+  const Trained single = train_one_process(dataset, global);
+
+  auto model = make_classifier();
+  DdpOptions ddp_options;
+  if (skip_empty) {
+    ddp_options.find_unused_parameters = true;  // a skipping replica's zeroed gradients count
+    ddp_options.broadcast_buffers = false;      // its forward would not broadcast
+  }
+  MirroredStrategy strategy(*model, c.replicas, ddp_options);
+  std::vector<std::unique_ptr<nn::SGD>> optimizers;
+  for (int r = 0; r < c.replicas; ++r) {
+    optimizers.push_back(std::make_unique<nn::SGD>(strategy.replica_model(r).parameters(),
+                                                   nn::SgdOptions{0.1, 0.9}));
+  }
+  data::DistributedDataset batches(dataset, strategy.num_replicas_in_sync(),
+                                   {.global_batch_size = global, .shuffle = true, .seed = kSeed});
+  int step = 0;
+  for (int64_t epoch = 0; step < kSteps; ++epoch) {
+    batches.start_epoch(epoch);
+    data::DistributedBatch batch;
+    while (step < kSteps && batches.next(batch)) {
+      const std::vector<double> losses = strategy.run<double>([&](ReplicaContext& ctx) {
+        const data::Batch& b = batch.per_replica[ctx.replica];
+        const double scale = batch.loss_scale(ctx.replica);
+        optimizers[ctx.replica]->zero_grad();
+        double weighted = 0;
+        if (!(skip_empty && b.y.size(0) == 0)) {
+          Tensor loss = cross_entropy(ctx.ddp.forward(b.x), b.y);
+          (loss * scale).backward();
+          weighted = loss.item<double>() * scale;
+        }
+        ctx.ddp.synchronize_gradients();
+        optimizers[ctx.replica]->step();
+        return weighted;
+      });
+      ASSERT_EQ(static_cast<int>(losses.size()), c.replicas);
+      EXPECT_NEAR(MirroredStrategy::reduce(dist::ReduceOp::kAvg, losses), single.losses[step],
+                  1e-5 * single.losses[step])
+          << "step " << step << " (" << batch.global_size << " rows)";
+      ++step;
+    }
+  }
+  const auto trained = model->state_dict();
+  for (size_t i = 0; i < single.parameters.size(); ++i) {
+    EXPECT_TRUE(testutil::all_close(trained[i].second, single.parameters[i].second, 1e-5, 1e-6))
+        << single.parameters[i].first;
+    for (int r = 1; r < c.replicas; ++r) {
+      EXPECT_TRUE(
+          testutil::bit_equal(strategy.replica_model(r).state_dict()[i].second, trained[i].second))
+          << "replica " << r << " " << single.parameters[i].first;
+    }
+  }
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const char* tail = info.param.tail == Tail::kUneven        ? "UnevenTail"
+                     : info.param.tail == Tail::kEmptyShares ? "EmptySharesRun"
+                                                             : "EmptySharesSkipped";
+  return std::to_string(info.param.replicas) + "Replicas" + tail;
+}
+
+INSTANTIATE_TEST_SUITE_P(Replicas, MirroredDistributedData,
+                         ::testing::Values(Case{2, Tail::kUneven}, Case{3, Tail::kUneven},
+                                           Case{4, Tail::kUneven}, Case{2, Tail::kEmptyShares},
+                                           Case{3, Tail::kEmptyShares}, Case{4, Tail::kEmptyShares},
+                                           Case{3, Tail::kEmptySharesSkipped},
+                                           Case{4, Tail::kEmptySharesSkipped}),
+                         case_name);
+
+}  // namespace
+}  // namespace dtrain
