@@ -89,6 +89,7 @@ void reduce_into(void* dst, const void* src, int64_t n, DType dtype, ReduceOp op
 }
 
 void divide_in_place(void* data, int64_t n, DType dtype, int64_t divisor) {
+  if (divisor == 1) return;  // one rank: its values are the average already
   if (dtype == DType::kFloat32) {
     float* p = static_cast<float*>(data);
     for (int64_t i = 0; i < n; ++i) p[i] /= static_cast<float>(divisor);
