@@ -115,6 +115,7 @@ struct Worker {
   std::string partial, beat_partial;
   std::deque<std::string> tail;
   Clock::time_point last_beat;
+  bool beat_seen = false;
   std::string progress = "no collective yet";
   bool exited = false;
   int status = 0;
@@ -135,6 +136,7 @@ class Launcher {
   Outcome monitor(int attempt);
   void stop_workers();
   void drain(Worker& w, bool to_eof);
+  void emit_line(Worker& w, const std::string& line);
   void read_beats(Worker& w);
   void handle_signals();
   bool reap();
@@ -144,8 +146,11 @@ class Launcher {
   }
   /// Adds this node to a counter and waits until every node has; false on timeout.
   bool count_and_wait(const std::string& counter, milliseconds timeout);
+  /// After this node's workers succeeded: true once every node's have, false when a failure was
+  /// recorded (or the launcher was interrupted) meanwhile.
+  bool wait_for_every_node_done(int attempt);
   milliseconds ms(double seconds) const {
-    return milliseconds(static_cast<int64_t>(seconds * 1e3));
+    return milliseconds(static_cast<int64_t>(std::min(seconds, 1e9) * 1e3));  // 1e9 s: forever
   }
 
   const LaunchOptions o_;
@@ -184,6 +189,8 @@ void Launcher::start_store() {
   co.port = port;
   co.token = token_;
   co.connect_timeout = ms(o_.rdzv_timeout_s);
+  // Every request of the launcher is quick; an unanswered one means node 0 is gone or cut off.
+  co.request_timeout = milliseconds(30'000);
   store_ = std::make_unique<dist::StoreClient>(co);
 }
 
@@ -303,7 +310,7 @@ void Launcher::spawn(int attempt) {
                  "launch: socketpair: ", net::errno_text(errno));
     if (o_.log_dir.size()) {
       const std::string path = o_.log_dir + "/rank_" + std::to_string(w.rank) + ".log";
-      w.log.reset(std::fopen(path.c_str(), "a"));
+      w.log.reset(std::fopen(path.c_str(), "ae"));
       DTRAIN_CHECK(w.log != nullptr, "launch: cannot open ", path, ": ", net::errno_text(errno));
       std::fprintf(w.log.get(), "--- dtrain launch: attempt %d, rank %d on %s ---\n", attempt,
                    w.rank, host_.c_str());
@@ -350,6 +357,17 @@ void Launcher::spawn(int attempt) {
                     : std::to_string(threads) + " thread(s) each"));
 }
 
+void Launcher::emit_line(Worker& w, const std::string& line) {
+  w.tail.push_back(line);
+  if (w.tail.size() > kTailLines) w.tail.pop_front();
+  if (w.log) {
+    std::fprintf(w.log.get(), "%s\n", line.c_str());
+  } else {
+    const std::string out = "[rank " + std::to_string(w.rank) + "] " + line + "\n";
+    std::fwrite(out.data(), 1, out.size(), stdout);
+  }
+}
+
 void Launcher::drain(Worker& w, bool to_eof) {
   if (!w.out) return;
   char buf[65536];
@@ -359,16 +377,8 @@ void Launcher::drain(Worker& w, bool to_eof) {
       w.partial.append(buf, size_t(n));
       size_t start = 0, nl;
       while ((nl = w.partial.find('\n', start)) != std::string::npos) {
-        const std::string line = w.partial.substr(start, nl - start);
+        emit_line(w, w.partial.substr(start, nl - start));
         start = nl + 1;
-        w.tail.push_back(line);
-        if (w.tail.size() > kTailLines) w.tail.pop_front();
-        if (w.log) {
-          std::fprintf(w.log.get(), "%s\n", line.c_str());
-        } else {
-          const std::string out = "[rank " + std::to_string(w.rank) + "] " + line + "\n";
-          std::fwrite(out.data(), 1, out.size(), stdout);
-        }
       }
       w.partial.erase(0, start);
       continue;
@@ -380,11 +390,9 @@ void Launcher::drain(Worker& w, bool to_eof) {
       if (::poll(&p, 1, 200) <= 0) break;  // a grandchild may keep the pipe open
       continue;
     }
-    w.out.reset();  // EOF or error
-    if (!w.partial.empty()) {
-      w.partial += "\n";
-      drain(w, false);
-    }
+    w.out.reset();                                    // EOF or error
+    if (!w.partial.empty()) emit_line(w, w.partial);  // its last words, without a newline
+    w.partial.clear();
     break;
   }
   if (w.log) std::fflush(w.log.get());
@@ -398,6 +406,7 @@ void Launcher::read_beats(Worker& w) {
     const ssize_t n = ::read(w.beat.get(), buf, sizeof buf);
     if (n > 0) {
       w.last_beat = Clock::now();
+      w.beat_seen = true;
       w.beat_partial.append(buf, size_t(n));
       // Each line is one heartbeat carrying the worker's collective progress; keep the newest.
       size_t nl;
@@ -478,7 +487,11 @@ Outcome Launcher::monitor(int attempt) {
     for (Worker& w : workers_) {
       if (!w.exited) {
         all_done = false;
-        if (o_.heartbeat_timeout_s > 0 && now - w.last_beat > ms(o_.heartbeat_timeout_s)) {
+        // Until its first heartbeat a worker is still loading (libraries, data): at least 30 s.
+        const milliseconds limit = w.beat_seen
+                                       ? ms(o_.heartbeat_timeout_s)
+                                       : std::max(ms(o_.heartbeat_timeout_s), milliseconds(30'000));
+        if (o_.heartbeat_timeout_s > 0 && now - w.last_beat > limit) {
           char what[160];
           std::snprintf(what, sizeof what,
                         "sent no heartbeat for %.1f s (launcher.heartbeat_timeout_s): stopped "
@@ -548,6 +561,32 @@ void Launcher::stop_workers() {
   }
 }
 
+bool Launcher::wait_for_every_node_done(int attempt) {
+  // This node's workers are done; another node's may still fail, and then every node must take
+  // the failure path together (stop, agree, restart) instead of this one leaving with 0.
+  store_->add(key(attempt, "done"), 1);
+  const auto deadline = Clock::now() + ms(o_.rdzv_timeout_s);
+  for (milliseconds pause{5};; pause = std::min(pause * 2, milliseconds(200))) {
+    const auto done = store_->try_get(key(attempt, "done"));
+    if (done && std::stoll(*done) >= o_.nnodes) return true;
+    if (auto root = store_->try_get(key(attempt, "failed"))) {
+      say("attempt " + std::to_string(attempt) + " failed on another node; root cause:\n  " +
+          *root);
+      return false;
+    }
+    handle_signals();
+    if (interrupted_by_) return false;
+    if (Clock::now() >= deadline) {
+      store_->compare_set(key(attempt, "failed"), "",
+                          "node " + std::to_string(o_.node_rank) + " (" + host_ +
+                              ") finished but not every node did within "
+                              "launcher.rdzv_timeout_s");
+      return false;
+    }
+    std::this_thread::sleep_for(pause);
+  }
+}
+
 bool Launcher::count_and_wait(const std::string& counter, milliseconds timeout) {
   store_->add(counter, 1);
   const auto deadline = Clock::now() + timeout;
@@ -555,6 +594,8 @@ bool Launcher::count_and_wait(const std::string& counter, milliseconds timeout) 
     const auto value = store_->try_get(counter);
     if (value && std::stoll(*value) >= o_.nnodes) return true;
     if (Clock::now() >= deadline) return false;
+    handle_signals();
+    if (interrupted_by_) return false;
     std::this_thread::sleep_for(pause);
   }
 }
@@ -577,6 +618,7 @@ int Launcher::run() {
   // signal never reaches the descriptor: take both back.
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGTERM, SIG_DFL);
+  ::signal(SIGCHLD, SIG_DFL);  // an inherited SIG_IGN would reap the workers behind our back
   sigset_t mask;
   sigemptyset(&mask);
   for (int sig : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&mask, sig);
@@ -589,9 +631,11 @@ int Launcher::run() {
     for (int attempt = 0;; ++attempt) {
       rendezvous(attempt);
       spawn(attempt);
-      const Outcome outcome = monitor(attempt);
+      Outcome outcome = monitor(attempt);
+      if (outcome == Outcome::kSucceeded && !wait_for_every_node_done(attempt)) {
+        outcome = interrupted_by_ ? Outcome::kInterrupted : Outcome::kFailed;
+      }
       if (outcome == Outcome::kSucceeded) {
-        count_and_wait(key(attempt, "done"), ms(o_.rdzv_timeout_s));
         // Node 0 keeps the Store up until every node has seen the outcome; the others leave at
         // once (node 0 may be gone by the time they would look again).
         if (o_.node_rank != 0) {
@@ -620,10 +664,19 @@ int Launcher::run() {
       stop_workers();
       if (interrupted_by_) return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
       if (!count_and_wait(key(attempt, "stopped"), ms(o_.rdzv_timeout_s))) {
+        if (interrupted_by_) return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
         say("error: not every node stopped its workers within launcher.rdzv_timeout_s; giving up");
         return 1;
       }
-      if (attempt >= o_.max_restarts) break;
+      if (attempt >= o_.max_restarts) {
+        // Node 0 keeps the Store up until every node knows the job is over.
+        if (o_.node_rank != 0) {
+          store_->add(key(attempt, "leaving"), 1);
+        } else {
+          count_and_wait(key(attempt, "leaving"), milliseconds(10'000));
+        }
+        break;
+      }
       say("restarting every worker (restart " + std::to_string(attempt + 1) + " of " +
           std::to_string(o_.max_restarts) + "); they resume from the latest checkpoint");
     }

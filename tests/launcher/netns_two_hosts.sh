@@ -21,6 +21,10 @@ work=$(mktemp -d /tmp/dtrain-netns.XXXXXX)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  # `timeout` cannot pass SIGKILL on: whatever still runs inside the hosts goes too.
+  for ns in "$ns_a" "$ns_b"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done
   ip netns del "$ns_a" 2>/dev/null || true
   ip netns del "$ns_b" 2>/dev/null || true
   rm -rf "$work"
@@ -120,7 +124,7 @@ if [ -z "$victim" ]; then  # the worker is the launcher's child inside host b's 
     tr '\0' '\n' <"/proc/$p/environ" | grep -qx DTRAIN_NODE_RANK=1 && echo "$p"; done | head -1)
 fi
 [ -n "$victim" ] || fail "cannot find host b's worker"
-kill -KILL "$victim"
+kill -KILL "$victim" || fail "worker $victim was gone before the kill (the job ended too soon?)"
 wait "${pids[0]}" || fail "host a's launcher failed after the kill"
 wait "${pids[1]}" || fail "host b's launcher failed after the kill"
 pids=()

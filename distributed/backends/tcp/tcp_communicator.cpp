@@ -385,7 +385,7 @@ void TcpCommunicator::exchange(std::vector<Transfer>& transfers, const Collectiv
   const auto check_data_frame = [&](PeerIo& x) {
     const FrameView f(x.frame);
     const bool same =
-        p2p ? (f.tag() == x.in->tag && f.bytes() == x.in->bytes)
+        p2p ? (f.sequence() == 0 && f.tag() == x.in->tag && f.bytes() == x.in->bytes)
             : (f.sequence() == info.sequence && f.what() == what && f.bytes() == x.in->bytes);
     if (!same) {
       DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), " received from ",
@@ -445,8 +445,9 @@ void TcpCommunicator::exchange(std::vector<Transfer>& transfers, const Collectiv
         x.frame_done = 0;
         const FrameView f(x.frame);
         if (f.kind() == kFrameAck) {
-          DTRAIN_CHECK(!x.out_done && x.out != nullptr && peers_[x.peer].cross_memory, "tcp: rank ",
-                       rank(), " in ", info.describe(),
+          DTRAIN_CHECK(!x.out_done && x.out != nullptr && peers_[x.peer].cross_memory &&
+                           f.sequence() == info.sequence,
+                       "tcp: rank ", rank(), " in ", info.describe(),
                        ": unexpected acknowledgement "
                        "from ",
                        peer_name(x.peer));
