@@ -658,6 +658,12 @@ int Launcher::run() {
         }
         say(why + "; stopping the workers");
         stop_workers();
+        try {
+          // The other nodes stop too and do not restart: the job was stopped, not broken.
+          store_->set(key(attempt, "abort"), why);
+          store_->add(key(attempt, "stopped"), 1);
+        } catch (const Error&) {
+        }
         return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
       }
       failures.push_back(store_->get(key(attempt, "failed")));
@@ -666,6 +672,10 @@ int Launcher::run() {
       if (!count_and_wait(key(attempt, "stopped"), ms(o_.rdzv_timeout_s))) {
         if (interrupted_by_) return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
         say("error: not every node stopped its workers within launcher.rdzv_timeout_s; giving up");
+        return 1;
+      }
+      if (auto why = store_->try_get(key(attempt, "abort"))) {
+        say("not restarting: " + *why);
         return 1;
       }
       if (attempt >= o_.max_restarts) {
