@@ -133,6 +133,13 @@ std::string final_weights(const std::filesystem::path& dir) {
   return testutil::safetensors_data(read_file(dir / "model.safetensors"));
 }
 
+void expect_same_final_weights(const std::filesystem::path& a, const std::filesystem::path& b,
+                               const std::string& which) {
+  const std::string wa = final_weights(a), wb = final_weights(b);
+  EXPECT_FALSE(wa.empty());
+  EXPECT_TRUE(wa == wb) << "final weights differ between " << which;
+}
+
 struct Job {
   ScratchDir root;
   std::filesystem::path dir(const std::string& name) {
@@ -168,9 +175,7 @@ TEST(Launch, TwoWorkersMatchMpirunBitForBit) {
   const CommandResult mpi = testutil::run_dtrain_mpirun(2, "train run.yaml", b);
   ASSERT_EQ(mpi.exit_code, 0) << mpi.output;
   EXPECT_EQ(final_line(launched.output), final_line(mpi.output));
-  const std::string wa = final_weights(a), wb = final_weights(b);
-  EXPECT_FALSE(wa.empty());
-  EXPECT_TRUE(wa == wb) << "final weights differ between dtrain launch and mpirun";
+  expect_same_final_weights(a, b, "dtrain launch and mpirun");
   expect_no_process_left(id);
 }
 
@@ -198,9 +203,7 @@ TEST(Launch, KilledWorkerRestartsAndEndsBitIdenticalToAnUninterruptedRun) {
   EXPECT_THAT(killed.output, HasSubstr("restarting every worker (restart 1 of 2)"));
   EXPECT_THAT(killed.output, HasSubstr("[rank 0] resuming from checkpoints/"));
   EXPECT_EQ(final_line(killed.output), final_line(straight.output));
-  const std::string wa = final_weights(a), wb = final_weights(b);
-  EXPECT_FALSE(wa.empty());
-  EXPECT_TRUE(wa == wb) << "the recovered run's final weights differ from the uninterrupted run's";
+  expect_same_final_weights(a, b, "the uninterrupted and the recovered run");
   expect_no_process_left(id);
 }
 
