@@ -12,6 +12,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <system_error>
 
@@ -167,6 +168,20 @@ UniqueFd try_connect_tcp(const std::string& host, uint16_t port, Clock::time_poi
     return s;
   }
   return UniqueFd();
+}
+
+std::string random_hex(size_t bytes, const std::string& what) {
+  std::string raw(bytes, '\0');
+  std::ifstream urandom("/dev/urandom", std::ios::binary);
+  urandom.read(raw.data(), static_cast<std::streamsize>(raw.size()));
+  DTRAIN_CHECK(urandom.good(), "cannot read /dev/urandom for ", what);
+  std::string hex;
+  for (unsigned char b : raw) {
+    constexpr char kDigits[] = "0123456789abcdef";
+    hex += kDigits[b >> 4];
+    hex += kDigits[b & 15];
+  }
+  return hex;
 }
 
 std::string local_address_towards(const std::string& host, uint16_t port) {

@@ -58,6 +58,10 @@ UniqueFd listen_tcp(const std::string& bind_address, uint16_t port, uint16_t* bo
 UniqueFd try_connect_tcp(const std::string& host, uint16_t port, Clock::time_point deadline,
                          std::string& error);
 
+/// `bytes` random bytes from /dev/urandom as lowercase hex (tokens, connection secrets); throws
+/// Error naming `what` when the device cannot be read.
+std::string random_hex(size_t bytes, const std::string& what);
+
 /// The local address this machine uses to reach host:port (a UDP connect; nothing is sent):
 /// what a worker advertises to peers that reach it the same way. Throws ValueError on failure.
 std::string local_address_towards(const std::string& host, uint16_t port);

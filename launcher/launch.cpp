@@ -69,20 +69,6 @@ std::string signal_text(int sig) {
   return "signal " + std::to_string(sig) + (abbrev ? " (SIG" + std::string(abbrev) + ")" : "");
 }
 
-std::string random_token() {
-  std::array<unsigned char, 16> bytes{};
-  std::ifstream urandom("/dev/urandom", std::ios::binary);
-  urandom.read(reinterpret_cast<char*>(bytes.data()), bytes.size());
-  DTRAIN_CHECK(urandom.good(), "launch: cannot read /dev/urandom for the store token");
-  std::string hex;
-  for (unsigned char b : bytes) {
-    constexpr char kDigits[] = "0123456789abcdef";
-    hex += kDigits[b >> 4];
-    hex += kDigits[b & 15];
-  }
-  return hex;
-}
-
 std::string host_name() {
   char name[256] = {};
   ::gethostname(name, sizeof name - 1);
@@ -611,7 +597,8 @@ int Launcher::run() {
     }
     token_ = shared;
   } else {
-    token_ = random_token();  // one job, one secret, never on a command line
+    token_ =
+        net::random_hex(16, "the store token");  // one job, one secret, never on a command line
   }
   // Signals arrive through a descriptor the monitor loop polls; workers get the old mask back.
   // A launcher started in the background by a shell inherits SIGINT ignored, and an ignored

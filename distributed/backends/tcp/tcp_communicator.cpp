@@ -66,20 +66,6 @@ struct Hello {
   char secret[kSecretBytes];
 };
 
-std::string random_secret() {
-  std::array<unsigned char, kSecretBytes / 2> bytes{};
-  std::ifstream urandom("/dev/urandom", std::ios::binary);
-  urandom.read(reinterpret_cast<char*>(bytes.data()), bytes.size());
-  DTRAIN_CHECK(urandom.good(), "tcp: cannot read /dev/urandom for the connection secret");
-  std::string hex;
-  for (unsigned char b : bytes) {
-    constexpr char kDigits[] = "0123456789abcdef";
-    hex += kDigits[b >> 4];
-    hex += kDigits[b & 15];
-  }
-  return hex;
-}
-
 /// Sends or receives exactly n bytes on a non-blocking socket before the deadline (set-up only).
 void blocking_io(int fd, char* p, size_t n, bool out, Clock::time_point deadline,
                  const std::string& what) {
@@ -232,7 +218,8 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
   }
   uint16_t port = 0;
   net::UniqueFd listener = net::listen_tcp(host, 0, &port, "tcp rank " + std::to_string(rank()));
-  if (rank() == 0) store.set(prefix + "secret", random_secret());
+  if (rank() == 0)
+    store.set(prefix + "secret", net::random_hex(kSecretBytes / 2, "the tcp connection secret"));
   const std::string secret = store.get(prefix + "secret");
   DTRAIN_CHECK(secret.size() == kSecretBytes, "tcp: malformed connection secret in the store");
   probe_ = secret;
