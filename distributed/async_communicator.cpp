@@ -1,8 +1,13 @@
 // The queue, the Work objects and the argument checks shared by host-memory backends.
 #include "distributed/async_communicator.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <sstream>
 
 #include "distributed/reduce.h"
@@ -36,11 +41,24 @@ void note_progress(std::string_view backend, int rank, const CollectiveInfo& inf
   }
 }
 
+/// The communicator whose collective this thread is running, if any: a collective that waits on
+/// another one of its communicator must not try to run it itself.
+thread_local const void* running_on_this_thread = nullptr;
+/// Set on communicators' worker threads, which run collectives nobody waits for yet.
+thread_local bool is_worker_thread = false;
+
 class QueuedWork final : public Work {
  public:
-  explicit QueuedWork(CollectiveInfo info) : info_(std::move(info)) {}
+  /// `help` runs the communicator's oldest queued collective on the calling thread when no
+  /// other thread is running one (false when it could not).
+  QueuedWork(CollectiveInfo info, std::function<bool()> help)
+      : info_(std::move(info)), help_(std::move(help)) {}
 
   void wait(Timeout timeout) override {
+    // A waiter that runs the queued collectives itself (in order, one thread at a time) saves
+    // waking the worker thread and being woken by it: two thread switches per step.
+    while (!finished_.load(std::memory_order_acquire) && help_()) {
+    }
     spin_until([&] { return finished_.load(std::memory_order_acquire); });
     std::unique_lock lock(mu_);
     if (!cv_.wait_for(lock, timeout, [&] { return done_; })) {
@@ -67,6 +85,7 @@ class QueuedWork final : public Work {
 
  private:
   CollectiveInfo info_;
+  std::function<bool()> help_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
@@ -163,19 +182,55 @@ void AsyncCommunicator::stop_worker() {
 }
 
 void AsyncCommunicator::worker_loop() {
+  // No spinning here: a thread waiting for its Work runs what is queued itself, so the worker
+  // only needs to start collectives nobody waits for yet (overlap), and a spinning worker would
+  // take a core from training threads.
+  is_worker_thread = true;
   for (;;) {
-    std::function<void()> task;
-    spin_until([&] { return queued_.load(std::memory_order_acquire) > 0; });
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      cv_.wait(lock, [&] { return stopping_ || (!queue_.empty() && !helped_); });
       if (queue_.empty()) return;  // stopping, and everything issued has run
-      task = std::move(queue_.front());
-      queue_.pop_front();
-      queued_.store(queue_.size(), std::memory_order_release);
     }
-    task();
+    std::unique_lock running(run_mu_);
+    run_front();  // nothing when a waiting thread took it meanwhile
   }
+}
+
+bool AsyncCommunicator::run_front() {
+  std::function<void()> task;
+  {
+    std::lock_guard lock(mu_);
+    if (queue_.empty()) return false;
+    task = std::move(queue_.front());
+    queue_.pop_front();
+    queued_.store(queue_.size(), std::memory_order_release);
+  }
+  running_on_this_thread = this;
+  task();
+  running_on_this_thread = nullptr;
+  return true;
+}
+
+bool AsyncCommunicator::try_run_queued() {
+  if (running_on_this_thread == this) return false;
+  std::unique_lock running(run_mu_, std::try_to_lock);
+  if (!running.owns_lock()) return false;
+  {
+    // While a waiter runs the queue the worker stays asleep instead of queueing on run_mu_.
+    std::lock_guard lock(mu_);
+    helped_ = true;
+  }
+  const bool ran = run_front();
+  bool more;
+  {
+    std::lock_guard lock(mu_);
+    helped_ = false;
+    more = !queue_.empty();
+  }
+  running.unlock();
+  if (more) cv_.notify_all();  // what the waiter leaves behind is the worker's again
+  return ran;
 }
 
 std::string collective_progress() {
@@ -195,7 +250,7 @@ CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {
 
 WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
                                    std::function<void()> body) {
-  auto work = std::make_shared<QueuedWork>(info);
+  auto work = std::make_shared<QueuedWork>(info, [this] { return try_run_queued(); });
   auto task = [this, work, info, timeout, body = std::move(body)] {
     note_progress(backend_name(), rank(), info, true);
     if (observer_) observer_->on_start(rank(), info);
@@ -221,9 +276,105 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
   return work;
 }
 
+std::shared_ptr<SharedSegment> AsyncCommunicator::segment_holding(const Tensor& t) {
+  for (const auto& weak : segments_) {
+    auto segment = weak.lock();
+    if (segment && segment->holds(rank(), t.data_ptr(), t.nbytes())) return segment;
+  }
+  return nullptr;
+}
+
+Tensor AsyncCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
+  DTRAIN_CHECK(numel >= 0, "allocate_symmetric: numel must be >= 0, got ", numel);
+  DTRAIN_CHECK(is_collective_dtype(dtype), "allocate_symmetric: dtype ", dtype_name(dtype),
+               " is not one collectives support");
+  if (shared_memory_ == SharedMemory::kUndecided) {
+    // Every rank's host key (and whether its environment allows shared memory), compared.
+    uint64_t key = 1469598103934665603ull;
+    const std::string settings =
+        (shared_memory_enabled_by_env() ? "|on|" : "|off|") +
+        std::to_string(shared_memory_max_bytes(shared_memory_default_max_bytes()));
+    for (unsigned char c : shared_memory_host_key() + settings) key = (key ^ c) * 1099511628211ull;
+    Tensor mine = zeros({1}, DType::kInt64);
+    mine.data<int64_t>()[0] = static_cast<int64_t>(key);
+    Tensor keys({size()}, DType::kInt64);
+    all_gather(mine, keys)->wait();
+    const auto all = keys.to_vector<int64_t>();
+    const bool same_host =
+        std::all_of(all.begin(), all.end(), [&](int64_t k) { return k == all[0]; });
+    shared_memory_ = size() > 1 && same_host && shared_memory_enabled_by_env() ? SharedMemory::kOn
+                                                                               : SharedMemory::kOff;
+  }
+  if (shared_memory_ == SharedMemory::kOff ||
+      static_cast<double>(numel) * dtype_size(dtype) >
+          shared_memory_max_bytes(shared_memory_default_max_bytes())) {
+    return zeros({numel}, dtype);
+  }
+
+  // 1. Rank 0 creates a segment under a fresh name and broadcasts the name (0: it could not);
+  // 2. the others map it; 3. everyone reports, and only if all mapped it is it used;
+  // 4. rank 0 removes the name: from here on only the mappings hold the memory.
+  const size_t slot_bytes =
+      std::max<size_t>(4096, (static_cast<size_t>(numel) * dtype_size(dtype) + 4095) / 4096 * 4096);
+  Tensor id = zeros({2}, DType::kInt64);
+  std::shared_ptr<SharedSegment> segment;
+  std::string why;
+  const auto name_of = [](const Tensor& t) {
+    return "/dtrain-" + std::to_string(t.data<int64_t>()[0]) + "-" +
+           std::to_string(static_cast<uint64_t>(t.data<int64_t>()[1]));
+  };
+  if (rank() == 0) {
+    std::random_device random;
+    id.data<int64_t>()[0] = getpid();
+    id.data<int64_t>()[1] = static_cast<int64_t>((uint64_t{random()} << 32 | random()) | 1);
+    segment = SharedSegment::create(name_of(id), size(), slot_bytes, rank(), why);
+    if (!segment) id.data<int64_t>()[1] = 0;
+  }
+  broadcast(id)->wait();
+  if (rank() != 0) {
+    if (id.data<int64_t>()[1] != 0) {
+      segment = SharedSegment::open(name_of(id), size(), slot_bytes, rank(), why);
+    } else {
+      why = "rank 0 could not create the segment";
+    }
+  }
+  Tensor mapped = full({1}, segment ? 1.0 : 0.0, DType::kInt32);
+  all_reduce(mapped, {ReduceOp::kMin})->wait();
+  if (segment) segment->unlink();
+  if (mapped.data<int32_t>()[0] == 0) {
+    if (!why.empty()) {
+      std::fprintf(stderr,
+                   "[rank %d] shared memory: %s; all-reduces of this %lld-element buffer go "
+                   "through the %s backend instead (a larger /dev/shm, e.g. docker --shm-size, "
+                   "fixes it; DTRAIN_SHARED_MEMORY=0 turns shared memory off)\n",
+                   rank(), why.c_str(), static_cast<long long>(numel),
+                   std::string(backend_name()).c_str());
+    }
+    return zeros({numel}, dtype);
+  }
+  segments_.erase(std::remove_if(segments_.begin(), segments_.end(),
+                                 [](const auto& weak) { return weak.expired(); }),
+                  segments_.end());
+  segments_.push_back(segment);
+  char* data = segment->slot(rank());
+  return Tensor(std::make_shared<Storage>(data, slot_bytes, Device::cpu(), segment), 0, {numel},
+                dtype);
+}
+
 WorkPtr AsyncCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
   check_host_tensor("all_reduce", t, "tensor");
   CollectiveInfo info = make_info("all_reduce(" + std::string(reduce_op_name(opts.op)) + ")", t);
+  if (auto segment = segment_holding(t)) {
+    const size_t offset =
+        static_cast<size_t>(static_cast<char*>(t.data_ptr()) - segment->slot(rank()));
+    return enqueue(info, opts.timeout, [segment, offset, t, opts, info] {
+      // A thread waiting for this result may spin for its peers; the worker, running it while
+      // the caller computes (overlap), should give the core back soon.
+      const auto spin =
+          is_worker_thread ? std::chrono::microseconds(50) : std::chrono::microseconds(1000);
+      segment->all_reduce(offset, t.numel(), t.dtype(), opts.op, info, opts.timeout, spin);
+    });
+  }
   return enqueue(info, opts.timeout, [this, t, opts, info]() mutable {
     run_all_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
     if (opts.op == ReduceOp::kAvg) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());

@@ -8,15 +8,16 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "distributed/communicator.h"
+#include "distributed/shared_memory.h"
 
 namespace dtrain::dist {
 
-/// Notified when a collective starts and finishes on the worker thread (the watchdog and the
-/// trace listen here). Called on the worker thread; must be quick and not throw.
 /// Spins (yielding) until pred() holds or `limit` passes; true if it held. Waits between
 /// collectives are usually a few microseconds, far shorter than waking a blocked thread on an
 /// idle core, so waiters spin this long before they block.
@@ -30,6 +31,9 @@ bool spin_until(Pred&& pred, std::chrono::microseconds limit = std::chrono::micr
   return true;
 }
 
+/// Notified when a collective starts and finishes (the watchdog and the trace listen here).
+/// Called on the thread that runs the collective (the worker, or a thread waiting for its Work);
+/// must be quick and not throw.
 class CollectiveObserver {
  public:
   virtual ~CollectiveObserver() = default;
@@ -56,6 +60,12 @@ class AsyncCommunicator : public Communicator {
   WorkPtr barrier(const BarrierOptions& opts = {}) override;
   WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
   WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
+  /// Shared memory when every rank is on this host (same host name and IPC, mount and PID
+  /// namespaces) and DTRAIN_SHARED_MEMORY is not 0 on any rank; decided at the first call.
+  /// all_reduce on these tensors then runs SharedSegment::all_reduce instead of the backend's.
+  Tensor allocate_symmetric(int64_t numel, DType dtype) override;
+  /// Whether allocate_symmetric hands out shared memory (after its first call; false before).
+  bool uses_shared_memory() const { return shared_memory_ == SharedMemory::kOn; }
 
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }
@@ -73,7 +83,13 @@ class AsyncCommunicator : public Communicator {
   /// Backends call this first in their destructor: drains the queue and joins the worker.
   void stop_worker();
 
-  // Blocking primitives, run on the worker thread in issue order. kAvg never reaches them (the
+  /// Buffers larger than this (bytes per rank) are not given shared memory unless
+  /// DTRAIN_SHARED_MEMORY_MAX_MB says otherwise: a backend whose own large all-reduce serves
+  /// training better says so here.
+  virtual double shared_memory_default_max_bytes() const { return 1e18; }
+
+  // Blocking primitives, run one at a time in issue order on the worker thread or on a thread
+  // waiting for their Work. kAvg never reaches them (the
   // base runs kSum and divides). `timeout` bounds how long to wait for the other ranks.
   virtual void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info,
                               Timeout timeout) = 0;
@@ -96,15 +112,27 @@ class AsyncCommunicator : public Communicator {
   void verify_same_call(const CollectiveInfo& info, Timeout timeout);
   CollectiveInfo make_info(std::string kind, const Tensor& t);
   void worker_loop();
+  /// Runs the oldest queued collective on this thread; the caller holds run_mu_. False if none.
+  bool run_front();
+  /// run_front() when no other thread is running a collective (a thread waiting for its Work
+  /// helps instead of sleeping). False when it ran nothing.
+  bool try_run_queued();
+
+  /// The segment holding all of `t` in this rank's slot, or nullptr.
+  std::shared_ptr<SharedSegment> segment_holding(const Tensor& t);
 
   uint64_t sequence_ = 0;
   bool debug_checks_ = false;
+  enum class SharedMemory { kUndecided, kOn, kOff } shared_memory_ = SharedMemory::kUndecided;
+  std::vector<std::weak_ptr<SharedSegment>> segments_;  // issuing thread only
   CollectiveObserver* observer_ = nullptr;
   std::mutex mu_;
+  std::mutex run_mu_;  // held while a collective runs: one at a time, in issue order
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
   std::atomic<size_t> queued_{0};  // queue_.size(), readable without the lock while spinning
   bool stopping_ = false;
+  bool helped_ = false;  // a waiting thread is running queued collectives (guarded by mu_)
   std::thread worker_;
 };
 

@@ -96,6 +96,13 @@ class Communicator {
   virtual WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) = 0;
   virtual WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) = 0;
 
+  /// A zeroed 1-D host tensor of `numel` elements that an all_reduce may reduce in place without
+  /// copies, when the backend can: processes on one host get symmetric shared memory (every
+  /// rank's tensor mapped by every rank; the mpi and tcp backends). Otherwise an ordinary tensor.
+  /// Collective: every rank calls it at the same point with the same arguments, and all_reduces
+  /// on such tensors must name the same tensor (or the same view of it) on every rank.
+  virtual Tensor allocate_symmetric(int64_t numel, DType dtype) { return zeros({numel}, dtype); }
+
  protected:
   Communicator(int rank, int size) : rank_(rank), size_(size) {}
 

@@ -495,7 +495,8 @@ Outcome Launcher::monitor(int attempt) {
                                    : "exited with status " + std::to_string(WEXITSTATUS(w.status));
       const bool consequence = !WIFSIGNALED(w.status) &&
                                std::any_of(w.tail.begin(), w.tail.end(), [](const std::string& l) {
-                                 return l.find("closed the connection") != std::string::npos;
+                                 return l.find("closed the connection") != std::string::npos ||
+                                        l.find("peer lost") != std::string::npos;
                                });
       if (!consequence) return fail(describe_failure(w, what));
       if (!secondary) secondary.emplace(now + kSecondaryGrace, describe_failure(w, what));

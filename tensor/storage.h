@@ -8,11 +8,14 @@
 
 namespace dtrain {
 
-/// Owns nbytes of memory on one device, returned to its allocator on destruction.
+/// Owns nbytes of memory on one device, returned to its allocator on destruction, or views
+/// memory owned elsewhere (a shared-memory mapping) that `owner` keeps alive.
 /// Shared between tensors through std::shared_ptr; not copyable.
 class Storage {
  public:
   Storage(size_t nbytes, Device device);
+  /// Memory that is not ours: nothing is freed here; `owner` lives as long as this storage.
+  Storage(void* data, size_t nbytes, Device device, std::shared_ptr<const void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -25,6 +28,7 @@ class Storage {
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;
+  std::shared_ptr<const void> owner_;  // set for memory owned elsewhere
 };
 
 }  // namespace dtrain

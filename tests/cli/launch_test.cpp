@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <random>
 #include <regex>
 #include <thread>
 
@@ -353,11 +354,22 @@ TEST(Launch, TwoLaunchersAsTwoNodesTrainTogetherAndRefuseDifferentConfigs) {
       launch_async(single, unique_job("one"), "--nproc-per-node 2 run.yaml train.epochs=1").get();
   ASSERT_EQ(one.exit_code, 0) << one.output;
 
-  // A free port for node 0's store: bind port 0, read it, release it.
+  // A free port for node 0's store, below Linux's ephemeral range (32768 and up): a port the
+  // kernel handed out could be given again, as a client's source port, to a test running beside
+  // this one before node 0 binds it. Bound once to check it is free, then released.
   const auto free_port = [] {
-    dist::StoreServerOptions so;
-    so.token = "probe";
-    return dist::StoreServer(so).port();
+    std::random_device random;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      dist::StoreServerOptions so;
+      so.token = "probe";
+      so.port = static_cast<uint16_t>(20000 + random() % 12000);
+      try {
+        return dist::StoreServer(so).port();
+      } catch (const Error&) {
+      }
+    }
+    ADD_FAILURE() << "no free port in 20000..31999 after 100 tries";
+    return uint16_t{0};
   };
   const std::string endpoint = "127.0.0.1:" + std::to_string(free_port());
   const std::string token = "DTRAIN_STORE_TOKEN=0123456789abcdef0123";

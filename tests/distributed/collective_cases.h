@@ -174,6 +174,37 @@ inline const std::vector<DType>& collective_dtypes() {
 }
 
 /// Every collective, dtype and op on counts 0, 1 and one not divisible by the world size.
+/// all_reduce on tensors from allocate_symmetric (shared memory where the backend has it): every
+/// dtype and op, counts that split unevenly into the ranks' chunks and span several blocks, and a
+/// view in the middle of a buffer, which must leave the elements around it alone.
+inline void check_symmetric_all_reduce(Communicator& c) {
+  for (DType dtype : collective_dtypes()) {
+    for (int64_t count : {int64_t{1}, int64_t{4 * c.size() + 3}, int64_t{70001}}) {
+      for (ReduceOp op :
+           {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax, ReduceOp::kProduct}) {
+        Tensor t = c.allocate_symmetric(count, dtype);
+        t.copy_(rank_input(dtype, op, c.rank(), count));
+        c.all_reduce(t, {op})->wait();
+        expect_values(
+            t, [&](int64_t i) { return expected_value(dtype, op, c.size(), i); },
+            label(c, "symmetric all_reduce", dtype, count) + " " +
+                std::string(dist::reduce_op_name(op)));
+      }
+    }
+    Tensor buffer = c.allocate_symmetric(300, dtype);
+    buffer.copy_(rank_input(dtype, ReduceOp::kSum, c.rank(), 300));
+    Tensor middle(buffer.storage(), 100 * dtype_size(dtype), {100}, dtype);
+    c.all_reduce(middle)->wait();
+    expect_values(
+        buffer,
+        [&](int64_t i) {
+          return i >= 100 && i < 200 ? expected_value(dtype, ReduceOp::kSum, c.size(), i)
+                                     : input_value(dtype, ReduceOp::kSum, c.rank(), i);
+        },
+        label(c, "symmetric all_reduce of elements 100..199", dtype, 300));
+  }
+}
+
 inline void check_everything(Communicator& c) {
   const std::vector<int64_t> counts = {0, 1, 4 * c.size() + 3};
   for (DType dtype : collective_dtypes()) {
@@ -191,6 +222,7 @@ inline void check_everything(Communicator& c) {
     }
     check_all_reduce_coalesced(c, dtype);
   }
+  check_symmetric_all_reduce(c);
   c.barrier()->wait();
 }
 

@@ -72,6 +72,17 @@ TEST(MpiCollectives, RoundedResultsAreBitIdenticalOnEveryRank) {
   }
 }
 
+TEST(MpiCollectives, SymmetricBuffersAreSharedMemoryWithTheSameBitsOnEveryRank) {
+  Tensor t = comm().allocate_symmetric(100003, DType::kFloat32);
+  EXPECT_TRUE(comm().uses_shared_memory()) << "the ranks of this job share one host";
+  Generator gen(3, comm().rank());
+  Tensor input({100003});
+  uniform_(input, -1, 1, gen);
+  t.copy_(input);
+  comm().all_reduce(t, {ReduceOp::kAvg})->wait();
+  expect_same_on_every_rank(t, "symmetric all_reduce(avg)");
+}
+
 TEST(MpiCollectives, AllReduce64MiB) {
   const int64_t count = (int64_t{64} << 20) / 4;
   Tensor t = testdist::check_all_reduce(comm(), DType::kFloat32, count, ReduceOp::kSum);

@@ -1,0 +1,82 @@
+// Symmetric memory for the ranks of a group on one host: a POSIX shared-memory segment with one
+// slot per rank. An all-reduce over tensors in it reduces in place (each rank reduces one chunk of
+// every slot, in rank order, and writes the result into all of them) between two flag barriers:
+// no messages, no system calls, no copies in or out of the tensors.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "distributed/communicator.h"
+
+namespace dtrain::dist {
+
+/// One mapped segment: a page of per-rank flags (and a doorbell to sleep on), then `ranks` slots of
+/// `slot_bytes` each. Rank 0 creates it under a name, the others open that name, then rank 0
+/// unlinks it (the mapping lives on until the last SharedSegment is destroyed, and a crash leaves
+/// nothing in /dev/shm). all_reduce runs on one thread per rank (the communicator's worker), in the
+/// same order on every rank; the flags count how many collectives each rank has entered and left.
+class SharedSegment {
+ public:
+  /// Rank 0: creates and reserves the segment (posix_fallocate, so a full /dev/shm is an error
+  /// here, not a SIGBUS later). Returns nullptr and sets `why` when that is not possible.
+  static std::shared_ptr<SharedSegment> create(const std::string& name, int ranks,
+                                               size_t slot_bytes, int rank, std::string& why);
+  /// The other ranks: maps the segment rank 0 created. nullptr and `why` on failure.
+  static std::shared_ptr<SharedSegment> open(const std::string& name, int ranks, size_t slot_bytes,
+                                             int rank, std::string& why);
+  ~SharedSegment();
+  struct Flags;  // one rank's progress and pid, in the segment's first page
+  SharedSegment(const SharedSegment&) = delete;
+  SharedSegment& operator=(const SharedSegment&) = delete;
+
+  /// Removes the name (rank 0, once every rank has opened it). Idempotent.
+  void unlink();
+  char* slot(int rank) const { return slots_ + static_cast<size_t>(rank) * slot_bytes_; }
+  size_t slot_bytes() const { return slot_bytes_; }
+  /// True when [p, p + bytes) lies in `rank`'s slot.
+  bool holds(int rank, const void* p, size_t bytes) const;
+
+  /// In place over every slot's [offset, offset + count elements): afterwards each slot holds
+  /// op(slot 0, slot 1, ...) reduced in rank order (kAvg: the sum divided by the rank count), the
+  /// same bits the local backend gives. Throws TimeoutError naming the ranks that did not arrive
+  /// within `timeout`, and DistError when a peer process is gone. Waits for the other ranks spin
+  /// for `spin` before sleeping: long when the caller has nothing else to do, short on a
+  /// background thread whose spinning would slow the training threads.
+  void all_reduce(size_t offset, int64_t count, DType dtype, ReduceOp op,
+                  const CollectiveInfo& info, Timeout timeout, std::chrono::microseconds spin);
+
+ private:
+  SharedSegment(std::string name, int ranks, size_t slot_bytes, int rank, void* base,
+                size_t mapped);
+  /// Waits until every rank's flag has reached `target` (they entered/left this collective).
+  void wait_for_all(uint64_t target, const char* stage, const CollectiveInfo& info, Timeout timeout,
+                    std::chrono::microseconds spin);
+  Flags* flags(int rank) const;
+  /// Advances this rank's flag and rings the doorbell for ranks sleeping on it.
+  void raise_flag();
+
+  std::string name_;
+  const int ranks_;
+  const size_t slot_bytes_;
+  const int rank_;
+  void* base_;
+  size_t mapped_;
+  char* slots_;
+  uint64_t counter_ = 0;  // this rank's flag value: two steps per collective
+  bool linked_;
+};
+
+/// Whether the processes of a group can share memory: a key of this process's host name and its
+/// IPC, mount and PID namespaces (equal keys: same /dev/shm, and peers' pids are meaningful), and
+/// whether DTRAIN_SHARED_MEMORY allows it (unset or 1: yes; 0: no).
+std::string shared_memory_host_key();
+bool shared_memory_enabled_by_env();
+/// The largest buffer (bytes per rank) given shared memory: DTRAIN_SHARED_MEMORY_MAX_MB when set,
+/// else the backend's `backend_default`.
+double shared_memory_max_bytes(double backend_default);
+
+}  // namespace dtrain::dist
