@@ -1,6 +1,7 @@
 // All-reduce bus bandwidth of dtrain's mpi backend against raw MPI_Allreduce on the same buffer,
-// and of the tcp backend (what `dtrain launch` workers use) in the same processes, interleaved in
-// one run, 4 KiB to 256 MiB of float32. Prints a Markdown table on rank 0.
+// of the tcp backend (what `dtrain launch` workers use) and of a shared-memory buffer
+// (allocate_symmetric: what DDP's buckets are when ranks share a host) in the same processes,
+// interleaved in one run, 4 KiB to 256 MiB of float32. Prints a Markdown table on rank 0.
 // Run: OMP_NUM_THREADS=1 mpirun -n 2 build/bench/allreduce_bench [max_mib] (see
 // docs/performance.md)
 #include <mpi.h>
@@ -74,8 +75,9 @@ int main(int argc, char** argv) {
                 v.substr(0, v.find('\n')).c_str());
     std::printf(
         "| size | dtrain mpi algbw GB/s | dtrain mpi busbw GB/s | MPI_Allreduce algbw GB/s | "
-        "MPI_Allreduce busbw GB/s | dtrain mpi / MPI | dtrain tcp busbw GB/s | tcp / MPI |\n");
-    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        "MPI_Allreduce busbw GB/s | dtrain mpi / MPI | dtrain tcp busbw GB/s | tcp / MPI | "
+        "shared memory busbw GB/s | shared / MPI |\n");
+    std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   }
   for (int64_t bytes = 4 << 10; bytes <= max_bytes; bytes *= 4) {
     Tensor t = zeros({bytes / 4});  // zeros stay zeros: no overflow over repetitions
@@ -85,6 +87,8 @@ int main(int argc, char** argv) {
     const int batches = bytes >= (64 << 20) ? 5 : 9;
     auto run_dtrain = [&] { comm->all_reduce(t)->wait(); };
     auto run_tcp = [&] { tcp.all_reduce(t)->wait(); };
+    Tensor shared = tcp.allocate_symmetric(bytes / 4, DType::kFloat32);  // zeros too
+    auto run_shared = [&] { tcp.all_reduce(shared)->wait(); };
     auto run_mpi = [&] {
       MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(bytes / 4), MPI_FLOAT, MPI_SUM,
                     MPI_COMM_WORLD);
@@ -92,19 +96,21 @@ int main(int argc, char** argv) {
     timed(1, run_dtrain);
     timed(1, run_mpi);
     timed(1, run_tcp);
+    timed(1, run_shared);
     // Interleaved batches, so drift in the machine's load affects every side alike.
-    std::vector<double> dtrain_s, mpi_s, tcp_s;
+    std::vector<double> dtrain_s, mpi_s, tcp_s, shared_s;
     for (int b = 0; b < batches; ++b) {
       dtrain_s.push_back(timed(reps, run_dtrain));
       mpi_s.push_back(timed(reps, run_mpi));
       tcp_s.push_back(timed(reps, run_tcp));
+      shared_s.push_back(timed(reps, run_shared));
     }
-    const double d = median(dtrain_s), m = median(mpi_s), c = median(tcp_s);
+    const double d = median(dtrain_s), m = median(mpi_s), c = median(tcp_s), h = median(shared_s);
     if (comm->rank() == 0) {
       const double d_alg = bytes / d / 1e9, m_alg = bytes / m / 1e9;
-      std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", human(bytes).c_str(),
-                  d_alg, d_alg * bus_factor, m_alg, m_alg * bus_factor, m / d,
-                  bytes / c / 1e9 * bus_factor, m / c);
+      std::printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
+                  human(bytes).c_str(), d_alg, d_alg * bus_factor, m_alg, m_alg * bus_factor, m / d,
+                  bytes / c / 1e9 * bus_factor, m / c, bytes / h / 1e9 * bus_factor, m / h);
       std::fflush(stdout);
     }
   }

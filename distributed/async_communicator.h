@@ -64,8 +64,11 @@ class AsyncCommunicator : public Communicator {
   /// namespaces) and DTRAIN_SHARED_MEMORY is not 0 on any rank; decided at the first call.
   /// all_reduce on these tensors then runs SharedSegment::all_reduce instead of the backend's.
   Tensor allocate_symmetric(int64_t numel, DType dtype) override;
-  /// Whether allocate_symmetric hands out shared memory (after its first call; false before).
+  /// Whether the ranks share a host and may share memory (decided at allocate_symmetric's first
+  /// call; false before). Buffers above the size limit are ordinary memory even then.
   bool uses_shared_memory() const { return shared_memory_ == SharedMemory::kOn; }
+  /// Whether all_reduce on `t` goes through shared memory (t lies in a segment of this group).
+  bool in_shared_memory(const Tensor& t) { return segment_holding(t) != nullptr; }
 
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }

@@ -36,6 +36,7 @@ TEST(SharedMemory, RanksOnOneHostReduceInPlaceBitIdenticalToTheLocalBackend) {
     for_each_tcp_rank(world, [&](AsyncCommunicator& c) {
       Tensor t = c.allocate_symmetric(count, DType::kFloat32);
       EXPECT_TRUE(c.uses_shared_memory()) << "rank " << c.rank() << " of " << world;
+      EXPECT_TRUE(c.in_shared_memory(t));
       t.copy_(random_input(c.rank(), count));
       c.all_reduce(t, {ReduceOp::kAvg})->wait();
       c.all_reduce(t, {ReduceOp::kSum})->wait();  // a second one reuses the segment's flags
@@ -64,11 +65,26 @@ TEST(SharedMemory, DtrainSharedMemory0GivesOrdinaryBuffersThatStillReduce) {
   for_each_tcp_rank(2, [](AsyncCommunicator& c) {
     Tensor t = c.allocate_symmetric(1000, DType::kFloat32);
     EXPECT_FALSE(c.uses_shared_memory());
+    EXPECT_FALSE(c.in_shared_memory(t));
     t.fill_(static_cast<double>(c.rank() + 1));
     c.all_reduce(t)->wait();
     EXPECT_EQ(t.to_vector<float>()[999], 3.0f);
   });
   unsetenv("DTRAIN_SHARED_MEMORY");
+}
+
+TEST(SharedMemory, BuffersAboveTheSizeLimitAreOrdinaryMemory) {
+  setenv("DTRAIN_SHARED_MEMORY_MAX_MB", "0.5", 1);
+  for_each_tcp_rank(2, [](AsyncCommunicator& c) {
+    Tensor small = c.allocate_symmetric(1000, DType::kFloat32);
+    Tensor large = c.allocate_symmetric(200000, DType::kFloat32);  // 800 KB > 0.5 MiB
+    EXPECT_TRUE(c.in_shared_memory(small));
+    EXPECT_FALSE(c.in_shared_memory(large));
+    large.fill_(1.0);
+    c.all_reduce(large)->wait();
+    EXPECT_EQ(large.to_vector<float>()[199999], 2.0f);
+  });
+  unsetenv("DTRAIN_SHARED_MEMORY_MAX_MB");
 }
 
 TEST(SharedMemory, ARankThatDoesNotArriveIsNamedAfterTheTimeout) {
@@ -111,7 +127,7 @@ TEST(SharedMemory, APeerProcessThatDiesIsNamedWithItsPid) {
   {
     dist::TcpCommunicator comm(store.client(), 0, 2);
     Tensor t = comm.allocate_symmetric(64, DType::kFloat32);
-    EXPECT_TRUE(comm.uses_shared_memory());
+    EXPECT_TRUE(comm.in_shared_memory(t));
     try {
       comm.all_reduce(t, {ReduceOp::kSum, std::chrono::seconds(20)})->wait();
       ADD_FAILURE() << "the all-reduce completed without rank 1";

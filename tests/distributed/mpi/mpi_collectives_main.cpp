@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -73,8 +74,10 @@ TEST(MpiCollectives, RoundedResultsAreBitIdenticalOnEveryRank) {
 }
 
 TEST(MpiCollectives, SymmetricBuffersAreSharedMemoryWithTheSameBitsOnEveryRank) {
+  // Under mpi, shared memory is off by default (DTRAIN_SHARED_MEMORY_MAX_MB=0); main() allows it.
   Tensor t = comm().allocate_symmetric(100003, DType::kFloat32);
   EXPECT_TRUE(comm().uses_shared_memory()) << "the ranks of this job share one host";
+  EXPECT_TRUE(comm().in_shared_memory(t));
   Generator gen(3, comm().rank());
   Tensor input({100003});
   uniform_(input, -1, 1, gen);
@@ -221,6 +224,8 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
+  // Shared-memory buffers of any size, so the symmetric cases take that path under mpi too.
+  setenv("DTRAIN_SHARED_MEMORY_MAX_MB", "1024", 1);
   int rank = 0, size = 1, failed = 0;
   {
     dtrain::g_comm = dtrain::dist::MpiCommunicator::world();  // initialises MPI
