@@ -81,6 +81,31 @@ int usable_cores() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+/// The CPUs this launcher may run on, in order (empty if the kernel does not say).
+std::vector<int> usable_cpus() {
+  cpu_set_t set;
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  return cpus;
+}
+
+/// "0-3" or "4" or "0,2": a worker's CPUs for the start-up line.
+std::string cpu_list(const std::vector<int>& cpus) {
+  std::string s;
+  for (size_t i = 0; i < cpus.size();) {
+    size_t j = i;
+    while (j + 1 < cpus.size() && cpus[j + 1] == cpus[j] + 1) ++j;
+    if (!s.empty()) s += ",";
+    s += std::to_string(cpus[i]);
+    if (j > i) s += "-" + std::to_string(cpus[j]);
+    i = j + 1;
+  }
+  return s;
+}
+
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> parts;
   std::string part;
@@ -239,6 +264,13 @@ void Launcher::spawn(int attempt) {
   workers_.clear();
   workers_.resize(o_.nproc_per_node);
   const int threads = std::max(1, usable_cores() / o_.nproc_per_node);
+  // With a core per worker or more, each worker gets `threads` CPUs of its own, as mpirun binds
+  // by default: the workers' threads (kernels, loader, communication) then never preempt another
+  // worker's, and a worker's caches stay its own.
+  const std::vector<int> cpus = usable_cpus();
+  const bool bind =
+      o_.cpu_bind && !cpus.empty() && static_cast<int>(cpus.size()) >= o_.nproc_per_node;
+  std::string placement;
   const bool user_threads = std::getenv("OMP_NUM_THREADS") != nullptr;
   const int heartbeat_ms =
       static_cast<int>(std::clamp(o_.heartbeat_timeout_s * 1000 / 4, 50.0, 250.0));
@@ -302,6 +334,13 @@ void Launcher::spawn(int attempt) {
                    w.rank, host_.c_str());
       std::fflush(w.log.get());
     }
+    cpu_set_t own{};
+    CPU_ZERO(&own);
+    if (bind) {
+      std::vector<int> mine(cpus.begin() + i * threads, cpus.begin() + (i + 1) * threads);
+      for (int c : mine) CPU_SET(c, &own);
+      placement += (i ? " / " : "") + cpu_list(mine);
+    }
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     DTRAIN_CHECK(pid >= 0, "launch: fork: ", net::errno_text(errno));
@@ -313,6 +352,7 @@ void Launcher::spawn(int attempt) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(1);
       ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
+      if (bind) ::sched_setaffinity(0, sizeof own, &own);
       ::dup2(out[1], 1);
       ::dup2(out[1], 2);
       if (beat[1] == kHeartbeatFd) {
@@ -340,7 +380,8 @@ void Launcher::spawn(int attempt) {
       std::to_string(world_size_) + " on node " + std::to_string(o_.node_rank) + " (" + host_ +
       "), " +
       (user_threads ? std::string("OMP_NUM_THREADS from the environment")
-                    : std::to_string(threads) + " thread(s) each"));
+                    : std::to_string(threads) + " thread(s) each") +
+      (bind ? ", on CPUs " + placement : std::string()));
 }
 
 void Launcher::emit_line(Worker& w, const std::string& line) {

@@ -20,6 +20,7 @@ struct LaunchOptions {
   double stop_grace_s = 10;
   double rdzv_timeout_s = 300;
   std::string log_dir;            // "" prefixes worker lines with [rank N] on this output
+  bool cpu_bind = true;           // each worker on its own cores, when there is one per worker
   std::string config_hash;        // of the resolved config, compared across nodes
   std::string version;            // dtrain's, compared across nodes
   std::string worker_executable;  // the dtrain binary the workers run

@@ -80,6 +80,7 @@ dtrain::train::TrainResult train_replicas(const dtrain::train::Config& c) {
 /// line (which win).
 struct LaunchFlags {
   dtrain::launch::LaunchOptions values;
+  std::string cpu_bind;  // --cpu-bind's text
   std::vector<std::pair<CLI::Option*, std::function<void(dtrain::launch::LaunchOptions&)>>> given;
 };
 
@@ -98,6 +99,7 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
   o.stop_grace_s = c.launcher.stop_grace_s;
   o.rdzv_timeout_s = c.launcher.rdzv_timeout_s;
   o.log_dir = c.launcher.log_dir;
+  o.cpu_bind = c.launcher.cpu_bind == "auto";
   for (auto& [option, apply] : flags.given) {
     if (option->count() > 0) apply(o);
   }
@@ -186,6 +188,11 @@ int main(int argc, char** argv) {
           [&v](LaunchOptions& o) { o.heartbeat_timeout_s = v.heartbeat_timeout_s; });
     given(launch->add_option("--log-dir", v.log_dir, "write worker output to DIR/rank_N.log"),
           [&v](LaunchOptions& o) { o.log_dir = v.log_dir; });
+    given(launch
+              ->add_option("--cpu-bind", flags.cpu_bind,
+                           "auto: each worker on its own cores when there are enough; none")
+              ->check(CLI::IsMember({"auto", "none"})),
+          [&flags](LaunchOptions& o) { o.cpu_bind = flags.cpu_bind == "auto"; });
   }
 
   CLI::App* config = app.add_subcommand("config", "Inspect configs");

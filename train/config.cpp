@@ -370,6 +370,11 @@ const std::vector<Field>& schema() {
                   "After SIGTERM, workers get this long to exit before SIGKILL.", false),
       float_field("launcher", "rdzv_timeout_s", DTRAIN_GET(launcher.rdzv_timeout_s), 0, kInf,
                   "How long launchers wait for every node at start-up and between restarts.", true),
+      string_field("launcher", "cpu_bind", DTRAIN_GET(launcher.cpu_bind), {"auto", "none"},
+                   "auto: when this node has at least one core per worker, each worker runs on "
+                   "its own cores (cores / nproc_per_node of them, as `mpirun` binds by default); "
+                   "none: workers may run on every core.",
+                   "auto | none", true),
       string_field("launcher", "log_dir", DTRAIN_GET(launcher.log_dir), {},
                    "Write each worker's output to LOG_DIR/rank_N.log instead of the launcher's "
                    "output with a [rank N] prefix.",

@@ -92,6 +92,7 @@ struct LauncherConfig {
   double stop_grace_s = 10;
   double rdzv_timeout_s = 300;
   std::string log_dir;  // "" prefixes worker output with [rank N] instead of writing files
+  std::string cpu_bind = "auto";  // auto: each worker on its own cores when there are enough; none
 };
 
 struct LogConfig {

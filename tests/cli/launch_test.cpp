@@ -4,6 +4,7 @@
 // bounded by `timeout`, and each test checks that no process of its job is left.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -345,6 +346,55 @@ TEST(Launch, LogDirHoldsOneFilePerRankInsteadOfPrefixedLines) {
   EXPECT_THAT(rank0, HasSubstr("--- dtrain launch: attempt 0, rank 0 on "));
   EXPECT_THAT(rank0, HasSubstr("final: test_accuracy="));
   EXPECT_TRUE(std::filesystem::exists(dir / "worker-logs/rank_1.log"));
+}
+
+/// A process's "Cpus_allowed_list" from /proc, e.g. "0-1"; "" when it is gone.
+std::string allowed_cpus(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Cpus_allowed_list:", 0) == 0) return line.substr(line.find_last_of(" \t") + 1);
+  }
+  return "";
+}
+
+TEST(Launch, EachWorkerRunsOnItsOwnCoreUnlessCpuBindIsNone) {
+  cpu_set_t set;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof set, &set), 0);
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.size() != 2) {
+    GTEST_SKIP() << "expects exactly 2 usable CPUs (one per worker), this process has "
+                 << cpus.size();
+  }
+  const std::string all = allowed_cpus(::getpid());
+  Job job;
+  for (const bool bind : {true, false}) {
+    const auto dir = job.dir(bind ? "bound" : "unbound");
+    const std::string id = unique_job(bind ? "bound" : "unbound");
+    auto run = launch_async(dir, id,
+                            std::string("--nproc-per-node 2 --cpu-bind ") +
+                                (bind ? "auto" : "none") + " run.yaml train.epochs=6");
+    // Read while the workers train (six short epochs: about a second after start-up).
+    const pid_t first = worker_pid(id, 0), second = worker_pid(id, 1);
+    ASSERT_GT(first, 0);
+    ASSERT_GT(second, 0);
+    const std::string first_cpus = allowed_cpus(first), second_cpus = allowed_cpus(second);
+    const CommandResult r = run.get();
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    if (bind) {
+      EXPECT_EQ(first_cpus, std::to_string(cpus[0]));
+      EXPECT_EQ(second_cpus, std::to_string(cpus[1]));
+      EXPECT_THAT(r.output, HasSubstr(", on CPUs " + std::to_string(cpus[0]) + " / " +
+                                      std::to_string(cpus[1])));
+    } else {
+      EXPECT_EQ(first_cpus, all);
+      EXPECT_EQ(second_cpus, all);
+      EXPECT_THAT(r.output, Not(HasSubstr("on CPUs")));
+    }
+  }
 }
 
 TEST(Launch, TwoLaunchersAsTwoNodesTrainTogetherAndRefuseDifferentConfigs) {
