@@ -56,6 +56,22 @@ std::string host_port(const std::string& host, uint16_t port) {
   return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
+bool resolves_only_to_loopback(const std::string& host) {
+  std::string error;
+  const AddrList list = resolve(host, 0, 0, error);
+  if (!list) return false;
+  for (addrinfo* ai = list.get(); ai; ai = ai->ai_next) {
+    if (ai->ai_family == AF_INET) {
+      const auto* a = reinterpret_cast<const sockaddr_in*>(ai->ai_addr);
+      if ((ntohl(a->sin_addr.s_addr) >> 24) != 127) return false;
+    } else if (ai->ai_family == AF_INET6) {
+      const auto* a = reinterpret_cast<const sockaddr_in6*>(ai->ai_addr);
+      if (!IN6_IS_ADDR_LOOPBACK(&a->sin6_addr)) return false;
+    }
+  }
+  return true;
+}
+
 std::string sockaddr_text(const sockaddr* addr, socklen_t len) {
   char host[NI_MAXHOST], serv[NI_MAXSERV];
   if (::getnameinfo(addr, len, host, sizeof host, serv, sizeof serv,
@@ -102,9 +118,11 @@ UniqueFd listen_tcp(const std::string& bind_address, uint16_t port, uint16_t* bo
   const std::string where = host_port(bind_address, port);
   std::string error = "no address";
   const AddrList list = resolve(bind_address, port, AI_PASSIVE, error);
+  int last_errno = 0;
   for (addrinfo* ai = list.get(); ai; ai = ai->ai_next) {
     UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd) {
+      last_errno = errno;
       error = errno_text(errno);
       continue;
     }
@@ -113,6 +131,7 @@ UniqueFd listen_tcp(const std::string& bind_address, uint16_t port, uint16_t* bo
     const int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
+      last_errno = errno;
       error = errno_text(errno);
       continue;
     }
@@ -122,8 +141,21 @@ UniqueFd listen_tcp(const std::string& bind_address, uint16_t port, uint16_t* bo
     if (bound_port) *bound_port = port_of(bound);
     return fd;
   }
-  DTRAIN_THROW(ValueError, who, ": cannot listen on ", where, ": ", error,
-               ". Is another job using this port? Choose another one");
+  std::string hint;
+  switch (last_errno) {
+    case EADDRINUSE:
+      hint = "Is another job using this port? Choose another one";
+      break;
+    case EADDRNOTAVAIL:
+      hint = "That is not an address of this machine; use one of its own (`ip addr` lists them)";
+      break;
+    case EACCES:
+      hint = "Ports below 1024 need privileges; choose one from 1024 up";
+      break;
+    default:
+      hint = list ? "Check the address and port" : "Check the host name";
+  }
+  DTRAIN_THROW(ValueError, who, ": cannot listen on ", where, ": ", error, ". ", hint);
 }
 
 UniqueFd try_connect_tcp(const std::string& host, uint16_t port, Clock::time_point deadline,

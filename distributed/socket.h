@@ -41,6 +41,10 @@ std::string sockaddr_text(const sockaddr* addr, socklen_t len);
 /// Splits "host:port" (or "[v6]:port"); throws ValueError naming `what` when it is malformed.
 std::pair<std::string, uint16_t> split_host_port(const std::string& text, const std::string& what);
 
+/// True when `host` resolves, and only to loopback addresses (127.0.0.0/8, ::1): other machines
+/// cannot reach a server bound there. Debian maps the machine's own name to 127.0.1.1.
+bool resolves_only_to_loopback(const std::string& host);
+
 /// Milliseconds from now to `deadline` for poll(), 0 when it has passed.
 int ms_until(Clock::time_point deadline);
 
@@ -48,7 +52,8 @@ int ms_until(Clock::time_point deadline);
 void set_nodelay(int fd);
 
 /// A non-blocking listening socket on bind_address:port (port 0: a free one, reported in
-/// *bound_port). Throws ValueError naming `who` and the address, with a hint for ports in use.
+/// *bound_port). Throws ValueError naming `who` and the address, with a hint for the cause (port
+/// in use, not an address of this machine, privileged port).
 UniqueFd listen_tcp(const std::string& bind_address, uint16_t port, uint16_t* bound_port,
                     const std::string& who);
 

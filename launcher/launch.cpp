@@ -193,6 +193,12 @@ void Launcher::start_store() {
         (o_.nnodes > 1
              ? "; start the other nodes with --rdzv-endpoint " + net::host_port(host, port)
              : ""));
+    if (o_.nnodes > 1 && net::resolves_only_to_loopback(host)) {
+      say("warning: " + host +
+          " is a loopback address here, so only launchers on this machine can reach the "
+          "store; for nodes on other machines give --rdzv-endpoint an address they can reach "
+          "(a host name in Debian's /etc/hosts maps to 127.0.1.1: use the machine's IP)");
+    }
   }
   store_address_ = net::host_port(host, port);
   dist::StoreClientOptions co;

@@ -443,6 +443,7 @@ TEST(Launch, TwoLaunchersAsTwoNodesTrainTogetherAndRefuseDifferentConfigs) {
   ASSERT_EQ(g0.exit_code, 0) << g0.output;
   ASSERT_EQ(g1.exit_code, 0) << g1.output;
   EXPECT_THAT(g1.output, HasSubstr("started ranks 1-1 of 2 on node 1"));
+  EXPECT_THAT(g0.output, HasSubstr("warning: 127.0.0.1 is a loopback address here"));
   EXPECT_EQ(final_line(g0.output), final_line(one.output));
   expect_no_process_left(id);
 }
@@ -482,6 +483,13 @@ TEST(Launch, APortInUseIsNamedWithAHint) {
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_THAT(r.output, HasSubstr("cannot listen on " + endpoint));
   EXPECT_THAT(r.output, HasSubstr("Is another job using this port?"));
+
+  // 192.0.2.1 (TEST-NET-1) is no address of this machine: a different cause, a different hint.
+  const CommandResult foreign = testutil::run_dtrain(
+      "launch --nproc-per-node 2 --rdzv-endpoint 192.0.2.1:29500 run.yaml", dir);
+  EXPECT_EQ(foreign.exit_code, 1) << foreign.output;
+  EXPECT_THAT(foreign.output, HasSubstr("cannot listen on 192.0.2.1:29500"));
+  EXPECT_THAT(foreign.output, HasSubstr("not an address of this machine"));
 }
 
 }  // namespace
