@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "distributed/backends/local/local_communicator.h"
+#include "distributed/tcp_ranks.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "strategies/ddp_strategy.h"
@@ -106,6 +107,39 @@ TEST_P(DdpMatchesOneProcess, TwentyStepsOfNReplicasEqualOneBigBatch) {
 
 INSTANTIATE_TEST_SUITE_P(World, DdpMatchesOneProcess, ::testing::Values(2, 3, 4),
                          [](const auto& info) { return std::to_string(info.param) + "replicas"; });
+
+TEST(Ddp, BucketsInSharedMemoryTrainBitIdenticallyToTheLocalBackend) {
+  // tcp ranks on one host reduce DDP's buckets in shared memory (rank order, like local), across
+  // the bucket rebuild after the first step.
+  const int world = 3, steps = 10;
+  const int64_t batch = 4;
+  Data data(world * batch * steps, 12);
+  const auto local = train_ddp(world, batch, steps, data);
+  std::vector<nn::NamedTensors> shared(world);
+  for_each_tcp_rank(world, [&](dist::AsyncCommunicator& comm) {
+    const std::shared_ptr<dist::Communicator> borrowed(&comm, [](dist::Communicator*) {});
+    auto model = make_model(comm.rank());
+    DistributedDataParallel ddp(*model, borrowed);
+    nn::SGD opt(model->parameters(), {0.1, 0.9});
+    for (int s = 0; s < steps; ++s) {
+      auto [x, y] = data.rows(s * batch * world + comm.rank() * batch, batch);
+      opt.zero_grad();
+      cross_entropy(ddp.forward(x), y).backward();
+      for (const Tensor& p : model->parameters()) {
+        EXPECT_TRUE(comm.in_shared_memory(p.grad())) << "step " << s;
+      }
+      ddp.synchronize_gradients();
+      opt.step();
+    }
+    shared[comm.rank()] = model->state_dict();
+  });
+  for (int r = 0; r < world; ++r) {
+    for (size_t i = 0; i < local[0].size(); ++i) {
+      EXPECT_TRUE(testutil::bit_equal(shared[r][i].second, local[0][i].second))
+          << "rank " << r << " " << local[0][i].first;
+    }
+  }
+}
 
 TEST(Ddp, TwoIdenticalRunsAreBitIdentical) {
   Data data(2 * 4 * 10, 8);
