@@ -204,7 +204,6 @@ bool AsyncCommunicator::run_front() {
     if (queue_.empty()) return false;
     task = std::move(queue_.front());
     queue_.pop_front();
-    queued_.store(queue_.size(), std::memory_order_release);
   }
   running_on_this_thread = this;
   task();
@@ -270,7 +269,6 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
     std::lock_guard lock(mu_);
     DTRAIN_CHECK(!stopping_, info.describe(), ": the communicator is shutting down");
     queue_.push_back(std::move(task));
-    queued_.store(queue_.size(), std::memory_order_release);
   }
   cv_.notify_all();
   return work;

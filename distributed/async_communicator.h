@@ -133,7 +133,6 @@ class AsyncCommunicator : public Communicator {
   std::mutex run_mu_;  // held while a collective runs: one at a time, in issue order
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
-  std::atomic<size_t> queued_{0};  // queue_.size(), readable without the lock while spinning
   bool stopping_ = false;
   bool helped_ = false;  // a waiting thread is running queued collectives (guarded by mu_)
   std::thread worker_;

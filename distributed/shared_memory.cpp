@@ -52,8 +52,7 @@ void futex_wait(std::atomic<uint32_t>& word, uint32_t expected, std::chrono::mic
 }
 
 void futex_wake_all(std::atomic<uint32_t>& word) {
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr,
-          0);
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }

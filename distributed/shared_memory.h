@@ -14,11 +14,13 @@
 
 namespace dtrain::dist {
 
-/// One mapped segment: a page of per-rank flags (and a doorbell to sleep on), then `ranks` slots of
-/// `slot_bytes` each. Rank 0 creates it under a name, the others open that name, then rank 0
+/// One mapped segment: a page of per-rank flags (and a doorbell to sleep on), then `ranks` slots
+/// of `slot_bytes` each. Rank 0 creates it under a name, the others open that name, then rank 0
 /// unlinks it (the mapping lives on until the last SharedSegment is destroyed, and a crash leaves
-/// nothing in /dev/shm). all_reduce runs on one thread per rank (the communicator's worker), in the
-/// same order on every rank; the flags count how many collectives each rank has entered and left.
+/// nothing in /dev/shm). all_reduce runs on one thread at a time per rank (the communicator's
+/// worker, or a thread waiting for the result), in the same order on every rank; the flags count
+/// how many collectives each rank has entered and left. After a timeout or a lost peer the ranks'
+/// flags are out of step: like a timed-out MPI collective, the job should stop.
 class SharedSegment {
  public:
   /// Rank 0: creates and reserves the segment (posix_fallocate, so a full /dev/shm is an error
