@@ -101,8 +101,8 @@ struct DistributedDataParallel::State {
       int64_t total = 0;
       for (size_t i : b.params) total += params[i].second.numel();
       const Tensor& first = params[b.params.front()].second;
-      // Host buckets in the communicator's symmetric memory: processes on one host then
-      // reduce them in place through shared memory, with no copy in or out.
+      // Host buckets in the communicator's symmetric memory: where the backend shares memory
+      // between processes of one host (tcp by default), they are reduced in place there.
       b.flat = first.device().is_cpu() ? comm->allocate_symmetric(total, first.dtype())
                                        : zeros({total}, first.dtype(), first.device());
       int64_t at = 0;
