@@ -12,6 +12,7 @@
 
 #include "distributed/reduce.h"
 #include "tensor/check.h"
+#include "tensor/hash.h"
 
 namespace dtrain::dist {
 namespace {
@@ -288,11 +289,10 @@ Tensor AsyncCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
                " is not one collectives support");
   if (shared_memory_ == SharedMemory::kUndecided) {
     // Every rank's host key (and whether its environment allows shared memory), compared.
-    uint64_t key = 1469598103934665603ull;
     const std::string settings =
         (shared_memory_enabled_by_env() ? "|on|" : "|off|") +
         std::to_string(shared_memory_max_bytes(shared_memory_default_max_bytes()));
-    for (unsigned char c : shared_memory_host_key() + settings) key = (key ^ c) * 1099511628211ull;
+    const uint64_t key = fnv1a(shared_memory_host_key() + settings);
     Tensor mine = zeros({1}, DType::kInt64);
     mine.data<int64_t>()[0] = static_cast<int64_t>(key);
     Tensor keys({size()}, DType::kInt64);

@@ -112,4 +112,14 @@ class Communicator {
 
 using CommunicatorPtr = std::shared_ptr<Communicator>;
 
+/// "0, 2, 5": ranks for error messages.
+inline std::string rank_list(const std::vector<int>& ranks) {
+  std::string s;
+  for (int r : ranks) {
+    if (!s.empty()) s += ", ";
+    s += std::to_string(r);
+  }
+  return s;
+}
+
 }  // namespace dtrain::dist

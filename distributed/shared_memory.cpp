@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "distributed/reduce.h"
+#include "distributed/socket.h"
 #include "tensor/check.h"
 
 namespace dtrain::dist {
@@ -62,13 +63,11 @@ size_t header_bytes(int ranks) {
                   kPage);
 }
 
-std::string errno_text(int err) { return std::strerror(err); }
-
 /// Maps `fd` of `bytes`; nullptr and `why` on failure.
 void* map(int fd, size_t bytes, std::string& why) {
   void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (base == MAP_FAILED) {
-    why = "mmap of " + std::to_string(bytes) + " bytes failed: " + errno_text(errno);
+    why = "mmap of " + std::to_string(bytes) + " bytes failed: " + net::errno_text(errno);
     return nullptr;
   }
   return base;
@@ -91,15 +90,6 @@ bool process_gone(pid_t pid) {
   const int parsed = std::fscanf(stat, "%*d (%*[^)]) %c", &state);
   std::fclose(stat);
   return parsed == 1 && (state == 'Z' || state == 'X');
-}
-
-std::string list(const std::vector<int>& ranks) {
-  std::string s;
-  for (int r : ranks) {
-    if (!s.empty()) s += ", ";
-    s += std::to_string(r);
-  }
-  return s;
 }
 
 }  // namespace
@@ -135,7 +125,7 @@ std::shared_ptr<SharedSegment> SharedSegment::create(const std::string& name, in
   const size_t bytes = header_bytes(ranks) + static_cast<size_t>(ranks) * slot_bytes;
   const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   if (fd < 0) {
-    why = "shm_open(" + name + ") failed: " + errno_text(errno);
+    why = "shm_open(" + name + ") failed: " + net::errno_text(errno);
     return nullptr;
   }
   // Reserve the pages now: a /dev/shm too small for the segment fails here instead of killing
@@ -143,8 +133,8 @@ std::shared_ptr<SharedSegment> SharedSegment::create(const std::string& name, in
   const int reserved = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
   void* base = nullptr;
   if (reserved != 0) {
-    why =
-        "reserving " + std::to_string(bytes) + " bytes in /dev/shm failed: " + errno_text(reserved);
+    why = "reserving " + std::to_string(bytes) +
+          " bytes in /dev/shm failed: " + net::errno_text(reserved);
   } else {
     base = map(fd, bytes, why);
   }
@@ -162,7 +152,7 @@ std::shared_ptr<SharedSegment> SharedSegment::open(const std::string& name, int 
   const size_t bytes = header_bytes(ranks) + static_cast<size_t>(ranks) * slot_bytes;
   const int fd = shm_open(name.c_str(), O_RDWR, 0600);
   if (fd < 0) {
-    why = "shm_open(" + name + ") failed: " + errno_text(errno);
+    why = "shm_open(" + name + ") failed: " + net::errno_text(errno);
     return nullptr;
   }
   struct stat st {};
@@ -240,7 +230,8 @@ void SharedSegment::wait_for_all(uint64_t target, const char* stage, const Colle
     }
     if (!late.empty() && now >= deadline) {
       DTRAIN_THROW(TimeoutError, "shared memory: rank ", rank_, " in ", info.describe(),
-                   ": rank(s) ", list(late), " did not ", stage, " it within ", timeout.count(),
+                   ": rank(s) ", rank_list(late), " did not ", stage, " it within ",
+                   timeout.count(),
                    " ms; they are late or stuck in another call (their logs, or "
                    "DTRAIN_DISTRIBUTED_DEBUG=1, show which)");
     }

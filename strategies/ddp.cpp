@@ -12,6 +12,7 @@
 #include "autograd/node.h"
 #include "distributed/async_communicator.h"
 #include "tensor/check.h"
+#include "tensor/hash.h"
 #include "tensor/ops.h"
 
 namespace dtrain {
@@ -191,20 +192,7 @@ struct DistributedDataParallel::State {
   }
 };
 
-namespace {
-
-uint64_t fnv(const std::string& s, uint64_t h = 1469598103934665603ull) {
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-std::string describe_ranks(const std::vector<int>& ranks) {
-  std::string s;
-  for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
-  return s;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 DistributedDataParallel::DistributedDataParallel(nn::Module& model,
                                                  std::shared_ptr<dist::Communicator> comm,
@@ -286,7 +274,7 @@ void DistributedDataParallel::check_models_agree() {
   Tensor mine({static_cast<int64_t>(tensors.size())}, DType::kInt64);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i].second;
-    mine.data<int64_t>()[i] = static_cast<int64_t>(fnv(
+    mine.data<int64_t>()[i] = static_cast<int64_t>(fnv1a(
         tensors[i].first + "|" + shape_str(t.shape()) + "|" + std::string(dtype_name(t.dtype()))));
   }
   Tensor all({static_cast<int64_t>(tensors.size()) * world}, DType::kInt64);
@@ -301,7 +289,7 @@ void DistributedDataParallel::check_models_agree() {
     if (!differing.empty()) {
       DTRAIN_THROW(ValueError, "DistributedDataParallel: the ranks' models differ at '",
                    tensors[i].first, "' (", tensors[i].second.describe(), " on rank ",
-                   comm_->rank(), "): rank(s) ", describe_ranks(differing),
+                   comm_->rank(), "): rank(s) ", dist::rank_list(differing),
                    " have a different name, shape or dtype there than rank 0");
     }
   }

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "distributed/registry.h"
+#include "tensor/hash.h"
 
 namespace dtrain {
 
@@ -64,12 +65,6 @@ void DdpStrategy::sum_across_replicas(std::vector<double>& values) {
 
 namespace {
 
-uint64_t fnv(const void* data, size_t n, uint64_t h = 1469598103934665603ull) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
 /// Every replica's 64-bit value, gathered.
 std::vector<int64_t> gather(dist::Communicator& comm, uint64_t value) {
   Tensor mine = full({1}, 0.0, DType::kInt64);
@@ -85,12 +80,6 @@ std::vector<int> differing_from_first(const std::vector<int64_t>& values) {
     if (values[r] != values[0]) out.push_back(static_cast<int>(r));
   }
   return out;
-}
-
-std::string list(const std::vector<int>& ranks) {
-  std::string s;
-  for (int r : ranks) s += (s.empty() ? "" : ", ") + std::to_string(r);
-  return s;
 }
 
 /// "section.key" -> value, from the config text (section headers, then indented keys).
@@ -116,7 +105,7 @@ std::map<std::string, std::string> config_entries(const std::string& text) {
 }  // namespace
 
 void DdpStrategy::check_same_config(const std::string& config_text) {
-  const std::vector<int64_t> hashes = gather(*comm_, fnv(config_text.data(), config_text.size()));
+  const std::vector<int64_t> hashes = gather(*comm_, fnv1a(config_text));
   const std::vector<int> differing = differing_from_first(hashes);
   if (differing.empty()) return;
   // Replica 0's text, for the keys that differ: its length, then its bytes.
@@ -130,7 +119,7 @@ void DdpStrategy::check_same_config(const std::string& config_text) {
   std::string first(static_cast<size_t>(bytes.numel()), ' ');
   for (size_t i = 0; i < first.size(); ++i) first[i] = static_cast<char>(bytes.data<int64_t>()[i]);
   std::ostringstream os;
-  os << "replicas run different configurations: replica(s) " << list(differing)
+  os << "replicas run different configurations: replica(s) " << dist::rank_list(differing)
      << " differ from replica 0 (config hashes compared at start-up)";
   if (hashes[rank()] != hashes[0]) {
     const auto mine = config_entries(config_text), theirs = config_entries(first);
@@ -147,15 +136,16 @@ void DdpStrategy::check_same_config(const std::string& config_text) {
 }
 
 void DdpStrategy::check_parameters_in_sync(nn::Module& model, int64_t step) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = kFnv1aOffset;
   for (auto& [name, p] : model.named_parameters()) {
     Tensor host = to_device(p.detach(), Device::cpu());
-    h = fnv(host.data_ptr(), host.nbytes(), h);
+    h = fnv1a(host.data_ptr(), host.nbytes(), h);
   }
   const std::vector<int> drifted = differing_from_first(gather(*comm_, h));
   if (!drifted.empty()) {
     DTRAIN_THROW(ValueError, "replicas' parameters drifted apart by step ", step, ": replica(s) ",
-                 list(drifted), " differ from replica 0 (parameter checksums compared every ",
+                 dist::rank_list(drifted),
+                 " differ from replica 0 (parameter checksums compared every ",
                  options_.check_parameters_every_steps, " steps)");
   }
 }

@@ -14,6 +14,8 @@
 #include <set>
 #include <sstream>
 
+#include "tensor/hash.h"
+
 namespace dtrain::train {
 namespace {
 
@@ -610,11 +612,7 @@ std::string Config::to_yaml() const {
 }
 
 std::string Config::hash() const {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : to_yaml()) {
-    h ^= ch;
-    h *= 1099511628211ull;
-  }
+  const uint64_t h = fnv1a(to_yaml());
   std::ostringstream os;
   os << std::hex << std::setw(16) << std::setfill('0') << h;
   return os.str();
