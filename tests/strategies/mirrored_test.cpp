@@ -5,10 +5,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "data/distributed_dataset.h"
 #include "data/synthetic.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
+#include "tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -52,8 +55,10 @@ struct Trained {
 };
 
 /// The reference: one process with the global batch, as the Trainer's data path gives it.
-Trained train_one_process(const data::DatasetPtr& dataset, int64_t global) {
+Trained train_one_process(const data::DatasetPtr& dataset, int64_t global,
+                          Device device = Device::cpu()) {
   auto model = make_classifier();
+  model->to(device);
   nn::SGD opt(model->parameters(), {0.1, 0.9});
   data::DataLoader loader(dataset,
                           data::DistributedSampler(dataset->size(), 1, 0, true, kSeed, false),
@@ -64,12 +69,13 @@ Trained train_one_process(const data::DatasetPtr& dataset, int64_t global) {
     data::Batch b;
     while (static_cast<int>(out.losses.size()) < kSteps && loader.next(b)) {
       opt.zero_grad();
-      Tensor loss = cross_entropy(model->forward(b.x), b.y);
+      Tensor loss = cross_entropy(model->forward(to_device(b.x, device)), to_device(b.y, device));
       loss.backward();
       opt.step();
       out.losses.push_back(loss.item<double>());
     }
   }
+  model->to(Device::cpu());
   out.parameters = model->state_dict();
   return out;
 }
@@ -149,6 +155,93 @@ INSTANTIATE_TEST_SUITE_P(Replicas, MirroredDistributedData,
                                            Case{3, Tail::kEmptySharesSkipped},
                                            Case{4, Tail::kEmptySharesSkipped}),
                          case_name);
+
+TEST(MirroredDevices, MixedOrRepeatedDevicesAreRefusedByName) {
+  auto model = make_classifier();
+  try {
+    MirroredStrategy strategy(*model, {Device::cpu(), Device::cuda(0)});
+    FAIL() << "cpu and cuda:0 were accepted together";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("mix cpu and cuda"), std::string::npos) << e.what();
+  }
+  try {
+    MirroredStrategy strategy(*model, {Device::cuda(0), Device::cuda(1), Device::cuda(0)});
+    FAIL() << "cuda:0 was accepted twice";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:0 twice"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(model->device(), Device::cpu()) << "a refused strategy must leave the model alone";
+}
+
+TEST(MirroredDevices, GpusThisProcessCannotUseAreRefusedWithTheReason) {
+  if (cuda::available() && cuda::device_count() >= 2) {
+    GTEST_SKIP() << "this machine has " << cuda::device_count()
+                 << " GPUs; the refusal is for builds or machines without them";
+  }
+  auto model = make_classifier();
+  try {
+    MirroredStrategy strategy(*model, {Device::cuda(0), Device::cuda(1)});
+    FAIL() << "cuda:0 and cuda:1 were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:1"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(model->device(), Device::cpu()) << "a refused strategy must leave the model alone";
+}
+
+// On one GPU this still runs DDP through NCCL (a group of one); on two it is the real comparison.
+TEST(MirroredDevices, GpusTrainLikeOneGpuWithTheGlobalBatch) {
+#if !defined(DTRAIN_HAS_NCCL)
+  GTEST_SKIP() << "this build has no nccl backend (configure with CUDA and NCCL present)";
+#endif
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  const Case c{std::min(2, cuda::device_count()), Tail::kUneven};
+  std::vector<Device> devices;
+  for (int r = 0; r < c.replicas; ++r) devices.push_back(Device::cuda(r));
+  const data::DatasetPtr dataset = make_dataset(c);
+  const int64_t global = kPerReplica * c.replicas;
+  const Trained single = train_one_process(dataset, global, Device::cuda(0));
+
+  auto model = make_classifier();
+  MirroredStrategy strategy(*model, devices);
+  std::vector<std::unique_ptr<nn::SGD>> optimizers;
+  for (int r = 0; r < c.replicas; ++r) {
+    optimizers.push_back(std::make_unique<nn::SGD>(strategy.replica_model(r).parameters(),
+                                                   nn::SgdOptions{0.1, 0.9}));
+  }
+  data::DistributedDataset batches(dataset, c.replicas,
+                                   {.global_batch_size = global, .shuffle = true, .seed = kSeed});
+  int step = 0;
+  for (int64_t epoch = 0; step < kSteps; ++epoch) {
+    batches.start_epoch(epoch);
+    data::DistributedBatch batch;
+    while (step < kSteps && batches.next(batch)) {
+      strategy.run([&](ReplicaContext& ctx) {
+        const data::Batch& b = batch.per_replica[ctx.replica];
+        optimizers[ctx.replica]->zero_grad();
+        Tensor loss =
+            cross_entropy(ctx.ddp.forward(to_device(b.x, ctx.device)), to_device(b.y, ctx.device));
+        (loss * batch.loss_scale(ctx.replica)).backward();
+        ctx.ddp.synchronize_gradients();
+        optimizers[ctx.replica]->step();
+      });
+      ++step;
+    }
+  }
+  for (int r = 0; r < c.replicas; ++r) {
+    EXPECT_EQ(strategy.replica_device(r), Device::cuda(r));
+    strategy.replica_model(r).to(Device::cpu());
+  }
+  const auto trained = model->state_dict();
+  for (size_t i = 0; i < single.parameters.size(); ++i) {
+    EXPECT_TRUE(testutil::all_close(trained[i].second, single.parameters[i].second, 1e-5, 1e-6))
+        << single.parameters[i].first;
+    for (int r = 1; r < c.replicas; ++r) {
+      EXPECT_TRUE(
+          testutil::bit_equal(strategy.replica_model(r).state_dict()[i].second, trained[i].second))
+          << "replica " << r << " " << single.parameters[i].first;
+    }
+  }
+}
 
 }  // namespace
 }  // namespace dtrain

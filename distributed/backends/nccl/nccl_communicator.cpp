@@ -35,6 +35,7 @@ namespace dtrain::dist {
 struct NcclCommunicator::Impl {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
+  cudaEvent_t inputs_ready = nullptr;  // recorded on the default stream before each collective
   int device = 0;
   uint64_t sequence = 0;
   bool aborted = false;
@@ -86,6 +87,19 @@ struct DeviceScope {
   ~DeviceScope() { cudaSetDevice(previous); }
   int previous = 0;
 };
+
+/// Kernels run on the legacy default stream and NCCL on a non-blocking stream that does not wait
+/// for it: without this a collective could read a gradient its kernel has not written yet.
+void wait_for_default_stream(NcclCommunicator::Impl& impl) {
+  DTRAIN_CUDA_RT_CHECK(cudaEventRecord(impl.inputs_ready, cudaStreamLegacy));
+  DTRAIN_CUDA_RT_CHECK(cudaStreamWaitEvent(impl.stream, impl.inputs_ready, 0));
+}
+
+/// The stream and the ordering event of a communicator on the current device.
+void create_stream(NcclCommunicator::Impl& impl) {
+  DTRAIN_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&impl.stream, cudaStreamNonBlocking));
+  DTRAIN_CUDA_RT_CHECK(cudaEventCreateWithFlags(&impl.inputs_ready, cudaEventDisableTiming));
+}
 
 class NcclWork final : public Work {
  public:
@@ -151,6 +165,7 @@ NcclCommunicator::~NcclCommunicator() {
   DeviceScope scope(impl_->device);
   if (impl_->comm && !impl_->aborted) ncclCommDestroy(impl_->comm);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
+  if (impl_->inputs_ready) cudaEventDestroy(impl_->inputs_ready);
 }
 
 int NcclCommunicator::device() const { return impl_->device; }
@@ -171,7 +186,7 @@ std::shared_ptr<NcclCommunicator> NcclCommunicator::create(int rank, int size, i
   auto impl = std::make_unique<Impl>();
   impl->device = device;
   DeviceScope scope(device);
-  DTRAIN_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+  create_stream(*impl);
   DTRAIN_NCCL_CHECK(ncclCommInitRank(&impl->comm, size, id, rank));
   return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(rank, size, std::move(impl)));
 }
@@ -188,7 +203,7 @@ std::vector<std::shared_ptr<NcclCommunicator>> NcclCommunicator::create_local(
     impl->comm = comms[r];
     impl->device = devices[r];
     DeviceScope scope(devices[r]);
-    DTRAIN_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+    create_stream(*impl);
     out.push_back(std::shared_ptr<NcclCommunicator>(new NcclCommunicator(r, n, std::move(impl))));
   }
   return out;
@@ -202,6 +217,10 @@ std::vector<WorkPtr> NcclCommunicator::group_all_reduce(
                tensors.size(), " tensors");
   for (size_t i = 0; i < tensors.size(); ++i) {
     check_device_tensor("group_all_reduce", tensors[i], communicators[i]->device());
+  }
+  for (const auto& c : communicators) {
+    DeviceScope scope(c->impl_->device);
+    wait_for_default_stream(*c->impl_);
   }
   DTRAIN_NCCL_CHECK(ncclGroupStart());
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -224,6 +243,7 @@ std::vector<WorkPtr> NcclCommunicator::group_all_reduce(
 WorkPtr NcclCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
   check_device_tensor("all_reduce", t, impl_->device);
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   CollectiveInfo info{++impl_->sequence, "all_reduce(" + std::string(reduce_op_name(opts.op)) + ")",
                       t.dtype(), t.numel()};
   DTRAIN_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(),
@@ -236,6 +256,7 @@ WorkPtr NcclCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
                                                const AllReduceOptions& opts) {
   DTRAIN_CHECK(!ts.empty(), "all_reduce_coalesced: no tensors");
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   int64_t total = 0;
   DTRAIN_NCCL_CHECK(ncclGroupStart());
   for (Tensor& t : ts) {
@@ -256,6 +277,7 @@ WorkPtr NcclCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
 WorkPtr NcclCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
   check_device_tensor("broadcast", t, impl_->device);
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   CollectiveInfo info{++impl_->sequence, "broadcast(root " + std::to_string(opts.root) + ")",
                       t.dtype(), t.numel()};
   DTRAIN_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(),
@@ -267,6 +289,7 @@ WorkPtr NcclCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
 WorkPtr NcclCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
   check_device_tensor("reduce", t, impl_->device);
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   CollectiveInfo info{++impl_->sequence,
                       "reduce(" + std::string(reduce_op_name(opts.op)) + ", root " +
                           std::to_string(opts.root) + ")",
@@ -283,6 +306,7 @@ WorkPtr NcclCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGat
   DTRAIN_CHECK(out.numel() == in.numel() * size() && out.dtype() == in.dtype(),
                "all_gather: output ", out.describe(), " must hold ", size(), " x ", in.describe());
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   CollectiveInfo info{++impl_->sequence, "all_gather", in.dtype(), in.numel()};
   DTRAIN_NCCL_CHECK(ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(),
                                   nccl_type(in.dtype(), "all_gather"), impl_->comm, impl_->stream));
@@ -297,6 +321,7 @@ WorkPtr NcclCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
                "reduce_scatter: input ", in.describe(), " must hold ", size(), " x ",
                out.describe());
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   CollectiveInfo info{++impl_->sequence,
                       "reduce_scatter(" + std::string(reduce_op_name(opts.op)) + ")", out.dtype(),
                       out.numel()};
@@ -317,6 +342,7 @@ WorkPtr NcclCommunicator::barrier(const BarrierOptions&) {
 WorkPtr NcclCommunicator::send(const Tensor& t, int peer, const SendRecvOptions&) {
   check_device_tensor("send", t, impl_->device);
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   CollectiveInfo info{0, "send(to " + std::to_string(peer) + ")", t.dtype(), t.numel()};
   DTRAIN_NCCL_CHECK(ncclSend(t.data_ptr(), t.numel(), nccl_type(t.dtype(), "send"), peer,
                              impl_->comm, impl_->stream));
@@ -326,6 +352,7 @@ WorkPtr NcclCommunicator::send(const Tensor& t, int peer, const SendRecvOptions&
 WorkPtr NcclCommunicator::recv(Tensor& t, int peer, const SendRecvOptions&) {
   check_device_tensor("recv", t, impl_->device);
   DeviceScope scope(impl_->device);
+  wait_for_default_stream(*impl_);
   CollectiveInfo info{0, "recv(from " + std::to_string(peer) + ")", t.dtype(), t.numel()};
   DTRAIN_NCCL_CHECK(ncclRecv(t.data_ptr(), t.numel(), nccl_type(t.dtype(), "recv"), peer,
                              impl_->comm, impl_->stream));
