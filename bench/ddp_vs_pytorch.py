@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Data-parallel training throughput on this machine: dtrain's ddp strategy (mpirun, 2 processes)
 and PyTorch 1.13 DistributedDataParallel (gloo, 2 processes) on the same models, per-replica batch
-64 and one thread per process, plus each framework's single process, interleaved in one run.
+64 and one thread per process, plus each framework's single process and two independent dtrain
+processes (no communication: the machine's ceiling for two workers), interleaved in one run.
 Usage: bench/ddp_vs_pytorch.py [--rounds 2] [--dtrain build/dtrain]
 Run with Debian's /usr/bin/python3 (python3-torch); needs mpirun (openmpi-bin)."""
 import argparse
@@ -28,6 +29,27 @@ def dtrain_rate(binary, kind, processes):
             args = ["mpirun", "--oversubscribe", "-n", str(processes)] + args + ["strategy.type=ddp"]
         out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
     return float(re.search(r"samples_per_sec=([0-9.]+)", out).group(1))
+
+
+def dtrain_pair_rate(binary, kind):
+    """Two independent single-process runs at once, one per core (as mpirun binds them): what two
+    workers reach with no communication at all, the machine's ceiling for the DDP run."""
+    config, steps = CONFIGS[kind]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cores = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for i in range(2):
+            args = [binary, "train", config, f"train.max_steps={steps}", "train.resume=never",
+                    "log.progress=off", "train.threads=1", "train.checkpoint_every_steps=0",
+                    f"train.checkpoint_dir={tmp}/ck{i}", f"log.dir={tmp}/log{i}"]
+            core = {cores[i % len(cores)]}
+            procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True,
+                                          preexec_fn=lambda c=core: os.sched_setaffinity(0, c)))
+        outs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"an independent dtrain run failed: {[p.returncode for p in procs]}")
+    return sum(float(re.search(r"samples_per_sec=([0-9.]+)", o).group(1)) for o in outs)
 
 
 def torch_model(kind):
@@ -106,16 +128,19 @@ def main():
         for _ in range(args.rounds):
             for name, fn in (("dtrain 1", lambda: dtrain_rate(args.dtrain, kind, 1)),
                              ("dtrain 2", lambda: dtrain_rate(args.dtrain, kind, 2)),
+                             ("dtrain 2 alone", lambda: dtrain_pair_rate(args.dtrain, kind)),
                              ("torch 1", lambda: torch_rate(kind, 1)),
                              ("torch 2", lambda: torch_rate(kind, 2))):
                 best[name] = max(best.get(name, 0), fn())
         rows.append((kind, best))
     print(f"samples/s, batch {BATCH} per replica, 1 thread per process, best of {args.rounds}")
-    print("| model | dtrain 1 proc | dtrain ddp 2 procs | efficiency | PyTorch 1 proc | PyTorch DDP 2 procs "
-          "| efficiency | dtrain DDP / PyTorch DDP |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | dtrain 1 proc | dtrain ddp 2 procs | efficiency | 2 procs without communication "
+          "| their efficiency (ceiling) | PyTorch 1 proc | PyTorch DDP 2 procs | efficiency "
+          "| dtrain DDP / PyTorch DDP |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind, b in rows:
         print(f"| {kind} | {b['dtrain 1']:.0f} | {b['dtrain 2']:.0f} | {b['dtrain 2'] / (2 * b['dtrain 1']):.2f} "
+              f"| {b['dtrain 2 alone']:.0f} | {b['dtrain 2 alone'] / (2 * b['dtrain 1']):.2f} "
               f"| {b['torch 1']:.0f} | {b['torch 2']:.0f} | {b['torch 2'] / (2 * b['torch 1']):.2f} "
               f"| {b['dtrain 2'] / b['torch 2']:.2f} |")
 
