@@ -60,13 +60,24 @@ class AsyncCommunicator : public Communicator {
   WorkPtr barrier(const BarrierOptions& opts = {}) override;
   WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
   WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
-  /// Shared memory when every rank is on this host (same host name and IPC, mount and PID
-  /// namespaces) and DTRAIN_SHARED_MEMORY is not 0 on any rank; decided at the first call.
-  /// all_reduce on these tensors then runs SharedSegment::all_reduce instead of the backend's.
+  /// Shared memory between the ranks of each host (same host name and IPC, mount and PID
+  /// namespaces), unless DTRAIN_SHARED_MEMORY is 0 or the size limits differ on some rank;
+  /// decided at the first call. all_reduce on these tensors then runs SharedSegment::all_reduce
+  /// when every rank is on one host; when the group spans hosts (and some host has two ranks or
+  /// more), each host reduces in its segment and only the host's first rank exchanges with the
+  /// other hosts (a ring over the backend's send and recv), then shares the result.
   Tensor allocate_symmetric(int64_t numel, DType dtype) override;
-  /// Whether the ranks share a host and may share memory (decided at allocate_symmetric's first
-  /// call; false before). Buffers above the size limit are ordinary memory even then.
-  bool uses_shared_memory() const { return shared_memory_ == SharedMemory::kOn; }
+  /// Whether ranks share memory with the others of their host (decided at allocate_symmetric's
+  /// first call; false before). Buffers above the size limit are ordinary memory even then.
+  bool uses_shared_memory() const {
+    return shared_memory_ == SharedMemory::kOneHost || shared_memory_ == SharedMemory::kPerHost;
+  }
+  /// The group's ranks that share memory with this one, this rank included (empty before the
+  /// decision or without shared memory).
+  const std::vector<int>& ranks_sharing_memory() const { return host_ranks_; }
+  /// Replaces this rank's host key before the first allocate_symmetric: ranks with different
+  /// keys never share memory. Lets a test run the ranks of several hosts as threads.
+  void set_shared_memory_host_key(std::string key) { host_key_ = std::move(key); }
   /// Whether all_reduce on `t` goes through shared memory (t lies in a segment of this group).
   bool in_shared_memory(const Tensor& t) { return segment_holding(t) != nullptr; }
 
@@ -123,10 +134,21 @@ class AsyncCommunicator : public Communicator {
 
   /// The segment holding all of `t` in this rank's slot, or nullptr.
   std::shared_ptr<SharedSegment> segment_holding(const Tensor& t);
+  /// Decides shared_memory_, host_ranks_ and host_leaders_ (collective: an all_gather).
+  void decide_shared_memory();
+  /// In place among the hosts' first ranks (this rank is one): a ring reduce-scatter then
+  /// all-gather over run_send/run_recv, so every host ends with the same bits.
+  void all_reduce_among_hosts(Tensor& t, ReduceOp op, const CollectiveInfo& info, Timeout timeout);
 
   uint64_t sequence_ = 0;
   bool debug_checks_ = false;
-  enum class SharedMemory { kUndecided, kOn, kOff } shared_memory_ = SharedMemory::kUndecided;
+  enum class SharedMemory { kUndecided, kOff, kOneHost, kPerHost };
+  SharedMemory shared_memory_ = SharedMemory::kUndecided;
+  std::string host_key_;           // "" : shared_memory_host_key()
+  std::vector<int> host_ranks_;    // the ranks on this rank's host, ascending
+  int host_rank_ = 0;              // this rank's index in host_ranks_ (its slot)
+  std::vector<int> host_leaders_;  // each host's first rank, ascending
+  Tensor ring_scratch_;            // all_reduce_among_hosts' receive buffer
   std::vector<std::weak_ptr<SharedSegment>> segments_;  // issuing thread only
   CollectiveObserver* observer_ = nullptr;
   std::mutex mu_;

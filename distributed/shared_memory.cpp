@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -221,21 +222,79 @@ void SharedSegment::wait_for_all(uint64_t target, const char* stage, const Colle
       for (int r : late) {
         const pid_t pid = flags(r)->pid;
         if (process_gone(pid)) {
-          DTRAIN_THROW(DistError, "shared memory: rank ", rank_, " in ", info.describe(), ": rank ",
-                       r, " (pid ", pid, ") exited before it could ", stage,
+          DTRAIN_THROW(DistError, "shared memory: rank ", name_of(rank_), " in ", info.describe(),
+                       ": rank ", name_of(r), " (pid ", pid, ") exited before it could ", stage,
                        " it; peer lost: that process probably exited or was killed (its own log "
                        "has the cause)");
         }
       }
     }
     if (!late.empty() && now >= deadline) {
-      DTRAIN_THROW(TimeoutError, "shared memory: rank ", rank_, " in ", info.describe(),
-                   ": rank(s) ", rank_list(late), " did not ", stage, " it within ",
+      DTRAIN_THROW(TimeoutError, "shared memory: rank ", name_of(rank_), " in ", info.describe(),
+                   ": rank(s) ", rank_list(names_of(late)), " did not ", stage, " it within ",
                    timeout.count(),
                    " ms; they are late or stuck in another call (their logs, or "
                    "DTRAIN_DISTRIBUTED_DEBUG=1, show which)");
     }
   }
+}
+
+std::vector<int> SharedSegment::names_of(const std::vector<int>& slots) const {
+  std::vector<int> out;
+  for (int s : slots) out.push_back(name_of(s));
+  return out;
+}
+
+void SharedSegment::reduce_my_chunk(size_t offset, int64_t count, DType dtype, ReduceOp op,
+                                    bool sum_only, bool into_all) {
+  const size_t element = dtype_size(dtype);
+  // Chunks start on cache lines, so no two ranks write the same line.
+  const int64_t per_line = static_cast<int64_t>(64 / element);
+  const int64_t share = (count + ranks_ - 1) / ranks_;
+  const int64_t chunk = (share + per_line - 1) / per_line * per_line;
+  const int64_t begin = std::min<int64_t>(count, chunk * rank_);
+  const int64_t end = std::min<int64_t>(count, begin + chunk);
+  // Block by block through a buffer that stays in L1: each slot's chunk is read once and
+  // written once.
+  constexpr size_t kBlockBytes = 16 * 1024;
+  alignas(64) char block[kBlockBytes];
+  const int64_t per_block = static_cast<int64_t>(kBlockBytes / element);
+  const ReduceOp sum_or_op = op == ReduceOp::kAvg ? ReduceOp::kSum : op;
+  const int targets = into_all ? ranks_ : 1;
+  for (int64_t first = begin; first < end; first += per_block) {
+    const int64_t n = std::min(per_block, end - first);
+    const size_t at = offset + static_cast<size_t>(first) * element;
+    std::memcpy(block, slot(0) + at, static_cast<size_t>(n) * element);
+    for (int r = 1; r < ranks_; ++r) reduce_into(block, slot(r) + at, n, dtype, sum_or_op);
+    if (op == ReduceOp::kAvg && !sum_only) divide_in_place(block, n, dtype, ranks_);
+    for (int r = 0; r < targets; ++r) {
+      std::memcpy(slot(r) + at, block, static_cast<size_t>(n) * element);
+    }
+  }
+}
+
+void SharedSegment::all_reduce_across_hosts(size_t offset, int64_t count, DType dtype, ReduceOp op,
+                                            int group_size,
+                                            const std::function<void()>& across_hosts,
+                                            const CollectiveInfo& info, Timeout timeout,
+                                            std::chrono::microseconds spin) {
+  // 1. every input written; 2. this host's sum in slot 0; 3. slot 0 holds every host's result;
+  // 4. every rank copied it (slot 0's owner may then write its next input).
+  raise_flag();
+  wait_for_all(counter_, "enter", info, timeout, spin);
+  reduce_my_chunk(offset, count, dtype, op, /*sum_only=*/true, /*into_all=*/false);
+  raise_flag();
+  wait_for_all(counter_, "reduce its share of", info, timeout, spin);
+  const size_t bytes = static_cast<size_t>(count) * dtype_size(dtype);
+  if (rank_ == 0) {
+    across_hosts();
+    if (op == ReduceOp::kAvg) divide_in_place(slot(0) + offset, count, dtype, group_size);
+  }
+  raise_flag();
+  wait_for_all(counter_, "combine the hosts' results in", info, timeout, spin);
+  if (rank_ != 0) std::memcpy(slot(rank_) + offset, slot(0) + offset, bytes);
+  raise_flag();
+  wait_for_all(counter_, "finish", info, timeout, spin);
 }
 
 void SharedSegment::all_reduce(size_t offset, int64_t count, DType dtype, ReduceOp op,
@@ -251,29 +310,7 @@ void SharedSegment::all_reduce(size_t offset, int64_t count, DType dtype, Reduce
   raise_flag();
   wait_for_all(counter_, "enter", info, timeout, spin);
 
-  const size_t element = dtype_size(dtype);
-  // Chunks start on cache lines, so no two ranks write the same line.
-  const int64_t per_line = static_cast<int64_t>(64 / element);
-  const int64_t share = (count + ranks_ - 1) / ranks_;
-  const int64_t chunk = (share + per_line - 1) / per_line * per_line;
-  const int64_t begin = std::min<int64_t>(count, chunk * rank_);
-  const int64_t end = std::min<int64_t>(count, begin + chunk);
-  // Block by block through a buffer that stays in L1: each slot's chunk is read once and
-  // written once.
-  constexpr size_t kBlockBytes = 16 * 1024;
-  alignas(64) char block[kBlockBytes];
-  const int64_t per_block = static_cast<int64_t>(kBlockBytes / element);
-  const ReduceOp sum_or_op = op == ReduceOp::kAvg ? ReduceOp::kSum : op;
-  for (int64_t first = begin; first < end; first += per_block) {
-    const int64_t n = std::min(per_block, end - first);
-    const size_t at = offset + static_cast<size_t>(first) * element;
-    std::memcpy(block, slot(0) + at, static_cast<size_t>(n) * element);
-    for (int r = 1; r < ranks_; ++r) reduce_into(block, slot(r) + at, n, dtype, sum_or_op);
-    if (op == ReduceOp::kAvg) divide_in_place(block, n, dtype, ranks_);
-    for (int r = 0; r < ranks_; ++r) {
-      std::memcpy(slot(r) + at, block, static_cast<size_t>(n) * element);
-    }
-  }
+  reduce_my_chunk(offset, count, dtype, op, /*sum_only=*/false, /*into_all=*/true);
 
   raise_flag();
   wait_for_all(counter_, "finish", info, timeout, spin);

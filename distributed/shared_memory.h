@@ -1,14 +1,17 @@
 // Symmetric memory for the ranks of a group on one host: a POSIX shared-memory segment with one
 // slot per rank. An all-reduce over tensors in it reduces in place (each rank reduces one chunk of
 // every slot, in rank order, and writes the result into all of them) between two flag barriers:
-// no messages, no system calls, no copies in or out of the tensors.
+// no messages, no system calls, no copies in or out of the tensors. When the group spans hosts,
+// each host's ranks share a segment and only its first rank talks to the other hosts.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "distributed/communicator.h"
 
@@ -41,6 +44,8 @@ class SharedSegment {
   size_t slot_bytes() const { return slot_bytes_; }
   /// True when [p, p + bytes) lies in `rank`'s slot.
   bool holds(int rank, const void* p, size_t bytes) const;
+  /// The group's rank of each slot, for messages (default: slot r is rank r).
+  void set_rank_names(std::vector<int> group_ranks) { names_ = std::move(group_ranks); }
 
   /// In place over every slot's [offset, offset + count elements): afterwards each slot holds
   /// op(slot 0, slot 1, ...) reduced in rank order (kAvg: the sum divided by the rank count), the
@@ -50,6 +55,14 @@ class SharedSegment {
   /// background thread whose spinning would slow the training threads.
   void all_reduce(size_t offset, int64_t count, DType dtype, ReduceOp op,
                   const CollectiveInfo& info, Timeout timeout, std::chrono::microseconds spin);
+  /// The same when the group spans hosts and this segment holds one host's ranks: they reduce
+  /// into slot 0 (kAvg as a sum), slot 0's rank runs `across_hosts` on it (an all-reduce among
+  /// the hosts' first ranks, in place) and divides by `group_size` for kAvg, then every rank
+  /// copies the result into its own slot. Four flag barriers.
+  void all_reduce_across_hosts(size_t offset, int64_t count, DType dtype, ReduceOp op,
+                               int group_size, const std::function<void()>& across_hosts,
+                               const CollectiveInfo& info, Timeout timeout,
+                               std::chrono::microseconds spin);
 
  private:
   SharedSegment(std::string name, int ranks, size_t slot_bytes, int rank, void* base,
@@ -58,6 +71,13 @@ class SharedSegment {
   void wait_for_all(uint64_t target, const char* stage, const CollectiveInfo& info, Timeout timeout,
                     std::chrono::microseconds spin);
   Flags* flags(int rank) const;
+  int name_of(int slot) const { return names_.empty() ? slot : names_[slot]; }
+  std::vector<int> names_of(const std::vector<int>& slots) const;
+  /// Reduces this rank's chunk of [offset, offset + count elements) over every slot, in slot
+  /// order, into every slot (`into_all`) or slot 0 only (kAvg: divided by the slot count unless
+  /// `sum_only`).
+  void reduce_my_chunk(size_t offset, int64_t count, DType dtype, ReduceOp op, bool sum_only,
+                       bool into_all);
   /// Advances this rank's flag and rings the doorbell for ranks sleeping on it.
   void raise_flag();
 
@@ -68,7 +88,8 @@ class SharedSegment {
   void* base_;
   size_t mapped_;
   char* slots_;
-  uint64_t counter_ = 0;  // this rank's flag value: two steps per collective
+  uint64_t counter_ = 0;  // this rank's flag value: one step per barrier
+  std::vector<int> names_;
   bool linked_;
 };
 

@@ -1,14 +1,13 @@
 // DeviceRoutedCommunicator: host tensors through the host communicator, device tensors through the
 // device one. On the CPU the device group is aborted first, so a collective routed there fails:
 // the shared collective cases passing proves every host collective went through the host group.
-#include "distributed/device_routed_communicator.h"
-
 #include <gtest/gtest.h>
 
 #include <thread>
 
 #include "collective_cases.h"
 #include "distributed/backends/local/local_communicator.h"
+#include "distributed/device_routed_communicator.h"
 #include "tensor/cuda/cuda_backend.h"
 
 #if defined(DTRAIN_HAS_NCCL)

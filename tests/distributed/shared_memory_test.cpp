@@ -1,6 +1,7 @@
 // Symmetric memory between ranks on one host: tcp ranks as threads (and one rank as a forked
 // process) reduce allocate_symmetric buffers in place; the results match the local backend bit
-// for bit, and a rank that is late or gone is named.
+// for bit, and a rank that is late or gone is named. Groups spanning hosts (threads given
+// different host keys) share memory per host and exchange between hosts over tcp.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 #include <future>
 #include <thread>
 
+#include "collective_cases.h"
 #include "distributed/backends/local/local_communicator.h"
 #include "tcp_ranks.h"
 
@@ -139,6 +141,106 @@ TEST(SharedMemory, APeerProcessThatDiesIsNamedWithItsPid) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << "the child rank failed to set up";
+}
+
+/// Runs body on tcp ranks as threads, rank r claiming to be on host hosts[r].
+void for_each_rank_on_hosts(const std::string& hosts,
+                            const std::function<void(AsyncCommunicator&)>& body) {
+  std::vector<std::string> errors;
+  for_each_tcp_rank(
+      static_cast<int>(hosts.size()),
+      [&](AsyncCommunicator& c) {
+        c.set_shared_memory_host_key(std::string("host-") + hosts[c.rank()]);
+        body(c);
+      },
+      {}, &errors);
+  for (size_t r = 0; r < errors.size(); ++r) {
+    EXPECT_EQ(errors[r], "") << "rank " << r << " failed";
+  }
+}
+
+std::vector<int> ranks_on(const std::string& hosts, char host) {
+  std::vector<int> out;
+  for (size_t r = 0; r < hosts.size(); ++r) {
+    if (hosts[r] == host) out.push_back(static_cast<int>(r));
+  }
+  return out;
+}
+
+TEST(SharedMemoryAcrossHosts, EachHostsRanksShareMemoryAndEveryCollectiveCaseHolds) {
+  // Two hosts, hosts of one rank, interleaved ranks, three hosts: the exact inputs of the shared
+  // collective cases give exact results whatever the order of the additions.
+  for (const std::string hosts : {"aabb", "aab", "abab", "aabbcc", "abbba"}) {
+    SCOPED_TRACE("hosts " + hosts);
+    for_each_rank_on_hosts(hosts, [&](AsyncCommunicator& c) {
+      Tensor t = c.allocate_symmetric(1000, DType::kFloat32);
+      EXPECT_TRUE(c.uses_shared_memory()) << "rank " << c.rank();
+      EXPECT_TRUE(c.in_shared_memory(t)) << "rank " << c.rank();
+      EXPECT_EQ(c.ranks_sharing_memory(), ranks_on(hosts, hosts[c.rank()])) << "rank " << c.rank();
+      testdist::check_symmetric_all_reduce(c);
+    });
+  }
+}
+
+TEST(SharedMemoryAcrossHosts, RoundedSumsAreBitIdenticalOnEveryRankAndCloseToTheLocalBackend) {
+  const int64_t count = 70001;  // uneven ring chunks and several 16 KB blocks per rank
+  const std::string hosts = "aabbb";
+  const int world = static_cast<int>(hosts.size());
+  std::vector<Tensor> shared(world);
+  for_each_rank_on_hosts(hosts, [&](AsyncCommunicator& c) {
+    Tensor t = c.allocate_symmetric(count, DType::kFloat32);
+    t.copy_(random_input(c.rank(), count));
+    c.all_reduce(t, {ReduceOp::kAvg})->wait();
+    c.all_reduce(t, {ReduceOp::kSum})->wait();  // a second one reuses the segment's flags
+    shared[c.rank()] = t.clone();
+  });
+  std::vector<double> want(count, 0.0);  // the average, then summed over the ranks: the sum
+  for (int r = 0; r < world; ++r) {
+    const auto input = random_input(r, count).to_vector<float>();
+    for (int64_t i = 0; i < count; ++i) want[i] += input[i];
+  }
+  for (int r = 0; r < world; ++r) {
+    EXPECT_EQ(std::memcmp(shared[r].data_ptr(), shared[0].data_ptr(), shared[0].nbytes()), 0)
+        << "rank " << r << " differs from rank 0";
+  }
+  const auto got = shared[0].to_vector<float>();
+  for (int64_t i = 0; i < count; i += 997) EXPECT_NEAR(got[i], want[i], 1e-5) << "element " << i;
+}
+
+TEST(SharedMemoryAcrossHosts, RanksAllOnDifferentHostsShareNothing) {
+  for_each_rank_on_hosts("abc", [](AsyncCommunicator& c) {
+    Tensor t = c.allocate_symmetric(100, DType::kFloat32);
+    EXPECT_FALSE(c.uses_shared_memory());
+    EXPECT_FALSE(c.in_shared_memory(t));
+    t.fill_(1.0);
+    c.all_reduce(t)->wait();
+    EXPECT_EQ(t.to_vector<float>()[99], 3.0f);
+  });
+}
+
+TEST(SharedMemoryAcrossHosts, ALateRankIsNamedByItsRankInTheGroup) {
+  // Ranks 1 and 2 share host b; rank 2 never joins, so rank 1 names it (not as slot 1).
+  std::promise<void> reported;
+  std::shared_future<void> done = reported.get_future().share();
+  for_each_rank_on_hosts("abb", [&](AsyncCommunicator& c) {
+    Tensor t = c.allocate_symmetric(64, DType::kFloat32);
+    if (c.rank() == 2) {
+      done.wait();
+      return;
+    }
+    try {
+      c.all_reduce(t, {ReduceOp::kSum, std::chrono::milliseconds(300)})->wait();
+      ADD_FAILURE() << "rank " << c.rank() << "'s all-reduce completed without rank 2";
+    } catch (const TimeoutError& e) {
+      if (c.rank() == 1) {
+        EXPECT_THAT(e.message(), HasSubstr("shared memory: rank 1 in collective #"));
+        EXPECT_THAT(e.message(), HasSubstr("rank(s) 2 did not enter it within 300 ms"));
+      }
+    } catch (const Error& e) {
+      EXPECT_EQ(c.rank(), 0) << e.what();  // host a's rank waits for host b over tcp
+    }
+    if (c.rank() == 1) reported.set_value();
+  });
 }
 
 }  // namespace

@@ -3,8 +3,11 @@
 # route, so nothing leaves the machine), each with its own host name. One `dtrain launch` per host
 # trains a 2-node job over TCP; the result must equal one host running both workers. Then a worker
 # on the second host is killed with SIGKILL mid-epoch: both launchers print the same root cause,
-# restart, and end with weights bit-identical to the uninterrupted run. Last, mpirun started on
-# one host runs a rank on each and must give the same weights too.
+# restart, and end with weights bit-identical to the uninterrupted run. Then two workers per host:
+# each host's workers reduce in shared memory and only one per host talks to the other host; the
+# run must train like four workers on one host (the sums' order differs, so to a tolerance), with
+# the replicas checked bit-identical every 50 steps. Last, mpirun started on one host runs a rank
+# on each and must give the same weights as the first run.
 # Usage: netns_two_hosts.sh DTRAIN   (exit 77 = skipped, with the reason printed)
 set -euo pipefail
 
@@ -137,7 +140,35 @@ done
 same_weights "$work/kill" "$work/one" || fail "weights after recovery differ"
 echo "recovered: $(final_line "$work/kill-a.out"), weights bit-identical"
 
-# 4. mpirun across the two hosts, started inside host a; Open MPI reaches host b through a
+# 4. Two workers per host: shared memory within each host, tcp between the hosts.
+four=(train.epochs=2 strategy.check_parameters_every_steps=50)
+mkdir -p "$work/four-one" "$work/four-two"
+cp "$work/run.yaml" "$work/four-one/"
+cp "$work/run.yaml" "$work/four-two/"
+(cd "$work/four-one" && timeout 240 "$dtrain" launch --nproc-per-node 4 run.yaml "${four[@]}") \
+  >"$work/four-one.out" 2>&1 || fail "four workers on one host failed"
+common=(--nnodes 2 --nproc-per-node 2 --rdzv-endpoint 10.77.0.1:29402 run.yaml "${four[@]}")
+export DTRAIN_DISTRIBUTED_DEBUG=1  # the workers say whom they share memory with
+launch_on "$ns_a" host-a "$work/four-two" "$work/four-a.out" --node-rank 0 "${common[@]}"
+launch_on "$ns_b" host-b "$work/four-two" "$work/four-b.out" --node-rank 1 "${common[@]}"
+unset DTRAIN_DISTRIBUTED_DEBUG
+wait "${pids[0]}" || fail "host a's launcher failed (2 workers per host)"
+wait "${pids[1]}" || fail "host b's launcher failed (2 workers per host)"
+pids=()
+grep -q "shared memory with rank(s) 0, 1 of this host (2 host(s))" "$work/four-a.out" ||
+  fail "host a's workers did not share memory"
+grep -q "shared memory with rank(s) 2, 3 of this host (2 host(s))" "$work/four-b.out" ||
+  fail "host b's workers did not share memory"
+one=$(final_line "$work/four-one.out") two=$(final_line "$work/four-a.out")
+echo "4 workers, one host:       $one"
+echo "2 workers on each of two:  $two"
+awk -v a="$one" -v b="$two" 'BEGIN {
+  split(a, x, /[= ]/); split(b, y, /[= ]/);   # final: test_accuracy= A test_loss= L steps= S
+  acc = x[3] - y[3]; loss = (x[5] - y[5]) / x[5];
+  exit !(x[7] == y[7] && x[7] > 0 && acc < 0.01 && acc > -0.01 && loss < 0.01 && loss > -0.01) }' ||
+  fail "two hosts x two workers do not train like four workers on one host"
+
+# 5. mpirun across the two hosts, started inside host a; Open MPI reaches host b through a
 #    remote-shell agent that enters b's namespace (in place of ssh) with b's host name.
 if command -v mpirun >/dev/null; then
   cat >"$work/agent.sh" <<AGENT
