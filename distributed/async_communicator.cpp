@@ -392,7 +392,7 @@ Tensor AsyncCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
 void AsyncCommunicator::all_reduce_among_hosts(Tensor& t, ReduceOp op, const CollectiveInfo& info,
                                                Timeout timeout) {
   // A reserved tag, so the ring's messages never match a user's send or recv.
-  constexpr int kRingTag = 32001;
+  constexpr int kRingTag = kReservedTags;
   const int hosts = static_cast<int>(host_leaders_.size());
   const int me = static_cast<int>(std::find(host_leaders_.begin(), host_leaders_.end(), rank()) -
                                   host_leaders_.begin());
@@ -561,6 +561,8 @@ WorkPtr AsyncCommunicator::send(const Tensor& t, int peer, const SendRecvOptions
   check_host_tensor("send", t, "tensor");
   DTRAIN_CHECK(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
                " must be another rank of the group of ", size());
+  DTRAIN_CHECK(opts.tag >= 0 && opts.tag < kReservedTags, "send: tag ", opts.tag,
+               " must be in [0, ", kReservedTags, "); larger tags are dtrain's own");
   // Point-to-point calls are not collective: they do not take a group sequence number.
   CollectiveInfo info;
   info.kind = "send(to " + std::to_string(peer) + ", tag " + std::to_string(opts.tag) + ")";
@@ -574,6 +576,8 @@ WorkPtr AsyncCommunicator::recv(Tensor& t, int peer, const SendRecvOptions& opts
   check_host_tensor("recv", t, "tensor");
   DTRAIN_CHECK(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
                " must be another rank of the group of ", size());
+  DTRAIN_CHECK(opts.tag >= 0 && opts.tag < kReservedTags, "recv: tag ", opts.tag,
+               " must be in [0, ", kReservedTags, "); larger tags are dtrain's own");
   CollectiveInfo info;
   info.kind = "recv(from " + std::to_string(peer) + ", tag " + std::to_string(opts.tag) + ")";
   info.dtype = t.dtype();

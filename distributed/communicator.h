@@ -43,8 +43,10 @@ struct ReduceScatterOptions {
 struct BarrierOptions {
   Timeout timeout = kDefaultTimeout;
 };
+/// Tags from kReservedTags on belong to dtrain's own algorithms (the host ring of shared memory).
+inline constexpr int kReservedTags = 32000;
 struct SendRecvOptions {
-  int tag = 0;
+  int tag = 0;  // 0 .. kReservedTags - 1
   Timeout timeout = kDefaultTimeout;
 };
 

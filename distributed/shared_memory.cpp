@@ -282,7 +282,7 @@ void SharedSegment::all_reduce_across_hosts(size_t offset, int64_t count, DType 
   // 4. every rank copied it (slot 0's owner may then write its next input).
   raise_flag();
   wait_for_all(counter_, "enter", info, timeout, spin);
-  reduce_my_chunk(offset, count, dtype, op, /*sum_only=*/true, /*into_all=*/false);
+  if (ranks_ > 1) reduce_my_chunk(offset, count, dtype, op, /*sum_only=*/true, /*into_all=*/false);
   raise_flag();
   wait_for_all(counter_, "reduce its share of", info, timeout, spin);
   const size_t bytes = static_cast<size_t>(count) * dtype_size(dtype);

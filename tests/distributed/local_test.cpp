@@ -50,6 +50,21 @@ TEST_P(LocalCollectives, ResultsAreBitIdenticalOnEveryRank) {
 INSTANTIATE_TEST_SUITE_P(World, LocalCollectives, ::testing::Values(1, 2, 3, 8),
                          [](const auto& info) { return std::to_string(info.param) + "ranks"; });
 
+TEST(LocalBackend, TagsDtrainReservesAreRefusedWhereTheyAreUsed) {
+  auto comms = dist::make_local_group(2);
+  Tensor t = zeros({4});
+  for (int tag : {-1, dist::kReservedTags}) {
+    try {
+      comms[0]->send(t, 1, {tag});
+      ADD_FAILURE() << "tag " << tag << " was accepted";
+    } catch (const ValueError& e) {
+      EXPECT_THAT(e.message(), HasSubstr("send: tag " + std::to_string(tag) + " must be in [0, " +
+                                         std::to_string(dist::kReservedTags) + ")"));
+    }
+    EXPECT_THROW(comms[1]->recv(t, 0, {tag}), ValueError);
+  }
+}
+
 TEST(LocalBackend, CollectivesRunInIssueOrderWhileTheCallerContinues) {
   for_each_rank(2, [](AsyncCommunicator& c) {
     Tensor a = full({4}, c.rank() + 1.0), b = full({4}, 10.0 * (c.rank() + 1));
