@@ -8,12 +8,17 @@
 
 #include "distributed/backends/local/local_communicator.h"
 #include "distributed/backends/tcp/tcp_communicator.h"
+#include "distributed/device_routed_communicator.h"
 #include "distributed/environment.h"
 #include "distributed/socket.h"
 #include "tensor/check.h"
+#include "tensor/cuda/cuda_backend.h"
 
 #ifdef DTRAIN_HAS_MPI
 #include "distributed/backends/mpi/mpi_communicator.h"
+#endif
+#if defined(DTRAIN_HAS_NCCL)
+#include "distributed/backends/nccl/nccl_communicator.h"
 #endif
 
 namespace dtrain::dist {
@@ -98,6 +103,24 @@ std::shared_ptr<AsyncCommunicator> create_world_communicator(std::string_view ba
       UnsupportedError, "communicator backend '", backend,
       "' is not available in this build; available: ", joined(available_backends()),
       backend == "mpi" ? " (rebuild with MPI: install libopenmpi-dev, -DDTRAIN_MPI=ON)" : "");
+}
+
+GpuJob init_gpu_job_from_env(std::string_view backend) {
+#if !defined(DTRAIN_HAS_NCCL)
+  (void)backend;
+  DTRAIN_THROW(UnsupportedError,
+               "a GPU job needs the nccl backend; this dtrain was built without it (configure "
+               "with CUDA and NCCL present)");
+#else
+  if (!cuda::available()) {
+    DTRAIN_THROW(UnsupportedError, "a GPU job needs a GPU: ", cuda::unavailable_reason());
+  }
+  const WorldInfo world = detect_world();
+  const Device device = Device::cuda(world.local_rank % cuda::device_count());
+  std::shared_ptr<AsyncCommunicator> host = init_from_env(backend);
+  auto gpu = NcclCommunicator::create(*host, device.index);
+  return {std::make_shared<DeviceRoutedCommunicator>(host, gpu), device};
+#endif
 }
 
 std::shared_ptr<AsyncCommunicator> init_from_env(std::string_view backend) {

@@ -29,6 +29,17 @@ std::shared_ptr<AsyncCommunicator> create_world_communicator(std::string_view ba
 /// both when they do not, then runs a pre-flight all-reduce that every rank must pass.
 std::shared_ptr<AsyncCommunicator> init_from_env(std::string_view backend = "auto");
 
+/// A job with one GPU per process: the communicator init_from_env(backend) gives, for host
+/// tensors, joined with an nccl one for device tensors (DeviceRoutedCommunicator), on the GPU
+/// `local rank mod GPUs of this machine`. Put the model there and wrap it in
+/// DistributedDataParallel with `comm`. Throws UnsupportedError in a build without NCCL or on a
+/// machine without a GPU, with the reason.
+struct GpuJob {
+  std::shared_ptr<Communicator> comm;
+  Device device;
+};
+GpuJob init_gpu_job_from_env(std::string_view backend = "auto");
+
 /// A new client of the job's Store (DTRAIN_STORE_ADDR and DTRAIN_STORE_TOKEN, set by dtrain
 /// launch), or null when the job has none (mpirun, srun, a single process).
 std::shared_ptr<StoreClient> job_store();

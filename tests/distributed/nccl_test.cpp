@@ -6,6 +6,7 @@
 #include "tensor/tensor.h"
 
 #if defined(DTRAIN_HAS_NCCL)
+#include "distributed/backends/local/local_communicator.h"
 #include "distributed/backends/nccl/nccl_communicator.h"
 #endif
 
@@ -43,6 +44,15 @@ TEST(Nccl, SingleGpuCollectivesKeepValuesAndCountSequences) {
   EXPECT_EQ(t.to_vector<float>(), (std::vector<float>{1, 2, 3}));
   Tensor host = zeros({3});
   EXPECT_THROW(comms[0]->all_reduce(host), ValueError);  // host tensors belong to mpi/local
+}
+TEST(Nccl, CreatedThroughAHostCommunicatorWithoutAStore) {
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  auto host = dist::make_local_group(1);
+  auto nccl = dist::NcclCommunicator::create(*host[0], 0);
+  EXPECT_EQ(nccl->device(), 0);
+  Tensor t = from_vector<float>({1, 2}, {}, Device::cuda(0));
+  nccl->all_reduce(t, {dist::ReduceOp::kMax})->wait();
+  EXPECT_EQ(t.to_vector<float>(), (std::vector<float>{1, 2}));
 }
 #else
 TEST(Nccl, NotBuilt) {

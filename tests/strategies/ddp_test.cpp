@@ -10,10 +10,12 @@
 #include <thread>
 
 #include "distributed/backends/local/local_communicator.h"
+#include "distributed/registry.h"
 #include "distributed/tcp_ranks.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
 #include "strategies/ddp_strategy.h"
+#include "tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -138,6 +140,46 @@ TEST(Ddp, BucketsInSharedMemoryTrainBitIdenticallyToTheLocalBackend) {
       EXPECT_TRUE(testutil::bit_equal(shared[r][i].second, local[0][i].second))
           << "rank " << r << " " << local[0][i].first;
     }
+  }
+}
+
+TEST(DdpGpu, AGpuJobTrainsLikeTheSameModelWithoutDdp) {
+  // One process: the job's communicator is a one-rank group, so DDP's buckets go through NCCL
+  // and must leave the gradients exactly as they were.
+  if (!cuda::available()) {
+    try {
+      dist::init_gpu_job_from_env();
+      ADD_FAILURE() << "a GPU job started without a GPU";
+    } catch (const UnsupportedError& e) {
+      EXPECT_THAT(e.message(), HasSubstr("a GPU job needs"));
+    }
+    GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  }
+  const Data data(5 * 8, 9);
+  dist::GpuJob job = dist::init_gpu_job_from_env();
+  auto reference = make_model(0);
+  auto model = make_model(0);
+  reference->to(job.device);
+  model->to(job.device);
+  DistributedDataParallel ddp(*model, job.comm);
+  nn::SGD ref_opt(reference->parameters(), {0.1, 0.9}), opt(model->parameters(), {0.1, 0.9});
+  for (int s = 0; s < 5; ++s) {
+    auto [x, y] = data.rows(s * 8, 8);
+    x = to_device(x, job.device);
+    y = to_device(y, job.device);
+    ref_opt.zero_grad();
+    cross_entropy(reference->forward(x), y).backward();
+    ref_opt.step();
+    opt.zero_grad();
+    cross_entropy(ddp.forward(x), y).backward();
+    ddp.synchronize_gradients();
+    opt.step();
+  }
+  reference->to(Device::cpu());
+  model->to(Device::cpu());
+  const auto want = reference->state_dict(), got = model->state_dict();
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_TRUE(testutil::bit_equal(got[i].second, want[i].second)) << want[i].first;
   }
 }
 

@@ -150,6 +150,17 @@ class NcclWork final : public Work {
   cudaEvent_t event_ = nullptr;
 };
 
+/// This rank's place in the clique `id` names, on cuda:`device`, with its stream.
+std::unique_ptr<NcclCommunicator::Impl> join_clique(const ncclUniqueId& id, int rank, int size,
+                                                    int device) {
+  auto impl = std::make_unique<NcclCommunicator::Impl>();
+  impl->device = device;
+  DeviceScope scope(device);
+  create_stream(*impl);
+  DTRAIN_NCCL_CHECK(ncclCommInitRank(&impl->comm, size, id, rank));
+  return impl;
+}
+
 void check_device_tensor(const char* op, const Tensor& t, int device) {
   DTRAIN_CHECK(t.defined() && t.device() == Device::cuda(device), op, ": tensor ",
                t.defined() ? t.describe() : "undefined", " must be on cuda:", device,
@@ -183,12 +194,22 @@ std::shared_ptr<NcclCommunicator> NcclCommunicator::create(int rank, int size, i
                  store.address(), " has ", bytes.size(), " bytes; expected ", sizeof id);
     std::memcpy(&id, bytes.data(), sizeof id);
   }
-  auto impl = std::make_unique<Impl>();
-  impl->device = device;
-  DeviceScope scope(device);
-  create_stream(*impl);
-  DTRAIN_NCCL_CHECK(ncclCommInitRank(&impl->comm, size, id, rank));
-  return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(rank, size, std::move(impl)));
+  return std::shared_ptr<NcclCommunicator>(
+      new NcclCommunicator(rank, size, join_clique(id, rank, size, device)));
+}
+
+std::shared_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& host, int device) {
+  ncclUniqueId id;
+  static_assert(sizeof id % sizeof(int64_t) == 0, "the NCCL id travels as int64 words");
+  Tensor words = zeros({static_cast<int64_t>(sizeof id / sizeof(int64_t))}, DType::kInt64);
+  if (host.rank() == 0) {
+    DTRAIN_NCCL_CHECK(ncclGetUniqueId(&id));
+    std::memcpy(words.data_ptr(), &id, sizeof id);
+  }
+  host.broadcast(words, {0})->wait();
+  std::memcpy(&id, words.data_ptr(), sizeof id);
+  return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(
+      host.rank(), host.size(), join_clique(id, host.rank(), host.size(), device)));
 }
 
 std::vector<std::shared_ptr<NcclCommunicator>> NcclCommunicator::create_local(

@@ -19,6 +19,9 @@ class NcclCommunicator final : public Communicator {
   static std::shared_ptr<NcclCommunicator> create(int rank, int size, int device,
                                                   StoreClient& store,
                                                   const std::string& store_key = "dtrain/nccl_id");
+  /// One GPU per rank, the NCCL id sent from rank 0 through `host` (a communicator over the same
+  /// ranks: mpi, tcp, or a local group), so no Store is needed (plain mpirun, srun).
+  static std::shared_ptr<NcclCommunicator> create(Communicator& host, int device);
   /// One communicator per device of this process (ncclCommInitAll), ranks in `devices` order.
   static std::vector<std::shared_ptr<NcclCommunicator>> create_local(
       const std::vector<int>& devices);
