@@ -9,6 +9,7 @@
 #include <iostream>
 #include <thread>
 
+#include "launcher/cluster.h"
 #include "launcher/launch.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -226,8 +227,17 @@ int main(int argc, char** argv) {
     if (*launch) return run_launch_command(config_path, overrides, flags);
     if (*train) {
       Config c = load_config(config_path, overrides);
+      std::optional<dtrain::launch::ClusterJob> cluster;
+      try {
+        cluster.emplace(c.cluster.world_size, c.cluster.rank, c.cluster.store,
+                        c.strategy.timeout_s);
+      } catch (const dtrain::ValueError& e) {  // a job described twice, or no token
+        std::fprintf(stderr, "dtrain: %s\n", e.message().c_str());
+        return kUsageError;
+      }
       const dtrain::launch::WorkerHeartbeat heartbeat;  // only under dtrain launch
       const TrainResult r = train_replicas(c);
+      cluster->finish();
       if (!r.primary) return 0;  // rank 0 reports for the job
       if (c.train.stop_at_step > 0 && r.stopped_early) {
         std::printf("stopped at step %lld (train.stop_at_step); checkpoint %s\n",

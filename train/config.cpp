@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "distributed/socket.h"
 #include "tensor/hash.h"
 
 namespace dtrain::train {
@@ -381,6 +382,19 @@ const std::vector<Field>& schema() {
                    "Write each worker's output to LOG_DIR/rank_N.log instead of the launcher's "
                    "output with a [rank N] prefix.",
                    "directory path or empty", true),
+      // cluster
+      int_field("cluster", "world_size", DTRAIN_GET(cluster.world_size), 0, 1 << 20,
+                "Processes in the job when no launcher, mpirun or srun describes it; each is "
+                "started with this config and its own cluster.rank (0: from the environment)."),
+      int_field("cluster", "rank", DTRAIN_GET(cluster.rank), -1, 1 << 20,
+                "This process's rank with cluster.world_size, usually an override "
+                "(cluster.rank=1); -1: unset. Not part of the config hash."),
+      string_field("cluster", "store", DTRAIN_GET(cluster.store), {},
+                   "HOST:PORT where rank 0 hosts the Store that the processes meet at (an "
+                   "address of rank 0's machine that every process can reach). The processes "
+                   "need the same DTRAIN_STORE_TOKEN (16 characters or more) when there are "
+                   "several.",
+                   "host:port or empty", true),
       // log
       string_field("log", "dir", DTRAIN_GET(log.dir), {},
                    "Directory for metrics.jsonl and TensorBoard event files.", "directory path"),
@@ -399,8 +413,8 @@ const std::vector<Field>& schema() {
 #undef DTRAIN_GET
 
 const std::vector<std::string>& section_names() {
-  static const std::vector<std::string> names = {"model", "data",     "optimizer", "schedule",
-                                                 "train", "strategy", "launcher",  "log"};
+  static const std::vector<std::string> names = {
+      "model", "data", "optimizer", "schedule", "train", "strategy", "launcher", "cluster", "log"};
   return names;
 }
 
@@ -560,6 +574,27 @@ void check_combinations(const Config& c, const std::string& source, Problems& p)
   if (c.train.resume == "auto" && c.train.checkpoint_dir.empty()) {
     p.add(at("train.checkpoint_dir"), "train.resume: auto needs train.checkpoint_dir");
   }
+  const ClusterConfig& k = c.cluster;
+  if (k.world_size == 0 && (k.rank >= 0 || !k.store.empty())) {
+    p.add(at(k.rank >= 0 ? "cluster.rank" : "cluster.store"),
+          "cluster.world_size: cluster.rank and cluster.store need it (the number of processes)");
+  }
+  if (k.world_size > 0 && (k.rank < 0 || k.rank >= k.world_size)) {
+    p.add(at("cluster.rank"), "cluster.rank: must be in [0, " + std::to_string(k.world_size) +
+                                  ") with cluster.world_size " + std::to_string(k.world_size) +
+                                  " (give each process its own, e.g. cluster.rank=0)");
+  }
+  if (k.world_size > 1 && k.store.empty()) {
+    p.add(at("cluster.world_size"),
+          "cluster.store: several processes need HOST:PORT of the Store that rank 0 hosts");
+  }
+  if (!k.store.empty()) {
+    try {
+      dist::net::split_host_port(k.store, "cluster.store");
+    } catch (const ValueError& e) {
+      p.add(at("cluster.store"), e.message());
+    }
+  }
 }
 
 Config parse_checked(const std::function<YAML::Node()>& load, const std::string& source,
@@ -598,10 +633,11 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   return parse_checked([&] { return YAML::Load(yaml_text); }, source_name, overrides);
 }
 
-std::string Config::to_yaml() const {
+std::string Config::to_yaml(bool per_process) const {
   std::string out;
   std::string current;
   for (const Field& f : schema()) {
+    if (!per_process && f.name() == "cluster.rank") continue;
     if (f.section != current) {
       out += f.section + ":\n";
       current = f.section;
@@ -612,7 +648,7 @@ std::string Config::to_yaml() const {
 }
 
 std::string Config::hash() const {
-  const uint64_t h = fnv1a(to_yaml());
+  const uint64_t h = fnv1a(to_yaml(false));
   std::ostringstream os;
   os << std::hex << std::setw(16) << std::setfill('0') << h;
   return os.str();

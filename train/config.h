@@ -95,6 +95,14 @@ struct LauncherConfig {
   std::string cpu_bind = "auto";  // auto: each worker on its own cores when there are enough; none
 };
 
+/// The job's layout when no launcher, mpirun or srun gives it: every process is started with the
+/// same config and its own `cluster.rank`; rank 0 hosts the Store at `cluster.store`.
+struct ClusterConfig {
+  int64_t world_size = 0;  // 0: the layout comes from the environment
+  int64_t rank = -1;       // this process; per process, so left out of the config hash
+  std::string store;       // host:port
+};
+
 struct LogConfig {
   std::string dir = "runs";
   int64_t every_steps = 50;
@@ -111,12 +119,14 @@ struct Config {
   TrainSection train;
   StrategyConfig strategy;
   LauncherConfig launcher;
+  ClusterConfig cluster;
   LogConfig log;
   std::string source;  // file it came from ("" for defaults)
 
-  /// The resolved configuration as YAML (every key, sections in schema order).
-  std::string to_yaml() const;
-  /// FNV-1a hash of to_yaml(), hex: equal configs give equal hashes on every machine.
+  /// The resolved configuration as YAML (every key, sections in schema order); without the keys
+  /// that differ between the processes of one job (cluster.rank) when `per_process` is false.
+  std::string to_yaml(bool per_process = true) const;
+  /// FNV-1a hash of to_yaml(false), hex: the processes of one job get equal hashes.
   std::string hash() const;
 };
 

@@ -173,7 +173,7 @@ TrainResult Trainer::run() {
   const TrainSection& t = config_.train;
   const bool primary = strategy_->is_primary();
   const int replicas = strategy_->num_replicas_in_sync();
-  strategy_->check_same_config(config_.to_yaml());
+  strategy_->check_same_config(config_.to_yaml(/*per_process=*/false));
   strategy_->prepare(*model_);
 
   // The checkpoint comes first: resuming with a different number of replicas changes the

@@ -142,6 +142,24 @@ void expect_same_final_weights(const std::filesystem::path& a, const std::filesy
   EXPECT_TRUE(wa == wb) << "final weights differ between " << which;
 }
 
+/// A free port for a store, below Linux's ephemeral range (32768 and up): a port the kernel
+/// handed out could be given again, as a client's source port, to a test running beside this one
+/// before the store binds it. Bound once to check it is free, then released.
+uint16_t free_port() {
+  std::random_device random;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    dist::StoreServerOptions so;
+    so.token = "probe";
+    so.port = static_cast<uint16_t>(20000 + random() % 12000);
+    try {
+      return dist::StoreServer(so).port();
+    } catch (const Error&) {
+    }
+  }
+  ADD_FAILURE() << "no free port in 20000..31999 after 100 tries";
+  return 0;
+}
+
 struct Job {
   ScratchDir root;
   std::filesystem::path dir(const std::string& name) {
@@ -404,23 +422,6 @@ TEST(Launch, TwoLaunchersAsTwoNodesTrainTogetherAndRefuseDifferentConfigs) {
       launch_async(single, unique_job("one"), "--nproc-per-node 2 run.yaml train.epochs=1").get();
   ASSERT_EQ(one.exit_code, 0) << one.output;
 
-  // A free port for node 0's store, below Linux's ephemeral range (32768 and up): a port the
-  // kernel handed out could be given again, as a client's source port, to a test running beside
-  // this one before node 0 binds it. Bound once to check it is free, then released.
-  const auto free_port = [] {
-    std::random_device random;
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      dist::StoreServerOptions so;
-      so.token = "probe";
-      so.port = static_cast<uint16_t>(20000 + random() % 12000);
-      try {
-        return dist::StoreServer(so).port();
-      } catch (const Error&) {
-      }
-    }
-    ADD_FAILURE() << "no free port in 20000..31999 after 100 tries";
-    return uint16_t{0};
-  };
   const std::string endpoint = "127.0.0.1:" + std::to_string(free_port());
   const std::string token = "DTRAIN_STORE_TOKEN=0123456789abcdef0123";
   const std::string id = unique_job("nodes");
@@ -490,6 +491,84 @@ TEST(Launch, APortInUseIsNamedWithAHint) {
   EXPECT_EQ(foreign.exit_code, 1) << foreign.output;
   EXPECT_THAT(foreign.output, HasSubstr("cannot listen on 192.0.2.1:29500"));
   EXPECT_THAT(foreign.output, HasSubstr("not an address of this machine"));
+}
+
+TEST(Cluster, ProcessesStartedByHandWithAClusterSectionMatchMpirunBitForBit) {
+  if (!testutil::mpirun_available()) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  Job job;
+  const auto a = job.dir("cluster"), b = job.dir("mpirun");
+  const std::string id = unique_job("cluster");
+  const std::string store = "127.0.0.1:" + std::to_string(free_port());
+  const auto start = [&](int rank) {
+    const std::string line = "DTRAIN_TEST_JOB=" + id +
+                             " DTRAIN_STORE_TOKEN=0123456789abcdef0123 OMP_NUM_THREADS=1 exec "
+                             "timeout -s KILL 300 '" +
+                             DTRAIN_EXECUTABLE + "' train run.yaml cluster.world_size=2 " +
+                             "cluster.rank=" + std::to_string(rank) + " cluster.store=" + store;
+    return std::async(std::launch::async, [line, a] { return testutil::run_shell(line, a); });
+  };
+  auto second = start(1);  // before rank 0's store is up: it waits for it
+  const CommandResult first = start(0).get();
+  const CommandResult other = second.get();
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  ASSERT_EQ(other.exit_code, 0) << other.output;
+  EXPECT_EQ(final_line(other.output), "") << "only rank 0 reports the job: " << other.output;
+  const CommandResult mpi = testutil::run_dtrain_mpirun(2, "train run.yaml", b);
+  ASSERT_EQ(mpi.exit_code, 0) << mpi.output;
+  EXPECT_NE(final_line(first.output), "") << first.output;
+  EXPECT_EQ(final_line(first.output), final_line(mpi.output));
+  expect_same_final_weights(a, b, "the cluster section and mpirun");
+  expect_no_process_left(id);
+}
+
+TEST(Cluster, AJobDescribedTwiceOrWithoutASecretIsRefused) {
+  Job job;
+  const auto dir = job.dir("refused");
+  const std::string cluster = " train run.yaml cluster.world_size=2 cluster.rank=0 cluster.store=" +
+                              std::string("127.0.0.1:") + std::to_string(free_port());
+  const CommandResult twice = testutil::run_shell(
+      "DTRAIN_STORE_TOKEN=0123456789abcdef0123 OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=2 '" +
+          std::string(DTRAIN_EXECUTABLE) + "'" + cluster,
+      dir);
+  EXPECT_EQ(twice.exit_code, 2) << twice.output;
+  EXPECT_THAT(twice.output, HasSubstr("cluster section (cluster.world_size 2) and the environment "
+                                      "(rank 0 of 2"));
+  EXPECT_THAT(twice.output, HasSubstr("both describe the job"));
+  const CommandResult secretless = testutil::run_shell(
+      "env -u DTRAIN_STORE_TOKEN '" + std::string(DTRAIN_EXECUTABLE) + "'" + cluster, dir);
+  EXPECT_EQ(secretless.exit_code, 2) << secretless.output;
+  EXPECT_THAT(secretless.output, HasSubstr("the same secret in DTRAIN_STORE_TOKEN"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "checkpoints")) << "nothing may be written";
+}
+
+TEST(Cluster, IncompleteOrOutOfRangeSectionsAreConfigErrorsNamingTheKey) {
+  Job job;
+  const auto dir = job.dir("config");
+  const auto check = [&](const std::string& overrides, const std::string& expected) {
+    const CommandResult r = testutil::run_dtrain("config check run.yaml " + overrides, dir);
+    EXPECT_EQ(r.exit_code, 2) << overrides << ": " << r.output;
+    EXPECT_THAT(r.output, HasSubstr(expected)) << overrides;
+  };
+  check("cluster.rank=1", "cluster.world_size: cluster.rank and cluster.store need it");
+  check("cluster.world_size=2 cluster.rank=2 cluster.store=127.0.0.1:29500",
+        "cluster.rank: must be in [0, 2) with cluster.world_size 2");
+  check("cluster.world_size=2 cluster.rank=0", "cluster.store: several processes need HOST:PORT");
+  check("cluster.world_size=2 cluster.rank=0 cluster.store=nohost",
+        "cluster.store 'nohost' is not HOST:PORT");
+  check("cluster.world_size=2 cluster.rank=0 cluster.store=127.0.0.1:0",
+        "with a port from 1 to 65535");
+  // The rank differs between the processes of one job, so it stays out of the config hash.
+  const CommandResult r0 = testutil::run_dtrain(
+      "config check run.yaml cluster.world_size=2 cluster.rank=0 cluster.store=h:1", dir);
+  const CommandResult r1 = testutil::run_dtrain(
+      "config check run.yaml cluster.world_size=2 cluster.rank=1 cluster.store=h:1", dir);
+  ASSERT_EQ(r0.exit_code, 0) << r0.output;
+  ASSERT_EQ(r1.exit_code, 0) << r1.output;
+  const auto hash = [](const std::string& out) { return out.substr(0, out.find('\n')); };
+  EXPECT_EQ(hash(r0.output), hash(r1.output));
+  EXPECT_THAT(r1.output, HasSubstr("  rank: 1"));
 }
 
 }  // namespace

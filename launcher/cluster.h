@@ -1,0 +1,38 @@
+// An explicit `cluster:` section in place of a launcher, mpirun or srun: every process is started
+// with the same config and its own cluster.rank (by hand, by a container orchestrator, by any
+// scheduler). Rank 0 hosts the Store at cluster.store, and every process then joins the job as a
+// worker of `dtrain launch` does: the DTRAIN_* environment contract and the tcp backend.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace dtrain::dist {
+class StoreServer;
+}
+
+namespace dtrain::launch {
+
+class ClusterJob {
+ public:
+  /// Nothing to do when world_size is 0 (the environment describes the job) or 1. Otherwise
+  /// throws ValueError when the environment already describes a job (mpirun, dtrain launch,
+  /// srun), or DTRAIN_STORE_TOKEN is unset or shorter than 16 characters; rank 0 starts the
+  /// Store (errors name the address).
+  ClusterJob(int64_t world_size, int64_t rank, const std::string& store, double timeout_s);
+  ~ClusterJob();
+  ClusterJob(const ClusterJob&) = delete;
+  ClusterJob& operator=(const ClusterJob&) = delete;
+  /// After this process finished its work: every rank says so, and rank 0 keeps the Store up
+  /// until all have (at most timeout_s), so no rank loses it while still using it.
+  void finish();
+
+ private:
+  int64_t world_size_ = 0, rank_ = 0;
+  std::string store_;
+  double timeout_s_ = 0;
+  std::unique_ptr<dist::StoreServer> server_;
+};
+
+}  // namespace dtrain::launch
