@@ -107,6 +107,13 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
   o.config_hash = c.hash();
   o.version = DTRAIN_VERSION;
   o.worker_executable = std::filesystem::read_symlink("/proc/self/exe").string();
+  if (c.cluster.world_size > 0) {
+    std::fprintf(stderr,
+                 "dtrain launch: the config's cluster section (cluster.world_size %lld) describes "
+                 "a job started without a launcher; drop it to use dtrain launch\n",
+                 static_cast<long long>(c.cluster.world_size));
+    return kUsageError;
+  }
   if (o.node_rank >= o.nnodes) {
     std::fprintf(stderr,
                  "dtrain launch: --node-rank %d is not below --nnodes %d (nodes count from 0)\n",

@@ -540,6 +540,12 @@ TEST(Cluster, AJobDescribedTwiceOrWithoutASecretIsRefused) {
       "env -u DTRAIN_STORE_TOKEN '" + std::string(DTRAIN_EXECUTABLE) + "'" + cluster, dir);
   EXPECT_EQ(secretless.exit_code, 2) << secretless.output;
   EXPECT_THAT(secretless.output, HasSubstr("the same secret in DTRAIN_STORE_TOKEN"));
+  const CommandResult launched = testutil::run_dtrain(
+      "launch --nproc-per-node 2 run.yaml cluster.world_size=2 cluster.rank=0 "
+      "cluster.store=127.0.0.1:29500",
+      dir);
+  EXPECT_EQ(launched.exit_code, 2) << launched.output;
+  EXPECT_THAT(launched.output, HasSubstr("dtrain launch: the config's cluster section"));
   EXPECT_FALSE(std::filesystem::exists(dir / "checkpoints")) << "nothing may be written";
 }
 
