@@ -80,6 +80,16 @@ Trained train_one_process(const data::DatasetPtr& dataset, int64_t global,
   return out;
 }
 
+/// One SGD optimiser per replica, as the one-process reference uses.
+std::vector<std::unique_ptr<nn::SGD>> sgd_per_replica(MirroredStrategy& strategy) {
+  std::vector<std::unique_ptr<nn::SGD>> optimizers;
+  for (int r = 0; r < strategy.num_replicas_in_sync(); ++r) {
+    optimizers.push_back(std::make_unique<nn::SGD>(strategy.replica_model(r).parameters(),
+                                                   nn::SgdOptions{0.1, 0.9}));
+  }
+  return optimizers;
+}
+
 /// Replica 0 ends where one process with the global batch does (rtol 1e-5), and every other
 /// replica holds replica 0's parameters bit for bit.
 void expect_replicas_match(MirroredStrategy& strategy, const Trained& single) {
@@ -111,11 +121,7 @@ TEST_P(MirroredDistributedData, TwentyStepsMatchOneProcessWithTheGlobalBatch) {
     ddp_options.broadcast_buffers = false;      // its forward would not broadcast
   }
   MirroredStrategy strategy(*model, c.replicas, ddp_options);
-  std::vector<std::unique_ptr<nn::SGD>> optimizers;
-  for (int r = 0; r < c.replicas; ++r) {
-    optimizers.push_back(std::make_unique<nn::SGD>(strategy.replica_model(r).parameters(),
-                                                   nn::SgdOptions{0.1, 0.9}));
-  }
+  auto optimizers = sgd_per_replica(strategy);
   data::DistributedDataset batches(dataset, strategy.num_replicas_in_sync(),
                                    {.global_batch_size = global, .shuffle = true, .seed = kSeed});
   int step = 0;
@@ -209,11 +215,7 @@ TEST(MirroredDevices, GpusTrainLikeOneGpuWithTheGlobalBatch) {
 
   auto model = make_classifier();
   MirroredStrategy strategy(*model, devices);
-  std::vector<std::unique_ptr<nn::SGD>> optimizers;
-  for (int r = 0; r < c.replicas; ++r) {
-    optimizers.push_back(std::make_unique<nn::SGD>(strategy.replica_model(r).parameters(),
-                                                   nn::SgdOptions{0.1, 0.9}));
-  }
+  auto optimizers = sgd_per_replica(strategy);
   data::DistributedDataset batches(dataset, c.replicas,
                                    {.global_batch_size = global, .shuffle = true, .seed = kSeed});
   int step = 0;
