@@ -86,6 +86,27 @@ TEST(MpiCollectives, SymmetricBuffersAreSharedMemoryWithTheSameBitsOnEveryRank) 
   expect_same_on_every_rank(t, "symmetric all_reduce(avg)");
 }
 
+TEST(MpiCollectives, RanksPretendingToBeOnTwoHostsShareMemoryPerHostAndMeetOverMpi) {
+  // Ranks 0, 1 on "host 0", 2, 3 on "host 1" (np 3: a host with one rank): the hosts' first
+  // ranks exchange through the mpi backend's send and recv.
+  if (comm().size() < 3) GTEST_SKIP() << "needs 3 ranks or more for two hosts with a shared one";
+  auto c = MpiCommunicator::world();
+  c->set_shared_memory_host_key("host-" + std::to_string(c->rank() / 2));
+  Tensor t = c->allocate_symmetric(100003, DType::kFloat32);
+  EXPECT_TRUE(c->in_shared_memory(t));
+  const int first = c->rank() / 2 * 2;
+  std::vector<int> mates = {first};
+  if (first + 1 < c->size()) mates.push_back(first + 1);
+  EXPECT_EQ(c->ranks_sharing_memory(), mates);
+  testdist::check_symmetric_all_reduce(*c);
+  Generator gen(7, c->rank());
+  Tensor input({100003});
+  uniform_(input, -1, 1, gen);
+  t.copy_(input);
+  c->all_reduce(t, {ReduceOp::kAvg})->wait();
+  expect_same_on_every_rank(t, "symmetric all_reduce(avg) across pretend hosts");
+}
+
 TEST(MpiCollectives, AllReduce64MiB) {
   const int64_t count = (int64_t{64} << 20) / 4;
   Tensor t = testdist::check_all_reduce(comm(), DType::kFloat32, count, ReduceOp::kSum);
