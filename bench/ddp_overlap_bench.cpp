@@ -42,7 +42,8 @@ struct Bench {
 /// One round on this rank, summed over ranks: seconds per step (slowest rank) and the stats.
 struct Round {
   double step_s = 0;
-  double all_reduce_s = 0, exposed_s = 0;  // per step, summed over ranks
+  double all_reduce_s = 0, exposed_s = 0;       // per step, summed over ranks
+  double compute_p10_s = 0, compute_p90_s = 0;  // rank 0's forward + backward, over its steps
   double hidden() const { return all_reduce_s > 0 ? 1 - exposed_s / all_reduce_s : 0; }
 };
 
@@ -61,18 +62,23 @@ Round run_round(const Bench& bench, bool overlap, const Args& args,
   Generator gen(1, static_cast<uint64_t>(comm->rank()));
   const Tensor x = randn({batch, 1, 28, 28}, gen);
   const Tensor y = randint(0, 10, {batch}, gen);
+  std::vector<double> compute_s;  // per timed step: forward + backward, up to the gradient sync
   const auto step = [&] {
+    const auto begin = Clock::now();
     opt.zero_grad();
     cross_entropy(ddp.forward(x), y).backward();
+    compute_s.push_back(std::chrono::duration<double>(Clock::now() - begin).count());
     ddp.synchronize_gradients();
     opt.step();
   };
   for (int i = 0; i < bench.warmup; ++i) step();
   ddp.reset_stats();
+  compute_s.clear();
   comm->barrier()->wait();  // the ranks start the timed steps together
   const auto start = Clock::now();
   for (int i = 0; i < bench.steps; ++i) step();
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  std::sort(compute_s.begin(), compute_s.end());
   const DdpStats st = ddp.stats();
   Tensor slowest = full({1}, elapsed / bench.steps, DType::kFloat64);
   comm->all_reduce(slowest, {dist::ReduceOp::kMax})->wait();
@@ -80,7 +86,8 @@ Round run_round(const Bench& bench, bool overlap, const Args& args,
   sums.data<double>()[0] = st.all_reduce_s / st.steps;
   sums.data<double>()[1] = st.exposed_s / st.steps;
   comm->all_reduce(sums)->wait();
-  return {slowest.item<double>(), sums.data<double>()[0], sums.data<double>()[1]};
+  return {slowest.item<double>(), sums.data<double>()[0], sums.data<double>()[1],
+          compute_s[compute_s.size() / 10], compute_s[compute_s.size() * 9 / 10]};
 }
 
 double median(std::vector<double> v) {
@@ -104,8 +111,10 @@ void run_rank(const std::shared_ptr<dist::AsyncCommunicator>& comm, const Args& 
         "%.3g MiB (first %.3g MiB); median of %d rounds\n\n",
         comm->size(), std::string(comm->backend_name()).c_str(), args.threads, args.bucket_cap_mb,
         args.first_bucket_mb, args.rounds);
-    std::printf("| model | overlap | step ms | all-reduce ms/step | exposed ms/step | hidden |\n");
-    std::printf("| --- | --- | ---: | ---: | ---: | ---: |\n");
+    std::printf(
+        "| model | overlap | step ms | all-reduce ms/step | exposed ms/step | hidden | "
+        "forward+backward ms, rank 0, p10 / p90 |\n");
+    std::printf("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
   }
   for (const Bench& bench : benches) {
     std::vector<Round> on, off;
@@ -115,15 +124,18 @@ void run_rank(const std::shared_ptr<dist::AsyncCommunicator>& comm, const Args& 
     }
     if (!primary) continue;
     for (const auto& [label, rounds] : {std::pair{"on", &on}, std::pair{"off", &off}}) {
-      std::vector<double> step, busy, exposed, hidden;
+      std::vector<double> step, busy, exposed, hidden, p10, p90;
       for (const Round& r : *rounds) {
+        p10.push_back(r.compute_p10_s * 1e3);
+        p90.push_back(r.compute_p90_s * 1e3);
         step.push_back(r.step_s * 1e3);
         busy.push_back(r.all_reduce_s * 1e3 / comm->size());
         exposed.push_back(r.exposed_s * 1e3 / comm->size());
         hidden.push_back(r.hidden());
       }
-      std::printf("| %s | %s | %.3f | %.3f | %.3f | %.2f |\n", bench.name, label, median(step),
-                  median(busy), median(exposed), median(hidden));
+      std::printf("| %s | %s | %.3f | %.3f | %.3f | %.2f | %.3f / %.3f |\n", bench.name, label,
+                  median(step), median(busy), median(exposed), median(hidden), median(p10),
+                  median(p90));
       std::fflush(stdout);
     }
   }
