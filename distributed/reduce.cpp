@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "tensor/check.h"
+#include "tensor/cpu/half_convert.h"
 #include "tensor/kernels.h"
 
 namespace dtrain::dist {
@@ -40,6 +41,10 @@ void reduce_typed(T* dst, const T* src, int64_t n, ReduceOp op) {
 
 template <float (*ToFloat)(uint16_t), uint16_t (*FromFloat)(float)>
 void reduce_half(uint16_t* dst, const uint16_t* src, int64_t n, ReduceOp op) {
+  if (op == ReduceOp::kSum || op == ReduceOp::kAvg) {  // the compressed gradients' case
+    for (int64_t i = 0; i < n; ++i) dst[i] = FromFloat(ToFloat(dst[i]) + ToFloat(src[i]));
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) dst[i] = FromFloat(combine(ToFloat(dst[i]), ToFloat(src[i]), op));
 }
 
@@ -77,6 +82,9 @@ void reduce_into(void* dst, const void* src, int64_t n, DType dtype, ReduceOp op
     case DType::kInt64:
       return reduce_typed(static_cast<int64_t*>(dst), static_cast<const int64_t*>(src), n, op);
     case DType::kFloat16:
+      if (op == ReduceOp::kSum || op == ReduceOp::kAvg) {
+        return cpu::add_halves_n(static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(src), n);
+      }
       return reduce_half<kernels::half_to_float, kernels::float_to_half>(
           static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(src), n, op);
     case DType::kBFloat16:
