@@ -109,30 +109,30 @@ void convert_cpu(const void* src, DType st, void* dst, DType dt, int64_t n) {
   }
   // float32 <-> float16 / bfloat16 (gradient compression): typed loops (F16C for float16), the
   // same bits as store_element, without the per-element dtype switch and the trip through double.
-  const auto typed = [&](auto convert, const auto* from, auto* to) {
-    cpu::parallel_for(n, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) to[i] = convert(from[i]);
-    });
-  };
   const auto* f32 = static_cast<const float*>(src);
   const auto* u16 = static_cast<const uint16_t*>(src);
+  auto* to_f32 = static_cast<float*>(dst);
+  auto* to_u16 = static_cast<uint16_t*>(dst);
+  const auto each_range = [n](auto convert) {  // convert(begin, end) over parallel ranges
+    cpu::parallel_for(n, [&](int64_t b, int64_t e) { convert(b, e); });
+  };
   if (st == DType::kFloat32 && dt == DType::kFloat16) {
-    return cpu::parallel_for(n, [&](int64_t b, int64_t e) {
-      cpu::float_to_half_n(f32 + b, static_cast<uint16_t*>(dst) + b, e - b);
-    });
-  }
-  if (st == DType::kFloat32 && dt == DType::kBFloat16) {
-    return typed([](float f) { return kernels::float_to_bf16(f); }, f32,
-                 static_cast<uint16_t*>(dst));
+    return each_range(
+        [&](int64_t b, int64_t e) { cpu::float_to_half_n(f32 + b, to_u16 + b, e - b); });
   }
   if (st == DType::kFloat16 && dt == DType::kFloat32) {
-    return cpu::parallel_for(n, [&](int64_t b, int64_t e) {
-      cpu::half_to_float_n(u16 + b, static_cast<float*>(dst) + b, e - b);
+    return each_range(
+        [&](int64_t b, int64_t e) { cpu::half_to_float_n(u16 + b, to_f32 + b, e - b); });
+  }
+  if (st == DType::kFloat32 && dt == DType::kBFloat16) {
+    return each_range([&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) to_u16[i] = kernels::float_to_bf16(f32[i]);
     });
   }
   if (st == DType::kBFloat16 && dt == DType::kFloat32) {
-    return typed([](uint16_t h) { return kernels::bf16_to_float(h); }, u16,
-                 static_cast<float*>(dst));
+    return each_range([&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) to_f32[i] = kernels::bf16_to_float(u16[i]);
+    });
   }
   cpu::parallel_for(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) store_element(dst, dt, i, load_element(src, st, i));

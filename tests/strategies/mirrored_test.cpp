@@ -80,6 +80,17 @@ Trained train_one_process(const data::DatasetPtr& dataset, int64_t global,
   return out;
 }
 
+/// Calls step(batch, s) for the first kSteps global batches, epoch after epoch.
+template <class Step>
+void for_each_step(data::DistributedDataset& batches, Step&& step) {
+  int s = 0;
+  for (int64_t epoch = 0; s < kSteps; ++epoch) {
+    batches.start_epoch(epoch);
+    data::DistributedBatch batch;
+    while (s < kSteps && batches.next(batch)) step(batch, s++);
+  }
+}
+
 /// One SGD optimiser per replica, as the one-process reference uses.
 std::vector<std::unique_ptr<nn::SGD>> sgd_per_replica(MirroredStrategy& strategy) {
   std::vector<std::unique_ptr<nn::SGD>> optimizers;
@@ -124,32 +135,26 @@ TEST_P(MirroredDistributedData, TwentyStepsMatchOneProcessWithTheGlobalBatch) {
   auto optimizers = sgd_per_replica(strategy);
   data::DistributedDataset batches(dataset, strategy.num_replicas_in_sync(),
                                    {.global_batch_size = global, .shuffle = true, .seed = kSeed});
-  int step = 0;
-  for (int64_t epoch = 0; step < kSteps; ++epoch) {
-    batches.start_epoch(epoch);
-    data::DistributedBatch batch;
-    while (step < kSteps && batches.next(batch)) {
-      const std::vector<double> losses = strategy.run<double>([&](ReplicaContext& ctx) {
-        const data::Batch& b = batch.per_replica[ctx.replica];
-        const double scale = batch.loss_scale(ctx.replica);
-        optimizers[ctx.replica]->zero_grad();
-        double weighted = 0;
-        if (!(skip_empty && b.y.size(0) == 0)) {
-          Tensor loss = cross_entropy(ctx.ddp.forward(b.x), b.y);
-          (loss * scale).backward();
-          weighted = loss.item<double>() * scale;
-        }
-        ctx.ddp.synchronize_gradients();
-        optimizers[ctx.replica]->step();
-        return weighted;
-      });
-      ASSERT_EQ(static_cast<int>(losses.size()), c.replicas);
-      EXPECT_NEAR(MirroredStrategy::reduce(dist::ReduceOp::kAvg, losses), single.losses[step],
-                  1e-5 * single.losses[step])
-          << "step " << step << " (" << batch.global_size << " rows)";
-      ++step;
-    }
-  }
+  for_each_step(batches, [&](const data::DistributedBatch& batch, int step) {
+    const std::vector<double> losses = strategy.run<double>([&](ReplicaContext& ctx) {
+      const data::Batch& b = batch.per_replica[ctx.replica];
+      const double scale = batch.loss_scale(ctx.replica);
+      optimizers[ctx.replica]->zero_grad();
+      double weighted = 0;
+      if (!(skip_empty && b.y.size(0) == 0)) {
+        Tensor loss = cross_entropy(ctx.ddp.forward(b.x), b.y);
+        (loss * scale).backward();
+        weighted = loss.item<double>() * scale;
+      }
+      ctx.ddp.synchronize_gradients();
+      optimizers[ctx.replica]->step();
+      return weighted;
+    });
+    ASSERT_EQ(static_cast<int>(losses.size()), c.replicas);
+    EXPECT_NEAR(MirroredStrategy::reduce(dist::ReduceOp::kAvg, losses), single.losses[step],
+                1e-5 * single.losses[step])
+        << "step " << step << " (" << batch.global_size << " rows)";
+  });
   expect_replicas_match(strategy, single);
 }
 
@@ -218,23 +223,17 @@ TEST(MirroredDevices, GpusTrainLikeOneGpuWithTheGlobalBatch) {
   auto optimizers = sgd_per_replica(strategy);
   data::DistributedDataset batches(dataset, c.replicas,
                                    {.global_batch_size = global, .shuffle = true, .seed = kSeed});
-  int step = 0;
-  for (int64_t epoch = 0; step < kSteps; ++epoch) {
-    batches.start_epoch(epoch);
-    data::DistributedBatch batch;
-    while (step < kSteps && batches.next(batch)) {
-      strategy.run([&](ReplicaContext& ctx) {
-        const data::Batch& b = batch.per_replica[ctx.replica];
-        optimizers[ctx.replica]->zero_grad();
-        Tensor loss =
-            cross_entropy(ctx.ddp.forward(to_device(b.x, ctx.device)), to_device(b.y, ctx.device));
-        (loss * batch.loss_scale(ctx.replica)).backward();
-        ctx.ddp.synchronize_gradients();
-        optimizers[ctx.replica]->step();
-      });
-      ++step;
-    }
-  }
+  for_each_step(batches, [&](const data::DistributedBatch& batch, int) {
+    strategy.run([&](ReplicaContext& ctx) {
+      const data::Batch& b = batch.per_replica[ctx.replica];
+      optimizers[ctx.replica]->zero_grad();
+      Tensor loss =
+          cross_entropy(ctx.ddp.forward(to_device(b.x, ctx.device)), to_device(b.y, ctx.device));
+      (loss * batch.loss_scale(ctx.replica)).backward();
+      ctx.ddp.synchronize_gradients();
+      optimizers[ctx.replica]->step();
+    });
+  });
   for (int r = 0; r < c.replicas; ++r) {
     EXPECT_EQ(strategy.replica_device(r), Device::cuda(r));
     strategy.replica_model(r).to(Device::cpu());
