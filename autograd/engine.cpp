@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cctype>
+#include <functional>
 #include <limits>
 #include <queue>
 #include <unordered_map>
@@ -19,6 +20,30 @@ thread_local bool t_grad_enabled = true;
 std::atomic<bool> g_anomaly{false};
 std::atomic<uint64_t> g_sequence{0};
 constexpr uint64_t kAccumulatePriority = std::numeric_limits<uint64_t>::max();
+/// The callbacks queued by the backward running on this thread; null outside a backward. A
+/// backward started from a hook (rare) gets a queue of its own and restores the outer one.
+thread_local std::vector<std::function<void()>>* t_callbacks = nullptr;
+
+/// Installs a fresh callback queue for one backward and puts back the enclosing one on exit.
+class CallbackScope {
+ public:
+  CallbackScope() : outer_(t_callbacks) { t_callbacks = &queued_; }
+  ~CallbackScope() { t_callbacks = outer_; }
+  CallbackScope(const CallbackScope&) = delete;
+  CallbackScope& operator=(const CallbackScope&) = delete;
+  /// Runs the queued callbacks in order; those a callback queues run too.
+  void run() {
+    for (size_t i = 0; i < queued_.size(); ++i) {
+      std::function<void()> callback = std::move(queued_[i]);
+      callback();
+    }
+    queued_.clear();
+  }
+
+ private:
+  std::vector<std::function<void()>>* outer_;
+  std::vector<std::function<void()>> queued_;
+};
 
 void engine_entry(const Tensor& root, const Tensor& grad, bool retain_graph) {
   backward(root, grad, retain_graph);
@@ -179,6 +204,14 @@ void retain_grad(const Tensor& t) {
   });
 }
 
+void queue_callback(std::function<void()> callback) {
+  DTRAIN_CHECK(t_callbacks != nullptr,
+               "queue_callback: called outside a backward; call it from a gradient hook");
+  t_callbacks->push_back(std::move(callback));
+}
+
+bool in_backward() { return t_callbacks != nullptr; }
+
 void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
   DTRAIN_CHECK(root.requires_grad(), "backward(): ", root.describe(), " does not require grad");
   Tensor seed = grad;
@@ -194,6 +227,7 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
                  root.describe());
   }
   NodePtr start = gradient_edge(root);
+  CallbackScope callbacks;
 
   // 1. Count, for every reachable node, how many edges lead into it.
   std::unordered_map<Node*, int> deps;
@@ -251,6 +285,8 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       if (--deps[next] == 0) ready.push(node->next[i]);
     }
   }
+  // 3. Every node has run: end-of-backward work (DDP waits for its gradient all-reduces here).
+  callbacks.run();
 }
 
 }  // namespace dtrain::autograd

@@ -9,16 +9,13 @@
 #include <string_view>
 #include <vector>
 
+#include "autograd/hooks.h"
 #include "tensor/tensor.h"
 
 namespace dtrain::autograd {
 
 class Node;
 using NodePtr = std::shared_ptr<Node>;
-/// May return a replacement gradient, or an undefined tensor to keep the one given.
-using GradHook = std::function<Tensor(const Tensor&)>;
-/// Called with the leaf after its gradient has been accumulated.
-using PostAccumulateHook = std::function<void(Tensor&)>;
 
 /// A backward function. Every node has exactly one (differentiable) output; apply() maps the
 /// gradient of that output to gradients of the node's inputs (undefined where none is needed).
@@ -90,12 +87,5 @@ NodePtr gradient_edge(const Tensor& t);
 /// input requires grad; returns out (now requiring grad) either way.
 Tensor record(Tensor out, const char* name, const std::vector<Tensor>& inputs,
               FunctionNode::Backward backward);
-
-/// Tensor hook: runs on t's gradient each time it is computed; may replace it.
-void register_hook(const Tensor& t, GradHook hook);
-/// Leaf hook: runs after the gradient has been accumulated into t.grad(), once per backward.
-void register_post_accumulate_grad_hook(const Tensor& leaf, PostAccumulateHook hook);
-/// Keeps the gradient of a non-leaf tensor in its grad() after backward.
-void retain_grad(const Tensor& t);
 
 }  // namespace dtrain::autograd

@@ -6,12 +6,15 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "autograd/functions.h"
 #include "autograd/grad_mode.h"
 #include "autograd/gradcheck.h"
+#include "autograd/hooks.h"
 #include "autograd/node.h"
 #include "testutil.h"
 
@@ -351,6 +354,177 @@ TEST(Engine, AnomalyGuardRestoresThePreviousState) {
     EXPECT_TRUE(autograd::anomaly_enabled());
   }
   EXPECT_FALSE(autograd::anomaly_enabled());
+}
+
+// autograd::queue_callback: end-of-backward work queued from a hook (DDP finishes its gradient
+// all-reduces there), and in_backward().
+
+TEST(EngineCallbacks, RunOnceInQueueOrderAfterEveryLeafIsAccumulatedBeforeBackwardReturns) {
+  // L = sum(tanh(w2 * tanh(w1 * x))): w2's gradient is final first, w1's last (see
+  // AccumulatorsRunAsSoonAsTheirGradientIsComplete). w2's hook queues two callbacks, w1's one.
+  Tensor x = from_vector<float>({0.3f, -0.7f});
+  Tensor w1 = from_vector<float>({1.2f, 0.4f}).set_requires_grad();
+  Tensor w2 = from_vector<float>({-0.5f, 2.f}).set_requires_grad();
+  std::vector<std::string> events;
+  std::vector<std::vector<float>> w1_seen, w2_seen;  // the gradients each callback saw
+  const auto grad_or_empty = [](const Tensor& leaf) {
+    return leaf.grad().defined() ? values(leaf.grad()) : std::vector<float>{};
+  };
+  const std::function<void(const std::string&)> callback_body = [&](const std::string& name) {
+    events.push_back(name);
+    w1_seen.push_back(grad_or_empty(w1));
+    w2_seen.push_back(grad_or_empty(w2));
+  };
+  autograd::register_post_accumulate_grad_hook(w2, [&](Tensor&) {
+    events.push_back("w2 hook");
+    autograd::queue_callback([&] { callback_body("first"); });
+    autograd::queue_callback([&] { callback_body("second"); });
+  });
+  autograd::register_post_accumulate_grad_hook(w1, [&](Tensor&) {
+    events.push_back("w1 hook");
+    autograd::queue_callback([&] { callback_body("third"); });
+  });
+  const auto loss = [&] { return sum(tanh(w2 * tanh(w1 * x))); };
+  const std::vector<std::string> expected_events{"w2 hook", "w1 hook", "first", "second", "third"};
+
+  loss().backward();
+  // Nothing but backward() could have run them: they ran before it returned, each once.
+  EXPECT_EQ(events, expected_events);
+  ASSERT_EQ(w1_seen.size(), 3u);
+  ASSERT_EQ(w2_seen.size(), 3u);
+  // Every callback, even those queued before w1 was reached, saw both final gradients.
+  const std::vector<float> xs{0.3f, -0.7f}, w1v{1.2f, 0.4f}, w2v{-0.5f, 2.f};
+  for (size_t c = 0; c < 3; ++c) {
+    ASSERT_EQ(w1_seen[c].size(), 2u) << "callback " << c << " ran before w1's gradient existed";
+    ASSERT_EQ(w2_seen[c].size(), 2u) << "callback " << c;
+    EXPECT_EQ(w1_seen[c], values(w1.grad())) << "callback " << c;
+    EXPECT_EQ(w2_seen[c], values(w2.grad())) << "callback " << c;
+    for (size_t i = 0; i < 2; ++i) {
+      const float h = std::tanh(w1v[i] * xs[i]);
+      const float outer = 1 - std::tanh(w2v[i] * h) * std::tanh(w2v[i] * h);
+      EXPECT_NEAR(w1_seen[c][i], outer * w2v[i] * (1 - h * h) * xs[i], 1e-5) << "callback " << c;
+      EXPECT_NEAR(w2_seen[c][i], outer * h, 1e-5) << "callback " << c;
+    }
+  }
+
+  // A second backward runs its own callbacks only: the first backward's are gone.
+  events.clear();
+  w1_seen.clear();
+  w2_seen.clear();
+  loss().backward();
+  EXPECT_EQ(events, expected_events);
+  ASSERT_EQ(w1_seen.size(), 3u);
+  for (size_t c = 0; c < 3; ++c) {
+    EXPECT_EQ(w1_seen[c], values(w1.grad())) << "callback " << c << " saw the accumulated grad";
+    EXPECT_EQ(w2_seen[c], values(w2.grad())) << "callback " << c;
+  }
+}
+
+TEST(EngineCallbacks, InBackwardOnlyOnTheThreadRunningABackward) {
+  EXPECT_FALSE(autograd::in_backward());
+  Tensor w = from_vector<float>({1.f, 2.f}).set_requires_grad();
+  Tensor h = w * 3.0;
+  std::vector<bool> in_tensor_hook, in_leaf_hook;
+  int other_thread = -1;  // what another thread sees while this one runs the backward
+  autograd::register_hook(h, [&](const Tensor&) {
+    in_tensor_hook.push_back(autograd::in_backward());
+    return Tensor();
+  });
+  autograd::register_post_accumulate_grad_hook(w, [&](Tensor&) {
+    in_leaf_hook.push_back(autograd::in_backward());
+    std::thread t([&] { other_thread = autograd::in_backward() ? 1 : 0; });
+    t.join();
+  });
+  sum(h * h).backward();
+  EXPECT_EQ(in_tensor_hook, std::vector<bool>{true});
+  EXPECT_EQ(in_leaf_hook, std::vector<bool>{true});
+  EXPECT_EQ(other_thread, 0);
+  EXPECT_FALSE(autograd::in_backward());
+
+  // A backward that fails in a hook leaves the thread outside a backward too.
+  Tensor v = from_vector<float>({1.f}).set_requires_grad();
+  autograd::register_post_accumulate_grad_hook(
+      v, [](Tensor&) { DTRAIN_THROW(ValueError, "hook failure for the test"); });
+  EXPECT_THAT(error_message([&] { sum(v * 2.0).backward(); }),
+              HasSubstr("hook failure for the test"));
+  EXPECT_FALSE(autograd::in_backward());
+}
+
+TEST(EngineCallbacks, QueueCallbackOutsideABackwardThrowsValueError) {
+  bool ran = false;
+  const auto queue_outside = [&] {
+    try {
+      autograd::queue_callback([&] { ran = true; });
+    } catch (const ValueError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_THAT(queue_outside(), HasSubstr("outside a backward"));
+  // Also right after a backward: its queue is gone.
+  Tensor x = from_vector<float>({1.f, 2.f}).set_requires_grad();
+  sum(x * x).backward();
+  EXPECT_THAT(queue_outside(), HasSubstr("outside a backward"));
+  EXPECT_FALSE(ran);
+  // A later backward does not pick up the callback that was refused.
+  sum(x * x).backward();
+  EXPECT_FALSE(ran);
+}
+
+TEST(EngineCallbacks, AThrowingCallbackMakesBackwardThrowAndDropsTheRest) {
+  Tensor x = from_vector<float>({1.f, 2.f}).set_requires_grad();
+  std::vector<std::string> ran;
+  bool fail = true;
+  autograd::register_post_accumulate_grad_hook(x, [&](Tensor&) {
+    autograd::queue_callback([&] { ran.push_back("before"); });
+    autograd::queue_callback([&] {
+      if (fail) DTRAIN_THROW(ValueError, "callback failure for the test");
+      ran.push_back("middle");
+    });
+    autograd::queue_callback([&] { ran.push_back("after"); });
+  });
+  std::string caught;
+  try {
+    sum(x * x).backward();
+  } catch (const ValueError& e) {
+    caught = e.what();
+  }
+  EXPECT_THAT(caught, HasSubstr("callback failure for the test"));
+  EXPECT_EQ(ran, std::vector<std::string>{"before"});
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{2, 4})) << "accumulated before the callbacks";
+  EXPECT_FALSE(autograd::in_backward());
+
+  // The engine is usable again, and the dropped callback does not run late.
+  fail = false;
+  ran.clear();
+  EXPECT_NO_THROW(sum(x * x).backward());
+  EXPECT_EQ(ran, (std::vector<std::string>{"before", "middle", "after"}));
+  EXPECT_EQ(values(x.grad()), (std::vector<float>{4, 8}));
+}
+
+TEST(EngineCallbacks, ABackwardThatFailsDropsTheCallbacksQueuedSoFar) {
+  // w's gradient is accumulated (and its hook queues a callback) before the custom node below it
+  // runs its backward, which throws.
+  Tensor v = from_vector<float>({0.5f, 1.5f}).set_requires_grad();
+  Tensor w = from_vector<float>({2.f, -1.f}).set_requires_grad();
+  Tensor h = autograd::record(ops::binary(kernels::Binary::kMul, v, v), "failing", {v},
+                              [](const Tensor&) -> std::vector<Tensor> {
+                                DTRAIN_THROW(ValueError, "backward failure for the test");
+                              });
+  int hook_calls = 0, callback_calls = 0;
+  autograd::register_post_accumulate_grad_hook(w, [&](Tensor&) {
+    ++hook_calls;
+    autograd::queue_callback([&] { ++callback_calls; });
+  });
+  EXPECT_THAT(error_message([&] { sum(h * w).backward(); }),
+              HasSubstr("backward failure for the test"));
+  EXPECT_EQ(hook_calls, 1) << "w's accumulator should run before the failing node";
+  EXPECT_EQ(callback_calls, 0);
+  EXPECT_FALSE(autograd::in_backward());
+  // The next backward runs only its own callback.
+  sum(w * 2.0).backward();
+  EXPECT_EQ(hook_calls, 2);
+  EXPECT_EQ(callback_calls, 1);
 }
 
 /// y = x^2 recorded through autograd::record with a backward of `factor` * g * x.
