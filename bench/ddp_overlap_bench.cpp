@@ -15,7 +15,7 @@
 
 #include "distributed/backends/local/local_communicator.h"
 #include "distributed/environment.h"
-#include "distributed/registry.h"
+#include "distributed/job.h"
 #include "nn/optim.h"
 #include "strategies/ddp.h"
 #include "tensor/cpu/parallel.h"
@@ -167,7 +167,8 @@ Args parse(int argc, char** argv) {
 int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
   if (dist::detect_world().size > 1) {  // mpirun, srun or dtrain launch: one rank per process
-    run_rank(dist::init_from_env(), args);
+    dist::Job job = dist::Job::from_env();
+    run_rank(std::dynamic_pointer_cast<dist::AsyncCommunicator>(job.world()), args);
     return 0;
   }
   auto comms = dist::make_local_group(2);

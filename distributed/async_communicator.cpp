@@ -248,12 +248,33 @@ CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {
   return info;
 }
 
+void AsyncCommunicator::add_observer(CollectiveObserver* observer) {
+  std::lock_guard lock(observers_mu_);
+  observers_.push_back(observer);
+}
+
+void AsyncCommunicator::remove_observer(CollectiveObserver* observer) {
+  std::lock_guard lock(observers_mu_);  // waits for a notification in progress
+  std::erase(observers_, observer);
+}
+
+void AsyncCommunicator::notify_observers(const CollectiveInfo& info, bool started) {
+  std::lock_guard lock(observers_mu_);
+  for (CollectiveObserver* o : observers_) {
+    if (started) {
+      o->on_start(rank(), info);
+    } else {
+      o->on_finish(rank(), info);
+    }
+  }
+}
+
 WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
                                    std::function<void()> body) {
   auto work = std::make_shared<QueuedWork>(info, [this] { return try_run_queued(); });
   auto task = [this, work, info, timeout, body = std::move(body)] {
     note_progress(backend_name(), rank(), info, true);
-    if (observer_) observer_->on_start(rank(), info);
+    notify_observers(info, /*started=*/true);
     std::exception_ptr error;
     try {
       // Point-to-point calls (sequence 0) are not collective: only their pair takes part.
@@ -263,7 +284,7 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
       error = std::current_exception();
     }
     note_progress(backend_name(), rank(), info, false);
-    if (observer_) observer_->on_finish(rank(), info);
+    notify_observers(info, /*started=*/false);
     work->finish(error);
   };
   {

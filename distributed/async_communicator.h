@@ -83,7 +83,11 @@ class AsyncCommunicator : public Communicator {
 
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }
-  void set_observer(CollectiveObserver* observer) { observer_ = observer; }
+  /// Observers are told when each collective starts and finishes, on the thread that runs it
+  /// (the watchdog, DDP's timing). Thread-safe; once remove_observer returns, `observer` is not
+  /// being called and will not be again.
+  void add_observer(CollectiveObserver* observer);
+  void remove_observer(CollectiveObserver* observer);
   /// Before each collective, ranks exchange what they are about to call (sequence, kind, dtype,
   /// count) and a difference raises an error listing every rank's call, instead of a hang or
   /// garbage. One small all_gather per collective; on by default when DTRAIN_DISTRIBUTED_DEBUG=1.
@@ -122,6 +126,7 @@ class AsyncCommunicator : public Communicator {
 
  private:
   WorkPtr enqueue(CollectiveInfo info, Timeout timeout, std::function<void()> body);
+  void notify_observers(const CollectiveInfo& info, bool started);
   /// The debug check: every rank's call, compared; throws listing them when they differ.
   void verify_same_call(const CollectiveInfo& info, Timeout timeout);
   CollectiveInfo make_info(std::string kind, const Tensor& t);
@@ -150,7 +155,8 @@ class AsyncCommunicator : public Communicator {
   std::vector<int> host_leaders_;  // each host's first rank, ascending
   Tensor ring_scratch_;            // all_reduce_among_hosts' receive buffer
   std::vector<std::weak_ptr<SharedSegment>> segments_;  // issuing thread only
-  CollectiveObserver* observer_ = nullptr;
+  std::mutex observers_mu_;
+  std::vector<CollectiveObserver*> observers_;
   std::mutex mu_;
   std::mutex run_mu_;  // held while a collective runs: one at a time, in issue order
   std::condition_variable cv_;

@@ -164,4 +164,13 @@ WorldInfo detect_world(const Getenv& getenv) {
   return WorldInfo{};
 }
 
+JobSpec job_spec_from_env(const Getenv& getenv) {
+  JobSpec spec;
+  spec.world = detect_world(getenv);
+  spec.store_address = lookup(getenv, "DTRAIN_STORE_ADDR").value_or("");
+  spec.store_token = lookup(getenv, "DTRAIN_STORE_TOKEN").value_or("");
+  spec.restart_count = read_int(getenv, "DTRAIN_RESTART_COUNT").value_or(0);
+  return spec;
+}
+
 }  // namespace dtrain::dist

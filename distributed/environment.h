@@ -2,6 +2,7 @@
 // launcher, then Open MPI, then Slurm with PMIx, then plain Slurm, else a single process.
 #pragma once
 
+#include <chrono>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -35,5 +36,22 @@ struct WorldInfo {
 /// non-negative integer, a size is 0, a rank is not below its size, or a source's rank is set
 /// without its size. `getenv` is a parameter so tests can pass a fake environment.
 WorldInfo detect_world(const std::function<const char*(const char*)>& getenv = ::getenv);
+
+/// Everything a process needs to join its job (distributed/job.h builds the job from it). Made
+/// from the environment by job_spec_from_env, or filled in by a caller (the config's `cluster:`
+/// section, tests), so that nothing within a process talks through environment variables.
+struct JobSpec {
+  WorldInfo world;
+  std::string store_address;     // host:port of the job's Store; "" when it has none (mpirun, srun)
+  std::string store_token;       // the Store's shared secret (never on a command line)
+  int restart_count = 0;         // restarts of the job so far (dtrain launch --max-restarts)
+  std::string backend = "auto";  // strategy.backend
+  std::chrono::milliseconds timeout{300'000};       // a collective slower than this stops the job
+  std::chrono::milliseconds stall_warning{60'000};  // ... slower than this is reported
+};
+
+/// detect_world, plus dtrain launch's DTRAIN_STORE_ADDR, DTRAIN_STORE_TOKEN and
+/// DTRAIN_RESTART_COUNT. Throws ValueError naming a variable whose value is malformed.
+JobSpec job_spec_from_env(const std::function<const char*(const char*)>& getenv = ::getenv);
 
 }  // namespace dtrain::dist

@@ -1,4 +1,4 @@
-// ClusterJob: the environment contract of `dtrain launch`, filled in from the config.
+// ClusterJob: the job a `cluster:` section describes, as the JobSpec a dtrain launch worker gets.
 #include "launcher/cluster.h"
 
 #include <chrono>
@@ -43,9 +43,22 @@ ClusterJob::ClusterJob(int64_t world_size, int64_t rank, const std::string& stor
     o.token = token;
     server_ = std::make_unique<dist::StoreServer>(o);
   }
-  setenv("DTRAIN_RANK", std::to_string(rank_).c_str(), 1);
-  setenv("DTRAIN_WORLD_SIZE", std::to_string(world_size_).c_str(), 1);
-  setenv("DTRAIN_STORE_ADDR", net::host_port(host, port).c_str(), 1);
+  token_ = token;
+}
+
+dist::JobSpec ClusterJob::spec() const {
+  if (world_size_ <= 1) return dist::job_spec_from_env();
+  dist::JobSpec spec;
+  spec.world.rank = static_cast<int>(rank_);
+  spec.world.size = static_cast<int>(world_size_);
+  // The section says nothing of machines: every process counts as one of a single host's.
+  spec.world.local_rank = spec.world.rank;
+  spec.world.local_size = spec.world.size;
+  spec.world.source = "cluster";
+  const auto [host, port] = net::split_host_port(store_, "cluster.store");
+  spec.store_address = net::host_port(host, port);
+  spec.store_token = token_;
+  return spec;
 }
 
 ClusterJob::~ClusterJob() = default;
@@ -56,6 +69,7 @@ void ClusterJob::finish() {
   dist::StoreClientOptions o;
   o.host = host;
   o.port = port;
+  o.token = token_;
   dist::StoreClient client(o);
   client.set(finished_key(rank_), "1");
   if (rank_ != 0) return;

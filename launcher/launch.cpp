@@ -269,13 +269,13 @@ void Launcher::rendezvous(int attempt) {
 void Launcher::spawn(int attempt) {
   workers_.clear();
   workers_.resize(o_.nproc_per_node);
-  const int threads = std::max(1, usable_cores() / o_.nproc_per_node);
+  const int threads = std::max(1, static_cast<int>(usable_cores() / o_.nproc_per_node));
   // With a core per worker or more, each worker gets `threads` CPUs of its own, as mpirun binds
   // by default: the workers' threads (kernels, loader, communication) then never preempt another
   // worker's, and a worker's caches stay its own.
   const std::vector<int> cpus = usable_cpus();
-  const bool bind =
-      o_.cpu_bind && !cpus.empty() && static_cast<int>(cpus.size()) >= o_.nproc_per_node;
+  const bool bind = (o_.cpu_bind == "auto") && !cpus.empty() &&
+                    static_cast<int>(cpus.size()) >= o_.nproc_per_node;
   std::string placement;
   const bool user_threads = std::getenv("OMP_NUM_THREADS") != nullptr;
   const int heartbeat_ms =

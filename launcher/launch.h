@@ -6,21 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "train/config.h"
+
 namespace dtrain::launch {
 
-struct LaunchOptions {
+/// The config's `launcher` section (train::LauncherConfig, which the schema binds and whose
+/// defaults are the only ones), then what only the command line or the launcher itself knows.
+struct LaunchOptions : train::LauncherConfig {
   std::string config_path;
   std::vector<std::string> overrides;  // passed to every worker's `dtrain train`
-  int nproc_per_node = 1;
-  int nnodes = 1;
   int node_rank = 0;
-  std::string rdzv_endpoint;  // "" on one node: a free port on 127.0.0.1
-  int max_restarts = 0;
-  double heartbeat_timeout_s = 60;  // 0: no heartbeat check
-  double stop_grace_s = 10;
-  double rdzv_timeout_s = 300;
-  std::string log_dir;            // "" prefixes worker lines with [rank N] on this output
-  bool cpu_bind = true;           // each worker on its own cores, when there is one per worker
   std::string config_hash;        // of the resolved config, compared across nodes
   std::string version;            // dtrain's, compared across nodes
   std::string worker_executable;  // the dtrain binary the workers run

@@ -2,17 +2,18 @@
 // 0 success, 2 usage or config error, 1 run-time failure (launch: 130/143 when interrupted).
 // The only place that catches errors at the top.
 #include <CLI/CLI.hpp>
-#include <atomic>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <iostream>
-#include <thread>
+#include <optional>
 
+#include "distributed/registry.h"
 #include "launcher/cluster.h"
 #include "launcher/launch.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/run.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
 
@@ -25,63 +26,22 @@ namespace {
 constexpr int kUsageError = 2;
 constexpr int kRuntimeError = 1;
 
-dtrain::StrategyOptions strategy_options(const dtrain::train::Config& c) {
-  dtrain::StrategyOptions o;
-  o.type = c.strategy.type;
-  o.backend = c.strategy.backend;
-  o.bucket_cap_mb = c.strategy.bucket_cap_mb;
-  o.timeout_s = c.strategy.timeout_s;
-  o.stall_warning_s = c.strategy.stall_warning_s;
-  o.find_unused_parameters = c.strategy.find_unused_parameters;
-  o.broadcast_buffers = c.strategy.broadcast_buffers;
-  o.comm_hook = c.strategy.comm_hook;
-  o.overlap = c.strategy.overlap;
-  o.devices = static_cast<int>(c.strategy.devices);
-  o.check_parameters_every_steps = c.strategy.check_parameters_every_steps;
-  return o;
-}
-
-/// Runs the training loop once per replica of this process (one thread each for mirrored
-/// strategies) and returns the result of the replica that reports (or of the first).
-dtrain::train::TrainResult train_replicas(const dtrain::train::Config& c) {
-  using namespace dtrain::train;
-  auto strategies = dtrain::make_replica_strategies(strategy_options(c));
-  if (strategies.size() == 1) return Trainer(c, std::move(strategies[0])).run();
-  const auto abort = dtrain::replica_abort(strategies);
-  const size_t n = strategies.size();
-  std::vector<TrainResult> results(n);
-  std::vector<std::exception_ptr> errors(n);
-  std::atomic<int> first_failure{-1};
-  // Each replica builds its own data, model and optimiser; construction is collective (DDP
-  // broadcasts rank 0's parameters), so every replica starts on its own thread.
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      try {
-        results[i] = Trainer(c, std::move(strategies[i])).run();
-      } catch (...) {
-        errors[i] = std::current_exception();
-        int none = -1;
-        if (first_failure.compare_exchange_strong(none, static_cast<int>(i))) {
-          // The others would wait for this replica in their next collective until the timeout.
-          abort("replica " + std::to_string(i) + " of this process failed");
-        }
-      }
-    });
+/// This process's job for `c`, or exit status 2 with the reason when its backend cannot run here.
+std::optional<dtrain::dist::Job> make_job(const dtrain::train::Config& c,
+                                          const dtrain::dist::JobSpec& base, int& exit_code) {
+  const std::string why = dtrain::dist::backend_unavailable_reason(c.strategy.backend);
+  if (!why.empty()) {
+    std::fprintf(stderr, "dtrain: strategy.backend: %s\n", why.c_str());
+    exit_code = kUsageError;
+    return std::nullopt;
   }
-  for (auto& t : threads) t.join();
-  if (first_failure >= 0) std::rethrow_exception(errors[first_failure]);
-  for (const TrainResult& r : results) {
-    if (r.primary) return r;
-  }
-  return results[0];
+  return dtrain::dist::Job(dtrain::train::job_spec_for(c, base));
 }
 
 /// The launcher's settings: the config's `launcher` section, then the flags given on the command
 /// line (which win).
 struct LaunchFlags {
   dtrain::launch::LaunchOptions values;
-  std::string cpu_bind;  // --cpu-bind's text
   std::vector<std::pair<CLI::Option*, std::function<void(dtrain::launch::LaunchOptions&)>>> given;
 };
 
@@ -90,17 +50,9 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
   using namespace dtrain::train;
   const Config c = load_config(config_path, overrides);
   dtrain::launch::LaunchOptions o;
+  static_cast<LauncherConfig&>(o) = c.launcher;
   o.config_path = config_path;
   o.overrides = overrides;
-  o.nproc_per_node = static_cast<int>(c.launcher.nproc_per_node);
-  o.nnodes = static_cast<int>(c.launcher.nnodes);
-  o.rdzv_endpoint = c.launcher.rdzv_endpoint;
-  o.max_restarts = static_cast<int>(std::min<int64_t>(c.launcher.max_restarts, 1'000'000));
-  o.heartbeat_timeout_s = c.launcher.heartbeat_timeout_s;
-  o.stop_grace_s = c.launcher.stop_grace_s;
-  o.rdzv_timeout_s = c.launcher.rdzv_timeout_s;
-  o.log_dir = c.launcher.log_dir;
-  o.cpu_bind = c.launcher.cpu_bind == "auto";
   for (auto& [option, apply] : flags.given) {
     if (option->count() > 0) apply(o);
   }
@@ -117,7 +69,7 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
   if (o.node_rank >= o.nnodes) {
     std::fprintf(stderr,
                  "dtrain launch: --node-rank %d is not below --nnodes %d (nodes count from 0)\n",
-                 o.node_rank, o.nnodes);
+                 o.node_rank, static_cast<int>(o.nnodes));
     return kUsageError;
   }
   if (o.nnodes > 1 && o.rdzv_endpoint.empty()) {
@@ -125,11 +77,11 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
                  "dtrain launch: --nnodes %d needs --rdzv-endpoint HOST:PORT (or "
                  "launcher.rdzv_endpoint): an address of node 0 that every node can reach, where "
                  "node 0's launcher hosts the store\n",
-                 o.nnodes);
+                 static_cast<int>(o.nnodes));
     return kUsageError;
   }
-  const int world = o.nnodes * o.nproc_per_node;
-  if (world > 1 && (c.strategy.type == "single" || c.strategy.type == "mirrored")) {
+  const int world = static_cast<int>(o.nnodes * o.nproc_per_node);
+  if (world > 1 && !dtrain::find_strategy(c.strategy.type).spans_processes) {
     std::fprintf(
         stderr,
         "dtrain launch: strategy.type is %s, which trains in one process, but the launcher "
@@ -197,10 +149,10 @@ int main(int argc, char** argv) {
     given(launch->add_option("--log-dir", v.log_dir, "write worker output to DIR/rank_N.log"),
           [&v](LaunchOptions& o) { o.log_dir = v.log_dir; });
     given(launch
-              ->add_option("--cpu-bind", flags.cpu_bind,
+              ->add_option("--cpu-bind", v.cpu_bind,
                            "auto: each worker on its own cores when there are enough; none")
               ->check(CLI::IsMember({"auto", "none"})),
-          [&flags](LaunchOptions& o) { o.cpu_bind = flags.cpu_bind == "auto"; });
+          [&v](LaunchOptions& o) { o.cpu_bind = v.cpu_bind; });
   }
 
   CLI::App* config = app.add_subcommand("config", "Inspect configs");
@@ -237,13 +189,16 @@ int main(int argc, char** argv) {
       std::optional<dtrain::launch::ClusterJob> cluster;
       try {
         cluster.emplace(c.cluster.world_size, c.cluster.rank, c.cluster.store,
-                        c.strategy.timeout_s);
+                        std::chrono::duration<double>(c.strategy.ddp.timeout).count());
       } catch (const dtrain::ValueError& e) {  // a job described twice, or no token
         std::fprintf(stderr, "dtrain: %s\n", e.message().c_str());
         return kUsageError;
       }
+      int failed = 0;
+      std::optional<dtrain::dist::Job> job = make_job(c, cluster->spec(), failed);
+      if (!job) return failed;
       const dtrain::launch::WorkerHeartbeat heartbeat;  // only under dtrain launch
-      const TrainResult r = train_replicas(c);
+      const TrainResult r = train_in_job(c, *job);
       cluster->finish();
       if (!r.primary) return 0;  // rank 0 reports for the job
       if (c.train.stop_at_step > 0 && r.stopped_early) {
@@ -265,8 +220,10 @@ int main(int argc, char** argv) {
     }
     if (*eval) {
       Config c = load_config(config_path, overrides);
-      Trainer trainer(c, dtrain::make_strategy(strategy_options(c)));
-      const EvalResult r = trainer.evaluate_checkpoint(checkpoint_path);
+      int failed = 0;
+      std::optional<dtrain::dist::Job> job = make_job(c, dtrain::dist::job_spec_from_env(), failed);
+      if (!job) return failed;
+      const EvalResult r = evaluate_in_job(c, *job, checkpoint_path);
       std::printf("eval: test_accuracy=%.4f test_loss=%.4f examples=%lld\n", r.accuracy, r.loss,
                   static_cast<long long>(r.examples));
       return 0;

@@ -9,7 +9,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "autograd/node.h"
+#include "autograd/hooks.h"
 #include "distributed/async_communicator.h"
 #include "tensor/check.h"
 #include "tensor/hash.h"
@@ -73,6 +73,13 @@ struct DistributedDataParallel::State {
   size_t next_launch = 0;
   bool syncing = true;
   bool rebuilt = false;
+  /// The last backward finished the reduction and no synchronize_gradients() has been called
+  /// since: the next one has nothing to do. A replica that skips backward for a step (no data)
+  /// and calls synchronize_gradients() still joins the step's all-reduces.
+  bool reduced_by_backward = false;
+  /// finish() is queued to run at the end of the backward in progress.
+  bool finish_queued = false;
+  std::weak_ptr<State> self;
   std::vector<size_t> ready_order;            // first step: the order gradients became final
   std::shared_ptr<FinishTimes> finish_times;  // set when collect_stats
   DdpStats stats;
@@ -145,6 +152,19 @@ struct DistributedDataParallel::State {
 
   void on_ready(size_t i) {
     if (!syncing || ready[i]) return;
+    reduced_by_backward = false;
+    if (!finish_queued) {
+      // The reduction ends with the backward that produced the gradients, as in PyTorch's DDP:
+      // an optimiser step after backward() always sees averaged gradients, even when the caller
+      // never calls synchronize_gradients().
+      finish_queued = true;
+      autograd::queue_callback([weak = self] {
+        if (auto st = weak.lock()) {
+          st->finish();
+          st->reduced_by_backward = true;
+        }
+      });
+    }
     Tensor& p = params[i].second;
     Bucket& b = buckets[bucket_of[i]];
     // A gradient that left its bucket (zero_grad(set_to_none) then a fresh accumulation) is
@@ -182,6 +202,82 @@ struct DistributedDataParallel::State {
     finish_times->clear();
   }
 
+  /// Waits for every bucket's all-reduce (launching those backward did not start), so the
+  /// gradients hold the average; the first time, rebuilds the buckets in rank 0's ready order.
+  void finish() {
+    finish_queued = false;
+    const bool timed = finish_times != nullptr;
+    const Clock::time_point entered = timed ? Clock::now() : Clock::time_point{};
+    std::vector<std::string> unused;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!ready[i]) unused.push_back(params[i].first);
+    }
+    if (!unused.empty()) {
+      if (!options.find_unused_parameters) {
+        std::string names;
+        for (const auto& n : unused) names += (names.empty() ? "" : ", ") + n;
+        DTRAIN_THROW(ValueError,
+                     "DistributedDataParallel: parameters that got no gradient in this "
+                     "step: ",
+                     names,
+                     ". Use them in the forward pass, or set "
+                     "find_unused_parameters (strategy.find_unused_parameters: true) so their "
+                     "zero gradients are reduced too");
+      }
+      // Unused parameters contribute what their bucket slot holds (zeros, or what no_sync
+      // micro-batches accumulated), so every rank runs every bucket. A gradient dropped by
+      // zero_grad(set_to_none) comes back as zeros: last step's average must not be sent
+      // again, and every replica must step every parameter.
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (ready[i]) continue;
+        Tensor& p = params[i].second;
+        Bucket& b = buckets[bucket_of[i]];
+        Tensor view(b.flat.storage(), offset_in_bucket(i) * dtype_size(p.dtype()), p.shape(),
+                    p.dtype());
+        if (!p.grad().defined()) {
+          view.zero_();
+          p.set_grad(view);
+        } else if (p.grad().data_ptr() != view.data_ptr()) {
+          view.copy_(p.grad());
+          p.set_grad(view);
+        }
+        ready[i] = true;
+        --b.pending;
+      }
+    }
+    launch_ready();  // buckets not started from backward (no overlap, unused parameters)
+    std::vector<std::pair<Clock::time_point, Clock::time_point>> busy;
+    for (Bucket& b : buckets) {
+      b.work->wait(options.timeout);
+      if (timed) busy.emplace_back(b.launched, finish_times->of(b.work->info().sequence));
+      b.work.reset();
+      if (b.compressed.defined()) {
+        b.flat.copy_(b.compressed);
+        b.compressed = Tensor();
+      }
+      b.pending = static_cast<int>(b.params.size());
+    }
+    std::fill(ready.begin(), ready.end(), false);
+    next_launch = 0;
+    if (timed) record_step(std::move(busy), entered);
+    if (!rebuilt) {
+      // Buckets follow the order gradients actually became final. Rank 0's order is used
+      // everywhere, so all ranks issue the same all-reduces.
+      rebuilt = true;
+      std::vector<size_t> order = ready_order;
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (std::find(order.begin(), order.end(), i) == order.end()) order.push_back(i);
+      }
+      Tensor shared({static_cast<int64_t>(order.size())}, DType::kInt64);
+      for (size_t k = 0; k < order.size(); ++k)
+        shared.data<int64_t>()[k] = static_cast<int64_t>(order[k]);
+      comm->broadcast(shared, {0, options.timeout})->wait(options.timeout);
+      for (size_t k = 0; k < order.size(); ++k)
+        order[k] = static_cast<size_t>(shared.data<int64_t>()[k]);
+      build_buckets(order);
+    }
+  }
+
   int64_t offset_in_bucket(size_t i) const {
     int64_t at = 0;
     for (size_t j : buckets[bucket_of[i]].params) {
@@ -191,8 +287,6 @@ struct DistributedDataParallel::State {
     return at;
   }
 };
-
-namespace {}  // namespace
 
 DistributedDataParallel::DistributedDataParallel(nn::Module& model,
                                                  std::shared_ptr<dist::Communicator> comm,
@@ -215,6 +309,7 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& model,
   State& s = *state_;
   s.comm = comm_;
   s.options = options_;
+  s.self = state_;
   for (auto& [name, p] : model_.named_parameters()) {
     if (p.requires_grad()) s.params.emplace_back(name, p);
   }
@@ -230,10 +325,8 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& model,
     });
   }
   if (options_.collect_stats) {
-    // Construction waited for its own collectives, so the worker thread is not reading the
-    // observer slot while it changes.
     s.finish_times = std::make_shared<FinishTimes>();
-    observed->set_observer(s.finish_times.get());
+    observed->add_observer(s.finish_times.get());
   }
 }
 
@@ -248,8 +341,7 @@ DistributedDataParallel::~DistributedDataParallel() {
     }
   }
   if (state_->finish_times) {
-    // Nothing of ours is in flight any more: the worker cannot be calling the observer.
-    static_cast<dist::AsyncCommunicator&>(*comm_).set_observer(nullptr);
+    static_cast<dist::AsyncCommunicator&>(*comm_).remove_observer(state_->finish_times.get());
   }
 }
 
@@ -320,70 +412,23 @@ Tensor DistributedDataParallel::forward(const Tensor& x) {
 void DistributedDataParallel::synchronize_gradients() {
   State& s = *state_;
   if (!s.syncing) return;
-  const bool timed = s.finish_times != nullptr;
-  const Clock::time_point entered = timed ? Clock::now() : Clock::time_point{};
-  std::vector<std::string> unused;
-  for (size_t i = 0; i < s.params.size(); ++i) {
-    if (!s.ready[i]) unused.push_back(s.params[i].first);
+  if (s.reduced_by_backward) {  // the backward before this call did it
+    s.reduced_by_backward = false;
+    return;
   }
-  if (!unused.empty()) {
-    if (!options_.find_unused_parameters) {
-      std::string names;
-      for (const auto& n : unused) names += (names.empty() ? "" : ", ") + n;
-      DTRAIN_THROW(ValueError,
-                   "DistributedDataParallel: parameters that got no gradient in this "
-                   "step: ",
-                   names,
-                   ". Use them in the forward pass, or set "
-                   "find_unused_parameters (strategy.find_unused_parameters: true) so their "
-                   "zero gradients are reduced too");
-    }
-    // Unused parameters contribute their (zeroed) gradients, so every rank runs every bucket.
-    for (size_t i = 0; i < s.params.size(); ++i) {
-      if (!s.ready[i]) {
-        s.ready[i] = true;
-        --s.buckets[s.bucket_of[i]].pending;
-      }
-    }
-  }
-  s.launch_ready();  // buckets not started from backward (no overlap, unused parameters)
-  std::vector<std::pair<Clock::time_point, Clock::time_point>> busy;
-  for (Bucket& b : s.buckets) {
-    b.work->wait(options_.timeout);
-    if (timed) busy.emplace_back(b.launched, s.finish_times->of(b.work->info().sequence));
-    b.work.reset();
-    if (b.compressed.defined()) {
-      b.flat.copy_(b.compressed);
-      b.compressed = Tensor();
-    }
-    b.pending = static_cast<int>(b.params.size());
-  }
-  std::fill(s.ready.begin(), s.ready.end(), false);
-  s.next_launch = 0;
-  if (timed) s.record_step(std::move(busy), entered);
-  if (!s.rebuilt) {
-    // Buckets follow the order gradients actually became final. Rank 0's order is used
-    // everywhere, so all ranks issue the same all-reduces.
-    s.rebuilt = true;
-    std::vector<size_t> order = s.ready_order;
-    for (size_t i = 0; i < s.params.size(); ++i) {
-      if (std::find(order.begin(), order.end(), i) == order.end()) order.push_back(i);
-    }
-    Tensor shared({static_cast<int64_t>(order.size())}, DType::kInt64);
-    for (size_t k = 0; k < order.size(); ++k)
-      shared.data<int64_t>()[k] = static_cast<int64_t>(order[k]);
-    comm_->broadcast(shared, {0, options_.timeout})->wait(options_.timeout);
-    for (size_t k = 0; k < order.size(); ++k)
-      order[k] = static_cast<size_t>(shared.data<int64_t>()[k]);
-    s.build_buckets(order);
-  }
+  s.finish();
 }
 
-DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp) : ddp_(ddp) {
-  ddp_.state_->syncing = false;
+void DistributedDataParallel::set_gradient_sync(bool enabled) { state_->syncing = enabled; }
+
+bool DistributedDataParallel::gradient_sync() const { return state_->syncing; }
+
+DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp)
+    : ddp_(ddp), previous_(ddp.gradient_sync()) {
+  ddp_.set_gradient_sync(false);
 }
 
-DistributedDataParallel::NoSync::~NoSync() { ddp_.state_->syncing = true; }
+DistributedDataParallel::NoSync::~NoSync() { ddp_.set_gradient_sync(previous_); }
 
 DdpStats DistributedDataParallel::stats() const { return state_->stats; }
 

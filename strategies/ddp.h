@@ -18,14 +18,13 @@ struct DdpOptions {
   bool find_unused_parameters = false;
   bool broadcast_buffers = true;   // rank 0's buffers (batch-norm statistics) before each forward
   std::string comm_hook = "none";  // none | fp16 | bf16: compress buckets for the all-reduce
-  /// Start each bucket's all-reduce from backward (true) or all of them in
-  /// synchronize_gradients (false). Overlap pays when communication progresses on a core of its
+  /// Start each bucket's all-reduce from backward (true) or all of them when backward ends
+  /// (false). Overlap pays when communication progresses on a core of its
   /// own; with one core per rank a polling communicator competes with backward for it.
   bool overlap = true;
   dist::Timeout timeout = dist::kDefaultTimeout;
   /// Time the gradient all-reduces (stats()). Needs a communicator derived from AsyncCommunicator
-  /// and takes its one observer slot while the wrapper lives (a Watchdog installed there stops
-  /// being told), so it is for measurements, not for the Trainer's strategies.
+  /// (it observes when each all-reduce finishes, beside any watchdog).
   bool collect_stats = false;
 };
 
@@ -36,9 +35,10 @@ struct DdpStats {
   /// Busy time: per step, the union over buckets of [all-reduce launched, all-reduce finished on
   /// the communicator's thread].
   double all_reduce_s = 0;
-  /// The part of all_reduce_s after backward returned (synchronize_gradients was entered).
+  /// The part of all_reduce_s after backward ran its last node (the reduction's wait began).
   double exposed_s = 0;
-  /// Time spent in synchronize_gradients (exposed_s plus launching and waking up).
+  /// Time spent waiting for the reduction at the end of backward (exposed_s plus launching and
+  /// waking up).
   double synchronize_s = 0;
   /// The fraction of all-reduce time hidden behind backward: 1 - exposed_s / all_reduce_s.
   double hidden_fraction() const { return all_reduce_s > 0 ? 1.0 - exposed_s / all_reduce_s : 0; }
@@ -46,10 +46,10 @@ struct DdpStats {
 
 /// Wraps a model. Construction is collective: rank 0's parameters and buffers are broadcast after
 /// the ranks have checked that their models agree (names, shapes, dtypes; a difference names the
-/// first differing parameter and the ranks). Usage, as in libtorch's loop:
+/// first differing parameter and the ranks). Usage, as in PyTorch's loop:
 ///   DistributedDataParallel ddp(model, comm);
-///   loss_fn(ddp.forward(x), y).backward();   // buckets all-reduce during backward
-///   ddp.synchronize_gradients();             // waits; gradients hold the average
+///   loss_fn(ddp.forward(x), y).backward();   // buckets all-reduce during backward; backward
+///                                            // returns when gradients hold the average
 ///   opt.step();
 /// Not thread-safe; one per replica.
 class DistributedDataParallel {
@@ -63,12 +63,19 @@ class DistributedDataParallel {
   /// Broadcasts buffers from rank 0 (when enabled), then runs the model.
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) { return forward(x); }
-  /// Returns when every gradient holds the average over all replicas. Without
-  /// find_unused_parameters, a parameter that got no gradient this step is an error naming it.
+  /// Returns when every gradient holds the average over all replicas. backward() already ends
+  /// with this (an end-of-backward callback), so calling it once after backward is optional and
+  /// does nothing. Called with no backward since the previous call, it takes part in the step's
+  /// all-reduces with the gradients as they are: how a replica without data for a step joins
+  /// the others (with find_unused_parameters). Without find_unused_parameters, a parameter that got
+  /// no gradient this step is an error naming it (thrown from backward()).
   void synchronize_gradients();
 
-  /// While alive, backward accumulates gradients locally without communicating (gradient
-  /// accumulation); the next synchronised step reduces everything accumulated.
+  /// With false, backward accumulates gradients locally without communicating (gradient
+  /// accumulation); the next backward with true reduces everything accumulated. True at first.
+  void set_gradient_sync(bool enabled);
+  bool gradient_sync() const;
+  /// set_gradient_sync(false) while alive; restores the previous setting.
   class NoSync {
    public:
     explicit NoSync(DistributedDataParallel& ddp);
@@ -76,6 +83,7 @@ class DistributedDataParallel {
 
    private:
     DistributedDataParallel& ddp_;
+    bool previous_;
   };
   NoSync no_sync() { return NoSync(*this); }
 

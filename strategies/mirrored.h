@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "distributed/communicator.h"
+#include "distributed/job.h"
 #include "strategies/ddp.h"
 
 namespace dtrain {
@@ -21,7 +22,7 @@ struct ReplicaContext {
   int num_replicas;
   Device device;                 // where this replica's model lives: move its inputs here
   nn::Module& model;             // this replica's copy
-  DistributedDataParallel& ddp;  // forward through it; synchronize_gradients() before stepping
+  DistributedDataParallel& ddp;  // forward through it; backward() returns reduced gradients
 };
 
 class MirroredStrategy {
@@ -40,7 +41,8 @@ class MirroredStrategy {
   Device replica_device(int r) const { return devices_.at(r); }
 
   /// Runs step_fn on every replica at once, each on its own thread, and returns each replica's
-  /// result in replica order. An exception on any replica is re-thrown here (after all finished).
+  /// result in replica order. The first replica to throw stops the others' collectives, and its
+  /// exception is re-thrown here (after all finished).
   template <class R>
   std::vector<R> run(const std::function<R(ReplicaContext&)>& step_fn) {
     std::vector<R> results(models_.size());
@@ -54,6 +56,7 @@ class MirroredStrategy {
 
  private:
   void run_each(const std::function<void(ReplicaContext&)>& step_fn);
+  dist::Job job_{dist::JobSpec{}};  // this process alone: its replica threads and their group
   std::vector<Device> devices_;
   std::vector<nn::Module*> models_;
   std::vector<std::shared_ptr<nn::Module>> clones_;

@@ -1,59 +1,47 @@
 // The strategy registry: one line per strategy.
 #include "strategies/strategy.h"
 
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/hierarchical_communicator.h"
-#include "distributed/registry.h"
-#include "strategies/ddp_strategy.h"
+#include "strategies/data_parallel.h"
+#include "tensor/check.h"
 
 namespace dtrain {
+namespace {
 
-std::unique_ptr<Strategy> make_strategy(const StrategyOptions& options) {
-  if (options.type == "single") return std::make_unique<SingleProcessStrategy>();
-  if (options.type == "ddp") return std::make_unique<DdpStrategy>(options);
-  if (options.type == "mirrored" || options.type == "multi_worker_mirrored") {
-    DTRAIN_THROW(ValueError, "strategy '", options.type,
-                 "' runs several replicas per process: use make_replica_strategies");
-  }
-  DTRAIN_THROW(ValueError, "unknown strategy '", options.type,
-               "'; available: single, ddp, mirrored, multi_worker_mirrored");
+std::unique_ptr<Strategy> make_single(const StrategyOptions&, dist::CommunicatorPtr) {
+  return std::make_unique<SingleProcessStrategy>();
 }
 
-std::vector<std::unique_ptr<Strategy>> make_replica_strategies(const StrategyOptions& options) {
-  std::vector<std::unique_ptr<Strategy>> out;
-  if (options.type != "mirrored" && options.type != "multi_worker_mirrored") {
-    out.push_back(make_strategy(options));
-    return out;
-  }
-  DTRAIN_CHECK(options.devices >= 1, "strategy.devices must be >= 1; got ", options.devices);
-  auto local = dist::make_local_group(options.devices);
-  if (options.type == "mirrored") {
-    for (auto& comm : local) out.push_back(std::make_unique<DdpStrategy>(options, comm));
-    return out;
-  }
-  // multi_worker_mirrored: the process-level communicator is used by local replica 0 only.
-  std::shared_ptr<dist::AsyncCommunicator> cross = dist::init_from_env(options.backend);
-  for (int r = 0; r < options.devices; ++r) {
-    auto comm = std::make_shared<dist::HierarchicalCommunicator>(local[r], r == 0 ? cross : nullptr,
-                                                                 cross->rank(), cross->size());
-    out.push_back(std::make_unique<DdpStrategy>(options, comm));
-  }
-  return out;
+std::unique_ptr<Strategy> make_data_parallel(const StrategyOptions& o, dist::CommunicatorPtr c) {
+  return std::make_unique<DataParallelStrategy>(o.type, o, std::move(c));
 }
 
-std::function<void(const std::string&)> replica_abort(
-    const std::vector<std::unique_ptr<Strategy>>& replicas) {
-  for (const auto& s : replicas) {
-    auto* ddp = dynamic_cast<DdpStrategy*>(s.get());
-    if (ddp == nullptr) continue;
-    dist::AsyncCommunicator* comm = &ddp->communicator();
-    if (auto* h = dynamic_cast<dist::HierarchicalCommunicator*>(comm)) comm = &h->local();
-    if (auto* local = dynamic_cast<dist::LocalCommunicator*>(comm)) {
-      std::shared_ptr<dist::LocalGroup> group = local->group_ptr();  // one group per process
-      return [group](const std::string& reason) { group->abort(reason); };
-    }
+}  // namespace
+
+const std::vector<StrategyKind>& strategy_kinds() {
+  static const std::vector<StrategyKind> kinds = {
+      // name, threads, spans_processes, make
+      {"single", false, false, make_single, "one process, one replica"},
+      {"ddp", false, true, make_data_parallel, "one replica per process of the job"},
+      {"mirrored", true, false, make_data_parallel, "strategy.devices replica threads"},
+      {"multi_worker_mirrored", true, true, make_data_parallel,
+       "strategy.devices replica threads in every process of the job"},
+  };
+  return kinds;
+}
+
+std::vector<std::string> strategy_names() {
+  std::vector<std::string> names;
+  for (const StrategyKind& k : strategy_kinds()) names.emplace_back(k.name);
+  return names;
+}
+
+const StrategyKind& find_strategy(std::string_view name) {
+  for (const StrategyKind& k : strategy_kinds()) {
+    if (k.name == name) return k;
   }
-  return [](const std::string&) {};
+  std::string known;
+  for (const std::string& n : strategy_names()) known += (known.empty() ? "" : ", ") + n;
+  DTRAIN_THROW(ValueError, "unknown strategy '", name, "'; available: ", known);
 }
 
 }  // namespace dtrain

@@ -1,20 +1,27 @@
-// Strategy: how replicas are created and kept in sync. The Trainer calls only this interface, so
-// data-parallel strategies plug in without changing the training loop.
+// Strategy: how replicas are kept in sync. The Trainer calls only this interface, so
+// data-parallel strategies plug in without changing the training loop. Strategies are policy over
+// a communicator that the job (distributed/job.h) hands them; they never build one.
 #pragma once
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "distributed/communicator.h"
 #include "nn/module.h"
+#include "strategies/ddp.h"
 
 namespace dtrain {
+
+/// A resolved configuration as ("section.key", value text) pairs, in a fixed order.
+using ConfigEntries = std::vector<std::pair<std::string, std::string>>;
 
 class Strategy {
  public:
   virtual ~Strategy() = default;
+  /// The configured strategy.type.
   virtual std::string_view name() const = 0;
   /// Replicas whose gradients are averaged each step (the global batch is this times the
   /// per-replica batch).
@@ -25,14 +32,16 @@ class Strategy {
   virtual void prepare(nn::Module& model) = 0;
   /// The forward pass of a replica (DDP broadcasts batch-norm buffers first).
   virtual Tensor forward(nn::Module& model, const Tensor& x) { return model.forward(x); }
+  /// False while gradients accumulate over micro-batches: backward then communicates nothing,
+  /// and the next backward with true reduces everything accumulated. True at first.
+  virtual void set_gradient_sync(bool enabled) { (void)enabled; }
   /// After backward: returns when every gradient holds the average over all replicas.
   virtual void synchronize_gradients(nn::Module& model) = 0;
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
   virtual void sum_across_replicas(std::vector<double>& values) = 0;
-  /// Collective, at start-up: every replica must run the same configuration (its text, one
-  /// `key: value` per line); otherwise every replica throws, naming the replicas and keys that
-  /// differ from replica 0.
-  virtual void check_same_config(const std::string& config_text) { (void)config_text; }
+  /// Collective, at start-up: every replica must run the same resolved configuration; otherwise
+  /// every replica throws, naming the replicas and the keys that differ from replica 0.
+  virtual void check_same_config(const ConfigEntries& config) { (void)config; }
   /// Collective: replicas' parameters must be bit-identical; otherwise every replica throws,
   /// naming the replicas that drifted from replica 0.
   virtual void check_parameters_in_sync(nn::Module& model, int64_t step) {
@@ -54,34 +63,38 @@ class SingleProcessStrategy final : public Strategy {
   void sum_across_replicas(std::vector<double>&) override {}
 };
 
-/// What the `strategy` config section says, in strategies/' own terms.
+/// The `strategy` config section: the schema (train/config.cpp) binds every key straight to a
+/// field here or in `ddp`, so each default is written once.
 struct StrategyOptions {
-  std::string type = "single";  // single | ddp | mirrored | multi_worker_mirrored
-  int devices = 1;              // replicas per process (mirrored, multi_worker_mirrored)
-  std::string backend = "auto";
-  double bucket_cap_mb = 25;
-  double timeout_s = 300;
-  double stall_warning_s = 60;
-  bool find_unused_parameters = false;
-  bool broadcast_buffers = true;
-  std::string comm_hook = "none";
-  bool overlap = true;
+  std::string type = "single";   // a name from strategy_kinds()
+  std::string backend = "auto";  // a name from dist::available_backends(), or auto
+  int64_t devices = 1;           // replica threads per process (mirrored, multi_worker_mirrored)
+  dist::Timeout stall_warning{60'000};          // a collective this slow is reported (the watchdog)
   int64_t check_parameters_every_steps = 1000;  // 0: never
+  DdpOptions ddp;  // its timeout is strategy.timeout_s, also the watchdog's
 };
 
-/// The strategy `options.type` names; throws ValueError listing the known names otherwise.
-/// Strategies that span processes join the job described by the environment (mpirun, srun).
-/// Only for strategies with one replica per process (see make_replica_strategies).
-std::unique_ptr<Strategy> make_strategy(const StrategyOptions& options);
+/// One line of the strategy registry.
+struct StrategyKind {
+  std::string_view name;
+  /// Replica threads per process: 1, or strategy.devices.
+  bool threads;
+  /// Whether replicas of the job's other processes take part (the job's world communicator).
+  bool spans_processes;
+  /// The strategy of one replica, over its communicator (from dist::Job).
+  std::unique_ptr<Strategy> (*make)(const StrategyOptions& options, dist::CommunicatorPtr comm);
+  /// "" or one line of help.
+  std::string_view summary;
 
-/// One strategy per replica of this process: one for single and ddp; `devices` for mirrored
-/// (replica threads over a local group) and multi_worker_mirrored (replica threads over a
-/// hierarchical communicator: local group plus the job's processes). Run each replica's training
-/// loop on its own thread; if one fails, call abort_replicas so the others stop waiting for it.
-std::vector<std::unique_ptr<Strategy>> make_replica_strategies(const StrategyOptions& options);
-/// A function that makes every replica waiting in a collective of this process's local group
-/// throw `reason` (a no-op for strategies without one). Take it before the strategies move away.
-std::function<void(const std::string& reason)> replica_abort(
-    const std::vector<std::unique_ptr<Strategy>>& replicas);
+  int replicas_per_process(const StrategyOptions& o) const {
+    return threads ? static_cast<int>(o.devices) : 1;
+  }
+};
+
+/// Every strategy, in a fixed order (the config's strategy.type accepts these names).
+const std::vector<StrategyKind>& strategy_kinds();
+/// The kind named `name`; throws ValueError listing the known names otherwise.
+const StrategyKind& find_strategy(std::string_view name);
+std::vector<std::string> strategy_names();
 
 }  // namespace dtrain

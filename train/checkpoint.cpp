@@ -20,7 +20,7 @@
 
 #include "tensor/check.h"
 #include "train/checkpoint.pb.h"
-#include "train/summary.h"
+#include "train/encoding.h"
 
 namespace dtrain::train {
 namespace {

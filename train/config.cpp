@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "distributed/registry.h"
 #include "distributed/socket.h"
 #include "tensor/hash.h"
 
@@ -138,6 +139,39 @@ std::string suggestion(const std::string& word, const std::vector<std::string>& 
     }
   }
   return best.empty() ? "" : " (did you mean '" + best + "'?)";
+}
+
+/// A positive duration in seconds, kept as the milliseconds that timeouts are stored in.
+template <class Get>
+Field seconds_field(std::string section, std::string key, Get get, std::string doc) {
+  const std::string allowed = "number > 0";
+  constexpr double kMaxSeconds = 1e9;  // about 30 years: no overflow in milliseconds
+  Field f{std::move(section), std::move(key), "float", allowed, std::move(doc), nullptr, nullptr};
+  f.show = [get](const Config& c) {
+    return format_double(static_cast<double>(get(const_cast<Config&>(c)).count()) / 1000.0);
+  };
+  f.set = [get, allowed](Config& c, const YAML::Node& n) -> SetResult {
+    double v;
+    try {
+      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
+      v = n.as<double>();
+    } catch (const YAML::Exception&) {
+      return "expected a " + allowed + ", got " + scalar_text(n);
+    }
+    if (!std::isfinite(v) || v <= 0 || v > kMaxSeconds) {
+      return format_double(v) + " is out of range; allowed: " + allowed;
+    }
+    get(c) = std::chrono::milliseconds(std::max<int64_t>(1, std::llround(v * 1000)));
+    return std::nullopt;
+  };
+  return f;
+}
+
+/// strategy.backend: auto, then every backend this build has.
+std::vector<std::string> backend_choices() {
+  std::vector<std::string> choices = {"auto"};
+  for (const std::string& b : dist::available_backends()) choices.push_back(b);
+  return choices;
 }
 
 /// `choices` lists the allowed values; `free_text` accepts any non-empty string instead (any
@@ -315,43 +349,43 @@ const std::vector<Field>& schema() {
                 "Kernel threads per process; 0: all cores."),
       // strategy
       string_field(
-          "strategy", "type", DTRAIN_GET(strategy.type),
-          {"single", "ddp", "mirrored", "multi_worker_mirrored"},
+          "strategy", "type", DTRAIN_GET(strategy.type), strategy_names(),
           "How replicas are kept in sync: `single` is one process, one replica; `ddp` "
           "is one replica per process of a dtrain launch, mpirun or srun job, gradients "
           "averaged by DistributedDataParallel; `mirrored` runs `strategy.devices` replicas as "
           "threads of one process; `multi_worker_mirrored` runs that many in every process of "
           "such a job (local reduction, then across processes)."),
-      string_field("strategy", "backend", DTRAIN_GET(strategy.backend),
-                   {"auto", "tcp", "mpi", "nccl", "local"},
-                   "Communication backend (`auto`: tcp under dtrain launch, mpi under mpirun or "
-                   "srun)."),
-      bool_field("strategy", "find_unused_parameters", DTRAIN_GET(strategy.find_unused_parameters),
+      string_field("strategy", "backend", DTRAIN_GET(strategy.backend), backend_choices(),
+                   "Communication backend, from those this build has (`auto`: tcp under dtrain "
+                   "launch or a cluster section, mpi under mpirun or srun; `nccl` needs a GPU "
+                   "and carries device tensors, host tensors going through the auto backend)."),
+      bool_field("strategy", "find_unused_parameters",
+                 DTRAIN_GET(strategy.ddp.find_unused_parameters),
                  "ddp: reduce the zero gradients of parameters the forward pass did not use "
                  "(otherwise they are an error naming them)."),
       bool_field(
-          "strategy", "broadcast_buffers", DTRAIN_GET(strategy.broadcast_buffers),
+          "strategy", "broadcast_buffers", DTRAIN_GET(strategy.ddp.broadcast_buffers),
           "ddp: rank 0's buffers (batch-norm statistics) are broadcast before each forward."),
-      string_field("strategy", "comm_hook", DTRAIN_GET(strategy.comm_hook),
+      string_field("strategy", "comm_hook", DTRAIN_GET(strategy.ddp.comm_hook),
                    {"none", "fp16", "bf16"},
                    "ddp: compress gradient buckets to 16 bits for the all-reduce."),
-      bool_field("strategy", "overlap", DTRAIN_GET(strategy.overlap),
+      bool_field("strategy", "overlap", DTRAIN_GET(strategy.ddp.overlap),
                  "ddp: start each gradient bucket's all-reduce during backward. Turn off when "
                  "every rank has a single core: the communicator's progress then competes with "
                  "backward for it."),
       int_field("strategy", "devices", DTRAIN_GET(strategy.devices), 1, 1024,
                 "mirrored, multi_worker_mirrored: replicas per process (logical CPU devices "
                 "cpu:0..N-1, each a thread)."),
-      float_field("strategy", "bucket_cap_mb", DTRAIN_GET(strategy.bucket_cap_mb), 0, kInf,
+      float_field("strategy", "bucket_cap_mb", DTRAIN_GET(strategy.ddp.bucket_cap_mb), 0, kInf,
                   "Gradient bucket size for all-reduce, MiB.", true),
-      float_field("strategy", "timeout_s", DTRAIN_GET(strategy.timeout_s), 0, kInf,
-                  "A collective that does not finish in this many seconds stops the job.", true),
+      seconds_field("strategy", "timeout_s", DTRAIN_GET(strategy.ddp.timeout),
+                    "A collective that does not finish in this many seconds stops the job."),
       int_field("strategy", "check_parameters_every_steps",
                 DTRAIN_GET(strategy.check_parameters_every_steps), 0, INT64_MAX,
                 "Replicas compare a checksum of their parameters every this many steps; drift "
                 "is an error naming the replicas (0: never)."),
-      float_field("strategy", "stall_warning_s", DTRAIN_GET(strategy.stall_warning_s), 0, kInf,
-                  "A collective running this long logs a progress report and keeps waiting.", true),
+      seconds_field("strategy", "stall_warning_s", DTRAIN_GET(strategy.stall_warning),
+                    "A collective running this long logs a progress report and keeps waiting."),
       // launcher
       int_field("launcher", "nproc_per_node", DTRAIN_GET(launcher.nproc_per_node), 1, 1024,
                 "Worker processes per node for `dtrain launch`."),
@@ -361,7 +395,7 @@ const std::vector<Field>& schema() {
                    "HOST:PORT of the Store that node 0's launcher hosts; needed with more than "
                    "one node. Empty on one node: a free port on 127.0.0.1.",
                    "host:port or empty", true),
-      int_field("launcher", "max_restarts", DTRAIN_GET(launcher.max_restarts), 0, INT64_MAX,
+      int_field("launcher", "max_restarts", DTRAIN_GET(launcher.max_restarts), 0, 1'000'000,
                 "Restarts of the whole job after a worker fails; workers resume from the latest "
                 "checkpoint."),
       float_field("launcher", "heartbeat_timeout_s", DTRAIN_GET(launcher.heartbeat_timeout_s), 0,
@@ -402,8 +436,6 @@ const std::vector<Field>& schema() {
                 "Steps between metric records and progress lines."),
       bool_field("log", "tensorboard", DTRAIN_GET(log.tensorboard),
                  "Write TensorBoard event files next to metrics.jsonl."),
-      bool_field("log", "trace", DTRAIN_GET(log.trace),
-                 "Record a Chrome-trace timeline (arrives with the strategies work)."),
       string_field("log", "progress", DTRAIN_GET(log.progress), {"auto", "bar", "lines", "off"},
                    "Progress display: `auto` redraws a bar on a terminal and prints plain lines "
                    "otherwise."),
@@ -631,6 +663,15 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 Config parse_config(const std::string& yaml_text, const std::string& source_name,
                     const std::vector<std::string>& overrides) {
   return parse_checked([&] { return YAML::Load(yaml_text); }, source_name, overrides);
+}
+
+ConfigEntries Config::entries(bool per_process) const {
+  ConfigEntries out;
+  for (const Field& f : schema()) {
+    if (!per_process && f.name() == "cluster.rank") continue;
+    out.emplace_back(f.name(), f.show(*this));
+  }
+  return out;
 }
 
 std::string Config::to_yaml(bool per_process) const {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "strategies/strategy.h"
 #include "tensor/check.h"
 
 namespace dtrain::train {
@@ -69,20 +70,7 @@ struct TrainSection {
   int64_t threads = 0;          // kernel threads; 0: all cores
 };
 
-struct StrategyConfig {
-  std::string type = "single";  // single | ddp | mirrored | multi_worker_mirrored
-  std::string backend = "auto";
-  bool find_unused_parameters = false;
-  bool broadcast_buffers = true;
-  std::string comm_hook = "none";  // none | fp16 | bf16
-  bool overlap = true;
-  double stall_warning_s = 60;
-  int64_t check_parameters_every_steps = 1000;
-  int64_t devices = 1;
-  double bucket_cap_mb = 25;
-  double timeout_s = 300;
-};
-
+/// The `launcher` section; launch::LaunchOptions extends it with what the command line adds.
 struct LauncherConfig {
   int64_t nproc_per_node = 1;
   int64_t nnodes = 1;
@@ -107,7 +95,6 @@ struct LogConfig {
   std::string dir = "runs";
   int64_t every_steps = 50;
   bool tensorboard = true;
-  bool trace = false;
   std::string progress = "auto";  // auto | bar | lines | off
 };
 
@@ -117,7 +104,7 @@ struct Config {
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   TrainSection train;
-  StrategyConfig strategy;
+  StrategyOptions strategy;
   LauncherConfig launcher;
   ClusterConfig cluster;
   LogConfig log;
@@ -126,6 +113,8 @@ struct Config {
   /// The resolved configuration as YAML (every key, sections in schema order); without the keys
   /// that differ between the processes of one job (cluster.rank) when `per_process` is false.
   std::string to_yaml(bool per_process = true) const;
+  /// The same as ("section.key", value) pairs in schema order: what replicas compare at start-up.
+  ConfigEntries entries(bool per_process = true) const;
   /// FNV-1a hash of to_yaml(false), hex: the processes of one job get equal hashes.
   std::string hash() const;
 };

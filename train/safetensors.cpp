@@ -8,7 +8,7 @@
 
 #include "tensor/check.h"
 #include "train/checkpoint.h"
-#include "train/summary.h"
+#include "train/encoding.h"
 
 namespace dtrain::train {
 namespace {

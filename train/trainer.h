@@ -1,15 +1,21 @@
 // Trainer: the training loop driven by a Config. It builds data, model, optimiser and schedule,
 // resumes from checkpoints, evaluates every epoch and writes checkpoints and summaries; how
-// replicas stay in sync is the Strategy's business.
+// replicas stay in sync is the Strategy's business. run() composes: plan the run (resume, batch,
+// steps), restore its state, then epochs of steps, each epoch ending in an evaluation.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "nn/lr_scheduler.h"
 #include "nn/optim.h"
 #include "strategies/strategy.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/models.h"
 
@@ -32,6 +38,8 @@ struct TrainResult {
   std::string final_line() const;
 };
 
+class MetricsSink;
+
 class Trainer {
  public:
   Trainer(Config config, std::unique_ptr<Strategy> strategy);
@@ -44,14 +52,50 @@ class Trainer {
   nn::Module& model() { return *model_; }
 
  private:
+  /// What the run does, fixed at its start: the per-replica batch (a resumed run keeps the global
+  /// batch of the run that wrote the checkpoint), the steps and epochs.
+  struct Plan {
+    int replicas = 1;
+    int lr_replicas = 1;  // replicas the learning rate is scaled for (those of the first run)
+    int64_t batch = 0;
+    int64_t steps_per_epoch = 0;
+    int64_t batches_per_epoch_used = 0;  // steps_per_epoch * grad_accum_steps
+    int64_t total_steps = 0;
+    int64_t stop_step = 0;  // train.stop_at_step, or total_steps
+    int64_t epochs = 0;
+  };
+  /// Where training stands: optimiser steps done, and the next batch.
+  struct Position {
+    int64_t step = 0;
+    int64_t epoch = 0;
+    int64_t batch_in_epoch = 0;
+  };
+
   EvalResult evaluate();
   void build();
+  std::optional<LoadedCheckpoint> find_checkpoint_to_resume() const;
+  Plan plan(const std::optional<LoadedCheckpoint>& resumed, int64_t batches_per_epoch) const;
+  /// Builds the optimiser and schedule, then restores them, the model and the dropout streams
+  /// from `resumed`; returns where to continue.
+  Position restore(const Plan& plan, const std::optional<LoadedCheckpoint>& resumed);
+  /// Trains from `at` to the end of its epoch or to the stop step (writing checkpoints on the
+  /// way); returns where it stopped. Adds the epoch's samples and seconds to the totals.
+  Position train_epoch(const Plan& plan, Position at, data::DataLoader& loader, MetricsSink* sink,
+                       TrainResult& result, int64_t& samples, double& seconds);
+  /// One micro-batch: forward and backward; returns its loss (scaled by 1/grad_accum_steps).
+  double train_micro_batch(const data::Batch& b, bool last_of_step);
+  /// After a step's micro-batches: reduced gradients, optimiser and schedule step, drift check.
+  void optimizer_step(int64_t step);
+  /// The primary's checkpoint at `at` (pruning older ones); returns its path.
+  std::string save(const Plan& plan, Position at);
+
   Config config_;
   std::unique_ptr<Strategy> strategy_;
   data::DatasetPtr train_set_, test_set_;
   std::shared_ptr<nn::Sequential> model_;
   std::unique_ptr<nn::Optimizer> optimizer_;
   std::unique_ptr<nn::LRScheduler> schedule_;
+  std::vector<std::pair<std::string, Generator*>> generators_;
 };
 
 }  // namespace dtrain::train

@@ -4,14 +4,17 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli/run_util.h"
+#include "tensor/cuda/cuda_backend.h"
 #include "train/checkpoint.h"
 #include "train/scratch_dir.h"
 
@@ -492,6 +495,121 @@ TEST(ResumeAcrossWorldSizes, TwoReplicasStoppedThenOneReplicaEndsLikeTwo) {
   EXPECT_EQ(x.steps, y.steps);
   EXPECT_EQ(x.accuracy, y.accuracy);
   EXPECT_EQ(x.loss, y.loss);
+}
+
+}  // namespace
+}  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// Gradient accumulation across replicas: N replicas x batch 8 x 2 micro-batches per optimiser step
+// train like one process with batch N * 2 * 8 (the replicas' samples of a step are the global
+// batch's; the micro-batches before the last accumulate locally and the last one's backward
+// reduces the sum). The replicas also check every step that their parameters agree, so a drift is
+// an error. Compared through the final checkpoints (step 20), tensor by tensor.
+
+constexpr int64_t kAccumBatch = 8, kAccumSteps = 2, kAccumMaxSteps = 20;
+
+/// The largest |a - b| over two tensors of one shape (infinity when the shapes differ).
+double max_abs_difference(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape()) return std::numeric_limits<double>::infinity();
+  const std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>();
+  double worst = 0;
+  for (size_t i = 0; i < va.size(); ++i) {
+    const double d = std::fabs(va[i] - vb[i]);
+    if (!(d <= worst)) worst = d;  // NaN wins
+  }
+  return worst;
+}
+
+/// Every model tensor of the two checkpoints within `tolerance` (max absolute difference).
+void expect_same_model(const std::string& a_path, const std::string& b_path, double tolerance) {
+  const train::CheckpointData a = train::load_checkpoint(a_path);
+  const train::CheckpointData b = train::load_checkpoint(b_path);
+  EXPECT_EQ(a.step, b.step);
+  ASSERT_EQ(a.model.size(), b.model.size());
+  ASSERT_FALSE(a.model.empty());
+  for (size_t i = 0; i < a.model.size(); ++i) {
+    EXPECT_EQ(a.model[i].first, b.model[i].first);
+    EXPECT_LE(max_abs_difference(a.model[i].second, b.model[i].second), tolerance)
+        << "model " << a.model[i].first;
+  }
+}
+
+/// Runs `replicas` replicas (ddp under mpirun, or mirrored threads) with accumulation and one
+/// process with the global batch, then compares their step-20 checkpoints.
+void check_accumulation_matches_one_process(int replicas, bool under_mpirun) {
+  RunDir replica_dir, single_dir;
+  const std::string accum = " train.batch_size=" + std::to_string(kAccumBatch) +
+                            " train.grad_accum_steps=" + std::to_string(kAccumSteps) +
+                            " train.max_steps=" + std::to_string(kAccumMaxSteps) +
+                            " strategy.check_parameters_every_steps=1";
+  const CommandResult r =
+      under_mpirun
+          ? testutil::run_dtrain_mpirun(replicas, "train run.yaml strategy.type=ddp" + accum,
+                                        replica_dir.path().string())
+          : replica_dir.train(
+                "strategy.type=mirrored strategy.devices=" + std::to_string(replicas) + accum);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const int64_t global = replicas * kAccumSteps * kAccumBatch;
+  const CommandResult s = single_dir.train("train.batch_size=" + std::to_string(global) +
+                                           " train.max_steps=" + std::to_string(kAccumMaxSteps));
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  EXPECT_EQ(final_line(r.output).steps, kAccumMaxSteps);
+  EXPECT_EQ(final_line(s.output).steps, kAccumMaxSteps);
+  const std::string ckpt = "checkpoints/" + ckpt_name(kAccumMaxSteps);
+  ASSERT_TRUE(std::filesystem::exists(replica_dir / ckpt)) << r.output;
+  ASSERT_TRUE(std::filesystem::exists(single_dir / ckpt)) << s.output;
+  expect_same_model(replica_dir / ckpt, single_dir / ckpt, 1e-5);
+}
+
+TEST(GradAccumAcrossReplicas, TwoDdpProcessesMatchOneProcessWithTheGlobalBatch) {
+  if (!testutil::mpirun_available()) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  check_accumulation_matches_one_process(2, /*under_mpirun=*/true);
+}
+
+TEST(GradAccumAcrossReplicas, ThreeDdpProcessesMatchOneProcessWithTheGlobalBatch) {
+  if (!testutil::mpirun_available()) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  check_accumulation_matches_one_process(3, /*under_mpirun=*/true);
+}
+
+TEST(GradAccumAcrossReplicas, TwoMirroredReplicasMatchOneProcessWithTheGlobalBatch) {
+  check_accumulation_matches_one_process(2, /*under_mpirun=*/false);
+}
+
+TEST(GradAccumAcrossReplicas, ThreeMirroredReplicasMatchOneProcessWithTheGlobalBatch) {
+  check_accumulation_matches_one_process(3, /*under_mpirun=*/false);
+}
+
+}  // namespace
+}  // namespace dtrain
+
+namespace dtrain {
+namespace {
+
+// strategy.backend accepts only what this build has, and a backend that cannot run on this
+// machine stops the run at start-up with exit 2, naming the backend and the reason.
+TEST(Backend, NcclWithoutAGpuExitsTwoNamingTheBackendAndTheReason) {
+  RunDir dir;
+  const CommandResult r = dir.train("strategy.backend=nccl");
+  const CommandResult check = dir.dtrain("config check run.yaml strategy.backend=nccl");
+#ifdef DTRAIN_HAS_NCCL
+  if (cuda::available()) GTEST_SKIP() << "this machine has a GPU, so nccl can run here";
+  EXPECT_EQ(check.exit_code, 0) << "a build with NCCL accepts the value: " << check.output;
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "strategy.backend: backend 'nccl' needs a GPU: ")) << r.output;
+#else
+  EXPECT_EQ(check.exit_code, 2) << check.output;
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "'nccl' is not one of")) << r.output;
+#endif
+  EXPECT_FALSE(contains(r.output, "final:"));
+  EXPECT_TRUE(dir.checkpoints().empty()) << "nothing may be written before the check";
 }
 
 }  // namespace

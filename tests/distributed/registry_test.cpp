@@ -4,7 +4,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "tensor/check.h"
+#include "tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 namespace {
@@ -13,7 +16,7 @@ using ::testing::HasSubstr;
 
 std::string error_of(std::string_view backend) {
   try {
-    dist::create_world_communicator(backend);
+    dist::create_world_communicator(backend, dist::JobSpec{}, nullptr);
   } catch (const UnsupportedError& e) {
     return e.message();
   }
@@ -38,6 +41,39 @@ TEST(Registry, LocalHasNoWorldOfProcesses) {
 TEST(Registry, UnknownBackendListsTheAvailableOnes) {
   EXPECT_THAT(error_of("gloo"), HasSubstr("backend 'gloo' is not available in this build"));
   EXPECT_THAT(error_of("gloo"), HasSubstr("available: local"));
+}
+
+TEST(Registry, TcpWithoutAStoreSaysHowToGetOne) {
+  EXPECT_THAT(error_of("tcp"), HasSubstr("this job has none"));
+  EXPECT_THAT(error_of("tcp"), HasSubstr("dtrain launch"));
+}
+
+TEST(Registry, EveryBuiltHostBackendIsUsableAndUnknownOnesSayWhy) {
+  for (const std::string& name : dist::available_backends()) {
+    if (!dist::is_device_backend(name)) EXPECT_EQ(dist::backend_unavailable_reason(name), "");
+  }
+  EXPECT_EQ(dist::backend_unavailable_reason("auto"), "");
+  EXPECT_THAT(dist::backend_unavailable_reason("gloo"),
+              HasSubstr("backend 'gloo' is not available in this build"));
+}
+
+TEST(Registry, NcclIsListedWhenBuiltAndNeedsAGpuToRun) {
+  const auto names = dist::available_backends();
+  const bool listed = std::find(names.begin(), names.end(), "nccl") != names.end();
+#ifdef DTRAIN_HAS_NCCL
+  EXPECT_TRUE(listed);
+  if (cuda::available()) {
+    EXPECT_EQ(dist::backend_unavailable_reason("nccl"), "");
+  } else {
+    EXPECT_THAT(dist::backend_unavailable_reason("nccl"), HasSubstr("backend 'nccl' needs a GPU"));
+  }
+#else
+  EXPECT_FALSE(listed);
+  EXPECT_THAT(dist::backend_unavailable_reason("nccl"), HasSubstr("not available in this build"));
+#endif
+  // A device backend is never a world of its own: it needs a host communicator beside it.
+  EXPECT_TRUE(dist::is_device_backend("nccl"));
+  EXPECT_FALSE(dist::is_device_backend("tcp"));
 }
 
 }  // namespace

@@ -62,7 +62,7 @@ TEST(Watchdog, TimeoutNamesTheRankThatNeverArrived) {
     o.poll = 20ms;
     dogs.push_back(std::make_unique<dist::Watchdog>(
         r, 3, o, client_of(server), [&](const std::string& rep) { timeouts.add(rep); }));
-    comms[r]->set_observer(dogs.back().get());
+    comms[r]->add_observer(dogs.back().get());
   }
   // Ranks 0 and 2 enter collective #1; rank 1 never does.
   Tensor a = zeros({16}), c = zeros({16});
@@ -76,7 +76,7 @@ TEST(Watchdog, TimeoutNamesTheRankThatNeverArrived) {
   }
   EXPECT_THROW(w0->wait(10s), Error);  // the collective's own timeout ends it
   EXPECT_THROW(w2->wait(10s), Error);
-  for (auto& c2 : comms) c2->set_observer(nullptr);
+  for (size_t r = 0; r < comms.size(); ++r) comms[r]->remove_observer(dogs[r].get());
 }
 
 TEST(Watchdog, StallIsWarnedOnceAndTheCollectiveStillCompletes) {
@@ -89,7 +89,7 @@ TEST(Watchdog, StallIsWarnedOnceAndTheCollectiveStillCompletes) {
   dist::Watchdog dog(
       0, 2, o, nullptr, [&](const std::string& r) { timeouts.add(r); },
       [&](const std::string& r) { stalls.add(r); });
-  comms[0]->set_observer(&dog);
+  comms[0]->add_observer(&dog);
   Tensor a = ones({4}), b = ones({4});
   dist::WorkPtr w0 = comms[0]->all_reduce(a);
   ASSERT_TRUE(stalls.wait_for_count(1, 10s)) << "no stall warning";
@@ -101,7 +101,7 @@ TEST(Watchdog, StallIsWarnedOnceAndTheCollectiveStillCompletes) {
   EXPECT_THAT(stalls.items[0], HasSubstr("collective #1"));
   EXPECT_EQ(stalls.items.size(), 1u);
   EXPECT_TRUE(timeouts.items.empty());
-  comms[0]->set_observer(nullptr);
+  comms[0]->remove_observer(&dog);
 }
 
 // Run as a child process by the test below: the default action must end the process.
@@ -114,7 +114,7 @@ TEST(WatchdogChild, HangsUntilTheWatchdogStopsTheProcess) {
   o.timeout = 200ms;
   o.poll = 20ms;
   dist::Watchdog dog(0, 2, o, nullptr);
-  comms[0]->set_observer(&dog);
+  comms[0]->add_observer(&dog);
   Tensor t = zeros({4});
   comms[0]->all_reduce(t, {dist::ReduceOp::kSum, 60s})->wait(60s);  // rank 1 never comes
   ADD_FAILURE() << "the watchdog did not stop the process";

@@ -1,20 +1,27 @@
 // DistributedDataParallel over thread-ranks (local backend): N replicas x batch B must train like
-// one process with batch N*B; no_sync, unused parameters, mismatched models, bucket rebuilds and
-// compression hooks.
+// one process with batch N*B, also without synchronize_gradients (backward finishes the
+// reduction); no_sync, unused parameters, ranks on different branches, mismatched models, bucket
+// rebuilds and compression hooks.
 #include "strategies/ddp.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <functional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "distributed/backends/local/local_communicator.h"
+#include "distributed/job.h"
 #include "distributed/registry.h"
 #include "distributed/tcp_ranks.h"
 #include "nn/layers.h"
 #include "nn/optim.h"
-#include "strategies/ddp_strategy.h"
+#include "strategies/data_parallel.h"
 #include "tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
@@ -67,9 +74,10 @@ nn::NamedTensors train_single(int64_t batch, int steps, const Data& data) {
 }
 
 /// Every replica's parameters after `steps`; replica r starts from seed r (DDP broadcasts rank
-/// 0's).
+/// 0's). Without `synchronize`, the loop never calls synchronize_gradients(): backward() alone
+/// must leave averaged gradients.
 std::vector<nn::NamedTensors> train_ddp(int world, int64_t batch, int steps, const Data& data,
-                                        DdpOptions options = {}) {
+                                        DdpOptions options = {}, bool synchronize = true) {
   std::vector<nn::NamedTensors> out(world);
   for_each_rank(world, [&](std::shared_ptr<dist::Communicator> comm) {
     auto model = make_model(comm->rank());
@@ -79,7 +87,7 @@ std::vector<nn::NamedTensors> train_ddp(int world, int64_t batch, int steps, con
       auto [x, y] = data.rows(s * batch * world + comm->rank() * batch, batch);
       opt.zero_grad();
       cross_entropy(ddp.forward(x), y).backward();
-      ddp.synchronize_gradients();
+      if (synchronize) ddp.synchronize_gradients();
       opt.step();
     }
     out[comm->rank()] = model->state_dict();
@@ -148,15 +156,19 @@ TEST(DdpGpu, AGpuJobTrainsLikeTheSameModelWithoutDdp) {
   // and must leave the gradients exactly as they were.
   if (!cuda::available()) {
     try {
-      dist::init_gpu_job_from_env();
+      dist::Job::from_env("nccl").world();
       ADD_FAILURE() << "a GPU job started without a GPU";
     } catch (const UnsupportedError& e) {
-      EXPECT_THAT(e.message(), HasSubstr("a GPU job needs"));
+      EXPECT_THAT(e.message(), HasSubstr("backend 'nccl'"));
     }
     GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
   }
   const Data data(5 * 8, 9);
-  dist::GpuJob job = dist::init_gpu_job_from_env();
+  dist::Job gpu_job = dist::Job::from_env("nccl");
+  struct {
+    dist::CommunicatorPtr comm;
+    Device device;
+  } job{gpu_job.world(), gpu_job.device()};
   auto reference = make_model(0);
   auto model = make_model(0);
   reference->to(job.device);
@@ -246,8 +258,9 @@ TEST(Ddp, AParameterWithoutGradientIsNamed) {
     WithSpare model;
     DistributedDataParallel ddp(model, comm, {.timeout = std::chrono::milliseconds(2000)});
     auto [x, y] = data.rows(comm->rank() * 4, 4);
-    cross_entropy(ddp.forward(x), y).backward();
     try {
+      // The reduction ends with backward (an end-of-backward callback), so backward reports it.
+      cross_entropy(ddp.forward(x), y).backward();
       ddp.synchronize_gradients();
     } catch (const Error& e) {
       errors[comm->rank()] = e.message();
@@ -311,6 +324,228 @@ TEST(Ddp, BucketsFollowTheCapAndAreRebuiltInTheOrderGradientsBecameReady) {
   });
 }
 
+// A forgotten synchronize_gradients: DDP finishes the reduction at the end of backward() (an
+// autograd end-of-backward callback), as PyTorch does, so `loss.backward(); opt.step();` trains
+// like one process.
+TEST(DdpWithoutSynchronize, BackwardAloneTrainsLikeOneProcessWithTheGlobalBatch) {
+  const int64_t batch = 4;
+  const int steps = 20;
+  for (int world : {2, 3}) {
+    for (bool overlap : {true, false}) {
+      SCOPED_TRACE(std::to_string(world) + " replicas, overlap " + (overlap ? "on" : "off"));
+      Data data(world * batch * steps, 15);
+      const auto single = train_single(world * batch, steps, data);
+      const auto replicas =
+          train_ddp(world, batch, steps, data, {.overlap = overlap}, /*synchronize=*/false);
+      for (int r = 0; r < world; ++r) {
+        ASSERT_EQ(replicas[r].size(), single.size());
+        for (size_t i = 0; i < single.size(); ++i) {
+          EXPECT_TRUE(testutil::all_close(replicas[r][i].second, single[i].second, 1e-5, 1e-6))
+              << "rank " << r << " " << single[i].first;
+          EXPECT_TRUE(testutil::bit_equal(replicas[r][i].second, replicas[0][i].second))
+              << "rank " << r << " " << single[i].first;
+        }
+      }
+    }
+  }
+}
+
+TEST(DdpWithoutSynchronize, SynchronizeAfterBackwardIsValidAndChangesNothing) {
+  const int world = 3, steps = 10;
+  const int64_t batch = 4;
+  Data data(world * batch * steps, 16);
+  const auto with = train_ddp(world, batch, steps, data, {}, /*synchronize=*/true);
+  const auto without = train_ddp(world, batch, steps, data, {}, /*synchronize=*/false);
+  for (int r = 0; r < world; ++r) {
+    ASSERT_EQ(with[r].size(), without[r].size());
+    for (size_t i = 0; i < with[r].size(); ++i) {
+      EXPECT_TRUE(testutil::bit_equal(with[r][i].second, without[r][i].second))
+          << "rank " << r << " " << with[r][i].first;
+    }
+  }
+
+  // Directly: the gradients backward() leaves are already the average (the same bits on every
+  // rank), and synchronize_gradients() after it leaves them as they are. (A second call in the
+  // same step would reduce again: without a backward since the last call, synchronize is how a
+  // replica with no data for the step joins the others' all-reduces.) Three steps cover
+  // the bucket rebuild after the first.
+  const int check_steps = 3;
+  // [rank][step][parameter]: after backward, after synchronize.
+  using Snapshots = std::vector<std::vector<std::vector<Tensor>>>;
+  Snapshots after_backward(world), after_sync(world);
+  for_each_rank(world, [&](std::shared_ptr<dist::Communicator> comm) {
+    const int r = comm->rank();
+    auto model = make_model(r);
+    // One bucket per parameter: most all-reduces run while backward continues.
+    DistributedDataParallel ddp(*model, comm, {.bucket_cap_mb = 1e-9, .bucket_first_cap_mb = 1e-9});
+    nn::SGD opt(model->parameters(), {0.1, 0.9});
+    const auto grads = [&] {
+      std::vector<Tensor> g;
+      for (const Tensor& p : model->parameters()) g.push_back(p.grad().clone());
+      return g;
+    };
+    for (int s = 0; s < check_steps; ++s) {
+      auto [x, y] = data.rows((s * world + r) * batch, batch);
+      opt.zero_grad();
+      cross_entropy(ddp.forward(x), y).backward();
+      after_backward[r].push_back(grads());
+      ddp.synchronize_gradients();
+      after_sync[r].push_back(grads());
+      opt.step();
+    }
+  });
+  for (int r = 0; r < world; ++r) {
+    ASSERT_EQ(after_backward[r].size(), static_cast<size_t>(check_steps));
+    for (int s = 0; s < check_steps; ++s) {
+      for (size_t i = 0; i < after_backward[r][s].size(); ++i) {
+        const std::string where = "rank " + std::to_string(r) + " step " + std::to_string(s) +
+                                  " parameter " + std::to_string(i);
+        EXPECT_TRUE(testutil::bit_equal(after_backward[r][s][i], after_backward[0][s][i]))
+            << where << ": not averaged by backward";
+        EXPECT_TRUE(testutil::bit_equal(after_sync[r][s][i], after_backward[r][s][i])) << where;
+      }
+    }
+  }
+}
+
+/// fc1 -> branch_a or branch_b -> fc2; which branch is a per-instance choice (per rank).
+class TwoBranches : public nn::Module {
+ public:
+  explicit TwoBranches(bool use_a) : use_a_(use_a) {
+    Generator gen(3);
+    fc1 = register_module("fc1", std::make_shared<nn::Linear>(kIn, 6, true, gen));
+    branch_a = register_module("branch_a", std::make_shared<nn::Linear>(6, 6, true, gen));
+    branch_b = register_module("branch_b", std::make_shared<nn::Linear>(6, 6, true, gen));
+    fc2 = register_module("fc2", std::make_shared<nn::Linear>(6, kClasses, true, gen));
+  }
+  std::string describe() const override { return "TwoBranches"; }
+  Tensor forward(const Tensor& x) override {
+    const Tensor h = tanh(fc1->forward(x));
+    return fc2->forward(tanh((use_a_ ? branch_a : branch_b)->forward(h)));
+  }
+  std::shared_ptr<nn::Linear> fc1, branch_a, branch_b, fc2;
+
+ private:
+  bool use_a_;
+};
+
+/// The bucket index holding parameter `name` (-1 when none does).
+int bucket_of(const std::vector<std::vector<std::string>>& layout, const std::string& name) {
+  for (size_t b = 0; b < layout.size(); ++b) {
+    for (const auto& n : layout[b]) {
+      if (n == name) return static_cast<int>(b);
+    }
+  }
+  return -1;
+}
+
+// Rank 0 goes through branch_a, the others through branch_b, so the ranks see their gradients
+// become ready in different orders. The buckets rebuilt after the first step follow rank 0's order
+// on every rank, and every step's gradients are the average of the ranks' local gradients (an
+// unused branch contributing zeros), with or without synchronize_gradients().
+TEST(Ddp, RanksTakingDifferentBranchesShareBucketsAndAverageTheirGradients) {
+  const int world = 3, steps = 4;
+  const int64_t batch = 4;
+  Data data(world * batch * steps, 17);
+  const nn::NamedTensors names = TwoBranches(true).named_parameters();
+  const size_t n_params = names.size();
+  ASSERT_EQ(n_params, 8u);
+  struct RankStep {
+    std::vector<std::vector<std::string>> layout;             // after the step's reduction
+    std::vector<std::vector<double>> ddp_grads, local_grads;  // by parameter
+    nn::NamedTensors params;                                  // after the optimiser step
+  };
+  for (bool synchronize : {true, false}) {
+    SCOPED_TRACE(synchronize ? "calling synchronize_gradients" : "backward alone");
+    std::vector<std::vector<RankStep>> seen(world, std::vector<RankStep>(steps));
+    std::vector<std::string> errors(world);
+    for_each_rank(world, [&](std::shared_ptr<dist::Communicator> comm) {
+      const int r = comm->rank();
+      try {
+        TwoBranches model(/*use_a=*/r == 0);
+        TwoBranches reference(/*use_a=*/r == 0);  // the same network without DDP
+        // Caps of one byte: every parameter gets its own bucket.
+        DistributedDataParallel ddp(model, comm,
+                                    {.bucket_cap_mb = 1e-9,
+                                     .bucket_first_cap_mb = 1e-9,
+                                     .find_unused_parameters = true,
+                                     .timeout = std::chrono::milliseconds(60'000)});
+        nn::SGD opt(model.parameters(), {0.1, 0.9});
+        for (int s = 0; s < steps; ++s) {
+          auto [x, y] = data.rows((s * world + r) * batch, batch);
+          RankStep& out = seen[r][s];
+          // This rank's own gradient at the current parameters.
+          reference.load_state_dict(model.state_dict());
+          reference.zero_grad();
+          cross_entropy(reference.forward(x), y).backward();
+          for (const Tensor& p : reference.parameters()) {
+            out.local_grads.push_back(p.grad().defined()
+                                          ? p.grad().to_vector<double>()
+                                          : std::vector<double>(static_cast<size_t>(p.numel())));
+          }
+          opt.zero_grad();
+          cross_entropy(ddp.forward(x), y).backward();
+          if (synchronize) ddp.synchronize_gradients();
+          for (const Tensor& p : model.parameters()) {
+            out.ddp_grads.push_back(p.grad().defined() ? p.grad().to_vector<double>()
+                                                       : std::vector<double>());
+          }
+          out.layout = ddp.bucket_layout();
+          opt.step();
+          out.params = model.state_dict();
+        }
+      } catch (const std::exception& e) {
+        errors[r] = e.what();
+      }
+    });
+    for (int r = 0; r < world; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
+
+    // Rank 0's ready order: branch_a's gradients are final before fc1's (on the other ranks
+    // branch_a gets none, so their own order would not put it there).
+    const auto& first = seen[0][0].layout;
+    ASSERT_EQ(first.size(), n_params) << "one bucket per parameter";
+    EXPECT_LT(bucket_of(first, "branch_a.weight"), bucket_of(first, "fc1.weight"));
+    EXPECT_LT(bucket_of(first, "branch_a.bias"), bucket_of(first, "fc1.bias"));
+    EXPECT_LT(bucket_of(first, "fc2.weight"), bucket_of(first, "branch_a.weight"));
+
+    for (int s = 0; s < steps; ++s) {
+      for (int r = 1; r < world; ++r) {
+        EXPECT_EQ(seen[r][s].layout, seen[0][s].layout) << "rank " << r << " after step " << s + 1;
+        ASSERT_EQ(seen[r][s].params.size(), n_params);
+        for (size_t i = 0; i < n_params; ++i) {
+          EXPECT_TRUE(testutil::bit_equal(seen[r][s].params[i].second, seen[0][s].params[i].second))
+              << "rank " << r << " step " << s + 1 << " " << names[i].first << " drifted";
+        }
+      }
+      for (size_t i = 0; i < n_params; ++i) {
+        const size_t numel = static_cast<size_t>(names[i].second.numel());
+        std::vector<double> average(numel, 0.0);
+        for (int r = 0; r < world; ++r) {
+          ASSERT_EQ(seen[r][s].local_grads[i].size(), numel);
+          for (size_t k = 0; k < numel; ++k) average[k] += seen[r][s].local_grads[i][k] / world;
+        }
+        for (int r = 0; r < world; ++r) {
+          const std::vector<double>& got = seen[r][s].ddp_grads[i];
+          ASSERT_EQ(got.size(), numel)
+              << "rank " << r << " step " << s + 1 << " " << names[i].first << " has no gradient";
+          double worst = 0;
+          for (size_t k = 0; k < numel; ++k)
+            worst = std::max(worst, std::fabs(got[k] - average[k]));
+          EXPECT_LE(worst, 1e-6) << "rank " << r << " step " << s + 1 << " " << names[i].first;
+        }
+      }
+    }
+    // Rank 0 did not use branch_b, yet its averaged gradient there is not zero: the others' share
+    // arrived (without it the comparison above could pass on zeros).
+    for (size_t i = 0; i < n_params; ++i) {
+      if (names[i].first.rfind("branch_b.", 0) != 0) continue;
+      double total = 0;
+      for (double v : seen[0][0].ddp_grads[i]) total += std::fabs(v);
+      EXPECT_GT(total, 0) << names[i].first;
+    }
+  }
+}
+
 TEST(Ddp, StatsSplitAllReduceTimeIntoHiddenAndExposed) {
   Data data(2 * 4 * 3, 14);
   for (bool overlap : {false, true}) {
@@ -363,7 +598,27 @@ TEST(Ddp, Fp16CompressionStaysCloseToFullPrecision) {
 namespace dtrain {
 namespace {
 
-TEST(DdpStrategy, ParameterDriftIsReportedNamingTheReplica) {
+TEST(StrategyRegistry, EveryKindIsFoundByNameAndUnknownNamesListThem) {
+  for (const StrategyKind& kind : strategy_kinds()) {
+    EXPECT_EQ(&find_strategy(kind.name), &kind);
+    StrategyOptions o;
+    o.type = std::string(kind.name);
+    o.devices = 3;
+    EXPECT_EQ(kind.replicas_per_process(o), kind.threads ? 3 : 1) << kind.name;
+    auto comm = dist::make_local_group(1)[0];
+    EXPECT_EQ(kind.make(o, comm)->name(), kind.name) << "name() is the configured type";
+  }
+  EXPECT_TRUE(find_strategy("ddp").spans_processes);
+  EXPECT_FALSE(find_strategy("mirrored").spans_processes);
+  try {
+    find_strategy("horovod");
+    ADD_FAILURE() << "an unknown strategy was found";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.message(), HasSubstr("unknown strategy 'horovod'; available: single, ddp"));
+  }
+}
+
+TEST(DataParallelStrategy, ParameterDriftIsReportedNamingTheReplica) {
   std::vector<std::string> errors(3);
   auto comms = dist::make_local_group(3);
   std::vector<std::thread> threads;
@@ -371,7 +626,8 @@ TEST(DdpStrategy, ParameterDriftIsReportedNamingTheReplica) {
     threads.emplace_back([&, r] {
       StrategyOptions o;
       o.type = "mirrored";
-      DdpStrategy strategy(o, comms[r]);
+      DataParallelStrategy strategy(o.type, o, comms[r]);
+      EXPECT_EQ(strategy.name(), "mirrored");
       auto model = make_model(0);
       strategy.prepare(*model);
       strategy.check_parameters_in_sync(*model, 10);  // in sync after the broadcast

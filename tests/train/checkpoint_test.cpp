@@ -14,8 +14,8 @@
 #include <limits>
 
 #include "train/checkpoint.pb.h"
+#include "train/encoding.h"
 #include "train/scratch_dir.h"
-#include "train/summary.h"
 
 namespace dtrain::train {
 namespace {

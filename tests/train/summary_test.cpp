@@ -13,6 +13,7 @@
 #include <regex>
 
 #include "tensor/check.h"
+#include "train/encoding.h"
 #include "train/scratch_dir.h"
 #include "train/tensorboard.pb.h"
 

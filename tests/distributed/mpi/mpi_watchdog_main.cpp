@@ -31,7 +31,7 @@ int main() {
   options.stall_warning = std::chrono::seconds(1);
   options.poll = std::chrono::milliseconds(100);
   dist::Watchdog watchdog(comm->rank(), comm->size(), options, store);  // default: report, exit 3
-  comm->set_observer(&watchdog);
+  comm->add_observer(&watchdog);
 
   Tensor t = ones({1024});
   comm->all_reduce(t)->wait();  // collective #2 (after the broadcast): everyone is healthy

@@ -1,0 +1,85 @@
+// dist::Job: the one place a process's distributed state is assembled. Built once per process from
+// a JobSpec, it owns the Store client, the world communicator (from the backend registry), the
+// communicators of this process's replica threads, the collective watchdogs, and the thread loop
+// that runs the replicas. Strategies get communicators from here and never build their own.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "distributed/communicator.h"
+#include "distributed/environment.h"
+#include "distributed/store.h"
+#include "tensor/dtype.h"
+
+namespace dtrain::dist {
+
+class AsyncCommunicator;
+class LocalGroup;
+class Watchdog;
+
+/// Not thread-safe: one thread assembles the job (replica threads only use their communicators).
+/// Destroy it after everything that uses its communicators.
+class Job {
+ public:
+  explicit Job(JobSpec spec);
+  /// The job the environment describes (dtrain launch, mpirun, srun, or one process) over
+  /// `backend` (a name from available_backends(), or "auto").
+  static Job from_env(std::string_view backend = "auto");
+  ~Job();
+  Job(Job&&) noexcept;
+  Job& operator=(Job&&) = delete;
+
+  const JobSpec& spec() const { return spec_; }
+  int rank() const { return spec_.world.rank; }
+  int world_size() const { return spec_.world.size; }
+  /// The backend spec().backend resolves to: "auto" is tcp under dtrain launch and in a
+  /// `cluster:` job, mpi under mpirun or srun, local for a single process.
+  std::string backend() const;
+  /// Where this process's replica computes: cpu, or with the nccl backend the GPU
+  /// `local rank mod GPUs of this machine`.
+  Device device() const;
+
+  /// A new client of the job's Store, or null when the job has none (mpirun, srun, one process).
+  std::shared_ptr<StoreClient> store_client() const;
+
+  /// The communicator over every process of the job, watched by the watchdog. Created at the
+  /// first call, which is collective: it ends with a pre-flight all-reduce every rank must pass.
+  /// With the nccl backend, device tensors go through NCCL and host tensors through the host
+  /// backend auto picks. Throws UnsupportedError when the backend cannot run here, saying why.
+  CommunicatorPtr world();
+
+  /// One communicator per replica thread of this process (a group of n). With span_processes
+  /// they also reach every other process's replicas (hierarchical: local group, then world());
+  /// with n == 1 that is world() itself. Each is watched by a watchdog.
+  std::vector<CommunicatorPtr> replica_communicators(int n, bool span_processes);
+  /// One communicator per replica thread on `devices`, all cpu or distinct GPUs (NCCL between
+  /// them, the local group for host tensors). Throws ValueError for mixed or repeated devices and
+  /// UnsupportedError for GPUs this build or machine cannot use, naming them.
+  std::vector<CommunicatorPtr> replica_communicators(const std::vector<Device>& devices);
+
+  /// Runs fn(replica) for every replica in [0, n), each on its own thread (on this one when
+  /// n == 1). The first replica to throw aborts the replica group of this process, so the others
+  /// stop waiting for it in their collectives, and its exception is rethrown after all ended.
+  void run_replicas(int n, const std::function<void(int replica)>& fn);
+
+ private:
+  /// Installs a watchdog on `comm` (when it reports its collectives) for the job's lifetime. It
+  /// publishes progress to the job's Store when `publish` (ranks of the whole job, so keys
+  /// never collide).
+  void watch(const CommunicatorPtr& comm, bool publish);
+  std::shared_ptr<AsyncCommunicator> host_world();
+  /// world() without its watchdog (the hierarchical communicators built on it have their own).
+  CommunicatorPtr make_world();
+
+  JobSpec spec_;
+  std::shared_ptr<AsyncCommunicator> host_world_;
+  CommunicatorPtr world_;
+  std::shared_ptr<LocalGroup> replica_group_;  // aborted by run_replicas on a failure
+  std::vector<std::pair<std::shared_ptr<AsyncCommunicator>, std::unique_ptr<Watchdog>>> watched_;
+};
+
+}  // namespace dtrain::dist

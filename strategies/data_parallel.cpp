@@ -1,0 +1,144 @@
+// The data-parallel strategies, and the start-up checks that replicas run the same configuration
+// and keep the same parameters.
+#include "strategies/data_parallel.h"
+
+#include <cstring>
+#include <map>
+#include <sstream>
+
+#include "tensor/check.h"
+#include "tensor/hash.h"
+
+namespace dtrain {
+
+DataParallelStrategy::DataParallelStrategy(std::string name, const StrategyOptions& options,
+                                           dist::CommunicatorPtr comm)
+    : name_(std::move(name)), options_(options), comm_(std::move(comm)) {
+  DTRAIN_CHECK(comm_ != nullptr, "strategy '", name_, "': needs a communicator");
+}
+
+DataParallelStrategy::~DataParallelStrategy() = default;
+
+DistributedDataParallel& DataParallelStrategy::ddp() {
+  DTRAIN_CHECK(ddp_ != nullptr, "strategy '", name_, "': prepare(model) must come first");
+  return *ddp_;
+}
+
+void DataParallelStrategy::prepare(nn::Module& model) {
+  ddp_ = std::make_unique<DistributedDataParallel>(model, comm_, options_.ddp);
+}
+
+Tensor DataParallelStrategy::forward(nn::Module& model, const Tensor& x) {
+  DTRAIN_CHECK(&ddp().module() == &model, "strategy '", name_,
+               "': forward of a model other than the prepared one");
+  return ddp_->forward(x);
+}
+
+void DataParallelStrategy::set_gradient_sync(bool enabled) { ddp().set_gradient_sync(enabled); }
+
+void DataParallelStrategy::synchronize_gradients(nn::Module&) { ddp().synchronize_gradients(); }
+
+void DataParallelStrategy::sum_across_replicas(std::vector<double>& values) {
+  if (values.empty()) return;
+  Tensor t({static_cast<int64_t>(values.size())}, DType::kFloat64);
+  std::memcpy(t.data_ptr(), values.data(), values.size() * sizeof(double));
+  comm_->all_reduce(t)->wait();
+  std::memcpy(values.data(), t.data_ptr(), values.size() * sizeof(double));
+}
+
+namespace {
+
+/// Every replica's 64-bit value, gathered.
+std::vector<int64_t> gather(dist::Communicator& comm, uint64_t value) {
+  Tensor mine({1}, DType::kInt64);
+  mine.data<int64_t>()[0] = static_cast<int64_t>(value);
+  Tensor all({comm.size()}, DType::kInt64);
+  comm.all_gather(mine, all)->wait();
+  return all.to_vector<int64_t>();
+}
+
+std::vector<int> differing_from_first(const std::vector<int64_t>& values) {
+  std::vector<int> out;
+  for (size_t r = 1; r < values.size(); ++r) {
+    if (values[r] != values[0]) out.push_back(static_cast<int>(r));
+  }
+  return out;
+}
+
+/// key NUL value NUL ...: keys and values never hold a NUL, so the text splits back exactly.
+std::string pack(const ConfigEntries& entries) {
+  std::string out;
+  for (const auto& [key, value] : entries) {
+    out.append(key).push_back('\0');
+    out.append(value).push_back('\0');
+  }
+  return out;
+}
+
+std::map<std::string, std::string> unpack(const std::string& text) {
+  std::map<std::string, std::string> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    const size_t key_end = text.find('\0', at);
+    const size_t value_end = text.find('\0', key_end + 1);
+    out[text.substr(at, key_end - at)] = text.substr(key_end + 1, value_end - key_end - 1);
+    at = value_end + 1;
+  }
+  return out;
+}
+
+/// Replica 0's bytes on every replica: the length, then the bytes packed into int64 elements
+/// (collectives carry no byte type).
+std::string broadcast_text(dist::Communicator& comm, const std::string& mine) {
+  Tensor length({1}, DType::kInt64);
+  length.data<int64_t>()[0] = static_cast<int64_t>(mine.size());
+  comm.broadcast(length)->wait();
+  const int64_t n = length.data<int64_t>()[0];
+  Tensor words = zeros({(n + 7) / 8}, DType::kInt64);
+  if (comm.rank() == 0) std::memcpy(words.data_ptr(), mine.data(), mine.size());
+  comm.broadcast(words)->wait();
+  return std::string(static_cast<const char*>(words.data_ptr()), static_cast<size_t>(n));
+}
+
+}  // namespace
+
+void DataParallelStrategy::check_same_config(const ConfigEntries& config) {
+  // 1. Every replica gathers every replica's hash of its resolved configuration. 2. Only when
+  //    they differ: replica 0's entries are broadcast and each replica names its own differences.
+  const std::string packed = pack(config);
+  const std::vector<int64_t> hashes = gather(*comm_, fnv1a(packed));
+  const std::vector<int> differing = differing_from_first(hashes);
+  if (differing.empty()) return;
+  const std::map<std::string, std::string> first = unpack(broadcast_text(*comm_, packed));
+  std::ostringstream os;
+  os << "replicas run different configurations: replica(s) " << dist::rank_list(differing)
+     << " differ from replica 0 (config hashes compared at start-up)";
+  if (hashes[rank()] != hashes[0]) {
+    os << "; keys that differ here (replica " << rank() << " vs replica 0):";
+    for (const auto& [key, value] : config) {
+      auto it = first.find(key);
+      if (it == first.end() || it->second != value) {
+        os << " " << key << " (" << value << " vs " << (it == first.end() ? "missing" : it->second)
+           << ")";
+      }
+    }
+  }
+  DTRAIN_THROW(ValueError, os.str());
+}
+
+void DataParallelStrategy::check_parameters_in_sync(nn::Module& model, int64_t step) {
+  uint64_t h = kFnv1aOffset;
+  for (auto& [name, p] : model.named_parameters()) {
+    Tensor host = to_device(p.detach(), Device::cpu());
+    h = fnv1a(host.data_ptr(), host.nbytes(), h);
+  }
+  const std::vector<int> drifted = differing_from_first(gather(*comm_, h));
+  if (!drifted.empty()) {
+    DTRAIN_THROW(ValueError, "replicas' parameters drifted apart by step ", step, ": replica(s) ",
+                 dist::rank_list(drifted),
+                 " differ from replica 0 (parameter checksums compared every ",
+                 options_.check_parameters_every_steps, " steps)");
+  }
+}
+
+}  // namespace dtrain

@@ -1,0 +1,40 @@
+// Data parallelism as a Strategy: DistributedDataParallel over the communicator the job gives
+// each replica. `ddp` (a process per replica), `mirrored` (replica threads) and
+// `multi_worker_mirrored` (both) differ only in that communicator.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "strategies/ddp.h"
+#include "strategies/strategy.h"
+
+namespace dtrain {
+
+class DataParallelStrategy final : public Strategy {
+ public:
+  /// `name` is the configured strategy.type; `comm` spans every replica of the job.
+  DataParallelStrategy(std::string name, const StrategyOptions& options,
+                       dist::CommunicatorPtr comm);
+  ~DataParallelStrategy() override;
+  std::string_view name() const override { return name_; }
+  int num_replicas_in_sync() const override { return comm_->size(); }
+  int rank() const override { return comm_->rank(); }
+  void prepare(nn::Module& model) override;
+  Tensor forward(nn::Module& model, const Tensor& x) override;
+  void set_gradient_sync(bool enabled) override;
+  void synchronize_gradients(nn::Module& model) override;
+  void sum_across_replicas(std::vector<double>& values) override;
+  void check_same_config(const ConfigEntries& config) override;
+  void check_parameters_in_sync(nn::Module& model, int64_t step) override;
+  dist::Communicator& communicator() { return *comm_; }
+
+ private:
+  DistributedDataParallel& ddp();
+  std::string name_;
+  StrategyOptions options_;
+  dist::CommunicatorPtr comm_;
+  std::unique_ptr<DistributedDataParallel> ddp_;
+};
+
+}  // namespace dtrain

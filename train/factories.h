@@ -1,0 +1,37 @@
+// What a config's sections build: datasets, optimiser, learning-rate schedule, and the random
+// streams of a model that a checkpoint keeps.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/dataset.h"
+#include "nn/lr_scheduler.h"
+#include "nn/module.h"
+#include "nn/optim.h"
+#include "tensor/tensor.h"
+#include "train/config.h"
+
+namespace dtrain::train {
+
+struct Datasets {
+  data::DatasetPtr train, test;
+};
+/// The `data` section's train and test splits (`seed`: the synthetic set's).
+Datasets make_datasets(const DataConfig& d, int64_t seed);
+
+/// The `optimizer` section over `params`, with learning rate `lr`.
+std::unique_ptr<nn::Optimizer> make_optimizer(const OptimizerConfig& o, std::vector<Tensor> params,
+                                              double lr);
+
+/// The `schedule` section over a run of `total_steps` optimiser steps.
+std::unique_ptr<nn::LRScheduler> make_schedule(const ScheduleConfig& s, nn::Optimizer& opt,
+                                               int64_t total_steps);
+
+/// The dropout layers' generators by module path ("dropout:<path>"), whose offsets a checkpoint
+/// must keep for an exact resume.
+std::vector<std::pair<std::string, Generator*>> model_generators(nn::Module& model);
+
+}  // namespace dtrain::train

@@ -1,0 +1,74 @@
+// MetricsSink.
+#include "train/metrics_sink.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+
+namespace dtrain::train {
+namespace {
+
+double unix_time() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+MetricsSink::MetricsSink(const Config& config, int64_t total_steps, bool append)
+    : every_steps_(config.log.every_steps),
+      jsonl_(config.log.dir + "/metrics.jsonl", append),
+      tensorboard_(config.log.tensorboard ? std::make_unique<TensorBoardWriter>(config.log.dir)
+                                          : nullptr),
+      progress_(Progress::parse_mode(config.log.progress, stdout), total_steps,
+                config.log.every_steps) {}
+
+void MetricsSink::scalar(const char* tag, double value, int64_t step) {
+  if (tensorboard_) tensorboard_->add_scalar(tag, value, step, unix_time());
+}
+
+void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss, double lr,
+                       double samples_per_step, bool last) {
+  window_loss_ += loss;
+  ++window_steps_;
+  const double window_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start_).count();
+  const double rate = window_steps_ * samples_per_step / std::max(window_s, 1e-9);
+  const double mean_loss = window_loss_ / window_steps_;
+  progress_.update(step, epoch, epochs, mean_loss, rate);
+  if (step % every_steps_ != 0 && !last) return;
+  jsonl_.write({{"step", double(step)},
+                {"epoch", double(epoch)},
+                {"loss", mean_loss},
+                {"lr", lr},
+                {"samples_per_sec", rate},
+                {"wall_time", unix_time()}});
+  scalar("train/loss", mean_loss, step);
+  scalar("train/lr", lr, step);
+  scalar("train/samples_per_sec", rate, step);
+  window_loss_ = 0;
+  window_steps_ = 0;
+  window_start_ = std::chrono::steady_clock::now();
+}
+
+void MetricsSink::test(int64_t step, int64_t epoch, int64_t epochs, double loss, double accuracy) {
+  char line[160];
+  std::snprintf(line, sizeof line,
+                "epoch %" PRId64 "/%" PRId64 ": test_loss=%.4f test_accuracy=%.4f", epoch + 1,
+                epochs, loss, accuracy);
+  progress_.message(line);
+  jsonl_.write({{"step", double(step)},
+                {"epoch", double(epoch)},
+                {"test_loss", loss},
+                {"test_accuracy", accuracy},
+                {"wall_time", unix_time()}});
+  scalar("test/loss", loss, step);
+  scalar("test/accuracy", accuracy, step);
+  window_start_ = std::chrono::steady_clock::now();
+}
+
+void MetricsSink::finish() {
+  progress_.finish();
+  if (tensorboard_) tensorboard_->flush();
+}
+
+}  // namespace dtrain::train

@@ -1,0 +1,40 @@
+// MetricsSink: where a run's numbers go on the replica that reports: metrics.jsonl, TensorBoard
+// event files and the progress display, with the training loss averaged over a window of steps.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+
+#include "train/config.h"
+#include "train/progress.h"
+#include "train/summary.h"
+
+namespace dtrain::train {
+
+class MetricsSink {
+ public:
+  /// `append`: a resumed run continues metrics.jsonl.
+  MetricsSink(const Config& config, int64_t total_steps, bool append);
+  /// After optimiser step `step`: adds `loss` to the window, updates the progress display and,
+  /// every log.every_steps steps or when `last`, records the window's mean loss, the learning rate
+  /// and the throughput (`samples_per_step` samples each step), then starts a new window.
+  void step(int64_t step, int64_t epoch, int64_t epochs, double loss, double lr,
+            double samples_per_step, bool last);
+  /// The test split's results at the end of an epoch. Throughput windows exclude evaluation.
+  void test(int64_t step, int64_t epoch, int64_t epochs, double loss, double accuracy);
+  /// Ends the progress display and flushes the event file.
+  void finish();
+
+ private:
+  void scalar(const char* tag, double value, int64_t step);
+  int64_t every_steps_;
+  JsonlWriter jsonl_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
+  Progress progress_;
+  double window_loss_ = 0;
+  int64_t window_steps_ = 0;
+  std::chrono::steady_clock::time_point window_start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace dtrain::train

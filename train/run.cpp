@@ -1,0 +1,39 @@
+// One process's part of a job: replicas, their strategies, their Trainers.
+#include "train/run.h"
+
+#include <vector>
+
+namespace dtrain::train {
+
+dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base) {
+  base.backend = config.strategy.backend;
+  base.timeout = config.strategy.ddp.timeout;
+  base.stall_warning = config.strategy.stall_warning;
+  return base;
+}
+
+TrainResult train_in_job(const Config& config, dist::Job& job) {
+  const StrategyKind& kind = find_strategy(config.strategy.type);
+  const int replicas = kind.replicas_per_process(config.strategy);
+  std::vector<dist::CommunicatorPtr> comms =
+      job.replica_communicators(replicas, kind.spans_processes);
+  std::vector<TrainResult> results(replicas);
+  // Each replica builds its own data, model and optimiser; construction is collective (DDP
+  // broadcasts rank 0's parameters), so every replica starts on its own thread.
+  job.run_replicas(replicas, [&](int r) {
+    results[r] = Trainer(config, kind.make(config.strategy, comms[r])).run();
+  });
+  for (const TrainResult& r : results) {
+    if (r.primary) return r;
+  }
+  return results[0];
+}
+
+EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::string& path) {
+  const StrategyKind& kind = find_strategy(config.strategy.type);
+  dist::CommunicatorPtr comm = job.replica_communicators(1, kind.spans_processes)[0];
+  Trainer trainer(config, kind.make(config.strategy, comm));
+  return trainer.evaluate_checkpoint(path);
+}
+
+}  // namespace dtrain::train

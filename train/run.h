@@ -1,0 +1,26 @@
+// Running a config as this process's part of a job: the job (distributed/job.h) hands out one
+// communicator per replica, the strategy registry says how many replicas this process runs, and
+// each replica is a Trainer on its own thread.
+#pragma once
+
+#include <string>
+
+#include "distributed/job.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace dtrain::train {
+
+/// The JobSpec of this process: `base` (the environment's, or a cluster section's) with the
+/// config's backend, collective timeout and stall warning.
+dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base);
+
+/// Trains to the end on every replica of this process and returns the result of the replica that
+/// reports for the job (or of the first). The first replica to fail stops the others.
+TrainResult train_in_job(const Config& config, dist::Job& job);
+
+/// Loads checkpoint `path` and evaluates it on the test split, with one replica per process (the
+/// job's processes share the test set when the strategy spans them).
+EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::string& path);
+
+}  // namespace dtrain::train
