@@ -48,7 +48,7 @@ struct Round {
 };
 
 Round run_round(const Bench& bench, bool overlap, const Args& args,
-                const std::shared_ptr<dist::AsyncCommunicator>& comm) {
+                const std::shared_ptr<dist::HostCommunicator>& comm) {
   cpu::set_num_threads(args.threads);  // per thread: each rank thread sets its own
   const int64_t batch = 64;
   auto model = train::build_model(bench.model, {1, 28, 28}, 10, /*seed=*/0);
@@ -96,7 +96,7 @@ double median(std::vector<double> v) {
 }
 
 /// Every round of every benchmark on this rank; rank 0 prints the table.
-void run_rank(const std::shared_ptr<dist::AsyncCommunicator>& comm, const Args& args) {
+void run_rank(const std::shared_ptr<dist::HostCommunicator>& comm, const Args& args) {
   train::ModelConfig mlp;  // 784-256-128-10, ReLU
   train::ModelConfig cnn;  // configs/fashion_mnist_cnn.yaml's model
   cnn.type = "cnn";
@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
   if (dist::detect_world().size > 1) {  // mpirun, srun or dtrain launch: one rank per process
     dist::Job job = dist::Job::from_env();
-    run_rank(std::dynamic_pointer_cast<dist::AsyncCommunicator>(job.world()), args);
+    run_rank(std::dynamic_pointer_cast<dist::HostCommunicator>(job.world()), args);
     return 0;
   }
   auto comms = dist::make_local_group(2);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,6 +72,16 @@ class Work {
 };
 using WorkPtr = std::shared_ptr<Work>;
 
+/// Notified when a collective starts and finishes (the watchdog and DDP's timing listen here).
+/// Called on the thread that runs the collective (the worker, or a thread waiting for its Work);
+/// must be quick and not throw.
+class CollectiveObserver {
+ public:
+  virtual ~CollectiveObserver() = default;
+  virtual void on_start(int rank, const CollectiveInfo& info) = 0;
+  virtual void on_finish(int rank, const CollectiveInfo& info) = 0;
+};
+
 /// Calls return at once; results are valid after the returned Work's wait(). Tensors must stay
 /// alive and untouched until then. One issuing thread per communicator.
 class Communicator {
@@ -105,11 +116,38 @@ class Communicator {
   /// on such tensors must name the same tensor (or the same view of it) on every rank.
   virtual Tensor allocate_symmetric(int64_t numel, DType dtype) { return zeros({numel}, dtype); }
 
+  /// Observers (the watchdog, DDP's timing) are told when each collective starts and finishes,
+  /// on the thread that runs it. Thread-safe; once remove_observer returns, `observer` is not
+  /// being called and will not be again. Only backends that run their collectives on the host
+  /// report them (observes_collectives()); NCCL's run on the GPU and report nothing.
+  void add_observer(CollectiveObserver* observer) {
+    std::lock_guard lock(observers_mu_);
+    observers_.push_back(observer);
+  }
+  void remove_observer(CollectiveObserver* observer) {
+    std::lock_guard lock(observers_mu_);  // waits for a notification in progress
+    std::erase(observers_, observer);
+  }
+  virtual bool observes_collectives() const { return false; }
+
  protected:
   Communicator(int rank, int size) : rank_(rank), size_(size) {}
+  /// Backends that observe their collectives call this as each starts and finishes.
+  void notify_observers(const CollectiveInfo& info, bool started) {
+    std::lock_guard lock(observers_mu_);
+    for (CollectiveObserver* o : observers_) {
+      if (started) {
+        o->on_start(rank_, info);
+      } else {
+        o->on_finish(rank_, info);
+      }
+    }
+  }
 
  private:
   const int rank_, size_;
+  std::mutex observers_mu_;
+  std::vector<CollectiveObserver*> observers_;
 };
 
 using CommunicatorPtr = std::shared_ptr<Communicator>;

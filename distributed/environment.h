@@ -15,7 +15,7 @@ struct WorldInfo {
   int size = 1;
   int local_rank = 0;  // among the processes on this machine
   int local_size = 1;
-  std::string source = "single";  // "dtrain", "openmpi", "pmix", "slurm" or "single"
+  std::string source = "single";  // "dtrain", "openmpi", "pmix", "slurm", "cluster" or "single"
   /// "rank 1 of 4 (local 1 of 2, from openmpi)".
   std::string describe() const;
 };

@@ -7,10 +7,10 @@
 
 namespace dtrain::dist {
 
-HierarchicalCommunicator::HierarchicalCommunicator(std::shared_ptr<AsyncCommunicator> local,
+HierarchicalCommunicator::HierarchicalCommunicator(std::shared_ptr<HostCommunicator> local,
                                                    CommunicatorPtr cross, int process_rank,
                                                    int processes)
-    : AsyncCommunicator(process_rank * local->size() + local->rank(), processes * local->size()),
+    : HostCommunicator(process_rank * local->size() + local->rank(), processes * local->size()),
       local_(std::move(local)),
       cross_(std::move(cross)),
       process_rank_(process_rank) {

@@ -26,7 +26,7 @@ std::string auto_host_backend(const JobSpec& spec) {
 
 /// The first collective of a job, before any training: every rank adds 1, so a wrong world
 /// size, a rank missing or a network that drops data shows here with the ranks at fault.
-void preflight_all_reduce(AsyncCommunicator& comm, const WorldInfo& world, Timeout timeout) {
+void preflight_all_reduce(HostCommunicator& comm, const WorldInfo& world, Timeout timeout) {
   Tensor one({1}, DType::kInt64);
   *static_cast<int64_t*>(one.data_ptr()) = 1;
   AllReduceOptions o;
@@ -117,7 +117,7 @@ std::shared_ptr<StoreClient> Job::store_client() const {
   return std::make_shared<StoreClient>(o);
 }
 
-std::shared_ptr<AsyncCommunicator> Job::host_world() {
+std::shared_ptr<HostCommunicator> Job::host_world() {
   if (host_world_) return host_world_;
   const std::string chosen = is_device_backend(backend()) ? auto_host_backend(spec_) : backend();
   if (spec_.world.size == 1 && chosen == "local") {
@@ -141,7 +141,7 @@ CommunicatorPtr Job::make_world() {
   if (const std::string why = backend_unavailable_reason(name); !why.empty()) {
     DTRAIN_THROW(UnsupportedError, why);
   }
-  std::shared_ptr<AsyncCommunicator> host = host_world();
+  std::shared_ptr<HostCommunicator> host = host_world();
   if (is_device_backend(name)) {
     // Host tensors (DDP's checks, metrics) stay on the host backend; device tensors use NCCL.
     CommunicatorPtr gpu = create_device_communicator(name, *host, device().index);
@@ -228,10 +228,9 @@ void Job::run_replicas(int n, const std::function<void(int)>& fn) {
 }
 
 void Job::watch(const CommunicatorPtr& comm, bool publish) {
-  auto observed = std::dynamic_pointer_cast<AsyncCommunicator>(comm);
-  if (!observed) return;  // reports no collectives (nccl): nothing to watch
+  if (!comm->observes_collectives()) return;  // nccl: its collectives run on the GPU
   for (const auto& [c, dog] : watched_) {
-    if (c == observed) return;
+    if (c == comm) return;
   }
   // Under dtrain launch the watchdog publishes progress to the job's Store and its report names
   // the ranks that did not arrive. Without a Store (plain mpirun) the report covers this rank's
@@ -240,10 +239,10 @@ void Job::watch(const CommunicatorPtr& comm, bool publish) {
   w.key_prefix += std::to_string(spec_.restart_count) + "/";
   w.timeout = spec_.timeout;
   w.stall_warning = spec_.stall_warning;
-  auto dog = std::make_unique<Watchdog>(observed->rank(), observed->size(), w,
-                                        publish ? store_client() : nullptr);
-  observed->add_observer(dog.get());
-  watched_.emplace_back(std::move(observed), std::move(dog));
+  auto dog =
+      std::make_unique<Watchdog>(comm->rank(), comm->size(), w, publish ? store_client() : nullptr);
+  comm->add_observer(dog.get());
+  watched_.emplace_back(comm, std::move(dog));
 }
 
 }  // namespace dtrain::dist

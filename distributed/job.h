@@ -17,7 +17,7 @@
 
 namespace dtrain::dist {
 
-class AsyncCommunicator;
+class HostCommunicator;
 class LocalGroup;
 class Watchdog;
 
@@ -71,15 +71,15 @@ class Job {
   /// publishes progress to the job's Store when `publish` (ranks of the whole job, so keys
   /// never collide).
   void watch(const CommunicatorPtr& comm, bool publish);
-  std::shared_ptr<AsyncCommunicator> host_world();
+  std::shared_ptr<HostCommunicator> host_world();
   /// world() without its watchdog (the hierarchical communicators built on it have their own).
   CommunicatorPtr make_world();
 
   JobSpec spec_;
-  std::shared_ptr<AsyncCommunicator> host_world_;
+  std::shared_ptr<HostCommunicator> host_world_;
   CommunicatorPtr world_;
   std::shared_ptr<LocalGroup> replica_group_;  // aborted by run_replicas on a failure
-  std::vector<std::pair<std::shared_ptr<AsyncCommunicator>, std::unique_ptr<Watchdog>>> watched_;
+  std::vector<std::pair<CommunicatorPtr, std::unique_ptr<Watchdog>>> watched_;
 };
 
 }  // namespace dtrain::dist

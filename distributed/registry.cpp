@@ -26,8 +26,8 @@ std::string joined(const std::vector<std::string>& names) {
 }
 
 /// A new world group over tcp: the job's Store, one key prefix per group and restart.
-std::shared_ptr<AsyncCommunicator> make_tcp_world(const JobSpec& spec,
-                                                  std::shared_ptr<StoreClient> store) {
+std::shared_ptr<HostCommunicator> make_tcp_world(const JobSpec& spec,
+                                                 std::shared_ptr<StoreClient> store) {
   if (!store) {
     DTRAIN_THROW(UnsupportedError,
                  "backend 'tcp' finds its peers through the job's Store, and this job has none "
@@ -83,9 +83,9 @@ std::string backend_unavailable_reason(std::string_view backend) {
   return "";
 }
 
-std::shared_ptr<AsyncCommunicator> create_world_communicator(std::string_view backend,
-                                                             const JobSpec& spec,
-                                                             std::shared_ptr<StoreClient> store) {
+std::shared_ptr<HostCommunicator> create_world_communicator(std::string_view backend,
+                                                            const JobSpec& spec,
+                                                            std::shared_ptr<StoreClient> store) {
   if (backend == "local") {
     DTRAIN_THROW(UnsupportedError,
                  "backend 'local' runs its ranks as threads of one process and has no world of "

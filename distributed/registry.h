@@ -7,8 +7,8 @@
 #include <string_view>
 #include <vector>
 
-#include "distributed/async_communicator.h"
 #include "distributed/environment.h"
+#include "distributed/host_communicator.h"
 #include "distributed/store.h"
 
 namespace dtrain::dist {
@@ -30,9 +30,9 @@ bool is_device_backend(std::string_view backend);
 /// the same number of times in the same order. Throws UnsupportedError for "local" (its ranks are
 /// threads: use make_local_group), for a device backend, and for a backend this build does not
 /// have, listing the available ones.
-std::shared_ptr<AsyncCommunicator> create_world_communicator(std::string_view backend,
-                                                             const JobSpec& spec,
-                                                             std::shared_ptr<StoreClient> store);
+std::shared_ptr<HostCommunicator> create_world_communicator(std::string_view backend,
+                                                            const JobSpec& spec,
+                                                            std::shared_ptr<StoreClient> store);
 
 /// A device backend's communicator over the ranks of `host`, on cuda:`device` of this process
 /// (the backend's id travels through `host`). Collective over `host`.

@@ -18,7 +18,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -316,11 +318,15 @@ void SharedSegment::all_reduce(size_t offset, int64_t count, DType dtype, Reduce
   wait_for_all(counter_, "finish", info, timeout, spin);
 }
 
-std::string shared_memory_host_key() {
+std::string host_identity() {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
-  return std::string(host) + "|" + namespace_link("ipc") + "|" + namespace_link("mnt") + "|" +
-         namespace_link("pid");
+  std::ifstream boot("/proc/sys/kernel/random/boot_id");
+  std::string boot_id;
+  std::getline(boot, boot_id);
+  if (boot_id.empty()) boot_id = "?";
+  return std::string(host) + "/" + boot_id + "/" + namespace_link("ipc") + "/" +
+         namespace_link("mnt") + "/" + namespace_link("pid");
 }
 
 bool shared_memory_enabled_by_env() {

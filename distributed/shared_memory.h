@@ -93,10 +93,18 @@ class SharedSegment {
   bool linked_;
 };
 
-/// Whether the processes of a group can share memory: a key of this process's host name and its
-/// IPC, mount and PID namespaces (equal keys: same /dev/shm, and peers' pids are meaningful), and
-/// whether DTRAIN_SHARED_MEMORY allows it (unset or 1: yes; 0: no).
-std::string shared_memory_host_key();
+/// Which processes count as on the same host, for every path that shares or reads another rank's
+/// memory (shared-memory segments; the tcp backend's process_vm_readv): this process's host name,
+/// kernel boot id, and IPC, mount and PID namespaces. Equal identities mean the same kernel, the
+/// same /dev/shm, and pids that name the same processes. The boot id is what tells two machines
+/// apart when their host names repeat (initial namespaces have the same ids on every machine).
+/// '/' separates the parts (the tcp backend publishes it in a '|'-separated record); "?" stands
+/// for a part that could not be read. The environment switches (DTRAIN_SHARED_MEMORY,
+/// DTRAIN_TCP_CROSS_MEMORY) are not consulted here: each user applies its own.
+std::string host_identity();
+/// The host key of shared memory: host_identity() (HostCommunicator compares it across ranks).
+inline std::string shared_memory_host_key() { return host_identity(); }
+/// Whether DTRAIN_SHARED_MEMORY allows shared memory (unset or 1: yes; 0: no).
 bool shared_memory_enabled_by_env();
 /// The largest buffer (bytes per rank) given shared memory: DTRAIN_SHARED_MEMORY_MAX_MB when set,
 /// else the backend's `backend_default`.

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -40,6 +41,30 @@ AddrList resolve(const std::string& host, uint16_t port, int flags, std::string&
 uint16_t port_of(const sockaddr_storage& a) {
   return a.ss_family == AF_INET6 ? ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port)
                                  : ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
+}
+
+/// The loop of send_all and recv_all: `step(done)` sends or receives from byte `done` on, and
+/// `events` is what poll() waits for when the socket cannot take or give more yet.
+template <class Step>
+std::optional<IoFailure> transfer_all(int fd, size_t n, short events, Clock::time_point deadline,
+                                      const Step& step) {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = step(done);
+    if (r > 0) {
+      done += size_t(r);
+      continue;
+    }
+    if (r == 0) return IoFailure{IoFailure::kClosed};
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err != EAGAIN && err != EWOULDBLOCK) return IoFailure{IoFailure::kError, err};
+    // Wait for the socket, but only until the deadline. A poll() that is interrupted, or that
+    // reports an error or a hang-up, goes round again, and send/recv says what happened.
+    pollfd pfd{fd, events, 0};
+    if (::poll(&pfd, 1, ms_until(deadline)) == 0) return IoFailure{IoFailure::kTimeout};
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -106,6 +131,18 @@ int ms_until(Clock::time_point deadline) {
   if (deadline <= now) return 0;
   const auto ms = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
   return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
+}
+
+std::optional<IoFailure> send_all(int fd, const void* buf, size_t n, Clock::time_point deadline) {
+  const char* p = static_cast<const char*>(buf);
+  return transfer_all(fd, n, POLLOUT, deadline,
+                      [&](size_t done) { return ::send(fd, p + done, n - done, MSG_NOSIGNAL); });
+}
+
+std::optional<IoFailure> recv_all(int fd, void* buf, size_t n, Clock::time_point deadline) {
+  char* p = static_cast<char*>(buf);
+  return transfer_all(fd, n, POLLIN, deadline,
+                      [&](size_t done) { return ::recv(fd, p + done, n - done, 0); });
 }
 
 void set_nodelay(int fd) {

@@ -1,11 +1,13 @@
-// TCP plumbing shared by the Store and the tcp backend: an owning file descriptor, listening and
-// connecting with deadlines, and the text forms of addresses used in error messages.
+// TCP plumbing shared by the Store and the tcp backend: an owning file descriptor, listening,
+// connecting and blocking transfers with deadlines, and the text forms of addresses used in errors.
 #pragma once
 
 #include <sys/socket.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -50,6 +52,27 @@ int ms_until(Clock::time_point deadline);
 
 /// Small messages alternate on these sockets; Nagle would delay each by up to 40 ms.
 void set_nodelay(int fd);
+
+/// Why send_all or recv_all stopped short of n bytes. The caller words the error (each speaks of
+/// its peer in its own terms); the stream may be mid-message, so the connection is unusable.
+struct IoFailure {
+  enum Kind {
+    kClosed,   // the peer closed the connection (recv, or send, returned 0)
+    kError,    // send or recv failed with errno `err` (e.g. ECONNRESET, EPIPE)
+    kTimeout,  // `deadline` passed with bytes still to go
+  };
+  Kind kind;
+  int err = 0;  // kError only
+};
+
+/// Sends exactly n bytes on a non-blocking socket before `deadline`, blocking the calling thread:
+/// retries after EINTR, and on EAGAIN waits in poll() for at most the time left. MSG_NOSIGNAL: a
+/// peer that has gone is an error here, not a SIGPIPE. Returns nothing once all bytes are sent.
+[[nodiscard]] std::optional<IoFailure> send_all(int fd, const void* buf, size_t n,
+                                                Clock::time_point deadline);
+/// Receives exactly n bytes into buf, as send_all sends them.
+[[nodiscard]] std::optional<IoFailure> recv_all(int fd, void* buf, size_t n,
+                                                Clock::time_point deadline);
 
 /// A non-blocking listening socket on bind_address:port (port 0: a free one, reported in
 /// *bound_port). Throws ValueError naming `who` and the address, with a hint for the cause (port

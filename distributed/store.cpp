@@ -561,8 +561,10 @@ struct StoreClient::Impl {
                             Clock::time_point deadline);
   /// Drops the connection and throws; the stream may be mid-message, so it cannot be reused.
   [[noreturn]] void drop(const std::string& op, const std::string& why, bool timeout);
-  void send_all(const std::string& op, const std::string& bytes, Clock::time_point deadline);
-  void recv_exact(const std::string& op, char* buf, size_t n, Clock::time_point deadline);
+  /// Drops the connection after a failed send_all / recv_all, and throws what went wrong;
+  /// `timed_out` is the message for a deadline that passed (it differs by direction).
+  [[noreturn]] void drop_after(const std::string& op, const IoFailure& failure,
+                               const char* timed_out);
   void check_key(const std::string& op, const std::string& key) const {
     DTRAIN_CHECK(valid_utf8(key), prefix(op),
                  "keys must be valid UTF-8 (protobuf string fields); encode binary keys, e.g. as "
@@ -616,51 +618,16 @@ void StoreClient::Impl::connect(const std::string& token) {
   }
 }
 
-void StoreClient::Impl::send_all(const std::string& op, const std::string& bytes,
-                                 Clock::time_point deadline) {
-  size_t sent = 0;
-  while (sent < bytes.size()) {
-    const ssize_t n = ::send(fd.get(), bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-    if (n > 0) {
-      sent += size_t(n);
-      continue;
-    }
-    const int err = errno;
-    if (err == EINTR) continue;
-    if (err != EAGAIN && err != EWOULDBLOCK) {
-      drop(op,
-           "connection closed by the server (" + errno_text(err) + "); is the store still running?",
-           false);
-    }
-    pollfd p{fd.get(), POLLOUT, 0};
-    if (::poll(&p, 1, ms_until(deadline)) == 0) {
-      drop(op, "could not send the request in time; the server is not reading", true);
-    }
+void StoreClient::Impl::drop_after(const std::string& op, const IoFailure& failure,
+                                   const char* timed_out) {
+  if (failure.kind == IoFailure::kTimeout) drop(op, timed_out, true);
+  if (failure.kind == IoFailure::kClosed) {
+    drop(op, "connection closed by the server; is the store still running?", false);
   }
-}
-
-void StoreClient::Impl::recv_exact(const std::string& op, char* buf, size_t n,
-                                   Clock::time_point deadline) {
-  size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::recv(fd.get(), buf + got, n - got, 0);
-    if (r > 0) {
-      got += size_t(r);
-      continue;
-    }
-    if (r == 0) drop(op, "connection closed by the server; is the store still running?", false);
-    const int err = errno;
-    if (err == EINTR) continue;
-    if (err != EAGAIN && err != EWOULDBLOCK) {
-      drop(op,
-           "connection closed by the server (" + errno_text(err) + "); is the store still running?",
-           false);
-    }
-    pollfd p{fd.get(), POLLIN, 0};
-    if (::poll(&p, 1, ms_until(deadline)) == 0) {
-      drop(op, "no answer from the server in time; the connection was dropped", true);
-    }
-  }
+  drop(op,
+       "connection closed by the server (" + errno_text(failure.err) +
+           "); is the store still running?",
+       false);
 }
 
 proto::StoreResponse StoreClient::Impl::call(const std::string& op, const proto::StoreRequest& req,
@@ -672,9 +639,14 @@ proto::StoreResponse StoreClient::Impl::call(const std::string& op, const proto:
                "; store large data elsewhere and publish its location");
   std::string frame;
   append_frame(req, frame);
-  send_all(op, frame, deadline);
+  constexpr char kNoAnswer[] = "no answer from the server in time; the connection was dropped";
+  if (auto failure = net::send_all(fd.get(), frame.data(), frame.size(), deadline)) {
+    drop_after(op, *failure, "could not send the request in time; the server is not reading");
+  }
   char header[kHeaderBytes];
-  recv_exact(op, header, kHeaderBytes, deadline);
+  if (auto failure = net::recv_all(fd.get(), header, kHeaderBytes, deadline)) {
+    drop_after(op, *failure, kNoAnswer);
+  }
   const uint32_t len = read_length(header);
   if (len > kStoreMaxMessageBytes) {
     drop(op,
@@ -683,7 +655,9 @@ proto::StoreResponse StoreClient::Impl::call(const std::string& op, const proto:
          false);
   }
   std::string body(len, '\0');
-  recv_exact(op, body.data(), len, deadline);
+  if (auto failure = net::recv_all(fd.get(), body.data(), len, deadline)) {
+    drop_after(op, *failure, kNoAnswer);
+  }
   proto::StoreResponse resp;
   if (!resp.ParseFromString(body)) {
     drop(op, "malformed answer from the server; is this a dtrain store?", false);

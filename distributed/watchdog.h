@@ -12,7 +12,7 @@
 #include <string>
 #include <thread>
 
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 #include "distributed/store.h"
 
 namespace dtrain::dist {

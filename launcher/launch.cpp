@@ -37,7 +37,7 @@
 #include <sstream>
 #include <thread>
 
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 #include "distributed/socket.h"
 #include "distributed/store.h"
 #include "tensor/check.h"

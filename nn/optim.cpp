@@ -1,27 +1,17 @@
-// Optimiser steps: the shared update rules run per element on the CPU or on CUDA.
+// Optimiser steps: state and per-step scalars here; the per-element update is an in-place op of
+// the tensor layer (ops::sgd_update_, ...), which runs it on the parameter's device.
 #include "nn/optim.h"
 
 #include <cmath>
 
 #include "autograd/grad_mode.h"
-#include "tensor/cpu/parallel.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/dispatch.h"
 #include "tensor/kernels.h"
+#include "tensor/ops.h"
 
 namespace dtrain::nn {
 
 namespace {
 std::string key(size_t i, const std::string& name) { return std::to_string(i) + "." + name; }
-
-/// Runs body(T* p, const T* g, T* bufs...) over chunks of the parameter on the CPU.
-template <class F>
-void for_each_element(const char* op, Tensor& p, F&& f) {
-  detail::dispatch_floating(p.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    cpu::parallel_for(p.numel(), [&](int64_t b, int64_t e) { f(T{}, b, e); });
-  });
-}
 }  // namespace
 
 Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(params)), lr_(lr) {
@@ -119,24 +109,7 @@ void SGD::update(size_t i, Tensor& p, const Tensor& g) {
                              static_cast<float>(o_.weight_decay),
                              o_.nesterov,
                              first};
-  if (p.device().is_cuda()) {
-    cuda::sgd_update(p.data<float>(), g.data<float>(), buf.defined() ? buf.data<float>() : nullptr,
-                     p.numel(), s, p.device().index);
-    return;
-  }
-  for_each_element("sgd", p, [&](auto tag, int64_t b, int64_t e) {
-    using T = decltype(tag);
-    T* pp = p.data<T>();
-    const T* pg = g.data<T>();
-    T* pb = buf.defined() ? buf.data<T>() : nullptr;
-    // A local copy: stores through pp cannot alias it, so the loop vectorises.
-    const kernels::SgdParams local = s;
-    kernels::dispatch_sgd_variant(local, [&](auto momentum, auto nesterov, auto first_step) {
-      for (int64_t k = b; k < e; ++k) {
-        kernels::sgd_update<momentum.value, nesterov.value, first_step.value>(pp, pg, pb, k, local);
-      }
-    });
-  });
+  ops::sgd_update_(p, g, buf, s);
 }
 
 // ---- Adam / AdamW ---------------------------------------------------------------------------
@@ -159,20 +132,7 @@ void Adam::update(size_t i, Tensor& p, const Tensor& g) {
                               static_cast<float>(1 - std::pow(o_.beta1, t)),
                               static_cast<float>(1 - std::pow(o_.beta2, t)),
                               decoupled_};
-  if (p.device().is_cuda()) {
-    cuda::adam_update(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), p.numel(),
-                      s, p.device().index);
-    return;
-  }
-  for_each_element("adam", p, [&](auto tag, int64_t b, int64_t e) {
-    using T = decltype(tag);
-    T* pp = p.data<T>();
-    const T* pg = g.data<T>();
-    T* pm = m.data<T>();
-    T* pv = v.data<T>();
-    const kernels::AdamParams local = s;  // not aliased by the stores: the loop vectorises
-    for (int64_t k = b; k < e; ++k) kernels::adam_update(pp[k], pg[k], pm[k], pv[k], local);
-  });
+  ops::adam_update_(p, g, m, v, s);
 }
 
 // ---- RMSprop --------------------------------------------------------------------------------
@@ -184,27 +144,11 @@ RMSprop::RMSprop(std::vector<Tensor> params, RmspropOptions o)
 
 void RMSprop::update(size_t i, Tensor& p, const Tensor& g) {
   Tensor& sq = buffer(i, "square_avg");
-  Tensor& buf = o_.momentum > 0 ? buffer(i, "momentum_buffer") : sq;
+  Tensor buf = o_.momentum > 0 ? buffer(i, "momentum_buffer") : Tensor();
   const kernels::RmspropParams s{static_cast<float>(lr_), static_cast<float>(o_.alpha),
                                  static_cast<float>(o_.eps), static_cast<float>(o_.weight_decay),
                                  static_cast<float>(o_.momentum)};
-  if (p.device().is_cuda()) {
-    cuda::rmsprop_update(p.data<float>(), g.data<float>(), sq.data<float>(), buf.data<float>(),
-                         p.numel(), s, p.device().index);
-    return;
-  }
-  for_each_element("rmsprop", p, [&](auto tag, int64_t b, int64_t e) {
-    using T = decltype(tag);
-    T* pp = p.data<T>();
-    const T* pg = g.data<T>();
-    T* ps = sq.data<T>();
-    T* pb = buf.data<T>();
-    T scratch = 0;
-    const kernels::RmspropParams local = s;
-    for (int64_t k = b; k < e; ++k) {
-      kernels::rmsprop_update(pp[k], pg[k], ps[k], local.momentum > 0 ? pb[k] : scratch, local);
-    }
-  });
+  ops::rmsprop_update_(p, g, sq, buf, s);
 }
 
 }  // namespace dtrain::nn

@@ -1,5 +1,6 @@
 // Optimisers (SGD, Adam, AdamW, RMSprop) with PyTorch's update rules, and their state for exact
-// resume. The per-element update bodies are shared with the CUDA backend (tensor/kernels.h).
+// resume. The per-element updates are tensor ops (ops::sgd_update_, ...) that run on the
+// parameter's device.
 #pragma once
 
 #include <map>

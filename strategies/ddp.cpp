@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "autograd/hooks.h"
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 #include "tensor/check.h"
 #include "tensor/hash.h"
 #include "tensor/ops.h"
@@ -297,12 +297,12 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& model,
       options_.comm_hook == "none" || options_.comm_hook == "fp16" || options_.comm_hook == "bf16",
       "DistributedDataParallel: comm_hook must be none, fp16 or bf16; got '", options_.comm_hook,
       "'");
-  auto* observed = dynamic_cast<dist::AsyncCommunicator*>(comm_.get());
-  if (options_.collect_stats && observed == nullptr) {
+  if (options_.collect_stats && !comm_->observes_collectives()) {
     DTRAIN_THROW(UnsupportedError,
                  "DistributedDataParallel: collect_stats observes when each all-reduce finishes, "
-                 "which needs a communicator derived from AsyncCommunicator; the '",
-                 comm_->backend_name(), "' communicator is not one");
+                 "which the '",
+                 comm_->backend_name(),
+                 "' communicator does not report (its collectives run off the host)");
   }
   check_models_agree();
   broadcast_state(/*parameters=*/true, /*buffers=*/true);
@@ -326,7 +326,7 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& model,
   }
   if (options_.collect_stats) {
     s.finish_times = std::make_shared<FinishTimes>();
-    observed->add_observer(s.finish_times.get());
+    comm_->add_observer(s.finish_times.get());
   }
 }
 
@@ -341,7 +341,7 @@ DistributedDataParallel::~DistributedDataParallel() {
     }
   }
   if (state_->finish_times) {
-    static_cast<dist::AsyncCommunicator&>(*comm_).remove_observer(state_->finish_times.get());
+    comm_->remove_observer(state_->finish_times.get());
   }
 }
 

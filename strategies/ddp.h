@@ -23,8 +23,8 @@ struct DdpOptions {
   /// own; with one core per rank a polling communicator competes with backward for it.
   bool overlap = true;
   dist::Timeout timeout = dist::kDefaultTimeout;
-  /// Time the gradient all-reduces (stats()). Needs a communicator derived from AsyncCommunicator
-  /// (it observes when each all-reduce finishes, beside any watchdog).
+  /// Time the gradient all-reduces (stats()). Needs a communicator that observes its collectives
+  /// (Communicator::observes_collectives: host backends), beside any watchdog.
   bool collect_stats = false;
 };
 

@@ -152,7 +152,7 @@ DTRAIN_HD T apply_binary(Binary op, T a, T b) {
 /// Comparisons produce 0/1; the CPU and CUDA runners store them as bool.
 DTRAIN_HD bool is_comparison(Binary op) { return op >= Binary::kEq && op <= Binary::kGe; }
 
-// ---- optimiser update rules (one element; PyTorch's formulas) --------------------------------
+// ---- optimiser update rules (one element; PyTorch's formulas) and their *Step functors -------
 struct SgdParams {
   float lr, momentum, dampening, weight_decay;
   bool nesterov, first_step;
@@ -169,6 +169,18 @@ DTRAIN_HD void sgd_update(T* p, const T* g, T* buf, int64_t i, const SgdParams& 
   }
   p[i] -= T(s.lr) * d;
 }
+
+/// sgd_update over elements i, in the shape tensor/run.h runs (a variant per template flag set).
+template <class T, bool kMomentum, bool kNesterov, bool kFirstStep>
+struct SgdStep {
+  T* p;
+  const T* g;
+  T* buf;  // null without momentum
+  SgdParams s;
+  DTRAIN_HD void operator()(int64_t i) const {
+    sgd_update<kMomentum, kNesterov, kFirstStep>(p, g, buf, i, s);
+  }
+};
 
 /// Calls f with std::integral_constant flags matching the SGD variant.
 template <class F>
@@ -199,6 +211,17 @@ DTRAIN_HD void adam_update(T& p, T g, T& m, T& v, const AdamParams& s) {
   p = p - T(s.lr / s.bias_correction1) * m / denom;
 }
 
+/// adam_update over elements i, in the shape tensor/run.h runs.
+template <class T>
+struct AdamStep {
+  T* p;
+  const T* g;
+  T* m;
+  T* v;
+  AdamParams s;
+  DTRAIN_HD void operator()(int64_t i) const { adam_update(p[i], g[i], m[i], v[i], s); }
+};
+
 struct RmspropParams {
   float lr, alpha, eps, weight_decay, momentum;
 };
@@ -215,6 +238,20 @@ DTRAIN_HD void rmsprop_update(T& p, T g, T& sq, T& buf, const RmspropParams& s) 
     p = p - T(s.lr) * g / avg;
   }
 }
+
+/// rmsprop_update over elements i, in the shape tensor/run.h runs.
+template <class T>
+struct RmspropStep {
+  T* p;
+  const T* g;
+  T* sq;
+  T* buf;  // read only when s.momentum > 0 (may be null otherwise)
+  RmspropParams s;
+  DTRAIN_HD void operator()(int64_t i) const {
+    T scratch = 0;  // stands in for the momentum buffer, which rmsprop_update then leaves alone
+    rmsprop_update(p[i], g[i], sq[i], s.momentum > 0 ? buf[i] : scratch, s);
+  }
+};
 
 // ---- 16-bit floats (round to nearest even) ---------------------------------------------------
 DTRAIN_HD uint32_t float_bits(float f) {

@@ -27,6 +27,23 @@ void scale_(Tensor& t, double factor);
 /// True when every element is finite.
 bool all_finite(const Tensor& t);
 
+// ---- optimiser updates (in place, PyTorch's rules; bodies in tensor/kernels.h) ---------------
+// Every buffer matches the parameter in device, dtype and shape, or the op throws naming it.
+// Elementwise, so the result does not depend on the device's thread or block count.
+/// param -= lr * d, where d = grad + weight_decay * param, passed through momentum_buffer when
+/// s.momentum != 0 (momentum_buffer is ignored, and may be undefined, otherwise).
+/// s.first_step: the buffer is fresh and takes d as it is.
+void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer,
+                 const kernels::SgdParams& s);
+/// Adam (AdamW with s.decoupled): updates param, exp_avg and exp_avg_sq; s carries the bias
+/// corrections 1 - beta^t for this parameter's step t.
+void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                  const kernels::AdamParams& s);
+/// RMSprop: updates param and square_avg, and momentum_buffer when s.momentum > 0 (ignored, and
+/// may be undefined, otherwise).
+void rmsprop_update_(Tensor& param, const Tensor& grad, Tensor& square_avg, Tensor& momentum_buffer,
+                     const kernels::RmspropParams& s);
+
 // ---- reductions (fixed order: the same bits on every run and thread count) --------------------
 /// Sum over dims (empty = all); negative dims count from the end.
 Tensor sum(const Tensor& x, std::vector<int64_t> dims = {}, bool keepdim = false);

@@ -132,24 +132,6 @@ __global__ void sum_dim_kernel(const T* x, T* y, int64_t outer, int64_t r, int64
   }
 }
 
-template <bool kMomentum, bool kNesterov, bool kFirstStep>
-__global__ void sgd_kernel(float* p, const float* g, float* buf, int64_t n, kernels::SgdParams s) {
-  DTRAIN_GRID_STRIDE(i, n) kernels::sgd_update<kMomentum, kNesterov, kFirstStep>(p, g, buf, i, s);
-}
-
-__global__ void adam_kernel(float* p, const float* g, float* m, float* v, int64_t n,
-                            kernels::AdamParams s) {
-  DTRAIN_GRID_STRIDE(i, n) kernels::adam_update(p[i], g[i], m[i], v[i], s);
-}
-
-__global__ void rmsprop_kernel(float* p, const float* g, float* sq, float* buf, int64_t n,
-                               kernels::RmspropParams s) {
-  DTRAIN_GRID_STRIDE(i, n) {
-    float scratch = 0;
-    kernels::rmsprop_update(p[i], g[i], sq[i], s.momentum > 0 ? buf[i] : scratch, s);
-  }
-}
-
 cublasHandle_t cublas_handle(int device) {
   static std::mutex mu;
   static std::vector<cublasHandle_t> handles;
@@ -176,7 +158,8 @@ void launch(int64_t n, const Kernel& k, int device) {
   check_launch();
 }
 
-// One line per functor of tensor/kernels_nn.h (float and double where templated on T).
+// One line per functor of tensor/kernels_nn.h and optimiser step of tensor/kernels.h (float and
+// double where templated on T).
 #define DTRAIN_LAUNCH_FLOATING(K)                                                  \
   template void launch<kernels::K<float>>(int64_t, const kernels::K<float>&, int); \
   template void launch<kernels::K<double>>(int64_t, const kernels::K<double>&, int)
@@ -205,6 +188,20 @@ DTRAIN_LAUNCH_FLOATING(WhereElements);
 DTRAIN_LAUNCH_FLOATING(UniformFill);
 DTRAIN_LAUNCH_FLOATING(NormalFill);
 DTRAIN_LAUNCH_FLOATING(DropoutMaskFill);
+DTRAIN_LAUNCH_FLOATING(AdamStep);
+DTRAIN_LAUNCH_FLOATING(RmspropStep);
+// SgdStep: the five variants kernels::dispatch_sgd_variant selects.
+#define DTRAIN_LAUNCH_SGD(T, M, N, F)                                                              \
+  template void launch<kernels::SgdStep<T, M, N, F>>(int64_t, const kernels::SgdStep<T, M, N, F>&, \
+                                                     int)
+#define DTRAIN_LAUNCH_SGD_VARIANTS(T)        \
+  DTRAIN_LAUNCH_SGD(T, false, false, false); \
+  DTRAIN_LAUNCH_SGD(T, true, false, false);  \
+  DTRAIN_LAUNCH_SGD(T, true, false, true);   \
+  DTRAIN_LAUNCH_SGD(T, true, true, false);   \
+  DTRAIN_LAUNCH_SGD(T, true, true, true)
+DTRAIN_LAUNCH_SGD_VARIANTS(float);
+DTRAIN_LAUNCH_SGD_VARIANTS(double);
 template void launch<kernels::MaxLines<int64_t>>(int64_t, const kernels::MaxLines<int64_t>&, int);
 template void launch<kernels::MaxLines<int32_t>>(int64_t, const kernels::MaxLines<int32_t>&, int);
 template void launch<kernels::WhereElements<int64_t>>(int64_t,
@@ -336,30 +333,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
                                   static_cast<int>(m), static_cast<int>(k), &alpha, b,
                                   static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c,
                                   static_cast<int>(ldc)));
-}
-
-void sgd_update(float* p, const float* g, float* buf, int64_t n, const kernels::SgdParams& s,
-                int device) {
-  DeviceGuard guard(device);
-  kernels::dispatch_sgd_variant(s, [&](auto momentum, auto nesterov, auto first_step) {
-    sgd_kernel<momentum.value, nesterov.value, first_step.value>
-        <<<blocks_for(n), kThreads>>>(p, g, buf, n, s);
-  });
-  check_launch();
-}
-
-void adam_update(float* p, const float* g, float* m, float* v, int64_t n,
-                 const kernels::AdamParams& s, int device) {
-  DeviceGuard guard(device);
-  adam_kernel<<<blocks_for(n), kThreads>>>(p, g, m, v, n, s);
-  check_launch();
-}
-
-void rmsprop_update(float* p, const float* g, float* sq, float* buf, int64_t n,
-                    const kernels::RmspropParams& s, int device) {
-  DeviceGuard guard(device);
-  rmsprop_kernel<<<blocks_for(n), kThreads>>>(p, g, sq, buf, n, s);
-  check_launch();
 }
 
 }  // namespace dtrain::cuda

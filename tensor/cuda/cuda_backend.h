@@ -42,19 +42,12 @@ void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int6
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int device);
 
-void sgd_update(float* p, const float* g, float* buf, int64_t n, const kernels::SgdParams& s,
-                int device);
-void adam_update(float* p, const float* g, float* m, float* v, int64_t n,
-                 const kernels::AdamParams& s, int device);
-void rmsprop_update(float* p, const float* g, float* sq, float* buf, int64_t n,
-                    const kernels::RmspropParams& s, int device);
-
 }  // namespace dtrain::cuda
 
 namespace dtrain::cuda {
 #if defined(DTRAIN_HAS_CUDA)
 /// Runs k(i) for every i in [0, n) on the device in a grid-stride kernel. Explicitly instantiated
-/// in cuda_backend.cu for every functor of tensor/kernels_nn.h.
+/// in cuda_backend.cu for every functor of tensor/kernels_nn.h and optimiser step of kernels.h.
 template <class Kernel>
 void launch(int64_t n, const Kernel& k, int device);
 #else

@@ -29,16 +29,6 @@ void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, c
           int64_t, float, float*, int64_t, int) {
   refuse("gemm on CUDA");
 }
-void sgd_update(float*, const float*, float*, int64_t, const kernels::SgdParams&, int) {
-  refuse("SGD on CUDA");
-}
-void adam_update(float*, const float*, float*, float*, int64_t, const kernels::AdamParams&, int) {
-  refuse("Adam on CUDA");
-}
-void rmsprop_update(float*, const float*, float*, float*, int64_t, const kernels::RmspropParams&,
-                    int) {
-  refuse("RMSprop on CUDA");
-}
 
 void copy_2d(void*, size_t, const void*, size_t, size_t, size_t) { refuse("strided copy on CUDA"); }
 

@@ -1,6 +1,7 @@
-// Collective test bodies shared by every backend: the local suite runs them on threads, the MPI
-// suite in real ranks under mpirun. Inputs are small multiples of 1/4 (exact in every dtype), so
-// sums are exact whatever the order and results can be compared bit for bit.
+// Collective test bodies shared by every backend: the parity suite (parity_test.cpp) runs them on
+// thread-ranks of every backend, the MPI suite in real ranks under mpirun. Inputs are small
+// multiples of 1/4 (exact in every dtype), so sums are exact whatever the order and results can be
+// compared bit for bit.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -173,7 +174,6 @@ inline const std::vector<DType>& collective_dtypes() {
   return all;
 }
 
-/// Every collective, dtype and op on counts 0, 1 and one not divisible by the world size.
 /// all_reduce on tensors from allocate_symmetric (shared memory where the backend has it): every
 /// dtype and op, counts that split unevenly into the ranks' chunks and span several blocks, and a
 /// view in the middle of a buffer, which must leave the elements around it alone.
@@ -205,6 +205,22 @@ inline void check_symmetric_all_reduce(Communicator& c) {
   }
 }
 
+/// Large buffers through every collective: 1.6 MB of float32, so with up to 4 ranks every chunk a
+/// rank sends a peer is at least 400 KB, above the size from which tcp copies same-host data by
+/// address instead of sending it over the socket.
+inline void check_large_messages(Communicator& c) {
+  constexpr int64_t kCount = 400'000;
+  check_all_reduce(c, DType::kFloat32, kCount, ReduceOp::kSum);
+  check_all_reduce(c, DType::kFloat64, kCount, ReduceOp::kMax);
+  check_broadcast(c, DType::kFloat32, kCount, c.size() - 1);
+  check_reduce(c, DType::kFloat32, kCount, 0);
+  check_all_gather(c, DType::kFloat32, kCount / 4);
+  check_reduce_scatter(c, DType::kFloat32, kCount / 4);
+  check_send_recv_ring(c, DType::kFloat32, kCount);
+}
+
+/// Every collective, dtype and op on counts 0, 1 and one not divisible by the world size, then the
+/// symmetric all_reduce cases and a barrier.
 inline void check_everything(Communicator& c) {
   const std::vector<int64_t> counts = {0, 1, 4 * c.size() + 3};
   for (DType dtype : collective_dtypes()) {

@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 #include "distributed/registry.h"
 #include "distributed/store.h"
 #include "tensor/check.h"
@@ -160,9 +160,9 @@ TEST(JobRunReplicas, AFailingReplicaAbortsTheOthersAndItsOwnErrorIsRethrown) {
   dist::Job job{dist::JobSpec{}};
   std::vector<dist::CommunicatorPtr> comms = job.replica_communicators(3, false);
   ASSERT_EQ(comms.size(), 3u);
-  std::vector<std::shared_ptr<dist::AsyncCommunicator>> observed;
+  std::vector<std::shared_ptr<dist::HostCommunicator>> observed;
   for (int r : {0, 2}) {
-    auto async = std::dynamic_pointer_cast<dist::AsyncCommunicator>(comms[r]);
+    auto async = std::dynamic_pointer_cast<dist::HostCommunicator>(comms[r]);
     ASSERT_NE(async, nullptr) << "replica " << r;
     async->add_observer(&started);
     observed.push_back(async);

@@ -19,7 +19,7 @@
 namespace dtrain {
 namespace {
 
-using dist::AsyncCommunicator;
+using dist::HostCommunicator;
 using dist::ReduceOp;
 using ::testing::HasSubstr;
 
@@ -35,7 +35,7 @@ TEST(SharedMemory, RanksOnOneHostReduceInPlaceBitIdenticalToTheLocalBackend) {
   const int64_t count = 70001;
   for (int world : {2, 3, 4}) {
     std::vector<Tensor> shared(world), local(world);
-    for_each_tcp_rank(world, [&](AsyncCommunicator& c) {
+    for_each_tcp_rank(world, [&](HostCommunicator& c) {
       Tensor t = c.allocate_symmetric(count, DType::kFloat32);
       EXPECT_TRUE(c.uses_shared_memory()) << "rank " << c.rank() << " of " << world;
       EXPECT_TRUE(c.in_shared_memory(t));
@@ -64,7 +64,7 @@ TEST(SharedMemory, RanksOnOneHostReduceInPlaceBitIdenticalToTheLocalBackend) {
 
 TEST(SharedMemory, DtrainSharedMemory0GivesOrdinaryBuffersThatStillReduce) {
   setenv("DTRAIN_SHARED_MEMORY", "0", 1);
-  for_each_tcp_rank(2, [](AsyncCommunicator& c) {
+  for_each_tcp_rank(2, [](HostCommunicator& c) {
     Tensor t = c.allocate_symmetric(1000, DType::kFloat32);
     EXPECT_FALSE(c.uses_shared_memory());
     EXPECT_FALSE(c.in_shared_memory(t));
@@ -77,7 +77,7 @@ TEST(SharedMemory, DtrainSharedMemory0GivesOrdinaryBuffersThatStillReduce) {
 
 TEST(SharedMemory, BuffersAboveTheSizeLimitAreOrdinaryMemory) {
   setenv("DTRAIN_SHARED_MEMORY_MAX_MB", "0.5", 1);
-  for_each_tcp_rank(2, [](AsyncCommunicator& c) {
+  for_each_tcp_rank(2, [](HostCommunicator& c) {
     Tensor small = c.allocate_symmetric(1000, DType::kFloat32);
     Tensor large = c.allocate_symmetric(200000, DType::kFloat32);  // 800 KB > 0.5 MiB
     EXPECT_TRUE(c.in_shared_memory(small));
@@ -92,7 +92,7 @@ TEST(SharedMemory, BuffersAboveTheSizeLimitAreOrdinaryMemory) {
 TEST(SharedMemory, ARankThatDoesNotArriveIsNamedAfterTheTimeout) {
   std::promise<void> reported;
   std::shared_future<void> done = reported.get_future().share();
-  for_each_tcp_rank(2, [&](AsyncCommunicator& c) {
+  for_each_tcp_rank(2, [&](HostCommunicator& c) {
     Tensor t = c.allocate_symmetric(64, DType::kFloat32);
     if (c.rank() == 1) {
       done.wait();  // stays alive, but never joins the all-reduce
@@ -145,11 +145,11 @@ TEST(SharedMemory, APeerProcessThatDiesIsNamedWithItsPid) {
 
 /// Runs body on tcp ranks as threads, rank r claiming to be on host hosts[r].
 void for_each_rank_on_hosts(const std::string& hosts,
-                            const std::function<void(AsyncCommunicator&)>& body) {
+                            const std::function<void(HostCommunicator&)>& body) {
   std::vector<std::string> errors;
   for_each_tcp_rank(
       static_cast<int>(hosts.size()),
-      [&](AsyncCommunicator& c) {
+      [&](HostCommunicator& c) {
         c.set_shared_memory_host_key(std::string("host-") + hosts[c.rank()]);
         body(c);
       },
@@ -172,7 +172,7 @@ TEST(SharedMemoryAcrossHosts, EachHostsRanksShareMemoryAndEveryCollectiveCaseHol
   // collective cases give exact results whatever the order of the additions.
   for (const std::string hosts : {"aabb", "aab", "abab", "aabbcc", "abbba"}) {
     SCOPED_TRACE("hosts " + hosts);
-    for_each_rank_on_hosts(hosts, [&](AsyncCommunicator& c) {
+    for_each_rank_on_hosts(hosts, [&](HostCommunicator& c) {
       Tensor t = c.allocate_symmetric(1000, DType::kFloat32);
       EXPECT_TRUE(c.uses_shared_memory()) << "rank " << c.rank();
       EXPECT_TRUE(c.in_shared_memory(t)) << "rank " << c.rank();
@@ -187,7 +187,7 @@ TEST(SharedMemoryAcrossHosts, RoundedSumsAreBitIdenticalOnEveryRankAndCloseToThe
   const std::string hosts = "aabbb";
   const int world = static_cast<int>(hosts.size());
   std::vector<Tensor> shared(world);
-  for_each_rank_on_hosts(hosts, [&](AsyncCommunicator& c) {
+  for_each_rank_on_hosts(hosts, [&](HostCommunicator& c) {
     Tensor t = c.allocate_symmetric(count, DType::kFloat32);
     t.copy_(random_input(c.rank(), count));
     c.all_reduce(t, {ReduceOp::kAvg})->wait();
@@ -208,7 +208,7 @@ TEST(SharedMemoryAcrossHosts, RoundedSumsAreBitIdenticalOnEveryRankAndCloseToThe
 }
 
 TEST(SharedMemoryAcrossHosts, RanksAllOnDifferentHostsShareNothing) {
-  for_each_rank_on_hosts("abc", [](AsyncCommunicator& c) {
+  for_each_rank_on_hosts("abc", [](HostCommunicator& c) {
     Tensor t = c.allocate_symmetric(100, DType::kFloat32);
     EXPECT_FALSE(c.uses_shared_memory());
     EXPECT_FALSE(c.in_shared_memory(t));
@@ -222,7 +222,7 @@ TEST(SharedMemoryAcrossHosts, ALateRankIsNamedByItsRankInTheGroup) {
   // Ranks 1 and 2 share host b; rank 2 never joins, so rank 1 names it (not as slot 1).
   std::promise<void> reported;
   std::shared_future<void> done = reported.get_future().share();
-  for_each_rank_on_hosts("abb", [&](AsyncCommunicator& c) {
+  for_each_rank_on_hosts("abb", [&](HostCommunicator& c) {
     Tensor t = c.allocate_symmetric(64, DType::kFloat32);
     if (c.rank() == 2) {
       done.wait();

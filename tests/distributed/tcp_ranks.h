@@ -31,7 +31,7 @@ struct TestStore {
 
 /// Runs body(comm) on every rank of a new tcp group of `world` ranks, one thread each. A rank
 /// whose constructor throws stores the message in errors[rank].
-inline void for_each_tcp_rank(int world, const std::function<void(dist::AsyncCommunicator&)>& body,
+inline void for_each_tcp_rank(int world, const std::function<void(dist::HostCommunicator&)>& body,
                               dist::TcpOptions options = {},
                               std::vector<std::string>* errors = nullptr, int absent_rank = -1) {
   TestStore store;

@@ -126,7 +126,7 @@ TEST(Ddp, BucketsInSharedMemoryTrainBitIdenticallyToTheLocalBackend) {
   Data data(world * batch * steps, 12);
   const auto local = train_ddp(world, batch, steps, data);
   std::vector<nn::NamedTensors> shared(world);
-  for_each_tcp_rank(world, [&](dist::AsyncCommunicator& comm) {
+  for_each_tcp_rank(world, [&](dist::HostCommunicator& comm) {
     const std::shared_ptr<dist::Communicator> borrowed(&comm, [](dist::Communicator*) {});
     auto model = make_model(comm.rank());
     DistributedDataParallel ddp(*model, borrowed);

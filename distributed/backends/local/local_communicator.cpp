@@ -114,7 +114,7 @@ void LocalGroup::recv(int from, int to, int tag, void* data, size_t nbytes,
 }
 
 LocalCommunicator::LocalCommunicator(std::shared_ptr<LocalGroup> group, int rank)
-    : AsyncCommunicator(rank, group->size()), group_(std::move(group)) {
+    : HostCommunicator(rank, group->size()), group_(std::move(group)) {
   start_worker();
 }
 
@@ -211,9 +211,9 @@ void LocalCommunicator::run_recv(Tensor& t, int peer, int tag, const CollectiveI
   group_->recv(peer, rank(), tag, t.data_ptr(), t.nbytes(), info, timeout);
 }
 
-std::vector<std::shared_ptr<AsyncCommunicator>> make_local_group(int size) {
+std::vector<std::shared_ptr<HostCommunicator>> make_local_group(int size) {
   auto group = std::make_shared<LocalGroup>(size);
-  std::vector<std::shared_ptr<AsyncCommunicator>> comms;
+  std::vector<std::shared_ptr<HostCommunicator>> comms;
   for (int r = 0; r < size; ++r) comms.push_back(std::make_shared<LocalCommunicator>(group, r));
   return comms;
 }

@@ -11,7 +11,7 @@
 #include <tuple>
 #include <vector>
 
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 
 namespace dtrain::dist {
 
@@ -59,7 +59,7 @@ class LocalGroup {
   std::map<std::tuple<int, int, int>, Mail> mail_;
 };
 
-class LocalCommunicator final : public AsyncCommunicator {
+class LocalCommunicator final : public HostCommunicator {
  public:
   LocalCommunicator(std::shared_ptr<LocalGroup> group, int rank);
   ~LocalCommunicator() override;
@@ -90,6 +90,6 @@ class LocalCommunicator final : public AsyncCommunicator {
 };
 
 /// One communicator per rank of a new local group of `size` ranks.
-std::vector<std::shared_ptr<AsyncCommunicator>> make_local_group(int size);
+std::vector<std::shared_ptr<HostCommunicator>> make_local_group(int size);
 
 }  // namespace dtrain::dist

@@ -275,7 +275,7 @@ struct MpiCommunicator::Impl {
 };
 
 MpiCommunicator::MpiCommunicator(std::unique_ptr<Impl> impl, int rank, int size)
-    : AsyncCommunicator(rank, size), impl_(std::move(impl)) {
+    : HostCommunicator(rank, size), impl_(std::move(impl)) {
   start_worker();
 }
 

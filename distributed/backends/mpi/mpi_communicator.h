@@ -6,7 +6,7 @@
 #include <memory>
 #include <string_view>
 
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 
 namespace dtrain::dist {
 
@@ -21,7 +21,7 @@ namespace dtrain::dist {
 /// afterwards (every later call fails at once) and the job should be stopped (abort()). MPI is
 /// then finalised at exit only if the collective has completed since (its peers came late);
 /// otherwise the process exits without MPI_Finalize, which makes mpirun stop the whole job.
-class MpiCommunicator final : public AsyncCommunicator {
+class MpiCommunicator final : public HostCommunicator {
  public:
   /// A new communicator over all the processes of the job. Initialises MPI on the first call with
   /// MPI_THREAD_MULTIPLE (throws if the library grants less) and finalises it at exit, after the

@@ -11,13 +11,15 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <filesystem>
-#include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "distributed/reduce.h"
+#include "distributed/shared_memory.h"
 #include "tensor/check.h"
 
 namespace dtrain::dist {
@@ -66,26 +68,16 @@ struct Hello {
   char secret[kSecretBytes];
 };
 
-/// Sends or receives exactly n bytes on a non-blocking socket before the deadline (set-up only).
-void blocking_io(int fd, char* p, size_t n, bool out, Clock::time_point deadline,
-                 const std::string& what) {
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t r =
-        out ? ::send(fd, p + done, n - done, MSG_NOSIGNAL) : ::recv(fd, p + done, n - done, 0);
-    if (r > 0) {
-      done += size_t(r);
-      continue;
-    }
-    if (r == 0) DTRAIN_THROW(DistError, "tcp: ", what, ": connection closed by the other side");
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      DTRAIN_THROW(DistError, "tcp: ", what, ": ", net::errno_text(errno));
-    }
-    pollfd pfd{fd, short(out ? POLLOUT : POLLIN), 0};
-    if (::poll(&pfd, 1, net::ms_until(deadline)) == 0) {
+/// Throws for a failed set-up transfer (net::send_all / recv_all), naming what it carried.
+void check_setup_io(const std::optional<net::IoFailure>& failure, const std::string& what) {
+  if (!failure) return;
+  switch (failure->kind) {
+    case net::IoFailure::kClosed:
+      DTRAIN_THROW(DistError, "tcp: ", what, ": connection closed by the other side");
+    case net::IoFailure::kError:
+      DTRAIN_THROW(DistError, "tcp: ", what, ": ", net::errno_text(failure->err));
+    case net::IoFailure::kTimeout:
       DTRAIN_THROW(TimeoutError, "tcp: ", what, ": timed out");
-    }
   }
 }
 
@@ -119,22 +111,6 @@ Frame make_frame(uint32_t kind, uint64_t bytes, uint64_t sequence, int32_t tag, 
   return f;
 }
 
-/// The host this process shares memory and process ids with: ranks with the same key may read
-/// each other's buffers (process_vm_readv).
-std::string host_key() {
-  const auto read_link = [](const char* path) {
-    std::error_code ec;
-    return std::filesystem::read_symlink(path, ec).string();
-  };
-  std::ifstream boot("/proc/sys/kernel/random/boot_id");
-  std::string boot_id;
-  std::getline(boot, boot_id);
-  char name[256] = {};
-  ::gethostname(name, sizeof name - 1);
-  return std::string(name) + "/" + boot_id + "/" + read_link("/proc/self/ns/pid") + "/" +
-         read_link("/proc/self/ns/mnt");
-}
-
 bool cross_memory_from_env() {
   const char* v = std::getenv("DTRAIN_TCP_CROSS_MEMORY");
   return v == nullptr || std::string(v) != "0";
@@ -151,7 +127,7 @@ std::vector<int64_t> even_chunks(int64_t n, int parts) {
 
 TcpCommunicator::TcpCommunicator(std::shared_ptr<StoreClient> store, int rank, int size,
                                  TcpOptions options)
-    : AsyncCommunicator(rank, size), peers_(size) {
+    : HostCommunicator(rank, size), peers_(size) {
   DTRAIN_CHECK(store != nullptr, "tcp: needs a Store to find its peers");
   connect_mesh(*store, options);
   agree_on_cross_memory(*store, options);
@@ -171,7 +147,7 @@ void TcpCommunicator::agree_on_cross_memory(StoreClient& store, const TcpOptions
   //    both can read each other, so both sides frame their messages the same way.
   const bool allowed = options.cross_memory && cross_memory_from_env();
   const auto deadline = Clock::now() + options.connect_timeout;
-  const std::string mine = host_key();
+  const std::string mine = host_identity();
   std::vector<char> verdict(size(), 0);
   for (int p = 0; p < size(); ++p) {
     if (p == rank()) continue;
@@ -194,14 +170,14 @@ void TcpCommunicator::agree_on_cross_memory(StoreClient& store, const TcpOptions
   }
   for (int p = 0; p < size(); ++p) {
     if (p == rank()) continue;
-    blocking_io(peers_[p].fd.get(), &verdict[p], 1, true, deadline,
-                "cross-memory verdict to rank " + std::to_string(p));
+    check_setup_io(net::send_all(peers_[p].fd.get(), &verdict[p], 1, deadline),
+                   "cross-memory verdict to rank " + std::to_string(p));
   }
   for (int p = 0; p < size(); ++p) {
     if (p == rank()) continue;
     char theirs = 0;
-    blocking_io(peers_[p].fd.get(), &theirs, 1, false, deadline,
-                "cross-memory verdict from rank " + std::to_string(p));
+    check_setup_io(net::recv_all(peers_[p].fd.get(), &theirs, 1, deadline),
+                   "cross-memory verdict from rank " + std::to_string(p));
     peers_[p].cross_memory = verdict[p] && theirs;
   }
 }
@@ -224,7 +200,7 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
   DTRAIN_CHECK(secret.size() == kSecretBytes, "tcp: malformed connection secret in the store");
   probe_ = secret;
   std::ostringstream node;
-  node << host_key() << '|' << ::getpid() << '|' << std::hex
+  node << host_identity() << '|' << ::getpid() << '|' << std::hex
        << reinterpret_cast<uintptr_t>(probe_.data());
   store.set(prefix + "node/" + std::to_string(rank()), node.str());
   store.set(prefix + "addr/" + std::to_string(rank()), net::host_port(host, port));
@@ -258,8 +234,8 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
       }
       ::usleep(20'000);
     }
-    blocking_io(fd.get(), reinterpret_cast<char*>(&mine), sizeof mine, true, deadline,
-                "hello to rank " + std::to_string(peer) + " at " + address);
+    check_setup_io(net::send_all(fd.get(), &mine, sizeof mine, deadline),
+                   "hello to rank " + std::to_string(peer) + " at " + address);
     set_buffers(fd.get());
     peers_[peer] = {std::move(fd), address};
   }
@@ -283,9 +259,9 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
     const std::string from = net::sockaddr_text(reinterpret_cast<sockaddr*>(&addr), len);
     Hello hello{};
     try {
-      blocking_io(fd.get(), reinterpret_cast<char*>(&hello), sizeof hello, false,
-                  std::min(deadline, Clock::now() + std::chrono::seconds(10)),
-                  "hello from " + from);
+      check_setup_io(net::recv_all(fd.get(), &hello, sizeof hello,
+                                   std::min(deadline, Clock::now() + std::chrono::seconds(10))),
+                     "hello from " + from);
     } catch (const Error&) {
       continue;
     }

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 #include "distributed/socket.h"
 #include "distributed/store.h"
 
@@ -27,7 +27,7 @@ struct TcpOptions {
   bool cross_memory = true;
 };
 
-class TcpCommunicator final : public AsyncCommunicator {
+class TcpCommunicator final : public HostCommunicator {
  public:
   /// Collective: every rank of the group calls it with the same store and prefix.
   /// 1. each rank listens on a free port of its advertised address and publishes it with a

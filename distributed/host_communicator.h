@@ -1,4 +1,4 @@
-// AsyncCommunicator: the shared part of every host-memory backend. It validates each call,
+// HostCommunicator: the shared part of every host-memory backend. It validates each call,
 // numbers it, and runs it on one background thread in issue order, so compute continues while
 // communication runs; backends implement the blocking run_* primitives.
 #pragma once
@@ -31,24 +31,14 @@ bool spin_until(Pred&& pred, std::chrono::microseconds limit = std::chrono::micr
   return true;
 }
 
-/// Notified when a collective starts and finishes (the watchdog and the trace listen here).
-/// Called on the thread that runs the collective (the worker, or a thread waiting for its Work);
-/// must be quick and not throw.
-class CollectiveObserver {
- public:
-  virtual ~CollectiveObserver() = default;
-  virtual void on_start(int rank, const CollectiveInfo& info) = 0;
-  virtual void on_finish(int rank, const CollectiveInfo& info) = 0;
-};
-
-/// This process's latest collective over every AsyncCommunicator, for heartbeats and failure
+/// This process's latest collective over every HostCommunicator, for heartbeats and failure
 /// reports: "in collective #57 all_reduce(sum) float32 x 101770 (tcp rank 1)", or
 /// "last finished collective #57 ..." between collectives. Thread-safe.
 std::string collective_progress();
 
-class AsyncCommunicator : public Communicator {
+class HostCommunicator : public Communicator {
  public:
-  ~AsyncCommunicator() override;
+  ~HostCommunicator() override;
 
   WorkPtr all_reduce(Tensor& t, const AllReduceOptions& opts = {}) override;
   WorkPtr all_reduce_coalesced(std::vector<Tensor>& ts, const AllReduceOptions& opts = {}) override;
@@ -60,12 +50,13 @@ class AsyncCommunicator : public Communicator {
   WorkPtr barrier(const BarrierOptions& opts = {}) override;
   WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
   WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
-  /// Shared memory between the ranks of each host (same host name and IPC, mount and PID
-  /// namespaces), unless DTRAIN_SHARED_MEMORY is 0 or the size limits differ on some rank;
-  /// decided at the first call. all_reduce on these tensors then runs SharedSegment::all_reduce
-  /// when every rank is on one host; when the group spans hosts (and some host has two ranks or
-  /// more), each host reduces in its segment and only the host's first rank exchanges with the
-  /// other hosts (a ring over the backend's send and recv), then shares the result.
+  /// Shared memory between the ranks of each host (same host_identity(): host name, kernel boot,
+  /// IPC, mount and PID namespaces), unless DTRAIN_SHARED_MEMORY is 0 or the size limits differ on
+  /// some rank; decided at the first call. all_reduce on these tensors then runs
+  /// SharedSegment::all_reduce when every rank is on one host; when the group spans hosts (and some
+  /// host has two ranks or more), each host reduces in its segment and only the host's first rank
+  /// exchanges with the other hosts (a ring over the backend's send and recv), then shares the
+  /// result.
   Tensor allocate_symmetric(int64_t numel, DType dtype) override;
   /// Whether ranks share memory with the others of their host (decided at allocate_symmetric's
   /// first call; false before). Buffers above the size limit are ordinary memory even then.
@@ -83,11 +74,7 @@ class AsyncCommunicator : public Communicator {
 
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }
-  /// Observers are told when each collective starts and finishes, on the thread that runs it
-  /// (the watchdog, DDP's timing). Thread-safe; once remove_observer returns, `observer` is not
-  /// being called and will not be again.
-  void add_observer(CollectiveObserver* observer);
-  void remove_observer(CollectiveObserver* observer);
+  bool observes_collectives() const override { return true; }
   /// Before each collective, ranks exchange what they are about to call (sequence, kind, dtype,
   /// count) and a difference raises an error listing every rank's call, instead of a hang or
   /// garbage. One small all_gather per collective; on by default when DTRAIN_DISTRIBUTED_DEBUG=1.
@@ -95,7 +82,7 @@ class AsyncCommunicator : public Communicator {
   bool debug_checks() const { return debug_checks_; }
 
  protected:
-  AsyncCommunicator(int rank, int size);
+  HostCommunicator(int rank, int size);
   /// Backends call this last in their constructor (the worker calls their virtual functions).
   void start_worker();
   /// Backends call this first in their destructor: drains the queue and joins the worker.
@@ -126,7 +113,6 @@ class AsyncCommunicator : public Communicator {
 
  private:
   WorkPtr enqueue(CollectiveInfo info, Timeout timeout, std::function<void()> body);
-  void notify_observers(const CollectiveInfo& info, bool started);
   /// The debug check: every rank's call, compared; throws listing them when they differ.
   void verify_same_call(const CollectiveInfo& info, Timeout timeout);
   CollectiveInfo make_info(std::string kind, const Tensor& t);
@@ -155,8 +141,6 @@ class AsyncCommunicator : public Communicator {
   std::vector<int> host_leaders_;  // each host's first rank, ascending
   Tensor ring_scratch_;            // all_reduce_among_hosts' receive buffer
   std::vector<std::weak_ptr<SharedSegment>> segments_;  // issuing thread only
-  std::mutex observers_mu_;
-  std::vector<CollectiveObserver*> observers_;
   std::mutex mu_;
   std::mutex run_mu_;  // held while a collective runs: one at a time, in issue order
   std::condition_variable cv_;

@@ -1,5 +1,5 @@
 // The queue, the Work objects and the argument checks shared by host-memory backends.
-#include "distributed/async_communicator.h"
+#include "distributed/host_communicator.h"
 
 #include <unistd.h>
 
@@ -110,7 +110,7 @@ std::string CollectiveInfo::describe() const {
   return os.str();
 }
 
-AsyncCommunicator::AsyncCommunicator(int rank, int size) : Communicator(rank, size) {
+HostCommunicator::HostCommunicator(int rank, int size) : Communicator(rank, size) {
   DTRAIN_CHECK(size >= 1 && rank >= 0 && rank < size, "communicator: rank ", rank,
                " is outside a group of size ", size);
   const char* debug = std::getenv("DTRAIN_DISTRIBUTED_DEBUG");
@@ -143,7 +143,7 @@ CollectiveInfo from_fingerprint(const int64_t* p) {
 }
 }  // namespace
 
-void AsyncCommunicator::verify_same_call(const CollectiveInfo& info, Timeout timeout) {
+void HostCommunicator::verify_same_call(const CollectiveInfo& info, Timeout timeout) {
   Tensor mine = fingerprint(info);
   Tensor all = zeros({kFingerprintWords * size()}, DType::kInt64);
   CollectiveInfo check;
@@ -166,13 +166,13 @@ void AsyncCommunicator::verify_same_call(const CollectiveInfo& info, Timeout tim
   DTRAIN_THROW(ValueError, os.str());
 }
 
-AsyncCommunicator::~AsyncCommunicator() { stop_worker(); }
+HostCommunicator::~HostCommunicator() { stop_worker(); }
 
-void AsyncCommunicator::start_worker() {
+void HostCommunicator::start_worker() {
   worker_ = std::thread([this] { worker_loop(); });
 }
 
-void AsyncCommunicator::stop_worker() {
+void HostCommunicator::stop_worker() {
   {
     std::lock_guard lock(mu_);
     if (stopping_) return;
@@ -182,7 +182,7 @@ void AsyncCommunicator::stop_worker() {
   if (worker_.joinable()) worker_.join();
 }
 
-void AsyncCommunicator::worker_loop() {
+void HostCommunicator::worker_loop() {
   // No spinning here: a thread waiting for its Work runs what is queued itself, so the worker
   // only needs to start collectives nobody waits for yet (overlap), and a spinning worker would
   // take a core from training threads.
@@ -198,7 +198,7 @@ void AsyncCommunicator::worker_loop() {
   }
 }
 
-bool AsyncCommunicator::run_front() {
+bool HostCommunicator::run_front() {
   std::function<void()> task;
   {
     std::lock_guard lock(mu_);
@@ -212,7 +212,7 @@ bool AsyncCommunicator::run_front() {
   return true;
 }
 
-bool AsyncCommunicator::try_run_queued() {
+bool HostCommunicator::try_run_queued() {
   if (running_on_this_thread == this) return false;
   std::unique_lock running(run_mu_, std::try_to_lock);
   if (!running.owns_lock()) return false;
@@ -239,7 +239,7 @@ std::string collective_progress() {
   return (r.running ? "in " : "last finished ") + r.text;
 }
 
-CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {
+CollectiveInfo HostCommunicator::make_info(std::string kind, const Tensor& t) {
   CollectiveInfo info;
   info.sequence = ++sequence_;
   info.kind = std::move(kind);
@@ -248,29 +248,8 @@ CollectiveInfo AsyncCommunicator::make_info(std::string kind, const Tensor& t) {
   return info;
 }
 
-void AsyncCommunicator::add_observer(CollectiveObserver* observer) {
-  std::lock_guard lock(observers_mu_);
-  observers_.push_back(observer);
-}
-
-void AsyncCommunicator::remove_observer(CollectiveObserver* observer) {
-  std::lock_guard lock(observers_mu_);  // waits for a notification in progress
-  std::erase(observers_, observer);
-}
-
-void AsyncCommunicator::notify_observers(const CollectiveInfo& info, bool started) {
-  std::lock_guard lock(observers_mu_);
-  for (CollectiveObserver* o : observers_) {
-    if (started) {
-      o->on_start(rank(), info);
-    } else {
-      o->on_finish(rank(), info);
-    }
-  }
-}
-
-WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
-                                   std::function<void()> body) {
+WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
+                                  std::function<void()> body) {
   auto work = std::make_shared<QueuedWork>(info, [this] { return try_run_queued(); });
   auto task = [this, work, info, timeout, body = std::move(body)] {
     note_progress(backend_name(), rank(), info, true);
@@ -296,7 +275,7 @@ WorkPtr AsyncCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
   return work;
 }
 
-std::shared_ptr<SharedSegment> AsyncCommunicator::segment_holding(const Tensor& t) {
+std::shared_ptr<SharedSegment> HostCommunicator::segment_holding(const Tensor& t) {
   for (const auto& weak : segments_) {
     auto segment = weak.lock();
     if (segment && segment->holds(host_rank_, t.data_ptr(), t.nbytes())) return segment;
@@ -304,7 +283,7 @@ std::shared_ptr<SharedSegment> AsyncCommunicator::segment_holding(const Tensor& 
   return nullptr;
 }
 
-void AsyncCommunicator::decide_shared_memory() {
+void HostCommunicator::decide_shared_memory() {
   // Every rank's host key and settings (DTRAIN_SHARED_MEMORY, the size limit), gathered.
   const std::string settings =
       (shared_memory_enabled_by_env() ? "on|" : "off|") +
@@ -343,7 +322,7 @@ void AsyncCommunicator::decide_shared_memory() {
   }
 }
 
-Tensor AsyncCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
+Tensor HostCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
   DTRAIN_CHECK(numel >= 0, "allocate_symmetric: numel must be >= 0, got ", numel);
   DTRAIN_CHECK(is_collective_dtype(dtype), "allocate_symmetric: dtype ", dtype_name(dtype),
                " is not one collectives support");
@@ -410,8 +389,8 @@ Tensor AsyncCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
                 dtype);
 }
 
-void AsyncCommunicator::all_reduce_among_hosts(Tensor& t, ReduceOp op, const CollectiveInfo& info,
-                                               Timeout timeout) {
+void HostCommunicator::all_reduce_among_hosts(Tensor& t, ReduceOp op, const CollectiveInfo& info,
+                                              Timeout timeout) {
   // A reserved tag, so the ring's messages never match a user's send or recv.
   constexpr int kRingTag = kReservedTags;
   const int hosts = static_cast<int>(host_leaders_.size());
@@ -456,7 +435,7 @@ void AsyncCommunicator::all_reduce_among_hosts(Tensor& t, ReduceOp op, const Col
   }
 }
 
-WorkPtr AsyncCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
+WorkPtr HostCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
   check_host_tensor("all_reduce", t, "tensor");
   CollectiveInfo info = make_info("all_reduce(" + std::string(reduce_op_name(opts.op)) + ")", t);
   if (auto segment = segment_holding(t)) {
@@ -484,8 +463,8 @@ WorkPtr AsyncCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
   });
 }
 
-WorkPtr AsyncCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
-                                                const AllReduceOptions& opts) {
+WorkPtr HostCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
+                                               const AllReduceOptions& opts) {
   DTRAIN_CHECK(!ts.empty(), "all_reduce_coalesced: no tensors");
   int64_t total = 0;
   for (size_t i = 0; i < ts.size(); ++i) {
@@ -517,7 +496,7 @@ WorkPtr AsyncCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
   });
 }
 
-WorkPtr AsyncCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
+WorkPtr HostCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
   check_host_tensor("broadcast", t, "tensor");
   DTRAIN_CHECK(opts.root >= 0 && opts.root < size(), "broadcast: root ", opts.root,
                " is outside the group of ", size(), " ranks");
@@ -527,7 +506,7 @@ WorkPtr AsyncCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
   });
 }
 
-WorkPtr AsyncCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
+WorkPtr HostCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
   check_host_tensor("reduce", t, "tensor");
   DTRAIN_CHECK(opts.root >= 0 && opts.root < size(), "reduce: root ", opts.root,
                " is outside the group of ", size(), " ranks");
@@ -543,7 +522,7 @@ WorkPtr AsyncCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
   });
 }
 
-WorkPtr AsyncCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGatherOptions& opts) {
+WorkPtr HostCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGatherOptions& opts) {
   check_host_tensor("all_gather", in, "input");
   check_host_tensor("all_gather", out, "output");
   DTRAIN_CHECK(in.dtype() == out.dtype() && out.numel() == in.numel() * size(),
@@ -555,8 +534,8 @@ WorkPtr AsyncCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGa
   });
 }
 
-WorkPtr AsyncCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
-                                          const ReduceScatterOptions& opts) {
+WorkPtr HostCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
+                                         const ReduceScatterOptions& opts) {
   check_host_tensor("reduce_scatter", in, "input");
   check_host_tensor("reduce_scatter", out, "output");
   DTRAIN_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * size(),
@@ -573,12 +552,12 @@ WorkPtr AsyncCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
   });
 }
 
-WorkPtr AsyncCommunicator::barrier(const BarrierOptions& opts) {
+WorkPtr HostCommunicator::barrier(const BarrierOptions& opts) {
   CollectiveInfo info = make_info("barrier", Tensor());
   return enqueue(info, opts.timeout, [this, opts, info] { run_barrier(info, opts.timeout); });
 }
 
-WorkPtr AsyncCommunicator::send(const Tensor& t, int peer, const SendRecvOptions& opts) {
+WorkPtr HostCommunicator::send(const Tensor& t, int peer, const SendRecvOptions& opts) {
   check_host_tensor("send", t, "tensor");
   DTRAIN_CHECK(peer >= 0 && peer < size() && peer != rank(), "send: peer ", peer,
                " must be another rank of the group of ", size());
@@ -593,7 +572,7 @@ WorkPtr AsyncCommunicator::send(const Tensor& t, int peer, const SendRecvOptions
                  [this, t, peer, opts, info] { run_send(t, peer, opts.tag, info, opts.timeout); });
 }
 
-WorkPtr AsyncCommunicator::recv(Tensor& t, int peer, const SendRecvOptions& opts) {
+WorkPtr HostCommunicator::recv(Tensor& t, int peer, const SendRecvOptions& opts) {
   check_host_tensor("recv", t, "tensor");
   DTRAIN_CHECK(peer >= 0 && peer < size() && peer != rank(), "recv: peer ", peer,
                " must be another rank of the group of ", size());

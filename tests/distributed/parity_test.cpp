@@ -1,0 +1,147 @@
+// The parity suite: every collective case of collective_cases.h on every backend that
+// dist::available_backends() lists, with 1, 2, 3, 4 and 8 ranks as threads of this process,
+// against the exact expected values and the bits of the local backend. A new backend joins it by
+// one branch in for_each_rank; until then its tests fail, naming that function.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "collective_cases.h"
+#include "distributed/backends/local/local_communicator.h"
+#include "distributed/backends/tcp/tcp_communicator.h"
+#include "distributed/registry.h"
+#include "tcp_ranks.h"
+#include "tensor/cuda/cuda_backend.h"
+
+namespace dtrain {
+namespace {
+
+using RankBody = std::function<void(dist::Communicator&)>;
+
+/// Runs body on one rank thread. Failures inside carry `where` and the rank; an exception becomes
+/// a test failure instead of terminating the process from a thread. Returns false on one.
+bool run_rank(dist::Communicator& c, const std::string& where, const RankBody& body) {
+  SCOPED_TRACE(where + ", rank " + std::to_string(c.rank()) + " of " + std::to_string(c.size()));
+  try {
+    body(c);
+    return true;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+    return false;
+  }
+}
+
+/// Runs body(comm) on every rank of a new group of `world` ranks of `backend`, one thread each.
+/// This is the one place the tests name backends: a backend that available_backends() gains
+/// needs a branch here, and fails every parity test until it has one.
+void for_each_rank(const std::string& backend, int world, const RankBody& body) {
+  if (backend == "local") {
+    auto comms = dist::make_local_group(world);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        if (run_rank(*comms[r], "local", body)) return;
+        // The other ranks would wait for this one until their timeout: stop them now.
+        dynamic_cast<dist::LocalCommunicator&>(*comms[r]).group().abort(
+            "rank " + std::to_string(r) + " of the parity test failed");
+      });
+    }
+    for (auto& t : threads) t.join();
+    return;
+  }
+  if (backend == "tcp") {
+    // Both data paths: ranks that are threads of one process share one host, so every peer's data
+    // is read by address unless that is switched off; off, it all goes over the sockets.
+    for (bool by_address : {true, false}) {
+      dist::TcpOptions options;
+      options.cross_memory = by_address;
+      const std::string where = by_address ? "tcp by address" : "tcp over sockets";
+      std::vector<std::string> errors;
+      for_each_tcp_rank(
+          world,
+          [&](dist::HostCommunicator& c) {
+            // A rank that fails returns and closes its connections, so its peers fail at once.
+            run_rank(c, where, [&](dist::Communicator&) {
+              EXPECT_EQ(static_cast<dist::TcpCommunicator&>(c).cross_memory_peers(),
+                        by_address ? c.size() - 1 : 0);
+              body(c);
+            });
+          },
+          options, &errors);
+      for (int r = 0; r < world; ++r) {
+        EXPECT_EQ(errors[r], "") << where << ": rank " << r << " could not join the group";
+      }
+    }
+    return;
+  }
+  if (backend == "mpi") {
+    GTEST_SKIP() << "mpi ranks are processes: the mpirun suite (mpi_collectives_np2/3/4) runs "
+                    "these cases";
+  }
+  if (backend == "nccl") {
+    if (!cuda::available())
+      GTEST_SKIP() << "nccl needs a CUDA device: " << cuda::unavailable_reason();
+    // Routing these host tensors through a host group beside nccl would test that host group.
+    GTEST_SKIP() << "nccl carries device tensors only and these cases use host tensors; "
+                    "nccl_test.cpp checks nccl's collectives on the GPUs";
+  }
+  FAIL() << "backend '" << backend
+         << "' is in dist::available_backends() but the parity suite cannot make its ranks: add a "
+            "branch for it to for_each_rank in tests/distributed/parity_test.cpp";
+}
+
+/// (backend, ranks).
+class CommunicatorParity : public ::testing::TestWithParam<std::tuple<std::string, int>> {
+ protected:
+  const std::string& backend() const { return std::get<0>(GetParam()); }
+  int world() const { return std::get<1>(GetParam()); }
+};
+
+TEST_P(CommunicatorParity, EveryCollectiveDtypeAndCount) {
+  for_each_rank(backend(), world(), [](dist::Communicator& c) { testdist::check_everything(c); });
+}
+
+TEST_P(CommunicatorParity, LargeMessagesOfEveryCollective) {
+  for_each_rank(backend(), world(),
+                [](dist::Communicator& c) { testdist::check_large_messages(c); });
+}
+
+TEST_P(CommunicatorParity, RoundedAveragesAreBitIdenticalOnEveryRankToTheLocalBackend) {
+  // Values whose float sums round, unlike collective_cases' exact inputs: the backend must reduce
+  // in the local backend's order, and every rank must end with the same bits.
+  const auto averaged = [](dist::Communicator& c) {
+    Tensor t({1001});
+    Generator gen(11, c.rank());
+    uniform_(t, -1, 1, gen);
+    c.all_reduce(t, {dist::ReduceOp::kAvg})->wait();
+    return t;
+  };
+  Tensor reference;
+  for_each_rank("local", world(), [&](dist::Communicator& c) {
+    Tensor t = averaged(c);
+    if (c.rank() == 0) reference = t;
+  });
+  ASSERT_TRUE(reference.defined()) << "the local backend gave no reference";
+  for_each_rank(backend(), world(), [&](dist::Communicator& c) {
+    const Tensor t = averaged(c);
+    EXPECT_EQ(std::memcmp(t.data_ptr(), reference.data_ptr(), reference.nbytes()), 0)
+        << "differs from rank 0 of the local backend";
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, CommunicatorParity,
+                         ::testing::Combine(::testing::ValuesIn(dist::available_backends()),
+                                            ::testing::Values(1, 2, 3, 4, 8)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "ranks";
+                         });
+
+}  // namespace
+}  // namespace dtrain
