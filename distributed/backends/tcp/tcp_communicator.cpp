@@ -283,15 +283,28 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
   }
 }
 
-void TcpCommunicator::exchange(std::vector<Transfer>& transfers, const CollectiveInfo& info,
-                               Timeout timeout) {
-  if (transfers.empty()) return;
-  const auto deadline = Clock::now() + timeout;
-  const bool p2p = info.sequence == 0;
-  const std::string what = what_of(info);
-  // One entry per peer taking part: at most one message to it and one from it. Frames and inline
-  // payloads leave in queue order; what arrives is parsed frame by frame, and only while something
-  // is still expected from that peer (the next collective's frames stay in the socket).
+// One call of exchange(): a state machine over the peers taking part, each with at most one
+// message to it and one from it.
+// 1. The constructor queues every outgoing message: its frame, then the payload inline (tcp
+//    mode), or the frame alone carrying the buffer's address (by address, same-host peers).
+// 2. run() sends what each socket takes (flush) and reads what has arrived (receive), spinning for
+//    a moment, then blocking in poll(), until nothing is owed either way or the deadline passes.
+// 3. An arriving data frame is checked against the transfer expected from that peer before any
+//    payload is read, so ranks that issued different collectives get an error, not garbage.
+// 4. A message by address is done for its sender only at the receiver's ack: until then the
+//    receiver may still be copying out of the sender's buffer.
+// Frames and inline payloads leave in queue order; what arrives is parsed frame by frame, and only
+// while something is still expected from that peer (the next collective's frames stay in the
+// socket).
+class TcpCommunicator::Exchange {
+ public:
+  Exchange(TcpCommunicator& comm, std::vector<Transfer>& transfers, const CollectiveInfo& info,
+           Timeout timeout);
+  /// Returns once every transfer is done. Throws DistError for a lost peer or a mismatched
+  /// message, ValueError for an unexpected ack, TimeoutError at the deadline.
+  void run();
+
+ private:
   struct Segment {
     Frame frame{};
     const char* payload = nullptr;  // inline payload after the frame (tcp mode)
@@ -308,178 +321,235 @@ void TcpCommunicator::exchange(std::vector<Transfer>& transfers, const Collectiv
     size_t payload_done = 0;
     bool in_payload = false;
   };
-  std::vector<PeerIo> io;
-  const auto io_of = [&](int peer) -> PeerIo& {
-    for (PeerIo& x : io) {
-      if (x.peer == peer) return x;
-    }
-    io.push_back(PeerIo{});
-    io.back().peer = peer;
-    return io.back();
-  };
-  io.reserve(transfers.size());
-  for (Transfer& t : transfers) {
-    PeerIo& x = io_of(t.peer);
-    if (t.outgoing) {
-      x.out = &t;
-      x.out_done = false;
-      Segment seg;
-      const bool cma = peers_[t.peer].cross_memory && t.bytes >= kByAddressMinBytes;
-      seg.frame = make_frame(cma ? kFrameDataByAddress : kFrameData, t.bytes, info.sequence, t.tag,
-                             cma ? reinterpret_cast<uint64_t>(t.data) : 0, what);
-      seg.payload = cma ? nullptr : t.data;
-      seg.bytes = kFrameBytes + (cma ? 0 : t.bytes);
-      x.queue.push_back(seg);
-    } else {
-      x.in = &t;
-      x.in_done = false;
-    }
+
+  /// The entry of `peer`, added on first use (io_ is reserved, so references stay valid).
+  PeerIo& io_of(int peer);
+  /// Step 1 for one transfer.
+  void add(Transfer& t);
+  /// Flushes and receives on every peer without blocking; true while anything is still owed.
+  bool progress();
+  /// Blocks in poll() until a socket is ready; throws TimeoutError at the deadline.
+  void wait();
+  /// Sends what the socket takes now.
+  void flush(PeerIo& x);
+  /// Receives what has arrived, as long as something is expected from this peer.
+  void receive(PeerIo& x);
+  /// Acts on a complete frame in x.frame (steps 3 and 4).
+  void on_frame(PeerIo& x);
+  void check_data_frame(const PeerIo& x) const;
+  std::string peer_name(int peer) const;
+  [[noreturn]] void lost(int peer, int err) const;
+  [[noreturn]] void timed_out() const;
+
+  TcpCommunicator& comm_;
+  const CollectiveInfo& info_;
+  const Timeout timeout_;
+  const Clock::time_point deadline_;
+  const bool p2p_;
+  const std::string what_;
+  std::vector<PeerIo> io_;
+  std::vector<pollfd> fds_;
+};
+
+TcpCommunicator::Exchange::Exchange(TcpCommunicator& comm, std::vector<Transfer>& transfers,
+                                    const CollectiveInfo& info, Timeout timeout)
+    : comm_(comm),
+      info_(info),
+      timeout_(timeout),
+      deadline_(Clock::now() + timeout),
+      p2p_(info.sequence == 0),
+      what_(what_of(info)) {
+  io_.reserve(transfers.size());
+  for (Transfer& t : transfers) add(t);
+}
+
+TcpCommunicator::Exchange::PeerIo& TcpCommunicator::Exchange::io_of(int peer) {
+  for (PeerIo& x : io_) {
+    if (x.peer == peer) return x;
   }
-  const auto peer_name = [&](int peer) {
-    return "rank " + std::to_string(peer) + " (" + peers_[peer].address + ")";
-  };
-  const auto lost = [&](int peer, int err) {
-    const std::string why =
-        err == 0 ? "closed the connection" : "closed the connection (" + net::errno_text(err) + ")";
-    DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), ": ", peer_name(peer),
-                 " ", why,
-                 "; that process probably exited or was killed (its own log has the cause)");
-  };
-  const auto check_data_frame = [&](PeerIo& x) {
-    const FrameView f(x.frame);
-    const bool same =
-        p2p ? (f.sequence() == 0 && f.tag() == x.in->tag && f.bytes() == x.in->bytes)
-            : (f.sequence() == info.sequence && f.what() == what && f.bytes() == x.in->bytes);
-    if (!same) {
-      DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), " received from ",
-                   peer_name(x.peer), " a message of ", f.bytes(), " bytes for '", f.what(),
-                   "' (tag ", f.tag(), ") instead of ", x.in->bytes, " bytes",
-                   p2p ? " with tag " + std::to_string(x.in->tag) : std::string(),
-                   ": the ranks issued different collectives. Every rank must call the same "
-                   "collectives in the same order; DTRAIN_DISTRIBUTED_DEBUG=1 lists each call");
+  io_.push_back(PeerIo{});
+  io_.back().peer = peer;
+  return io_.back();
+}
+
+void TcpCommunicator::Exchange::add(Transfer& t) {
+  PeerIo& x = io_of(t.peer);
+  if (t.outgoing) {
+    x.out = &t;
+    x.out_done = false;
+    Segment seg;
+    const bool cma = comm_.peers_[t.peer].cross_memory && t.bytes >= kByAddressMinBytes;
+    seg.frame = make_frame(cma ? kFrameDataByAddress : kFrameData, t.bytes, info_.sequence, t.tag,
+                           cma ? reinterpret_cast<uint64_t>(t.data) : 0, what_);
+    seg.payload = cma ? nullptr : t.data;
+    seg.bytes = kFrameBytes + (cma ? 0 : t.bytes);
+    x.queue.push_back(seg);
+  } else {
+    x.in = &t;
+    x.in_done = false;
+  }
+}
+
+void TcpCommunicator::Exchange::run() {
+  // The peer's answer usually comes within microseconds, far sooner than a thread blocked in
+  // poll() wakes up on this kind of machine: retry without blocking for a moment first.
+  while (!spin_until([this] { return !progress(); })) wait();
+}
+
+bool TcpCommunicator::Exchange::progress() {
+  bool any = false;
+  for (PeerIo& x : io_) {
+    flush(x);
+    receive(x);
+    any = any || !x.out_done || !x.in_done || !x.queue.empty();
+  }
+  return any;
+}
+
+void TcpCommunicator::Exchange::wait() {
+  // Wake for room to send what is queued, and for input while a message or an ack is still owed.
+  fds_.clear();
+  for (const PeerIo& x : io_) {
+    const short ev =
+        short((x.queue.empty() ? 0 : POLLOUT) | (!x.in_done || !x.out_done ? POLLIN : 0));
+    if (ev) fds_.push_back({comm_.peers_[x.peer].fd.get(), ev, 0});
+  }
+  const int ready = ::poll(fds_.data(), fds_.size(), net::ms_until(deadline_));
+  if (ready < 0 && errno == EINTR) return;
+  if (ready == 0) timed_out();
+}
+
+void TcpCommunicator::Exchange::flush(PeerIo& x) {
+  const int fd = comm_.peers_[x.peer].fd.get();
+  while (!x.queue.empty()) {
+    Segment& seg = x.queue.front();
+    const bool in_frame = seg.done < kFrameBytes;
+    const char* p = in_frame ? seg.frame.data() + seg.done : seg.payload + (seg.done - kFrameBytes);
+    const size_t n = in_frame ? kFrameBytes - seg.done : seg.bytes - seg.done;
+    const ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (r > 0) {
+      seg.done += size_t(r);
+      if (seg.done < seg.bytes) continue;
+      // An inline message is done once sent; one by address once the peer has copied it.
+      if (seg.payload != nullptr || FrameView(seg.frame).kind() == kFrameData) x.out_done = true;
+      x.queue.pop_front();
+      continue;
     }
-  };
-  // Sends what the socket takes now.
-  const auto flush = [&](PeerIo& x) {
-    const int fd = peers_[x.peer].fd.get();
-    while (!x.queue.empty()) {
-      Segment& seg = x.queue.front();
-      const bool in_frame = seg.done < kFrameBytes;
-      const char* p =
-          in_frame ? seg.frame.data() + seg.done : seg.payload + (seg.done - kFrameBytes);
-      const size_t n = in_frame ? kFrameBytes - seg.done : seg.bytes - seg.done;
-      const ssize_t r = ::send(fd, p, n, MSG_NOSIGNAL);
-      if (r > 0) {
-        seg.done += size_t(r);
-        if (seg.done < seg.bytes) continue;
-        // An inline message is done once sent; one by address once the peer has copied it.
-        if (seg.payload != nullptr || FrameView(seg.frame).kind() == kFrameData) x.out_done = true;
-        x.queue.pop_front();
-        continue;
-      }
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      lost(x.peer, errno);
-    }
-  };
-  // Receives what has arrived, as long as something is expected from this peer.
-  const auto receive = [&](PeerIo& x) {
-    const int fd = peers_[x.peer].fd.get();
-    while (!x.in_done || !x.out_done) {
-      if (x.in_payload) {
-        const size_t n = x.in->bytes - x.payload_done;
-        const ssize_t r = n == 0 ? 0 : ::recv(fd, x.in->data + x.payload_done, n, 0);
-        if (n == 0 || r > 0) {
-          x.payload_done += size_t(std::max<ssize_t>(r, 0));
-          if (x.payload_done == x.in->bytes) {
-            x.in_payload = false;
-            x.in_done = true;
-          }
-          continue;
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    lost(x.peer, errno);
+  }
+}
+
+void TcpCommunicator::Exchange::receive(PeerIo& x) {
+  const int fd = comm_.peers_[x.peer].fd.get();
+  while (!x.in_done || !x.out_done) {
+    if (x.in_payload) {
+      const size_t n = x.in->bytes - x.payload_done;
+      const ssize_t r = n == 0 ? 0 : ::recv(fd, x.in->data + x.payload_done, n, 0);
+      if (n == 0 || r > 0) {
+        x.payload_done += size_t(std::max<ssize_t>(r, 0));
+        if (x.payload_done == x.in->bytes) {
+          x.in_payload = false;
+          x.in_done = true;
         }
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        lost(x.peer, r == 0 ? 0 : errno);
-      }
-      const ssize_t r = ::recv(fd, x.frame.data() + x.frame_done, kFrameBytes - x.frame_done, 0);
-      if (r > 0) {
-        x.frame_done += size_t(r);
-        if (x.frame_done < kFrameBytes) continue;
-        x.frame_done = 0;
-        const FrameView f(x.frame);
-        if (f.kind() == kFrameAck) {
-          DTRAIN_CHECK(!x.out_done && x.out != nullptr && peers_[x.peer].cross_memory &&
-                           f.sequence() == info.sequence,
-                       "tcp: rank ", rank(), " in ", info.describe(),
-                       ": unexpected acknowledgement "
-                       "from ",
-                       peer_name(x.peer));
-          x.out_done = true;
-          continue;
-        }
-        if (x.in == nullptr || x.in_done) {
-          DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), " received from ",
-                       peer_name(x.peer), " a message for '", f.what(),
-                       "' while expecting none from it: the ranks issued different collectives");
-        }
-        check_data_frame(x);
-        if (f.kind() == kFrameData) {
-          x.in_payload = true;
-          x.payload_done = 0;
-          continue;
-        }
-        // By address: copy straight out of the sender's memory, then tell it the buffer is free.
-        read_peer_memory(x.peer, f.address(), x.in->data, x.in->bytes, info);
-        x.in_done = true;
-        Segment ack;
-        ack.frame = make_frame(kFrameAck, 0, info.sequence, 0, 0, what);
-        ack.bytes = kFrameBytes;
-        x.queue.push_back(ack);
-        flush(x);
         continue;
       }
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
       lost(x.peer, r == 0 ? 0 : errno);
     }
-  };
-  const auto pending = [&] {
-    bool any = false;
-    for (PeerIo& x : io) {
-      flush(x);
-      receive(x);
-      any = any || !x.out_done || !x.in_done || !x.queue.empty();
+    const ssize_t r = ::recv(fd, x.frame.data() + x.frame_done, kFrameBytes - x.frame_done, 0);
+    if (r > 0) {
+      x.frame_done += size_t(r);
+      if (x.frame_done < kFrameBytes) continue;
+      x.frame_done = 0;
+      on_frame(x);
+      continue;
     }
-    return any;
-  };
-  std::vector<pollfd> fds;
-  for (;;) {
-    // The peer's answer usually comes within microseconds, far sooner than a thread blocked in
-    // poll() wakes up on this kind of machine: retry without blocking for a moment first.
-    if (spin_until([&] { return !pending(); })) return;
-    fds.clear();
-    for (const PeerIo& x : io) {
-      const short ev =
-          short((x.queue.empty() ? 0 : POLLOUT) | (!x.in_done || !x.out_done ? POLLIN : 0));
-      if (ev) fds.push_back({peers_[x.peer].fd.get(), ev, 0});
-    }
-    const int ready = ::poll(fds.data(), fds.size(), net::ms_until(deadline));
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready == 0) {
-      std::ostringstream waiting;
-      for (const PeerIo& x : io) {
-        if (!x.out_done)
-          waiting << "\n  sending to " << peer_name(x.peer) << ": " << x.out->bytes << " bytes";
-        if (!x.in_done) {
-          waiting << "\n  receiving from " << peer_name(x.peer) << ": "
-                  << (x.in_payload ? x.payload_done : 0) << " of " << x.in->bytes << " bytes";
-        }
-      }
-      DTRAIN_THROW(TimeoutError, "tcp: rank ", rank(), ": ", info.describe(),
-                   " did not complete within ", timeout.count(), " ms; still", waiting.str(),
-                   "\nThose ranks are stalled, stopped or slower than the timeout allows.");
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    lost(x.peer, r == 0 ? 0 : errno);
+  }
+}
+
+void TcpCommunicator::Exchange::on_frame(PeerIo& x) {
+  const FrameView f(x.frame);
+  if (f.kind() == kFrameAck) {
+    DTRAIN_CHECK(!x.out_done && x.out != nullptr && comm_.peers_[x.peer].cross_memory &&
+                     f.sequence() == info_.sequence,
+                 "tcp: rank ", comm_.rank(), " in ", info_.describe(),
+                 ": unexpected acknowledgement from ", peer_name(x.peer));
+    x.out_done = true;
+    return;
+  }
+  if (x.in == nullptr || x.in_done) {
+    DTRAIN_THROW(DistError, "tcp: rank ", comm_.rank(), " in ", info_.describe(), " received from ",
+                 peer_name(x.peer), " a message for '", f.what(),
+                 "' while expecting none from it: the ranks issued different collectives");
+  }
+  check_data_frame(x);
+  if (f.kind() == kFrameData) {
+    x.in_payload = true;
+    x.payload_done = 0;
+    return;
+  }
+  // By address: copy straight out of the sender's memory, then tell it the buffer is free.
+  comm_.read_peer_memory(x.peer, f.address(), x.in->data, x.in->bytes, info_);
+  x.in_done = true;
+  Segment ack;
+  ack.frame = make_frame(kFrameAck, 0, info_.sequence, 0, 0, what_);
+  ack.bytes = kFrameBytes;
+  x.queue.push_back(ack);
+  flush(x);
+}
+
+void TcpCommunicator::Exchange::check_data_frame(const PeerIo& x) const {
+  const FrameView f(x.frame);
+  const bool same =
+      p2p_ ? (f.sequence() == 0 && f.tag() == x.in->tag && f.bytes() == x.in->bytes)
+           : (f.sequence() == info_.sequence && f.what() == what_ && f.bytes() == x.in->bytes);
+  if (!same) {
+    DTRAIN_THROW(DistError, "tcp: rank ", comm_.rank(), " in ", info_.describe(), " received from ",
+                 peer_name(x.peer), " a message of ", f.bytes(), " bytes for '", f.what(),
+                 "' (tag ", f.tag(), ") instead of ", x.in->bytes, " bytes",
+                 p2p_ ? " with tag " + std::to_string(x.in->tag) : std::string(),
+                 ": the ranks issued different collectives. Every rank must call the same "
+                 "collectives in the same order; DTRAIN_DISTRIBUTED_DEBUG=1 lists each call");
+  }
+}
+
+std::string TcpCommunicator::Exchange::peer_name(int peer) const {
+  return "rank " + std::to_string(peer) + " (" + comm_.peers_[peer].address + ")";
+}
+
+void TcpCommunicator::Exchange::lost(int peer, int err) const {
+  const std::string why =
+      err == 0 ? "closed the connection" : "closed the connection (" + net::errno_text(err) + ")";
+  DTRAIN_THROW(DistError, "tcp: rank ", comm_.rank(), " in ", info_.describe(), ": ",
+               peer_name(peer), " ", why,
+               "; that process probably exited or was killed (its own log has the cause)");
+}
+
+void TcpCommunicator::Exchange::timed_out() const {
+  std::ostringstream waiting;
+  for (const PeerIo& x : io_) {
+    if (!x.out_done)
+      waiting << "\n  sending to " << peer_name(x.peer) << ": " << x.out->bytes << " bytes";
+    if (!x.in_done) {
+      waiting << "\n  receiving from " << peer_name(x.peer) << ": "
+              << (x.in_payload ? x.payload_done : 0) << " of " << x.in->bytes << " bytes";
     }
   }
+  DTRAIN_THROW(TimeoutError, "tcp: rank ", comm_.rank(), ": ", info_.describe(),
+               " did not complete within ", timeout_.count(), " ms; still", waiting.str(),
+               "\nThose ranks are stalled, stopped or slower than the timeout allows.");
+}
+
+void TcpCommunicator::exchange(std::vector<Transfer>& transfers, const CollectiveInfo& info,
+                               Timeout timeout) {
+  if (transfers.empty()) return;
+  Exchange(*this, transfers, info, timeout).run();
 }
 
 void TcpCommunicator::read_peer_memory(int peer, uint64_t address, char* dst, size_t bytes,

@@ -82,6 +82,8 @@ class TcpCommunicator final : public HostCommunicator {
   /// or the deadline passes. Each message carries a header with its size and collective, checked
   /// on arrival, so ranks that issued different calls get an error instead of garbage.
   void exchange(std::vector<Transfer>& transfers, const CollectiveInfo& info, Timeout timeout);
+  /// The state of one exchange() call: per-peer queues and frames; defined in the .cpp.
+  class Exchange;
   /// Reduce-scatter in rank order: afterwards `mine` holds op over every rank's chunk rank().
   void reduce_chunk_from_all(const char* data, int64_t count, DType dtype, ReduceOp op, char* mine,
                              const CollectiveInfo& info, Timeout timeout);
