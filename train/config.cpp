@@ -46,6 +46,17 @@ std::string scalar_text(const YAML::Node& n) {
   return "nothing";
 }
 
+/// The node as a T, or nullopt when it is not a scalar that reads as one.
+template <class T>
+std::optional<T> scalar_as(const YAML::Node& n) {
+  if (!n.IsScalar()) return std::nullopt;
+  try {
+    return n.as<T>();
+  } catch (const YAML::Exception&) {
+    return std::nullopt;
+  }
+}
+
 template <class Get>
 Field int_field(std::string section, std::string key, Get get, int64_t lo, int64_t hi,
                 std::string doc) {
@@ -55,15 +66,10 @@ Field int_field(std::string section, std::string key, Get get, int64_t lo, int64
   Field f{std::move(section), std::move(key), "int", allowed, std::move(doc), nullptr, nullptr};
   f.show = [get](const Config& c) { return std::to_string(get(const_cast<Config&>(c))); };
   f.set = [get, lo, hi, allowed](Config& c, const YAML::Node& n) -> SetResult {
-    int64_t v;
-    try {
-      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
-      v = n.as<int64_t>();
-    } catch (const YAML::Exception&) {
-      return "expected an " + allowed + ", got " + scalar_text(n);
-    }
-    if (v < lo || v > hi) return std::to_string(v) + " is out of range; allowed: " + allowed;
-    get(c) = v;
+    const std::optional<int64_t> v = scalar_as<int64_t>(n);
+    if (!v) return "expected an " + allowed + ", got " + scalar_text(n);
+    if (*v < lo || *v > hi) return std::to_string(*v) + " is out of range; allowed: " + allowed;
+    get(c) = *v;
     return std::nullopt;
   };
   return f;
@@ -79,17 +85,12 @@ Field float_field(std::string section, std::string key, Get get, double lo, doub
           std::move(doc),     nullptr,        nullptr};
   f.show = [get](const Config& c) { return format_double(get(const_cast<Config&>(c))); };
   f.set = [get, lo, hi, lo_open, a = allowed.str()](Config& c, const YAML::Node& n) -> SetResult {
-    double v;
-    try {
-      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
-      v = n.as<double>();
-    } catch (const YAML::Exception&) {
-      return "expected a " + a + ", got " + scalar_text(n);
+    const std::optional<double> v = scalar_as<double>(n);
+    if (!v) return "expected a " + a + ", got " + scalar_text(n);
+    if (!std::isfinite(*v) || *v < lo || (lo_open && *v == lo) || *v > hi) {
+      return format_double(*v) + " is out of range; allowed: " + a;
     }
-    if (!std::isfinite(v) || v < lo || (lo_open && v == lo) || v > hi) {
-      return format_double(v) + " is out of range; allowed: " + a;
-    }
-    get(c) = v;
+    get(c) = *v;
     return std::nullopt;
   };
   return f;
@@ -101,12 +102,9 @@ Field bool_field(std::string section, std::string key, Get get, std::string doc)
           std::move(doc),     nullptr,        nullptr};
   f.show = [get](const Config& c) { return get(const_cast<Config&>(c)) ? "true" : "false"; };
   f.set = [get](Config& c, const YAML::Node& n) -> SetResult {
-    try {
-      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
-      get(c) = n.as<bool>();
-    } catch (const YAML::Exception&) {
-      return "expected true or false, got " + scalar_text(n);
-    }
+    const std::optional<bool> v = scalar_as<bool>(n);
+    if (!v) return "expected true or false, got " + scalar_text(n);
+    get(c) = *v;
     return std::nullopt;
   };
   return f;
@@ -151,17 +149,12 @@ Field seconds_field(std::string section, std::string key, Get get, std::string d
     return format_double(static_cast<double>(get(const_cast<Config&>(c)).count()) / 1000.0);
   };
   f.set = [get, allowed](Config& c, const YAML::Node& n) -> SetResult {
-    double v;
-    try {
-      if (!n.IsScalar()) throw YAML::Exception(YAML::Mark(), "");
-      v = n.as<double>();
-    } catch (const YAML::Exception&) {
-      return "expected a " + allowed + ", got " + scalar_text(n);
+    const std::optional<double> v = scalar_as<double>(n);
+    if (!v) return "expected a " + allowed + ", got " + scalar_text(n);
+    if (!std::isfinite(*v) || *v <= 0 || *v > kMaxSeconds) {
+      return format_double(*v) + " is out of range; allowed: " + allowed;
     }
-    if (!std::isfinite(v) || v <= 0 || v > kMaxSeconds) {
-      return format_double(v) + " is out of range; allowed: " + allowed;
-    }
-    get(c) = std::chrono::milliseconds(std::max<int64_t>(1, std::llround(v * 1000)));
+    get(c) = std::chrono::milliseconds(std::max<int64_t>(1, std::llround(*v * 1000)));
     return std::nullopt;
   };
   return f;
@@ -218,12 +211,11 @@ Field int_list_field(std::string section, std::string key, Get get, int64_t lo, 
     if (!n.IsSequence()) return "expected a " + allowed + " like [256, 128], got " + scalar_text(n);
     std::vector<int64_t> v;
     for (size_t i = 0; i < n.size(); ++i) {
-      try {
-        if (!n[i].IsScalar()) throw YAML::Exception(YAML::Mark(), "");
-        v.push_back(n[i].as<int64_t>());
-      } catch (const YAML::Exception&) {
+      const std::optional<int64_t> element = scalar_as<int64_t>(n[i]);
+      if (!element) {
         return "element " + std::to_string(i) + ": expected an integer, got " + scalar_text(n[i]);
       }
+      v.push_back(*element);
       if (v.back() < lo) {
         return "element " + std::to_string(i) + " is " + std::to_string(v.back()) +
                "; allowed: " + allowed;
