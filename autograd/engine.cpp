@@ -23,12 +23,20 @@ constexpr uint64_t kAccumulatePriority = std::numeric_limits<uint64_t>::max();
 /// The callbacks queued by the backward running on this thread; null outside a backward. A
 /// backward started from a hook (rare) gets a queue of its own and restores the outer one.
 thread_local std::vector<std::function<void()>>* t_callbacks = nullptr;
+std::atomic<uint64_t> g_backward_ids{0};
+thread_local uint64_t t_backward_id = 0;
 
 /// Installs a fresh callback queue for one backward and puts back the enclosing one on exit.
 class CallbackScope {
  public:
-  CallbackScope() : outer_(t_callbacks) { t_callbacks = &queued_; }
-  ~CallbackScope() { t_callbacks = outer_; }
+  CallbackScope() : outer_(t_callbacks), outer_id_(t_backward_id) {
+    t_callbacks = &queued_;
+    t_backward_id = g_backward_ids.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+  ~CallbackScope() {
+    t_callbacks = outer_;
+    t_backward_id = outer_id_;
+  }
   CallbackScope(const CallbackScope&) = delete;
   CallbackScope& operator=(const CallbackScope&) = delete;
   /// Runs the queued callbacks in order; those a callback queues run too.
@@ -42,6 +50,7 @@ class CallbackScope {
 
  private:
   std::vector<std::function<void()>>* outer_;
+  uint64_t outer_id_;
   std::vector<std::function<void()>> queued_;
 };
 
@@ -211,6 +220,8 @@ void queue_callback(std::function<void()> callback) {
 }
 
 bool in_backward() { return t_callbacks != nullptr; }
+
+uint64_t backward_id() { return t_backward_id; }
 
 void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
   DTRAIN_CHECK(root.requires_grad(), "backward(): ", root.describe(), " does not require grad");

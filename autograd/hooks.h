@@ -2,6 +2,7 @@
 // a backward without reaching into the graph's internals.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 #include "tensor/tensor.h"
@@ -27,5 +28,9 @@ void retain_grad(const Tensor& t);
 void queue_callback(std::function<void()> callback);
 /// Whether this thread is running a backward (so queue_callback may be called).
 bool in_backward();
+/// A number for the backward running on this thread, different for every backward of the
+/// process (0 outside one): code that queues one callback per backward compares it, so a backward
+/// that failed and dropped its callbacks does not stop the next one from queueing.
+uint64_t backward_id();
 
 }  // namespace dtrain::autograd

@@ -77,8 +77,9 @@ struct DistributedDataParallel::State {
   /// since: the next one has nothing to do. A replica that skips backward for a step (no data)
   /// and calls synchronize_gradients() still joins the step's all-reduces.
   bool reduced_by_backward = false;
-  /// finish() is queued to run at the end of the backward in progress.
-  bool finish_queued = false;
+  /// The autograd::backward_id() of the backward whose end runs finish() (0: none queued). An id
+  /// rather than a flag: a backward that throws drops its callbacks, and the next one must queue.
+  uint64_t finish_queued_in = 0;
   std::weak_ptr<State> self;
   std::vector<size_t> ready_order;            // first step: the order gradients became final
   std::shared_ptr<FinishTimes> finish_times;  // set when collect_stats
@@ -153,11 +154,11 @@ struct DistributedDataParallel::State {
   void on_ready(size_t i) {
     if (!syncing || ready[i]) return;
     reduced_by_backward = false;
-    if (!finish_queued) {
+    if (finish_queued_in != autograd::backward_id()) {
       // The reduction ends with the backward that produced the gradients, as in PyTorch's DDP:
       // an optimiser step after backward() always sees averaged gradients, even when the caller
       // never calls synchronize_gradients().
-      finish_queued = true;
+      finish_queued_in = autograd::backward_id();
       autograd::queue_callback([weak = self] {
         if (auto st = weak.lock()) {
           st->finish();
@@ -205,7 +206,7 @@ struct DistributedDataParallel::State {
   /// Waits for every bucket's all-reduce (launching those backward did not start), so the
   /// gradients hold the average; the first time, rebuilds the buckets in rank 0's ready order.
   void finish() {
-    finish_queued = false;
+    finish_queued_in = 0;
     const bool timed = finish_times != nullptr;
     const Clock::time_point entered = timed ? Clock::now() : Clock::time_point{};
     std::vector<std::string> unused;

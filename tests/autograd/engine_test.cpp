@@ -450,6 +450,35 @@ TEST(EngineCallbacks, InBackwardOnlyOnTheThreadRunningABackward) {
   EXPECT_FALSE(autograd::in_backward());
 }
 
+TEST(EngineCallbacks, EveryBackwardHasItsOwnIdAndOutsideOneItIsZero) {
+  EXPECT_EQ(autograd::backward_id(), 0u);
+  Tensor a = from_vector<float>({1.f, 2.f}).set_requires_grad();
+  Tensor b = from_vector<float>({3.f}).set_requires_grad();
+  std::vector<uint64_t> seen;  // every hook's view of the id, two leaves per backward
+  for (Tensor* leaf : {&a, &b}) {
+    autograd::register_post_accumulate_grad_hook(
+        *leaf, [&](Tensor&) { seen.push_back(autograd::backward_id()); });
+  }
+  sum(a * 2.0).backward();
+  (sum(a) + sum(b)).backward();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_NE(seen[0], 0u);
+  EXPECT_EQ(seen[1], seen[2]) << "one backward, one id";
+  EXPECT_NE(seen[0], seen[1]) << "two backwards, two ids";
+  EXPECT_EQ(autograd::backward_id(), 0u);
+  // An id on another thread's backward is its own, even at the same time as this thread's.
+  uint64_t other = 0;
+  std::thread t([&] {
+    Tensor c = from_vector<float>({1.f}).set_requires_grad();
+    autograd::register_post_accumulate_grad_hook(c,
+                                                 [&](Tensor&) { other = autograd::backward_id(); });
+    sum(c * 3.0).backward();
+  });
+  t.join();
+  EXPECT_NE(other, 0u);
+  EXPECT_NE(other, seen[1]);
+}
+
 TEST(EngineCallbacks, QueueCallbackOutsideABackwardThrowsValueError) {
   bool ran = false;
   const auto queue_outside = [&] {
