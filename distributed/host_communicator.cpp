@@ -1,18 +1,14 @@
 // The queue, the Work objects and the argument checks shared by host-memory backends.
 #include "distributed/host_communicator.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <random>
 #include <sstream>
 
 #include "distributed/reduce.h"
+#include "distributed/shared_memory_group.h"
 #include "tensor/check.h"
-#include "tensor/hash.h"
 
 namespace dtrain::dist {
 namespace {
@@ -115,6 +111,16 @@ HostCommunicator::HostCommunicator(int rank, int size) : Communicator(rank, size
                " is outside a group of size ", size);
   const char* debug = std::getenv("DTRAIN_DISTRIBUTED_DEBUG");
   debug_checks_ = debug != nullptr && std::string(debug) != "0" && std::string(debug) != "";
+  // The ring among hosts runs inside an all_reduce, on the thread running it: it calls the
+  // blocking primitives directly (a queued send would wait behind that very all_reduce).
+  shared_memory_ = std::make_unique<SharedMemoryGroup>(
+      *this,
+      [this](const Tensor& t, int peer, int tag, const CollectiveInfo& info, Timeout timeout) {
+        run_send(t, peer, tag, info, timeout);
+      },
+      [this](Tensor& t, int peer, int tag, const CollectiveInfo& info, Timeout timeout) {
+        run_recv(t, peer, tag, info, timeout);
+      });
 }
 
 namespace {
@@ -275,186 +281,38 @@ WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
   return work;
 }
 
-std::shared_ptr<SharedSegment> HostCommunicator::segment_holding(const Tensor& t) {
-  for (const auto& weak : segments_) {
-    auto segment = weak.lock();
-    if (segment && segment->holds(host_rank_, t.data_ptr(), t.nbytes())) return segment;
-  }
-  return nullptr;
-}
-
-void HostCommunicator::decide_shared_memory() {
-  // Every rank's host key and settings (DTRAIN_SHARED_MEMORY, the size limit), gathered.
-  const std::string settings =
-      (shared_memory_enabled_by_env() ? "on|" : "off|") +
-      std::to_string(shared_memory_max_bytes(shared_memory_default_max_bytes()));
-  Tensor mine = zeros({2}, DType::kInt64);
-  mine.data<int64_t>()[0] =
-      static_cast<int64_t>(fnv1a(host_key_.empty() ? shared_memory_host_key() : host_key_));
-  mine.data<int64_t>()[1] = static_cast<int64_t>(fnv1a(settings));
-  Tensor all({2 * size()}, DType::kInt64);
-  all_gather(mine, all)->wait();
-  const int64_t* row = all.data<int64_t>();
-  bool same_settings = true;
-  for (int r = 0; r < size(); ++r) {
-    same_settings = same_settings && row[2 * r + 1] == row[1];
-    const int first = [&] {
-      for (int q = 0;; ++q) {
-        if (row[2 * q] == row[2 * r]) return q;
-      }
-    }();
-    if (first == r) host_leaders_.push_back(r);
-    if (row[2 * r] == row[2 * rank()]) host_ranks_.push_back(r);
-  }
-  host_rank_ = static_cast<int>(std::find(host_ranks_.begin(), host_ranks_.end(), rank()) -
-                                host_ranks_.begin());
-  const bool shared_host = host_leaders_.size() < static_cast<size_t>(size());
-  if (size() == 1 || !same_settings || !shared_memory_enabled_by_env() || !shared_host) {
-    shared_memory_ = SharedMemory::kOff;
-    host_ranks_.clear();
-    host_rank_ = 0;
-    return;
-  }
-  shared_memory_ = host_leaders_.size() == 1 ? SharedMemory::kOneHost : SharedMemory::kPerHost;
-  if (debug_checks_) {
-    std::fprintf(stderr, "[rank %d] shared memory with rank(s) %s of this host (%zu host(s))\n",
-                 rank(), rank_list(host_ranks_).c_str(), host_leaders_.size());
-  }
-}
-
 Tensor HostCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
   DTRAIN_CHECK(numel >= 0, "allocate_symmetric: numel must be >= 0, got ", numel);
   DTRAIN_CHECK(is_collective_dtype(dtype), "allocate_symmetric: dtype ", dtype_name(dtype),
                " is not one collectives support");
-  if (shared_memory_ == SharedMemory::kUndecided) decide_shared_memory();
-  if (shared_memory_ == SharedMemory::kOff ||
-      static_cast<double>(numel) * dtype_size(dtype) >
-          shared_memory_max_bytes(shared_memory_default_max_bytes())) {
-    return zeros({numel}, dtype);
-  }
-
-  // 1. Each host's first rank creates a segment for its host under a fresh name; the names are
-  // gathered (0: it could not); 2. the host's other ranks map theirs; 3. everyone reports, and
-  // only if all mapped it is it used; 4. the creators remove the names: from here on only the
-  // mappings hold the memory.
-  const size_t slot_bytes =
-      std::max<size_t>(4096, (static_cast<size_t>(numel) * dtype_size(dtype) + 4095) / 4096 * 4096);
-  const int host_size = static_cast<int>(host_ranks_.size());
-  const int leader = host_ranks_[0];
-  Tensor id = zeros({2}, DType::kInt64);
-  std::shared_ptr<SharedSegment> segment;
-  std::string why;
-  const auto name_of = [](const int64_t* pid_and_nonce) {
-    return "/dtrain-" + std::to_string(pid_and_nonce[0]) + "-" +
-           std::to_string(static_cast<uint64_t>(pid_and_nonce[1]));
-  };
-  if (rank() == leader) {
-    std::random_device random;
-    id.data<int64_t>()[0] = getpid();
-    id.data<int64_t>()[1] = static_cast<int64_t>((uint64_t{random()} << 32 | random()) | 1);
-    segment = SharedSegment::create(name_of(id.data<int64_t>()), host_size, slot_bytes, 0, why);
-    if (!segment) id.data<int64_t>()[1] = 0;
-  }
-  Tensor ids({2 * size()}, DType::kInt64);
-  all_gather(id, ids)->wait();
-  if (rank() != leader) {
-    const int64_t* theirs = ids.data<int64_t>() + 2 * leader;
-    if (theirs[1] != 0) {
-      segment = SharedSegment::open(name_of(theirs), host_size, slot_bytes, host_rank_, why);
-    } else {
-      why = "rank " + std::to_string(leader) + " could not create the segment";
-    }
-  }
-  Tensor mapped = full({1}, segment ? 1.0 : 0.0, DType::kInt32);
-  all_reduce(mapped, {ReduceOp::kMin})->wait();
-  if (segment) segment->unlink();
-  if (mapped.data<int32_t>()[0] == 0) {
-    if (!why.empty()) {
-      std::fprintf(stderr,
-                   "[rank %d] shared memory: %s; all-reduces of this %lld-element buffer go "
-                   "through the %s backend instead (a larger /dev/shm, e.g. docker --shm-size, "
-                   "fixes it; DTRAIN_SHARED_MEMORY=0 turns shared memory off)\n",
-                   rank(), why.c_str(), static_cast<long long>(numel),
-                   std::string(backend_name()).c_str());
-    }
-    return zeros({numel}, dtype);
-  }
-  segment->set_rank_names(host_ranks_);
-  segments_.erase(std::remove_if(segments_.begin(), segments_.end(),
-                                 [](const auto& weak) { return weak.expired(); }),
-                  segments_.end());
-  segments_.push_back(segment);
-  char* data = segment->slot(host_rank_);
-  return Tensor(std::make_shared<Storage>(data, slot_bytes, Device::cpu(), segment), 0, {numel},
-                dtype);
+  return shared_memory_->allocate(numel, dtype, shared_memory_default_max_bytes(), debug_checks_);
 }
 
-void HostCommunicator::all_reduce_among_hosts(Tensor& t, ReduceOp op, const CollectiveInfo& info,
-                                              Timeout timeout) {
-  // A reserved tag, so the ring's messages never match a user's send or recv.
-  constexpr int kRingTag = kReservedTags;
-  const int hosts = static_cast<int>(host_leaders_.size());
-  const int me = static_cast<int>(std::find(host_leaders_.begin(), host_leaders_.end(), rank()) -
-                                  host_leaders_.begin());
-  const int next = host_leaders_[(me + 1) % hosts];
-  const int prev = host_leaders_[(me + hosts - 1) % hosts];
-  const int64_t n = t.numel();
-  const size_t element = dtype_size(t.dtype());
-  const auto chunk = [&](int c) {
-    c = (c % hosts + hosts) % hosts;
-    const int64_t begin = n * c / hosts, end = n * (c + 1) / hosts;
-    return Tensor(t.storage(), t.storage_offset_bytes() + static_cast<size_t>(begin) * element,
-                  {end - begin}, t.dtype());
-  };
-  if (!ring_scratch_.defined() || ring_scratch_.dtype() != t.dtype() ||
-      ring_scratch_.numel() < (n + hosts - 1) / hosts) {
-    ring_scratch_ = Tensor({(n + hosts - 1) / hosts}, t.dtype());
-  }
-  // Blocking send and receive in an order no ring can deadlock on: even hosts send first.
-  // Empty chunks (fewer elements than hosts) are skipped on both sides of their transfer.
-  const auto exchange = [&](const Tensor& out, Tensor& in) {
-    const bool send = out.numel() > 0;
-    if (send && me % 2 == 0) run_send(out, next, kRingTag, info, timeout);
-    if (in.numel() > 0) run_recv(in, prev, kRingTag, info, timeout);
-    if (send && me % 2 != 0) run_send(out, next, kRingTag, info, timeout);
-  };
-  // Reduce-scatter: after step s, chunk me - s - 1 holds hosts me - s - 1 .. me; in the end host
-  // me holds chunk me + 1 reduced over every host.
-  for (int s = 0; s + 1 < hosts; ++s) {
-    Tensor into = chunk(me - s - 1);
-    Tensor scratch(ring_scratch_.storage(), 0, {into.numel()}, t.dtype());
-    exchange(chunk(me - s), scratch);
-    if (into.numel() > 0) {
-      reduce_into(into.data_ptr(), scratch.data_ptr(), into.numel(), t.dtype(), op);
-    }
-  }
-  // All-gather: pass the finished chunks around.
-  for (int s = 0; s + 1 < hosts; ++s) {
-    Tensor into = chunk(me - s);
-    exchange(chunk(me + 1 - s), into);
-  }
+bool HostCommunicator::uses_shared_memory() const { return shared_memory_->enabled(); }
+
+const std::vector<int>& HostCommunicator::ranks_sharing_memory() const {
+  return shared_memory_->ranks();
+}
+
+void HostCommunicator::set_shared_memory_host_key(std::string key) {
+  shared_memory_->set_host_key(std::move(key));
+}
+
+bool HostCommunicator::in_shared_memory(const Tensor& t) {
+  return shared_memory_->segment_holding(t) != nullptr;
 }
 
 WorkPtr HostCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
   check_host_tensor("all_reduce", t, "tensor");
   CollectiveInfo info = make_info("all_reduce(" + std::string(reduce_op_name(opts.op)) + ")", t);
-  if (auto segment = segment_holding(t)) {
-    const size_t offset =
-        static_cast<size_t>(static_cast<char*>(t.data_ptr()) - segment->slot(host_rank_));
-    return enqueue(info, opts.timeout, [this, segment, offset, t, opts, info]() mutable {
+  if (auto segment = shared_memory_->segment_holding(t)) {
+    // In place in the segment: no copy in or out, and no message within a host.
+    return enqueue(info, opts.timeout, [this, segment, t, opts, info]() mutable {
       // A thread waiting for this result may spin for its peers; the worker, running it while
       // the caller computes (overlap), should give the core back soon.
       const auto spin =
           is_worker_thread ? std::chrono::microseconds(50) : std::chrono::microseconds(1000);
-      if (shared_memory_ == SharedMemory::kOneHost) {
-        segment->all_reduce(offset, t.numel(), t.dtype(), opts.op, info, opts.timeout, spin);
-        return;
-      }
-      const ReduceOp sum_or_op = opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op;
-      segment->all_reduce_across_hosts(
-          offset, t.numel(), t.dtype(), opts.op, size(),
-          [&] { all_reduce_among_hosts(t, sum_or_op, info, opts.timeout); }, info, opts.timeout,
-          spin);
+      shared_memory_->all_reduce(*segment, t, opts.op, info, opts.timeout, spin);
     });
   }
   return enqueue(info, opts.timeout, [this, t, opts, info]() mutable {

@@ -14,9 +14,10 @@
 #include <vector>
 
 #include "distributed/communicator.h"
-#include "distributed/shared_memory.h"
 
 namespace dtrain::dist {
+
+class SharedMemoryGroup;
 
 /// Spins (yielding) until pred() holds or `limit` passes; true if it held. Waits between
 /// collectives are usually a few microseconds, far shorter than waking a blocked thread on an
@@ -56,21 +57,19 @@ class HostCommunicator : public Communicator {
   /// SharedSegment::all_reduce when every rank is on one host; when the group spans hosts (and some
   /// host has two ranks or more), each host reduces in its segment and only the host's first rank
   /// exchanges with the other hosts (a ring over the backend's send and recv), then shares the
-  /// result.
+  /// result. SharedMemoryGroup (shared_memory_group.h) does all of this.
   Tensor allocate_symmetric(int64_t numel, DType dtype) override;
   /// Whether ranks share memory with the others of their host (decided at allocate_symmetric's
   /// first call; false before). Buffers above the size limit are ordinary memory even then.
-  bool uses_shared_memory() const {
-    return shared_memory_ == SharedMemory::kOneHost || shared_memory_ == SharedMemory::kPerHost;
-  }
+  bool uses_shared_memory() const;
   /// The group's ranks that share memory with this one, this rank included (empty before the
   /// decision or without shared memory).
-  const std::vector<int>& ranks_sharing_memory() const { return host_ranks_; }
+  const std::vector<int>& ranks_sharing_memory() const;
   /// Replaces this rank's host key before the first allocate_symmetric: ranks with different
   /// keys never share memory. Lets a test run the ranks of several hosts as threads.
-  void set_shared_memory_host_key(std::string key) { host_key_ = std::move(key); }
+  void set_shared_memory_host_key(std::string key);
   /// Whether all_reduce on `t` goes through shared memory (t lies in a segment of this group).
-  bool in_shared_memory(const Tensor& t) { return segment_holding(t) != nullptr; }
+  bool in_shared_memory(const Tensor& t);
 
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }
@@ -123,24 +122,10 @@ class HostCommunicator : public Communicator {
   /// helps instead of sleeping). False when it ran nothing.
   bool try_run_queued();
 
-  /// The segment holding all of `t` in this rank's slot, or nullptr.
-  std::shared_ptr<SharedSegment> segment_holding(const Tensor& t);
-  /// Decides shared_memory_, host_ranks_ and host_leaders_ (collective: an all_gather).
-  void decide_shared_memory();
-  /// In place among the hosts' first ranks (this rank is one): a ring reduce-scatter then
-  /// all-gather over run_send/run_recv, so every host ends with the same bits.
-  void all_reduce_among_hosts(Tensor& t, ReduceOp op, const CollectiveInfo& info, Timeout timeout);
-
   uint64_t sequence_ = 0;
   bool debug_checks_ = false;
-  enum class SharedMemory { kUndecided, kOff, kOneHost, kPerHost };
-  SharedMemory shared_memory_ = SharedMemory::kUndecided;
-  std::string host_key_;           // "" : shared_memory_host_key()
-  std::vector<int> host_ranks_;    // the ranks on this rank's host, ascending
-  int host_rank_ = 0;              // this rank's index in host_ranks_ (its slot)
-  std::vector<int> host_leaders_;  // each host's first rank, ascending
-  Tensor ring_scratch_;            // all_reduce_among_hosts' receive buffer
-  std::vector<std::weak_ptr<SharedSegment>> segments_;  // issuing thread only
+  // Who shares memory, the segments, and their all-reduce (its ring runs over run_send/run_recv).
+  std::unique_ptr<SharedMemoryGroup> shared_memory_;
   std::mutex mu_;
   std::mutex run_mu_;  // held while a collective runs: one at a time, in issue order
   std::condition_variable cv_;
