@@ -20,6 +20,8 @@ std::string_view reduce_op_name(ReduceOp op);
 
 using Timeout = std::chrono::milliseconds;
 inline constexpr Timeout kDefaultTimeout{300'000};
+/// A collective running this long is reported once (the watchdog) and keeps waiting.
+inline constexpr Timeout kDefaultStallWarning{60'000};
 
 struct AllReduceOptions {
   ReduceOp op = ReduceOp::kSum;

@@ -7,6 +7,8 @@
 #include <functional>
 #include <string>
 
+#include "distributed/communicator.h"
+
 namespace dtrain::dist {
 
 /// This process's place in the job. Invariants: 0 <= rank < size, 0 <= local_rank < local_size.
@@ -46,8 +48,8 @@ struct JobSpec {
   std::string store_token;       // the Store's shared secret (never on a command line)
   int restart_count = 0;         // restarts of the job so far (dtrain launch --max-restarts)
   std::string backend = "auto";  // strategy.backend
-  std::chrono::milliseconds timeout{300'000};       // a collective slower than this stops the job
-  std::chrono::milliseconds stall_warning{60'000};  // ... slower than this is reported
+  Timeout timeout = kDefaultTimeout;             // a collective slower than this stops the job
+  Timeout stall_warning = kDefaultStallWarning;  // ... slower than this is reported
 };
 
 /// detect_world, plus dtrain launch's DTRAIN_STORE_ADDR, DTRAIN_STORE_TOKEN and

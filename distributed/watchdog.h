@@ -19,9 +19,9 @@ namespace dtrain::dist {
 
 struct WatchdogOptions {
   /// A collective running longer than this is fatal (strategy.timeout_s).
-  std::chrono::milliseconds timeout{300'000};
+  std::chrono::milliseconds timeout = kDefaultTimeout;
   /// A collective running longer than this logs the report once and keeps waiting.
-  std::chrono::milliseconds stall_warning{60'000};
+  std::chrono::milliseconds stall_warning = kDefaultStallWarning;
   /// How often the watchdog thread looks (and publishes progress).
   std::chrono::milliseconds poll{500};
   /// Store key prefix of the progress records ("<prefix><rank>" = "<started> <finished>").

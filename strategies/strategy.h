@@ -69,7 +69,8 @@ struct StrategyOptions {
   std::string type = "single";   // a name from strategy_kinds()
   std::string backend = "auto";  // a name from dist::available_backends(), or auto
   int64_t devices = 1;           // replica threads per process (mirrored, multi_worker_mirrored)
-  dist::Timeout stall_warning{60'000};          // a collective this slow is reported (the watchdog)
+  /// A collective this slow is reported once by the watchdog.
+  dist::Timeout stall_warning = dist::kDefaultStallWarning;
   int64_t check_parameters_every_steps = 1000;  // 0: never
   DdpOptions ddp;  // its timeout is strategy.timeout_s, also the watchdog's
 };
