@@ -102,8 +102,6 @@ class SharedSegment {
 /// for a part that could not be read. The environment switches (DTRAIN_SHARED_MEMORY,
 /// DTRAIN_TCP_CROSS_MEMORY) are not consulted here: each user applies its own.
 std::string host_identity();
-/// The host key of shared memory: host_identity() (SharedMemoryGroup compares it across ranks).
-inline std::string shared_memory_host_key() { return host_identity(); }
 /// Whether DTRAIN_SHARED_MEMORY allows shared memory (unset or 1: yes; 0: no).
 bool shared_memory_enabled_by_env();
 /// The largest buffer (bytes per rank) given shared memory: DTRAIN_SHARED_MEMORY_MAX_MB when set,

@@ -33,7 +33,7 @@ void SharedMemoryGroup::decide(double default_max_bytes, bool verbose) {
                                std::to_string(shared_memory_max_bytes(default_max_bytes));
   Tensor mine = zeros({2}, DType::kInt64);
   mine.data<int64_t>()[0] =
-      static_cast<int64_t>(fnv1a(host_key_.empty() ? shared_memory_host_key() : host_key_));
+      static_cast<int64_t>(fnv1a(host_key_.empty() ? host_identity() : host_key_));
   mine.data<int64_t>()[1] = static_cast<int64_t>(fnv1a(settings));
   Tensor all({2 * size}, DType::kInt64);
   owner_.all_gather(mine, all)->wait();

@@ -45,7 +45,7 @@ class SharedMemoryGroup {
   /// The group's ranks on this rank's host, this one included, ascending (empty before the
   /// decision or without shared memory).
   const std::vector<int>& ranks() const { return host_ranks_; }
-  /// Replaces this rank's host key (default: shared_memory_host_key()) before the first allocate.
+  /// Replaces this rank's host key (default: host_identity()) before the first allocate.
   void set_host_key(std::string key) { host_key_ = std::move(key); }
 
   /// The segment holding all of `t` in this rank's slot, or nullptr. Issuing thread only.
@@ -69,7 +69,7 @@ class SharedMemoryGroup {
   Recv recv_;
   enum class Mode { kUndecided, kOff, kOneHost, kPerHost };
   Mode mode_ = Mode::kUndecided;
-  std::string host_key_;           // "" : shared_memory_host_key()
+  std::string host_key_;           // "" : host_identity()
   std::vector<int> host_ranks_;    // the ranks on this rank's host, ascending
   int host_rank_ = 0;              // this rank's index in host_ranks_ (its slot)
   std::vector<int> host_leaders_;  // each host's first rank, ascending

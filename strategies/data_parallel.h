@@ -27,7 +27,6 @@ class DataParallelStrategy final : public Strategy {
   void sum_across_replicas(std::vector<double>& values) override;
   void check_same_config(const ConfigEntries& config) override;
   void check_parameters_in_sync(nn::Module& model, int64_t step) override;
-  dist::Communicator& communicator() { return *comm_; }
 
  private:
   DistributedDataParallel& ddp();
