@@ -240,6 +240,16 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       });
 }
 
+Tensor bmm(const Tensor& a, const Tensor& b) {
+  detail::check_defined("bmm", a, "a");
+  detail::check_defined("bmm", b, "b");
+  if (a.dim() != 3 || b.dim() != 3 || a.size(0) != b.size(0) || a.size(2) != b.size(1)) {
+    DTRAIN_THROW(ValueError, "bmm: expects [B, M, K] @ [B, K, N]; got ", a.describe(), " @ ",
+                 b.describe(), ". Use matmul for broadcast batch dims");
+  }
+  return matmul(a, b);
+}
+
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   detail::check_same("linear", x, weight);
   DTRAIN_CHECK(weight.dim() == 2, "linear: weight must be [out, in]; got ", weight.describe());

@@ -63,6 +63,8 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 // ---- linear algebra, convolution, pooling ---------------------------------------------------
 /// [.., M, K] @ [.., K, N], batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b);
+/// [B, M, K] @ [B, K, N] -> [B, M, N]; no broadcasting: anything else is an error.
+Tensor bmm(const Tensor& a, const Tensor& b);
 /// x @ weight^T + bias: x [.., in], weight [out, in], bias [out] or undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride = 1,

@@ -6,6 +6,7 @@
 namespace dtrain::nn::functional {
 using dtrain::avg_pool2d;
 using dtrain::batch_norm;
+using dtrain::bmm;
 using dtrain::conv2d;
 using dtrain::cross_entropy;
 using dtrain::dropout;

@@ -77,6 +77,55 @@ std::shared_ptr<Module> Conv2d::make_empty() const {
   return std::make_shared<Conv2d>(in_, out_, kernel_, stride_, padding_, bias.defined());
 }
 
+Conv1d::Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
+               int64_t padding, bool with_bias, Generator& gen)
+    : in_(in_channels),
+      out_(out_channels),
+      kernel_(kernel_size),
+      stride_(stride),
+      padding_(padding) {
+  DTRAIN_CHECK(in_ > 0 && out_ > 0 && kernel_ > 0 && stride_ > 0 && padding_ >= 0,
+               "Conv1d: invalid configuration (", dims({in_, out_, kernel_, stride_, padding_}),
+               ")");
+  Tensor w({out_, in_, kernel_});
+  init::kaiming_uniform_(w, std::sqrt(5.0), gen);
+  weight = register_parameter("weight", w);
+  if (with_bias) {
+    Tensor b({out_});
+    init_bias(b, in_ * kernel_, gen);
+    bias = register_parameter("bias", b);
+  }
+}
+std::string Conv1d::describe() const {
+  return "Conv1d(" + std::to_string(in_) + " -> " + std::to_string(out_) + ", kernel " +
+         std::to_string(kernel_) + ", stride " + std::to_string(stride_) + ", padding " +
+         std::to_string(padding_) + ")";
+}
+Tensor Conv1d::forward(const Tensor& x) {
+  if (x.dim() != 3 || x.size(1) != in_) {
+    DTRAIN_THROW(ValueError, describe(), ": input ", x.describe(), "; expected [N, ", in_, ", L]",
+                 x.dim() == 2 ? ". Reshape a single channel to [N, 1, L] first?" : "");
+  }
+  const int64_t n = x.size(0), length = x.size(2) + 2 * padding_;
+  if (length < kernel_) {
+    DTRAIN_THROW(ValueError, describe(), ": input ", x.describe(), " has length ", x.size(2),
+                 ", shorter than the kernel ", kernel_, " even with padding ", padding_);
+  }
+  // conv2d pads both spatial dims alike, so the length is padded here and the input runs as a
+  // [N, C, 1, L] image with [O, C, 1, K] kernels.
+  Tensor padded = x;
+  if (padding_ > 0) {
+    const Tensor pad = zeros({n, in_, padding_}, x.dtype(), x.device());
+    padded = cat({pad, x, pad}, 2);
+  }
+  const Tensor y = conv2d(reshape(padded, {n, in_, 1, length}),
+                          reshape(weight, {out_, in_, 1, kernel_}), bias, stride_, 0);
+  return reshape(y, {n, out_, y.size(3)});
+}
+std::shared_ptr<Module> Conv1d::make_empty() const {
+  return std::make_shared<Conv1d>(in_, out_, kernel_, stride_, padding_, bias.defined());
+}
+
 MaxPool2d::MaxPool2d(int64_t kernel_size, int64_t stride, int64_t padding)
     : kernel_(kernel_size), stride_(stride < 0 ? kernel_size : stride), padding_(padding) {}
 std::string MaxPool2d::describe() const {
@@ -95,6 +144,19 @@ std::string AvgPool2d::describe() const {
 Tensor AvgPool2d::forward(const Tensor& x) { return avg_pool2d(x, kernel_, stride_, padding_); }
 std::shared_ptr<Module> AvgPool2d::make_empty() const {
   return std::make_shared<AvgPool2d>(kernel_, stride_, padding_);
+}
+
+Tensor GlobalAvgPool::forward(const Tensor& x) {
+  if (x.dim() < 3) {
+    DTRAIN_THROW(ValueError, "GlobalAvgPool: input ", x.describe(),
+                 "; expected [N, C, d1, ...] with at least one dim to average over");
+  }
+  std::vector<int64_t> spatial;
+  for (int64_t d = 2; d < x.dim(); ++d) spatial.push_back(d);
+  return mean(x, spatial);
+}
+std::shared_ptr<Module> GlobalAvgPool::make_empty() const {
+  return std::make_shared<GlobalAvgPool>();
 }
 
 // ---- normalisation --------------------------------------------------------------------------
@@ -146,6 +208,34 @@ std::string Embedding::describe() const { return "Embedding(" + dims({num_, dim_
 Tensor Embedding::forward(const Tensor& indices) { return embedding(weight, indices); }
 std::shared_ptr<Module> Embedding::make_empty() const {
   return std::make_shared<Embedding>(num_, dim_);
+}
+
+PositionalEmbedding::PositionalEmbedding(int64_t max_len, int64_t dim, Generator& gen)
+    : max_len_(max_len), dim_(dim) {
+  DTRAIN_CHECK(max_len_ > 0 && dim_ > 0,
+               "PositionalEmbedding: max_len and dim must be positive; got ", max_len_, " and ",
+               dim_);
+  Tensor w({max_len_, dim_});
+  init::normal_(w, 0, 0.02, gen);
+  weight = register_parameter("weight", w);
+}
+std::string PositionalEmbedding::describe() const {
+  return "PositionalEmbedding(" + dims({max_len_, dim_}) + ")";
+}
+Tensor PositionalEmbedding::forward(const Tensor& x) {
+  if (x.dim() != 3 || x.size(2) != dim_) {
+    DTRAIN_THROW(ValueError, describe(), ": input ", x.describe(), "; expected [N, T, ", dim_, "]");
+  }
+  const int64_t t = x.size(1);
+  if (t > max_len_) {
+    DTRAIN_THROW(ValueError, describe(), ": sequence length T = ", t,
+                 " exceeds max_len = ", max_len_, " (input ", x.describe(),
+                 "). Build it with a larger max_len?");
+  }
+  return add(x, slice(weight, 0, 0, t));
+}
+std::shared_ptr<Module> PositionalEmbedding::make_empty() const {
+  return std::make_shared<PositionalEmbedding>(max_len_, dim_);
 }
 
 Dropout::Dropout(double p, uint64_t seed, uint64_t stream) : p_(p), gen_(seed, stream) {
@@ -214,6 +304,25 @@ std::shared_ptr<Module> Sequential::make_empty() const {
   auto copy = std::make_shared<Sequential>();
   for (const auto& [name, m] : named_children()) copy->add(m->clone(), name);
   return copy;
+}
+
+// ---- Residual -------------------------------------------------------------------------------
+Residual::Residual(ModulePtr body_module) {
+  DTRAIN_CHECK(body_module != nullptr, "Residual: null body");
+  body = register_module("body", std::move(body_module));
+}
+std::string Residual::describe() const { return "Residual(" + body->describe() + ")"; }
+Tensor Residual::forward(const Tensor& x) {
+  const Tensor y = body->forward(x);
+  if (y.shape() != x.shape()) {
+    DTRAIN_THROW(ValueError, describe(), ": body output ", shape_str(y.shape()),
+                 " differs from the input ", shape_str(x.shape()),
+                 "; x + body(x) needs the same shape. Add a projection to the body?");
+  }
+  return add(x, y);
+}
+std::shared_ptr<Module> Residual::make_empty() const {
+  return std::make_shared<Residual>(body->clone());
 }
 
 }  // namespace dtrain::nn

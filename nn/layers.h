@@ -40,6 +40,22 @@ class Conv2d : public Module {
   int64_t in_, out_, kernel_, stride_, padding_;
 };
 
+/// 1-D convolution over [N, C, L]; PyTorch's Conv1d, with the same initialisation.
+class Conv1d : public Module {
+ public:
+  Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
+         int64_t padding = 0, bool bias = true, Generator& gen = default_generator());
+  std::string describe() const override;
+  Tensor forward(const Tensor& x) override;  // [N, C, L] -> [N, O, (L + 2P - K) / S + 1]
+  Tensor weight, bias;                       // [O, C, K]; [O]
+
+ protected:
+  std::shared_ptr<Module> make_empty() const override;
+
+ private:
+  int64_t in_, out_, kernel_, stride_, padding_;
+};
+
 class MaxPool2d : public Module {
  public:
   explicit MaxPool2d(int64_t kernel_size, int64_t stride = -1, int64_t padding = 0);
@@ -65,6 +81,18 @@ class AvgPool2d : public Module {
 
  private:
   int64_t kernel_, stride_, padding_;
+};
+
+/// Mean over every dim after the channels: [N, C, d1, d2, ...] -> [N, C] (PyTorch's
+/// AdaptiveAvgPool2d(1) followed by Flatten, for any number of spatial dims).
+class GlobalAvgPool : public Module {
+ public:
+  GlobalAvgPool() = default;
+  std::string describe() const override { return "GlobalAvgPool"; }
+  Tensor forward(const Tensor& x) override;
+
+ protected:
+  std::shared_ptr<Module> make_empty() const override;
 };
 
 /// Batch normalisation of [N, C] (BatchNorm1d) or [N, C, H, W] (BatchNorm2d); running statistics
@@ -123,6 +151,21 @@ class Embedding : public Module {
 
  private:
   int64_t num_, dim_;
+};
+
+/// Learned absolute positions: x [N, T, dim] -> x + weight[:T]; weight [max_len, dim] ~ N(0, 0.02).
+class PositionalEmbedding : public Module {
+ public:
+  PositionalEmbedding(int64_t max_len, int64_t dim, Generator& gen = default_generator());
+  std::string describe() const override;
+  Tensor forward(const Tensor& x) override;
+  Tensor weight;
+
+ protected:
+  std::shared_ptr<Module> make_empty() const override;
+
+ private:
+  int64_t max_len_, dim_;
 };
 
 /// Zeroes elements with probability p in training, from its own Philox stream.
@@ -197,6 +240,18 @@ class Sequential : public Module {
   Tensor forward(const Tensor& x) override;
   size_t size() const { return named_children().size(); }
   ModulePtr operator[](size_t i) const { return named_children().at(i).second; }
+
+ protected:
+  std::shared_ptr<Module> make_empty() const override;
+};
+
+/// y = x + body(x); the body is the child "body" and must keep the shape of its input.
+class Residual : public Module {
+ public:
+  explicit Residual(ModulePtr body);
+  std::string describe() const override;
+  Tensor forward(const Tensor& x) override;
+  ModulePtr body;
 
  protected:
   std::shared_ptr<Module> make_empty() const override;

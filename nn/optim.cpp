@@ -1,10 +1,13 @@
-// Optimiser steps: state and per-step scalars here; the per-element update is an in-place op of
-// the tensor layer (ops::sgd_update_, ...), which runs it on the parameter's device.
+// Optimiser steps: state, per-step scalars and weight-decay masks here; the per-element update is
+// an in-place op of the tensor layer (ops::sgd_update_, ...), which runs it on the parameter's
+// device.
 #include "nn/optim.h"
 
 #include <cmath>
+#include <unordered_set>
 
 #include "autograd/grad_mode.h"
+#include "nn/layers.h"
 #include "tensor/kernels.h"
 #include "tensor/ops.h"
 
@@ -20,6 +23,14 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr) : params_(std::move(
     DTRAIN_CHECK(params_[i].defined() && params_[i].requires_grad(), "optimizer: parameter ", i,
                  " (", params_[i].name(), ") does not require grad");
   }
+  decays_.assign(params_.size(), true);
+}
+
+void Optimizer::set_weight_decay_mask(std::vector<bool> decays) {
+  DTRAIN_CHECK(decays.size() == params_.size(), name(), ": the weight decay mask has ",
+               decays.size(), " entries but the optimiser has ", params_.size(),
+               " parameters; expected one flag per parameter, in params() order");
+  decays_ = std::move(decays);
 }
 
 void Optimizer::step() {
@@ -106,7 +117,7 @@ void SGD::update(size_t i, Tensor& p, const Tensor& g) {
   const kernels::SgdParams s{static_cast<float>(lr_),
                              static_cast<float>(o_.momentum),
                              static_cast<float>(o_.dampening),
-                             static_cast<float>(o_.weight_decay),
+                             static_cast<float>(weight_decay_for(i, o_.weight_decay)),
                              o_.nesterov,
                              first};
   ops::sgd_update_(p, g, buf, s);
@@ -128,7 +139,7 @@ void Adam::update(size_t i, Tensor& p, const Tensor& g) {
                               static_cast<float>(o_.beta1),
                               static_cast<float>(o_.beta2),
                               static_cast<float>(o_.eps),
-                              static_cast<float>(o_.weight_decay),
+                              static_cast<float>(weight_decay_for(i, o_.weight_decay)),
                               static_cast<float>(1 - std::pow(o_.beta1, t)),
                               static_cast<float>(1 - std::pow(o_.beta2, t)),
                               decoupled_};
@@ -145,10 +156,76 @@ RMSprop::RMSprop(std::vector<Tensor> params, RmspropOptions o)
 void RMSprop::update(size_t i, Tensor& p, const Tensor& g) {
   Tensor& sq = buffer(i, "square_avg");
   Tensor buf = o_.momentum > 0 ? buffer(i, "momentum_buffer") : Tensor();
-  const kernels::RmspropParams s{static_cast<float>(lr_), static_cast<float>(o_.alpha),
-                                 static_cast<float>(o_.eps), static_cast<float>(o_.weight_decay),
-                                 static_cast<float>(o_.momentum)};
+  const kernels::RmspropParams s{
+      static_cast<float>(lr_), static_cast<float>(o_.alpha), static_cast<float>(o_.eps),
+      static_cast<float>(weight_decay_for(i, o_.weight_decay)), static_cast<float>(o_.momentum)};
   ops::rmsprop_update_(p, g, sq, buf, s);
+}
+
+// ---- weight-decay masks ---------------------------------------------------------------------
+namespace {
+
+using TensorSet = std::unordered_set<const dtrain::detail::TensorImpl*>;
+
+void insert_defined(TensorSet& set, const Tensor& t) {
+  if (t.defined()) set.insert(t.impl_ptr().get());
+}
+
+/// Parameters of normalisation and embedding layers, by identity: names alone cannot tell a
+/// LayerNorm's weight from a Linear's.
+void collect_norm_and_embedding(const Module& m, TensorSet& norm, TensorSet& embedding) {
+  if (const auto* bn = dynamic_cast<const BatchNorm*>(&m)) {
+    insert_defined(norm, bn->weight);
+    insert_defined(norm, bn->bias);
+  } else if (const auto* ln = dynamic_cast<const LayerNorm*>(&m)) {
+    insert_defined(norm, ln->weight);
+    insert_defined(norm, ln->bias);
+  } else if (const auto* e = dynamic_cast<const Embedding*>(&m)) {
+    insert_defined(embedding, e->weight);
+  } else if (const auto* pe = dynamic_cast<const PositionalEmbedding*>(&m)) {
+    insert_defined(embedding, pe->weight);
+  }
+  for (const auto& [name, child] : m.named_children())
+    collect_norm_and_embedding(*child, norm, embedding);
+}
+
+}  // namespace
+
+WeightDecayMask weight_decay_mask(const Module& model, const std::vector<std::string>& no_decay) {
+  for (const std::string& entry : no_decay) {
+    DTRAIN_CHECK(!entry.empty(), "weight_decay_mask: an empty no_decay entry would match every ",
+                 "parameter of ", model.describe(), "; remove it");
+  }
+  TensorSet norm, embedding;
+  collect_norm_and_embedding(model, norm, embedding);
+  const NamedTensors named = model.named_parameters();
+  WeightDecayMask out;
+  out.decays.assign(named.size(), true);
+  std::vector<bool> used(no_decay.size(), false);
+  for (size_t i = 0; i < named.size(); ++i) {
+    const auto& [name, p] = named[i];
+    const std::string last = name.substr(name.rfind('.') + 1);  // npos + 1 == 0: the whole name
+    for (size_t j = 0; j < no_decay.size(); ++j) {
+      const std::string& entry = no_decay[j];
+      bool hit = false;
+      if (entry == "bias")
+        hit = last == "bias";
+      else if (entry == "norm")
+        hit = norm.count(p.impl_ptr().get()) > 0;
+      else if (entry == "embedding")
+        hit = embedding.count(p.impl_ptr().get()) > 0;
+      else
+        hit = name.find(entry) != std::string::npos;
+      if (hit) {
+        out.decays[i] = false;
+        used[j] = true;
+      }
+    }
+  }
+  for (size_t j = 0; j < no_decay.size(); ++j) {
+    if (!used[j]) out.unmatched.push_back(no_decay[j]);
+  }
+  return out;
 }
 
 }  // namespace dtrain::nn

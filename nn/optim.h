@@ -1,6 +1,6 @@
-// Optimisers (SGD, Adam, AdamW, RMSprop) with PyTorch's update rules, and their state for exact
-// resume. The per-element updates are tensor ops (ops::sgd_update_, ...) that run on the
-// parameter's device.
+// Optimisers (SGD, Adam, AdamW, RMSprop) with PyTorch's update rules, their state for exact
+// resume, and per-parameter weight-decay masks (PyTorch's no-decay param groups). The
+// per-element updates are tensor ops (ops::sgd_update_, ...) that run on the parameter's device.
 #pragma once
 
 #include <map>
@@ -10,6 +10,8 @@
 #include "tensor/tensor.h"
 
 namespace dtrain::nn {
+
+class Module;
 
 /// Everything an optimiser needs to continue exactly: per-parameter buffers by
 /// "<param index>.<buffer>" and scalars such as "step" and "lr".
@@ -31,6 +33,12 @@ class Optimizer {
   void set_lr(double lr) { lr_ = lr; }
   int64_t steps() const { return steps_; }
   const std::vector<Tensor>& params() const { return params_; }
+  /// One flag per parameter, in params() order: true = the parameter gets the optimiser's
+  /// weight decay, false = it is updated as in a PyTorch param group with weight_decay=0.
+  /// All true by default. Not part of state_dict(); set it again after constructing on resume.
+  /// Throws ValueError naming both sizes when decays.size() != params().size().
+  void set_weight_decay_mask(std::vector<bool> decays);
+  const std::vector<bool>& weight_decay_mask() const { return decays_; }
 
   OptimizerState state_dict() const;
   /// Throws naming the first buffer whose shape or presence does not match the parameters.
@@ -44,12 +52,17 @@ class Optimizer {
   bool has_buffer(size_t i, const std::string& name) const;
   /// Per-parameter scalar state (0 until set), saved as "<i>.<name>" in the state's scalars.
   double& scalar(size_t i, const std::string& name);
+  /// The weight decay parameter i gets: `weight_decay`, or 0 where the mask excludes it.
+  double weight_decay_for(size_t i, double weight_decay) const {
+    return decays_[i] ? weight_decay : 0.0;
+  }
 
   std::vector<Tensor> params_;
   double lr_;
   int64_t steps_ = 0;  // completed step() calls
 
  private:
+  std::vector<bool> decays_;  // one per parameter
   std::map<std::string, Tensor> buffers_;
   std::map<std::string, double> scalars_;
 };
@@ -107,5 +120,19 @@ class RMSprop : public Optimizer {
  private:
   RmspropOptions o_;
 };
+
+/// A weight-decay mask for model.parameters() and the no_decay entries that matched nothing.
+struct WeightDecayMask {
+  std::vector<bool> decays;            // one per parameter, for Optimizer::set_weight_decay_mask
+  std::vector<std::string> unmatched;  // no_decay entries, in the given order, that matched none
+};
+
+/// Excludes from weight decay the parameters of `model` that an entry of no_decay matches:
+///   "bias"      a parameter whose name's last component is "bias";
+///   "norm"      the weight and bias of BatchNorm and LayerNorm layers;
+///   "embedding" the weight of Embedding and PositionalEmbedding layers;
+///   otherwise   a parameter whose dotted name contains the entry.
+/// Matching is case-sensitive. Throws ValueError for an empty entry (it would match everything).
+WeightDecayMask weight_decay_mask(const Module& model, const std::vector<std::string>& no_decay);
 
 }  // namespace dtrain::nn

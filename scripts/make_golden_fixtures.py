@@ -1,6 +1,11 @@
-# Writes PyTorch reference values (golden fixtures) to tests/fixtures/golden_{mlp,cnn,ops}.txt.
-# Run from the repo root: /usr/bin/python3 scripts/make_golden_fixtures.py regenerates tests/fixtures/*.txt
+# Writes PyTorch reference values (golden fixtures) to
+# tests/fixtures/golden_{mlp,cnn,ops,layers,optim_extras}.txt.
+# Run from the repo root: /usr/bin/python3 scripts/make_golden_fixtures.py regenerates all of them;
+# name some (mlp cnn ops layers optim_extras) to write only those, e.g.
+# `... make_golden_fixtures.py layers`.
+import argparse
 import copy
+import math
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -238,13 +243,232 @@ def make_ops():
         op_case(f, "max_dim", lambda t: t.max(dim=1).values, [x], {"idx": idx})
 
 
+# --------------------------------------------------------------------------- layers
+class Residual(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class PositionalEmbedding(nn.Module):
+    def __init__(self, max_len, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+
+    def forward(self, x):
+        return x + self.weight[: x.shape[1]]
+
+
+class CausalSelfAttention(nn.Module):
+    """dtrain's layout: qkv = Linear(D, 3D) split into q, k, v along the last dim; proj."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        hd = d // self.heads
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(n, t, self.heads, hd).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        att = att.masked_fill(~causal, float("-inf"))
+        y = F.softmax(att, dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(n, t, d))
+
+
+def check_against_multihead_attention(attn, x):
+    """The hand-written attention must equal torch's own MultiheadAttention with the same weights."""
+    d = x.shape[2]
+    mha = nn.MultiheadAttention(d, attn.heads, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(attn.qkv.weight)
+        mha.in_proj_bias.copy_(attn.qkv.bias)
+        mha.out_proj.weight.copy_(attn.proj.weight)
+        mha.out_proj.bias.copy_(attn.proj.bias)
+        t = x.shape[1]
+        mask = ~torch.ones(t, t, dtype=torch.bool).tril()  # True = may not attend
+        expected = mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+        assert torch.allclose(attn(x), expected, atol=1e-6), "attention differs from MHA"
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+def perturb_norms(module):
+    """Normalisation layers start at weight 1, bias 0; move them so the tests see them applied."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+                m.weight.add_(0.3 * torch.randn(m.weight.shape))
+                m.bias.add_(0.3 * torch.randn(m.bias.shape))
+
+
+def layer_case(f, name, module, x):
+    """Writes name.x, name.<param>, name.w, name.out, name.grad.x and name.grad.<param>, where the
+    gradients are those of (out * w).sum() (train mode)."""
+    module.train()
+    x = x.detach().clone().requires_grad_(True)
+    for pname, p in module.named_parameters():
+        write(f, "%s.%s" % (name, pname), p)
+    out = module(x)
+    w = torch.randn(out.shape)
+    (out * w).sum().backward()
+    write(f, name + ".x", x)
+    write(f, name + ".w", w)
+    write(f, name + ".out", out)
+    write(f, name + ".grad.x", x.grad)
+    for pname, p in module.named_parameters():
+        write(f, "%s.grad.%s" % (name, pname), p.grad)
+
+
+def make_layers():
+    torch.manual_seed(3)
+    r = torch.randn
+    title = "layers; grad.* = d/d(input or parameter) of (out * w).sum(), train mode"
+    with open_fixture("golden_layers.txt", title) as f:
+        layer_case(f, "conv1d", nn.Conv1d(3, 4, 3, stride=2, padding=1), r(2, 3, 9))
+        layer_case(f, "conv1d_nobias", nn.Conv1d(2, 3, 5, stride=1, padding=2, bias=False),
+                   r(2, 2, 8))
+        layer_case(f, "global_avg_pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                   r(2, 3, 4, 5))
+
+        res = Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                                     nn.Conv2d(3, 3, 3, padding=1, bias=False)))
+        perturb_norms(res)
+        layer_case(f, "residual", res, r(2, 3, 5, 5))
+
+        layer_case(f, "positional", PositionalEmbedding(8, 6), r(2, 5, 6))
+
+        for name, dim, heads, shape in (("attention", 8, 2, (2, 5, 8)),
+                                        ("attention_h4", 16, 4, (3, 7, 16))):
+            attn = CausalSelfAttention(dim, heads)
+            x = r(*shape)
+            check_against_multihead_attention(attn, x)
+            layer_case(f, name, attn, x)
+
+        for name, dim, heads, ratio, shape in (("block", 8, 2, 4, (2, 5, 8)),
+                                               ("block_r2", 12, 3, 2, (2, 6, 12))):
+            block = TransformerBlock(dim, heads, ratio)
+            perturb_norms(block)
+            layer_case(f, name, block, r(*shape))
+
+
+# --------------------------------------------------------------------------- optim_extras
+def clip_case(f, name, grads, max_norm, with_grad=None):
+    """Writes name.g<i> (the gradients), name.max_norm, name.norm (the returned pre-clip norm) and
+    name.out<i> (the gradients after clipping); parameters with with_grad[i] False get no gradient
+    (their name.g<i> is zeros and name.out<i> is absent)."""
+    with_grad = with_grad or [True] * len(grads)
+    params = []
+    for i, (g, has) in enumerate(zip(grads, with_grad)):
+        p = torch.zeros(g.shape, requires_grad=True)
+        if has:
+            p.grad = g.clone()
+        params.append(p)
+        write(f, "%s.g%d" % (name, i), g if has else torch.zeros(g.shape))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    write(f, name + ".max_norm", torch.tensor(max_norm))
+    write(f, name + ".norm", norm)
+    for i, p in enumerate(params):
+        if p.grad is not None:
+            write(f, "%s.out%d" % (name, i), p.grad)
+
+
+class LinearNormLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(5, 6)
+        self.norm = nn.LayerNorm(6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.norm(self.fc1(x))))
+
+
+def no_decay_groups(model, no_decay_norm):
+    """PyTorch param groups: biases (and, with no_decay_norm, the LayerNorm weight) get
+    weight_decay=0; the group order does not change any parameter's update."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        skip = name.endswith("bias") or (no_decay_norm and name.startswith("norm."))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# (fixture prefix, factory of the optimiser over param groups, no_decay covers the norm too)
+NO_DECAY_OPTIMISERS = [
+    ("sgd_nodecay_bias", lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, weight_decay=0.1),
+     False),
+    ("adamw_nodecay_bias", lambda g: torch.optim.AdamW(g, lr=0.05, weight_decay=0.5), False),
+    ("adamw_nodecay_bias_norm", lambda g: torch.optim.AdamW(g, lr=0.05, weight_decay=0.5), True),
+]
+
+
+def make_optim_extras():
+    torch.manual_seed(4)
+    r = torch.randn
+    title = "clip_grad_norm_ and optimisers with no-decay param groups"
+    with open_fixture("golden_optim_extras.txt", title) as f:
+        clip_case(f, "clip", [r(3, 4), r(5), r(2, 2, 2)], 1.0)
+        clip_case(f, "clip_small", [0.01 * r(3, 4), 0.01 * r(5)], 1.0)
+        clip_case(f, "clip_skip", [r(4), r(3, 3), r(6)], 0.5, with_grad=[True, False, True])
+        # 3000 and 2500 elements: more than one 1024-wide block plus a remainder.
+        clip_case(f, "clip_large", [100 * r(3, 1000), r(2500), r(7)], 2.0)
+
+        model = LinearNormLinear()
+        perturb_norms(model)
+        x = r(8, 5)
+        y = torch.randint(0, 3, (8,))
+        write(f, "x", x)
+        write(f, "y", y)
+        write_params(f, "", model)
+        for prefix, make_opt, no_decay_norm in NO_DECAY_OPTIMISERS:
+            m = copy.deepcopy(model)
+            loss3 = train_steps(m, lambda _: make_opt(no_decay_groups(m, no_decay_norm)), x, y)
+            write_params(f, prefix + ".", m)
+            write(f, prefix + ".loss3", loss3)
+
+
+FIXTURES = {
+    "mlp": ("golden_mlp.txt", make_mlp),
+    "cnn": ("golden_cnn.txt", make_cnn),
+    "ops": ("golden_ops.txt", make_ops),
+    "layers": ("golden_layers.txt", make_layers),
+    "optim_extras": ("golden_optim_extras.txt", make_optim_extras),
+}
+
+
 def main():
+    parser = argparse.ArgumentParser(description="Write PyTorch golden fixtures.")
+    parser.add_argument("fixtures", nargs="*", metavar="NAME",
+                        help="fixtures to write, of %s (default: all)" % ", ".join(FIXTURES))
+    chosen = parser.parse_args().fixtures or list(FIXTURES)
+    unknown = [name for name in chosen if name not in FIXTURES]
+    if unknown:
+        parser.error("unknown fixture %s; choose from %s" % (", ".join(unknown), ", ".join(FIXTURES)))
     os.makedirs(OUT_DIR, exist_ok=True)
-    make_mlp()
-    make_cnn()
-    make_ops()
-    for fn in ("golden_mlp.txt", "golden_cnn.txt", "golden_ops.txt"):
-        path = os.path.join(OUT_DIR, fn)
+    for key in chosen:
+        filename, make = FIXTURES[key]
+        make()
+        path = os.path.join(OUT_DIR, filename)
         with open(path) as fh:
             names = [ln.split(" ", 1)[0] for ln in fh if ln.strip() and not ln.startswith("#")]
         print("%s: %d tensors" % (os.path.relpath(path, ROOT), len(names)))

@@ -69,6 +69,21 @@ TEST(OpErrors, MatmulInnerMismatchNamesBothOperands) {
               AllOf(HasSubstr("matmul"), HasSubstr("[2, 3]"), HasSubstr("[4, 5]")));
 }
 
+TEST(OpErrors, BmmRequiresEqualBatchesAndThreeDims) {
+  Tensor a = ones({2, 3, 4}).set_requires_grad();
+  EXPECT_THAT(error_message([&] {
+                bmm(a, ones({3, 4, 5}));
+              }),
+              AllOf(HasSubstr("bmm"), HasSubstr("[2, 3, 4]"), HasSubstr("[3, 4, 5]"),
+                    HasSubstr("[B, M, K] @ [B, K, N]")));
+  EXPECT_THAT(error_message([&] { bmm(a, ones({2, 5, 2})); }), HasSubstr("[2, 5, 2]"));
+  EXPECT_THAT(error_message([&] {
+                bmm(a, ones({4, 5}));
+              }),
+              AllOf(HasSubstr("[4, 5]"), HasSubstr("matmul")));
+  EXPECT_EQ(bmm(a, ones({2, 4, 5})).shape(), Shape({2, 3, 5}));
+}
+
 TEST(OpErrors, CrossEntropyTargetOutOfRangeNamesTargetAndPosition) {
   Tensor logits = zeros({3, 5}).set_requires_grad();
   Tensor targets = from_vector<int64_t>({1, 7, 0});

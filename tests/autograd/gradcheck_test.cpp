@@ -186,6 +186,22 @@ std::vector<GradcheckCase> linalg_cases() {
   mm("matmul_3d_at_2d", {2, 3, 4}, {4, 5});
   mm("matmul_2d_at_3d", {3, 4}, {2, 4, 2});
   mm("matmul_size1_dims", {1, 4}, {4, 1});
+  mm("matmul_4d_batched", {2, 2, 3, 4}, {2, 2, 4, 2});
+  mm("matmul_4d_broadcast_heads", {2, 2, 3, 4}, {1, 2, 4, 3});
+  mm("matmul_4d_at_2d", {2, 2, 3, 4}, {4, 2});
+  cases.push_back({"bmm", [](Generator& g) {
+                     return Problem{[](const std::vector<Tensor>& in) { return bmm(in[0], in[1]); },
+                                    {leaf({3, 2, 4}, g), leaf({3, 4, 2}, g)}};
+                   }});
+  // The attention pattern: scores q @ k^T through transpose, then probabilities @ v.
+  cases.push_back({"matmul_attention_chain", [](Generator& g) {
+                     return Problem{
+                         [](const std::vector<Tensor>& in) {
+                           Tensor scores = matmul(in[0], transpose(in[1], -2, -1));
+                           return matmul(softmax(scores, -1), in[2]);
+                         },
+                         {leaf({2, 2, 3, 2}, g), leaf({2, 2, 3, 2}, g), leaf({2, 2, 3, 2}, g)}};
+                   }});
 
   auto lin = [&](const std::string& name, Shape sx, int64_t out, bool with_bias) {
     cases.push_back({name, [=](Generator& g) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "layer_checks.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -18,11 +19,25 @@ namespace {
 using ::testing::HasSubstr;
 using testutil::all_close;
 using testutil::bit_equal;
+using testutil::clones_independently;
+using testutil::gradcheck_module;
+using testutil::to_float64;
 
 double max_abs(const Tensor& t) {
   double m = 0;
   for (double v : t.to_vector<double>()) m = std::max(m, std::fabs(v));
   return m;
+}
+
+std::vector<std::string> names_of(const nn::NamedTensors& named) {
+  std::vector<std::string> names;
+  for (const auto& [name, t] : named) names.push_back(name);
+  return names;
+}
+
+/// A float64 leaf requiring grad, for gradcheck.
+Tensor leaf64(const Shape& shape, Generator& gen) {
+  return randn(shape, gen, DType::kFloat64).set_requires_grad();
 }
 
 /// The message of the ValueError that f throws ("" and a test failure if it does not throw).
@@ -145,6 +160,249 @@ TEST(Pooling, LayersMatchFunctionalFormsAndDefaultStrideIsKernel) {
   EXPECT_TRUE(bit_equal(nn::AvgPool2d(2).forward(x), avg_pool2d(x, 2, 2)));
   EXPECT_TRUE(bit_equal(nn::MaxPool2d(3, 1, 1).forward(x), max_pool2d(x, 3, 1, 1)));
   EXPECT_EQ(nn::MaxPool2d(2).forward(x).shape(), Shape({2, 3, 4, 4}));
+}
+
+// ---- Conv1d ---------------------------------------------------------------------------------
+TEST(Conv1d, OutputShapes) {
+  Generator gen(20);
+  const Tensor x = randn({2, 3, 9}, gen);
+  EXPECT_EQ(nn::Conv1d(3, 4, 3).forward(x).shape(), Shape({2, 4, 7}));
+  EXPECT_EQ(nn::Conv1d(3, 4, 3, 1, 1).forward(x).shape(), Shape({2, 4, 9}));
+  EXPECT_EQ(nn::Conv1d(3, 8, 3, 2, 0).forward(x).shape(), Shape({2, 8, 4}));
+  EXPECT_EQ(nn::Conv1d(3, 5, 5, 2, 2).forward(x).shape(), Shape({2, 5, 5}));
+  EXPECT_EQ(nn::Conv1d(3, 1, 1).forward(x).shape(), Shape({2, 1, 9}));
+  EXPECT_EQ(nn::Conv1d(3, 2, 9).forward(x).shape(), Shape({2, 2, 1}));
+}
+
+TEST(Conv1d, WeightShapeAndInitBound) {
+  Generator gen(21);
+  nn::Conv1d conv(4, 6, 3, 1, 0, true, gen);
+  EXPECT_EQ(conv.weight.shape(), Shape({6, 4, 3}));
+  EXPECT_EQ(conv.bias.shape(), Shape({6}));
+  const double bound = 1.0 / std::sqrt(4.0 * 3);  // Kaiming-uniform with a = sqrt(5), fan_in C*K
+  EXPECT_LE(max_abs(conv.weight), bound);
+  EXPECT_GT(max_abs(conv.weight), 0.9 * bound);
+  EXPECT_LE(max_abs(conv.bias), bound);
+  EXPECT_EQ(names_of(conv.state_dict()), (std::vector<std::string>{"weight", "bias"}));
+  nn::Conv1d no_bias(4, 6, 3, 1, 0, false);
+  EXPECT_FALSE(no_bias.bias.defined());
+  EXPECT_EQ(names_of(no_bias.state_dict()), (std::vector<std::string>{"weight"}));
+}
+
+TEST(Conv1d, ForwardMatchesDirectSum) {
+  Generator gen(22);
+  for (auto [stride, padding] : {std::pair<int64_t, int64_t>{1, 0}, {2, 1}, {3, 2}}) {
+    const int64_t n = 2, c = 3, o = 4, k = 3, len = 10;
+    nn::Conv1d conv(c, o, k, stride, padding, true, gen);
+    const Tensor x = randn({n, c, len}, gen);
+    const Tensor y = conv.forward(x);
+    const int64_t out_len = (len + 2 * padding - k) / stride + 1;
+    ASSERT_EQ(y.shape(), Shape({n, o, out_len}));
+    const auto xv = x.to_vector<double>(), wv = conv.weight.to_vector<double>(),
+               bv = conv.bias.to_vector<double>();
+    std::vector<double> expected;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t oc = 0; oc < o; ++oc) {
+        for (int64_t l = 0; l < out_len; ++l) {
+          double acc = bv[oc];
+          for (int64_t ic = 0; ic < c; ++ic) {
+            for (int64_t kk = 0; kk < k; ++kk) {
+              const int64_t at = l * stride + kk - padding;
+              if (at < 0 || at >= len) continue;
+              acc += wv[(oc * c + ic) * k + kk] * xv[(i * c + ic) * len + at];
+            }
+          }
+          expected.push_back(acc);
+        }
+      }
+    }
+    EXPECT_TRUE(all_close(y, from_vector<double>(expected, y.shape()), 1e-5, 1e-5))
+        << "stride " << stride << ", padding " << padding;
+  }
+}
+
+TEST(Conv1d, ValidatesInputAndConfiguration) {
+  nn::Conv1d conv(3, 8, 3);
+  std::string msg = value_error_message([&] { conv.forward(zeros({2, 1, 8})); });
+  EXPECT_THAT(msg, HasSubstr("Conv1d(3 -> 8"));
+  EXPECT_THAT(msg, HasSubstr("[N, 3, L]"));
+  EXPECT_THAT(msg, HasSubstr("[2, 1, 8]"));
+  EXPECT_THAT(value_error_message([&] { conv.forward(zeros({2, 24})); }), HasSubstr("[N, 1, L]"));
+  msg = value_error_message([&] { conv.forward(zeros({2, 3, 2})); });
+  EXPECT_THAT(msg, HasSubstr("shorter than the kernel 3"));
+  EXPECT_THROW(nn::Conv1d(0, 4, 3), ValueError);
+  EXPECT_THROW(nn::Conv1d(3, 4, 0), ValueError);
+  EXPECT_THROW(nn::Conv1d(3, 4, 3, 0), ValueError);
+  EXPECT_THROW(nn::Conv1d(3, 4, 3, 1, -1), ValueError);
+}
+
+TEST(Conv1d, CloneIsIndependent) {
+  Generator gen(23);
+  nn::Conv1d conv(2, 3, 3, 2, 1, true, gen);
+  EXPECT_TRUE(clones_independently(conv, randn({2, 2, 7}, gen)));
+  nn::Conv1d no_bias(2, 3, 3, 1, 0, false, gen);
+  EXPECT_TRUE(clones_independently(no_bias, randn({1, 2, 5}, gen)));
+}
+
+TEST(Conv1d, GradcheckInputAndParameters) {
+  Generator gen(24);
+  nn::Conv1d conv(2, 3, 3, 2, 1, true, gen);
+  to_float64(conv);
+  auto r = gradcheck_module(conv, leaf64({2, 2, 7}, gen), gen);
+  EXPECT_TRUE(r.ok) << r.message;
+  nn::Conv1d no_bias(2, 2, 2, 1, 0, false, gen);
+  to_float64(no_bias);
+  r = gradcheck_module(no_bias, leaf64({1, 2, 5}, gen), gen);
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+// ---- GlobalAvgPool --------------------------------------------------------------------------
+TEST(GlobalAvgPool, AveragesEverythingAfterTheChannels) {
+  Generator gen(25);
+  const Tensor x = randn({2, 3, 4, 5}, gen);
+  const Tensor y = nn::GlobalAvgPool().forward(x);
+  ASSERT_EQ(y.shape(), Shape({2, 3}));
+  const auto xv = x.to_vector<double>();
+  std::vector<double> expected(6, 0.0);
+  for (size_t i = 0; i < xv.size(); ++i) expected[i / 20] += xv[i] / 20;
+  EXPECT_TRUE(all_close(y, from_vector<double>(expected, {2, 3})));
+  EXPECT_EQ(nn::GlobalAvgPool().forward(randn({2, 3, 7}, gen)).shape(), Shape({2, 3}));
+  EXPECT_EQ(nn::GlobalAvgPool().forward(randn({2, 3, 2, 2, 2}, gen)).shape(), Shape({2, 3}));
+}
+
+TEST(GlobalAvgPool, RejectsInputWithoutSpatialDimsAndClones) {
+  nn::GlobalAvgPool pool;
+  const std::string msg = value_error_message([&] { pool.forward(zeros({4, 3})); });
+  EXPECT_THAT(msg, HasSubstr("GlobalAvgPool"));
+  EXPECT_THAT(msg, HasSubstr("[4, 3]"));
+  EXPECT_EQ(pool.describe(), "GlobalAvgPool");
+  EXPECT_TRUE(pool.named_parameters().empty());
+  Generator gen(26);
+  EXPECT_TRUE(clones_independently(pool, randn({2, 3, 2, 2}, gen)));
+}
+
+TEST(GlobalAvgPool, Gradcheck) {
+  Generator gen(27);
+  nn::GlobalAvgPool pool;
+  const auto r = gradcheck_module(pool, leaf64({2, 3, 2, 3}, gen), gen);
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+// ---- Residual -------------------------------------------------------------------------------
+std::shared_ptr<nn::Sequential> conv_body(Generator& gen) {
+  return std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Conv2d>(3, 3, 3, 1, 1, true, gen), std::make_shared<nn::BatchNorm2d>(3),
+      std::make_shared<nn::ReLU>(), std::make_shared<nn::Conv2d>(3, 3, 3, 1, 1, false, gen)});
+}
+
+TEST(Residual, AddsTheBodyOutputToTheInput) {
+  Generator gen(28);
+  auto body = std::make_shared<nn::Linear>(4, 4, true, gen);
+  nn::Residual res(body);
+  const Tensor x = randn({3, 4}, gen);
+  EXPECT_TRUE(bit_equal(res.forward(x), x + body->forward(x)));
+  EXPECT_EQ(res.body, body);
+  EXPECT_EQ(res.describe(), "Residual(Linear(4 -> 4))");
+  EXPECT_THROW(nn::Residual(nullptr), ValueError);
+}
+
+TEST(Residual, RegistersTheBodyAsChildBody) {
+  Generator gen(29);
+  nn::Residual res(conv_body(gen));
+  ASSERT_EQ(res.named_children().size(), 1u);
+  EXPECT_EQ(res.named_children()[0].first, "body");
+  EXPECT_EQ(names_of(res.state_dict()),
+            (std::vector<std::string>{"body.0.weight", "body.0.bias", "body.1.weight",
+                                      "body.1.bias", "body.3.weight", "body.1.running_mean",
+                                      "body.1.running_var", "body.1.num_batches_tracked"}));
+  EXPECT_EQ(res.forward(randn({2, 3, 5, 5}, gen)).shape(), Shape({2, 3, 5, 5}));
+}
+
+TEST(Residual, ShapeChangingBodyNamesBothShapes) {
+  nn::Residual res(std::make_shared<nn::Linear>(4, 3));
+  const std::string msg = value_error_message([&] { res.forward(zeros({2, 4})); });
+  EXPECT_THAT(msg, HasSubstr("Residual(Linear(4 -> 3))"));
+  EXPECT_THAT(msg, HasSubstr("[2, 3]"));
+  EXPECT_THAT(msg, HasSubstr("[2, 4]"));
+}
+
+TEST(Residual, CloneCopiesTheBody) {
+  Generator gen(30);
+  nn::Residual res(conv_body(gen));
+  res.forward(randn({2, 3, 4, 4}, gen));  // moves the running statistics
+  res.eval();
+  auto copy = std::dynamic_pointer_cast<nn::Residual>(res.clone());
+  ASSERT_NE(copy, nullptr);
+  EXPECT_NE(copy->body, res.body);
+  EXPECT_FALSE(copy->is_training());
+  const auto bo = res.named_buffers(), bc = copy->named_buffers();
+  for (size_t i = 0; i < bo.size(); ++i) EXPECT_TRUE(bit_equal(bc[i].second, bo[i].second));
+  EXPECT_TRUE(clones_independently(res, randn({2, 3, 4, 4}, gen)));
+}
+
+TEST(Residual, GradcheckInputAndParameters) {
+  Generator gen(31);
+  nn::Residual mlp(std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Linear>(4, 5, true, gen), std::make_shared<nn::Tanh>(),
+      std::make_shared<nn::Linear>(5, 4, true, gen)}));
+  to_float64(mlp);
+  auto r = gradcheck_module(mlp, leaf64({3, 4}, gen), gen);
+  EXPECT_TRUE(r.ok) << r.message;
+  nn::Residual conv(std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+      std::make_shared<nn::Conv2d>(2, 2, 3, 1, 1, true, gen), std::make_shared<nn::Tanh>()}));
+  to_float64(conv);
+  r = gradcheck_module(conv, leaf64({1, 2, 3, 3}, gen), gen);
+  EXPECT_TRUE(r.ok) << r.message;
+}
+
+// ---- PositionalEmbedding --------------------------------------------------------------------
+TEST(PositionalEmbedding, InitIsNormalWithStd002) {
+  Generator gen(32);
+  nn::PositionalEmbedding pos(512, 64, gen);
+  ASSERT_EQ(pos.weight.shape(), Shape({512, 64}));
+  EXPECT_EQ(names_of(pos.state_dict()), (std::vector<std::string>{"weight"}));
+  const auto w = pos.weight.to_vector<double>();
+  double mean = 0, sq = 0;
+  for (double v : w) mean += v;
+  mean /= static_cast<double>(w.size());
+  for (double v : w) sq += (v - mean) * (v - mean);
+  EXPECT_NEAR(mean, 0.0, 5e-4);
+  EXPECT_NEAR(std::sqrt(sq / static_cast<double>(w.size())), 0.02, 5e-4);
+}
+
+TEST(PositionalEmbedding, AddsTheFirstTRows) {
+  Generator gen(33);
+  nn::PositionalEmbedding pos(8, 3, gen);
+  const Tensor x = randn({2, 5, 3}, gen);
+  const auto y = pos.forward(x).to_vector<float>();
+  const auto xv = x.to_vector<float>(), w = pos.weight.to_vector<float>();
+  ASSERT_EQ(y.size(), xv.size());
+  for (size_t i = 0; i < y.size(); ++i) EXPECT_EQ(y[i], xv[i] + w[i % 15]) << i;
+  // Rows past T get no gradient.
+  sum(pos.forward(x)).backward();
+  const auto g = pos.weight.grad().to_vector<float>();
+  for (size_t i = 0; i < g.size(); ++i) EXPECT_EQ(g[i], i < 15 ? 2.0f : 0.0f) << i;
+}
+
+TEST(PositionalEmbedding, ValidatesLengthAndWidth) {
+  nn::PositionalEmbedding pos(8, 4);
+  std::string msg = value_error_message([&] { pos.forward(zeros({2, 9, 4})); });
+  EXPECT_THAT(msg, HasSubstr("T = 9"));
+  EXPECT_THAT(msg, HasSubstr("max_len = 8"));
+  msg = value_error_message([&] { pos.forward(zeros({2, 5, 3})); });
+  EXPECT_THAT(msg, HasSubstr("[N, T, 4]"));
+  EXPECT_THAT(msg, HasSubstr("[2, 5, 3]"));
+  EXPECT_EQ(pos.forward(zeros({1, 8, 4})).shape(), Shape({1, 8, 4}));
+  EXPECT_THROW(nn::PositionalEmbedding(0, 4), ValueError);
+}
+
+TEST(PositionalEmbedding, ClonesAndGradchecks) {
+  Generator gen(34);
+  nn::PositionalEmbedding pos(5, 4, gen);
+  EXPECT_TRUE(clones_independently(pos, randn({2, 3, 4}, gen)));
+  to_float64(pos);
+  const auto r = gradcheck_module(pos, leaf64({2, 3, 4}, gen), gen);
+  EXPECT_TRUE(r.ok) << r.message;
 }
 
 // ---- Dropout --------------------------------------------------------------------------------

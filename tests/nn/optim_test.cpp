@@ -1,5 +1,6 @@
 // Optimisers: update rules against hand-computed values, argument checks, bit-exact resume from
-// state dicts, and allocation-free steady-state training steps.
+// state dicts, allocation-free steady-state training steps, and weight-decay masks (against
+// PyTorch param groups with weight_decay=0, golden_optim_extras.txt).
 #include "nn/optim.h"
 
 #include <gmock/gmock.h>
@@ -21,6 +22,7 @@ namespace {
 using ::testing::HasSubstr;
 using testutil::all_close;
 using testutil::bit_equal;
+using testutil::Fixture;
 
 Tensor param(const std::vector<float>& values) {
   Tensor p = from_vector<float>(values);
@@ -404,6 +406,294 @@ TEST_P(EveryOptimizer, SteadyStateStepsMakeNoSystemAllocations) {
 
 INSTANTIATE_TEST_SUITE_P(Optimizers, EveryOptimizer, ::testing::ValuesIn(optimizer_cases()),
                          [](const auto& info) { return info.param.name; });
+
+// ---- weight-decay masks ---------------------------------------------------------------------
+struct DecayCase {
+  std::string name;
+  // Makes the optimiser with the given weight decay.
+  std::function<std::unique_ptr<nn::Optimizer>(std::vector<Tensor>, double)> make;
+};
+
+std::vector<DecayCase> decay_cases() {
+  return {
+      {"SgdMomentum",
+       [](std::vector<Tensor> ps, double wd) -> std::unique_ptr<nn::Optimizer> {
+         return std::make_unique<nn::SGD>(
+             std::move(ps), nn::SgdOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = wd});
+       }},
+      {"Adam",
+       [](std::vector<Tensor> ps, double wd) -> std::unique_ptr<nn::Optimizer> {
+         return std::make_unique<nn::Adam>(std::move(ps),
+                                           nn::AdamOptions{.lr = 0.05, .weight_decay = wd});
+       }},
+      {"AdamW",
+       [](std::vector<Tensor> ps, double wd) -> std::unique_ptr<nn::Optimizer> {
+         return std::make_unique<nn::AdamW>(std::move(ps),
+                                            nn::AdamOptions{.lr = 0.05, .weight_decay = wd});
+       }},
+      {"RmspropMomentum",
+       [](std::vector<Tensor> ps, double wd) -> std::unique_ptr<nn::Optimizer> {
+         return std::make_unique<nn::RMSprop>(
+             std::move(ps), nn::RmspropOptions{.lr = 0.01, .weight_decay = wd, .momentum = 0.5});
+       }},
+  };
+}
+
+class EveryOptimizerMask : public ::testing::TestWithParam<DecayCase> {};
+
+// A masked parameter moves exactly as under the same optimiser with weight_decay=0 (PyTorch's
+// no-decay param group); an unmasked one as under the decaying optimiser.
+TEST_P(EveryOptimizerMask, MaskedParameterStepsAsWithoutWeightDecay) {
+  const double wd = 0.3;
+  const std::vector<float> a0{1.0f, -2.0f, 0.5f}, b0{0.7f, 3.0f};
+  const std::vector<std::vector<float>> ga{{0.3f, -0.1f, 1.0f}, {-0.2f, 0.4f, 0.5f}, {1, 2, 3}};
+  const std::vector<std::vector<float>> gb{{0.2f, 0.6f}, {-1.0f, 0.1f}, {0.5f, -0.5f}};
+  Tensor a = param(a0), b = param(b0), a_ref = param(a0), b_ref = param(b0);
+  auto opt = GetParam().make({a, b}, wd);
+  EXPECT_EQ(opt->weight_decay_mask(), (std::vector<bool>{true, true}));
+  opt->set_weight_decay_mask({true, false});
+  EXPECT_EQ(opt->weight_decay_mask(), (std::vector<bool>{true, false}));
+  auto decaying = GetParam().make({a_ref}, wd);
+  auto plain = GetParam().make({b_ref}, 0.0);
+  for (size_t s = 0; s < ga.size(); ++s) {
+    a.set_grad(from_vector(ga[s]));
+    b.set_grad(from_vector(gb[s]));
+    a_ref.set_grad(from_vector(ga[s]));
+    b_ref.set_grad(from_vector(gb[s]));
+    opt->step();
+    decaying->step();
+    plain->step();
+    EXPECT_TRUE(bit_equal(a, a_ref)) << "step " << s + 1;
+    EXPECT_TRUE(bit_equal(b, b_ref)) << "step " << s + 1;
+  }
+  // Control: with decay, b would have moved differently.
+  Tensor b_decayed = param(b0);
+  auto decaying_b = GetParam().make({b_decayed}, wd);
+  for (size_t s = 0; s < gb.size(); ++s) {
+    b_decayed.set_grad(from_vector(gb[s]));
+    decaying_b->step();
+  }
+  EXPECT_FALSE(all_close(b, b_decayed, 1e-6, 1e-7));
+}
+
+// The mask is not saved: the state of a masked optimiser has the same keys as an unmasked one
+// and loads into either.
+TEST_P(EveryOptimizerMask, MaskLeavesTheStateDictLayoutUnchanged) {
+  auto masked_model = small_mlp(3), plain_model = small_mlp(3);
+  auto masked = GetParam().make(masked_model->parameters(), 0.1);
+  auto plain = GetParam().make(plain_model->parameters(), 0.1);
+  masked->set_weight_decay_mask({true, false, true, false});
+  const auto data = batches(2);
+  for (const Batch& b : data) {
+    train_step(*masked_model, *masked, b);
+    train_step(*plain_model, *plain, b);
+  }
+  const auto sm = masked->state_dict(), sp = plain->state_dict();
+  ASSERT_EQ(sm.tensors.size(), sp.tensors.size());
+  for (const auto& [key, t] : sp.tensors) EXPECT_EQ(sm.tensors.count(key), 1u) << key;
+  std::vector<std::string> scalar_keys_m, scalar_keys_p;
+  for (const auto& [key, v] : sm.scalars) scalar_keys_m.push_back(key);
+  for (const auto& [key, v] : sp.scalars) scalar_keys_p.push_back(key);
+  EXPECT_EQ(scalar_keys_m, scalar_keys_p);
+  EXPECT_NO_THROW(plain->load_state_dict(sm));
+  EXPECT_NO_THROW(masked->load_state_dict(sp));
+  EXPECT_EQ(masked->weight_decay_mask(), (std::vector<bool>{true, false, true, false}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Optimizers, EveryOptimizerMask, ::testing::ValuesIn(decay_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(WeightDecayMask, WrongSizeIsAValueErrorNamingBothSizes) {
+  nn::SGD opt({param({1.f}), param({2.f}), param({3.f})}, {.lr = 0.1, .weight_decay = 0.1});
+  try {
+    opt.set_weight_decay_mask({true, false});
+    FAIL() << "a mask of 2 flags for 3 parameters was accepted";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(std::string(e.what()), HasSubstr("2 entries"));
+    EXPECT_THAT(std::string(e.what()), HasSubstr("3 parameters"));
+  }
+  EXPECT_EQ(opt.weight_decay_mask(), (std::vector<bool>{true, true, true}));
+}
+
+/// One of each kind of layer that the no_decay keywords tell apart. "norm_proj" is a Linear: the
+/// "norm" keyword goes by layer type, not by name.
+class MixedLayers : public nn::Module {
+ public:
+  MixedLayers() {
+    Generator gen(9);
+    register_module("tok", std::make_shared<nn::Embedding>(10, 4, gen));
+    register_module("pos", std::make_shared<nn::PositionalEmbedding>(6, 4, gen));
+    register_module("ln", std::make_shared<nn::LayerNorm>(Shape{4}));
+    register_module("norm_proj", std::make_shared<nn::Linear>(4, 4, true, gen));
+    register_module("blocks", std::make_shared<nn::Sequential>(std::initializer_list<nn::ModulePtr>{
+                                  std::make_shared<nn::BatchNorm1d>(4),
+                                  std::make_shared<nn::Linear>(4, 4, true, gen)}));
+    register_module("head", std::make_shared<nn::Linear>(4, 2, false, gen));
+  }
+  std::string describe() const override { return "MixedLayers"; }
+  Tensor forward(const Tensor& x) override { return x; }
+};
+
+std::vector<std::string> decayed_names(const nn::Module& m, const std::vector<bool>& decays) {
+  const auto named = m.named_parameters();
+  EXPECT_EQ(named.size(), decays.size());
+  std::vector<std::string> out;
+  for (size_t i = 0; i < named.size() && i < decays.size(); ++i) {
+    if (decays[i]) out.push_back(named[i].first);
+  }
+  return out;
+}
+
+TEST(WeightDecayMask, KeywordsAndSubstringsSelectParameters) {
+  using Names = std::vector<std::string>;
+  const MixedLayers m;
+  const auto decayed = [&](const Names& no_decay) {
+    const nn::WeightDecayMask mask = nn::weight_decay_mask(m, no_decay);
+    EXPECT_TRUE(mask.unmatched.empty()) << ::testing::PrintToString(mask.unmatched);
+    return decayed_names(m, mask.decays);
+  };
+  EXPECT_EQ(decayed({}),
+            (Names{"tok.weight", "pos.weight", "ln.weight", "ln.bias", "norm_proj.weight",
+                   "norm_proj.bias", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight",
+                   "blocks.1.bias", "head.weight"}));
+  EXPECT_EQ(decayed({"bias"}), (Names{"tok.weight", "pos.weight", "ln.weight", "norm_proj.weight",
+                                      "blocks.0.weight", "blocks.1.weight", "head.weight"}));
+  // LayerNorm "ln" and BatchNorm "blocks.0", but not the Linear called "norm_proj".
+  EXPECT_EQ(decayed({"norm"}),
+            (Names{"tok.weight", "pos.weight", "norm_proj.weight", "norm_proj.bias",
+                   "blocks.1.weight", "blocks.1.bias", "head.weight"}));
+  EXPECT_EQ(decayed({"embedding"}),
+            (Names{"ln.weight", "ln.bias", "norm_proj.weight", "norm_proj.bias", "blocks.0.weight",
+                   "blocks.0.bias", "blocks.1.weight", "blocks.1.bias", "head.weight"}));
+  EXPECT_EQ(decayed({"bias", "norm", "embedding"}),
+            (Names{"norm_proj.weight", "blocks.1.weight", "head.weight"}));
+  // Other entries are substrings of the dotted name.
+  EXPECT_EQ(decayed({"head", "proj."}),
+            (Names{"tok.weight", "pos.weight", "ln.weight", "ln.bias", "blocks.0.weight",
+                   "blocks.0.bias", "blocks.1.weight", "blocks.1.bias"}));
+  EXPECT_EQ(decayed({"blocks.1"}),
+            (Names{"tok.weight", "pos.weight", "ln.weight", "ln.bias", "norm_proj.weight",
+                   "norm_proj.bias", "blocks.0.weight", "blocks.0.bias", "head.weight"}));
+}
+
+TEST(WeightDecayMask, ReportsEntriesThatMatchNothing) {
+  const MixedLayers m;
+  const nn::WeightDecayMask mask =
+      nn::weight_decay_mask(m, {"bias", "layernorm", "Bias", "head", "layernorm"});
+  EXPECT_EQ(mask.unmatched, (std::vector<std::string>{"layernorm", "Bias", "layernorm"}));
+  EXPECT_EQ(decayed_names(m, mask.decays),
+            (std::vector<std::string>{"tok.weight", "pos.weight", "ln.weight", "norm_proj.weight",
+                                      "blocks.0.weight", "blocks.1.weight"}));
+
+  // Keywords too: a model without normalisation or embedding layers.
+  nn::Linear plain(3, 2, /*bias=*/false);
+  const nn::WeightDecayMask none = nn::weight_decay_mask(plain, {"bias", "norm", "embedding"});
+  EXPECT_EQ(none.unmatched, (std::vector<std::string>{"bias", "norm", "embedding"}));
+  EXPECT_EQ(none.decays, std::vector<bool>{true});
+}
+
+TEST(WeightDecayMask, EmptyEntryIsAValueError) {
+  const MixedLayers m;
+  try {
+    nn::weight_decay_mask(m, {"bias", ""});
+    FAIL() << "an empty no_decay entry was accepted";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(std::string(e.what()), HasSubstr("empty no_decay entry"));
+  }
+}
+
+TEST(WeightDecayMask, FitsTheOptimiserOfTheSameModel) {
+  const MixedLayers m;
+  nn::AdamW opt(m.parameters(), {.weight_decay = 0.1});
+  const nn::WeightDecayMask mask = nn::weight_decay_mask(m, {"bias", "norm"});
+  opt.set_weight_decay_mask(mask.decays);
+  EXPECT_EQ(opt.weight_decay_mask(), mask.decays);
+}
+
+// ---- weight-decay masks against PyTorch param groups ----------------------------------------
+/// fc1 = Linear(5, 6), norm = LayerNorm(6), tanh, fc2 = Linear(6, 3): the fixture's model.
+class LinearNormLinear : public nn::Module {
+ public:
+  LinearNormLinear() {
+    fc1 = register_module("fc1", std::make_shared<nn::Linear>(5, 6));
+    norm = register_module("norm", std::make_shared<nn::LayerNorm>(Shape{6}));
+    fc2 = register_module("fc2", std::make_shared<nn::Linear>(6, 3));
+  }
+  std::string describe() const override { return "LinearNormLinear"; }
+  Tensor forward(const Tensor& x) override {
+    return fc2->forward(tanh(norm->forward(fc1->forward(x))));
+  }
+  std::shared_ptr<nn::Linear> fc1, fc2;
+  std::shared_ptr<nn::LayerNorm> norm;
+};
+
+struct GoldenDecayCase {
+  std::string prefix;
+  std::vector<std::string> no_decay;
+  std::function<std::unique_ptr<nn::Optimizer>(std::vector<Tensor>)> make;
+};
+
+class GoldenNoDecay : public ::testing::TestWithParam<GoldenDecayCase> {};
+
+TEST_P(GoldenNoDecay, ThreeStepsMatchPyTorchParamGroups) {
+  const Fixture f("golden_optim_extras.txt");
+  const GoldenDecayCase& c = GetParam();
+  const Tensor x = f["x"], y = f.labels("y");
+  const auto run = [&](bool masked) {
+    auto model = std::make_shared<LinearNormLinear>();
+    nn::NamedTensors state;
+    for (auto& [name, p] : model->named_parameters()) state.emplace_back(name, f[name]);
+    model->load_state_dict(state);
+    auto opt = c.make(model->parameters());
+    if (masked) {
+      const nn::WeightDecayMask mask = nn::weight_decay_mask(*model, c.no_decay);
+      EXPECT_TRUE(mask.unmatched.empty());
+      opt->set_weight_decay_mask(mask.decays);
+    }
+    float loss3 = 0;
+    for (int step = 0; step < 3; ++step) {
+      opt->zero_grad();
+      Tensor loss = cross_entropy(model->forward(x), y);
+      loss.backward();
+      opt->step();
+      loss3 = loss.item<float>();
+    }
+    return std::make_pair(model, loss3);
+  };
+  const auto [model, loss3] = run(/*masked=*/true);
+  EXPECT_NEAR(loss3, f[c.prefix + ".loss3"].item<float>(), 1e-5);
+  for (auto& [name, p] : model->named_parameters()) {
+    EXPECT_TRUE(all_close(p, f[c.prefix + "." + name], 1e-5, 1e-6)) << c.prefix << "." << name;
+  }
+  // Control: without the mask the excluded parameters end elsewhere, so the match above depends
+  // on it.
+  const auto unmasked = run(/*masked=*/false).first;
+  EXPECT_FALSE(all_close(unmasked->fc1->bias, f[c.prefix + ".fc1.bias"], 1e-5, 1e-6));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, GoldenNoDecay,
+    ::testing::Values(
+        GoldenDecayCase{"sgd_nodecay_bias",
+                        {"bias"},
+                        [](std::vector<Tensor> p) -> std::unique_ptr<nn::Optimizer> {
+                          return std::make_unique<nn::SGD>(
+                              std::move(p),
+                              nn::SgdOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 0.1});
+                        }},
+        GoldenDecayCase{"adamw_nodecay_bias",
+                        {"bias"},
+                        [](std::vector<Tensor> p) -> std::unique_ptr<nn::Optimizer> {
+                          return std::make_unique<nn::AdamW>(
+                              std::move(p), nn::AdamOptions{.lr = 0.05, .weight_decay = 0.5});
+                        }},
+        GoldenDecayCase{"adamw_nodecay_bias_norm",
+                        {"bias", "norm"},
+                        [](std::vector<Tensor> p) -> std::unique_ptr<nn::Optimizer> {
+                          return std::make_unique<nn::AdamW>(
+                              std::move(p), nn::AdamOptions{.lr = 0.05, .weight_decay = 0.5});
+                        }}),
+    [](const auto& info) { return info.param.prefix; });
 
 }  // namespace
 }  // namespace dtrain

@@ -1,0 +1,21 @@
+// Gradient clipping by the global L2 norm of all gradients (torch.nn.utils.clip_grad_norm_).
+#pragma once
+
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace dtrain::nn {
+
+/// L2 norm of the gradients of `params` as if they were one concatenated vector; parameters
+/// without a gradient are skipped (0 when none has one). Summed in float64 by tensor ops on each
+/// gradient's device, in a fixed order; blocks once to read the result on the host.
+double grad_norm(const std::vector<Tensor>& params);
+
+/// Scales every gradient in place by max_norm / (norm + 1e-6) when that factor is below 1, as
+/// PyTorch does, and returns the norm before clipping. A non-finite norm is returned as it is
+/// (PyTorch's error_if_nonfinite=False); the caller decides whether to skip the step.
+/// Throws ValueError unless max_norm > 0. Not thread-safe with a concurrent backward.
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm);
+
+}  // namespace dtrain::nn
