@@ -1,14 +1,12 @@
-// IDX reader (gzip or plain, through zlib) with header validation, and the Fashion-MNIST loader
-// that finds the four split files in a directory.
+// IDX reader (gzip or plain, through zlib) that validates the header before reading the data, and
+// the Fashion-MNIST loader that finds the four split files in a directory.
 #include "data/idx.h"
 
-#include <zlib.h>
-
-#include <cerrno>
-#include <cstring>
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 
+#include "data/gzip_reader.h"
 #include "tensor/check.h"
 
 namespace dtrain::data {
@@ -22,36 +20,9 @@ constexpr float kFashionMnistStd = 0.3530f;
 
 constexpr uint8_t kUnsignedByteType = 0x08;
 
-/// The whole file, decompressed when it is gzip (zlib passes plain files through unchanged).
-std::vector<uint8_t> read_all(const std::string& path) {
-  std::error_code ec;
-  DTRAIN_CHECK(std::filesystem::is_regular_file(path, ec), "IDX file '", path,
-               "': not found (or not a regular file)");
-  gzFile file = gzopen(path.c_str(), "rb");
-  DTRAIN_CHECK(file != nullptr, "IDX file '", path, "': cannot open: ", std::strerror(errno));
-  std::vector<uint8_t> bytes;
-  constexpr size_t kChunk = 1 << 20;
-  for (;;) {
-    const size_t used = bytes.size();
-    bytes.resize(used + kChunk);
-    const int got = gzread(file, bytes.data() + used, static_cast<unsigned>(kChunk));
-    if (got < 0) {
-      int code = 0;
-      const std::string msg = gzerror(file, &code);
-      gzclose(file);
-      DTRAIN_THROW(ValueError, "IDX file '", path, "': read failed: ", msg);
-    }
-    bytes.resize(used + static_cast<size_t>(got));
-    if (got == 0) break;
-  }
-  // A gzip stream cut short still yields its prefix; zlib reports it as Z_BUF_ERROR.
-  int code = Z_OK;
-  const std::string msg = gzerror(file, &code);
-  gzclose(file);
-  DTRAIN_CHECK(code == Z_OK, "IDX file '", path, "': gzip stream is truncated or corrupt (", msg,
-               ")");
-  return bytes;
-}
+// Deflate spends at least 2 bits on a 258-byte match, so a gzip file inflates to at most about
+// 1032 times its size (each extra gzip member adds a header, so concatenations stay below it).
+constexpr uint64_t kMaxDeflateRatio = 1032;
 
 uint32_t read_be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
@@ -59,73 +30,98 @@ uint32_t read_be32(const uint8_t* p) {
 
 struct IdxContents {
   std::vector<int64_t> dims;
-  std::vector<uint8_t> bytes;  // the file, header included
-  size_t data_offset = 0;
-  const uint8_t* data() const { return bytes.data() + data_offset; }
+  std::vector<uint8_t> bytes;  // the data after the header
+  const uint8_t* data() const { return bytes.data(); }
 };
 
 /// Reads and validates an unsigned-byte IDX file of the given rank; `what` names the expected
-/// content in messages ("images [N, H, W]").
+/// content in messages ("images [N, H, W]"). The header comes first and bounds the rest: a plain
+/// file's size must match it before the data is read, and a gzip stream is inflated no further than
+/// the header's size plus one byte, so a corrupt header or a gzip bomb cannot make memory grow.
 IdxContents read_idx(const std::string& path, int expected_rank, const char* what) {
-  IdxContents idx;
-  idx.bytes = read_all(path);
-  const auto& b = idx.bytes;
-  DTRAIN_CHECK(b.size() >= 4, "IDX file '", path, "': ", b.size(),
+  detail::GzipReader file(path, "IDX file");
+  const uint64_t file_size = file.file_size();
+  const bool gzip = file.is_gzip();
+
+  uint8_t header[4 + 4 * 3];
+  const size_t magic_bytes = file.read(header, 4);
+  DTRAIN_CHECK(magic_bytes == 4, "IDX file '", path, "': ", magic_bytes,
                " bytes, too short for the 4-byte magic number");
-  const uint32_t magic = read_be32(b.data());
+  const uint32_t magic = read_be32(header);
   std::ostringstream magic_hex;
   magic_hex << "0x" << std::hex;
   magic_hex.width(8);
   magic_hex.fill('0');
   magic_hex << magic;
   const std::string expected_magic = expected_rank == 3 ? "0x00000803" : "0x00000801";
-  DTRAIN_CHECK(b[0] == 0 && b[1] == 0, "IDX file '", path, "': bad magic ", magic_hex.str(),
-               "; expected ", expected_magic, " for ", what, ". Not an IDX file?");
-  DTRAIN_CHECK(b[2] == kUnsignedByteType, "IDX file '", path, "': data type 0x", std::hex,
-               int{b[2]}, std::dec, " in magic ", magic_hex.str(),
+  DTRAIN_CHECK(header[0] == 0 && header[1] == 0, "IDX file '", path, "': bad magic ",
+               magic_hex.str(), "; expected ", expected_magic, " for ", what, ". Not an IDX file?");
+  DTRAIN_CHECK(header[2] == kUnsignedByteType, "IDX file '", path, "': data type 0x", std::hex,
+               int{header[2]}, std::dec, " in magic ", magic_hex.str(),
                " is not supported; expected 0x08 (unsigned byte)");
-  DTRAIN_CHECK(b[3] == expected_rank, "IDX file '", path, "': wrong rank ", int{b[3]}, " in magic ",
-               magic_hex.str(), "; expected ", expected_rank, " for ", what, " (magic ",
-               expected_magic, ")");
-  idx.data_offset = 4 + 4 * static_cast<size_t>(expected_rank);
-  DTRAIN_CHECK(b.size() >= idx.data_offset, "IDX file '", path, "': truncated header: ", b.size(),
-               " bytes, expected at least ", idx.data_offset);
+  DTRAIN_CHECK(header[3] == expected_rank, "IDX file '", path, "': wrong rank ", int{header[3]},
+               " in magic ", magic_hex.str(), "; expected ", expected_rank, " for ", what,
+               " (magic ", expected_magic, ")");
+  const size_t data_offset = 4 + 4 * static_cast<size_t>(expected_rank);
+  const size_t dim_bytes = file.read(header + 4, data_offset - 4);
+  DTRAIN_CHECK(dim_bytes == data_offset - 4, "IDX file '", path,
+               "': truncated header: ", 4 + dim_bytes, " bytes, expected at least ", data_offset);
 
+  IdxContents idx;
   std::ostringstream dims_text;
   unsigned __int128 expected_bytes = 1;
   for (int d = 0; d < expected_rank; ++d) {
-    const uint32_t dim = read_be32(b.data() + 4 + 4 * d);
+    const uint32_t dim = read_be32(header + 4 + 4 * d);
     DTRAIN_CHECK(dim > 0, "IDX file '", path, "': dimension ", d, " is 0; every dimension of ",
                  what, " must be positive");
     idx.dims.push_back(dim);
     dims_text << (d ? " x " : "") << dim;
     expected_bytes *= dim;
   }
-  const size_t actual = b.size() - idx.data_offset;
-  const bool fits = expected_bytes <= static_cast<unsigned __int128>(SIZE_MAX);
-  const std::string expected_text =
-      fits ? std::to_string(static_cast<uint64_t>(expected_bytes)) : std::string("> 2^64");
+  // Three uint32 dims multiply to less than 2^96, and anything above 2^64 cannot be in the file.
+  const bool fits = expected_bytes <= static_cast<unsigned __int128>(UINT64_MAX);
+  const uint64_t expected = fits ? static_cast<uint64_t>(expected_bytes) : UINT64_MAX;
+  const std::string expected_text = fits ? std::to_string(expected) : std::string("> 2^64");
   if (expected_rank > 1) dims_text << " = " << expected_text;
-  DTRAIN_CHECK(fits && actual >= static_cast<size_t>(expected_bytes), "IDX file '", path,
-               "': truncated: header says ", dims_text.str(), " bytes, file has ", actual,
-               " after the ", idx.data_offset, "-byte header");
-  DTRAIN_CHECK(actual == static_cast<size_t>(expected_bytes), "IDX file '", path,
-               "': trailing bytes: header says ", dims_text.str(), " bytes, file has ", actual,
-               " after the ", idx.data_offset, "-byte header (",
-               actual - static_cast<size_t>(expected_bytes), " extra)");
-  return idx;
-}
 
-const char* normalize_name(Normalize normalize) {
-  switch (normalize) {
-    case Normalize::kNone:
-      return "none";
-    case Normalize::kUnit:
-      return "unit";
-    case Normalize::kStandard:
-      return "standard";
+  if (!gzip) {
+    const uint64_t actual = file_size - data_offset;
+    DTRAIN_CHECK(fits && actual >= expected, "IDX file '", path, "': truncated: header says ",
+                 dims_text.str(), " bytes, file has ", actual, " after the ", data_offset,
+                 "-byte header");
+    DTRAIN_CHECK(actual == expected, "IDX file '", path, "': trailing bytes: header says ",
+                 dims_text.str(), " bytes, file has ", actual, " after the ", data_offset,
+                 "-byte header (", actual - expected, " extra)");
+    idx.bytes.resize(expected);
+    const size_t got = file.read(idx.bytes.data(), expected);
+    DTRAIN_CHECK(got == expected, "IDX file '", path, "': truncated while reading: header says ",
+                 dims_text.str(), " bytes, read ", got, " after the ", data_offset, "-byte header");
+    return idx;
   }
-  return "?";
+
+  const unsigned __int128 most = static_cast<unsigned __int128>(file_size) * kMaxDeflateRatio;
+  DTRAIN_CHECK(expected_bytes <= most, "IDX file '", path, "': corrupt header: it says ",
+               dims_text.str(), " bytes, but a gzip file of ", file_size,
+               " bytes inflates to at most ", static_cast<uint64_t>(most), " (", kMaxDeflateRatio,
+               " x its size). Truncated download or not an IDX file?");
+  // Grow as bytes arrive, so memory follows what the stream really holds, never just the header.
+  constexpr size_t kChunk = size_t{1} << 20;
+  size_t used = 0;
+  while (used < expected) {
+    const size_t want = std::min<uint64_t>(kChunk, expected - used);
+    idx.bytes.resize(used + want);
+    const size_t got = file.read(idx.bytes.data() + used, want);
+    used += got;
+    if (got < want) break;
+  }
+  idx.bytes.resize(used);
+  DTRAIN_CHECK(used == expected, "IDX file '", path, "': truncated: header says ", dims_text.str(),
+               " bytes, file has ", used, " after the ", data_offset, "-byte header (inflated)");
+  uint8_t extra = 0;
+  DTRAIN_CHECK(file.read(&extra, 1) == 0, "IDX file '", path, "': trailing bytes: header says ",
+               dims_text.str(), " bytes, the inflated file has more after the ", data_offset,
+               "-byte header (stopped reading at ", expected + 1, ")");
+  return idx;
 }
 
 /// `dir`/`name`.gz if present, else `dir`/`name`; empty when neither exists.

@@ -14,7 +14,10 @@ inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mni
 /// Images (idx3, unsigned bytes, [N, H, W]) with their labels (idx1, [N]). Headers are validated
 /// (magic, rank, dims, sizes against the file length, label range); an error names the file and
 /// what is wrong (e.g. "truncated: header says 60000 x 28 x 28 = 47040000 bytes, file has 1024").
-/// Gzip is detected by its magic bytes, so .gz and plain files both load.
+/// Gzip is detected by its magic bytes, so .gz and plain files both load. The header is read
+/// first: a plain file's size is compared with what the header implies before its data is read, and
+/// a gzip stream is inflated no further than the header's size plus one byte (a header claiming
+/// more than the compressed file can hold is refused before anything is inflated).
 class IdxDataset final : public Dataset {
  public:
   IdxDataset(const std::string& images_path, const std::string& labels_path, Normalize normalize,
@@ -34,9 +37,6 @@ class IdxDataset final : public Dataset {
 };
 
 /// The train and test splits from `dir` (train-*-idx*-ubyte[.gz], t10k-*-idx*-ubyte[.gz]).
-struct Splits {
-  DatasetPtr train, test;
-};
 Splits load_fashion_mnist(const std::string& dir, Normalize normalize);
 
 }  // namespace dtrain::data

@@ -40,14 +40,18 @@ void DataLoader::start_epoch(int64_t epoch, int64_t skip_batches) {
                ", skip_batches = ", skip_batches, "): expected 0..", num_batches,
                " (batches per epoch)");
   sampler_.set_epoch(epoch);
-  worker_ = std::thread(&DataLoader::produce, this, sampler_.indices(), skip_batches, num_batches);
+  worker_ =
+      std::thread(&DataLoader::produce, this, sampler_.indices(), epoch, skip_batches, num_batches);
   started_ = true;
 }
 
-void DataLoader::produce(std::vector<int64_t> order, int64_t first_batch, int64_t num_batches) {
-  Shape x_shape{0};
-  const Shape example = dataset_->example_shape();
+void DataLoader::produce(std::vector<int64_t> order, int64_t epoch, int64_t first_batch,
+                         int64_t num_batches) {
+  Shape x_shape{0}, y_shape{0};
+  const Shape example = dataset_->example_shape(), label = dataset_->label_shape();
   x_shape.insert(x_shape.end(), example.begin(), example.end());
+  y_shape.insert(y_shape.end(), label.begin(), label.end());
+  const DType x_dtype = dataset_->example_dtype();
   try {
     for (int64_t b = first_batch; b < num_batches; ++b) {
       {
@@ -59,9 +63,9 @@ void DataLoader::produce(std::vector<int64_t> order, int64_t first_batch, int64_
       const int64_t begin = b * batch_size_;
       const int64_t end = std::min<int64_t>(begin + batch_size_, order.size());
       const std::vector<int64_t> indices(order.begin() + begin, order.begin() + end);
-      x_shape[0] = end - begin;
-      Batch batch{Tensor(x_shape, DType::kFloat32), Tensor({end - begin}, DType::kInt64), b};
-      dataset_->fill_batch(indices, batch.x, batch.y);
+      x_shape[0] = y_shape[0] = end - begin;
+      Batch batch{Tensor(x_shape, x_dtype), Tensor(y_shape, DType::kInt64), b};
+      dataset_->fill_batch_for_epoch(indices, epoch, batch.x, batch.y);
       {
         std::lock_guard lock(mu_);
         ready_.push_back(std::move(batch));

@@ -13,13 +13,15 @@
 namespace dtrain::data {
 
 struct Batch {
-  Tensor x;           // [B, example...] float32
-  Tensor y;           // [B] int64
+  Tensor x;           // [B, example...] of the dataset's example_dtype (float32, int64 for tokens)
+  Tensor y;           // [B, label...] int64: [B] class indices, [B, T] next tokens
   int64_t index = 0;  // position of this batch within the epoch
 };
 
 /// One epoch at a time: start_epoch(e, skip) then next() until it returns false. Not copyable;
 /// the destructor stops the worker thread. An exception in the worker is re-thrown by next().
+/// Batches are filled with Dataset::fill_batch_for_epoch(indices, e), so epoch-dependent datasets
+/// (augmentation) give the same batches whatever the prefetch depth or resume point.
 class DataLoader {
  public:
   DataLoader(DatasetPtr dataset, DistributedSampler sampler, int64_t batch_size, bool drop_last,
@@ -38,8 +40,8 @@ class DataLoader {
 
  private:
   void stop_worker();
-  /// Worker body: fills batches [first_batch, num_batches) of `order` into ready_.
-  void produce(std::vector<int64_t> order, int64_t first_batch, int64_t num_batches);
+  /// Worker body: fills batches [first_batch, num_batches) of `order` (epoch `epoch`) into ready_.
+  void produce(std::vector<int64_t> order, int64_t epoch, int64_t first_batch, int64_t num_batches);
   DatasetPtr dataset_;
   DistributedSampler sampler_;
   int64_t batch_size_;

@@ -14,9 +14,16 @@ RangeDataset::RangeDataset(DatasetPtr base, int64_t begin, int64_t count, std::s
 }
 
 void RangeDataset::fill_batch(const std::vector<int64_t>& indices, Tensor& x, Tensor& y) const {
+  fill_batch_for_epoch(indices, 0, x, y);
+}
+
+void RangeDataset::fill_batch_for_epoch(const std::vector<int64_t>& indices, int64_t epoch,
+                                        Tensor& x, Tensor& y) const {
+  // The base checks only its own range; an index past this range would read the next split.
+  detail::check_batch(*this, indices, x, y);
   std::vector<int64_t> shifted(indices);
   for (auto& i : shifted) i += begin_;
-  base_->fill_batch(shifted, x, y);
+  base_->fill_batch_for_epoch(shifted, epoch, x, y);
 }
 
 }  // namespace dtrain::data

@@ -201,6 +201,39 @@ TEST_F(IdxTest, RejectsCutGzipStream) {
   expect_load_error(images, good_labels(), {images, "truncated"});
 }
 
+TEST_F(IdxTest, RefusesAGzipHeaderClaimingMoreThanTheFileCanHold) {
+  // A few dozen compressed bytes whose header claims Fashion-MNIST's 47 MB: deflate inflates at
+  // most 1032-fold, so this is refused from the header alone, before anything is inflated.
+  const std::string images = write_gzip("claims.gz", idx_bytes({60000, 28, 28}, Bytes(10, 1)));
+  const uint64_t size = fs::file_size(images);
+  expect_load_error(images, good_labels(),
+                    {images, "corrupt header", "60000 x 28 x 28 = 47040000 bytes",
+                     "gzip file of " + std::to_string(size) + " bytes",
+                     "at most " + std::to_string(size * 1032)});
+  // A size beyond 2^64 as well.
+  const std::string huge =
+      write_gzip("huge.gz", idx_bytes({4000000000u, 4000000000u, 4000000000u}, Bytes(10, 1)));
+  expect_load_error(huge, good_labels(), {huge, "corrupt header", "> 2^64"});
+}
+
+TEST_F(IdxTest, StopsInflatingAGzipBombAtTheHeaderSize) {
+  // 32 MiB of zeros behind a header of 3 x 2 x 4: inflating stops one byte past the 24 bytes.
+  Bytes data = test_pixels();
+  data.resize(data.size() + (size_t{32} << 20), 0);
+  const std::string images = write_gzip("bomb.gz", idx_bytes({kN, kH, kW}, data));
+  expect_load_error(
+      images, good_labels(),
+      {images, "trailing bytes: header says 3 x 2 x 4 = 24 bytes", "stopped reading at 25"});
+}
+
+TEST_F(IdxTest, RejectsShortGzipData) {
+  const std::string images = write_gzip("short.gz", idx_bytes({kN, kH, kW}, Bytes(10, 1)));
+  expect_load_error(images, good_labels(),
+                    {images, "truncated: header says 3 x 2 x 4 = 24 bytes, file has 10"});
+  const std::string header = write_gzip("header.gz", Bytes{0, 0, 8, 3, 0, 0});
+  expect_load_error(header, good_labels(), {header, "truncated header: 6 bytes"});
+}
+
 TEST_F(IdxTest, RejectsTrailingBytes) {
   Bytes data = kLabels;
   data.push_back(1);

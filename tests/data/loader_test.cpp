@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <mutex>
 
 #include "data/synthetic.h"
 #include "tensor/check.h"
@@ -198,6 +199,60 @@ TEST(DataLoader, DestroyingMidEpochStopsTheWorker) {
     loader.reset();  // the worker is blocked on a full queue; this must return
   }
   DataLoader never_started(dataset, make_sampler(500), 1, false);
+}
+
+/// Example i is x = [i, i + 1] (int64), y = [i, 10 i, 100 i]; records the epochs it is filled for.
+class TokenLikeDataset final : public Dataset {
+ public:
+  int64_t size() const override { return 7; }
+  Shape example_shape() const override { return {2}; }
+  DType example_dtype() const override { return DType::kInt64; }
+  Shape label_shape() const override { return {3}; }
+  int64_t num_classes() const override { return 1000; }
+  void fill_batch(const std::vector<int64_t>& indices, Tensor& x, Tensor& y) const override {
+    fill_batch_for_epoch(indices, -1, x, y);
+  }
+  void fill_batch_for_epoch(const std::vector<int64_t>& indices, int64_t epoch, Tensor& x,
+                            Tensor& y) const override {
+    detail::check_batch(*this, indices, x, y);
+    for (size_t b = 0; b < indices.size(); ++b) {
+      const int64_t i = indices[b];
+      x.data<int64_t>()[2 * b] = i;
+      x.data<int64_t>()[2 * b + 1] = i + 1;
+      for (int k = 0; k < 3; ++k)
+        y.data<int64_t>()[3 * b + k] = i * (k == 0 ? 1 : k == 1 ? 10 : 100);
+    }
+    std::lock_guard lock(mu_);
+    epochs_.push_back(epoch);
+  }
+  std::string describe() const override { return "TokenLikeDataset"; }
+  std::vector<int64_t> epochs() const {
+    std::lock_guard lock(mu_);
+    return epochs_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::vector<int64_t> epochs_;
+};
+
+TEST(DataLoader, AllocatesExampleDtypeAndLabelShapeAndPassesTheEpoch) {
+  const auto dataset = std::make_shared<TokenLikeDataset>();
+  DataLoader loader(dataset, DistributedSampler(7, 1, 0, /*shuffle=*/false, 0, false), 3, false);
+  loader.start_epoch(4, /*skip_batches=*/1);
+  Batch batch;
+  ASSERT_TRUE(loader.next(batch));
+  EXPECT_EQ(batch.x.dtype(), DType::kInt64);
+  EXPECT_EQ(batch.x.shape(), (Shape{3, 2}));
+  EXPECT_EQ(batch.y.shape(), (Shape{3, 3}));
+  EXPECT_EQ(batch.x.to_vector<int64_t>(), (std::vector<int64_t>{3, 4, 4, 5, 5, 6}));
+  EXPECT_EQ(batch.y.to_vector<int64_t>(),
+            (std::vector<int64_t>{3, 30, 300, 4, 40, 400, 5, 50, 500}));
+  ASSERT_TRUE(loader.next(batch));
+  EXPECT_EQ(batch.x.shape(), (Shape{1, 2}));
+  EXPECT_EQ(batch.y.shape(), (Shape{1, 3}));
+  EXPECT_FALSE(loader.next(batch));
+  EXPECT_EQ(dataset->epochs(), (std::vector<int64_t>{4, 4}));
 }
 
 TEST(DataLoader, RejectsBadArguments) {
