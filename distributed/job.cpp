@@ -8,6 +8,7 @@
 
 #include "distributed/backends/local/local_communicator.h"
 #include "distributed/device_routed_communicator.h"
+#include "distributed/heartbeat.h"
 #include "distributed/hierarchical_communicator.h"
 #include "distributed/registry.h"
 #include "distributed/socket.h"
@@ -82,6 +83,7 @@ Job::Job(JobSpec spec) : spec_(std::move(spec)) {
       std::find(names.begin(), names.end(), spec_.backend) == names.end()) {
     DTRAIN_THROW(UnsupportedError, backend_unavailable_reason(spec_.backend));
   }
+  heartbeat_ = std::make_unique<WorkerHeartbeat>();
 }
 
 Job Job::from_env(std::string_view backend) {

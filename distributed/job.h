@@ -20,6 +20,7 @@ namespace dtrain::dist {
 class HostCommunicator;
 class LocalGroup;
 class Watchdog;
+class WorkerHeartbeat;
 
 /// Not thread-safe: one thread assembles the job (replica threads only use their communicators).
 /// Destroy it after everything that uses its communicators.
@@ -80,6 +81,7 @@ class Job {
   CommunicatorPtr world_;
   std::shared_ptr<LocalGroup> replica_group_;  // aborted by run_replicas on a failure
   std::vector<std::pair<CommunicatorPtr, std::unique_ptr<Watchdog>>> watched_;
+  std::unique_ptr<WorkerHeartbeat> heartbeat_;  // to the launcher, when one started this process
 };
 
 }  // namespace dtrain::dist

@@ -1,6 +1,10 @@
-// The dtrain executable: train, launch, config check/reference, eval, export. Exit codes:
-// 0 success, 2 usage or config error, 1 run-time failure (launch: 130/143 when interrupted).
-// The only place that catches errors at the top.
+// The command line: train, launch, config check/reference, eval, export. Exit codes: 0 success,
+// 2 usage or config error, 1 run-time failure (launch: 130/143 when interrupted). The only place
+// that catches errors at the top.
+#include "launcher/cli.h"
+
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
@@ -11,6 +15,7 @@
 #include "distributed/registry.h"
 #include "launcher/cluster.h"
 #include "launcher/launch.h"
+#include "tensor/hash.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/run.h"
@@ -45,10 +50,40 @@ struct LaunchFlags {
   std::vector<std::pair<CLI::Option*, std::function<void(dtrain::launch::LaunchOptions&)>>> given;
 };
 
+/// `program` as a path execve can run: as given when it names a file, else found on PATH; "" when
+/// there is no such executable.
+std::string find_executable(const std::string& program) {
+  if (program.find('/') != std::string::npos) {
+    return ::access(program.c_str(), X_OK) == 0 ? std::filesystem::absolute(program).string() : "";
+  }
+  const char* path = std::getenv("PATH");
+  const std::string dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    const size_t end = std::min(dirs.find(':', start), dirs.size());
+    const std::string dir = dirs.substr(start, end - start);
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+    if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate)) {
+      return candidate;
+    }
+    start = end + 1;
+  }
+  return "";
+}
+
+/// `dtrain launch [CONFIG [OVERRIDES]] [-- PROGRAM ARGS...]`: without a program every worker runs
+/// `dtrain train CONFIG OVERRIDES`; with one, every worker runs it (the config, when given, only
+/// supplies the launcher section).
 int run_launch_command(const std::string& config_path, const std::vector<std::string>& overrides,
-                       LaunchFlags& flags) {
+                       const std::vector<std::string>& command, LaunchFlags& flags) {
   using namespace dtrain::train;
-  const Config c = load_config(config_path, overrides);
+  if (config_path.empty() && command.empty()) {
+    std::fprintf(stderr,
+                 "dtrain launch: give a config to train (dtrain launch CONFIG) or a program to "
+                 "run after -- (dtrain launch --nproc-per-node 2 -- ./my_trainer ARGS)\n");
+    return kUsageError;
+  }
+  const Config c = config_path.empty() ? Config{} : load_config(config_path, overrides);
   dtrain::launch::LaunchOptions o;
   static_cast<LauncherConfig&>(o) = c.launcher;
   o.config_path = config_path;
@@ -56,9 +91,26 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
   for (auto& [option, apply] : flags.given) {
     if (option->count() > 0) apply(o);
   }
-  o.config_hash = c.hash();
   o.version = DTRAIN_VERSION;
   o.worker_executable = std::filesystem::read_symlink("/proc/self/exe").string();
+  if (!command.empty()) {
+    const std::string program = find_executable(command[0]);
+    if (program.empty()) {
+      std::fprintf(stderr,
+                   "dtrain launch: '%s' is not an executable file%s; give its path or put it on "
+                   "PATH\n",
+                   command[0].c_str(), command[0].find('/') == std::string::npos ? " on PATH" : "");
+      return kUsageError;
+    }
+    o.command = command;
+    o.command[0] = program;
+    // Every node must run the same program with the same arguments.
+    std::string line;
+    for (const std::string& a : command) line += a + '\n';
+    o.config_hash = std::to_string(dtrain::fnv1a(line));
+    return dtrain::launch::run_launch(o);
+  }
+  o.config_hash = c.hash();
   if (c.cluster.world_size > 0) {
     std::fprintf(stderr,
                  "dtrain launch: the config's cluster section (cluster.world_size %lld) describes "
@@ -99,7 +151,18 @@ int report_config_error(const dtrain::train::ConfigError& e) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace dtrain {
+
+int cli_main(int argc, char** argv) {
+  // What follows "--" is the program `dtrain launch` runs; CLI11 never sees it.
+  std::vector<std::string> command;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--") {
+      command.assign(argv + i + 1, argv + argc);
+      argc = i;
+      break;
+    }
+  }
   CLI::App app{"dtrain: data-parallel training of neural networks from a YAML config"};
   app.set_version_flag("--version", std::string("dtrain ") + DTRAIN_VERSION);
   app.require_subcommand(1);
@@ -114,9 +177,10 @@ int main(int argc, char** argv) {
   train->add_option("overrides", overrides, "section.key=value overrides, e.g. train.epochs=3");
 
   CLI::App* launch = app.add_subcommand(
-      "launch", "Start this node's workers, watch them and restart the job after a failure");
-  launch->add_option("config", config_path, "YAML config file")
-      ->required()
+      "launch",
+      "Start this node's workers, watch them and restart the job after a failure. Workers run "
+      "`train CONFIG`, or the program given after --: launch [OPTIONS] -- PROGRAM ARGS...");
+  launch->add_option("config", config_path, "YAML config file (optional with a program after --)")
       ->check(CLI::ExistingFile);
   launch->add_option("overrides", overrides, "section.key=value overrides for every worker");
   LaunchFlags flags;
@@ -183,7 +247,11 @@ int main(int argc, char** argv) {
 
   try {
     using namespace dtrain::train;
-    if (*launch) return run_launch_command(config_path, overrides, flags);
+    if (!command.empty() && !*launch) {
+      std::fprintf(stderr, "dtrain: only `launch` runs a program given after --\n");
+      return kUsageError;
+    }
+    if (*launch) return run_launch_command(config_path, overrides, command, flags);
     if (*train) {
       Config c = load_config(config_path, overrides);
       std::optional<dtrain::launch::ClusterJob> cluster;
@@ -197,7 +265,6 @@ int main(int argc, char** argv) {
       int failed = 0;
       std::optional<dtrain::dist::Job> job = make_job(c, cluster->spec(), failed);
       if (!job) return failed;
-      const dtrain::launch::WorkerHeartbeat heartbeat;  // only under dtrain launch
       const TrainResult r = train_in_job(c, *job);
       cluster->finish();
       if (!r.primary) return 0;  // rank 0 reports for the job
@@ -248,3 +315,5 @@ int main(int argc, char** argv) {
   }
   return kUsageError;
 }
+
+}  // namespace dtrain

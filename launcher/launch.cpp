@@ -320,8 +320,11 @@ void Launcher::spawn(int attempt) {
       set("OMP_NUM_THREADS", std::to_string(threads));
       set("OPENBLAS_NUM_THREADS", std::to_string(threads));
     }
-    std::vector<std::string> args = {o_.worker_executable, "train", o_.config_path};
-    args.insert(args.end(), o_.overrides.begin(), o_.overrides.end());
+    std::vector<std::string> args = o_.command;
+    if (args.empty()) {
+      args = {o_.worker_executable, "train", o_.config_path};
+      args.insert(args.end(), o_.overrides.begin(), o_.overrides.end());
+    }
     std::vector<char*> argv, envp;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -464,6 +467,7 @@ bool Launcher::reap() {
       w.exited = true;
       w.status = status;
       any = true;
+      drain(w, true);  // what it wrote just before exiting is still in the pipe
     }
   }
   return any;
@@ -521,10 +525,13 @@ Outcome Launcher::monitor(int attempt) {
       if (!w.exited) {
         all_done = false;
         // Until its first heartbeat a worker is still loading (libraries, data): at least 30 s.
+        // A program of the user's may never send one (it builds no dist::Job): then only its
+        // exit is watched.
         const milliseconds limit = w.beat_seen
                                        ? ms(o_.heartbeat_timeout_s)
                                        : std::max(ms(o_.heartbeat_timeout_s), milliseconds(30'000));
-        if (o_.heartbeat_timeout_s > 0 && now - w.last_beat > limit) {
+        const bool watched = w.beat_seen || o_.command.empty();
+        if (watched && o_.heartbeat_timeout_s > 0 && now - w.last_beat > limit) {
           char what[160];
           std::snprintf(what, sizeof what,
                         "sent no heartbeat for %.1f s (launcher.heartbeat_timeout_s): stopped "
@@ -748,47 +755,4 @@ int Launcher::run() {
 int run_launch(const LaunchOptions& options) { return Launcher(options).run(); }
 
 // ------------------------------------------------------------------------------------------------
-// Worker side
-
-struct WorkerHeartbeat::Impl {
-  int fd = -1;
-  milliseconds interval{1000};
-  std::mutex mu;
-  std::condition_variable cv;
-  bool stop = false;
-  std::thread thread;
-};
-
-WorkerHeartbeat::WorkerHeartbeat() {
-  const char* fd = std::getenv("DTRAIN_HEARTBEAT_FD");
-  if (fd == nullptr || *fd == '\0') return;
-  impl_ = new Impl();
-  impl_->fd = std::atoi(fd);
-  if (const char* ms = std::getenv("DTRAIN_HEARTBEAT_INTERVAL_MS")) {
-    impl_->interval = milliseconds(std::max(10, std::atoi(ms)));
-  }
-  impl_->thread = std::thread([impl = impl_] {
-    std::unique_lock lock(impl->mu);
-    do {
-      const std::string line = dist::collective_progress() + "\n";
-      // MSG_NOSIGNAL: a launcher that is gone must not kill this process with SIGPIPE.
-      if (::send(impl->fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
-          errno == EPIPE) {
-        return;
-      }
-    } while (!impl->cv.wait_for(lock, impl->interval, [&] { return impl->stop; }));
-  });
-}
-
-WorkerHeartbeat::~WorkerHeartbeat() {
-  if (!impl_) return;
-  {
-    std::lock_guard lock(impl_->mu);
-    impl_->stop = true;
-  }
-  impl_->cv.notify_all();
-  impl_->thread.join();
-  delete impl_;
-}
-
 }  // namespace dtrain::launch

@@ -19,6 +19,9 @@ struct LaunchOptions : train::LauncherConfig {
   std::string config_hash;        // of the resolved config, compared across nodes
   std::string version;            // dtrain's, compared across nodes
   std::string worker_executable;  // the dtrain binary the workers run
+  /// The program every worker runs instead of `worker_executable train config overrides`: its
+  /// path first, then its arguments (`dtrain launch -- PROGRAM ARGS`).
+  std::vector<std::string> command;
 };
 
 /// Exit status of a launcher stopped by SIGINT / SIGTERM (128 + signal, as shells report).
@@ -29,20 +32,5 @@ inline constexpr int kTerminatedExit = 143;
 /// final attempt succeeded, 1 when restarts ran out (after a summary of every failure), 2 for
 /// bad options or nodes that disagree, 130/143 when interrupted. Every worker is gone on return.
 int run_launch(const LaunchOptions& options);
-
-/// Worker side: when DTRAIN_HEARTBEAT_FD is set (by run_launch), a thread sends a heartbeat with
-/// this process's collective progress every DTRAIN_HEARTBEAT_INTERVAL_MS until the returned
-/// object is destroyed; otherwise nothing happens.
-class WorkerHeartbeat {
- public:
-  WorkerHeartbeat();
-  ~WorkerHeartbeat();
-  WorkerHeartbeat(const WorkerHeartbeat&) = delete;
-  WorkerHeartbeat& operator=(const WorkerHeartbeat&) = delete;
-
- private:
-  struct Impl;
-  Impl* impl_ = nullptr;
-};
 
 }  // namespace dtrain::launch

@@ -235,9 +235,11 @@ constexpr double kInf = HUGE_VAL;
 const std::vector<Field>& schema() {
   static const std::vector<Field> fields = {
       // model
-      string_field("model", "type", DTRAIN_GET(model.type), {"mlp", "cnn"},
-                   "Model family: `mlp` (flatten, hidden layers, linear head) or `cnn` (conv5x5, "
-                   "pool, conv5x5, pool, fully connected, linear head)."),
+      string_field("model", "type", DTRAIN_GET(model.type), {},
+                   "Model family: `mlp` (flatten, hidden layers, linear head), `cnn` (conv5x5, "
+                   "pool, conv5x5, pool, fully connected, linear head), or a registered model "
+                   "(see the end of this page), which may read keys of its own in this section.",
+                   "a registered model: mlp | cnn | ..."),
       int_list_field("model", "hidden", DTRAIN_GET(model.hidden), 1, true,
                      "mlp: widths of the hidden layers, input side first."),
       string_field("model", "activation", DTRAIN_GET(model.activation),
@@ -250,10 +252,24 @@ const std::vector<Field>& schema() {
                      "cnn: output channels of the two 5x5 convolutions (exactly two values)."),
       int_field("model", "fc_units", DTRAIN_GET(model.fc_units), 1, INT64_MAX,
                 "cnn: width of the hidden fully connected layer."),
+      Field{"model", "layers", "layer list", "list of layers (see \"Sequential layers\" below)",
+            "sequential: the layers, input side first; `residual: [...]` adds its input to its "
+            "output.",
+            [](const Config& c) { return layers_yaml(c.model.layers); },
+            [](Config& c, const YAML::Node& n) -> SetResult {
+              std::vector<std::string> problems;
+              c.model.layers = parse_layers(n, "config", problems);
+              if (problems.empty()) return std::nullopt;
+              std::string all;
+              for (const auto& line : problems) all += (all.empty() ? "" : "; ") + line;
+              return all;
+            }},
       // data
-      string_field("data", "name", DTRAIN_GET(data.name), {"fashion_mnist", "synthetic"},
-                   "Data set: Fashion-MNIST from IDX files, or a seeded synthetic set with a "
-                   "learnable target."),
+      string_field("data", "name", DTRAIN_GET(data.name), {},
+                   "Data set: Fashion-MNIST from IDX files, a seeded synthetic set with a "
+                   "learnable target, or another registered dataset (see the end of this page), "
+                   "which may read keys of its own in this section.",
+                   "a registered dataset: fashion_mnist | synthetic | ..."),
       string_field("data", "path", DTRAIN_GET(data.path), {},
                    "Directory with the Fashion-MNIST IDX files (.gz or plain).", "directory path"),
       string_field("data", "normalize", DTRAIN_GET(data.normalize), {"none", "unit", "standard"},
@@ -267,6 +283,12 @@ const std::vector<Field>& schema() {
                      "synthetic: shape of one example, e.g. [1, 28, 28]."),
       int_field("data", "synthetic_classes", DTRAIN_GET(data.synthetic_classes), 2, INT64_MAX,
                 "synthetic: number of classes."),
+      int_field("data", "crop_padding", DTRAIN_GET(data.crop_padding), 0, 64,
+                "Training images are padded with this many zero pixels on each side and cropped "
+                "back at a random offset (0: off). Random choices depend only on train.seed, the "
+                "epoch and the example, so runs resume exactly on any number of replicas."),
+      bool_field("data", "horizontal_flip", DTRAIN_GET(data.horizontal_flip),
+                 "Training images are mirrored left-right with probability 1/2 (same rule)."),
       int_field("data", "prefetch", DTRAIN_GET(data.prefetch), 1, 64,
                 "Batches the loader thread prepares ahead of training."),
       // optimizer
@@ -442,9 +464,20 @@ const std::vector<std::string>& section_names() {
   return names;
 }
 
+/// A key under `model:` or `data:` that is not in the schema: it may belong to the registered
+/// model or dataset, which is known once every key and override has been read.
+struct PendingOption {
+  std::string section, key;
+  YAML::Node value;
+  std::string at;
+  size_t slot = 0;  // its place among the problems, so they stay in file order
+};
+
 /// Collects every problem, then throws them together.
 struct Problems {
+  std::string source;  // the config file, for problems found inside a value (model.layers)
   std::vector<std::string> lines;
+  std::vector<PendingOption> pending;
   std::map<std::string, std::string> origin;  // "section.key" -> where its value was last set
   void add(const std::string& where, const std::string& what) {
     lines.push_back(where.empty() ? what : where + ": " + what);
@@ -479,7 +512,24 @@ std::vector<std::string> keys_of(const std::string& section) {
 
 void apply_node(Config& c, const std::string& section, const std::string& key,
                 const YAML::Node& value, const std::string& at, Problems& p) {
+  if (section == "model" && key == "layers") {
+    // Each layer's problem names its own line and index.
+    std::vector<std::string> problems;
+    const bool from_file = at.rfind("override", 0) != 0;
+    std::vector<LayerSpec> layers = parse_layers(value, from_file ? p.source : at, problems);
+    p.lines.insert(p.lines.end(), problems.begin(), problems.end());
+    if (problems.empty()) {
+      c.model.layers = std::move(layers);
+      p.origin["model.layers"] = at;
+    }
+    return;
+  }
   const Field* f = find_field(section, key);
+  if (f == nullptr && (section == "model" || section == "data")) {
+    p.pending.push_back({section, key, value, at, p.lines.size()});
+    p.lines.emplace_back();  // filled in by resolve_registered if the key is a problem
+    return;
+  }
   if (f == nullptr) {
     std::vector<std::string> qualified;
     for (const auto& k : keys_of(section)) qualified.push_back(section + "." + k);
@@ -568,6 +618,168 @@ void apply_overrides(Config& c, const std::vector<std::string>& overrides, Probl
   }
 }
 
+/// The option's value as the config keeps it (strings unquoted), or the problem.
+SetResult option_value(const OptionKey& k, const YAML::Node& n, std::string& out) {
+  using Kind = OptionKey::Kind;
+  const auto in_range = [&](double v) { return v >= k.lo && v <= k.hi; };
+  switch (k.kind) {
+    case Kind::kInt: {
+      const std::optional<int64_t> v = scalar_as<int64_t>(n);
+      if (!v) return "expected an " + k.allowed() + ", got " + scalar_text(n);
+      if (!in_range(static_cast<double>(*v))) {
+        return std::to_string(*v) + " is out of range; allowed: " + k.allowed();
+      }
+      out = std::to_string(*v);
+      return std::nullopt;
+    }
+    case Kind::kFloat: {
+      const std::optional<double> v = scalar_as<double>(n);
+      if (!v) return "expected a " + k.allowed() + ", got " + scalar_text(n);
+      if (!std::isfinite(*v) || !in_range(*v)) {
+        return format_double(*v) + " is out of range; allowed: " + k.allowed();
+      }
+      out = format_double(*v);
+      return std::nullopt;
+    }
+    case Kind::kBool: {
+      const std::optional<bool> v = scalar_as<bool>(n);
+      if (!v) return "expected true or false, got " + scalar_text(n);
+      out = *v ? "true" : "false";
+      return std::nullopt;
+    }
+    case Kind::kString: {
+      if (!n.IsScalar()) return "expected a string (" + k.allowed() + "), got " + scalar_text(n);
+      const std::string v = n.Scalar();
+      if (!k.choices.empty() &&
+          std::find(k.choices.begin(), k.choices.end(), v) == k.choices.end()) {
+        return "'" + v + "' is not one of " + k.allowed() + suggestion(v, k.choices);
+      }
+      if (v.empty()) return "must not be empty";
+      out = v;
+      return std::nullopt;
+    }
+    case Kind::kIntList: {
+      if (!n.IsSequence())
+        return "expected a " + k.allowed() + " like [64, 32], got " + scalar_text(n);
+      std::string text = "[";
+      for (size_t i = 0; i < n.size(); ++i) {
+        const std::optional<int64_t> v = scalar_as<int64_t>(n[i]);
+        if (!v)
+          return "element " + std::to_string(i) + ": expected an integer, got " + scalar_text(n[i]);
+        if (!in_range(static_cast<double>(*v))) {
+          return "element " + std::to_string(i) + " is " + std::to_string(*v) +
+                 "; allowed: " + k.allowed();
+        }
+        text += (i ? ", " : "") + std::to_string(*v);
+      }
+      out = text + "]";
+      return std::nullopt;
+    }
+  }
+  return "unsupported key kind";
+}
+
+/// The keys that the registered model or dataset of `section` declares, or nullptr when the
+/// name is not registered.
+const std::vector<OptionKey>* registered_keys(const Config& c, const std::string& section) {
+  if (section == "model") {
+    const ModelEntry* e = find_model(c.model.type);
+    return e ? &e->keys : nullptr;
+  }
+  const DatasetEntry* e = find_dataset(c.data.name);
+  return e ? &e->keys : nullptr;
+}
+
+/// Checks model.type and data.name against the registries, then reads the keys their entries
+/// declare (from the pending keys, or their defaults) into the sections' options.
+void resolve_registered(Config& c, const std::string& source, Problems& p) {
+  const std::string file = source.empty() ? "config" : source;
+  struct Section {
+    std::string name, choice_key, choice;
+    std::vector<std::string> registered;
+    Options* options;
+  };
+  std::vector<std::string> model_names, dataset_names;
+  for (const ModelEntry* e : model_entries()) model_names.push_back(e->name);
+  for (const DatasetEntry* e : dataset_entries()) dataset_names.push_back(e->name);
+  Section sections[] = {{"model", "model.type", c.model.type, model_names, &c.model.options},
+                        {"data", "data.name", c.data.name, dataset_names, &c.data.options}};
+  for (Section& s : sections) {
+    const std::vector<OptionKey>* keys = registered_keys(c, s.name);
+    if (keys == nullptr) {
+      std::string list;
+      for (const auto& n : s.registered) list += (list.empty() ? "" : " | ") + n;
+      p.add(p.where_set(s.choice_key, file), s.choice_key + ": '" + s.choice + "' is not one of " +
+                                                 list + suggestion(s.choice, s.registered));
+    }
+    Options resolved(s.name);
+    std::map<std::string, std::string> given;
+    for (const PendingOption& o : p.pending) {
+      if (o.section != s.name) continue;
+      const OptionKey* k = nullptr;
+      for (const OptionKey& candidate : keys ? *keys : std::vector<OptionKey>{}) {
+        if (candidate.key == o.key) k = &candidate;
+      }
+      const std::string name = s.name + "." + o.key;
+      if (k == nullptr) {
+        if (keys == nullptr) continue;  // the unregistered name is the problem to report
+        std::vector<std::string> qualified;
+        for (const auto& key : keys_of(s.name)) qualified.push_back(s.name + "." + key);
+        for (const OptionKey& candidate : *keys) qualified.push_back(s.name + "." + candidate.key);
+        std::string own;
+        for (const OptionKey& candidate : *keys) own += (own.empty() ? "" : ", ") + candidate.key;
+        p.lines[o.slot] =
+            o.at + ": unknown key '" + name + "'" + suggestion(name, qualified) +
+            (own.empty() ? "" : "; " + s.choice_key + " " + s.choice + " also reads: " + own);
+        continue;
+      }
+      std::string value;
+      if (auto err = option_value(*k, o.value, value)) {
+        p.lines[o.slot] = o.at + ": " + name + ": " + *err;
+      } else {
+        given[o.key] = value;
+        p.origin[name] = o.at;
+      }
+    }
+    if (keys == nullptr) continue;
+    for (const OptionKey& k : *keys) {
+      const auto it = given.find(k.key);
+      resolved.set(k.key, it != given.end() ? it->second : k.default_value);
+    }
+    *s.options = std::move(resolved);
+  }
+}
+
+/// model.type sequential: layers given, and (for the built-in data sets, whose shapes the config
+/// fixes) a dry shape inference from the examples to the classifier's logits.
+void check_sequential(const Config& c, const std::function<std::string(const std::string&)>& at,
+                      Problems& p) {
+  if (c.model.layers.empty()) {
+    p.add(at("model.type"),
+          "model.layers: model.type sequential needs a list of layers, e.g. "
+          "[flatten, {linear: {out: 128}}, relu, {linear: {out: classes}}]");
+    return;
+  }
+  Shape example;
+  int64_t classes = 0;
+  if (c.data.name == "fashion_mnist") {
+    example = {1, 28, 28};
+    classes = 10;
+  } else if (c.data.name == "synthetic") {
+    example = Shape(c.data.synthetic_shape.begin(), c.data.synthetic_shape.end());
+    classes = c.data.synthetic_classes;
+  } else {
+    return;  // a registered data set's shape is known once it is built
+  }
+  try {
+    const std::string source = c.source.empty() ? "config" : c.source;
+    const Shape out = infer_output_shape(c.model.layers, example, classes, false, source);
+    check_classifier_output(out, example, classes, false, source);
+  } catch (const ValueError& e) {
+    p.add(at("model.layers"), e.message());
+  }
+}
+
 /// Rules that involve more than one key.
 void check_combinations(const Config& c, const std::string& source, Problems& p) {
   const std::string file = source.empty() ? "config" : source;
@@ -598,6 +810,7 @@ void check_combinations(const Config& c, const std::string& source, Problems& p)
   if (c.train.resume == "auto" && c.train.checkpoint_dir.empty()) {
     p.add(at("train.checkpoint_dir"), "train.resume: auto needs train.checkpoint_dir");
   }
+  if (c.model.type == "sequential") check_sequential(c, at, p);
   const ClusterConfig& k = c.cluster;
   if (k.world_size == 0 && (k.rank >= 0 || !k.store.empty())) {
     p.add(at(k.rank >= 0 ? "cluster.rank" : "cluster.store"),
@@ -626,6 +839,7 @@ Config parse_checked(const std::function<YAML::Node()>& load, const std::string&
   Config c;
   c.source = source;
   Problems p;
+  p.source = source;
   try {
     apply_document(c, load(), source, p);
   } catch (const YAML::ParserException& e) {
@@ -634,6 +848,8 @@ Config parse_checked(const std::function<YAML::Node()>& load, const std::string&
     p.add(source, "cannot read the config file (does it exist?)");
   }
   apply_overrides(c, overrides, p);
+  resolve_registered(c, source, p);
+  p.lines.erase(std::remove(p.lines.begin(), p.lines.end(), std::string()), p.lines.end());
   if (p.lines.empty()) check_combinations(c, source, p);
   if (!p.lines.empty()) {
     std::string msg =
@@ -657,26 +873,59 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   return parse_checked([&] { return YAML::Load(yaml_text); }, source_name, overrides);
 }
 
-ConfigEntries Config::entries(bool per_process) const {
-  ConfigEntries out;
+namespace {
+
+/// Every (section, key, value as YAML) of `c` in schema order, each section's registered keys
+/// after its schema keys.
+void for_each_value(
+    const Config& c, bool per_process,
+    const std::function<void(const std::string&, const std::string&, const std::string&)>& fn) {
+  const auto registered = [&](const std::string& section) {
+    if (section != "model" && section != "data") return;
+    const Options& options = section == "model" ? c.model.options : c.data.options;
+    const std::vector<OptionKey>* keys = registered_keys(c, section);
+    for (const auto& [key, value] : options.values()) {
+      bool is_string = false;
+      for (const OptionKey& k : keys ? *keys : std::vector<OptionKey>{}) {
+        if (k.key == key) is_string = k.kind == OptionKey::Kind::kString;
+      }
+      fn(section, key, is_string ? YAML::Dump(YAML::Node(value)) : value);
+    }
+  };
+  std::string current;
   for (const Field& f : schema()) {
     if (!per_process && f.name() == "cluster.rank") continue;
-    out.emplace_back(f.name(), f.show(*this));
+    if (f.section != current) {
+      registered(current);
+      current = f.section;
+    }
+    fn(f.section, f.key, f.show(c));
   }
+  registered(current);
+}
+
+}  // namespace
+
+ConfigEntries Config::entries(bool per_process) const {
+  ConfigEntries out;
+  for_each_value(*this, per_process,
+                 [&](const std::string& section, const std::string& key, const std::string& value) {
+                   out.emplace_back(section + "." + key, value);
+                 });
   return out;
 }
 
 std::string Config::to_yaml(bool per_process) const {
   std::string out;
   std::string current;
-  for (const Field& f : schema()) {
-    if (!per_process && f.name() == "cluster.rank") continue;
-    if (f.section != current) {
-      out += f.section + ":\n";
-      current = f.section;
-    }
-    out += "  " + f.key + ": " + f.show(*this) + "\n";
-  }
+  for_each_value(*this, per_process,
+                 [&](const std::string& section, const std::string& key, const std::string& value) {
+                   if (section != current) {
+                     out += section + ":\n";
+                     current = section;
+                   }
+                   out += "  " + key + ": " + value + "\n";
+                 });
   return out;
 }
 
@@ -721,6 +970,31 @@ std::string config_reference_markdown() {
     };
     os << "| `" << f.name() << "` | " << f.type << " | `" << f.show(defaults) << "` | "
        << cell(f.allowed) << " | " << cell(f.doc) << " |\n";
+  }
+  os << "\n## Registered models and datasets\n\n"
+     << "`model.type` and `data.name` choose an entry of the model and dataset registries "
+        "(`train/registry.h`). A program that registers its own (DTRAIN_REGISTER_MODEL, "
+        "DTRAIN_REGISTER_DATASET) lists them here too with `config reference`. The keys an entry "
+        "declares are read from its section with the same checks as the keys above.\n";
+  const auto entry_table = [&](const std::string& kind, const std::string& section,
+                               const std::string& name, const std::string& doc,
+                               const std::vector<OptionKey>& keys) {
+    os << "\n### " << kind << " `" << name << "`\n\n" << doc << "\n";
+    if (keys.empty()) return;
+    os << "\n| key | type | default | allowed | meaning |\n| --- | --- | --- | --- | --- |\n";
+    for (const OptionKey& k : keys) {
+      os << "| `" << section << "." << k.key << "` | " << k.type_name() << " | `" << k.default_value
+         << "` | " << k.allowed() << " | " << k.doc << " |\n";
+    }
+  };
+  for (const ModelEntry* e : model_entries())
+    entry_table("model", "model", e->name, e->doc, e->keys);
+  os << "\n### Sequential layers\n\nThe layers `model.layers` may list. An item is a bare "
+        "name (`relu`) or a one-key mapping (`linear: {out: 128}`); `classes` stands for the "
+        "data's number of classes.\n\n"
+     << sequential_layers_markdown();
+  for (const DatasetEntry* e : dataset_entries()) {
+    entry_table("dataset", "data", e->name, e->doc, e->keys);
   }
   return os.str();
 }

@@ -8,21 +8,25 @@
 
 #include "strategies/strategy.h"
 #include "tensor/check.h"
+#include "train/registry.h"
+#include "train/sequential.h"
 
 namespace dtrain::train {
 
 struct ModelConfig {
-  std::string type = "mlp";                  // mlp | cnn
+  std::string type = "mlp";                  // mlp | cnn | sequential | a registered model
   std::vector<int64_t> hidden = {256, 128};  // mlp: hidden layer widths
   std::string activation = "relu";           // relu | gelu | tanh | sigmoid
   double dropout = 0.0;
   bool batch_norm = false;
   std::vector<int64_t> channels = {32, 64};  // cnn: output channels of the two 5x5 convolutions
   int64_t fc_units = 1024;                   // cnn: width of the hidden fully connected layer
+  std::vector<LayerSpec> layers;             // sequential: the layers, input side first
+  Options options{"model"};                  // the keys a registered model declares
 };
 
 struct DataConfig {
-  std::string name = "fashion_mnist";  // fashion_mnist | synthetic
+  std::string name = "fashion_mnist";  // a registered dataset: fashion_mnist, synthetic, ...
   std::string path = "/usr/share/datasets/fashion-mnist";
   std::string normalize = "standard";  // none | unit | standard
   int64_t synthetic_train_size = 60000;
@@ -30,6 +34,9 @@ struct DataConfig {
   std::vector<int64_t> synthetic_shape = {1, 28, 28};
   int64_t synthetic_classes = 10;
   int64_t prefetch = 2;
+  int64_t crop_padding = 0;      // training images: pad, then crop at a random offset
+  bool horizontal_flip = false;  // training images: mirror half of them
+  Options options{"data"};       // the keys a registered dataset declares
 };
 
 struct OptimizerConfig {

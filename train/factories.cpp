@@ -3,14 +3,47 @@
 
 #include <algorithm>
 
+#include "data/augment.h"
 #include "data/idx.h"
 #include "data/range_dataset.h"
 #include "data/synthetic.h"
 #include "nn/layers.h"
+#include "train/models.h"
 
 namespace dtrain::train {
 
 Datasets make_datasets(const DataConfig& d, int64_t seed) {
+  const DatasetEntry* entry = find_dataset(d.name);
+  DTRAIN_CHECK(entry != nullptr, "data.name: no dataset '", d.name, "' is registered");
+  Datasets sets = entry->make(DataContext{d, seed});
+  DTRAIN_CHECK(sets.train && sets.test, "data.name: dataset '", d.name, "' returned no ",
+               sets.train ? "test" : "training", " split");
+  DTRAIN_CHECK(sets.train->size() > 0, "data.name: the training split of '", d.name, "' is empty (",
+               sets.train->describe(), ")");
+  if (d.crop_padding > 0 || d.horizontal_flip) {
+    const Shape shape = sets.train->example_shape();
+    DTRAIN_CHECK(shape.size() == 3 && sets.train->example_dtype() == DType::kFloat32,
+                 "data.crop_padding, data.horizontal_flip: need image examples [C, H, W]; data '",
+                 d.name, "' gives ", shape_str(shape));
+    data::AugmentOptions a;
+    a.crop_padding = d.crop_padding;
+    a.horizontal_flip = d.horizontal_flip;
+    a.seed = static_cast<uint64_t>(seed);
+    sets.train = std::make_shared<data::AugmentedDataset>(sets.train, a);
+  }
+  return sets;
+}
+
+nn::ModulePtr make_model(const ModelConfig& m, const data::Dataset& train_set, uint64_t seed) {
+  const ModelEntry* entry = find_model(m.type);
+  DTRAIN_CHECK(entry != nullptr, "model.type: no model '", m.type, "' is registered");
+  nn::ModulePtr model = entry->make(ModelContext{
+      m, train_set.example_shape(), train_set.example_dtype(), train_set.num_classes(), seed});
+  DTRAIN_CHECK(model != nullptr, "model.type: the factory of '", m.type, "' returned no model");
+  return model;
+}
+
+Datasets make_builtin_datasets(const DataConfig& d, int64_t seed) {
   if (d.name == "synthetic") {
     // One set split in two, so that train and test share the target function.
     auto all = std::make_shared<data::SyntheticDataset>(

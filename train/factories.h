@@ -13,14 +13,17 @@
 #include "nn/optim.h"
 #include "tensor/tensor.h"
 #include "train/config.h"
+#include "train/registry.h"
 
 namespace dtrain::train {
 
-struct Datasets {
-  data::DatasetPtr train, test;
-};
-/// The `data` section's train and test splits (`seed`: the synthetic set's).
+/// The `data` section's train and test splits, from the dataset registry (`seed`: the run's).
 Datasets make_datasets(const DataConfig& d, int64_t seed);
+/// The built-in sets: fashion_mnist and synthetic (whose `seed` draws the set).
+Datasets make_builtin_datasets(const DataConfig& d, int64_t seed);
+
+/// The `model` section's model, from the model registry, for examples like those of `train_set`.
+nn::ModulePtr make_model(const ModelConfig& m, const data::Dataset& train_set, uint64_t seed);
 
 /// The `optimizer` section over `params`, with learning rate `lr`.
 std::unique_ptr<nn::Optimizer> make_optimizer(const OptimizerConfig& o, std::vector<Tensor> params,

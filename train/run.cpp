@@ -3,6 +3,8 @@
 
 #include <vector>
 
+#include "distributed/registry.h"
+
 namespace dtrain::train {
 
 dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base) {
@@ -12,7 +14,7 @@ dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base) {
   return base;
 }
 
-TrainResult train_in_job(const Config& config, dist::Job& job) {
+TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerParts& parts) {
   const StrategyKind& kind = find_strategy(config.strategy.type);
   const int replicas = kind.replicas_per_process(config.strategy);
   std::vector<dist::CommunicatorPtr> comms =
@@ -21,7 +23,7 @@ TrainResult train_in_job(const Config& config, dist::Job& job) {
   // Each replica builds its own data, model and optimiser; construction is collective (DDP
   // broadcasts rank 0's parameters), so every replica starts on its own thread.
   job.run_replicas(replicas, [&](int r) {
-    results[r] = Trainer(config, kind.make(config.strategy, comms[r])).run();
+    results[r] = Trainer(config, kind.make(config.strategy, comms[r]), parts).run();
   });
   for (const TrainResult& r : results) {
     if (r.primary) return r;
@@ -29,11 +31,19 @@ TrainResult train_in_job(const Config& config, dist::Job& job) {
   return results[0];
 }
 
-EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::string& path) {
+EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::string& path,
+                           const TrainerParts& parts) {
   const StrategyKind& kind = find_strategy(config.strategy.type);
   dist::CommunicatorPtr comm = job.replica_communicators(1, kind.spans_processes)[0];
-  Trainer trainer(config, kind.make(config.strategy, comm));
+  Trainer trainer(config, kind.make(config.strategy, comm), parts);
   return trainer.evaluate_checkpoint(path);
+}
+
+TrainResult fit(const Config& config, const TrainerParts& parts) {
+  const std::string why = dist::backend_unavailable_reason(config.strategy.backend);
+  DTRAIN_CHECK(why.empty(), "strategy.backend: ", why);
+  dist::Job job(job_spec_for(config, dist::job_spec_from_env()));
+  return train_in_job(config, job, parts);
 }
 
 }  // namespace dtrain::train

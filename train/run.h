@@ -17,10 +17,17 @@ dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base);
 
 /// Trains to the end on every replica of this process and returns the result of the replica that
 /// reports for the job (or of the first). The first replica to fail stops the others.
-TrainResult train_in_job(const Config& config, dist::Job& job);
+TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerParts& parts = {});
 
 /// Loads checkpoint `path` and evaluates it on the test split, with one replica per process (the
 /// job's processes share the test set when the strategy spans them).
-EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::string& path);
+EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::string& path,
+                           const TrainerParts& parts = {});
+
+/// The whole run for C++ code, as `dtrain train` does it: this process's job from the
+/// environment (dtrain launch, mpirun, srun, or one process alone), heartbeats to the launcher,
+/// every replica trained to the end. Returns the reporting replica's result; throws ValueError
+/// when strategy.backend cannot run here.
+TrainResult fit(const Config& config, const TrainerParts& parts = {});
 
 }  // namespace dtrain::train

@@ -32,21 +32,53 @@ std::string TrainResult::final_line() const {
   return buf;
 }
 
-Trainer::Trainer(Config config, std::unique_ptr<Strategy> strategy)
+Tensor classification_loss(const Tensor& output, const Tensor& target, double label_smoothing) {
+  if (output.dim() == target.dim() + 1 && output.dim() > 2) {
+    // Sequence models: every position is one classification.
+    const int64_t classes = output.size(output.dim() - 1);
+    return cross_entropy(reshape(output, {-1, classes}), reshape(target, {-1}), label_smoothing);
+  }
+  return cross_entropy(output, target, label_smoothing);
+}
+
+Trainer::Trainer(Config config, std::unique_ptr<Strategy> strategy, TrainerParts parts)
     : config_(std::move(config)), strategy_(std::move(strategy)) {
   DTRAIN_CHECK(strategy_ != nullptr, "Trainer: needs a strategy");
   if (config_.train.threads > 0) cpu::set_num_threads(static_cast<int>(config_.train.threads));
-  build();
+  build(std::move(parts));
 }
 
 Trainer::~Trainer() = default;
 
-void Trainer::build() {
-  Datasets sets = make_datasets(config_.data, config_.train.seed);
-  train_set_ = std::move(sets.train);
-  test_set_ = std::move(sets.test);
-  model_ = build_model(config_.model, train_set_->example_shape(), train_set_->num_classes(),
-                       static_cast<uint64_t>(config_.train.seed));
+void Trainer::build(TrainerParts parts) {
+  DTRAIN_CHECK((parts.train_set == nullptr) == (parts.test_set == nullptr),
+               "Trainer: give both a training and a test set, or neither (data.name then "
+               "chooses both)");
+  if (parts.train_set) {
+    train_set_ = std::move(parts.train_set);
+    test_set_ = std::move(parts.test_set);
+  } else {
+    Datasets sets = make_datasets(config_.data, config_.train.seed);
+    train_set_ = std::move(sets.train);
+    test_set_ = std::move(sets.test);
+  }
+  const auto seed = static_cast<uint64_t>(config_.train.seed);
+  if (parts.model) {
+    model_ =
+        parts.model(ModelContext{config_.model, train_set_->example_shape(),
+                                 train_set_->example_dtype(), train_set_->num_classes(), seed});
+    DTRAIN_CHECK(model_ != nullptr, "Trainer: the model factory returned no model");
+  } else {
+    model_ = make_model(config_.model, *train_set_, seed);
+  }
+  if (parts.loss) {
+    loss_ = std::move(parts.loss);
+  } else {
+    const double smoothing = config_.train.label_smoothing;
+    loss_ = [smoothing](const Tensor& output, const Tensor& target) {
+      return classification_loss(output, target, smoothing);
+    };
+  }
   generators_ = model_generators(*model_);
 }
 
@@ -61,22 +93,27 @@ EvalResult Trainer::evaluate() {
                           batch, /*drop_last=*/false, static_cast<int>(config_.data.prefetch));
   loader.start_epoch(0);
   // Sums over this replica's examples; padding repeats a few examples when the test set does not
-  // divide across replicas (PyTorch's sampler does the same).
-  std::vector<double> sums = {0, 0, 0};  // loss * n, correct, n
+  // divide across replicas (PyTorch's sampler does the same). Accuracy counts every labelled
+  // position (one per example, or one per token of a sequence).
+  std::vector<double> sums = {0, 0, 0, 0};  // loss * n, correct, labelled positions, n
   data::Batch b;
   while (loader.next(b)) {
-    Tensor logits = model_->forward(b.x);
+    Tensor output = model_->forward(b.x);
     const int64_t n = b.y.size(0);
-    sums[0] += cross_entropy(logits, b.y).item<double>() * n;
-    const auto pred = argmax(logits, 1).to_vector<int64_t>();
-    const auto truth = b.y.to_vector<int64_t>();
-    for (int64_t i = 0; i < n; ++i) sums[1] += pred[i] == truth[i];
-    sums[2] += n;
+    sums[0] += loss_(output, b.y).item<double>() * n;
+    const bool classifies = b.y.dtype() == DType::kInt64 && output.dim() == b.y.dim() + 1;
+    if (classifies) {
+      const auto pred = argmax(output, output.dim() - 1).to_vector<int64_t>();
+      const auto truth = b.y.to_vector<int64_t>();
+      for (size_t i = 0; i < truth.size(); ++i) sums[1] += pred[i] == truth[i];
+      sums[2] += static_cast<double>(truth.size());
+    }
+    sums[3] += n;
   }
   strategy_->sum_across_replicas(sums);
   model_->train();
-  return {sums[0] / std::max(1.0, sums[2]), sums[1] / std::max(1.0, sums[2]),
-          static_cast<int64_t>(sums[2])};
+  return {sums[0] / std::max(1.0, sums[3]), sums[1] / std::max(1.0, sums[2]),
+          static_cast<int64_t>(sums[3])};
 }
 
 EvalResult Trainer::evaluate_checkpoint(const std::string& path) {
@@ -184,7 +221,7 @@ double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
   // reduces the sum, once (reducing each would race the buckets' in-flight all-reduces).
   strategy_->set_gradient_sync(last_of_step);
   const double accum_scale = 1.0 / static_cast<double>(t.grad_accum_steps);
-  Tensor loss = cross_entropy(strategy_->forward(*model_, b.x), b.y, t.label_smoothing);
+  Tensor loss = loss_(strategy_->forward(*model_, b.x), b.y);
   (t.grad_accum_steps > 1 ? loss * accum_scale : loss).backward();
   return loss.item<double>() * accum_scale;
 }

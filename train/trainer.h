@@ -1,9 +1,11 @@
-// Trainer: the training loop driven by a Config. It builds data, model, optimiser and schedule,
-// resumes from checkpoints, evaluates every epoch and writes checkpoints and summaries; how
-// replicas stay in sync is the Strategy's business. run() composes: plan the run (resume, batch,
-// steps), restore its state, then epochs of steps, each epoch ending in an evaluation.
+// Trainer: the training loop driven by a Config. It builds data, model, optimiser and schedule
+// (the model, data and loss may come from C++ code instead: TrainerParts), resumes from
+// checkpoints, evaluates every epoch and writes checkpoints and summaries; how replicas stay in
+// sync is the Strategy's business. run() composes: plan the run (resume, batch, steps), restore
+// its state, then epochs of steps, each epoch ending in an evaluation.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,6 +20,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/models.h"
+#include "train/registry.h"
 
 namespace dtrain::train {
 
@@ -38,11 +41,28 @@ struct TrainResult {
   std::string final_line() const;
 };
 
+/// (model output, labels) -> the scalar loss to minimise.
+using LossFn = std::function<Tensor(const Tensor& output, const Tensor& target)>;
+
+/// Cross-entropy over the last dimension of `output` ([N, C], or [N, T, C] with labels [N, T]).
+Tensor classification_loss(const Tensor& output, const Tensor& target, double label_smoothing);
+
+/// What C++ code gives a Trainer in place of the config's sections; each part left empty comes
+/// from the config (model.type, data.name, cross-entropy with train.label_smoothing). Checkpoints,
+/// exact resume, summaries and strategies work the same either way.
+struct TrainerParts {
+  /// Builds one replica's model (called once per replica, on its thread, with the data's shapes
+  /// and the run's seed); it must build the same parameters on every replica.
+  ModelFactory model;
+  data::DatasetPtr train_set, test_set;  // both or neither
+  LossFn loss;
+};
+
 class MetricsSink;
 
 class Trainer {
  public:
-  Trainer(Config config, std::unique_ptr<Strategy> strategy);
+  Trainer(Config config, std::unique_ptr<Strategy> strategy, TrainerParts parts = {});
   ~Trainer();
   /// Trains to the end (or train.stop_at_step) and evaluates on the test split.
   TrainResult run();
@@ -50,6 +70,8 @@ class Trainer {
   EvalResult evaluate_checkpoint(const std::string& path);
   const Config& config() const { return config_; }
   nn::Module& model() { return *model_; }
+  const data::DatasetPtr& train_set() const { return train_set_; }
+  const data::DatasetPtr& test_set() const { return test_set_; }
 
  private:
   /// What the run does, fixed at its start: the per-replica batch (a resumed run keeps the global
@@ -72,7 +94,7 @@ class Trainer {
   };
 
   EvalResult evaluate();
-  void build();
+  void build(TrainerParts parts);
   std::optional<LoadedCheckpoint> find_checkpoint_to_resume() const;
   Plan plan(const std::optional<LoadedCheckpoint>& resumed, int64_t batches_per_epoch) const;
   /// Builds the optimiser and schedule, then restores them, the model and the dropout streams
@@ -92,7 +114,8 @@ class Trainer {
   Config config_;
   std::unique_ptr<Strategy> strategy_;
   data::DatasetPtr train_set_, test_set_;
-  std::shared_ptr<nn::Sequential> model_;
+  nn::ModulePtr model_;
+  LossFn loss_;
   std::unique_ptr<nn::Optimizer> optimizer_;
   std::unique_ptr<nn::LRScheduler> schedule_;
   std::vector<std::pair<std::string, Generator*>> generators_;
