@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -144,6 +145,26 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
   return dtrain::launch::run_launch(o);
 }
 
+/// True when `path` starts with a dtrain checkpoint's magic.
+bool is_checkpoint_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::string_view(magic, 4) == "DTCK";
+}
+
+/// The `section:` block of a config's YAML (as Config::to_yaml writes it), header included.
+std::string yaml_section(const std::string& yaml, const std::string& section) {
+  const size_t start = yaml.rfind(section + ":\n", 0) == 0 ? 0 : yaml.find("\n" + section + ":\n");
+  if (start == std::string::npos) return "";
+  const size_t from = start == 0 ? 0 : start + 1;
+  size_t end = from;
+  while ((end = yaml.find('\n', end)) != std::string::npos && end + 1 < yaml.size() &&
+         yaml[end + 1] == ' ') {
+    ++end;
+  }
+  return yaml.substr(from, end == std::string::npos ? std::string::npos : end + 1 - from);
+}
+
 int report_config_error(const dtrain::train::ConfigError& e) {
   std::fprintf(stderr, "dtrain: %s\n", e.message().c_str());
   return kUsageError;
@@ -228,10 +249,15 @@ int cli_main(int argc, char** argv) {
   CLI::App* reference = config->add_subcommand(
       "reference", "Print every config key with its type, default and meaning (Markdown)");
 
-  CLI::App* eval = app.add_subcommand("eval", "Evaluate a checkpoint on the test split");
-  eval->add_option("config", config_path, "YAML config file")->required()->check(CLI::ExistingFile);
-  eval->add_option("overrides", overrides, "section.key=value overrides");
-  eval->add_option("--checkpoint", checkpoint_path, "checkpoint file (.dtck)")->required();
+  CLI::App* eval = app.add_subcommand(
+      "eval",
+      "Evaluate a checkpoint on the test split: eval CHECKPOINT (its own config) or eval CONFIG "
+      "--checkpoint CHECKPOINT");
+  eval->add_option("config", config_path, "checkpoint (.dtck), or a YAML config with --checkpoint")
+      ->required()
+      ->check(CLI::ExistingFile);
+  eval->add_option("overrides", overrides, "section.key=value overrides, e.g. data.path=DIR");
+  eval->add_option("--checkpoint", checkpoint_path, "checkpoint file (.dtck) to evaluate");
 
   CLI::App* exporter = app.add_subcommand("export", "Export a checkpoint's parameters by name");
   exporter->add_option("checkpoint", checkpoint_path, "checkpoint file (.dtck)")->required();
@@ -286,7 +312,21 @@ int cli_main(int argc, char** argv) {
       return 0;
     }
     if (*eval) {
-      Config c = load_config(config_path, overrides);
+      // Without --checkpoint the file is a checkpoint, which carries its resolved config.
+      if (checkpoint_path.empty()) {
+        if (!is_checkpoint_file(config_path)) {
+          std::fprintf(stderr,
+                       "dtrain eval: %s is not a checkpoint; give a checkpoint (.dtck), or a "
+                       "config with --checkpoint CHECKPOINT\n",
+                       config_path.c_str());
+          return kUsageError;
+        }
+        checkpoint_path = config_path;
+      }
+      Config c = checkpoint_path == config_path
+                     ? parse_config(load_checkpoint(checkpoint_path).config_yaml, checkpoint_path,
+                                    overrides)
+                     : load_config(config_path, overrides);
       int failed = 0;
       std::optional<dtrain::dist::Job> job = make_job(c, dtrain::dist::job_spec_from_env(), failed);
       if (!job) return failed;
@@ -300,6 +340,7 @@ int cli_main(int argc, char** argv) {
       write_safetensors(output_path, ckpt.model,
                         {{"format", "pt"},
                          {"dtrain_step", std::to_string(ckpt.step)},
+                         {"dtrain_model", yaml_section(ckpt.config_yaml, "model")},
                          {"dtrain_checkpoint", checkpoint_path}});
       std::printf("wrote %zu tensors to %s\n", ckpt.model.size(), output_path.c_str());
       return 0;

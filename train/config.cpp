@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -228,6 +229,34 @@ Field int_list_field(std::string section, std::string key, Get get, int64_t lo, 
   return f;
 }
 
+template <class Get>
+Field string_list_field(std::string section, std::string key, Get get, std::string doc) {
+  const std::string allowed = "list of strings";
+  Field f{std::move(section), std::move(key), "string list", allowed,
+          std::move(doc),     nullptr,        nullptr};
+  f.show = [get](const Config& c) {
+    std::string s = "[";
+    const auto& v = get(const_cast<Config&>(c));
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + YAML::Dump(YAML::Node(v[i]));
+    return s + "]";
+  };
+  f.set = [get, allowed](Config& c, const YAML::Node& n) -> SetResult {
+    if (!n.IsSequence())
+      return "expected a " + allowed + " like [bias, norm], got " + scalar_text(n);
+    std::vector<std::string> v;
+    for (size_t i = 0; i < n.size(); ++i) {
+      if (!n[i].IsScalar() || n[i].Scalar().empty()) {
+        return "element " + std::to_string(i) + ": expected a non-empty string, got " +
+               scalar_text(n[i]);
+      }
+      v.push_back(n[i].Scalar());
+    }
+    get(c) = v;
+    return std::nullopt;
+  };
+  return f;
+}
+
 #define DTRAIN_GET(member) \
   [](Config & c) -> auto& { return c.member; }
 constexpr double kInf = HUGE_VAL;
@@ -310,6 +339,13 @@ const std::vector<Field>& schema() {
                   "adam, adamw: second-moment decay."),
       float_field("optimizer", "eps", DTRAIN_GET(optimizer.eps), 0, 1,
                   "adam, adamw, rmsprop: term added to the denominator.", true),
+      float_field("optimizer", "clip_grad_norm", DTRAIN_GET(optimizer.clip_grad_norm), 0, kInf,
+                  "Scale the gradients down when their global L2 norm exceeds this, after the "
+                  "replicas' reduction so that every replica clips alike (0: off)."),
+      string_list_field("optimizer", "no_decay", DTRAIN_GET(optimizer.no_decay),
+                        "Parameters without weight decay: `bias`, `norm` (batch and layer norm "
+                        "weights), `embedding`, or part of a parameter's name. An entry that "
+                        "matches no parameter is an error."),
       float_field("optimizer", "alpha", DTRAIN_GET(optimizer.alpha), 0, 1,
                   "rmsprop: smoothing constant of the squared-gradient average."),
       // schedule
@@ -347,7 +383,10 @@ const std::vector<Field>& schema() {
       bool_field("train", "drop_last", DTRAIN_GET(train.drop_last),
                  "Drop the last incomplete batch of each epoch."),
       string_field("train", "checkpoint_dir", DTRAIN_GET(train.checkpoint_dir), {},
-                   "Directory for checkpoints (created when missing).", "directory path"),
+                   "Directory for checkpoints (created when missing); empty: checkpoints/<run "
+                   "id>, the run id being the config file's name and a hash of the model, data, "
+                   "optimizer and schedule sections and train.seed (printed at the start).",
+                   "directory path or empty", true),
       int_field("train", "checkpoint_every_steps", DTRAIN_GET(train.checkpoint_every_steps), 0,
                 INT64_MAX, "Checkpoint every this many steps (0: only at the end)."),
       int_field("train", "keep_checkpoints", DTRAIN_GET(train.keep_checkpoints), 1, INT64_MAX,
@@ -361,6 +400,12 @@ const std::vector<Field>& schema() {
                 "the whole run (0: off)."),
       int_field("train", "threads", DTRAIN_GET(train.threads), 0, 1024,
                 "Kernel threads per process; 0: all cores."),
+      int_field("train", "early_stop_patience", DTRAIN_GET(train.early_stop_patience), 0, INT64_MAX,
+                "Stop after this many evaluations (one per epoch) without a better "
+                "early_stop_metric; the best model is kept as best.dtck in checkpoint_dir (0: "
+                "off)."),
+      string_field("train", "early_stop_metric", DTRAIN_GET(train.early_stop_metric),
+                   {"accuracy", "loss"}, "What early stopping watches on the test split."),
       // strategy
       string_field(
           "strategy", "type", DTRAIN_GET(strategy.type), strategy_names(),
@@ -445,7 +490,8 @@ const std::vector<Field>& schema() {
                    "host:port or empty", true),
       // log
       string_field("log", "dir", DTRAIN_GET(log.dir), {},
-                   "Directory for metrics.jsonl and TensorBoard event files.", "directory path"),
+                   "Directory for metrics.jsonl and TensorBoard event files; empty: runs/<run id>.",
+                   "directory path or empty", true),
       int_field("log", "every_steps", DTRAIN_GET(log.every_steps), 1, INT64_MAX,
                 "Steps between metric records and progress lines."),
       bool_field("log", "tensorboard", DTRAIN_GET(log.tensorboard),
@@ -807,9 +853,6 @@ void check_combinations(const Config& c, const std::string& source, Problems& p)
                                         ") is after train.max_steps (" +
                                         std::to_string(c.train.max_steps) + ")");
   }
-  if (c.train.resume == "auto" && c.train.checkpoint_dir.empty()) {
-    p.add(at("train.checkpoint_dir"), "train.resume: auto needs train.checkpoint_dir");
-  }
   if (c.model.type == "sequential") check_sequential(c, at, p);
   const ClusterConfig& k = c.cluster;
   if (k.world_size == 0 && (k.rank >= 0 || !k.store.empty())) {
@@ -849,6 +892,7 @@ Config parse_checked(const std::function<YAML::Node()>& load, const std::string&
   }
   apply_overrides(c, overrides, p);
   resolve_registered(c, source, p);
+  c.resolve_run_dirs();
   p.lines.erase(std::remove(p.lines.begin(), p.lines.end(), std::string()), p.lines.end());
   if (p.lines.empty()) check_combinations(c, source, p);
   if (!p.lines.empty()) {
@@ -934,6 +978,29 @@ std::string Config::hash() const {
   std::ostringstream os;
   os << std::hex << std::setw(16) << std::setfill('0') << h;
   return os.str();
+}
+
+std::string Config::run_id() const {
+  std::string what;
+  for (const auto& [key, value] : entries(false)) {
+    const std::string section = key.substr(0, key.find('.'));
+    if (section == "model" || section == "data" || section == "optimizer" ||
+        section == "schedule" || key == "train.seed") {
+      what += key + "=" + value + "\n";
+    }
+  }
+  std::string stem = source.empty() ? "run" : std::filesystem::path(source).stem().string();
+  if (stem.empty()) stem = "run";
+  std::ostringstream os;
+  os << stem << '-' << std::hex << std::setw(8) << std::setfill('0') << (fnv1a(what) & 0xffffffffu);
+  return os.str();
+}
+
+void Config::resolve_run_dirs() {
+  if (!train.checkpoint_dir.empty() && !log.dir.empty()) return;
+  const std::string id = run_id();
+  if (train.checkpoint_dir.empty()) train.checkpoint_dir = "checkpoints/" + id;
+  if (log.dir.empty()) log.dir = "runs/" + id;
 }
 
 std::vector<std::string> config_keys() {

@@ -47,7 +47,9 @@ struct OptimizerConfig {
   bool nesterov = false;
   double weight_decay = 0.0;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  double alpha = 0.99;  // rmsprop smoothing
+  double alpha = 0.99;                // rmsprop smoothing
+  double clip_grad_norm = 0;          // 0: no clipping
+  std::vector<std::string> no_decay;  // parameters without weight decay: bias, norm, embedding, ...
 };
 
 struct ScheduleConfig {
@@ -69,12 +71,14 @@ struct TrainSection {
   int64_t seed = 0;
   double label_smoothing = 0.0;
   bool drop_last = true;
-  std::string checkpoint_dir = "checkpoints";
+  std::string checkpoint_dir;  // "": checkpoints/<run id>
   int64_t checkpoint_every_steps = 500;
   int64_t keep_checkpoints = 3;
-  std::string resume = "auto";  // auto | never | <checkpoint path>
-  int64_t stop_at_step = 0;     // stop (with a checkpoint) after this step, as if preempted
-  int64_t threads = 0;          // kernel threads; 0: all cores
+  std::string resume = "auto";      // auto | never | <checkpoint path>
+  int64_t stop_at_step = 0;         // stop (with a checkpoint) after this step, as if preempted
+  int64_t threads = 0;              // kernel threads; 0: all cores
+  int64_t early_stop_patience = 0;  // evaluations without improvement; 0: off
+  std::string early_stop_metric = "accuracy";  // accuracy | loss
 };
 
 /// The `launcher` section; launch::LaunchOptions extends it with what the command line adds.
@@ -99,7 +103,7 @@ struct ClusterConfig {
 };
 
 struct LogConfig {
-  std::string dir = "runs";
+  std::string dir;  // "": runs/<run id>
   int64_t every_steps = 50;
   bool tensorboard = true;
   std::string progress = "auto";  // auto | bar | lines | off
@@ -124,6 +128,12 @@ struct Config {
   ConfigEntries entries(bool per_process = true) const;
   /// FNV-1a hash of to_yaml(false), hex: the processes of one job get equal hashes.
   std::string hash() const;
+  /// "<config file stem>-<8 hex digits>": names the default checkpoint and log directories. The
+  /// digits hash what makes a run (model, data, optimizer, schedule, train.seed), so a re-run of
+  /// the same config resumes, and a run with other settings gets directories of its own.
+  std::string run_id() const;
+  /// Fills an empty train.checkpoint_dir with checkpoints/<run id> and log.dir with runs/<run id>.
+  void resolve_run_dirs();
 };
 
 /// A config problem: file, line (0 when unknown), key and message; the CLI exits with 2.

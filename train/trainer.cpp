@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
+#include "nn/clip_grad.h"
 #include "tensor/cpu/parallel.h"
 #include "train/factories.h"
 #include "train/metrics_sink.h"
@@ -44,6 +46,7 @@ Tensor classification_loss(const Tensor& output, const Tensor& target, double la
 Trainer::Trainer(Config config, std::unique_ptr<Strategy> strategy, TrainerParts parts)
     : config_(std::move(config)), strategy_(std::move(strategy)) {
   DTRAIN_CHECK(strategy_ != nullptr, "Trainer: needs a strategy");
+  config_.resolve_run_dirs();
   if (config_.train.threads > 0) cpu::set_num_threads(static_cast<int>(config_.train.threads));
   build(std::move(parts));
 }
@@ -122,11 +125,56 @@ EvalResult Trainer::evaluate_checkpoint(const std::string& path) {
   return evaluate();
 }
 
+std::vector<std::string> Trainer::settings_changed_since(const LoadedCheckpoint& ckpt) const {
+  std::map<std::string, std::string> before;
+  try {
+    for (auto& [key, value] : parse_config(ckpt.data.config_yaml, ckpt.path).entries(false)) {
+      before[key] = value;
+    }
+  } catch (const Error& e) {
+    warn_stderr(ckpt.path + ": its config cannot be compared with this one (" + e.message() + ")");
+    return {};
+  }
+  std::vector<std::string> changed;
+  for (const auto& [key, value] : config_.entries(false)) {
+    const std::string section = key.substr(0, key.find('.'));
+    if ((section != "model" && section != "data" && section != "optimizer") ||
+        key == "data.prefetch") {
+      continue;
+    }
+    const auto it = before.find(key);
+    const std::string old = it == before.end() ? "(not set)" : it->second;
+    if (old != value) changed.push_back(key + ": " + old + " -> " + value);
+  }
+  return changed;
+}
+
 std::optional<LoadedCheckpoint> Trainer::find_checkpoint_to_resume() const {
   const TrainSection& t = config_.train;
-  if (t.resume == "auto") return load_latest_valid(t.checkpoint_dir, &warn_stderr);
   if (t.resume == "never") return std::nullopt;
-  return LoadedCheckpoint{t.resume, load_checkpoint(t.resume)};
+  std::optional<LoadedCheckpoint> found =
+      t.resume == "auto" ? load_latest_valid(t.checkpoint_dir, &warn_stderr)
+                         : LoadedCheckpoint{t.resume, load_checkpoint(t.resume)};
+  if (!found) return found;
+  const std::vector<std::string> changed = settings_changed_since(*found);
+  if (changed.empty()) return found;
+  std::string list;
+  for (const std::string& c : changed) list += "\n  " + c;
+  if (t.resume != "auto") {  // a checkpoint named on purpose: fine-tuning with new settings
+    if (strategy_->is_primary())
+      warn_stderr("resuming " + found->path + " with other settings:" + list);
+    return found;
+  }
+  ConfigError err(
+      "train.resume: auto found " + found->path +
+          ", written by a run with other model, data or optimizer settings:" + list +
+          "\nRun with the settings it was written with, give this run its own "
+          "train.checkpoint_dir, start afresh (train.resume=never), or continue from it "
+          "on purpose (train.resume=" +
+          found->path + ")",
+      __FILE__, __LINE__);
+  err.problems = changed;
+  throw err;
 }
 
 Trainer::Plan Trainer::plan(const std::optional<LoadedCheckpoint>& resumed,
@@ -169,6 +217,20 @@ Trainer::Position Trainer::restore(const Plan& plan,
   const double lr =
       config_.optimizer.lr * (config_.schedule.scale_lr_with_replicas ? plan.lr_replicas : 1);
   optimizer_ = make_optimizer(config_.optimizer, model_->parameters(), lr);
+  if (!config_.optimizer.no_decay.empty()) {
+    const nn::WeightDecayMask mask = nn::weight_decay_mask(*model_, config_.optimizer.no_decay);
+    if (!mask.unmatched.empty()) {
+      std::string names;
+      for (const auto& [name, p] : model_->named_parameters())
+        names += (names.empty() ? "" : ", ") + name;
+      throw ConfigError("optimizer.no_decay: '" + mask.unmatched.front() +
+                            "' matches no parameter of the model; use bias, norm, embedding or "
+                            "part of one of its parameter names: " +
+                            names,
+                        __FILE__, __LINE__);
+    }
+    optimizer_->set_weight_decay_mask(mask.decays);
+  }
   schedule_ = make_schedule(config_.schedule, *optimizer_, plan.total_steps);
   Position at;
   if (!resumed) return at;
@@ -181,6 +243,10 @@ Trainer::Position Trainer::restore(const Plan& plan,
   for (auto& [name, gen] : generators_) {
     if (auto it = c.rng_offsets.find(name); it != c.rng_offsets.end()) gen->set_offset(it->second);
   }
+  if (auto best = c.metrics.find("early_stop_best"); best != c.metrics.end()) {
+    early_stop_.best = best->second;
+    early_stop_.bad_evals = static_cast<int64_t>(c.metrics.at("early_stop_bad_evals"));
+  }
   at = {c.step, c.epoch, c.batch_in_epoch};
   if (strategy_->is_primary()) {
     std::printf("resuming from %s: step %" PRId64 ", epoch %" PRId64 ", batch %" PRId64 "\n",
@@ -191,6 +257,13 @@ Trainer::Position Trainer::restore(const Plan& plan,
 
 std::string Trainer::save(const Plan& plan, Position at) {
   const TrainSection& t = config_.train;
+  const std::string path = checkpoint_path(t.checkpoint_dir, at.step);
+  save_checkpoint(path, snapshot(plan, at));
+  prune_checkpoints(t.checkpoint_dir, static_cast<int>(t.keep_checkpoints));
+  return path;
+}
+
+CheckpointData Trainer::snapshot(const Plan& plan, Position at) const {
   CheckpointData c;
   c.step = at.step;
   // A finished epoch resumes at the start of the next one.
@@ -209,10 +282,25 @@ std::string Trainer::save(const Plan& plan, Position at) {
   c.optimizer_scalars = os.scalars;
   c.schedule_step = schedule_->state_dict();
   for (auto& [name, gen] : generators_) c.rng_offsets[name] = gen->offset();
-  const std::string path = checkpoint_path(t.checkpoint_dir, at.step);
-  save_checkpoint(path, c);
-  prune_checkpoints(t.checkpoint_dir, static_cast<int>(t.keep_checkpoints));
-  return path;
+  if (config_.train.early_stop_patience > 0) {
+    c.metrics["early_stop_best"] = early_stop_.best;
+    c.metrics["early_stop_bad_evals"] = static_cast<double>(early_stop_.bad_evals);
+  }
+  return c;
+}
+
+bool Trainer::early_stop_after(const Plan& plan, Position at, const EvalResult& eval) {
+  const TrainSection& t = config_.train;
+  if (t.early_stop_patience <= 0) return false;
+  const double score = t.early_stop_metric == "loss" ? -eval.loss : eval.accuracy;
+  if (score > early_stop_.best) {
+    early_stop_.best = score;
+    early_stop_.bad_evals = 0;
+    if (strategy_->is_primary())
+      save_checkpoint(t.checkpoint_dir + "/best.dtck", snapshot(plan, at));
+    return false;
+  }
+  return ++early_stop_.bad_evals >= t.early_stop_patience;
 }
 
 double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
@@ -228,6 +316,10 @@ double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
 
 void Trainer::optimizer_step(int64_t step) {
   strategy_->synchronize_gradients(*model_);
+  // After the reduction every replica holds the same gradients, so all clip alike.
+  if (config_.optimizer.clip_grad_norm > 0) {
+    nn::clip_grad_norm_(model_->parameters(), config_.optimizer.clip_grad_norm);
+  }
   optimizer_->step();
   schedule_->step();
   optimizer_->zero_grad();
@@ -280,6 +372,10 @@ TrainResult Trainer::run() {
   const auto start = std::chrono::steady_clock::now();
   const bool primary = strategy_->is_primary();
   strategy_->check_same_config(config_.entries(/*per_process=*/false));
+  if (primary) {
+    std::printf("run %s: checkpoints in %s, logs in %s\n", config_.run_id().c_str(),
+                config_.train.checkpoint_dir.c_str(), config_.log.dir.c_str());
+  }
   strategy_->prepare(*model_);
 
   // The checkpoint comes first: it decides the per-replica batch, which the loader needs.
@@ -320,12 +416,24 @@ TrainResult Trainer::run() {
     if (sink) {
       sink->test(at.step, at.epoch, p.epochs, result.test.loss, result.test.accuracy);
     }
+    if (early_stop_after(p, at, result.test)) {
+      if (primary) {
+        std::printf("early stop after epoch %" PRId64 ": no better test %s for %" PRId64
+                    " evaluations; the best model is %s/best.dtck\n",
+                    at.epoch + 1, config_.train.early_stop_metric.c_str(), early_stop_.bad_evals,
+                    config_.train.checkpoint_dir.c_str());
+      }
+      result.stopped_early = true;
+      ++at.epoch;
+      at.batch_in_epoch = 0;
+      break;
+    }
   }
   if (sink) sink->finish();
   if (result.test.examples == 0) result.test = evaluate();  // stopped mid-epoch or nothing to do
   result.steps = at.step;
   result.primary = primary;
-  result.stopped_early = at.step < p.total_steps;
+  result.stopped_early = result.stopped_early || at.step < p.total_steps;
   result.samples_per_sec = train_seconds > 0 ? samples / train_seconds : 0;
   result.wall_s = seconds_since(start);
   return result;

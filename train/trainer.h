@@ -6,6 +6,7 @@
 #pragma once
 
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,7 +35,7 @@ struct TrainResult {
   int64_t steps = 0;            // optimiser steps completed in total (resumed runs included)
   double samples_per_sec = 0;   // training throughput of this run (all replicas)
   double wall_s = 0;            // this process's time from start to end
-  bool stopped_early = false;   // train.stop_at_step ended the run
+  bool stopped_early = false;   // train.stop_at_step or early stopping ended the run
   bool primary = true;          // this process is the replica that reports for the job
   std::string last_checkpoint;  // written by the primary; "" when none was written
   /// "final: test_accuracy=<x> test_loss=<y> steps=<n> samples_per_sec=<z> wall_s=<t>"
@@ -95,7 +96,11 @@ class Trainer {
 
   EvalResult evaluate();
   void build(TrainerParts parts);
+  /// The checkpoint to continue from: train.resume: auto refuses (ConfigError) one written with
+  /// other model, data or optimizer settings.
   std::optional<LoadedCheckpoint> find_checkpoint_to_resume() const;
+  /// "key: old -> new" for every model, data and optimizer key that differs from `ckpt`'s config.
+  std::vector<std::string> settings_changed_since(const LoadedCheckpoint& ckpt) const;
   Plan plan(const std::optional<LoadedCheckpoint>& resumed, int64_t batches_per_epoch) const;
   /// Builds the optimiser and schedule, then restores them, the model and the dropout streams
   /// from `resumed`; returns where to continue.
@@ -110,6 +115,11 @@ class Trainer {
   void optimizer_step(int64_t step);
   /// The primary's checkpoint at `at` (pruning older ones); returns its path.
   std::string save(const Plan& plan, Position at);
+  /// Everything a checkpoint at `at` holds.
+  CheckpointData snapshot(const Plan& plan, Position at) const;
+  /// After an evaluation: keeps the best model (best.dtck) and says whether train.early_stop
+  /// patience has run out.
+  bool early_stop_after(const Plan& plan, Position at, const EvalResult& eval);
 
   Config config_;
   std::unique_ptr<Strategy> strategy_;
@@ -119,6 +129,10 @@ class Trainer {
   std::unique_ptr<nn::Optimizer> optimizer_;
   std::unique_ptr<nn::LRScheduler> schedule_;
   std::vector<std::pair<std::string, Generator*>> generators_;
+  struct EarlyStop {
+    double best = -std::numeric_limits<double>::infinity();
+    int64_t bad_evals = 0;
+  } early_stop_;
 };
 
 }  // namespace dtrain::train

@@ -100,7 +100,8 @@ TEST_F(CustomModel, OwnKeysAreCheckedLikeBuiltInOnes) {
   // The built-in executable does not know the user's model.
   const CommandResult builtin = run_dtrain("config check spirals.yaml", path());
   EXPECT_EQ(builtin.exit_code, 2);
-  EXPECT_THAT(builtin.output, HasSubstr("model.type: 'spiral_net' is not one of mlp | cnn | sequential"));
+  EXPECT_THAT(builtin.output,
+              HasSubstr("model.type: 'spiral_net' is not one of mlp | cnn | sequential"));
   const CommandResult reference = spirals("config reference");
   EXPECT_THAT(reference.output, HasSubstr("### model `spiral_net`"));
   EXPECT_THAT(reference.output, HasSubstr("| `data.noise` | float | `0.04` |"));

@@ -39,7 +39,9 @@ constexpr char kConfig[] =
     "  epochs: 2\n"
     "  batch_size: 32\n"
     "  resume: never\n"
+    "  checkpoint_dir: checkpoints\n"
     "log:\n"
+    "  dir: runs\n"
     "  progress: off\n";
 constexpr int64_t kStepsPerEpoch = 64;
 
