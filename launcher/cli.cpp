@@ -94,6 +94,20 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
   }
   o.version = DTRAIN_VERSION;
   o.worker_executable = std::filesystem::read_symlink("/proc/self/exe").string();
+  if (o.node_rank >= o.nnodes) {
+    std::fprintf(stderr,
+                 "dtrain launch: --node-rank %d is not below --nnodes %d (nodes count from 0)\n",
+                 o.node_rank, static_cast<int>(o.nnodes));
+    return kUsageError;
+  }
+  if (o.nnodes > 1 && o.rdzv_endpoint.empty()) {
+    std::fprintf(stderr,
+                 "dtrain launch: --nnodes %d needs --rdzv-endpoint HOST:PORT (or "
+                 "launcher.rdzv_endpoint): an address of node 0 that every node can reach, where "
+                 "node 0's launcher hosts the store\n",
+                 static_cast<int>(o.nnodes));
+    return kUsageError;
+  }
   if (!command.empty()) {
     const std::string program = find_executable(command[0]);
     if (program.empty()) {
@@ -117,20 +131,6 @@ int run_launch_command(const std::string& config_path, const std::vector<std::st
                  "dtrain launch: the config's cluster section (cluster.world_size %lld) describes "
                  "a job started without a launcher; drop it to use dtrain launch\n",
                  static_cast<long long>(c.cluster.world_size));
-    return kUsageError;
-  }
-  if (o.node_rank >= o.nnodes) {
-    std::fprintf(stderr,
-                 "dtrain launch: --node-rank %d is not below --nnodes %d (nodes count from 0)\n",
-                 o.node_rank, static_cast<int>(o.nnodes));
-    return kUsageError;
-  }
-  if (o.nnodes > 1 && o.rdzv_endpoint.empty()) {
-    std::fprintf(stderr,
-                 "dtrain launch: --nnodes %d needs --rdzv-endpoint HOST:PORT (or "
-                 "launcher.rdzv_endpoint): an address of node 0 that every node can reach, where "
-                 "node 0's launcher hosts the store\n",
-                 static_cast<int>(o.nnodes));
     return kUsageError;
   }
   const int world = static_cast<int>(o.nnodes * o.nproc_per_node);

@@ -361,6 +361,7 @@ void Launcher::spawn(int attempt) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(1);
       ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
+      ::signal(SIGPIPE, SIG_DFL);
       if (bind) ::sched_setaffinity(0, sizeof own, &own);
       ::dup2(out[1], 1);
       ::dup2(out[1], 2);
@@ -476,7 +477,7 @@ bool Launcher::reap() {
 void Launcher::handle_signals() {
   signalfd_siginfo info;
   while (::read(signals_.get(), &info, sizeof info) == sizeof info) {
-    if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM) {
+    if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM || info.ssi_signo == SIGHUP) {
       interrupted_by_ = static_cast<int>(info.ssi_signo);
     }
   }
@@ -660,10 +661,14 @@ int Launcher::run() {
   // signal never reaches the descriptor: take both back.
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGTERM, SIG_DFL);
+  ::signal(SIGHUP, SIG_DFL);
+  // A closed terminal or pipe must not kill the launcher mid-job: writes then just fail.
+  ::signal(SIGPIPE, SIG_IGN);
   ::signal(SIGCHLD, SIG_DFL);  // an inherited SIG_IGN would reap the workers behind our back
   sigset_t mask;
   sigemptyset(&mask);
-  for (int sig : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&mask, sig);
+  // SIGHUP (terminal closed, ssh dropped) stops the job like SIGTERM: workers get their grace.
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGCHLD}) sigaddset(&mask, sig);
   ::pthread_sigmask(SIG_BLOCK, &mask, &old_mask_);
   signals_.reset(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
 
@@ -706,13 +711,13 @@ int Launcher::run() {
           store_->add(key(attempt, "stopped"), 1);
         } catch (const Error&) {
         }
-        return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
+        return 128 + interrupted_by_;
       }
       failures.push_back(store_->get(key(attempt, "failed")));
       stop_workers();
-      if (interrupted_by_) return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
+      if (interrupted_by_) return 128 + interrupted_by_;
       if (!count_and_wait(key(attempt, "stopped"), ms(o_.rdzv_timeout_s))) {
-        if (interrupted_by_) return interrupted_by_ == SIGINT ? kInterruptedExit : kTerminatedExit;
+        if (interrupted_by_) return 128 + interrupted_by_;
         say("error: not every node stopped its workers within launcher.rdzv_timeout_s; giving up");
         return 1;
       }

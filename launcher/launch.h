@@ -24,7 +24,8 @@ struct LaunchOptions : train::LauncherConfig {
   std::vector<std::string> command;
 };
 
-/// Exit status of a launcher stopped by SIGINT / SIGTERM (128 + signal, as shells report).
+/// Exit status of a launcher stopped by SIGINT / SIGTERM (128 + signal, as shells report; SIGHUP
+/// stops the job the same way and exits with 129).
 inline constexpr int kInterruptedExit = 130;
 inline constexpr int kTerminatedExit = 143;
 

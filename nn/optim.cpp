@@ -3,6 +3,7 @@
 // device.
 #include "nn/optim.h"
 
+#include <charconv>
 #include <cmath>
 #include <unordered_set>
 
@@ -75,11 +76,19 @@ OptimizerState Optimizer::state_dict() const {
   return s;
 }
 
+size_t Optimizer::parameter_index(const std::string& key, size_t dot) const {
+  size_t i = 0;
+  const auto [end, ec] = std::from_chars(key.data(), key.data() + dot, i);
+  DTRAIN_CHECK(ec == std::errc() && end == key.data() + dot && dot > 0, name(), " state: key '",
+               key, "' does not start with a parameter index (\"<index>.<buffer>\")");
+  return i;
+}
+
 void Optimizer::load_state_dict(const OptimizerState& state) {
   std::map<std::string, Tensor> loaded;
   for (const auto& [k, t] : state.tensors) {
     const size_t dot = k.find('.');
-    const size_t i = dot == std::string::npos ? params_.size() : std::stoul(k.substr(0, dot));
+    const size_t i = dot == std::string::npos ? params_.size() : parameter_index(k, dot);
     DTRAIN_CHECK(i < params_.size(), name(), " state: buffer '", k, "' refers to parameter ", i,
                  " but the optimiser has ", params_.size(), " parameters");
     DTRAIN_CHECK(t.shape() == params_[i].shape(), name(), " state: buffer '", k, "' has shape ",
@@ -91,7 +100,7 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
   for (const auto& [k, v] : state.scalars) {
     const size_t dot = k.find('.');
     if (dot == std::string::npos) continue;  // optimiser-wide: "step", "lr"
-    const size_t i = std::stoul(k.substr(0, dot));
+    const size_t i = parameter_index(k, dot);
     DTRAIN_CHECK(i < params_.size(), name(), " state: scalar '", k, "' refers to parameter ", i,
                  " but the optimiser has ", params_.size(), " parameters");
     per_param[k] = v;

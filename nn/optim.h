@@ -52,6 +52,8 @@ class Optimizer {
   bool has_buffer(size_t i, const std::string& name) const;
   /// Per-parameter scalar state (0 until set), saved as "<i>.<name>" in the state's scalars.
   double& scalar(size_t i, const std::string& name);
+  /// The parameter index that a state key "<index>.<name>" starts with (`dot`: its first '.').
+  size_t parameter_index(const std::string& key, size_t dot) const;
   /// The weight decay parameter i gets: `weight_decay`, or 0 where the mask excludes it.
   double weight_decay_for(size_t i, double weight_decay) const {
     return decays_[i] ? weight_decay : 0.0;

@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev zlib1g-dev
   dataset-fashion-mnist                    # /usr/share/datasets/fashion-mnist
+  fortunes                                 # English text for configs/char_transformer.yaml
   python3 python3-torch python3-numpy      # golden-value fixtures and side-by-side benchmarks
   python3-venv                             # scripts/python_readers.sh (TensorBoard, safetensors readers)
   libopenblas0-pthread                     # BLAS for that PyTorch (the reference libblas3 is ~20x slower)

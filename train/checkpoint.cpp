@@ -292,18 +292,32 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
 void prune_checkpoints(const std::string& dir, int keep) {
   DTRAIN_CHECK(keep >= 0, "prune_checkpoints(", dir, "): keep must be >= 0, got ", keep);
   const std::vector<std::string> paths = list_checkpoints(dir);
-  for (size_t i = static_cast<size_t>(keep); i < paths.size(); ++i) {
+  // Everything older than the keep-th valid checkpoint goes; newer files that do not load stay.
+  size_t first_old = 0;
+  for (int valid = 0; first_old < paths.size() && valid < keep; ++first_old) {
+    try {
+      load_checkpoint(paths[first_old]);
+      ++valid;
+    } catch (const Error&) {
+    }
+  }
+  for (size_t i = first_old; i < paths.size(); ++i) {
     std::error_code ec;
     std::filesystem::remove(paths[i], ec);
     DTRAIN_CHECK(!ec, "prune_checkpoints: cannot remove ", paths[i], ": ", ec.message());
   }
 }
 
-std::optional<LoadedCheckpoint> load_latest_valid(const std::string& dir,
-                                                  void (*warn)(const std::string&)) {
+std::optional<LoadedCheckpoint> load_latest_valid(
+    const std::string& dir, void (*warn)(const std::string&),
+    const std::function<std::string(const CheckpointData&)>& fits) {
   for (const std::string& path : list_checkpoints(dir)) {
     try {
-      return LoadedCheckpoint{path, load_checkpoint(path)};
+      LoadedCheckpoint found{path, load_checkpoint(path)};
+      const std::string why = fits ? fits(found.data) : "";
+      if (why.empty()) return found;
+      if (warn) warn("skipping checkpoint " + path + ": " + why);
+      continue;
     } catch (const Error& e) {
       if (warn) warn("skipping invalid " + e.message());
     } catch (const std::exception& e) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -49,15 +50,20 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 /// "<dir>/ckpt-<step zero-padded to 10>.dtck".
 std::string checkpoint_path(const std::string& dir, int64_t step);
 /// Deletes all but the newest `keep` (>= 0) checkpoints in dir.
+/// Deletes checkpoints of `dir` older than its `keep` newest valid ones (keep >= 1; 0 deletes
+/// every checkpoint). Validity is checked by loading, newest first; files that do not load are
+/// left alone, and never counted, so a corrupt or foreign file can never push a valid one out.
 void prune_checkpoints(const std::string& dir, int keep);
 
-/// The newest checkpoint in dir that loads and verifies. Each one that does not is reported
+/// The newest checkpoint in dir that loads and verifies, and that `fits` (which returns "" or why
+/// the checkpoint cannot be used, e.g. for another model). Each one that does not is reported
 /// through `warn` (path and reason) and skipped. nullopt when none is valid.
 struct LoadedCheckpoint {
   std::string path;
   CheckpointData data;
 };
-std::optional<LoadedCheckpoint> load_latest_valid(const std::string& dir,
-                                                  void (*warn)(const std::string&) = nullptr);
+std::optional<LoadedCheckpoint> load_latest_valid(
+    const std::string& dir, void (*warn)(const std::string&) = nullptr,
+    const std::function<std::string(const CheckpointData&)>& fits = {});
 
 }  // namespace dtrain::train

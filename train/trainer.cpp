@@ -2,6 +2,7 @@
 #include "train/trainer.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
@@ -125,14 +126,13 @@ EvalResult Trainer::evaluate_checkpoint(const std::string& path) {
   return evaluate();
 }
 
-std::vector<std::string> Trainer::settings_changed_since(const LoadedCheckpoint& ckpt) const {
+std::vector<std::string> Trainer::settings_changed_since(const std::string& config_yaml,
+                                                         const std::string& path) const {
   std::map<std::string, std::string> before;
   try {
-    for (auto& [key, value] : parse_config(ckpt.data.config_yaml, ckpt.path).entries(false)) {
-      before[key] = value;
-    }
+    for (auto& [key, value] : parse_config(config_yaml, path).entries(false)) before[key] = value;
   } catch (const Error& e) {
-    warn_stderr(ckpt.path + ": its config cannot be compared with this one (" + e.message() + ")");
+    warn_stderr(path + ": its config cannot be compared with this one (" + e.message() + ")");
     return {};
   }
   std::vector<std::string> changed;
@@ -149,14 +149,50 @@ std::vector<std::string> Trainer::settings_changed_since(const LoadedCheckpoint&
   return changed;
 }
 
+std::string Trainer::why_unfit(const CheckpointData& c) const {
+  std::map<std::string, Shape> expected;
+  for (const auto& [name, t] : model_->named_parameters()) expected[name] = t.shape();
+  for (const auto& [name, t] : model_->named_buffers()) expected[name] = t.shape();
+  for (const auto& [name, t] : c.model) {
+    const auto it = expected.find(name);
+    if (it == expected.end()) return "it holds '" + name + "', which this model does not have";
+    if (it->second != t.shape()) {
+      return "its '" + name + "' has shape " + shape_str(t.shape()) + " but this model's is " +
+             shape_str(it->second);
+    }
+    expected.erase(it);
+  }
+  if (!expected.empty()) return "it lacks this model's '" + expected.begin()->first + "'";
+  const size_t params = model_->parameters().size();
+  for (const auto& [key, t] : c.optimizer_tensors) {
+    size_t i = 0;
+    const size_t dot = key.find('.');
+    const auto [end, ec] = std::from_chars(key.data(), key.data() + std::min(dot, key.size()), i);
+    if (dot == std::string::npos || ec != std::errc() || end != key.data() + dot || i >= params) {
+      return "its optimizer state key '" + key + "' names no parameter of this model";
+    }
+  }
+  return "";
+}
+
 std::optional<LoadedCheckpoint> Trainer::find_checkpoint_to_resume() const {
   const TrainSection& t = config_.train;
   if (t.resume == "never") return std::nullopt;
   std::optional<LoadedCheckpoint> found =
-      t.resume == "auto" ? load_latest_valid(t.checkpoint_dir, &warn_stderr)
-                         : LoadedCheckpoint{t.resume, load_checkpoint(t.resume)};
+      t.resume == "auto"
+          ? load_latest_valid(
+                t.checkpoint_dir, &warn_stderr,
+                [this, &t](const CheckpointData& c) -> std::string {
+                  // One of another run is refused below, not skipped.
+                  if (!settings_changed_since(c.config_yaml, t.checkpoint_dir).empty()) {
+                    return "";
+                  }
+                  return why_unfit(c);
+                })
+          : LoadedCheckpoint{t.resume, load_checkpoint(t.resume)};
   if (!found) return found;
-  const std::vector<std::string> changed = settings_changed_since(*found);
+  const std::vector<std::string> changed =
+      settings_changed_since(found->data.config_yaml, found->path);
   if (changed.empty()) return found;
   std::string list;
   for (const std::string& c : changed) list += "\n  " + c;
@@ -359,8 +395,13 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
                  static_cast<double>(plan.batch * t.grad_accum_steps * plan.replicas), last);
     }
     step_loss = 0;
-    if (strategy_->is_primary() &&
-        (last || (t.checkpoint_every_steps > 0 && at.step % t.checkpoint_every_steps == 0))) {
+    const bool due =
+        last || (t.checkpoint_every_steps > 0 && at.step % t.checkpoint_every_steps == 0);
+    if (due && at.batch_in_epoch >= plan.batches_per_epoch_used) {
+      // At the epoch's end the checkpoint waits for its evaluation, which early stopping keeps
+      // track of: a run resumed from it must not evaluate that epoch again.
+      checkpoint_after_evaluation_ = true;
+    } else if (due && strategy_->is_primary()) {
       result.last_checkpoint = save(plan, at);
     }
   }
@@ -409,14 +450,25 @@ TrainResult Trainer::run() {
   int64_t samples = 0;
   double train_seconds = 0;
   optimizer_->zero_grad();
-  for (; at.epoch < p.epochs && at.step < p.stop_step; ++at.epoch, at.batch_in_epoch = 0) {
+  // A run that early stopping ended stays ended when run again.
+  const bool ended = config_.train.early_stop_patience > 0 &&
+                     early_stop_.bad_evals >= config_.train.early_stop_patience;
+  if (ended) result.stopped_early = true;
+  for (; !ended && at.epoch < p.epochs && at.step < p.stop_step;
+       ++at.epoch, at.batch_in_epoch = 0) {
     at = train_epoch(p, at, loader, sink.get(), result, samples, train_seconds);
     if (at.batch_in_epoch < p.batches_per_epoch_used) break;  // stopped inside the epoch
     result.test = evaluate();
     if (sink) {
       sink->test(at.step, at.epoch, p.epochs, result.test.loss, result.test.accuracy);
     }
-    if (early_stop_after(p, at, result.test)) {
+    const bool stop = early_stop_after(p, at, result.test);
+    // An early stop ends the run: its last step gets a checkpoint, so a re-run continues from it.
+    if ((checkpoint_after_evaluation_ || stop) && primary) {
+      result.last_checkpoint = save(p, at);
+    }
+    checkpoint_after_evaluation_ = false;
+    if (stop) {
       if (primary) {
         std::printf("early stop after epoch %" PRId64 ": no better test %s for %" PRId64
                     " evaluations; the best model is %s/best.dtck\n",

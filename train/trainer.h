@@ -99,8 +99,13 @@ class Trainer {
   /// The checkpoint to continue from: train.resume: auto refuses (ConfigError) one written with
   /// other model, data or optimizer settings.
   std::optional<LoadedCheckpoint> find_checkpoint_to_resume() const;
+  /// "" when `c` fits this model (parameter and buffer names and shapes, optimizer state keys),
+  /// else why not: resume: auto then skips it for an older one.
+  std::string why_unfit(const CheckpointData& c) const;
   /// "key: old -> new" for every model, data and optimizer key that differs from `ckpt`'s config.
-  std::vector<std::string> settings_changed_since(const LoadedCheckpoint& ckpt) const;
+  /// (`config_yaml`: a checkpoint's config; `path` names it in messages.)
+  std::vector<std::string> settings_changed_since(const std::string& config_yaml,
+                                                  const std::string& path) const;
   Plan plan(const std::optional<LoadedCheckpoint>& resumed, int64_t batches_per_epoch) const;
   /// Builds the optimiser and schedule, then restores them, the model and the dropout streams
   /// from `resumed`; returns where to continue.
@@ -133,6 +138,7 @@ class Trainer {
     double best = -std::numeric_limits<double>::infinity();
     int64_t bad_evals = 0;
   } early_stop_;
+  bool checkpoint_after_evaluation_ = false;  // a checkpoint fell due at the end of an epoch
 };
 
 }  // namespace dtrain::train

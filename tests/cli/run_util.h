@@ -38,6 +38,15 @@ inline CommandResult run_dtrain(const std::string& args, const std::string& cwd 
   return run_shell("OMP_NUM_THREADS=1 '" + std::string(DTRAIN_EXECUTABLE) + "' " + args, cwd);
 }
 
+/// Runs `dtrain <args>` in `cwd` like run_dtrain, but killed (with everything it started) after
+/// `seconds`; a run killed so exits with 124.
+inline CommandResult run_dtrain_bounded(int seconds, const std::string& args,
+                                        const std::string& cwd = ".") {
+  return run_shell("OMP_NUM_THREADS=1 timeout -k 10 " + std::to_string(seconds) + " '" +
+                       std::string(DTRAIN_EXECUTABLE) + "' " + args,
+                   cwd);
+}
+
 /// True when Open MPI's mpirun is on PATH (scripts/setup.sh installs openmpi-bin).
 inline bool mpirun_available() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
 
