@@ -19,6 +19,10 @@
 namespace dtrain::dist {
 namespace {
 
+/// A progress report that the Store does not take within this long is dropped: the watchdog
+/// must keep watching its collectives.
+constexpr std::chrono::milliseconds kWatchdogStoreTimeout{5000};
+
 /// The host backend "auto" means for this job.
 std::string auto_host_backend(const JobSpec& spec) {
   if (spec.world.size == 1) return "local";
@@ -109,6 +113,10 @@ Device Job::device() const {
 }
 
 std::shared_ptr<StoreClient> Job::store_client() const {
+  return store_client(StoreClientOptions{}.request_timeout);
+}
+
+std::shared_ptr<StoreClient> Job::store_client(std::chrono::milliseconds request_timeout) const {
   if (spec_.store_address.empty()) return nullptr;
   const auto [host, port] = net::split_host_port(spec_.store_address, "the job's store address");
   StoreClientOptions o;
@@ -116,6 +124,7 @@ std::shared_ptr<StoreClient> Job::store_client() const {
   o.port = port;
   o.token = spec_.store_token;
   o.connect_timeout = std::chrono::seconds(60);
+  o.request_timeout = request_timeout;
   return std::make_shared<StoreClient>(o);
 }
 
@@ -241,8 +250,8 @@ void Job::watch(const CommunicatorPtr& comm, bool publish) {
   w.key_prefix += std::to_string(spec_.restart_count) + "/";
   w.timeout = spec_.timeout;
   w.stall_warning = spec_.stall_warning;
-  auto dog =
-      std::make_unique<Watchdog>(comm->rank(), comm->size(), w, publish ? store_client() : nullptr);
+  auto dog = std::make_unique<Watchdog>(comm->rank(), comm->size(), w,
+                                        publish ? store_client(kWatchdogStoreTimeout) : nullptr);
   comm->add_observer(dog.get());
   watched_.emplace_back(comm, std::move(dog));
 }

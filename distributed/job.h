@@ -46,6 +46,8 @@ class Job {
 
   /// A new client of the job's Store, or null when the job has none (mpirun, srun, one process).
   std::shared_ptr<StoreClient> store_client() const;
+  /// The same with another limit on each request (the watchdogs' progress reports give up fast).
+  std::shared_ptr<StoreClient> store_client(std::chrono::milliseconds request_timeout) const;
 
   /// The communicator over every process of the job, watched by the watchdog. Created at the
   /// first call, which is collective: it ends with a pre-flight all-reduce every rank must pass.

@@ -145,6 +145,14 @@ std::optional<IoFailure> recv_all(int fd, void* buf, size_t n, Clock::time_point
                       [&](size_t done) { return ::recv(fd, p + done, n - done, 0); });
 }
 
+bool constant_time_equal(std::string_view received, std::string_view secret) {
+  unsigned char diff = received.size() == secret.size() ? 0 : 1;
+  for (size_t i = 0; i < received.size(); ++i) {
+    diff |= static_cast<unsigned char>(received[i] ^ (i < secret.size() ? secret[i] : 0));
+  }
+  return diff == 0;
+}
+
 void set_nodelay(int fd) {
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace dtrain::dist::net {
@@ -49,6 +50,10 @@ bool resolves_only_to_loopback(const std::string& host);
 
 /// Milliseconds from now to `deadline` for poll(), 0 when it has passed.
 int ms_until(Clock::time_point deadline);
+
+/// True when `received` equals `secret`, in time that does not depend on where they differ (so a
+/// secret cannot be guessed byte by byte from response times); the loop runs over `received`.
+bool constant_time_equal(std::string_view received, std::string_view secret);
 
 /// Small messages alternate on these sockets; Nagle would delay each by up to 40 ms.
 void set_nodelay(int fd);

@@ -40,9 +40,8 @@ using std::chrono::milliseconds;
 
 constexpr uint32_t kProtocolVersion = 1;
 constexpr size_t kHeaderBytes = 4;
-// A connection that has not sent its handshake by then is dropped, so port scanners and
-// half-open sockets do not hold a client slot forever.
-constexpr auto kHandshakeTimeout = std::chrono::seconds(60);
+// The most an unauthenticated connection has buffered: one handshake frame.
+constexpr size_t kHandshakeFrameBytes = kHeaderBytes + kStoreMaxHandshakeBytes;
 // How long a client waits for an answer beyond the server-side timeout of a blocking request
 // before it gives up on a server that stopped answering.
 constexpr milliseconds kResponseGrace{5'000};
@@ -54,14 +53,6 @@ std::string token_or_env(const std::string& token) {
   if (!token.empty()) return token;
   const char* env = std::getenv("DTRAIN_STORE_TOKEN");
   return env ? env : "";
-}
-
-/// Compares in time independent of where the strings differ, so the token cannot be guessed
-/// byte by byte from response times.
-bool same_token(const std::string& a, const std::string& b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ (i < b.size() ? b[i] : 0);
-  return diff == 0;
 }
 
 /// Quoted for error messages; very long keys are cut.
@@ -112,6 +103,16 @@ uint32_t read_length(const char* p) {
   uint32_t n = 0;
   for (int i = 0; i < 4; ++i) n |= uint32_t(static_cast<unsigned char>(p[i])) << (8 * i);
   return n;
+}
+
+/// Notices clients whose host vanished (power loss, partition) within about two minutes; without
+/// it such a connection would keep its slot, and its parked request, until that request's deadline.
+void set_keepalive(int fd) {
+  const int on = 1, idle_s = 60, interval_s = 10, probes = 6;
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof interval_s);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
 }
 
 void log_line(const std::string& text) {
@@ -173,6 +174,11 @@ struct StoreServer::Impl {
   void respond(Conn& c, const proto::StoreResponse& resp);
   void wake_waiters();
   void expire(Clock::time_point now);
+  /// Live connections with (true) or still without (false) an accepted handshake.
+  size_t count_conns(bool authed) const {
+    return std::count_if(conns.begin(), conns.end(),
+                         [&](const auto& c) { return !c->dead && c->authed == authed; });
+  }
   bool all_exist(const std::vector<std::string>& keys) const {
     return std::all_of(keys.begin(), keys.end(), [&](const auto& k) { return data.count(k); });
   }
@@ -247,25 +253,42 @@ void StoreServer::Impl::accept_new() {
       return;
     }
     const std::string peer = sockaddr_text(reinterpret_cast<sockaddr*>(&addr), len);
-    if (conns.size() >= size_t(std::max(options.max_clients, 0))) {
-      log("refused connection from " + peer + ": too many clients (max_clients " +
-          std::to_string(options.max_clients) + ")");
-      continue;
+    // Unauthenticated connections have slots of their own, so they never take those of clients
+    // with the token; when full, the oldest goes (conns is in accept order; see
+    // StoreServerOptions::max_pending_handshakes). Its client, if real, connects again.
+    if (count_conns(false) >= size_t(options.max_pending_handshakes)) {
+      for (const auto& old : conns) {
+        if (old->dead || old->authed) continue;
+        log("closing connection from " + old->peer + ": no handshake yet, and " +
+            std::to_string(options.max_pending_handshakes) +
+            " connections are waiting for theirs (max_pending_handshakes)");
+        old->dead = true;
+        break;
+      }
     }
     set_nodelay(fd.get());
+    set_keepalive(fd.get());
     auto c = std::make_unique<Conn>();
     c->fd = std::move(fd);
     c->peer = peer;
-    c->handshake_deadline = Clock::now() + kHandshakeTimeout;
+    c->handshake_deadline = Clock::now() + options.handshake_timeout;
     conns.push_back(std::move(c));
+    // A client sends its handshake right after connecting; taking it now makes the connection
+    // authenticated before later arrivals can push it out of the pending slots.
+    read_from(*conns.back());
   }
 }
 
 void StoreServer::Impl::read_from(Conn& c) {
   char buf[64 << 10];
+  // Before its handshake is accepted a connection gets no more than one handshake frame read: a
+  // client waits for the answer before sending more, and strangers cannot grow the buffer.
+  const size_t budget = c.authed
+                            ? kReadBudgetBytes
+                            : kHandshakeFrameBytes - std::min(c.in.size(), kHandshakeFrameBytes);
   size_t total = 0;
-  while (total < kReadBudgetBytes) {
-    const ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, 0);
+  while (total < budget) {
+    const ssize_t n = ::recv(c.fd.get(), buf, std::min(sizeof buf, budget - total), 0);
     if (n > 0) {
       c.in.append(buf, size_t(n));
       total += size_t(n);
@@ -311,9 +334,12 @@ void StoreServer::Impl::process_input(Conn& c) {
   while (!c.dead && !c.closing && !c.parked && !c.has_output()) {
     if (c.in.size() - pos < kHeaderBytes) break;
     const uint32_t len = read_length(c.in.data() + pos);
-    if (len > kStoreMaxMessageBytes) {
+    // Checked on the length prefix, before any of the body is buffered.
+    const size_t limit = c.authed ? kStoreMaxMessageBytes : kStoreMaxHandshakeBytes;
+    if (len > limit) {
       log("closing connection from " + c.peer + ": message of " + std::to_string(len) +
-          " bytes exceeds the limit of " + std::to_string(kStoreMaxMessageBytes));
+          " bytes exceeds the limit of " + std::to_string(limit) +
+          (c.authed ? "" : " before the handshake"));
       c.dead = true;
       return;
     }
@@ -349,7 +375,16 @@ void StoreServer::Impl::handle(Conn& c, const proto::StoreRequest& req) {
   if (!c.authed) {
     const bool ok = req.op_case() == Req::kHandshake &&
                     req.handshake().protocol_version() == kProtocolVersion &&
-                    same_token(req.handshake().token(), token);
+                    constant_time_equal(req.handshake().token(), token);
+    if (ok && count_conns(true) >= size_t(options.max_clients)) {
+      const std::string why =
+          "too many clients (max_clients " + std::to_string(options.max_clients) + ")";
+      log("refused connection from " + c.peer + ": " + why);
+      resp.set_error(why);
+      c.closing = true;
+      respond(c, resp);
+      return;
+    }
     if (ok) {
       c.authed = true;
       resp.set_ok(true);
@@ -480,7 +515,7 @@ void StoreServer::Impl::expire(Clock::time_point now) {
     if (c->dead) continue;
     if (!c->authed && !c->closing && now >= c->handshake_deadline) {
       log("closing connection from " + c->peer + ": no handshake within " +
-          std::to_string(kHandshakeTimeout.count()) + " s");
+          std::to_string(options.handshake_timeout.count()) + " ms");
       c->dead = true;
       continue;
     }
@@ -506,6 +541,12 @@ StoreServer::StoreServer(const StoreServerOptions& options) : impl_(std::make_un
                "shared secret, e.g. `export DTRAIN_STORE_TOKEN=$(openssl rand -hex 16)`");
   DTRAIN_CHECK(options.max_clients > 0, "store server: max_clients must be positive, got ",
                options.max_clients);
+  DTRAIN_CHECK(options.max_pending_handshakes > 0,
+               "store server: max_pending_handshakes must be positive, got ",
+               options.max_pending_handshakes);
+  DTRAIN_CHECK(options.handshake_timeout.count() > 0,
+               "store server: handshake_timeout must be positive, got ",
+               options.handshake_timeout.count(), " ms");
   s.bind_and_listen();
   const bool any = options.bind_address.empty() || options.bind_address == "0.0.0.0" ||
                    options.bind_address == "::";
@@ -586,14 +627,30 @@ bool StoreClient::Impl::try_connect(Clock::time_point deadline, std::string& err
 }
 
 void StoreClient::Impl::connect(const std::string& token) {
-  // The server may not be up yet (workers often start before the launcher's store): retry with
-  // a growing pause until connect_timeout.
-  const auto start = Clock::now();
-  const auto deadline = start + options.connect_timeout;
+  // Retried with a growing pause until connect_timeout: the server may not be up yet (workers
+  // often start before the launcher's store), or may close the connection before answering the
+  // handshake (it drops the oldest pending handshakes when many connections arrive at once).
+  const auto deadline = Clock::now() + options.connect_timeout;
+  proto::StoreRequest req;
+  req.mutable_handshake()->set_token(token);
+  req.mutable_handshake()->set_protocol_version(kProtocolVersion);
+  const std::string own_prefix = "store " + address + ": ";
   std::string error = "no attempt made";
   milliseconds pause{10};
   int attempts = 0;
-  while (!try_connect(deadline, error)) {
+  std::optional<proto::StoreResponse> resp;
+  for (;;) {
+    if (try_connect(deadline, error)) {
+      try {
+        resp = call("handshake", req, request_deadline());
+      } catch (const TimeoutError&) {
+        throw;  // the server accepted and stopped answering: trying again would not help
+      } catch (const Error& e) {
+        error = e.message().starts_with(own_prefix) ? e.message().substr(own_prefix.size())
+                                                    : e.message();
+      }
+    }
+    if (resp) break;
     ++attempts;
     const auto now = Clock::now();
     if (now >= deadline) {
@@ -605,16 +662,15 @@ void StoreClient::Impl::connect(const std::string& token) {
     std::this_thread::sleep_for(std::min<Clock::duration>(pause, deadline - now));
     pause = std::min(pause * 2, milliseconds(1'000));
   }
-  proto::StoreRequest req;
-  req.mutable_handshake()->set_token(token);
-  req.mutable_handshake()->set_protocol_version(kProtocolVersion);
-  const auto resp = call("handshake", req, request_deadline());
-  if (!resp.ok()) {
+  broken.clear();
+  if (!resp->ok()) {
     fd.reset();
-    broken = "the server refused the handshake: " + resp.error();
-    DTRAIN_THROW(ValueError, prefix("handshake"),
-                 "the server refused the connection: ", resp.error(),
-                 ". Does DTRAIN_STORE_TOKEN match the token the store was started with?");
+    broken = "the server refused the handshake: " + resp->error();
+    const bool token_refused = resp->error() == "unauthorized";
+    DTRAIN_THROW(
+        ValueError, prefix("handshake"), "the server refused the connection: ", resp->error(),
+        token_refused ? ". Does DTRAIN_STORE_TOKEN match the token the store was started with?"
+                      : "");
   }
 }
 

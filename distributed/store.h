@@ -15,12 +15,24 @@ namespace dtrain::dist {
 
 /// Messages larger than this are refused (and the connection closed) by both sides.
 inline constexpr size_t kStoreMaxMessageBytes = 64 << 20;
+/// Before its handshake is accepted a connection may send no larger message (a token and a
+/// version need far less), so strangers cannot make the server buffer kStoreMaxMessageBytes.
+inline constexpr size_t kStoreMaxHandshakeBytes = 4 << 10;
 
 struct StoreServerOptions {
   std::string bind_address = "127.0.0.1";
   uint16_t port = 0;  // 0: pick a free port; port() reports it
   std::string token;  // required from clients; from DTRAIN_STORE_TOKEN when empty
+  /// Authenticated connections at once; a handshake beyond it is refused ("too many clients").
   int max_clients = 1024;
+  /// Connections still owing their handshake, counted apart from max_clients. When full, the
+  /// oldest of them is closed to make room: a client sends its handshake as soon as it connects,
+  /// so the oldest is the likeliest to be idle, and a flood of idle sockets cannot keep a client
+  /// with the token out. Together with kStoreMaxHandshakeBytes this bounds what strangers make the
+  /// server buffer (64 x 4 KiB at the defaults).
+  int max_pending_handshakes = 64;
+  /// A connection that has not completed its handshake by then is closed.
+  std::chrono::milliseconds handshake_timeout{5'000};
 };
 
 /// Serves on a background thread until destroyed. Malformed input, oversized messages, wrong
@@ -50,12 +62,15 @@ struct StoreClientOptions {
   std::chrono::milliseconds request_timeout{300'000};
 };
 
-/// One connection; calls are serialised (thread-safe). Every error names host:port and the
-/// operation (e.g. "store 127.0.0.1:29500: get('x'): connection closed by the server").
-/// Throws TimeoutError for timeouts, ValueError for requests the server or client refuses (wrong
-/// token, add to a non-integer, a message over kStoreMaxMessageBytes, a key that is not UTF-8),
-/// and Error when the connection fails; after a connection failure or a timed-out answer every
-/// later call throws too (no reconnect: a restarted server has lost the keys).
+/// One connection; calls are serialised (thread-safe). Connecting retries, until connect_timeout,
+/// both a server that is not up yet and one that closes the connection before answering the
+/// handshake (it may have dropped it among many pending ones); a refused handshake is final. Every
+/// error names host:port and the operation (e.g. "store 127.0.0.1:29500: get('x'): connection
+/// closed by the server"). Throws TimeoutError for timeouts, ValueError for requests the server or
+/// client refuses (wrong token, add to a non-integer, a message over kStoreMaxMessageBytes, a key
+/// that is not UTF-8), and Error when the connection fails; after a connection failure or a
+/// timed-out answer every later call throws too (no reconnect: a restarted server has lost the
+/// keys).
 class StoreClient {
  public:
   explicit StoreClient(const StoreClientOptions& options);

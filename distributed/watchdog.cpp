@@ -59,15 +59,13 @@ void Watchdog::on_finish(int, const CollectiveInfo& info) {
   last_finished_ = info.sequence;
 }
 
-void Watchdog::publish_locked() {
-  if (!store_ || (published_started_ == last_started_ && published_finished_ == last_finished_)) {
-    return;
-  }
-  published_started_ = last_started_;
-  published_finished_ = last_finished_;
+void Watchdog::publish(uint64_t started, uint64_t finished) {
+  if (!store_ || (published_started_ == started && published_finished_ == finished)) return;
+  published_started_ = started;
+  published_finished_ = finished;
   try {
     store_->set(options_.key_prefix + std::to_string(rank_),
-                std::to_string(last_started_) + " " + std::to_string(last_finished_));
+                std::to_string(started) + " " + std::to_string(finished));
   } catch (const std::exception& e) {
     // Losing the store must not take training down; the report will say the numbers are stale.
     std::fprintf(stderr, "warning: watchdog on rank %d cannot publish progress: %s\n", rank_,
@@ -127,7 +125,15 @@ void Watchdog::loop() {
   while (!stop_) {
     cv_.wait_for(lock, options_.poll, [&] { return stop_; });
     if (stop_) return;
-    publish_locked();
+    {
+      // The Store round trip happens without the lock: a slow Store must never hold up the
+      // collectives, whose observer calls take it.
+      const uint64_t started = last_started_, finished = last_finished_;
+      lock.unlock();
+      publish(started, finished);
+      lock.lock();
+      if (stop_) return;
+    }
     if (!in_flight_) continue;
     const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - started_at_);

@@ -51,7 +51,8 @@ class Watchdog final : public CollectiveObserver {
 
  private:
   void loop();
-  void publish_locked();
+  /// Writes this rank's progress to the Store (the watchdog's thread only; without mu_).
+  void publish(uint64_t started, uint64_t finished);
   const int rank_, size_;
   const WatchdogOptions options_;
   std::shared_ptr<StoreClient> store_;
@@ -63,7 +64,7 @@ class Watchdog final : public CollectiveObserver {
   std::chrono::steady_clock::time_point started_at_;
   bool stall_reported_ = false;
   uint64_t last_started_ = 0, last_finished_ = 0;
-  uint64_t published_started_ = ~0ull, published_finished_ = ~0ull;
+  uint64_t published_started_ = ~0ull, published_finished_ = ~0ull;  // watchdog thread only
   std::thread thread_;
 };
 

@@ -119,6 +119,13 @@ struct NodeMismatch {
   std::string message;
 };
 
+/// A signal arrived while the launcher waited for the store or for other nodes.
+struct InterruptedWhileWaiting {};
+
+/// Waits for the store and for other nodes are cut into slices this long, so that a signal is
+/// handled within one.
+constexpr std::chrono::milliseconds kWaitSlice{250};
+
 struct Worker {
   int rank = 0, local_rank = 0;
   pid_t pid = -1;
@@ -205,10 +212,27 @@ void Launcher::start_store() {
   co.host = host;
   co.port = port;
   co.token = token_;
-  co.connect_timeout = ms(o_.rdzv_timeout_s);
   // Every request of the launcher is quick; an unanswered one means node 0 is gone or cut off.
   co.request_timeout = milliseconds(30'000);
-  store_ = std::make_unique<dist::StoreClient>(co);
+  const auto deadline = Clock::now() + ms(o_.rdzv_timeout_s);
+  for (;;) {
+    co.connect_timeout = std::max(
+        milliseconds(1),
+        std::min(kWaitSlice, std::chrono::duration_cast<milliseconds>(deadline - Clock::now())));
+    try {
+      store_ = std::make_unique<dist::StoreClient>(co);
+      return;
+    } catch (const TimeoutError&) {
+      if (Clock::now() >= deadline) {
+        DTRAIN_THROW(TimeoutError, "store ", store_address_, ": could not connect within ",
+                     o_.rdzv_timeout_s,
+                     " s (launcher.rdzv_timeout_s); is node 0's launcher running there, and can "
+                     "this machine reach it?");
+      }
+    }
+    handle_signals();
+    if (interrupted_by_) throw InterruptedWhileWaiting{};
+  }
 }
 
 void Launcher::rendezvous(int attempt) {
@@ -219,7 +243,19 @@ void Launcher::rendezvous(int attempt) {
   std::vector<std::string> keys;
   for (int k = 0; k < o_.nnodes; ++k) keys.push_back(key(attempt, "node/" + std::to_string(k)));
   try {
-    store_->wait(keys, ms(o_.rdzv_timeout_s));
+    const auto deadline = Clock::now() + ms(o_.rdzv_timeout_s);
+    for (;;) {
+      try {
+        store_->wait(keys, std::max(milliseconds(1),
+                                    std::min(kWaitSlice, std::chrono::duration_cast<milliseconds>(
+                                                             deadline - Clock::now()))));
+        break;
+      } catch (const TimeoutError&) {
+        if (Clock::now() >= deadline) throw;
+      }
+      handle_signals();
+      if (interrupted_by_) throw InterruptedWhileWaiting{};
+    }
   } catch (const TimeoutError&) {
     std::ostringstream missing;
     for (int k = 0; k < o_.nnodes; ++k) {
@@ -740,6 +776,11 @@ int Launcher::run() {
   } catch (const NodeMismatch& e) {
     say("error: the nodes disagree: " + e.message);
     return 2;
+  } catch (const InterruptedWhileWaiting&) {
+    say("received " + signal_text(interrupted_by_) +
+        " while waiting for the store or the other "
+        "nodes; stopping");
+    return 128 + interrupted_by_;
   } catch (const Error& e) {
     if (!workers_.empty()) stop_workers();
     say("error: " + e.message());

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -289,9 +290,34 @@ std::string checkpoint_path(const std::string& dir, int64_t step) {
   return (std::filesystem::path(dir) / name).string();
 }
 
-void prune_checkpoints(const std::string& dir, int keep) {
+std::vector<std::string> remove_stale_temp_files(const std::string& dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const size_t tmp = name.rfind(".tmp.");
+    if (tmp == std::string::npos || !it->is_regular_file(ec)) continue;
+    const std::string_view digits = std::string_view(name).substr(tmp + 5);
+    pid_t pid = 0;
+    const auto [end_digits, parse] =
+        std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+    if (parse != std::errc() || end_digits != digits.data() + digits.size() || pid <= 0) continue;
+    // A writer that still runs (another job sharing the directory) keeps its file.
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::error_code rm;
+    if (std::filesystem::remove(it->path(), rm)) removed.push_back(it->path().string());
+  }
+  return removed;
+}
+
+void prune_checkpoints(const std::string& dir, int keep, int64_t up_to_step) {
   DTRAIN_CHECK(keep >= 0, "prune_checkpoints(", dir, "): keep must be >= 0, got ", keep);
-  const std::vector<std::string> paths = list_checkpoints(dir);
+  std::vector<std::string> paths;
+  for (std::string& path : list_checkpoints(dir)) {
+    if (step_from_name(std::filesystem::path(path).filename().string()) <= up_to_step) {
+      paths.push_back(std::move(path));
+    }
+  }
   // Everything older than the keep-th valid checkpoint goes; newer files that do not load stay.
   size_t first_old = 0;
   for (int valid = 0; first_old < paths.size() && valid < keep; ++first_old) {

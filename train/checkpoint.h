@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -50,10 +51,17 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 /// "<dir>/ckpt-<step zero-padded to 10>.dtck".
 std::string checkpoint_path(const std::string& dir, int64_t step);
 /// Deletes all but the newest `keep` (>= 0) checkpoints in dir.
+/// Removes the temp files ("<name>.tmp.<pid>") that a process killed while writing left in `dir`:
+/// those of processes of this machine that no longer run. Returns their paths.
+std::vector<std::string> remove_stale_temp_files(const std::string& dir);
+
 /// Deletes checkpoints of `dir` older than its `keep` newest valid ones (keep >= 1; 0 deletes
 /// every checkpoint). Validity is checked by loading, newest first; files that do not load are
 /// left alone, and never counted, so a corrupt or foreign file can never push a valid one out.
-void prune_checkpoints(const std::string& dir, int keep);
+/// Only checkpoints up to `up_to_step` (the one just written) are considered: a file of a higher
+/// step (another run's, or a copy) is never counted, so it can never push that one out.
+void prune_checkpoints(const std::string& dir, int keep,
+                       int64_t up_to_step = std::numeric_limits<int64_t>::max());
 
 /// The newest checkpoint in dir that loads and verifies, and that `fits` (which returns "" or why
 /// the checkpoint cannot be used, e.g. for another model). Each one that does not is reported

@@ -163,12 +163,26 @@ std::string Trainer::why_unfit(const CheckpointData& c) const {
     expected.erase(it);
   }
   if (!expected.empty()) return "it lacks this model's '" + expected.begin()->first + "'";
-  const size_t params = model_->parameters().size();
-  for (const auto& [key, t] : c.optimizer_tensors) {
+  const std::vector<Tensor> params = model_->parameters();
+  // "<parameter index>.<name>", or nullopt.
+  const auto index_of = [&](const std::string& key) -> std::optional<size_t> {
     size_t i = 0;
     const size_t dot = key.find('.');
-    const auto [end, ec] = std::from_chars(key.data(), key.data() + std::min(dot, key.size()), i);
-    if (dot == std::string::npos || ec != std::errc() || end != key.data() + dot || i >= params) {
+    if (dot == std::string::npos) return std::nullopt;
+    const auto [end, ec] = std::from_chars(key.data(), key.data() + dot, i);
+    if (ec != std::errc() || end != key.data() + dot || i >= params.size()) return std::nullopt;
+    return i;
+  };
+  for (const auto& [key, t] : c.optimizer_tensors) {
+    const std::optional<size_t> i = index_of(key);
+    if (!i) return "its optimizer state key '" + key + "' names no parameter of this model";
+    if (t.shape() != params[*i].shape()) {
+      return "its optimizer state '" + key + "' has shape " + shape_str(t.shape()) +
+             " but parameter " + std::to_string(*i) + " is " + shape_str(params[*i].shape());
+    }
+  }
+  for (const auto& [key, v] : c.optimizer_scalars) {
+    if (key.find('.') != std::string::npos && !index_of(key)) {
       return "its optimizer state key '" + key + "' names no parameter of this model";
     }
   }
@@ -273,8 +287,12 @@ Trainer::Position Trainer::restore(const Plan& plan,
   // The sampler position is in global batches, so it maps unchanged onto another number of
   // replicas.
   const CheckpointData& c = resumed->data;
-  model_->load_state_dict(c.model);
-  optimizer_->load_state_dict({c.optimizer_tensors, c.optimizer_scalars});
+  try {
+    model_->load_state_dict(c.model);
+    optimizer_->load_state_dict({c.optimizer_tensors, c.optimizer_scalars});
+  } catch (const Error& e) {
+    DTRAIN_THROW(ValueError, "resume: ", resumed->path, ": ", e.message());
+  }
   schedule_->load_state_dict(c.schedule_step);
   for (auto& [name, gen] : generators_) {
     if (auto it = c.rng_offsets.find(name); it != c.rng_offsets.end()) gen->set_offset(it->second);
@@ -295,7 +313,7 @@ std::string Trainer::save(const Plan& plan, Position at) {
   const TrainSection& t = config_.train;
   const std::string path = checkpoint_path(t.checkpoint_dir, at.step);
   save_checkpoint(path, snapshot(plan, at));
-  prune_checkpoints(t.checkpoint_dir, static_cast<int>(t.keep_checkpoints));
+  prune_checkpoints(t.checkpoint_dir, static_cast<int>(t.keep_checkpoints), at.step);
   return path;
 }
 
@@ -419,6 +437,11 @@ TrainResult Trainer::run() {
   }
   strategy_->prepare(*model_);
 
+  if (primary) {
+    for (const std::string& path : remove_stale_temp_files(config_.train.checkpoint_dir)) {
+      warn_stderr("removed " + path + ", left by a process killed while writing a checkpoint");
+    }
+  }
   // The checkpoint comes first: it decides the per-replica batch, which the loader needs.
   const std::optional<LoadedCheckpoint> resumed = find_checkpoint_to_resume();
   const Plan batch_plan = plan(resumed, -1);

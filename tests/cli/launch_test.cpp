@@ -142,24 +142,6 @@ void expect_same_final_weights(const std::filesystem::path& a, const std::filesy
   EXPECT_TRUE(wa == wb) << "final weights differ between " << which;
 }
 
-/// A free port for a store, below Linux's ephemeral range (32768 and up): a port the kernel
-/// handed out could be given again, as a client's source port, to a test running beside this one
-/// before the store binds it. Bound once to check it is free, then released.
-uint16_t free_port() {
-  std::random_device random;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    dist::StoreServerOptions so;
-    so.token = "probe";
-    so.port = static_cast<uint16_t>(20000 + random() % 12000);
-    try {
-      return dist::StoreServer(so).port();
-    } catch (const Error&) {
-    }
-  }
-  ADD_FAILURE() << "no free port in 20000..31999 after 100 tries";
-  return 0;
-}
-
 struct Job {
   ScratchDir root;
   std::filesystem::path dir(const std::string& name) {
@@ -422,7 +404,7 @@ TEST(Launch, TwoLaunchersAsTwoNodesTrainTogetherAndRefuseDifferentConfigs) {
       launch_async(single, unique_job("one"), "--nproc-per-node 2 run.yaml train.epochs=1").get();
   ASSERT_EQ(one.exit_code, 0) << one.output;
 
-  const std::string endpoint = "127.0.0.1:" + std::to_string(free_port());
+  const std::string endpoint = "127.0.0.1:" + std::to_string(testutil::free_port());
   const std::string token = "DTRAIN_STORE_TOKEN=0123456789abcdef0123";
   const std::string id = unique_job("nodes");
   const std::string common = "--nnodes 2 --rdzv-endpoint " + endpoint + " run.yaml train.epochs=1";
@@ -435,7 +417,7 @@ TEST(Launch, TwoLaunchersAsTwoNodesTrainTogetherAndRefuseDifferentConfigs) {
   EXPECT_THAT(r0.output, HasSubstr("the nodes disagree: node 1 ("));
   EXPECT_THAT(r0.output, HasSubstr("config hash"));
 
-  const std::string endpoint2 = "127.0.0.1:" + std::to_string(free_port());
+  const std::string endpoint2 = "127.0.0.1:" + std::to_string(testutil::free_port());
   const std::string common2 =
       "--nnodes 2 --rdzv-endpoint " + endpoint2 + " run.yaml train.epochs=1";
   auto good0 = launch_async(multi, id, "--node-rank 0 " + common2, token);
@@ -500,7 +482,7 @@ TEST(Cluster, ProcessesStartedByHandWithAClusterSectionMatchMpirunBitForBit) {
   Job job;
   const auto a = job.dir("cluster"), b = job.dir("mpirun");
   const std::string id = unique_job("cluster");
-  const std::string store = "127.0.0.1:" + std::to_string(free_port());
+  const std::string store = "127.0.0.1:" + std::to_string(testutil::free_port());
   const auto start = [&](int rank) {
     const std::string line = "DTRAIN_TEST_JOB=" + id +
                              " DTRAIN_STORE_TOKEN=0123456789abcdef0123 OMP_NUM_THREADS=1 exec "
@@ -527,7 +509,7 @@ TEST(Cluster, AJobDescribedTwiceOrWithoutASecretIsRefused) {
   Job job;
   const auto dir = job.dir("refused");
   const std::string cluster = " train run.yaml cluster.world_size=2 cluster.rank=0 cluster.store=" +
-                              std::string("127.0.0.1:") + std::to_string(free_port());
+                              std::string("127.0.0.1:") + std::to_string(testutil::free_port());
   const CommandResult twice = testutil::run_shell(
       "DTRAIN_STORE_TOKEN=0123456789abcdef0123 OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=2 '" +
           std::string(DTRAIN_EXECUTABLE) + "'" + cluster,

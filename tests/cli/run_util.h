@@ -10,7 +10,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <random>
 #include <string>
+
+#include "distributed/store.h"
+#include "tensor/check.h"
 
 namespace dtrain::testutil {
 
@@ -73,6 +77,24 @@ inline std::string safetensors_data(const std::string& file) {
   for (int i = 7; i >= 0; --i) header = header << 8 | static_cast<unsigned char>(file[i]);
   EXPECT_LE(8 + header, file.size());
   return file.substr(std::min<size_t>(file.size(), 8 + header));
+}
+
+/// A free port for a store, below Linux's ephemeral range (32768 and up): a port the kernel
+/// handed out could be given again, as a client's source port, to a test running beside this one
+/// before the store binds it. Bound once to check it is free, then released.
+inline uint16_t free_port() {
+  std::random_device random;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    dist::StoreServerOptions so;
+    so.token = "probe";
+    so.port = static_cast<uint16_t>(20000 + random() % 12000);
+    try {
+      return dist::StoreServer(so).port();
+    } catch (const Error&) {
+    }
+  }
+  ADD_FAILURE() << "no free port in 20000..31999 after 100 tries";
+  return 0;
 }
 
 inline std::string source_path(const std::string& relative) {

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -105,6 +106,12 @@ std::string handshake_frame(const std::string& token) {
   return frame(field(1, field(1, token) + std::string{char(2 << 3 | 0), 1}));
 }
 std::string get_frame(const std::string& key) { return frame(field(3, field(1, key))); }
+/// A length prefix announcing `bytes`, just inside the limit for authenticated clients.
+std::string length_prefix(uint32_t bytes) {
+  std::string out;
+  for (int i = 0; i < 4; ++i) out.push_back(char((bytes >> (8 * i)) & 0xFF));
+  return out;
+}
 
 /// Sets an environment variable for one scope and restores the previous value.
 class ScopedEnv {
@@ -273,6 +280,75 @@ TEST(StoreSecurity, RequestWithoutHandshakeIsRefused) {
   EXPECT_EQ(server.rejected_connections(), 1);
 }
 
+TEST(StoreSecurity, LargeFrameBeforeTheHandshakeIsClosedOnItsLengthPrefix) {
+  StoreServer server(server_options());
+  testing::internal::CaptureStderr();
+  RawSocket raw(server.port());
+  // Within the limit for authenticated clients, far beyond what a handshake needs: the server
+  // must not wait for (and buffer) the body.
+  raw.send_bytes(length_prefix(kStoreMaxMessageBytes - 1) + std::string(1024, 'x'));
+  const auto answer = raw.read_until_closed();
+  const std::string log = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(answer.has_value()) << "the server kept the connection open, buffering its body";
+  EXPECT_NE(log.find("before the handshake"), std::string::npos) << log;
+  StoreClient client(client_options(server.port()));
+  client.set("k", "v");
+  EXPECT_EQ(client.get("k"), "v");
+}
+
+TEST(StoreSecurity, ConnectionWithoutAHandshakeIsClosedAfterTheHandshakeTimeout) {
+  auto options = server_options();
+  options.handshake_timeout = milliseconds(200);
+  StoreServer server(options);
+  testing::internal::CaptureStderr();
+  RawSocket idle(server.port());
+  const auto answer = idle.read_until_closed();  // gives up after 5 s
+  const std::string log = testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(answer.has_value()) << "the server kept an idle unauthenticated connection open";
+  EXPECT_NE(log.find("no handshake within 200 ms"), std::string::npos) << log;
+}
+
+TEST(StoreSecurity, IdleAndOversizedUnauthenticatedSocketsDoNotLockOutTheTokenHolder) {
+  auto options = server_options();
+  options.max_clients = 2;
+  options.max_pending_handshakes = 4;
+  options.handshake_timeout = milliseconds(60'000);  // the deadline must not be what lets it in
+  StoreServer server(options);
+  testing::internal::CaptureStderr();
+  std::vector<std::unique_ptr<RawSocket>> idle;
+  for (int i = 0; i < 16; ++i) idle.push_back(std::make_unique<RawSocket>(server.port()));
+  RawSocket huge(server.port());
+  huge.send_bytes(length_prefix(kStoreMaxMessageBytes - 1));
+  StoreClient client(client_options(server.port()));
+  client.set("k", "v");
+  EXPECT_EQ(client.get("k"), "v");
+  StoreClient second(client_options(server.port()));
+  EXPECT_EQ(second.get("k"), "v");
+  // The oldest idle socket made room for newer connections; the huge frame was refused.
+  EXPECT_TRUE(idle.front()->read_until_closed().has_value());
+  EXPECT_TRUE(huge.read_until_closed().has_value());
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("max_pending_handshakes"), std::string::npos) << log;
+  EXPECT_EQ(server.rejected_connections(), 0);
+}
+
+TEST(StoreSecurity, MaxClientsCountsOnlyAuthenticatedConnections) {
+  auto options = server_options();
+  options.max_clients = 1;
+  options.handshake_timeout = milliseconds(60'000);
+  StoreServer server(options);
+  RawSocket idle_a(server.port()), idle_b(server.port()), idle_c(server.port());
+  StoreClient first(client_options(server.port()));
+  first.set("k", "v");
+  testing::internal::CaptureStderr();
+  const std::string msg = message_of([&] { StoreClient second(client_options(server.port())); });
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_NE(msg.find("too many clients (max_clients 1)"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("DTRAIN_STORE_TOKEN"), std::string::npos) << "the token was right: " << msg;
+  EXPECT_NE(log.find("too many clients"), std::string::npos) << log;
+  EXPECT_EQ(first.get("k"), "v");
+}
+
 TEST(StoreSecurity, TokenComesFromTheEnvironmentAndIsRequired) {
   {
     ScopedEnv env("DTRAIN_STORE_TOKEN", nullptr);
@@ -436,6 +512,50 @@ TEST(StoreClientTest, ConnectTimeoutNamesTheAddress) {
   EXPECT_LT(elapsed, milliseconds(2'000));
   EXPECT_NE(msg.find("store 127.0.0.1:" + std::to_string(port)), std::string::npos) << msg;
   EXPECT_NE(msg.find("refused"), std::string::npos) << msg;
+}
+
+TEST(StoreClientTest, HandshakeClosedBeforeAnAnswerIsRetried) {
+  // A stand-in server: it closes the first connection unanswered (as the store does to its oldest
+  // pending handshake when too many are waiting) and accepts the handshake on the second.
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  timeval tv{5, 0};  // accept() and recv() give up after 5 s, so a failing test cannot hang
+  ::setsockopt(listener, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::atomic<int> served{0};
+  std::thread fake([&] {
+    ::close(::accept(listener, nullptr, nullptr));
+    const int fd = ::accept(listener, nullptr, nullptr);
+    if (fd < 0) return;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char header[4];
+    if (::recv(fd, header, 4, MSG_WAITALL) == 4) {
+      std::string body(size_t(uint8_t(header[0])), '\0');
+      if (::recv(fd, body.data(), body.size(), MSG_WAITALL) == ssize_t(body.size())) {
+        const std::string ok = frame(std::string{char(1 << 3 | 0), 1});  // StoreResponse{ok}
+        if (::send(fd, ok.data(), ok.size(), MSG_NOSIGNAL) == ssize_t(ok.size())) ++served;
+      }
+    }
+    char rest;
+    while (::recv(fd, &rest, 1, 0) > 0) {  // until the client closes
+    }
+    ::close(fd);
+  });
+  std::string error;
+  try {
+    StoreClient client(client_options(ntohs(addr.sin_port)));
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  fake.join();
+  ::close(listener);
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(served, 1);
 }
 
 TEST(StoreClientTest, ConnectRetriesUntilTheServerStarts) {

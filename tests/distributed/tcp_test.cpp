@@ -4,8 +4,11 @@
 // paths, are checked by the parity suite (parity_test.cpp).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <atomic>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +23,53 @@ namespace {
 
 using dist::HostCommunicator;
 using ::testing::HasSubstr;
+
+/// A 2-rank group in which rank 1 joins only after `stranger` has done its part against rank 0's
+/// listener (host, port), while rank 0 is accepting. Both ranks then all-reduce; returns what
+/// each rank threw ("" when it got the right sum).
+std::vector<std::string> two_ranks_after_stranger(
+    const dist::TcpOptions& options,
+    const std::function<void(const std::string& host, uint16_t port)>& stranger) {
+  TestStore store;
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    auto client = store.client();
+    const auto [host, port] =
+        dist::net::split_host_port(client->get(options.key_prefix + "addr/0"), "address");
+    stranger(host, port);
+    client->set("stranger", "done");
+  });
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        auto client = store.client();
+        if (r == 1) client->get("stranger");
+        dist::TcpCommunicator c(client, r, 2, options);
+        Tensor t = testdist::rank_input(DType::kFloat32, dist::ReduceOp::kSum, r, 5);
+        c.all_reduce(t)->wait();
+        for (int i = 0; i < 5; ++i) {
+          if (t.data<float>()[i] !=
+              testdist::expected_value(DType::kFloat32, dist::ReduceOp::kSum, 2, i)) {
+            errors[r] = "wrong sum at " + std::to_string(i);
+          }
+        }
+      } catch (const Error& e) {
+        errors[r] = e.message();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+dist::net::UniqueFd dial(const std::string& host, uint16_t port) {
+  std::string error;
+  auto fd = dist::net::try_connect_tcp(host, port,
+                                       dist::net::Clock::now() + std::chrono::seconds(5), error);
+  EXPECT_TRUE(fd) << error;
+  return fd;
+}
 
 TEST(TcpBackend, ARankThatNeverJoinsIsNamedAfterTheConnectTimeout) {
   dist::TcpOptions o;
@@ -120,6 +170,40 @@ TEST(TcpBackend, AConnectionWithoutTheSecretIsTurnedAway) {
     EXPECT_EQ(results[0].data<float>()[i],
               testdist::expected_value(DType::kFloat32, dist::ReduceOp::kSum, 2, i));
   }
+}
+
+TEST(TcpBackend, IdleConnectionsDoNotDelayTheRealPeers) {
+  dist::TcpOptions options;
+  options.connect_timeout = std::chrono::milliseconds(20'000);
+  // Longer than the whole set-up may take: the peers must get in while the strangers still wait.
+  options.hello_timeout = std::chrono::milliseconds(60'000);
+  std::vector<dist::net::UniqueFd> strangers;  // held open until the group has formed
+  const auto errors =
+      two_ranks_after_stranger(options, [&](const std::string& host, uint16_t port) {
+        for (int i = 0; i < 8; ++i) strangers.push_back(dial(host, port));
+        strangers.push_back(dial(host, port));
+        ASSERT_EQ(::send(strangers.back().get(), "dtraint1", 8, MSG_NOSIGNAL), 8);  // half a hello
+      });
+  EXPECT_EQ(errors[0], "");
+  EXPECT_EQ(errors[1], "");
+}
+
+TEST(TcpBackend, AConnectionWithoutAHelloIsClosedAfterTheHelloTimeout) {
+  dist::TcpOptions options;
+  options.connect_timeout = std::chrono::milliseconds(20'000);
+  options.hello_timeout = std::chrono::milliseconds(200);
+  bool closed = false;
+  const auto errors =
+      two_ranks_after_stranger(options, [&](const std::string& host, uint16_t port) {
+        auto fd = dial(host, port);
+        pollfd p{fd.get(), POLLIN, 0};
+        char byte;
+        // Rank 0 is still waiting for rank 1 here, so only the hello deadline can close it.
+        closed = ::poll(&p, 1, 5'000) == 1 && ::recv(fd.get(), &byte, 1, 0) <= 0;
+      });
+  EXPECT_TRUE(closed) << "rank 0 kept a silent connection open while it waited for rank 1";
+  EXPECT_EQ(errors[0], "");
+  EXPECT_EQ(errors[1], "");
 }
 
 }  // namespace

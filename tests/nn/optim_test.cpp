@@ -286,6 +286,49 @@ TEST(Optimizer, LoadStateDictRejectsMisshapedBufferNamingIt) {
   }
 }
 
+TEST(Optimizer, LoadStateDictRejectsKeysWithoutAParameterIndexNamingThem) {
+  Tensor w = param({1.0f, 2.0f, 3.0f, 4.0f}), b = param({0.5f});
+  w.set_grad(from_vector<float>({1.0f, 1.0f, 1.0f, 1.0f}));
+  b.set_grad(from_vector<float>({1.0f}));
+  nn::Adam opt({w, b}, {});
+  opt.step();
+  const nn::OptimizerState good = opt.state_dict();
+  ASSERT_EQ(good.tensors.count("0.exp_avg"), 1u);
+  ASSERT_EQ(good.scalars.count("0.step"), 1u);
+  const std::string big = "99999999999999999999999";  // does not fit size_t
+  for (const std::string& key :
+       {std::string("abc.exp_avg"), std::string(".exp_avg"), std::string("1x.exp_avg"),
+        std::string("-1.exp_avg"), std::string("+0.exp_avg"), std::string(" 0.exp_avg"),
+        std::string("0x0.exp_avg"), big + ".exp_avg"}) {
+    for (const bool as_scalar : {false, true}) {
+      SCOPED_TRACE((as_scalar ? "scalar " : "tensor ") + key);
+      nn::OptimizerState bad = good;
+      if (as_scalar) {
+        bad.scalars[key] = 1.0;
+      } else {
+        bad.tensors[key] = zeros({4});
+      }
+      try {
+        opt.load_state_dict(bad);
+        ADD_FAILURE() << "accepted";
+      } catch (const ValueError& e) {
+        EXPECT_THAT(e.message(), HasSubstr("'" + key + "'"));
+        EXPECT_THAT(e.message(), Not(HasSubstr("stoul")));
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "not a ValueError: " << e.what();
+      }
+      // A refused state leaves the optimiser as it was.
+      const nn::OptimizerState after = opt.state_dict();
+      EXPECT_EQ(after.scalars, good.scalars);
+      ASSERT_EQ(after.tensors.size(), good.tensors.size());
+      for (const auto& [k, t] : good.tensors) {
+        ASSERT_EQ(after.tensors.count(k), 1u) << k;
+        EXPECT_TRUE(bit_equal(after.tensors.at(k), t)) << k;
+      }
+    }
+  }
+}
+
 // ---- resume and allocation, for every optimiser ---------------------------------------------
 struct OptimizerCase {
   std::string name;

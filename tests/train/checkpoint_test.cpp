@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <csignal>
@@ -377,6 +379,29 @@ TEST(CheckpointFiles, ListIsNewestFirstByStepAndIgnoresOtherNames) {
   EXPECT_TRUE(list_checkpoints(dir / "missing").empty());
 }
 
+TEST(CheckpointFiles, StaleTempFilesOfDeadWritersAreRemoved) {
+  ScratchDir dir;
+  // A writer that has exited: a child reaped before its temp file is looked at.
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  const std::string dead = "ckpt-0000000004.dtck.tmp." + std::to_string(child);
+  const std::string alive = "ckpt-0000000005.dtck.tmp." + std::to_string(::getpid());
+  for (const std::string& name : {dead, alive, std::string("notes.tmp.x")}) {
+    write_bytes(dir / name, "partial");
+  }
+  save_checkpoint(checkpoint_path(dir.path().string(), 3), at_step(3));
+
+  const std::vector<std::string> removed = remove_stale_temp_files(dir.path().string());
+  ASSERT_EQ(removed.size(), 1u);
+  EXPECT_EQ(std::filesystem::path(removed[0]).filename(), dead);
+  EXPECT_FALSE(std::filesystem::exists(dir / dead));
+  EXPECT_TRUE(std::filesystem::exists(dir / alive));  // its writer still runs
+  EXPECT_TRUE(std::filesystem::exists(dir / "notes.tmp.x"));
+  EXPECT_EQ(list_checkpoints(dir.path().string()).size(), 1u);
+}
+
 TEST(CheckpointFiles, PruneKeepsNewestK) {
   ScratchDir dir;
   const std::string root = dir.path().string();
@@ -394,6 +419,72 @@ TEST(CheckpointFiles, PruneKeepsNewestK) {
   prune_checkpoints(root, 0);
   EXPECT_TRUE(list_checkpoints(root).empty());
   EXPECT_THROW(prune_checkpoints(root, -1), ValueError);
+}
+
+/// A file that does not load, named as a checkpoint of `step`: a bit-flipped copy of a valid one,
+/// one cut short, or a foreign file (a zip, as a PyTorch checkpoint is).
+enum class Bad { kBitFlipped, kTruncated, kForeign };
+const char* bad_name(Bad bad) {
+  return bad == Bad::kBitFlipped ? "bit-flipped" : bad == Bad::kTruncated ? "truncated" : "foreign";
+}
+std::string write_unloadable(const std::string& root, int64_t step, Bad bad) {
+  const std::string path = checkpoint_path(root, step);
+  save_checkpoint(path, at_step(step));
+  std::string bytes = read_bytes(path);
+  if (bad == Bad::kBitFlipped) bytes[bytes.size() / 2] ^= 0x01;
+  if (bad == Bad::kTruncated) bytes.resize(bytes.size() - 3);
+  if (bad == Bad::kForeign) bytes = std::string("PK\x03\x04", 4) + std::string(200, 'z');
+  write_bytes(path, bytes);
+  EXPECT_THROW(load_checkpoint(path), Error) << bad_name(bad);
+  return bytes;
+}
+
+TEST(CheckpointFiles, PruneNeverCountsNewerFilesThatDoNotLoad) {
+  for (const Bad bad : {Bad::kBitFlipped, Bad::kTruncated, Bad::kForeign}) {
+    SCOPED_TRACE(bad_name(bad));
+    ScratchDir dir;
+    const std::string root = dir.path().string();
+    save_checkpoint(checkpoint_path(root, 8), at_step(8));
+    const std::string bad_bytes = write_unloadable(root, 100, bad);
+    // The checkpoint a run has just written, below the bad file's step.
+    save_checkpoint(checkpoint_path(root, 20), at_step(20));
+
+    prune_checkpoints(root, 2);
+    EXPECT_EQ(list_checkpoints(root),
+              (std::vector<std::string>{checkpoint_path(root, 100), checkpoint_path(root, 20),
+                                        checkpoint_path(root, 8)}));
+
+    prune_checkpoints(root, 1);
+    EXPECT_EQ(list_checkpoints(root),
+              (std::vector<std::string>{checkpoint_path(root, 100), checkpoint_path(root, 20)}));
+    EXPECT_EQ(load_checkpoint(checkpoint_path(root, 20)).step, 20);
+    // Left as it was: neither counted nor removed nor rewritten.
+    EXPECT_EQ(read_bytes(checkpoint_path(root, 100)), bad_bytes);
+    const auto latest = load_latest_valid(root);
+    ASSERT_TRUE(latest.has_value());
+    EXPECT_EQ(latest->data.step, 20);
+  }
+}
+
+TEST(CheckpointFiles, PruneKeepsTheNewestValidOnesPastSeveralBadNewerFiles) {
+  ScratchDir dir;
+  const std::string root = dir.path().string();
+  for (const int64_t step : {4, 8, 12}) save_checkpoint(checkpoint_path(root, step), at_step(step));
+  write_unloadable(root, 100, Bad::kBitFlipped);
+  write_unloadable(root, 90, Bad::kForeign);
+  write_unloadable(root, 10, Bad::kTruncated);  // between valid ones
+
+  prune_checkpoints(root, 2);
+  // The two newest valid ones (12, 8) stay with the bad files above them; everything older
+  // than the second of them goes, whether it loads or not.
+  EXPECT_EQ(list_checkpoints(root),
+            (std::vector<std::string>{checkpoint_path(root, 100), checkpoint_path(root, 90),
+                                      checkpoint_path(root, 12), checkpoint_path(root, 10),
+                                      checkpoint_path(root, 8)}));
+  prune_checkpoints(root, 1);
+  EXPECT_EQ(list_checkpoints(root),
+            (std::vector<std::string>{checkpoint_path(root, 100), checkpoint_path(root, 90),
+                                      checkpoint_path(root, 12)}));
 }
 
 std::vector<std::string>& warnings() {

@@ -17,6 +17,7 @@
 #include <deque>
 #include <optional>
 #include <sstream>
+#include <string_view>
 
 #include "distributed/reduce.h"
 #include "distributed/shared_memory.h"
@@ -29,6 +30,9 @@ using net::Clock;
 
 constexpr char kMagic[8] = {'d', 't', 'r', 'a', 'i', 'n', 't', '1'};
 constexpr size_t kSecretBytes = 32;
+// Accepted connections still owing their hello; when full, the oldest is closed (the real ranks
+// send theirs at once, so the oldest is the likeliest stranger).
+constexpr size_t kMaxPendingHellos = 64;
 
 // Every message starts with a frame: payload bytes (8), sequence (8), tag (4), kind (4), the
 // sender's buffer address for kFrameDataByAddress (8), and what it belongs to (64, for errors).
@@ -240,10 +244,63 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
     peers_[peer] = {std::move(fd), address};
   }
   // 2. Accept every higher rank; a connection without the secret is closed and ignored.
-  int missing = size() - 1 - rank();
-  while (missing > 0) {
-    pollfd p{listener.get(), POLLIN, 0};
-    if (::poll(&p, 1, net::ms_until(deadline)) == 0) {
+  accept_higher_ranks(listener.get(), secret, deadline, options);
+}
+
+void TcpCommunicator::accept_higher_ranks(int listener, const std::string& secret,
+                                          Clock::time_point deadline, const TcpOptions& options) {
+  // 1. poll() the listener and every accepted connection that still owes its hello;
+  // 2. read what each has sent; a complete hello is checked, and the connection becomes the
+  //    peer's or is closed;
+  // 3. close connections past their hello deadline, or the oldest when too many are pending;
+  // 4. accept what is waiting in the backlog.
+  struct Pending {
+    net::UniqueFd fd;
+    std::string from;
+    Hello hello{};
+    size_t got = 0;  // bytes of `hello` received
+    Clock::time_point deadline;
+  };
+  std::vector<Pending> pending;
+  std::vector<pollfd> fds;
+  auto refuse = [&](const Pending& p, const char* why) {
+    std::fprintf(stderr, "dtrain: tcp rank %d: refused a connection from %s (%s)\n", rank(),
+                 p.from.c_str(), why);
+  };
+  // Reads what has arrived; true when the connection is settled (a peer, or to be closed).
+  auto receive = [&](Pending& p) {
+    auto* bytes = reinterpret_cast<char*>(&p.hello);
+    while (p.got < sizeof(Hello)) {
+      const ssize_t n = ::recv(p.fd.get(), bytes + p.got, sizeof(Hello) - p.got, 0);
+      if (n > 0) {
+        p.got += size_t(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+      return true;  // closed or failed before a whole hello: nothing to answer
+    }
+    const Hello& h = p.hello;
+    const bool valid = std::memcmp(h.magic, kMagic, sizeof kMagic) == 0 &&
+                       net::constant_time_equal(std::string_view(h.secret, kSecretBytes), secret) &&
+                       h.size == size() && h.rank > rank() && h.rank < size() && !peers_[h.rank].fd;
+    if (!valid) {
+      refuse(p, "not a rank of this group");
+      return true;
+    }
+    net::set_nodelay(p.fd.get());
+    set_buffers(p.fd.get());
+    peers_[h.rank] = {std::move(p.fd), p.from};
+    return true;
+  };
+  auto missing = [&] {
+    int n = 0;
+    for (int r = rank() + 1; r < size(); ++r) n += peers_[r].fd ? 0 : 1;
+    return n;
+  };
+  while (missing() > 0) {
+    const auto now = Clock::now();
+    if (now >= deadline) {
       std::ostringstream late;
       for (int r = rank() + 1; r < size(); ++r) {
         if (!peers_[r].fd) late << " " << r;
@@ -251,35 +308,48 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
       DTRAIN_THROW(TimeoutError, "tcp: rank ", rank(), " waited ", options.connect_timeout.count(),
                    " ms for rank(s)", late.str(), " to connect; did they start?");
     }
-    sockaddr_storage addr{};
-    socklen_t len = sizeof addr;
-    net::UniqueFd fd(::accept4(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len,
-                               SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd) continue;
-    const std::string from = net::sockaddr_text(reinterpret_cast<sockaddr*>(&addr), len);
-    Hello hello{};
-    try {
-      check_setup_io(net::recv_all(fd.get(), &hello, sizeof hello,
-                                   std::min(deadline, Clock::now() + std::chrono::seconds(10))),
-                     "hello from " + from);
-    } catch (const Error&) {
-      continue;
+    auto wake = deadline;
+    fds.assign(1, {listener, POLLIN, 0});
+    for (const Pending& p : pending) {
+      fds.push_back({p.fd.get(), POLLIN, 0});
+      wake = std::min(wake, p.deadline);
     }
-    const bool valid = std::memcmp(hello.magic, kMagic, sizeof kMagic) == 0 &&
-                       std::memcmp(hello.secret, secret.data(), kSecretBytes) == 0 &&
-                       hello.size == size() && hello.rank > rank() && hello.rank < size() &&
-                       !peers_[hello.rank].fd;
-    if (!valid) {
-      std::fprintf(stderr,
-                   "dtrain: tcp rank %d: refused a connection from %s (not a rank of "
-                   "this group)\n",
-                   rank(), from.c_str());
-      continue;
+    if (::poll(fds.data(), fds.size(), net::ms_until(wake)) < 0 && errno != EINTR) {
+      DTRAIN_THROW(DistError, "tcp: rank ", rank(), ": poll: ", net::errno_text(errno));
     }
-    net::set_nodelay(fd.get());
-    set_buffers(fd.get());
-    peers_[hello.rank] = {std::move(fd), from};
-    --missing;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      if (fds[i + 1].revents && receive(pending[i])) pending[i].fd.reset();
+    }
+    const auto after = Clock::now();
+    for (Pending& p : pending) {
+      if (p.fd && after >= p.deadline) {
+        refuse(p, "no hello in time");
+        p.fd.reset();
+      }
+    }
+    std::erase_if(pending, [](const Pending& p) { return !p.fd; });
+    if (!(fds[0].revents & POLLIN)) continue;
+    for (int i = 0; i < 64 && missing() > 0; ++i) {  // the rest wait for the next round
+      sockaddr_storage addr{};
+      socklen_t len = sizeof addr;
+      net::UniqueFd fd(::accept4(listener, reinterpret_cast<sockaddr*>(&addr), &len,
+                                 SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!fd) {
+        // Out of descriptors, say: poll() would report the listener again at once.
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+          ::poll(nullptr, 0, 10);
+        }
+        break;
+      }
+      if (pending.size() >= kMaxPendingHellos) {
+        refuse(pending.front(), "no hello yet, and too many connections are waiting for theirs");
+        pending.erase(pending.begin());
+      }
+      Pending p{std::move(fd), net::sockaddr_text(reinterpret_cast<sockaddr*>(&addr), len)};
+      p.deadline = Clock::now() + options.hello_timeout;
+      // A rank sends its hello right after connecting: it is usually here already.
+      if (!receive(p)) pending.push_back(std::move(p));
+    }
   }
 }
 

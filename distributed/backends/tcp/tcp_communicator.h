@@ -21,6 +21,10 @@ struct TcpOptions {
   std::string advertise_address;
   /// How long to wait for every rank to join.
   Timeout connect_timeout{300'000};
+  /// How long an accepted connection may take to send its hello before it is closed. Ranks send
+  /// theirs as soon as they connect, and connections are served concurrently, so this only bounds
+  /// what idle strangers hold.
+  Timeout hello_timeout{2'000};
   /// Ranks on the same host copy each other's buffers directly (process_vm_readv, one copy) and
   /// use the socket only for small frames; off, or where the system forbids it, all data goes
   /// over TCP. Default: on unless DTRAIN_TCP_CROSS_MEMORY=0.
@@ -33,7 +37,9 @@ class TcpCommunicator final : public HostCommunicator {
   /// 1. each rank listens on a free port of its advertised address and publishes it with a
   ///    connection secret that only Store clients (token holders) can read;
   /// 2. rank r connects to every lower rank and accepts every higher one; the first bytes on a
-  ///    connection name its rank and carry the secret, so strangers are turned away.
+  ///    connection name its rank and carry the secret, so strangers are turned away. Accepted
+  ///    connections wait for their hello together, each for at most hello_timeout, so idle ones
+  ///    do not delay the real peers.
   /// Throws TimeoutError naming the ranks that did not join within connect_timeout.
   TcpCommunicator(std::shared_ptr<StoreClient> store, int rank, int size, TcpOptions options = {});
   ~TcpCommunicator() override;
@@ -73,6 +79,9 @@ class TcpCommunicator final : public HostCommunicator {
     int pid = 0;
   };
   void connect_mesh(StoreClient& store, const TcpOptions& options);
+  /// Step 2 of the mesh: accepts until every higher rank has sent a valid hello.
+  void accept_higher_ranks(int listener, const std::string& secret, net::Clock::time_point deadline,
+                           const TcpOptions& options);
   /// After the mesh: decides per pair of ranks on one host whether data goes by address.
   void agree_on_cross_memory(StoreClient& store, const TcpOptions& options);
   void read_peer_memory(int peer, uint64_t address, char* dst, size_t bytes,
