@@ -2,6 +2,7 @@
 // turn a late or vanished peer into an error naming it.
 #include "distributed/shared_memory.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <climits>
 #include <cstdio>
@@ -20,6 +22,8 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +31,7 @@
 #include "distributed/reduce.h"
 #include "distributed/socket.h"
 #include "tensor/check.h"
+#include "tensor/hash.h"
 
 namespace dtrain::dist {
 
@@ -83,19 +88,123 @@ std::string namespace_link(const char* which) {
   return n > 0 ? std::string(target, static_cast<size_t>(n)) : std::string("?");
 }
 
+/// What /proc/<who>/stat says of a process: its state letter and start time.
+struct ProcStat {
+  char state = '?';
+  uint64_t start = 0;  // clock ticks after boot (field 22)
+};
+
+/// `who`: a pid or "self". nullopt when the file cannot be read (no such process).
+std::optional<ProcStat> proc_stat(const std::string& who) {
+  std::ifstream in("/proc/" + who + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return std::nullopt;
+  // The command name in parentheses may hold spaces and ')': the fields go on after the last ')'.
+  const size_t name_end = line.rfind(')');
+  if (name_end == std::string::npos) return std::nullopt;
+  std::istringstream fields(line.substr(name_end + 1));
+  ProcStat st;
+  fields >> st.state;  // field 3
+  std::string skipped;
+  for (int field = 4; field < 22; ++field) fields >> skipped;
+  fields >> st.start;
+  if (!fields) return std::nullopt;
+  return st;
+}
+
+bool is_zombie(const ProcStat& st) { return st.state == 'Z' || st.state == 'X'; }
+
 /// True when `pid` has exited: no such process, or a zombie its parent has not reaped yet.
 bool process_gone(pid_t pid) {
   if (kill(pid, 0) != 0) return errno == ESRCH;
-  std::FILE* stat = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
-  if (stat == nullptr) return false;
-  char state = '?';
-  // The state follows the command name in parentheses, which may itself hold spaces.
-  const int parsed = std::fscanf(stat, "%*d (%*[^)]) %c", &state);
-  std::fclose(stat);
-  return parsed == 1 && (state == 'Z' || state == 'X');
+  const std::optional<ProcStat> st = proc_stat(std::to_string(pid));
+  return st && is_zombie(*st);
+}
+
+/// True when the process that created `name` is gone (in doubt: false). Only meaningful for
+/// names with this process's host tag, whose pids are in this PID namespace.
+bool creator_gone(const SegmentName& name) {
+  if (name.pid <= 0 || name.pid > INT_MAX) return false;
+  const auto pid = static_cast<pid_t>(name.pid);
+  if (kill(pid, 0) != 0 && errno == ESRCH) return true;
+  const std::optional<ProcStat> st = proc_stat(std::to_string(pid));
+  if (!st) return false;
+  return is_zombie(*st) || (name.start != 0 && st->start != name.start);
+}
+
+uint64_t host_tag() { return fnv1a(host_identity()); }
+
+/// Parses all of `text` as an unsigned number in `base`.
+template <class T>
+bool parse_number(std::string_view text, int base, T& out) {
+  const char* end = text.data() + text.size();
+  const auto [at, ec] = std::from_chars(text.data(), end, out, base);
+  return !text.empty() && ec == std::errc() && at == end;
 }
 
 }  // namespace
+
+SegmentName SegmentName::fresh() {
+  SegmentName name;
+  name.host = host_tag();
+  name.pid = getpid();
+  const std::optional<ProcStat> self = proc_stat("self");
+  name.start = self ? self->start : 0;
+  std::random_device random;
+  name.nonce = (uint64_t{random()} << 32 | random()) | 1;
+  return name;
+}
+
+std::string SegmentName::str() const {
+  char text[96];
+  std::snprintf(text, sizeof text, "/dtrain-%016llx-%lld-%llu-%016llx",
+                static_cast<unsigned long long>(host), static_cast<long long>(pid),
+                static_cast<unsigned long long>(start), static_cast<unsigned long long>(nonce));
+  return text;
+}
+
+std::optional<SegmentName> SegmentName::parse(std::string_view entry) {
+  constexpr std::string_view kPrefix = "dtrain-";
+  if (entry.substr(0, kPrefix.size()) != kPrefix) return std::nullopt;
+  entry.remove_prefix(kPrefix.size());
+  std::string_view parts[4];
+  for (int i = 0; i < 4; ++i) {
+    const size_t dash = i < 3 ? entry.find('-') : entry.size();
+    if (dash == std::string_view::npos) return std::nullopt;
+    parts[i] = entry.substr(0, dash);
+    entry.remove_prefix(std::min(entry.size(), dash + 1));
+  }
+  SegmentName name;
+  uint64_t pid = 0;
+  if (parts[0].size() != 16 || parts[3].size() != 16 || !parse_number(parts[0], 16, name.host) ||
+      !parse_number(parts[1], 10, pid) || !parse_number(parts[2], 10, name.start) ||
+      !parse_number(parts[3], 16, name.nonce) || pid == 0 || pid > INT_MAX) {
+    return std::nullopt;
+  }
+  name.pid = static_cast<int64_t>(pid);
+  return name;
+}
+
+std::vector<std::string> remove_abandoned_segments() {
+  std::vector<std::string> removed;
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return removed;
+  const uint64_t host = host_tag();
+  const uid_t uid = geteuid();
+  while (const dirent* entry = readdir(dir)) {
+    const std::optional<SegmentName> name = SegmentName::parse(entry->d_name);
+    if (!name || name->host != host) continue;  // another host's or namespace's pids
+    struct stat st {};
+    if (fstatat(dirfd(dir), entry->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_uid != uid || !creator_gone(*name)) {
+      continue;
+    }
+    const std::string path = std::string("/") + entry->d_name;
+    if (shm_unlink(path.c_str()) == 0) removed.push_back(path);
+  }
+  closedir(dir);
+  return removed;
+}
 
 SharedSegment::Flags* SharedSegment::flags(int rank) const {
   return reinterpret_cast<Flags*>(static_cast<char*>(base_) + sizeof(Doorbell)) + rank;
@@ -125,6 +234,9 @@ std::shared_ptr<SharedSegment> SharedSegment::create(const std::string& name, in
                                                      size_t slot_bytes, int rank,
                                                      std::string& why) {
   DTRAIN_CHECK(ranks >= 1 && slot_bytes % 64 == 0, "shared memory: bad segment layout");
+  // Before adding a name, remove those that creators killed during their set-up left behind
+  // (a crash-looping job would otherwise add one per restart).
+  remove_abandoned_segments();
   const size_t bytes = header_bytes(ranks) + static_cast<size_t>(ranks) * slot_bytes;
   const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
   if (fd < 0) {

@@ -10,24 +10,55 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "distributed/communicator.h"
 
 namespace dtrain::dist {
 
+/// A segment's name in /dev/shm: "/dtrain-<host>-<pid>-<start>-<nonce>". It says who created
+/// it: `host` hashes the creator's host_identity(), which includes its PID namespace, so for
+/// readers with the same `host` the pid names the same process; `start` is the creator's start
+/// time (clock ticks after boot), so a later process that reuses the pid is not taken for it.
+struct SegmentName {
+  uint64_t host = 0;
+  int64_t pid = 0;
+  uint64_t start = 0;
+  uint64_t nonce = 0;  // random, never 0
+  /// A new name for a segment this process creates.
+  static SegmentName fresh();
+  /// The /dev/shm entry `entry` (without the leading '/') as a name; nullopt when it is not one.
+  static std::optional<SegmentName> parse(std::string_view entry);
+  /// "/dtrain-...", as shm_open takes it.
+  std::string str() const;
+};
+
+/// Removes the names in /dev/shm that this user's processes created on this host (same `host`
+/// tag) and whose creator process is gone (exited, a zombie, or its pid now taken by a younger
+/// process); returns them. Safe for any other job: a name is only needed while its creator waits
+/// for the peers to open it (SharedSegment), so once the creator is dead nobody can still use it,
+/// and ranks that had mapped it keep their mappings. SharedSegment::create calls it.
+std::vector<std::string> remove_abandoned_segments();
+
 /// One mapped segment: a page of per-rank flags (and a doorbell to sleep on), then `ranks` slots
-/// of `slot_bytes` each. Rank 0 creates it under a name, the others open that name, then rank 0
-/// unlinks it (the mapping lives on until the last SharedSegment is destroyed, and a crash leaves
-/// nothing in /dev/shm). all_reduce runs on one thread at a time per rank (the communicator's
-/// worker, or a thread waiting for the result), in the same order on every rank; the flags count
-/// how many collectives each rank has entered and left. After a timeout or a lost peer the ranks'
-/// flags are out of step: like a timed-out MPI collective, the job should stop.
+/// of `slot_bytes` each. Rank 0 creates it under a SegmentName, the others open that name, then
+/// rank 0 unlinks it at once (the mapping lives on until the last SharedSegment is destroyed).
+/// Leftovers: the name exists only between create() and that unlink. A creator that throws in
+/// between unlinks it as it unwinds; one killed there (SIGKILL, the OOM killer) leaves it in
+/// /dev/shm, and the next create() on the host, such as the set-up of the restarted job, removes
+/// it (remove_abandoned_segments): at most one leftover per killed creator, for as long as no
+/// segment is created on its host. all_reduce runs on one thread at a time per rank (the
+/// communicator's worker, or a thread waiting for the result), in the same order on every rank; the
+/// flags count how many collectives each rank has entered and left. After a timeout or a lost peer
+/// the ranks' flags are out of step: like a timed-out MPI collective, the job should stop.
 class SharedSegment {
  public:
-  /// Rank 0: creates and reserves the segment (posix_fallocate, so a full /dev/shm is an error
-  /// here, not a SIGBUS later). Returns nullptr and sets `why` when that is not possible.
+  /// Rank 0: removes abandoned names (remove_abandoned_segments), then creates and reserves the
+  /// segment (posix_fallocate, so a full /dev/shm is an error here, not a SIGBUS later). `name` is
+  /// a SegmentName's str(). Returns nullptr and sets `why` when that is not possible.
   static std::shared_ptr<SharedSegment> create(const std::string& name, int ranks,
                                                size_t slot_bytes, int rank, std::string& why);
   /// The other ranks: maps the segment rank 0 created. nullptr and `why` on failure.

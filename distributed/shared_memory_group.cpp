@@ -2,11 +2,8 @@
 // tensor in one (within the host, then the ring among hosts).
 #include "distributed/shared_memory_group.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <utility>
 
@@ -73,35 +70,41 @@ Tensor SharedMemoryGroup::allocate(int64_t numel, DType dtype, double default_ma
     return zeros({numel}, dtype);
   }
 
-  // 1. Each host's first rank creates a segment for its host under a fresh name; the names are
-  // gathered (0: it could not); 2. the host's other ranks map theirs; 3. everyone reports, and
-  // only if all mapped it is it used; 4. the creators remove the names: from here on only the
-  // mappings hold the memory.
+  // 1. Each host's first rank creates a segment for its host under a fresh SegmentName (having
+  // removed names that killed creators left); the names are gathered (nonce 0: it could not);
+  // 2. the host's other ranks map theirs; 3. everyone reports, and only if all mapped it is it
+  // used; 4. the creators remove the names: from here on only the mappings hold the memory. A
+  // creator killed before 4 leaves its name, which the next creation on its host removes.
   const int rank = owner_.rank();
   const size_t slot_bytes =
       std::max<size_t>(4096, (static_cast<size_t>(numel) * dtype_size(dtype) + 4095) / 4096 * 4096);
   const int host_size = static_cast<int>(host_ranks_.size());
   const int leader = host_ranks_[0];
-  Tensor id = zeros({2}, DType::kInt64);
+  // A SegmentName as 4 int64s: host tag, pid, start time, nonce.
+  constexpr int kWords = 4;
+  Tensor id = zeros({kWords}, DType::kInt64);
   std::shared_ptr<SharedSegment> segment;
   std::string why;
-  const auto name_of = [](const int64_t* pid_and_nonce) {
-    return "/dtrain-" + std::to_string(pid_and_nonce[0]) + "-" +
-           std::to_string(static_cast<uint64_t>(pid_and_nonce[1]));
-  };
   if (rank == leader) {
-    std::random_device random;
-    id.data<int64_t>()[0] = getpid();
-    id.data<int64_t>()[1] = static_cast<int64_t>((uint64_t{random()} << 32 | random()) | 1);
-    segment = SharedSegment::create(name_of(id.data<int64_t>()), host_size, slot_bytes, 0, why);
-    if (!segment) id.data<int64_t>()[1] = 0;
+    const SegmentName name = SegmentName::fresh();
+    segment = SharedSegment::create(name.str(), host_size, slot_bytes, 0, why);
+    int64_t* words = id.data<int64_t>();
+    words[0] = static_cast<int64_t>(name.host);
+    words[1] = name.pid;
+    words[2] = static_cast<int64_t>(name.start);
+    words[3] = segment ? static_cast<int64_t>(name.nonce) : 0;
   }
-  Tensor ids({2 * owner_.size()}, DType::kInt64);
+  Tensor ids({kWords * owner_.size()}, DType::kInt64);
   owner_.all_gather(id, ids)->wait();
   if (rank != leader) {
-    const int64_t* theirs = ids.data<int64_t>() + 2 * leader;
-    if (theirs[1] != 0) {
-      segment = SharedSegment::open(name_of(theirs), host_size, slot_bytes, host_rank_, why);
+    const int64_t* theirs = ids.data<int64_t>() + kWords * leader;
+    if (theirs[3] != 0) {
+      SegmentName name;
+      name.host = static_cast<uint64_t>(theirs[0]);
+      name.pid = theirs[1];
+      name.start = static_cast<uint64_t>(theirs[2]);
+      name.nonce = static_cast<uint64_t>(theirs[3]);
+      segment = SharedSegment::open(name.str(), host_size, slot_bytes, host_rank_, why);
     } else {
       why = "rank " + std::to_string(leader) + " could not create the segment";
     }

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "tensor/cpu/half_convert.h"
@@ -25,10 +26,29 @@ std::string shape_str(const Shape& shape) {
   return os.str();
 }
 
-int64_t shape_numel(const Shape& shape) {
+std::optional<int64_t> try_shape_numel(const Shape& shape) {
+  // Zero dimensions are skipped so that [0, 2^40, 2^40] counts as an overflow too: its strides
+  // and the partial products kernels form from its dimensions would still wrap.
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  bool empty = false;
+  for (int64_t d : shape) {
+    if (d == 0) {
+      empty = true;
+    } else if (__builtin_mul_overflow(n, d, &n)) {
+      return std::nullopt;
+    }
+  }
+  return empty ? 0 : n;
+}
+
+int64_t shape_numel(const Shape& shape) {
+  const std::optional<int64_t> n = try_shape_numel(shape);
+  if (!n) {
+    DTRAIN_THROW(ValueError, "shape ", shape_str(shape),
+                 ": the product of its dimensions overflows int64 (more than ",
+                 std::numeric_limits<int64_t>::max(), " elements); a dimension is probably wrong");
+  }
+  return *n;
 }
 
 namespace detail {
@@ -87,10 +107,20 @@ kernels::BroadcastIndex broadcast_index(const Shape& out, const Shape& a, const 
 }  // namespace detail
 
 namespace {
-void check_shape(const Shape& shape) {
+/// The bytes a tensor of `shape` and `dtype` needs, after checking every dimension is >= 0 and
+/// neither the element count nor the byte count overflows.
+size_t checked_nbytes(const Shape& shape, DType dtype) {
   for (int64_t d : shape) {
     if (d < 0) DTRAIN_THROW(ValueError, "negative dimension in shape ", shape_str(shape));
   }
+  const int64_t n = shape_numel(shape);
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(n, static_cast<int64_t>(dtype_size(dtype)), &bytes)) {
+    DTRAIN_THROW(ValueError, dtype_name(dtype), " tensor of shape ", shape_str(shape), " (", n,
+                 " elements) needs more than ", std::numeric_limits<int64_t>::max(),
+                 " bytes; a dimension is probably wrong");
+  }
+  return static_cast<size_t>(bytes);
 }
 
 using kernels::load_element;
@@ -142,20 +172,20 @@ void convert_cpu(const void* src, DType st, void* dst, DType dt, int64_t n) {
 
 // ---- Tensor ---------------------------------------------------------------------------------
 Tensor::Tensor(const Shape& shape, DType dtype, Device device) {
-  check_shape(shape);
+  const size_t nbytes = checked_nbytes(shape, dtype);
   impl_ = std::make_shared<detail::TensorImpl>();
-  impl_->storage = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), device);
+  impl_->storage = std::make_shared<Storage>(nbytes, device);
   impl_->shape = shape;
   impl_->dtype = dtype;
 }
 
 Tensor::Tensor(std::shared_ptr<Storage> storage, size_t offset_bytes, const Shape& shape,
                DType dtype) {
-  check_shape(shape);
-  const size_t need = offset_bytes + shape_numel(shape) * dtype_size(dtype);
-  DTRAIN_CHECK(storage && need <= storage->nbytes(), "view of ", shape_str(shape), " ",
-               dtype_name(dtype), " at byte offset ", offset_bytes, " needs ", need,
-               " bytes; the storage has ", storage ? storage->nbytes() : 0);
+  const size_t nbytes = checked_nbytes(shape, dtype);
+  const size_t have = storage ? storage->nbytes() : 0;
+  DTRAIN_CHECK(storage && offset_bytes <= have && nbytes <= have - offset_bytes, "view of ",
+               shape_str(shape), " ", dtype_name(dtype), " at byte offset ", offset_bytes,
+               " needs ", nbytes, " bytes from there; the storage has ", have);
   impl_ = std::make_shared<detail::TensorImpl>();
   impl_->storage = std::move(storage);
   impl_->offset_bytes = offset_bytes;
@@ -191,15 +221,16 @@ bool Tensor::shares_storage(const Tensor& other) const {
 
 Tensor Tensor::view(Shape shape) const {
   int64_t known = 1, infer = -1;
+  bool wraps = false;  // then nothing is inferred, and the check below names the shape
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == -1) {
       DTRAIN_CHECK(infer < 0, "view: more than one -1 in ", shape_str(shape));
       infer = static_cast<int64_t>(i);
     } else {
-      known *= shape[i];
+      wraps = __builtin_mul_overflow(known, shape[i], &known) || wraps;
     }
   }
-  if (infer >= 0 && known > 0 && numel() % known == 0) shape[infer] = numel() / known;
+  if (!wraps && infer >= 0 && known > 0 && numel() % known == 0) shape[infer] = numel() / known;
   DTRAIN_CHECK(shape_numel(shape) == numel(), "view: cannot view ", describe(), " as ",
                shape_str(shape), " (", numel(), " elements)");
   Tensor out(storage(), storage_offset_bytes(), shape, dtype());

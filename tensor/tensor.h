@@ -7,6 +7,7 @@
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,7 +19,12 @@ namespace dtrain {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);  // "[64, 784]"
+/// The number of elements: the product of the dimensions (1 for [], 0 when a dimension is 0).
+/// Throws ValueError naming the shape when the product of its non-zero dimensions does not fit
+/// in int64 (kernels that step through the dimensions would compute it).
 int64_t shape_numel(const Shape& shape);
+/// shape_numel without the throw: nullopt when the product overflows int64.
+std::optional<int64_t> try_shape_numel(const Shape& shape);
 
 namespace autograd {
 struct AutogradMeta;  // defined by the autograd layer

@@ -18,6 +18,7 @@
 #include "distributed/registry.h"
 #include "distributed/socket.h"
 #include "tensor/hash.h"
+#include "tensor/tensor.h"
 
 namespace dtrain::train {
 namespace {
@@ -195,9 +196,14 @@ Field string_field(std::string section, std::string key, Get get, std::vector<st
   return f;
 }
 
+/// The most elements a shape-like list may describe (`max_elements` of int_list_field): one
+/// example of 2^31 float32 values is 8 GiB, far beyond any data set this trains on.
+constexpr int64_t kMaxShapeElements = int64_t{1} << 31;
+
+/// `max_elements` > 0: the list is a shape, and the product of its elements must not exceed it.
 template <class Get>
 Field int_list_field(std::string section, std::string key, Get get, int64_t lo, bool allow_empty,
-                     std::string doc) {
+                     std::string doc, int64_t max_elements = 0) {
   const std::string allowed = std::string(allow_empty ? "list" : "non-empty list") +
                               " of integers >= " + std::to_string(lo);
   Field f{std::move(section), std::move(key), "int list", allowed,
@@ -208,7 +214,8 @@ Field int_list_field(std::string section, std::string key, Get get, int64_t lo, 
     for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
     return s + "]";
   };
-  f.set = [get, lo, allow_empty, allowed](Config& c, const YAML::Node& n) -> SetResult {
+  f.set = [get, lo, allow_empty, allowed, max_elements](Config& c,
+                                                        const YAML::Node& n) -> SetResult {
     if (!n.IsSequence()) return "expected a " + allowed + " like [256, 128], got " + scalar_text(n);
     std::vector<int64_t> v;
     for (size_t i = 0; i < n.size(); ++i) {
@@ -223,6 +230,18 @@ Field int_list_field(std::string section, std::string key, Get get, int64_t lo, 
       }
     }
     if (v.empty() && !allow_empty) return "must not be empty; allowed: " + allowed;
+    if (max_elements > 0) {
+      const Shape shape(v.begin(), v.end());
+      const std::string limit =
+          "; allowed: at most " + std::to_string(max_elements) + " elements in all";
+      const std::optional<int64_t> elements = try_shape_numel(shape);
+      if (!elements) {
+        return shape_str(shape) + ": the product of the dimensions overflows int64" + limit;
+      }
+      if (*elements > max_elements) {
+        return shape_str(shape) + " has " + std::to_string(*elements) + " elements" + limit;
+      }
+    }
     get(c) = v;
     return std::nullopt;
   };
@@ -309,7 +328,7 @@ const std::vector<Field>& schema() {
       int_field("data", "synthetic_test_size", DTRAIN_GET(data.synthetic_test_size), 1, INT64_MAX,
                 "synthetic: test examples."),
       int_list_field("data", "synthetic_shape", DTRAIN_GET(data.synthetic_shape), 1, false,
-                     "synthetic: shape of one example, e.g. [1, 28, 28]."),
+                     "synthetic: shape of one example, e.g. [1, 28, 28].", kMaxShapeElements),
       int_field("data", "synthetic_classes", DTRAIN_GET(data.synthetic_classes), 2, INT64_MAX,
                 "synthetic: number of classes."),
       int_field("data", "crop_padding", DTRAIN_GET(data.crop_padding), 0, 64,

@@ -66,9 +66,13 @@ void MetricsSink::test(int64_t step, int64_t epoch, int64_t epochs, double loss,
   window_start_ = std::chrono::steady_clock::now();
 }
 
+void MetricsSink::flush() {
+  if (tensorboard_) tensorboard_->flush();
+}
+
 void MetricsSink::finish() {
   progress_.finish();
-  if (tensorboard_) tensorboard_->flush();
+  flush();
 }
 
 }  // namespace dtrain::train

@@ -23,6 +23,11 @@ class MetricsSink {
             double samples_per_step, bool last);
   /// The test split's results at the end of an epoch. Throughput windows exclude evaluation.
   void test(int64_t step, int64_t epoch, int64_t epochs, double loss, double accuracy);
+  /// Makes every record so far readable in the files (metrics.jsonl is flushed per line; this
+  /// flushes the event file, which otherwise waits up to kTensorBoardFlushInterval). Called after
+  /// each checkpoint, so that what TensorBoard shows is never behind the state a restart resumes.
+  /// Throws dtrain::Error naming the file when it cannot be written.
+  void flush();
   /// Ends the progress display and flushes the event file.
   void finish();
 

@@ -16,10 +16,14 @@ dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base) {
 
 TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerParts& parts) {
   const StrategyKind& kind = find_strategy(config.strategy.type);
-  DTRAIN_CHECK(kind.spans_processes || job.world_size() == 1, "strategy.type ",
-               config.strategy.type, " trains in one process, but this job has ", job.world_size(),
-               " processes (each would train alone and write the same files); "
-               "use strategy.type=ddp or multi_worker_mirrored");
+  if (!kind.spans_processes && job.world_size() > 1) {
+    throw ConfigError("strategy.type " + config.strategy.type +
+                          " trains in one process, but this job has " +
+                          std::to_string(job.world_size()) +
+                          " processes (each would train alone and write the same files); use "
+                          "strategy.type=ddp or multi_worker_mirrored",
+                      __FILE__, __LINE__);
+  }
   const int replicas = kind.replicas_per_process(config.strategy);
   std::vector<dist::CommunicatorPtr> comms =
       job.replica_communicators(replicas, kind.spans_processes);

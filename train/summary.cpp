@@ -12,6 +12,7 @@
 #include <ctime>
 #include <filesystem>
 #include <system_error>
+#include <utility>
 
 #include "tensor/check.h"
 #include "train/encoding.h"
@@ -54,7 +55,10 @@ std::string format_number(double value) {
 
 // ---- TensorBoardWriter ------------------------------------------------------------------------
 
-TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
+TensorBoardWriter::TensorBoardWriter(const std::string& dir,
+                                     std::chrono::milliseconds flush_interval,
+                                     std::function<Clock::time_point()> clock)
+    : flush_interval_(flush_interval), now_(std::move(clock)) {
   create_directories(dir, "TensorBoardWriter");
   const std::string base = (std::filesystem::path(dir) / "events.out.tfevents.").string() +
                            std::to_string(static_cast<long long>(std::time(nullptr))) + "." +
@@ -87,11 +91,15 @@ void TensorBoardWriter::add_scalar(const std::string& tag, double value, int64_t
   entry->set_tag(tag);
   entry->set_simple_value(static_cast<float>(value));
   write_record(event.SerializeAsString());
+  // A long run writes a few dozen bytes per logged step, so without this the stream's buffer
+  // would keep them from TensorBoard for hours.
+  if (now_() - last_flush_ >= flush_interval_) flush();
 }
 
 void TensorBoardWriter::flush() {
   out_.flush();
   DTRAIN_CHECK(out_.good(), "TensorBoardWriter: cannot write ", path_, ": ", std::strerror(errno));
+  last_flush_ = now_();
 }
 
 void TensorBoardWriter::write_record(const std::string& data) {

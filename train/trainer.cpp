@@ -421,6 +421,7 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
       checkpoint_after_evaluation_ = true;
     } else if (due && strategy_->is_primary()) {
       result.last_checkpoint = save(plan, at);
+      if (sink) sink->flush();  // TensorBoard shows what the checkpoint holds
     }
   }
   seconds += seconds_since(epoch_start);
@@ -489,6 +490,7 @@ TrainResult Trainer::run() {
     // An early stop ends the run: its last step gets a checkpoint, so a re-run continues from it.
     if ((checkpoint_after_evaluation_ || stop) && primary) {
       result.last_checkpoint = save(p, at);
+      if (sink) sink->flush();
     }
     checkpoint_after_evaluation_ = false;
     if (stop) {

@@ -104,6 +104,11 @@ const std::vector<BadConfig>& cases() {
        "data:\n  synthetic_shape: []\n",
        {},
        "bad.yaml:2: data.synthetic_shape: must not be empty"},
+      {"ShapeWhoseProductOverflows",  // 3 * 6148914691236517206 wraps to 2 in int64
+       "data:\n  synthetic_shape: [3, 6148914691236517206]\n",
+       {},
+       "bad.yaml:2: data.synthetic_shape: [3, 6148914691236517206]: the product of the "
+       "dimensions overflows int64; allowed: at most 2147483648 elements in all"},
       // Ranges.
       {"BatchSizeZero",
        "train:\n  batch_size: 0\n",

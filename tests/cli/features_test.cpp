@@ -776,5 +776,22 @@ TEST(FeaturesData, AugmentationChangesTheRun) {
   EXPECT_FALSE(plain.exported_tensors(ckpt(32)) == augmented.exported_tensors(ckpt(32)));
 }
 
+// ---------------------------------------------------------------------------------------------
+// A one-process strategy in a job of several processes.
+
+TEST(FeaturesSafety, SingleStrategyInAMultiProcessJobIsRefusedOnEveryRank) {
+  RunDir dir;
+  dir.write("run.yaml", kMlpConfig);
+  // Launched as a program, so the launcher's own check of the config does not step in first.
+  const CommandResult r =
+      dir.dtrain("launch --nproc-per-node 2 -- '" + std::string(DTRAIN_EXECUTABLE) +
+                 "' train run.yaml strategy.type=single");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("strategy.type single trains in one process, but this job has 2 "
+                                  "processes"));
+  EXPECT_THAT(r.output, HasSubstr("exited with status 2"));
+  EXPECT_TRUE(dir.checkpoints().empty()) << "nothing may be written";
+}
+
 }  // namespace
 }  // namespace dtrain

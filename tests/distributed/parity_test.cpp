@@ -1,12 +1,17 @@
 // The parity suite: every collective case of collective_cases.h on every backend that
 // dist::available_backends() lists, with 1, 2, 3, 4 and 8 ranks as threads of this process,
-// against the exact expected values and the bits of the local backend. A new backend joins it by
-// one branch in for_each_rank; until then its tests fail, naming that function.
+// against the exact expected values, the bits of the local backend, and sums that round taken in
+// rank order. A new backend joins it by one branch in for_each_rank; until then its tests fail,
+// naming that function.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <numeric>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -132,6 +137,94 @@ TEST_P(CommunicatorParity, RoundedAveragesAreBitIdenticalOnEveryRankToTheLocalBa
     const Tensor t = averaged(c);
     EXPECT_EQ(std::memcmp(t.data_ptr(), reference.data_ptr(), reference.nbytes()), 0)
         << "differs from rank 0 of the local backend";
+  });
+}
+
+/// Float values whose sums round (1e8 + 1 is 1e8) or keep a sign (-0 + -0 is -0, 0 + -0 is 0).
+constexpr float kRoundingValues[] = {1e8f, 1.0f, -1e8f, -0.0f};
+constexpr int64_t kNumRoundingValues = 4;
+
+/// Assignments of kRoundingValues to `world` ranks: kNumRoundingValues ^ world.
+int64_t rounding_assignments(int world) {
+  int64_t n = 1;
+  for (int r = 0; r < world; ++r) n *= kNumRoundingValues;
+  return n;
+}
+
+/// Rank `rank`'s element i: digit `rank` of i mod rounding_assignments(world), in base
+/// kNumRoundingValues, picks its value. A run of rounding_assignments(world) elements starting at
+/// a multiple of it thus holds every assignment of values to ranks once.
+float rounding_value(int rank, int64_t i, int world) {
+  int64_t digits = i % rounding_assignments(world);
+  for (int r = 0; r < rank; ++r) digits /= kNumRoundingValues;
+  return kRoundingValues[digits % kNumRoundingValues];
+}
+
+/// Element i summed in float over the ranks in `order`: ((x[o0] + x[o1]) + x[o2]) + ...
+float sum_in_order(const std::vector<int>& order, int64_t i, int world) {
+  float acc = rounding_value(order[0], i, world);
+  for (size_t k = 1; k < order.size(); ++k) acc += rounding_value(order[k], i, world);
+  return acc;
+}
+
+/// Compares the bits of every element (so -0 differs from 0) with expected[i % expected.size()].
+void expect_bits(const Tensor& t, const std::vector<float>& expected, int world,
+                 const std::string& what) {
+  int reported = 0;
+  for (int64_t i = 0; i < t.numel() && reported < 3; ++i) {
+    const float got = t.data<float>()[i];
+    const float want = expected[size_t(i) % expected.size()];
+    if (std::bit_cast<uint32_t>(got) != std::bit_cast<uint32_t>(want)) {
+      std::string inputs;
+      for (int r = 0; r < world; ++r) {
+        inputs += (r ? ", " : "") + std::to_string(rounding_value(r, i, world));
+      }
+      ADD_FAILURE() << what << ": element " << i << " is " << got << ", expected " << want
+                    << ", the sum of [" << inputs << "] in rank order";
+      ++reported;
+    }
+  }
+}
+
+TEST_P(CommunicatorParity, RoundingSumsAreInRankOrderBitForBitOnEveryRank) {
+  // Every backend sums in rank order, ((x0 + x1) + x2) + ..., which makes results the same on
+  // every rank and in every run. Each rank's chunk of these inputs holds every assignment of
+  // kRoundingValues to ranks, so any other order gives different bits in every chunk.
+  const int n = world();
+  const int64_t per_chunk = rounding_assignments(n);
+  std::vector<int> rank_order(n);
+  std::iota(rank_order.begin(), rank_order.end(), 0);
+  std::vector<float> expected(per_chunk);
+  for (int64_t i = 0; i < per_chunk; ++i) expected[i] = sum_in_order(rank_order, i, n);
+  if (n <= 4) {
+    // That claim, checked for every order that is not the same sum (swapping the first two ranks
+    // is, since a + b == b + a).
+    std::vector<int> order = rank_order;
+    while (std::next_permutation(order.begin(), order.end())) {
+      if (std::equal(order.begin() + 2, order.end(), rank_order.begin() + 2)) continue;
+      bool differs = false;
+      for (int64_t i = 0; i < per_chunk && !differs; ++i) {
+        differs = std::bit_cast<uint32_t>(sum_in_order(order, i, n)) !=
+                  std::bit_cast<uint32_t>(expected[i]);
+      }
+      EXPECT_TRUE(differs) << "no input tells an order starting with ranks " << order[0] << ", "
+                           << order[1] << ", " << order[2] << " from rank order";
+    }
+  }
+  for_each_rank(backend(), n, [&](dist::Communicator& c) {
+    // Chunk r of an all_reduce (and of reduce_scatter's input) is elements
+    // [r * per_chunk, (r + 1) * per_chunk): a multiple of per_chunk elements splits evenly.
+    Tensor input({n * per_chunk});
+    for (int64_t i = 0; i < input.numel(); ++i) {
+      input.data<float>()[i] = rounding_value(c.rank(), i, n);
+    }
+    Tensor summed({n * per_chunk});
+    summed.copy_(input);
+    c.all_reduce(summed)->wait();
+    expect_bits(summed, expected, n, "all_reduce on rank " + std::to_string(c.rank()));
+    Tensor scattered({per_chunk});
+    c.reduce_scatter(input, scattered)->wait();
+    expect_bits(scattered, expected, n, "reduce_scatter on rank " + std::to_string(c.rank()));
   });
 }
 

@@ -1,14 +1,24 @@
 // Symmetric memory between ranks on one host: tcp ranks as threads (and one rank as a forked
 // process) reduce allocate_symmetric buffers in place; the results match the local backend bit
-// for bit, and a rank that is late or gone is named. Groups spanning hosts (threads given
-// different host keys) share memory per host and exchange between hosts over tcp.
+// for bit, and a rank that is late or gone is named. A name left in /dev/shm by a rank killed
+// during set-up is removed by the next set-up. Groups spanning hosts (threads given different
+// host keys) share memory per host and exchange between hosts over tcp.
+#include "distributed/shared_memory.h"
+
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <thread>
 
@@ -21,7 +31,11 @@ namespace {
 
 using dist::HostCommunicator;
 using dist::ReduceOp;
+using dist::SegmentName;
+using ::testing::Contains;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
 
 Tensor random_input(int rank, int64_t count) {
   Tensor t({count});
@@ -141,6 +155,153 @@ TEST(SharedMemory, APeerProcessThatDiesIsNamedWithItsPid) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 7) << "the child rank failed to set up";
+}
+
+/// The /dev/shm entries (no leading '/') of segments that process `pid` created.
+std::vector<std::string> segments_created_by(pid_t pid) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+    const std::string entry = e.path().filename().string();
+    const std::optional<SegmentName> name = SegmentName::parse(entry);
+    if (name && name->pid == pid) out.push_back(entry);
+  }
+  return out;
+}
+
+bool in_dev_shm(const std::string& name) {  // name with its leading '/'
+  return access(("/dev/shm" + name).c_str(), F_OK) == 0;
+}
+
+TEST(SharedMemory, SegmentNamesSayWhoCreatedThem) {
+  const SegmentName name = SegmentName::fresh();
+  EXPECT_EQ(name.pid, getpid());
+  EXPECT_NE(name.start, 0u) << "the start time from /proc/self/stat";
+  EXPECT_EQ(name.nonce % 2, 1u);
+  ASSERT_EQ(name.str().rfind("/dtrain-", 0), 0u) << name.str();
+  const std::optional<SegmentName> back = SegmentName::parse(name.str().substr(1));
+  ASSERT_TRUE(back.has_value()) << name.str();
+  EXPECT_EQ(back->host, name.host);
+  EXPECT_EQ(back->pid, name.pid);
+  EXPECT_EQ(back->start, name.start);
+  EXPECT_EQ(back->nonce, name.nonce);
+  for (const char* other : {"dtrain-7154-9422972817792570651", "dtrain-", "psm_1234",
+                            "dtrain-0123456789abcdef-12-34-0123456789abcdeg",
+                            "dtrain-0123456789abcdef-0-34-0123456789abcdef",
+                            "dtrain-0123456789abcdef-12-34-0123456789abcdef-5"}) {
+    EXPECT_FALSE(SegmentName::parse(other).has_value()) << other;
+  }
+}
+
+TEST(SharedMemory, OnlyNamesOfThisHostWhoseCreatorIsGoneAreRemoved) {
+  // This process's own name stays; the same pid with another start time is a process that has
+  // exited (its pid now reused) and goes; another host tag's pids are not ours to judge.
+  const SegmentName alive = SegmentName::fresh();
+  SegmentName reused = alive, elsewhere = alive;
+  reused.start += 1;
+  reused.nonce ^= 2;
+  elsewhere.start += 1;
+  elsewhere.nonce ^= 4;
+  elsewhere.host ^= 1;
+  for (const SegmentName& n : {alive, reused, elsewhere}) {
+    const int fd = shm_open(n.str().c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+    ASSERT_GE(fd, 0) << n.str();
+    close(fd);
+  }
+  const std::vector<std::string> removed = dist::remove_abandoned_segments();
+  EXPECT_THAT(removed, Contains(reused.str()));
+  EXPECT_THAT(removed, Not(Contains(alive.str())));
+  EXPECT_THAT(removed, Not(Contains(elsewhere.str())));
+  EXPECT_FALSE(in_dev_shm(reused.str()));
+  EXPECT_TRUE(in_dev_shm(alive.str()));
+  EXPECT_TRUE(in_dev_shm(elsewhere.str()));
+  shm_unlink(alive.str().c_str());
+  shm_unlink(elsewhere.str().c_str());
+}
+
+/// SIGKILLs and reaps a child process that the test has not reaped itself.
+struct ChildGuard {
+  pid_t pid;
+  bool reaped = false;
+  ~ChildGuard() {
+    if (reaped) return;
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+};
+
+TEST(SharedMemory, ANameLeftByARankKilledDuringSetUpIsRemovedByTheRestartedSetUp) {
+  // Rank 0, a forked process, creates the segment of its second buffer and waits for rank 1 to
+  // map it. Rank 1 (this process) never does: it watches /dev/shm for that name, and SIGKILLs
+  // rank 0 while the name exists, as an OOM kill or the launcher would. Then a new group on this
+  // host (the restarted job) sets up a buffer: afterwards no name of rank 0's remains.
+  const int watch = inotify_init1(IN_CLOEXEC);
+  ASSERT_GE(watch, 0);
+  ASSERT_GE(inotify_add_watch(watch, "/dev/shm", IN_CREATE), 0);
+  int alive[2];  // rank 0 holds the write end: end of file here when it exits
+  ASSERT_EQ(pipe(alive), 0);
+  TestStore store;
+  std::fflush(nullptr);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(alive[0]);
+    try {
+      dist::TcpCommunicator comm(store.client(), 0, 2);
+      comm.allocate_symmetric(64, DType::kFloat32);  // both ranks: they share this host
+      comm.allocate_symmetric(64, DType::kFloat32);  // creates a segment, waits for rank 1
+    } catch (...) {
+    }
+    _exit(1);
+  }
+  ChildGuard guard{child};
+  close(alive[1]);
+  std::string name;
+  {
+    dist::TcpCommunicator comm(store.client(), 1, 2);
+    Tensor first = comm.allocate_symmetric(64, DType::kFloat32);
+    ASSERT_TRUE(comm.in_shared_memory(first));
+    // Rank 0's first name was created before its second: the second is the one it waits on.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    int seen = 0;
+    while (name.empty()) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      pollfd fds[2] = {{watch, POLLIN, 0}, {alive[0], POLLIN, 0}};
+      ASSERT_GT(poll(fds, 2, static_cast<int>(std::max<int64_t>(0, left.count()))), 0)
+          << "rank 0 created no second segment within 30 s";
+      ASSERT_EQ(fds[1].revents, 0) << "rank 0 exited before it created its second segment";
+      alignas(inotify_event) char events[4096];
+      const ssize_t got = read(watch, events, sizeof events);
+      ASSERT_GT(got, 0);
+      for (ssize_t at = 0; at < got;) {
+        const auto* event = reinterpret_cast<const inotify_event*>(events + at);
+        at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+        if (event->len == 0) continue;
+        const std::optional<SegmentName> parsed = SegmentName::parse(event->name);
+        if (parsed && parsed->pid == child && ++seen == 2) name = "/" + std::string(event->name);
+      }
+    }
+    // Rank 0 is alive and waiting, so its name is there (and no sweep may remove it).
+    EXPECT_TRUE(in_dev_shm(name)) << name;
+    ASSERT_EQ(kill(child, SIGKILL), 0);
+    // Dead, but left unreaped for now: a zombie creator counts as gone too.
+    siginfo_t info{};
+    ASSERT_EQ(waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOWAIT), 0);
+    EXPECT_EQ(info.si_status, SIGKILL);
+  }
+  close(watch);
+  close(alive[0]);
+
+  for_each_tcp_rank(2, [](HostCommunicator& c) {
+    Tensor t = c.allocate_symmetric(64, DType::kFloat32);
+    EXPECT_TRUE(c.in_shared_memory(t));
+  });
+  EXPECT_FALSE(in_dev_shm(name)) << name;
+  EXPECT_THAT(segments_created_by(child), IsEmpty());
+  EXPECT_THAT(segments_created_by(getpid()), IsEmpty()) << "names are removed once mapped";
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  guard.reaped = true;
 }
 
 /// Runs body on tcp ranks as threads, rank r claiming to be on host hosts[r].

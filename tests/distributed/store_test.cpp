@@ -270,6 +270,31 @@ TEST(StoreSecurity, WrongTokenIsRefusedAndLoggedWithoutTheToken) {
   EXPECT_EQ(good.get("k"), "v");
 }
 
+TEST(StoreSecurity, OnlyTheWholeTokenIsAccepted) {
+  StoreServer server(server_options());
+  // A comparison that stops at the shorter string would let each of these in.
+  const std::vector<std::string> near_misses = {kToken.substr(0, 1),
+                                                kToken.substr(0, kToken.size() - 1), kToken + "x",
+                                                kToken + kToken.back()};
+  int64_t refused = 0;
+  for (const std::string& token : near_misses) {
+    SCOPED_TRACE("a token of " + std::to_string(token.size()) + " characters (the right one has " +
+                 std::to_string(kToken.size()) + ")");
+    testing::internal::CaptureStderr();
+    const std::string msg =
+        message_of([&] { StoreClient bad(client_options(server.port(), token)); });
+    const std::string log = testing::internal::GetCapturedStderr();
+    EXPECT_NE(msg.find("unauthorized"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("DTRAIN_STORE_TOKEN"), std::string::npos) << msg;
+    EXPECT_NE(log.find("wrong token"), std::string::npos) << log;
+    EXPECT_EQ(server.rejected_connections(), ++refused);
+  }
+  StoreClient good(client_options(server.port()));
+  good.set("k", "v");
+  EXPECT_EQ(good.get("k"), "v");
+  EXPECT_EQ(server.rejected_connections(), refused);
+}
+
 TEST(StoreSecurity, RequestWithoutHandshakeIsRefused) {
   StoreServer server(server_options());
   RawSocket raw(server.port());

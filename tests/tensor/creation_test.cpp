@@ -2,6 +2,9 @@
 // clone does not), copy_/fill_ and the small accessors.
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <optional>
+
 #include "tensor/ops.h"
 #include "testutil.h"
 
@@ -63,6 +66,20 @@ TEST(Creation, ScalarsAndEmptyTensors) {
   EXPECT_THROW(s.size(0), ValueError);  // a scalar has no dimensions to ask about
   EXPECT_EQ(shape_numel({}), 1);
   EXPECT_EQ(shape_numel({4, 0}), 0);
+}
+
+TEST(Creation, ShapeNumelIsCheckedForOverflow) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(try_shape_numel({2, 3, 4}), 24);
+  EXPECT_EQ(try_shape_numel({kMax}), kMax);
+  EXPECT_EQ(try_shape_numel({2, kMax / 2}), kMax - 1);
+  EXPECT_EQ(try_shape_numel({0, 5}), 0);
+  EXPECT_EQ(try_shape_numel({3, 6148914691236517206}), std::nullopt);  // 2^64 + 2
+  EXPECT_EQ(try_shape_numel({int64_t{1} << 32, int64_t{1} << 31}), std::nullopt);
+  // A zero dimension does not excuse the others: strides over them would still wrap.
+  EXPECT_EQ(try_shape_numel({0, int64_t{1} << 40, int64_t{1} << 40}), std::nullopt);
+  EXPECT_EQ(shape_numel({2, kMax / 2}), kMax - 1);
+  EXPECT_THROW(shape_numel({int64_t{1} << 32, int64_t{1} << 31}), ValueError);
 }
 
 TEST(Creation, FromVectorKeepsValuesAndShape) {

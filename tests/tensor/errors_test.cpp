@@ -176,6 +176,30 @@ TEST(Errors, CreationAndAccessMistakes) {
   EXPECT_THAT(error_message([] { arange(0, 1, 0); }), HasSubstr("step"));
 }
 
+TEST(Errors, ShapesWhoseElementOrByteCountOverflowsAreRejectedNamingTheShape) {
+  // 3 * 6148914691236517206 = 2^64 + 2: a plain int64 product wraps to 2.
+  const Shape wraps = {3, 6148914691236517206};
+  EXPECT_THROW(shape_numel(wraps), ValueError);
+  EXPECT_THAT(error_message([&] { shape_numel(wraps); }),
+              AllOf(HasSubstr("[3, 6148914691236517206]"), HasSubstr("overflows int64")));
+  EXPECT_THAT(error_message([&] { Tensor t(wraps); }), HasSubstr("[3, 6148914691236517206]"));
+  EXPECT_THAT(error_message([&] {
+                zeros({1 << 22, 1 << 22, 1 << 22});
+              }),
+              HasSubstr("[4194304, 4194304, 4194304]"));
+  // The element count fits, the byte count (2^61 * 8 = 2^64) does not.
+  EXPECT_THAT(error_message([] { Tensor t({int64_t{1} << 61}, DType::kFloat64); }),
+              AllOf(HasSubstr("float64"), HasSubstr("[2305843009213693952]"), HasSubstr("bytes")));
+  // A view over existing storage, and a view whose known dimensions wrap around the -1.
+  Tensor small = zeros({4});
+  EXPECT_THAT(error_message([&] { Tensor v(small.storage(), 0, wraps, DType::kFloat32); }),
+              HasSubstr("[3, 6148914691236517206]"));
+  EXPECT_THAT(error_message([&] { Tensor v(small.storage(), 8, {4}, DType::kFloat32); }),
+              AllOf(HasSubstr("byte offset 8"), HasSubstr("the storage has 16")));
+  EXPECT_THROW(small.view({-1, int64_t{1} << 62, 4}), ValueError);
+  EXPECT_THROW(small.view({3, 6148914691236517206, -1}), ValueError);
+}
+
 TEST(Errors, WhatAddsTheSourceLocationMessageDoesNot) {
   try {
     zeros({2}).view({3});

@@ -1,11 +1,12 @@
 // CRC-32C vectors, TensorBoard event files read back frame by frame (both CRCs, then
-// tensorflow.Event), and the JSON-lines writer's exact text.
+// tensorflow.Event) and when their records reach the file, and the JSON-lines writer's exact text.
 #include "train/summary.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -13,7 +14,9 @@
 #include <regex>
 
 #include "tensor/check.h"
+#include "train/config.h"
 #include "train/encoding.h"
+#include "train/metrics_sink.h"
 #include "train/scratch_dir.h"
 #include "train/tensorboard.pb.h"
 
@@ -143,6 +146,73 @@ TEST(TensorBoardWriter, FlushMakesRecordsVisibleBeforeClose) {
   const auto events = read_events(writer.path());
   ASSERT_EQ(events.size(), 2u);
   EXPECT_EQ(events[1].step(), 7);
+}
+
+TEST(TensorBoardWriter, ARecordWrittenOnceTheFlushIntervalHasPassedFlushesTheFile) {
+  ScratchDir dir;
+  TensorBoardWriter::Clock::time_point now{};  // the writer's clock, moved by hand
+  TensorBoardWriter writer(dir.path().string(), std::chrono::seconds(30), [&] { return now; });
+  now += std::chrono::seconds(29);
+  writer.add_scalar("x", 1.0, 1, 1.0);
+  // A record of a few dozen bytes stays in the stream's buffer until something flushes it.
+  EXPECT_EQ(read_events(writer.path()).size(), 1u) << "flushed before the interval had passed";
+  now += std::chrono::seconds(1);
+  writer.add_scalar("x", 2.0, 2, 2.0);
+  std::vector<tensorflow::Event> events = read_events(writer.path());
+  ASSERT_EQ(events.size(), 3u) << "not flushed 30 s after the last flush";
+  EXPECT_EQ(events[1].step(), 1);
+  EXPECT_EQ(events[2].step(), 2);
+  // The interval counts from that flush.
+  now += std::chrono::seconds(29);
+  writer.add_scalar("x", 3.0, 3, 3.0);
+  EXPECT_EQ(read_events(writer.path()).size(), 3u);
+  now += std::chrono::seconds(1);
+  writer.add_scalar("x", 4.0, 4, 4.0);
+  events = read_events(writer.path());
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_EQ(events[4].step(), 4);
+}
+
+TEST(TensorBoardWriter, AZeroFlushIntervalFlushesEveryRecord) {
+  ScratchDir dir;
+  TensorBoardWriter writer(dir.path().string(), std::chrono::milliseconds(0));
+  writer.add_scalar("x", 1.0, 1, 1.0);
+  EXPECT_EQ(read_events(writer.path()).size(), 2u);
+  writer.add_scalar("x", 2.0, 2, 2.0);
+  const auto events = read_events(writer.path());
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[2].step(), 2);
+  EXPECT_EQ(events[2].summary().value(0).simple_value(), 2.0f);
+}
+
+TEST(MetricsSink, FlushPutsTheScalarsSoFarInTheEventFile) {
+  ScratchDir dir;
+  Config config;
+  config.log.dir = dir / "logs";
+  config.log.progress = "off";
+  config.log.every_steps = 1;
+  MetricsSink sink(config, /*total_steps=*/10, /*append=*/false);
+  sink.step(/*step=*/1, /*epoch=*/0, /*epochs=*/1, /*loss=*/0.25, /*lr=*/0.1,
+            /*samples_per_step=*/32, /*last=*/false);
+  sink.flush();
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(config.log.dir)) {
+    if (entry.path().filename().string().starts_with("events.out.tfevents.")) {
+      files.push_back(entry.path().string());
+    }
+  }
+  ASSERT_EQ(files.size(), 1u);
+  const std::vector<tensorflow::Event> events = read_events(files[0]);
+  std::vector<std::string> tags;
+  for (const auto& event : events) {
+    if (!event.has_summary()) continue;
+    EXPECT_EQ(event.step(), 1);
+    tags.push_back(event.summary().value(0).tag());
+    if (tags.back() == "train/loss") {
+      EXPECT_EQ(event.summary().value(0).simple_value(), 0.25f);
+    }
+  }
+  EXPECT_EQ(tags, (std::vector<std::string>{"train/loss", "train/lr", "train/samples_per_sec"}));
 }
 
 TEST(TensorBoardWriter, SecondWriterInSameSecondGetsItsOwnFile) {

@@ -345,7 +345,9 @@ void TcpCommunicator::accept_higher_ranks(int listener, const std::string& secre
         refuse(pending.front(), "no hello yet, and too many connections are waiting for theirs");
         pending.erase(pending.begin());
       }
-      Pending p{std::move(fd), net::sockaddr_text(reinterpret_cast<sockaddr*>(&addr), len)};
+      Pending p;
+      p.fd = std::move(fd);
+      p.from = net::sockaddr_text(reinterpret_cast<sockaddr*>(&addr), len);
       p.deadline = Clock::now() + options.hello_timeout;
       // A rank sends its hello right after connecting: it is usually here already.
       if (!receive(p)) pending.push_back(std::move(p));
