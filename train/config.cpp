@@ -112,35 +112,6 @@ Field bool_field(std::string section, std::string key, Get get, std::string doc)
   return f;
 }
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-/// " (did you mean 'x'?)" for the closest candidate within a few edits, else "".
-std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
-  std::string best;
-  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
-  for (const auto& c : candidates) {
-    const size_t d = edit_distance(word, c);
-    if (d < best_d) {
-      best_d = d;
-      best = c;
-    }
-  }
-  return best.empty() ? "" : " (did you mean '" + best + "'?)";
-}
-
 /// A positive duration in seconds, kept as the milliseconds that timeouts are stored in.
 template <class Get>
 Field seconds_field(std::string section, std::string key, Get get, std::string doc) {
@@ -187,7 +158,7 @@ Field string_field(std::string section, std::string key, Get get, std::vector<st
     if (!n.IsScalar()) return "expected a string (" + allowed + "), got " + scalar_text(n);
     const std::string v = n.Scalar();
     if (!choices.empty() && std::find(choices.begin(), choices.end(), v) == choices.end()) {
-      return "'" + v + "' is not one of " + allowed + suggestion(v, choices);
+      return "'" + v + "' is not one of " + allowed + did_you_mean(v, choices);
     }
     if (choices.empty() && v.empty() && !allow_empty) return "must not be empty";
     get(c) = v;
@@ -598,8 +569,8 @@ void apply_node(Config& c, const std::string& section, const std::string& key,
   if (f == nullptr) {
     std::vector<std::string> qualified;
     for (const auto& k : keys_of(section)) qualified.push_back(section + "." + k);
-    p.add(at,
-          "unknown key '" + section + "." + key + "'" + suggestion(section + "." + key, qualified));
+    p.add(at, "unknown key '" + section + "." + key + "'" +
+                  did_you_mean(section + "." + key, qualified));
     return;
   }
   if (auto err = f->set(c, value)) {
@@ -627,7 +598,7 @@ void apply_document(Config& c, const YAML::Node& root, const std::string& source
     const auto& names = section_names();
     if (std::find(names.begin(), names.end(), section) == names.end()) {
       p.add(where(source, entry.first),
-            "unknown section '" + section + "'" + suggestion(section, names));
+            "unknown section '" + section + "'" + did_you_mean(section, names));
       continue;
     }
     // YAML forbids duplicate keys; yaml-cpp keeps both, and the later one would silently win.
@@ -668,7 +639,7 @@ void apply_overrides(Config& c, const std::vector<std::string>& overrides, Probl
     const std::string section = o.substr(0, dot), key = o.substr(dot + 1, eq - dot - 1);
     const auto& names = section_names();
     if (std::find(names.begin(), names.end(), section) == names.end()) {
-      p.add(at, "unknown section '" + section + "'" + suggestion(section, names));
+      p.add(at, "unknown section '" + section + "'" + did_you_mean(section, names));
       continue;
     }
     YAML::Node value;
@@ -717,7 +688,7 @@ SetResult option_value(const OptionKey& k, const YAML::Node& n, std::string& out
       const std::string v = n.Scalar();
       if (!k.choices.empty() &&
           std::find(k.choices.begin(), k.choices.end(), v) == k.choices.end()) {
-        return "'" + v + "' is not one of " + k.allowed() + suggestion(v, k.choices);
+        return "'" + v + "' is not one of " + k.allowed() + did_you_mean(v, k.choices);
       }
       if (v.empty()) return "must not be empty";
       out = v;
@@ -775,7 +746,7 @@ void resolve_registered(Config& c, const std::string& source, Problems& p) {
       std::string list;
       for (const auto& n : s.registered) list += (list.empty() ? "" : " | ") + n;
       p.add(p.where_set(s.choice_key, file), s.choice_key + ": '" + s.choice + "' is not one of " +
-                                                 list + suggestion(s.choice, s.registered));
+                                                 list + did_you_mean(s.choice, s.registered));
     }
     Options resolved(s.name);
     std::map<std::string, std::string> given;
@@ -794,7 +765,7 @@ void resolve_registered(Config& c, const std::string& source, Problems& p) {
         std::string own;
         for (const OptionKey& candidate : *keys) own += (own.empty() ? "" : ", ") + candidate.key;
         p.lines[o.slot] =
-            o.at + ": unknown key '" + name + "'" + suggestion(name, qualified) +
+            o.at + ": unknown key '" + name + "'" + did_you_mean(name, qualified) +
             (own.empty() ? "" : "; " + s.choice_key + " " + s.choice + " also reads: " + own);
         continue;
       }
@@ -926,6 +897,39 @@ Config parse_checked(const std::function<YAML::Node()>& load, const std::string&
 }
 
 }  // namespace
+
+namespace {
+
+/// Levenshtein distance.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  return best.empty() ? "" : " (did you mean '" + best + "'?)";
+}
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   return parse_checked([&] { return YAML::LoadFile(path); }, path, overrides);

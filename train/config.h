@@ -151,6 +151,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 Config parse_config(const std::string& yaml_text, const std::string& source_name,
                     const std::vector<std::string>& overrides = {});
 
+/// " (did you mean 'x'?)" for the candidate closest to `word` within a few edits, else "".
+std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates);
+
 /// The reference of every key (section, key, type, default, allowed values, meaning) as Markdown:
 /// docs/config.md is this text.
 std::string config_reference_markdown();

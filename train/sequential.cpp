@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "nn/attention.h"
+#include "train/config.h"
 
 namespace dtrain::train {
 namespace {
@@ -111,35 +112,6 @@ std::string join(const std::vector<std::string>& words, const std::string& sep =
   return s;
 }
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1])});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-/// " (did you mean 'x'?)" for the closest candidate within a few edits, else "".
-std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
-  std::string best;
-  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
-  for (const auto& c : candidates) {
-    const size_t d = edit_distance(word, c);
-    if (d < best_d) {
-      best_d = d;
-      best = c;
-    }
-  }
-  return best.empty() ? "" : " (did you mean '" + best + "'?)";
-}
-
 template <class T>
 std::optional<T> parse_scalar(const std::string& text) {
   try {
@@ -178,7 +150,7 @@ std::optional<std::string> check_value(const ArgDef& a, const std::string& text)
       const auto v = parse_scalar<int64_t>(text);
       if (!v) {
         const std::string hint =
-            a.kind == ArgKind::kIntOrClasses ? suggestion(text, {"classes"}) : "";
+            a.kind == ArgKind::kIntOrClasses ? did_you_mean(text, {"classes"}) : "";
         return "expected " + allowed_text(a) + got + hint;
       }
       if (*v < a.min) return std::to_string(*v) + " is out of range; allowed: " + allowed_text(a);
@@ -223,7 +195,7 @@ void check_args(const TypeDef& t, const std::vector<std::pair<std::string, std::
       if (inferred_args().count(name) || (name == "dim" && t.name != "embedding")) {
         what += "; it is inferred from the incoming shape, leave it out";
       } else {
-        const std::string hint = suggestion(name, arg_names(t));
+        const std::string hint = did_you_mean(name, arg_names(t));
         what += hint.empty() ? (t.args.empty() ? "; " + t.name + " takes no args"
                                                : "; " + t.name + " takes " + join(arg_names(t)))
                              : hint;
@@ -323,7 +295,7 @@ struct Parser {
     }
     const TypeDef* t = find_type(spec.type);
     if (t == nullptr) {
-      const std::string hint = suggestion(spec.type, sequential_layer_types());
+      const std::string hint = did_you_mean(spec.type, sequential_layer_types());
       add(spec.line, path,
           "unknown layer type '" + spec.type + "'" +
               (hint.empty() ? "; known: " + join(sequential_layer_types()) : hint));
@@ -542,7 +514,7 @@ class Walker {
     const TypeDef* t = find_type(l.type);
     if (t == nullptr) {
       fail(l, path,
-           "unknown layer type '" + l.type + "'" + suggestion(l.type, sequential_layer_types()));
+           "unknown layer type '" + l.type + "'" + did_you_mean(l.type, sequential_layer_types()));
     }
     check_args(*t, l.args,
                [&](const std::string&, const std::string& what) { fail(l, path, what); });

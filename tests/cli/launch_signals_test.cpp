@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "cli/launch_util.h"
 #include "cli/run_util.h"
 #include "train/checkpoint.h"
 #include "train/scratch_dir.h"
@@ -26,7 +27,13 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testutil::CommandResult;
+using testutil::expect_no_process_left;
+using testutil::job_processes;
+using testutil::launcher_pid;
+using testutil::read_file;
 using testutil::ScratchDir;
+using testutil::unique_job;
+using testutil::wait_for_file;
 using Clock = std::chrono::steady_clock;
 
 // ~1,900 steps of 2 workers, a checkpoint every 150: the first one shows the workers are training,
@@ -45,33 +52,6 @@ strategy: {type: ddp}
 log: {progress: off, tensorboard: false, every_steps: 1000}
 )";
 
-std::string read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-/// Live processes whose environment holds DTRAIN_TEST_JOB=<job>, with their environment.
-std::vector<std::pair<pid_t, std::string>> job_processes(const std::string& job) {
-  std::vector<std::pair<pid_t, std::string>> found;
-  const std::string marker = "DTRAIN_TEST_JOB=" + job;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string env = read_file(entry.path() / "environ");
-    if (env.find(marker + '\0') == std::string::npos &&
-        !(env.size() >= marker.size() &&
-          env.compare(env.size() - marker.size(), marker.size(), marker) == 0)) {
-      continue;
-    }
-    const std::string stat = read_file(entry.path() / "stat");
-    const size_t paren = stat.rfind(')');
-    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
-    found.emplace_back(std::stoi(name), env);
-  }
-  return found;
-}
-
 /// The pids of the job's workers (processes with DTRAIN_RANK set).
 std::vector<pid_t> worker_pids(const std::string& job) {
   std::vector<pid_t> pids;
@@ -79,41 +59,6 @@ std::vector<pid_t> worker_pids(const std::string& job) {
     if (env.find(std::string("\0DTRAIN_RANK=", 13)) != std::string::npos) pids.push_back(pid);
   }
   return pids;
-}
-
-/// The dtrain process running `launch` for the job (not `timeout`, whose arguments name it too).
-pid_t launcher_pid(const std::string& job) {
-  const std::string cmdline = std::string(DTRAIN_EXECUTABLE) + '\0' + "launch" + '\0';
-  for (const auto& [pid, env] : job_processes(job)) {
-    if (read_file("/proc/" + std::to_string(pid) + "/cmdline").rfind(cmdline, 0) == 0) return pid;
-  }
-  return -1;
-}
-
-/// Waits (bounded) until `path` exists.
-bool wait_for_file(const std::filesystem::path& path, std::chrono::seconds limit) {
-  const auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    if (std::filesystem::exists(path)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
-
-std::string unique_job(const char* what) {
-  static int counter = 0;
-  return std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-}
-
-void expect_no_process_left(const std::string& job) {
-  // The launcher has returned, so its workers must be gone already: no waiting here.
-  const auto left = job_processes(job);
-  std::string pids;
-  for (const auto& p : left) {
-    pids += ' ';
-    pids += std::to_string(p.first);
-  }
-  EXPECT_TRUE(left.empty()) << "processes of the job still running:" << pids;
 }
 
 /// Kills what is left of the job, so a failed test does not leave it training.

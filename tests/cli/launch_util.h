@@ -1,0 +1,87 @@
+// What the end-to-end tests of `dtrain launch` share: finding a job's processes by the
+// DTRAIN_TEST_JOB marker in their environment, bounded waits for files, and the check that a
+// finished job left no process behind.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "cli/run_util.h"
+
+namespace dtrain::testutil {
+
+using LaunchClock = std::chrono::steady_clock;
+
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// Processes whose environment holds DTRAIN_TEST_JOB=<job> (the launcher, its workers and
+/// anything they started), with their environment.
+inline std::vector<std::pair<pid_t, std::string>> job_processes(const std::string& job) {
+  std::vector<std::pair<pid_t, std::string>> found;
+  const std::string marker = "DTRAIN_TEST_JOB=" + job;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string env = read_file(entry.path() / "environ");
+    if (env.find(marker + '\0') == std::string::npos &&
+        !(env.size() >= marker.size() &&
+          env.compare(env.size() - marker.size(), marker.size(), marker) == 0)) {
+      continue;
+    }
+    // A zombie keeps its entry until reaped; only live processes count.
+    const std::string stat = read_file(entry.path() / "stat");
+    const size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
+    found.emplace_back(std::stoi(name), env);
+  }
+  return found;
+}
+
+/// The dtrain process running `launch` for the job (not `timeout`, whose arguments name it too).
+inline pid_t launcher_pid(const std::string& job) {
+  const std::string cmdline = std::string(DTRAIN_EXECUTABLE) + '\0' + "launch" + '\0';
+  for (const auto& [pid, env] : job_processes(job)) {
+    if (read_file("/proc/" + std::to_string(pid) + "/cmdline").rfind(cmdline, 0) == 0) return pid;
+  }
+  return -1;
+}
+
+/// Waits (bounded) until `path` exists.
+inline bool wait_for_file(const std::filesystem::path& path, std::chrono::seconds limit) {
+  const auto deadline = LaunchClock::now() + limit;
+  while (LaunchClock::now() < deadline) {
+    if (std::filesystem::exists(path)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+inline std::string unique_job(const char* what) {
+  static int counter = 0;
+  return std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+}
+
+inline void expect_no_process_left(const std::string& job) {
+  // The launcher has returned, so its workers must be gone already: no waiting here.
+  const auto left = job_processes(job);
+  std::string pids;
+  for (const auto& p : left) {
+    pids += ' ';
+    pids += std::to_string(p.first);
+  }
+  EXPECT_TRUE(left.empty()) << "processes of the job still running:" << pids;
+}
+
+}  // namespace dtrain::testutil
