@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/checkpoint_compare.h"
 #include "cli/run_util.h"
 #include "tensor/cuda/cuda_backend.h"
 #include "train/checkpoint.h"
@@ -20,6 +21,8 @@
 
 namespace dtrain {
 namespace {
+
+using testutil::expect_same_model;
 
 using testutil::CommandResult;
 using testutil::run_dtrain;
@@ -512,32 +515,6 @@ namespace {
 // an error. Compared through the final checkpoints (step 20), tensor by tensor.
 
 constexpr int64_t kAccumBatch = 8, kAccumSteps = 2, kAccumMaxSteps = 20;
-
-/// The largest |a - b| over two tensors of one shape (infinity when the shapes differ).
-double max_abs_difference(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return std::numeric_limits<double>::infinity();
-  const std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>();
-  double worst = 0;
-  for (size_t i = 0; i < va.size(); ++i) {
-    const double d = std::fabs(va[i] - vb[i]);
-    if (!(d <= worst)) worst = d;  // NaN wins
-  }
-  return worst;
-}
-
-/// Every model tensor of the two checkpoints within `tolerance` (max absolute difference).
-void expect_same_model(const std::string& a_path, const std::string& b_path, double tolerance) {
-  const train::CheckpointData a = train::load_checkpoint(a_path);
-  const train::CheckpointData b = train::load_checkpoint(b_path);
-  EXPECT_EQ(a.step, b.step);
-  ASSERT_EQ(a.model.size(), b.model.size());
-  ASSERT_FALSE(a.model.empty());
-  for (size_t i = 0; i < a.model.size(); ++i) {
-    EXPECT_EQ(a.model[i].first, b.model[i].first);
-    EXPECT_LE(max_abs_difference(a.model[i].second, b.model[i].second), tolerance)
-        << "model " << a.model[i].first;
-  }
-}
 
 /// Runs `replicas` replicas (ddp under mpirun, or mirrored threads) with accumulation and one
 /// process with the global batch, then compares their step-20 checkpoints.
