@@ -396,6 +396,11 @@ const std::vector<Field>& schema() {
                 "off)."),
       string_field("train", "early_stop_metric", DTRAIN_GET(train.early_stop_metric),
                    {"accuracy", "loss"}, "What early stopping watches on the test split."),
+      string_field("train", "on_nonfinite", DTRAIN_GET(train.on_nonfinite), {"stop", "skip_step"},
+                   "A NaN or infinite loss or gradient: `stop` ends the run with an error naming "
+                   "the step; `skip_step` leaves the parameters and optimiser state as they are "
+                   "for that step (every replica alike, as they share the reduced gradients) "
+                   "and goes on."),
       // strategy
       string_field(
           "strategy", "type", DTRAIN_GET(strategy.type), strategy_names(),

@@ -79,6 +79,7 @@ struct TrainSection {
   int64_t threads = 0;              // kernel threads; 0: all cores
   int64_t early_stop_patience = 0;  // evaluations without improvement; 0: off
   std::string early_stop_metric = "accuracy";  // accuracy | loss
+  std::string on_nonfinite = "stop";           // stop | skip_step
 };
 
 /// The `launcher` section; launch::LaunchOptions extends it with what the command line adds.

@@ -12,6 +12,7 @@
 
 #include "nn/clip_grad.h"
 #include "tensor/cpu/parallel.h"
+#include "tensor/ops.h"
 #include "train/factories.h"
 #include "train/metrics_sink.h"
 
@@ -368,8 +369,14 @@ double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
   return loss.item<double>() * accum_scale;
 }
 
-void Trainer::optimizer_step(int64_t step) {
+bool Trainer::optimizer_step(int64_t step) {
   strategy_->synchronize_gradients(*model_);
+  // The reduced gradients are the same on every replica, so all of them skip the same steps.
+  if (config_.train.on_nonfinite == "skip_step" && !gradients_finite()) {
+    optimizer_->zero_grad();
+    schedule_->step();  // the schedule keeps to the plan's steps
+    return false;
+  }
   // After the reduction every replica holds the same gradients, so all clip alike.
   if (config_.optimizer.clip_grad_norm > 0) {
     nn::clip_grad_norm_(model_->parameters(), config_.optimizer.clip_grad_norm);
@@ -380,6 +387,14 @@ void Trainer::optimizer_step(int64_t step) {
   const int64_t check_every = config_.strategy.check_parameters_every_steps;
   if (check_every > 0 && step % check_every == 0)
     strategy_->check_parameters_in_sync(*model_, step);
+  return true;
+}
+
+bool Trainer::gradients_finite() const {
+  for (const Tensor& p : model_->parameters()) {
+    if (p.grad().defined() && !ops::all_finite(p.grad())) return false;
+  }
+  return true;
 }
 
 Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::DataLoader& loader,
@@ -402,10 +417,16 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
       continue;
     }
     accumulated = 0;
-    optimizer_step(++at.step);
-    if (!std::isfinite(step_loss)) {
+    if (!optimizer_step(++at.step)) {
+      if (strategy_->is_primary()) {
+        warn_stderr("step " + std::to_string(at.step) + ": a gradient is not finite (loss " +
+                    std::to_string(step_loss) +
+                    "); the step is skipped (train.on_nonfinite: skip_step)");
+      }
+    } else if (!std::isfinite(step_loss) && config_.train.on_nonfinite == "stop") {
       DTRAIN_THROW(ValueError, "train: the loss became ", step_loss, " at step ", at.step,
-                   "; lower optimizer.lr or check the data");
+                   "; lower optimizer.lr or check the data (train.on_nonfinite: skip_step skips "
+                   "such steps)");
     }
     const bool last = at.step >= plan.stop_step;
     if (sink) {

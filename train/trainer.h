@@ -117,7 +117,10 @@ class Trainer {
   /// One micro-batch: forward and backward; returns its loss (scaled by 1/grad_accum_steps).
   double train_micro_batch(const data::Batch& b, bool last_of_step);
   /// After a step's micro-batches: reduced gradients, optimiser and schedule step, drift check.
-  void optimizer_step(int64_t step);
+  /// False when train.on_nonfinite is skip_step and a reduced gradient is not finite: the
+  /// optimiser then skips the step.
+  bool optimizer_step(int64_t step);
+  bool gradients_finite() const;
   /// The primary's checkpoint at `at` (pruning older ones); returns its path.
   std::string save(const Plan& plan, Position at);
   /// Everything a checkpoint at `at` holds.

@@ -770,5 +770,34 @@ TEST(FeaturesSafety, SingleStrategyInAMultiProcessJobIsRefusedOnEveryRank) {
   EXPECT_TRUE(dir.checkpoints().empty()) << "nothing may be written";
 }
 
+// ---------------------------------------------------------------------------------------------
+// Non-finite values: stop with the step named, or skip the step.
+
+TEST(FeaturesNonFinite, StopNamesTheStepAndSkipStepKeepsTheParametersFinite) {
+  // A learning rate this large makes the second step's loss and gradients overflow.
+  const std::string diverge = "train run.yaml optimizer.lr=1e30 optimizer.momentum=0";
+  RunDir stop;
+  stop.write("run.yaml", kMlpConfig);
+  const CommandResult stopped = stop.dtrain(diverge);
+  EXPECT_EQ(stopped.exit_code, 1) << stopped.output;
+  EXPECT_THAT(stopped.output, HasSubstr("train: the loss became"));
+  EXPECT_THAT(stopped.output, HasSubstr("train.on_nonfinite: skip_step skips such steps"));
+
+  RunDir skip;
+  skip.write("run.yaml", kMlpConfig);
+  const CommandResult skipped = skip.dtrain(diverge + " train.on_nonfinite=skip_step");
+  ASSERT_EQ(skipped.exit_code, 0) << skipped.output;
+  EXPECT_THAT(skipped.output, HasSubstr("the step is skipped (train.on_nonfinite: skip_step)"));
+  EXPECT_THAT(skipped.output, HasSubstr("final: "));
+  // Skipped steps never reach the parameters: the final checkpoint holds only finite values.
+  const std::vector<std::string> saved = skip.checkpoints();
+  ASSERT_FALSE(saved.empty());
+  const train::CheckpointData c =
+      train::load_checkpoint((skip.path() / "checkpoints" / saved[0]).string());
+  for (const auto& [name, t] : c.model) {
+    for (const float v : t.to_vector<float>()) ASSERT_TRUE(std::isfinite(v)) << name;
+  }
+}
+
 }  // namespace
 }  // namespace dtrain
