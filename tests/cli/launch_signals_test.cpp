@@ -29,28 +29,13 @@ using ::testing::Not;
 using testutil::CommandResult;
 using testutil::expect_no_process_left;
 using testutil::job_processes;
+using testutil::kLaunchConfig;
 using testutil::launcher_pid;
 using testutil::read_file;
 using testutil::ScratchDir;
 using testutil::unique_job;
 using testutil::wait_for_file;
 using Clock = std::chrono::steady_clock;
-
-// ~1,900 steps of 2 workers, a checkpoint every 150: the first one shows the workers are training,
-// long before the run would end.
-constexpr char kConfig[] = R"(model: {type: mlp, hidden: [64]}
-data:
-  name: synthetic
-  synthetic_train_size: 20000
-  synthetic_test_size: 1000
-  synthetic_shape: [1, 28, 28]
-  synthetic_classes: 10
-optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
-train: {epochs: 6, batch_size: 32, seed: 3, checkpoint_dir: checkpoints,
-        checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
-strategy: {type: ddp}
-log: {progress: off, tensorboard: false, every_steps: 1000}
-)";
 
 /// The pids of the job's workers (processes with DTRAIN_RANK set).
 std::vector<pid_t> worker_pids(const std::string& job) {
@@ -71,7 +56,7 @@ struct JobReaper {
 
 class LaunchSignals : public ::testing::Test {
  protected:
-  LaunchSignals() { testutil::write_bytes(root_ / "run.yaml", kConfig); }
+  LaunchSignals() { testutil::write_bytes(root_ / "run.yaml", kLaunchConfig); }
   const std::filesystem::path& dir() const { return root_.path(); }
   ScratchDir root_;
 };

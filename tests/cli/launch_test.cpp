@@ -29,28 +29,13 @@ using ::testing::HasSubstr;
 using testutil::CommandResult;
 using testutil::expect_no_process_left;
 using testutil::job_processes;
+using testutil::kLaunchConfig;
 using testutil::launcher_pid;
 using testutil::read_file;
 using testutil::ScratchDir;
 using testutil::unique_job;
 using testutil::wait_for_file;
 using Clock = std::chrono::steady_clock;
-
-// ~2,800 steps of 2 workers: long enough to interrupt mid-epoch, a few seconds in all.
-constexpr char kConfig[] = R"(model: {type: mlp, hidden: [64]}
-data:
-  name: synthetic
-  synthetic_train_size: 20000
-  synthetic_test_size: 1000
-  synthetic_shape: [1, 28, 28]
-  synthetic_classes: 10
-optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
-train: {epochs: 6, batch_size: 32, seed: 3, checkpoint_dir: checkpoints,
-        checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
-strategy: {type: ddp}
-log: {progress: off, tensorboard: false, every_steps: 1000}
-)";
-constexpr int64_t kTotalSteps = 6 * (20000 / 64);
 
 /// The pid of worker `rank` of the job, waiting (bounded) for it to appear; -1 if it does not.
 pid_t worker_pid(const std::string& job, int rank,
@@ -84,7 +69,8 @@ std::string final_line(const std::string& output) {
 /// The tensor bytes of the checkpoint after the last step, exported to safetensors.
 std::string final_weights(const std::filesystem::path& dir) {
   const std::string ckpt =
-      std::filesystem::path(train::checkpoint_path("checkpoints", kTotalSteps)).string();
+      std::filesystem::path(train::checkpoint_path("checkpoints", testutil::kLaunchTotalSteps))
+          .string();
   const CommandResult e = testutil::run_dtrain("export " + ckpt + " -o model.safetensors", dir);
   EXPECT_EQ(e.exit_code, 0) << e.output;
   return testutil::safetensors_data(read_file(dir / "model.safetensors"));
@@ -102,7 +88,7 @@ struct Job {
   std::filesystem::path dir(const std::string& name) {
     const std::filesystem::path dir = root.path() / name;
     std::filesystem::create_directories(dir);
-    testutil::write_bytes((dir / "run.yaml").string(), kConfig);
+    testutil::write_bytes((dir / "run.yaml").string(), kLaunchConfig);
     return dir;
   }
 };

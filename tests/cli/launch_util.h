@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -20,6 +21,23 @@
 namespace dtrain::testutil {
 
 using LaunchClock = std::chrono::steady_clock;
+
+// A ddp job of 2 workers long enough to interrupt: ~2,800 steps, a checkpoint every 150 (the
+// first shows the workers are training, long before the run would end), a few seconds in all.
+inline constexpr char kLaunchConfig[] = R"(model: {type: mlp, hidden: [64]}
+data:
+  name: synthetic
+  synthetic_train_size: 20000
+  synthetic_test_size: 1000
+  synthetic_shape: [1, 28, 28]
+  synthetic_classes: 10
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
+train: {epochs: 6, batch_size: 32, seed: 3, checkpoint_dir: checkpoints,
+        checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
+strategy: {type: ddp}
+log: {progress: off, tensorboard: false, every_steps: 1000}
+)";
+inline constexpr int64_t kLaunchTotalSteps = 6 * (20000 / 64);
 
 inline std::string read_file(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
