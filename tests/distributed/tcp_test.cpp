@@ -1,20 +1,25 @@
 // The tcp backend's own behaviour over a real Store on loopback (ranks are threads of this process
-// with their own sockets): strangers turned away, different collectives reported, and a rank that
-// leaves, never arrives or is late named by the others. Its collective results, on both data
+// with their own sockets): strangers turned away, different collectives reported, a peer's
+// by-address frames refused unless both sides verified each other, and a rank that leaves, never
+// arrives or is late named by the others. Its collective results, on both data
 // paths, are checked by the parity suite (parity_test.cpp).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "collective_cases.h"
 #include "distributed/backends/tcp/tcp_communicator.h"
+#include "distributed/shared_memory.h"
 #include "distributed/socket.h"
 #include "tcp_ranks.h"
 
@@ -69,6 +74,96 @@ dist::net::UniqueFd dial(const std::string& host, uint16_t port) {
                                        dist::net::Clock::now() + std::chrono::seconds(5), error);
   EXPECT_TRUE(fd) << error;
   return fd;
+}
+
+/// Rank 1 of a 2-rank group played by hand, speaking the wire protocol itself (as a compromised
+/// node holding the store token could): the hello, then its cross-memory verdict.
+class HandmadeRank {
+ public:
+  /// `node_record` is what it publishes as "host key|pid|probe address" (hex).
+  HandmadeRank(dist::StoreClient& store, const std::function<std::string()>& node_record) {
+    const std::string prefix = "dtrain/tcp/";
+    secret_ = store.get(prefix + "secret");
+    store.set(prefix + "node/1", node_record());
+    const auto [host, port] = dist::net::split_host_port(store.get(prefix + "addr/0"), "address");
+    fd_ = dial(host, port);
+    std::string hello = "dtraint1";
+    const int32_t rank_and_size[2] = {1, 2};
+    hello.append(reinterpret_cast<const char*>(rank_and_size), sizeof rank_and_size);
+    hello += secret_;
+    send_bytes(hello);
+    send_bytes(std::string(1, '\1'));  // "I can read your memory"
+    char theirs = 0;
+    EXPECT_FALSE(dist::net::recv_all(fd_.get(), &theirs, 1, deadline()));
+  }
+  /// A data frame (96 bytes: size, sequence, tag | kind << 32, address, what) for a recv of
+  /// `bytes` with tag 0, telling the receiver to copy them from `address`.
+  void send_frame(uint32_t kind, uint64_t bytes, const void* address) {
+    std::string frame(96, '\0');
+    const uint64_t fields[4] = {bytes, 0, uint64_t{kind} << 32,
+                                reinterpret_cast<uint64_t>(address)};
+    std::memcpy(frame.data(), fields, sizeof fields);
+    send_bytes(frame);
+  }
+
+ private:
+  static dist::net::Clock::time_point deadline() {
+    return dist::net::Clock::now() + std::chrono::seconds(10);
+  }
+  void send_bytes(const std::string& bytes) {
+    EXPECT_FALSE(dist::net::send_all(fd_.get(), bytes.data(), bytes.size(), deadline()));
+  }
+  std::string secret_;
+  dist::net::UniqueFd fd_;
+};
+
+/// Rank 0 receives 256 KiB from a handmade rank 1 that sends a frame of `kind` pointing at a
+/// secret of this process; returns rank 0's error and checks that no byte of the secret arrived.
+std::string receive_from_handmade_rank(uint32_t kind, bool publish_rank0_probe) {
+  TestStore store;
+  const std::string secret_text = "not for the peer";
+  std::vector<char> secret(256 << 10);
+  for (size_t i = 0; i < secret.size(); ++i) secret[i] = secret_text[i % secret_text.size()];
+  std::unique_ptr<HandmadeRank> peer;
+  std::thread fake([&] {
+    auto client = store.client();
+    peer = std::make_unique<HandmadeRank>(*client, [&] {
+      // Rank 0's own record names a process (this one) that holds a probe of the group, at an
+      // address that holds it: what a forged record copying another rank's would show.
+      if (publish_rank0_probe) return client->get("dtrain/tcp/node/0");
+      return dist::host_identity() + "|" + std::to_string(::getpid()) + "|1";
+    });
+  });
+  dist::TcpCommunicator rank0(store.client(), 0, 2);
+  fake.join();
+  EXPECT_EQ(rank0.cross_memory_peers(), 0) << "a forged node record passed the probe";
+  Tensor t = zeros({int64_t(secret.size() / sizeof(float))});
+  std::string error = "<no error>";
+  try {
+    dist::WorkPtr w = rank0.recv(t, 1);
+    peer->send_frame(kind, t.nbytes(), secret.data());
+    w->wait(std::chrono::seconds(10));
+  } catch (const DistError& e) {
+    error = e.message();
+  }
+  EXPECT_NE(std::memcmp(t.data_ptr(), secret.data(), 64), 0) << "rank 0 copied the secret";
+  return error;
+}
+
+TEST(TcpBackend, AByAddressFrameWithoutAnAgreementIsRefused) {
+  const std::string error = receive_from_handmade_rank(/*kind=*/1, /*publish_rank0_probe=*/false);
+  EXPECT_THAT(error, HasSubstr("did not agree on cross-memory copies"));
+  EXPECT_THAT(error, HasSubstr("rank 1 ("));
+}
+
+TEST(TcpBackend, ANodeRecordNamingAnotherRanksProcessDoesNotEnableCrossMemory) {
+  const std::string error = receive_from_handmade_rank(/*kind=*/1, /*publish_rank0_probe=*/true);
+  EXPECT_THAT(error, HasSubstr("did not agree on cross-memory copies"));
+}
+
+TEST(TcpBackend, AFrameOfUnknownKindIsRefused) {
+  const std::string error = receive_from_handmade_rank(/*kind=*/7, /*publish_rank0_probe=*/false);
+  EXPECT_THAT(error, HasSubstr("unknown kind 7"));
 }
 
 TEST(TcpBackend, ARankThatNeverJoinsIsNamedAfterTheConnectTimeout) {

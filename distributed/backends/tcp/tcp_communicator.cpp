@@ -120,6 +120,13 @@ bool cross_memory_from_env() {
   return v == nullptr || std::string(v) != "0";
 }
 
+/// What rank r keeps in its memory for same-host peers to read: the group secret binds it to this
+/// group, the rank to this process, so a record naming another process (another rank's, say)
+/// fails the test.
+std::string probe_text(const std::string& secret, int rank) {
+  return secret + "/rank " + std::to_string(rank);
+}
+
 /// Element offsets of `parts` near-equal chunks of n elements: chunk c is [at[c], at[c+1]).
 std::vector<int64_t> even_chunks(int64_t n, int parts) {
   std::vector<int64_t> at(parts + 1);
@@ -146,7 +153,8 @@ int TcpCommunicator::cross_memory_peers() const {
 
 void TcpCommunicator::agree_on_cross_memory(StoreClient& store, const TcpOptions& options) {
   // 1. Every rank published "host key|pid|address of its probe" (connect_mesh). A rank on the same
-  //    host reads the peer's probe with process_vm_readv: the same bytes mean it may read there.
+  //    host reads the peer's probe with process_vm_readv: the group secret followed by that
+  //    peer's rank means the pid is that rank's process, and only then may it read there.
   // 2. Each rank sends its verdict to every peer and reads theirs: a pair uses addresses only if
   //    both can read each other, so both sides frame their messages the same way.
   const bool allowed = options.cross_memory && cross_memory_from_env();
@@ -164,13 +172,9 @@ void TcpCommunicator::agree_on_cross_memory(StoreClient& store, const TcpOptions
     }();
     DTRAIN_CHECK(fields.size() == 3, "tcp: malformed node record of rank ", p);
     peers_[p].pid = std::stoi(fields[1]);
+    peers_[p].probe = std::stoull(fields[2], nullptr, 16);
     if (!allowed || fields[0] != mine) continue;
-    std::string seen(kSecretBytes, '\0');
-    iovec local{seen.data(), seen.size()};
-    iovec remote{reinterpret_cast<void*>(std::stoull(fields[2], nullptr, 16)), seen.size()};
-    verdict[p] = ::process_vm_readv(peers_[p].pid, &local, 1, &remote, 1, 0) ==
-                     static_cast<ssize_t>(seen.size()) &&
-                 seen == probe_;
+    verdict[p] = holds_probe(p);
   }
   for (int p = 0; p < size(); ++p) {
     if (p == rank()) continue;
@@ -188,6 +192,16 @@ void TcpCommunicator::agree_on_cross_memory(StoreClient& store, const TcpOptions
 
 TcpCommunicator::~TcpCommunicator() { stop_worker(); }
 
+bool TcpCommunicator::holds_probe(int peer) const {
+  const std::string expected = probe_text(probe_.substr(0, kSecretBytes), peer);
+  std::string seen(expected.size(), '\0');
+  iovec local{seen.data(), seen.size()};
+  iovec remote{reinterpret_cast<void*>(peers_[peer].probe), seen.size()};
+  return ::process_vm_readv(peers_[peer].pid, &local, 1, &remote, 1, 0) ==
+             static_cast<ssize_t>(seen.size()) &&
+         net::constant_time_equal(seen, expected);
+}
+
 void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options) {
   const auto deadline = Clock::now() + options.connect_timeout;
   const std::string& prefix = options.key_prefix;
@@ -202,7 +216,7 @@ void TcpCommunicator::connect_mesh(StoreClient& store, const TcpOptions& options
     store.set(prefix + "secret", net::random_hex(kSecretBytes / 2, "the tcp connection secret"));
   const std::string secret = store.get(prefix + "secret");
   DTRAIN_CHECK(secret.size() == kSecretBytes, "tcp: malformed connection secret in the store");
-  probe_ = secret;
+  probe_ = probe_text(secret, rank());
   std::ostringstream node;
   node << host_identity() << '|' << ::getpid() << '|' << std::hex
        << reinterpret_cast<uintptr_t>(probe_.data());
@@ -547,6 +561,21 @@ void TcpCommunicator::Exchange::receive(PeerIo& x) {
 
 void TcpCommunicator::Exchange::on_frame(PeerIo& x) {
   const FrameView f(x.frame);
+  // A by-address frame makes this rank read the sender's memory: only from a peer whose process
+  // both sides verified at set-up (agree_on_cross_memory), and never for a kind this build does
+  // not know.
+  if (f.kind() != kFrameData && f.kind() != kFrameDataByAddress && f.kind() != kFrameAck) {
+    DTRAIN_THROW(DistError, "tcp: rank ", comm_.rank(), " in ", info_.describe(), " received from ",
+                 peer_name(x.peer), " a message of unknown kind ", f.kind(),
+                 "; is every rank running the same dtrain build?");
+  }
+  if (f.kind() == kFrameDataByAddress && !comm_.peers_[x.peer].cross_memory) {
+    DTRAIN_THROW(DistError, "tcp: rank ", comm_.rank(), " in ", info_.describe(), " received from ",
+                 peer_name(x.peer),
+                 " a message to copy from its memory, but the two ranks did not agree on "
+                 "cross-memory copies at set-up; refusing it (is every rank running the same "
+                 "dtrain build?)");
+  }
   if (f.kind() == kFrameAck) {
     DTRAIN_CHECK(!x.out_done && x.out != nullptr && comm_.peers_[x.peer].cross_memory &&
                      f.sequence() == info_.sequence,
@@ -626,6 +655,13 @@ void TcpCommunicator::exchange(std::vector<Transfer>& transfers, const Collectiv
 
 void TcpCommunicator::read_peer_memory(int peer, uint64_t address, char* dst, size_t bytes,
                                        const CollectiveInfo& info) {
+  // The pid may have been reused since set-up (the peer died with this message in flight): read
+  // only from a process that still holds the peer's probe.
+  if (!holds_probe(peer)) {
+    DTRAIN_THROW(DistError, "tcp: rank ", rank(), " in ", info.describe(), ": rank ", peer,
+                 " (pid ", peers_[peer].pid,
+                 ") is no longer the process that joined the group; it probably exited");
+  }
   size_t done = 0;
   while (done < bytes) {
     iovec local{dst + done, bytes - done};

@@ -77,6 +77,7 @@ class TcpCommunicator final : public HostCommunicator {
     std::string address;
     bool cross_memory = false;  // both sides can read the other's memory
     int pid = 0;
+    uint64_t probe = 0;  // address of the peer's probe_ in process `pid`
   };
   void connect_mesh(StoreClient& store, const TcpOptions& options);
   /// Step 2 of the mesh: accepts until every higher rank has sent a valid hello.
@@ -84,6 +85,8 @@ class TcpCommunicator final : public HostCommunicator {
                            const TcpOptions& options);
   /// After the mesh: decides per pair of ranks on one host whether data goes by address.
   void agree_on_cross_memory(StoreClient& store, const TcpOptions& options);
+  /// True when process peers_[peer].pid holds that rank's probe at the published address.
+  bool holds_probe(int peer) const;
   void read_peer_memory(int peer, uint64_t address, char* dst, size_t bytes,
                         const CollectiveInfo& info);
 
@@ -98,7 +101,7 @@ class TcpCommunicator final : public HostCommunicator {
                              const CollectiveInfo& info, Timeout timeout);
   std::vector<Peer> peers_;
   std::vector<char> scratch_;
-  std::string probe_;  // the group secret, read by same-host peers to test process_vm_readv
+  std::string probe_;  // probe_text(secret, rank): read by same-host peers to test process_vm_readv
 };
 
 }  // namespace dtrain::dist
