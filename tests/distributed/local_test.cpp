@@ -1,10 +1,15 @@
 // The local backend's own behaviour: reserved tags, asynchronous progress, mismatch detection and
-// timeouts that name the missing ranks. Its collective results are checked by the parity suite
-// (parity_test.cpp), which also makes it the reference for the other backends.
+// timeouts that name the missing ranks, and observers that are never called once removed. Its
+// collective results are checked by the parity suite (parity_test.cpp), which also makes it the
+// reference for the other backends.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -138,6 +143,92 @@ TEST(LocalBackend, WaitTimesOutNamingTheCollective) {
   } catch (const TimeoutError& e) {
     EXPECT_THAT(e.message(), HasSubstr("ranks that have not reached it: 1"));
   }
+}
+
+/// Notes each call it gets ("start #1", "finish #1"); `hold` makes on_start wait for release().
+class RecordingObserver final : public dist::CollectiveObserver {
+ public:
+  explicit RecordingObserver(bool hold = false) : hold_(hold) {}
+  void on_start(int, const dist::CollectiveInfo& info) override {
+    std::unique_lock lock(mu_);
+    events_.push_back("start #" + std::to_string(info.sequence));
+    cv_.notify_all();
+    if (hold_) cv_.wait_for(lock, std::chrono::seconds(10), [&] { return released_; });
+  }
+  void on_finish(int, const dist::CollectiveInfo& info) override {
+    std::lock_guard lock(mu_);
+    events_.push_back("finish #" + std::to_string(info.sequence));
+  }
+  bool wait_for_start(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, limit, [&] { return !events_.empty(); });
+  }
+  void release() {
+    std::lock_guard lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+  std::vector<std::string> events() {
+    std::lock_guard lock(mu_);
+    return events_;
+  }
+
+ private:
+  const bool hold_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::string> events_;
+  bool released_ = false;
+};
+
+TEST(LocalBackend, AnObserverRemovedWhileItsCollectiveRunsIsNeverCalledAgain) {
+  // What a strategy relies on when a wait() timed out and it is destroyed while the collective
+  // still runs on the communicator's thread: once remove_observer returns, the observer may go.
+  auto comms = dist::make_local_group(2);
+  RecordingObserver removed, kept;
+  comms[0]->add_observer(&removed);
+  comms[0]->add_observer(&kept);
+  Tensor a = ones({4}), b = ones({4});
+  dist::WorkPtr w0 = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, std::chrono::seconds(30)});
+  ASSERT_TRUE(removed.wait_for_start(std::chrono::seconds(10)));
+  EXPECT_THROW(w0->wait(std::chrono::milliseconds(20)), TimeoutError);  // rank 1 is not there
+  comms[0]->remove_observer(&removed);
+  dist::WorkPtr w1 = comms[1]->all_reduce(b);
+  w0->wait(std::chrono::seconds(10));
+  w1->wait(std::chrono::seconds(10));
+  EXPECT_EQ(a.to_vector<float>()[0], 2.f);
+  EXPECT_EQ(removed.events(), std::vector<std::string>{"start #1"});
+  EXPECT_EQ(kept.events(), (std::vector<std::string>{"start #1", "finish #1"}));
+  comms[0]->remove_observer(&kept);
+}
+
+TEST(LocalBackend, RemoveObserverWaitsForACallInProgress) {
+  auto comms = dist::make_local_group(1);
+  RecordingObserver held(/*hold=*/true);
+  comms[0]->add_observer(&held);
+  Tensor t = ones({2});
+  dist::WorkPtr w = comms[0]->all_reduce(t);
+  ASSERT_TRUE(held.wait_for_start(std::chrono::seconds(10)));
+  // on_start is running now, on the communicator's thread.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool returned = false;
+  std::thread remover([&] {
+    comms[0]->remove_observer(&held);
+    std::lock_guard lock(mu);
+    returned = true;
+    cv.notify_all();
+  });
+  {
+    std::unique_lock lock(mu);
+    // Must not happen while on_start runs: a bounded look for a return that would be too early.
+    EXPECT_FALSE(cv.wait_for(lock, std::chrono::milliseconds(300), [&] { return returned; }))
+        << "remove_observer returned while the observer was still being called";
+  }
+  held.release();
+  remover.join();
+  w->wait(std::chrono::seconds(10));
+  EXPECT_TRUE(returned);
 }
 
 TEST(LocalBackend, BadArgumentsAreRejectedAtTheCall) {
