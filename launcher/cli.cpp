@@ -21,6 +21,7 @@
 #include "train/config.h"
 #include "train/run.h"
 #include "train/safetensors.h"
+#include "train/stop_signal.h"
 #include "train/trainer.h"
 
 #ifndef DTRAIN_VERSION
@@ -293,6 +294,10 @@ int cli_main(int argc, char** argv) {
       if (!job) return failed;
       const TrainResult r = train_in_job(c, *job);
       cluster->finish();
+      // Stopped by a signal after its checkpoint: 128 + the signal, on every rank, so that a
+      // scheduler or script can tell a preempted run (resume it) from a finished one.
+      if (r.stopped_by_signal != 0)
+        return dtrain::train::exit_status_after_signal(r.stopped_by_signal);
       if (!r.primary) return 0;  // rank 0 reports for the job
       if (c.train.stop_at_step > 0 && r.stopped_early) {
         std::printf("stopped at step %lld (train.stop_at_step); checkpoint %s\n",

@@ -513,7 +513,8 @@ bool Launcher::reap() {
 void Launcher::handle_signals() {
   signalfd_siginfo info;
   while (::read(signals_.get(), &info, sizeof info) == sizeof info) {
-    if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM || info.ssi_signo == SIGHUP) {
+    if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM || info.ssi_signo == SIGHUP ||
+        info.ssi_signo == SIGUSR1) {
       interrupted_by_ = static_cast<int>(info.ssi_signo);
     }
   }
@@ -609,8 +610,9 @@ void Launcher::stop_workers() {
   bool any = false;
   for (Worker& w : workers_) {
     if (w.exited || w.pid < 0) continue;
-    // SIGCONT too: a stopped process does not act on SIGTERM until it runs again.
-    ::kill(-w.pid, SIGTERM);
+    // SIGCONT too: a stopped process does not act on SIGTERM until it runs again. SIGUSR1
+    // (Slurm's warning before the time limit) is passed on as it is: workers checkpoint on both.
+    ::kill(-w.pid, interrupted_by_ == SIGUSR1 ? SIGUSR1 : SIGTERM);
     ::kill(-w.pid, SIGCONT);
     any = true;
   }
@@ -698,13 +700,15 @@ int Launcher::run() {
   ::signal(SIGINT, SIG_DFL);
   ::signal(SIGTERM, SIG_DFL);
   ::signal(SIGHUP, SIG_DFL);
+  ::signal(SIGUSR1, SIG_DFL);
   // A closed terminal or pipe must not kill the launcher mid-job: writes then just fail.
   ::signal(SIGPIPE, SIG_IGN);
   ::signal(SIGCHLD, SIG_DFL);  // an inherited SIG_IGN would reap the workers behind our back
   sigset_t mask;
   sigemptyset(&mask);
   // SIGHUP (terminal closed, ssh dropped) stops the job like SIGTERM: workers get their grace.
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGCHLD}) sigaddset(&mask, sig);
+  // SIGUSR1 too: Slurm's --signal warns the whole job step, launcher included.
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGCHLD}) sigaddset(&mask, sig);
   ::pthread_sigmask(SIG_BLOCK, &mask, &old_mask_);
   signals_.reset(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
 

@@ -46,6 +46,19 @@ void DataParallelStrategy::sum_across_replicas(std::vector<double>& values) {
   std::memcpy(values.data(), t.data_ptr(), values.size() * sizeof(double));
 }
 
+std::function<double()> DataParallelStrategy::start_sum_across_replicas(double value) {
+  Tensor t({1}, DType::kFloat64);
+  t.data<double>()[0] = value;
+  dist::WorkPtr work = comm_->all_reduce(t);
+  return [t, work]() mutable {
+    if (work) {
+      work->wait();
+      work.reset();
+    }
+    return t.data<double>()[0];
+  };
+}
+
 namespace {
 
 /// Every replica's 64-bit value, gathered.

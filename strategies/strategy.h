@@ -3,6 +3,7 @@
 // a communicator that the job (distributed/job.h) hands them; they never build one.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -39,6 +40,14 @@ class Strategy {
   virtual void synchronize_gradients(nn::Module& model) = 0;
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
   virtual void sum_across_replicas(std::vector<double>& values) = 0;
+  /// The same for one value, started now and finished by calling the result: a decision every
+  /// replica must take at the same step (a stop that a signal asked some of them for) rides
+  /// along with the next step's work instead of waiting for a round trip.
+  virtual std::function<double()> start_sum_across_replicas(double value) {
+    std::vector<double> values = {value};
+    sum_across_replicas(values);
+    return [sum = values[0]] { return sum; };
+  }
   /// Collective, at start-up: every replica must run the same resolved configuration; otherwise
   /// every replica throws, naming the replicas and the keys that differ from replica 0.
   virtual void check_same_config(const ConfigEntries& config) { (void)config; }

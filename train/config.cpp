@@ -401,6 +401,11 @@ const std::vector<Field>& schema() {
                    "the step; `skip_step` leaves the parameters and optimiser state as they are "
                    "for that step (every replica alike, as they share the reduced gradients) "
                    "and goes on."),
+      bool_field("train", "checkpoint_on_signal", DTRAIN_GET(train.checkpoint_on_signal),
+                 "SIGTERM or SIGUSR1 (Slurm's --signal, a launcher's stop) ends the run after "
+                 "the next step every replica agrees on, with a checkpoint at that step; the "
+                 "process then exits with 128 + the signal (143, 138) and a run started again "
+                 "resumes from it. false: the signals end the process at once."),
       // strategy
       string_field(
           "strategy", "type", DTRAIN_GET(strategy.type), strategy_names(),

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "distributed/registry.h"
+#include "train/stop_signal.h"
 
 namespace dtrain::train {
 
@@ -24,6 +25,7 @@ TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerPart
                           "strategy.type=ddp or multi_worker_mirrored",
                       __FILE__, __LINE__);
   }
+  if (config.train.checkpoint_on_signal) install_stop_signal_handlers();
   const int replicas = kind.replicas_per_process(config.strategy);
   std::vector<dist::CommunicatorPtr> comms =
       job.replica_communicators(replicas, kind.spans_processes);

@@ -16,7 +16,9 @@ namespace dtrain::train {
 dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base);
 
 /// Trains to the end on every replica of this process and returns the result of the replica that
-/// reports for the job (or of the first). The first replica to fail stops the others.
+/// reports for the job (or of the first). The first replica to fail stops the others. With
+/// train.checkpoint_on_signal, SIGTERM and SIGUSR1 end the run after a checkpoint at a step all
+/// replicas agree on (TrainResult::stopped_by_signal; stop_signal.h).
 TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerParts& parts = {});
 
 /// Loads checkpoint `path` and evaluates it on the test split, with one replica per process (the

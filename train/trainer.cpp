@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -15,6 +16,7 @@
 #include "tensor/ops.h"
 #include "train/factories.h"
 #include "train/metrics_sink.h"
+#include "train/stop_signal.h"
 
 namespace dtrain::train {
 namespace {
@@ -24,6 +26,28 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 }
 
 void warn_stderr(const std::string& what) { std::fprintf(stderr, "warning: %s\n", what.c_str()); }
+
+// A stop vote is a sum over replicas: any SIGTERM (or another signal, reported as SIGTERM)
+// outweighs every SIGUSR1, so all replicas report the same signal.
+constexpr double kVoteOtherSignal = 1000;
+
+double stop_vote_value(int signo) {
+  if (signo == 0) return 0;
+  return signo == SIGUSR1 ? 1 : kVoteOtherSignal;
+}
+
+/// A count stored as a double in a checkpoint: finite, positive, whole and exact in a double, so
+/// that casting it to an integer is defined.
+bool whole_count(double v) {
+  return std::isfinite(v) && v >= 1 && v <= 9007199254740992.0 && v == std::floor(v);
+}
+
+/// "SIGTERM", "SIGUSR1", or "signal N".
+std::string signal_name(int signo) {
+  if (signo == SIGTERM) return "SIGTERM";
+  if (signo == SIGUSR1) return "SIGUSR1";
+  return "signal " + std::to_string(signo);
+}
 
 }  // namespace
 
@@ -151,6 +175,10 @@ std::vector<std::string> Trainer::settings_changed_since(const std::string& conf
 }
 
 std::string Trainer::why_unfit(const CheckpointData& c) const {
+  if (auto g = c.metrics.find("global_batch"); g != c.metrics.end() && !whole_count(g->second)) {
+    return "its metric global_batch is " + std::to_string(g->second) +
+           ", not a positive whole number";
+  }
   std::map<std::string, Shape> expected;
   for (const auto& [name, t] : model_->named_parameters()) expected[name] = t.shape();
   for (const auto& [name, t] : model_->named_buffers()) expected[name] = t.shape();
@@ -240,6 +268,13 @@ Trainer::Plan Trainer::plan(const std::optional<LoadedCheckpoint>& resumed,
   if (resumed && resumed->data.world_size != p.replicas) {
     const int old_world = resumed->data.world_size;
     const auto saved = resumed->data.metrics.find("global_batch");
+    if (saved != resumed->data.metrics.end()) {
+      // Cast only a value that fits: a damaged checkpoint must give an error, not UB.
+      DTRAIN_CHECK(whole_count(saved->second), "resume: ", resumed->path,
+                   ": its metric global_batch is ", saved->second,
+                   ", not a positive whole number; the checkpoint is damaged: resume from an "
+                   "older one or start afresh (train.resume=never)");
+    }
     const int64_t global = saved != resumed->data.metrics.end()
                                ? static_cast<int64_t>(saved->second)
                                : p.batch * old_world;
@@ -310,11 +345,24 @@ Trainer::Position Trainer::restore(const Plan& plan,
   return at;
 }
 
-std::string Trainer::save(const Plan& plan, Position at) {
+std::string Trainer::save(const Plan& plan, Position at, Checkpoint kind) {
   const TrainSection& t = config_.train;
   const std::string path = checkpoint_path(t.checkpoint_dir, at.step);
-  save_checkpoint(path, snapshot(plan, at));
-  prune_checkpoints(t.checkpoint_dir, static_cast<int>(t.keep_checkpoints), at.step);
+  const int keep = static_cast<int>(std::min<int64_t>(t.keep_checkpoints, INT32_MAX));
+  try {
+    // Pruning first leaves room for the new file on a nearly full disk; it keeps at least the
+    // newest valid checkpoint, so a failed save below still leaves one to resume from.
+    prune_checkpoints(t.checkpoint_dir, std::max(keep - 1, 1), at.step - 1);
+    save_checkpoint(path, snapshot(plan, at));
+    if (keep == 1) prune_checkpoints(t.checkpoint_dir, keep, at.step);
+  } catch (const Error& e) {
+    if (kind == Checkpoint::kFinal) throw;
+    // A periodic checkpoint is an insurance; losing one must not end hours of training (under a
+    // launcher that would become a restart loop on a full disk).
+    warn_stderr("step " + std::to_string(at.step) +
+                ": checkpoint not written, training goes on: " + e.message());
+    return "";
+  }
   return path;
 }
 
@@ -351,8 +399,13 @@ bool Trainer::early_stop_after(const Plan& plan, Position at, const EvalResult& 
   if (score > early_stop_.best) {
     early_stop_.best = score;
     early_stop_.bad_evals = 0;
-    if (strategy_->is_primary())
-      save_checkpoint(t.checkpoint_dir + "/best.dtck", snapshot(plan, at));
+    if (strategy_->is_primary()) {
+      try {
+        save_checkpoint(t.checkpoint_dir + "/best.dtck", snapshot(plan, at));
+      } catch (const Error& e) {
+        warn_stderr("best model not written, training goes on: " + e.message());
+      }
+    }
     return false;
   }
   return ++early_stop_.bad_evals >= t.early_stop_patience;
@@ -388,6 +441,19 @@ bool Trainer::optimizer_step(int64_t step) {
   if (check_every > 0 && step % check_every == 0)
     strategy_->check_parameters_in_sync(*model_, step);
   return true;
+}
+
+bool Trainer::stop_agreed() {
+  if (!config_.train.checkpoint_on_signal) return false;
+  double vote = 0;
+  if (stop_vote_) vote = stop_vote_();
+  if (vote > 0) {
+    stop_vote_ = nullptr;
+    stop_signal_ = vote >= kVoteOtherSignal ? SIGTERM : SIGUSR1;
+    return true;
+  }
+  stop_vote_ = strategy_->start_sum_across_replicas(stop_vote_value(stop_signal()));
+  return false;
 }
 
 bool Trainer::gradients_finite() const {
@@ -434,16 +500,21 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
                  static_cast<double>(plan.batch * t.grad_accum_steps * plan.replicas), last);
     }
     step_loss = 0;
-    const bool due =
-        last || (t.checkpoint_every_steps > 0 && at.step % t.checkpoint_every_steps == 0);
-    if (due && at.batch_in_epoch >= plan.batches_per_epoch_used) {
+    const bool stop = stop_agreed();
+    const Checkpoint due = last || stop ? Checkpoint::kFinal
+                           : t.checkpoint_every_steps > 0 && at.step % t.checkpoint_every_steps == 0
+                               ? Checkpoint::kPeriodic
+                               : Checkpoint::kNone;
+    if (due != Checkpoint::kNone && at.batch_in_epoch >= plan.batches_per_epoch_used) {
       // At the epoch's end the checkpoint waits for its evaluation, which early stopping keeps
       // track of: a run resumed from it must not evaluate that epoch again.
-      checkpoint_after_evaluation_ = true;
-    } else if (due && strategy_->is_primary()) {
-      result.last_checkpoint = save(plan, at);
+      checkpoint_after_evaluation_ = due;
+    } else if (due != Checkpoint::kNone && strategy_->is_primary()) {
+      const std::string written = save(plan, at, due);
+      if (!written.empty()) result.last_checkpoint = written;
       if (sink) sink->flush();  // TensorBoard shows what the checkpoint holds
     }
+    if (stop) break;
   }
   seconds += seconds_since(epoch_start);
   return at;
@@ -509,11 +580,14 @@ TrainResult Trainer::run() {
     }
     const bool stop = early_stop_after(p, at, result.test);
     // An early stop ends the run: its last step gets a checkpoint, so a re-run continues from it.
-    if ((checkpoint_after_evaluation_ || stop) && primary) {
-      result.last_checkpoint = save(p, at);
+    const Checkpoint due = stop ? Checkpoint::kFinal : checkpoint_after_evaluation_;
+    if (due != Checkpoint::kNone && primary) {
+      const std::string written = save(p, at, due);
+      if (!written.empty()) result.last_checkpoint = written;
       if (sink) sink->flush();
     }
-    checkpoint_after_evaluation_ = false;
+    checkpoint_after_evaluation_ = Checkpoint::kNone;
+    if (stop_signal_ != 0) break;
     if (stop) {
       if (primary) {
         std::printf("early stop after epoch %" PRId64 ": no better test %s for %" PRId64
@@ -527,8 +601,24 @@ TrainResult Trainer::run() {
       break;
     }
   }
+  if (stop_vote_) {  // every replica started this vote; it must finish before the next collective
+    stop_vote_();
+    stop_vote_ = nullptr;
+  }
   if (sink) sink->finish();
-  if (result.test.examples == 0) result.test = evaluate();  // stopped mid-epoch or nothing to do
+  result.stopped_by_signal = stop_signal_;
+  if (stop_signal_ != 0) {
+    // The signal's sender (a scheduler's grace time, a launcher's) is waiting: no evaluation.
+    if (primary) {
+      std::printf("stopped by %s after step %" PRId64 " of %" PRId64
+                  "; checkpoint %s; run the same command again to resume from it\n",
+                  signal_name(stop_signal_).c_str(), at.step, p.total_steps,
+                  result.last_checkpoint.c_str());
+      std::fflush(stdout);
+    }
+  } else if (result.test.examples == 0) {
+    result.test = evaluate();  // stopped mid-epoch or nothing to do
+  }
   result.steps = at.step;
   result.primary = primary;
   result.stopped_early = result.stopped_early || at.step < p.total_steps;

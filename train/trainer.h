@@ -35,7 +35,8 @@ struct TrainResult {
   int64_t steps = 0;            // optimiser steps completed in total (resumed runs included)
   double samples_per_sec = 0;   // training throughput of this run (all replicas)
   double wall_s = 0;            // this process's time from start to end
-  bool stopped_early = false;   // train.stop_at_step or early stopping ended the run
+  bool stopped_early = false;   // train.stop_at_step, early stopping or a signal ended the run
+  int stopped_by_signal = 0;    // the signal that ended the run after its checkpoint, or 0
   bool primary = true;          // this process is the replica that reports for the job
   std::string last_checkpoint;  // written by the primary; "" when none was written
   /// "final: test_accuracy=<x> test_loss=<y> steps=<n> samples_per_sec=<z> wall_s=<t>"
@@ -121,8 +122,17 @@ class Trainer {
   /// optimiser then skips the step.
   bool optimizer_step(int64_t step);
   bool gradients_finite() const;
-  /// The primary's checkpoint at `at` (pruning older ones); returns its path.
-  std::string save(const Plan& plan, Position at);
+  /// A periodic checkpoint that cannot be written is a warning (training goes on); the run's
+  /// last one, or one before a stop, is an error.
+  enum class Checkpoint { kNone, kPeriodic, kFinal };
+  /// The primary's checkpoint at `at`; older ones are pruned first, so that a nearly full disk
+  /// still has room for it, keeping the newest valid one. Returns its path, or "" when a periodic
+  /// one could not be written.
+  std::string save(const Plan& plan, Position at, Checkpoint kind);
+  /// At the end of each step: whether every replica has agreed to stop because some of them
+  /// received a stop signal (stop_signal.h); the vote started one step earlier rides along with
+  /// this step's work.
+  bool stop_agreed();
   /// Everything a checkpoint at `at` holds.
   CheckpointData snapshot(const Plan& plan, Position at) const;
   /// After an evaluation: keeps the best model (best.dtck) and says whether train.early_stop
@@ -141,7 +151,10 @@ class Trainer {
     double best = -std::numeric_limits<double>::infinity();
     int64_t bad_evals = 0;
   } early_stop_;
-  bool checkpoint_after_evaluation_ = false;  // a checkpoint fell due at the end of an epoch
+  // A checkpoint fell due at the end of an epoch; it waits for the epoch's evaluation.
+  Checkpoint checkpoint_after_evaluation_ = Checkpoint::kNone;
+  std::function<double()> stop_vote_;  // the pending vote of the step before
+  int stop_signal_ = 0;                // set when the replicas agreed to stop
 };
 
 }  // namespace dtrain::train
