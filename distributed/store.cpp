@@ -161,8 +161,17 @@ struct StoreServer::Impl {
   std::vector<std::unique_ptr<Conn>> conns;
   std::vector<Conn*> resumed;  // unparked this iteration; their buffered requests run next
   Clock::time_point accept_paused_until{};
+  int notes_printed = 0;      // in full since the log was last quiet for a period
+  int64_t notes_counted = 0;  // since the last summary, not printed
+  std::string latest_note;    // the newest of those
+  Clock::time_point summary_due{}, last_note{};
 
   void log(const std::string& text) const { log_line("store " + address + ": " + text); }
+  /// Logs a message about one connection (a refusal, a close, an accept pause), rate-limited:
+  /// see StoreServerOptions::log_burst.
+  void note(const std::string& text);
+  /// Prints the summary of the messages note() only counted, once their period has ended.
+  void summarise_notes(Clock::time_point now);
 
   void bind_and_listen();
   void run();
@@ -204,6 +213,7 @@ void StoreServer::Impl::run() {
       if (c->parked) next = std::min(next, c->parked->deadline);
       if (!c->authed && !c->closing) next = std::min(next, c->handshake_deadline);
     }
+    if (notes_counted > 0) next = std::min(next, summary_due);
     const int timeout = next == Clock::time_point::max() ? -1 : ms_until(next);
     if (::poll(fds.data(), fds.size(), timeout) < 0) {
       if (errno == EINTR) continue;
@@ -230,11 +240,37 @@ void StoreServer::Impl::run() {
     }
     if (fds[1].revents & POLLIN) accept_new();
     expire(Clock::now());
+    summarise_notes(Clock::now());
     // Requests that arrived while a connection was parked run now; they may unpark others.
     for (size_t i = 0; i < resumed.size(); ++i) process_input(*resumed[i]);
     resumed.clear();
     std::erase_if(conns, [](const auto& c) { return c->dead; });
   }
+}
+
+void StoreServer::Impl::note(const std::string& text) {
+  // Strangers decide how many of these there are, and a write to a stderr pipe nobody drains
+  // blocks this, the store's only thread: print the first ones, then count them.
+  const auto now = Clock::now();
+  summarise_notes(now);
+  if (notes_counted == 0 && now - last_note >= options.log_summary_period) notes_printed = 0;
+  last_note = now;
+  if (notes_printed < options.log_burst) {
+    ++notes_printed;
+    log(text);
+    return;
+  }
+  if (notes_counted++ == 0) summary_due = now + options.log_summary_period;
+  latest_note = text;
+}
+
+void StoreServer::Impl::summarise_notes(Clock::time_point now) {
+  if (notes_counted == 0 || now < summary_due) return;
+  const int64_t ms = options.log_summary_period.count();
+  log(std::to_string(notes_counted) + " more connection message(s) in the last " +
+      (ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms") +
+      " not printed; the latest: " + latest_note);
+  notes_counted = 0;
 }
 
 void StoreServer::Impl::accept_new() {
@@ -248,7 +284,7 @@ void StoreServer::Impl::accept_new() {
       if (err == EINTR || err == ECONNABORTED) continue;
       if (err == EAGAIN || err == EWOULDBLOCK) return;
       // Out of descriptors: poll() would report the listener as ready at once, forever.
-      log("accept failed: " + errno_text(err) + "; pausing new connections for 100 ms");
+      note("accept failed: " + errno_text(err) + "; pausing new connections for 100 ms");
       accept_paused_until = Clock::now() + milliseconds(100);
       return;
     }
@@ -259,9 +295,9 @@ void StoreServer::Impl::accept_new() {
     if (count_conns(false) >= size_t(options.max_pending_handshakes)) {
       for (const auto& old : conns) {
         if (old->dead || old->authed) continue;
-        log("closing connection from " + old->peer + ": no handshake yet, and " +
-            std::to_string(options.max_pending_handshakes) +
-            " connections are waiting for theirs (max_pending_handshakes)");
+        note("closing connection from " + old->peer + ": no handshake yet, and " +
+             std::to_string(options.max_pending_handshakes) +
+             " connections are waiting for theirs (max_pending_handshakes)");
         old->dead = true;
         break;
       }
@@ -302,7 +338,7 @@ void StoreServer::Impl::read_from(Conn& c) {
   // A client sends its next request only after the answer to the previous one; more than a
   // full message waiting behind a parked request is a misbehaving peer.
   if ((c.parked || c.has_output()) && c.in.size() > kStoreMaxMessageBytes + 2 * kHeaderBytes) {
-    log("closing connection from " + c.peer + ": it sent more requests while one was pending");
+    note("closing connection from " + c.peer + ": it sent more requests while one was pending");
     c.dead = true;
     return;
   }
@@ -337,17 +373,17 @@ void StoreServer::Impl::process_input(Conn& c) {
     // Checked on the length prefix, before any of the body is buffered.
     const size_t limit = c.authed ? kStoreMaxMessageBytes : kStoreMaxHandshakeBytes;
     if (len > limit) {
-      log("closing connection from " + c.peer + ": message of " + std::to_string(len) +
-          " bytes exceeds the limit of " + std::to_string(limit) +
-          (c.authed ? "" : " before the handshake"));
+      note("closing connection from " + c.peer + ": message of " + std::to_string(len) +
+           " bytes exceeds the limit of " + std::to_string(limit) +
+           (c.authed ? "" : " before the handshake"));
       c.dead = true;
       return;
     }
     if (c.in.size() - pos < kHeaderBytes + len) break;
     proto::StoreRequest req;
     if (!req.ParseFromArray(c.in.data() + pos + kHeaderBytes, int(len))) {
-      log("closing connection from " + c.peer + ": malformed message of " + std::to_string(len) +
-          " bytes (not a StoreRequest)");
+      note("closing connection from " + c.peer + ": malformed message of " + std::to_string(len) +
+           " bytes (not a StoreRequest)");
       c.dead = true;
       return;
     }
@@ -356,7 +392,7 @@ void StoreServer::Impl::process_input(Conn& c) {
       handle(c, req);
     } catch (const std::exception& e) {
       // E.g. out of memory for a large value: only this connection is dropped.
-      log("closing connection from " + c.peer + ": " + e.what());
+      note("closing connection from " + c.peer + ": " + e.what());
       c.dead = true;
       return;
     }
@@ -379,7 +415,7 @@ void StoreServer::Impl::handle(Conn& c, const proto::StoreRequest& req) {
     if (ok && count_conns(true) >= size_t(options.max_clients)) {
       const std::string why =
           "too many clients (max_clients " + std::to_string(options.max_clients) + ")";
-      log("refused connection from " + c.peer + ": " + why);
+      note("refused connection from " + c.peer + ": " + why);
       resp.set_error(why);
       c.closing = true;
       respond(c, resp);
@@ -398,7 +434,7 @@ void StoreServer::Impl::handle(Conn& c, const proto::StoreRequest& req) {
                                          " (expected " + std::to_string(kProtocolVersion) + ")"
                                    : "wrong token";
     rejected.fetch_add(1);
-    log("refused connection from " + c.peer + ": " + reason);
+    note("refused connection from " + c.peer + ": " + reason);
     resp.set_error("unauthorized");
     c.closing = true;  // set first: respond() must not go on to read further requests
     respond(c, resp);
@@ -514,8 +550,8 @@ void StoreServer::Impl::expire(Clock::time_point now) {
   for (auto& c : conns) {
     if (c->dead) continue;
     if (!c->authed && !c->closing && now >= c->handshake_deadline) {
-      log("closing connection from " + c->peer + ": no handshake within " +
-          std::to_string(options.handshake_timeout.count()) + " ms");
+      note("closing connection from " + c->peer + ": no handshake within " +
+           std::to_string(options.handshake_timeout.count()) + " ms");
       c->dead = true;
       continue;
     }
@@ -544,6 +580,9 @@ StoreServer::StoreServer(const StoreServerOptions& options) : impl_(std::make_un
   DTRAIN_CHECK(options.max_pending_handshakes > 0,
                "store server: max_pending_handshakes must be positive, got ",
                options.max_pending_handshakes);
+  DTRAIN_CHECK(options.log_burst >= 0 && options.log_summary_period.count() > 0,
+               "store server: log_burst must be >= 0 and log_summary_period positive, got ",
+               options.log_burst, " and ", options.log_summary_period.count(), " ms");
   DTRAIN_CHECK(options.handshake_timeout.count() > 0,
                "store server: handshake_timeout must be positive, got ",
                options.handshake_timeout.count(), " ms");
@@ -577,6 +616,7 @@ StoreServer::~StoreServer() {
   const char byte = 1;
   [[maybe_unused]] ssize_t n = ::write(impl_->wake_write.get(), &byte, 1);
   if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->summarise_notes(Clock::time_point::max());  // what was only counted so far
   // impl_'s destructor closes the listener and every connection.
 }
 

@@ -33,6 +33,11 @@ struct StoreServerOptions {
   int max_pending_handshakes = 64;
   /// A connection that has not completed its handshake by then is closed.
   std::chrono::milliseconds handshake_timeout{5'000};
+  /// Messages about single connections (refusals, closes, accept pauses) go to stderr in full up
+  /// to this many; beyond it they are counted, and one summary line per log_summary_period says
+  /// how many there were. After a period without any, they are printed in full again.
+  int log_burst = 20;
+  std::chrono::milliseconds log_summary_period{10'000};
 };
 
 /// Serves on a background thread until destroyed. Malformed input, oversized messages, wrong

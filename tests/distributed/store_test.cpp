@@ -4,12 +4,15 @@
 #include "distributed/store.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -268,6 +271,69 @@ TEST(StoreSecurity, WrongTokenIsRefusedAndLoggedWithoutTheToken) {
   StoreClient good(client_options(server.port()));
   good.set("k", "v");
   EXPECT_EQ(good.get("k"), "v");
+}
+
+/// This process's stderr goes into a pipe for one scope, so a test can wait for a line to come.
+class StderrPipe {
+ public:
+  StderrPipe() {
+    EXPECT_EQ(::pipe2(fds_, O_CLOEXEC | O_NONBLOCK), 0);
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    ::dup2(fds_[1], 2);
+  }
+  ~StderrPipe() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    for (int fd : {saved_, fds_[0], fds_[1]}) ::close(fd);
+  }
+  /// Reads until `text` has arrived or `limit` has passed; true when it arrived.
+  bool read_until(const std::string& text, milliseconds limit) {
+    const auto deadline = Clock::now() + limit;
+    while (got_.find(text) == std::string::npos) {
+      const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fds_[0], POLLIN, 0};
+      if (::poll(&p, 1, int(left.count())) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(fds_[0], buf, sizeof buf);
+      if (n > 0) got_.append(buf, size_t(n));
+    }
+    return true;
+  }
+  const std::string& text() const { return got_; }
+
+ private:
+  int fds_[2] = {-1, -1};
+  int saved_ = -1;
+  std::string got_;
+};
+
+TEST(StoreSecurity, RefusalsBeyondTheBurstAreSummarisedOncePerPeriod) {
+  StoreServerOptions o = server_options();
+  o.log_burst = 3;
+  o.log_summary_period = milliseconds(2'000);
+  StoreServer server(o);
+  StderrPipe log;
+  for (int i = 0; i < 10; ++i) {
+    RawSocket raw(server.port());
+    raw.send_bytes(handshake_frame("not-the-token"));
+    EXPECT_TRUE(raw.read_until_closed().has_value());
+  }
+  EXPECT_EQ(server.rejected_connections(), 10);
+  // Nothing else happens now: the server must wake up by itself to print the summary.
+  ASSERT_TRUE(
+      log.read_until("not printed; the latest: refused connection from", milliseconds(10'000)))
+      << log.text();
+  size_t full = 0;
+  for (size_t at = 0; (at = log.text().find(": refused connection from", at)) != std::string::npos;
+       ++at) {
+    ++full;
+  }
+  EXPECT_EQ(full, 4u) << "3 lines in full and the latest in the summary:\n" << log.text();
+  EXPECT_NE(log.text().find("7 more connection message(s) in the last 2 s not printed"),
+            std::string::npos)
+      << log.text();
 }
 
 TEST(StoreSecurity, OnlyTheWholeTokenIsAccepted) {
