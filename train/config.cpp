@@ -762,9 +762,11 @@ void resolve_registered(Config& c, const std::string& source, Problems& p) {
     std::map<std::string, std::string> given;
     for (const PendingOption& o : p.pending) {
       if (o.section != s.name) continue;
+      // k points into *keys itself: `keys ? *keys : std::vector<OptionKey>{}` would iterate a
+      // temporary copy, gone before k is used.
       const OptionKey* k = nullptr;
-      for (const OptionKey& candidate : keys ? *keys : std::vector<OptionKey>{}) {
-        if (candidate.key == o.key) k = &candidate;
+      for (size_t i = 0; keys != nullptr && i < keys->size(); ++i) {
+        if ((*keys)[i].key == o.key) k = &(*keys)[i];
       }
       const std::string name = s.name + "." + o.key;
       if (k == nullptr) {
