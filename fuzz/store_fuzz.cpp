@@ -26,7 +26,7 @@ std::string handshake_frame() {
   std::string handshake = "\x0a";  // field 1 (token), length-delimited
   handshake += char(sizeof kToken - 1);
   handshake += kToken;
-  handshake += "\x10\x01";        // field 2 (protocol_version), varint 1
+  handshake += "\x10\x01";       // field 2 (protocol_version), varint 1
   std::string request = "\x0a";  // field 1 (handshake), length-delimited
   request += char(handshake.size());
   request += handshake;
