@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "autograd/grad_mode.h"
+#include "tensor/printable.h"
 
 namespace dtrain::nn {
 
@@ -68,7 +69,7 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
       continue;
     }
     if (it->second.shape() != t.shape()) {
-      mismatched.push_back(name + " (expected " + shape_str(t.shape()) + ", got " +
+      mismatched.push_back(printable(name) + " (expected " + shape_str(t.shape()) + ", got " +
                            shape_str(it->second.shape()) + ")");
     }
     given.erase(it);
@@ -81,7 +82,7 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
     const auto list = [&](const char* what, const std::vector<std::string>& names) {
       if (names.empty()) return;
       os << " " << what << ":";
-      for (const auto& n : names) os << " " << n;
+      for (const auto& n : names) os << " " << printable(n);  // names may come from a file
       os << ";";
     };
     list("missing keys", missing);

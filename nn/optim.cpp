@@ -11,6 +11,7 @@
 #include "nn/layers.h"
 #include "tensor/kernels.h"
 #include "tensor/ops.h"
+#include "tensor/printable.h"
 
 namespace dtrain::nn {
 
@@ -80,7 +81,7 @@ size_t Optimizer::parameter_index(const std::string& key, size_t dot) const {
   size_t i = 0;
   const auto [end, ec] = std::from_chars(key.data(), key.data() + dot, i);
   DTRAIN_CHECK(ec == std::errc() && end == key.data() + dot && dot > 0, name(), " state: key '",
-               key, "' does not start with a parameter index (\"<index>.<buffer>\")");
+               printable(key), "' does not start with a parameter index (\"<index>.<buffer>\")");
   return i;
 }
 
@@ -89,11 +90,12 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
   for (const auto& [k, t] : state.tensors) {
     const size_t dot = k.find('.');
     const size_t i = dot == std::string::npos ? params_.size() : parameter_index(k, dot);
-    DTRAIN_CHECK(i < params_.size(), name(), " state: buffer '", k, "' refers to parameter ", i,
-                 " but the optimiser has ", params_.size(), " parameters");
-    DTRAIN_CHECK(t.shape() == params_[i].shape(), name(), " state: buffer '", k, "' has shape ",
-                 shape_str(t.shape()), " but parameter ", i, " (", params_[i].name(), ") is ",
-                 shape_str(params_[i].shape()));
+    DTRAIN_CHECK(i < params_.size(), name(), " state: buffer '", printable(k),
+                 "' refers to parameter ", i, " but the optimiser has ", params_.size(),
+                 " parameters");
+    DTRAIN_CHECK(t.shape() == params_[i].shape(), name(), " state: buffer '", printable(k),
+                 "' has shape ", shape_str(t.shape()), " but parameter ", i, " (",
+                 params_[i].name(), ") is ", shape_str(params_[i].shape()));
     loaded[k] = to_dtype(t, params_[i].dtype()).clone();
   }
   std::map<std::string, double> per_param;
@@ -101,8 +103,9 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
     const size_t dot = k.find('.');
     if (dot == std::string::npos) continue;  // optimiser-wide: "step", "lr"
     const size_t i = parameter_index(k, dot);
-    DTRAIN_CHECK(i < params_.size(), name(), " state: scalar '", k, "' refers to parameter ", i,
-                 " but the optimiser has ", params_.size(), " parameters");
+    DTRAIN_CHECK(i < params_.size(), name(), " state: scalar '", printable(k),
+                 "' refers to parameter ", i, " but the optimiser has ", params_.size(),
+                 " parameters");
     per_param[k] = v;
   }
   buffers_ = std::move(loaded);

@@ -223,6 +223,24 @@ TEST(Module, StrictLoadListsAllMissingUnexpectedAndMisshapedKeys) {
   }
 }
 
+TEST(Module, StrictLoadErrorsPrintNamesWithControlCharactersEscaped) {
+  Mlp mlp(5, 4, 3, 2);
+  auto state = mlp.state_dict();
+  state.emplace_back("fc1.\x1b]0;title\x07\nweight", zeros({1}));
+  for (auto& [name, t] : state) {
+    if (name == "fc2.weight") name = "fc2.\x1b[31mweight";  // missing, and unexpected in red
+  }
+  try {
+    mlp.load_state_dict(state);
+    FAIL() << "strict load accepted a bad state dict";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.message(), HasSubstr("fc1.\\x1b]0;title\\x07\\nweight"));
+    EXPECT_THAT(e.message(), HasSubstr("fc2.\\x1b[31mweight"));
+    EXPECT_EQ(e.message().find('\x1b'), std::string::npos) << "a raw escape reached the message";
+    EXPECT_EQ(e.message().find('\n'), std::string::npos);
+  }
+}
+
 TEST(Module, FailedStrictLoadLeavesTheModelUnchanged) {
   Mlp mlp(5, 4, 3, 2);
   const auto before = mlp.state_dict();

@@ -14,6 +14,7 @@
 
 #include "nn/layers.h"
 #include "tensor/allocator.h"
+#include "tensor/printable.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -283,6 +284,23 @@ TEST(Optimizer, LoadStateDictRejectsMisshapedBufferNamingIt) {
     FAIL() << "a buffer for a missing parameter was accepted";
   } catch (const ValueError& e) {
     EXPECT_THAT(std::string(e.what()), HasSubstr("5.exp_avg"));
+  }
+}
+
+TEST(Optimizer, LoadStateDictPrintsKeysWithControlCharactersEscaped) {
+  Tensor w = param({1.0f, 2.0f});
+  nn::Adam opt({w}, {});
+  for (const std::string& key : {std::string("\x1b[2J.exp_avg"), std::string("7.\x1b[2J")}) {
+    SCOPED_TRACE(printable(key));
+    nn::OptimizerState bad;
+    bad.tensors[key] = zeros({2});
+    try {
+      opt.load_state_dict(bad);
+      ADD_FAILURE() << "accepted";
+    } catch (const ValueError& e) {
+      EXPECT_THAT(e.message(), HasSubstr("\\x1b[2J"));
+      EXPECT_EQ(e.message().find('\x1b'), std::string::npos) << "a raw escape reached the message";
+    }
   }
 }
 
