@@ -6,6 +6,7 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include <system_error>
 
 #include "tensor/check.h"
+#include "tensor/printable.h"
 #include "train/checkpoint.pb.h"
 #include "train/encoding.h"
 
@@ -71,18 +73,20 @@ void tensor_to_proto(const std::string& name, const Tensor& tensor, proto::Tenso
 Tensor tensor_from_proto(const proto::TensorData& in, const std::string& where) {
   const auto* dtype = std::find_if(std::begin(kAllDTypes), std::end(kAllDTypes),
                                    [&](DType t) { return dtype_name(t) == in.dtype(); });
-  DTRAIN_CHECK(dtype != std::end(kAllDTypes), where, ": tensor '", in.name(),
-               "' has unknown dtype '", in.dtype(), "'");
+  // Names and dtypes come from the file: printed escaped.
+  const std::string name = printable(in.name());
+  DTRAIN_CHECK(dtype != std::end(kAllDTypes), where, ": tensor '", name, "' has unknown dtype '",
+               printable(in.dtype()), "'");
   const Shape shape(in.shape().begin(), in.shape().end());
   uint64_t expected_bytes = dtype_size(*dtype);
   for (const int64_t extent : shape) {
-    DTRAIN_CHECK(extent >= 0, where, ": tensor '", in.name(), "' has negative extent in shape ",
+    DTRAIN_CHECK(extent >= 0, where, ": tensor '", name, "' has negative extent in shape ",
                  shape_str(shape));
     DTRAIN_CHECK(extent == 0 || expected_bytes <= UINT64_MAX / static_cast<uint64_t>(extent), where,
-                 ": tensor '", in.name(), "' shape ", shape_str(shape), " overflows");
+                 ": tensor '", name, "' shape ", shape_str(shape), " overflows");
     expected_bytes *= static_cast<uint64_t>(extent);
   }
-  DTRAIN_CHECK(expected_bytes == in.data().size(), where, ": tensor '", in.name(), "' ", in.dtype(),
+  DTRAIN_CHECK(expected_bytes == in.data().size(), where, ": tensor '", name, "' ", in.dtype(),
                shape_str(shape), " needs ", expected_bytes, " bytes, payload has ",
                in.data().size());
   Tensor out(shape, *dtype);
@@ -90,25 +94,39 @@ Tensor tensor_from_proto(const proto::TensorData& in, const std::string& where) 
   return out;
 }
 
-std::string read_file(const std::string& path, const std::string& where) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  DTRAIN_CHECK(fd >= 0, where, ": cannot open: ", std::strerror(errno));
-  std::string bytes;
-  char buffer[1 << 16];
-  for (;;) {
-    const ssize_t got = ::read(fd, buffer, sizeof(buffer));
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) {
-      const int saved_errno = errno;
-      ::close(fd);
-      DTRAIN_THROW(ValueError, where, ": read failed: ", std::strerror(saved_errno));
-    }
-    if (got == 0) break;
-    bytes.append(buffer, static_cast<size_t>(got));
+/// Throws unless `name` (a tensor name or map key of the file) is free of control characters.
+/// dtrain never writes such names, and refusing them here keeps every later message that prints a
+/// name from carrying terminal escapes out of a crafted file.
+void check_name(std::string_view name, const char* what, const std::string& where) {
+  for (size_t i = 0; i < name.size(); ++i) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    const bool c1 = c == 0xC2 && i + 1 < name.size() &&
+                    static_cast<unsigned char>(name[i + 1]) >= 0x80 &&
+                    static_cast<unsigned char>(name[i + 1]) <= 0x9F;
+    DTRAIN_CHECK(c >= 0x20 && c != 0x7F && !c1, where, ": ", what, " '", printable(name),
+                 "' holds control characters; dtrain never writes such names, so the file was "
+                 "made or altered by something else");
   }
-  ::close(fd);
-  return bytes;
 }
+
+/// Reads up to n bytes, fewer only at end of file; throws naming `where` on a read error.
+size_t read_up_to(int fd, char* dst, size_t n, const std::string& where) {
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t got = ::read(fd, dst + done, n - done);
+    if (got < 0 && errno == EINTR) continue;
+    DTRAIN_CHECK(got >= 0, where, ": read failed: ", std::strerror(errno));
+    if (got == 0) break;
+    done += static_cast<size_t>(got);
+  }
+  return done;
+}
+
+/// Closes a descriptor when it goes out of scope.
+struct FdCloser {
+  int fd;
+  ~FdCloser() { ::close(fd); }
+};
 
 std::string hex32(uint32_t value) {
   char text[16];
@@ -133,11 +151,43 @@ int64_t step_from_name(const std::string& name) {
   return ec == std::errc() && end == digits.data() + digits.size() ? step : -1;
 }
 
+/// The writer's pid in a temp file name of write_file_atomic, "<name>.tmp.<pid>.<16 hex digits>"
+/// (or "<name>.tmp.<pid>", as earlier versions named them); 0 for any other name.
+pid_t temp_file_writer(const std::string& name) {
+  const size_t tmp = name.rfind(".tmp.");
+  if (tmp == std::string::npos) return 0;
+  std::string_view rest = std::string_view(name).substr(tmp + 5);
+  pid_t pid = 0;
+  const auto [end, parse] = std::from_chars(rest.data(), rest.data() + rest.size(), pid);
+  if (parse != std::errc() || pid <= 0) return 0;
+  rest.remove_prefix(static_cast<size_t>(end - rest.data()));
+  if (rest.empty()) return pid;
+  const bool random_suffix =
+      rest.size() == 17 && rest[0] == '.' && std::all_of(rest.begin() + 1, rest.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+      });
+  return random_suffix ? pid : 0;
+}
+
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces) {
-  const std::string temp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // An unpredictable name, created only where nothing exists (a link included): in a directory
+  // others may write to, a link planted at a name they could guess would redirect the write.
+  // The pid stays in the name so that remove_stale_temp_files can tell whose file it is.
+  std::string temp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 8 && fd < 0; ++attempt) {
+    uint64_t random = 0;
+    if (::getrandom(&random, sizeof random, 0) != static_cast<ssize_t>(sizeof random)) {
+      throw_system_error(path, "getrandom for a temp file name");
+    }
+    char suffix[17];
+    std::snprintf(suffix, sizeof suffix, "%016llx", static_cast<unsigned long long>(random));
+    temp = path + ".tmp." + std::to_string(::getpid()) + "." + suffix;
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) throw_system_error(path, "cannot create temp file " + temp);
   for (const std::string_view piece : pieces) write_all(fd, piece, path, temp);
   // The data must be on disk before the rename makes it visible under `path`; otherwise a crash
@@ -211,38 +261,59 @@ void save_checkpoint(const std::string& path, const CheckpointData& data) {
 
 CheckpointData load_checkpoint(const std::string& path) {
   const std::string where = "checkpoint " + path;
-  const std::string bytes = read_file(path, where);
-  DTRAIN_CHECK(bytes.size() >= kHeaderBytes, where, ": truncated: file has ", bytes.size(),
-               " bytes, less than the ", kHeaderBytes, "-byte header");
-  DTRAIN_CHECK(std::memcmp(bytes.data(), kMagic, 4) == 0, where,
+  // 1. Open without blocking (a FIFO would wait for a writer) and require a regular file, so a
+  //    FIFO or a device such as /dev/zero is refused before anything is read from it.
+  // 2. Check the header against the file's size, then read exactly the payload it announces.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  DTRAIN_CHECK(fd >= 0, where, ": cannot open: ", std::strerror(errno));
+  const FdCloser closer{fd};
+  struct stat st {};
+  DTRAIN_CHECK(::fstat(fd, &st) == 0, where, ": cannot stat: ", std::strerror(errno));
+  DTRAIN_CHECK(S_ISREG(st.st_mode), where, ": not a regular file (",
+               S_ISDIR(st.st_mode)    ? "a directory"
+               : S_ISFIFO(st.st_mode) ? "a FIFO"
+               : S_ISCHR(st.st_mode)  ? "a character device"
+                                      : "a special file",
+               "); a checkpoint is a file written by dtrain, e.g. ckpt-0000000100.dtck");
+  const uint64_t file_bytes = static_cast<uint64_t>(st.st_size);
+  char header[kHeaderBytes];
+  const size_t got = read_up_to(fd, header, kHeaderBytes, where);
+  DTRAIN_CHECK(got == kHeaderBytes, where, ": truncated: file has ", got, " bytes, less than the ",
+               kHeaderBytes, "-byte header");
+  DTRAIN_CHECK(std::memcmp(header, kMagic, 4) == 0, where,
                ": bad magic: expected \"DTCK\", found bytes ",
-               hex32(static_cast<uint32_t>(static_cast<unsigned char>(bytes[0])) << 24 |
-                     static_cast<uint32_t>(static_cast<unsigned char>(bytes[1])) << 16 |
-                     static_cast<uint32_t>(static_cast<unsigned char>(bytes[2])) << 8 |
-                     static_cast<uint32_t>(static_cast<unsigned char>(bytes[3]))),
+               hex32(static_cast<uint32_t>(static_cast<unsigned char>(header[0])) << 24 |
+                     static_cast<uint32_t>(static_cast<unsigned char>(header[1])) << 16 |
+                     static_cast<uint32_t>(static_cast<unsigned char>(header[2])) << 8 |
+                     static_cast<uint32_t>(static_cast<unsigned char>(header[3]))),
                "; not a dtrain checkpoint");
   uint32_t version = 0, stored_checksum = 0;
   uint64_t length = 0;
-  std::memcpy(&version, bytes.data() + 4, sizeof(version));
-  std::memcpy(&length, bytes.data() + 8, sizeof(length));
-  std::memcpy(&stored_checksum, bytes.data() + 16, sizeof(stored_checksum));
+  std::memcpy(&version, header + 4, sizeof(version));
+  std::memcpy(&length, header + 8, sizeof(length));
+  std::memcpy(&stored_checksum, header + 16, sizeof(stored_checksum));
   DTRAIN_CHECK(version == kFormatVersion, where, ": unsupported format version ", version,
                " (this build reads version ", kFormatVersion, ")");
-  const uint64_t available = bytes.size() - kHeaderBytes;
+  const uint64_t available = file_bytes >= kHeaderBytes ? file_bytes - kHeaderBytes : 0;
   DTRAIN_CHECK(available >= length, where, ": truncated: header says ", length,
                " payload bytes, file has ", available);
   DTRAIN_CHECK(available == length, where, ": header says ", length, " payload bytes, file has ",
                available, " (trailing data)");
-  const std::string_view payload(bytes.data() + kHeaderBytes, length);
+  DTRAIN_CHECK(length <= static_cast<uint64_t>(INT_MAX), where, ": header says ", length,
+               " payload bytes, more than the 2 GiB a checkpoint can hold");
+  std::string bytes(length, '\0');
+  const size_t read = read_up_to(fd, bytes.data(), length, where);
+  DTRAIN_CHECK(read == length, where, ": truncated while reading: header says ", length,
+               " payload bytes, got ", read, "; is another process writing it?");
+  const std::string_view payload(bytes);
   const uint32_t actual_checksum = crc32c(payload.data(), payload.size());
   DTRAIN_CHECK(actual_checksum == stored_checksum, where,
                ": checksum mismatch: header says CRC-32C ", hex32(stored_checksum),
                ", payload has ", hex32(actual_checksum), "; the file is corrupted");
 
   proto::Checkpoint message;
-  DTRAIN_CHECK(payload.size() <= static_cast<size_t>(INT_MAX) &&
-                   message.ParseFromArray(payload.data(), static_cast<int>(payload.size())),
-               where, ": payload does not parse as dtrain.proto.Checkpoint");
+  DTRAIN_CHECK(message.ParseFromArray(payload.data(), static_cast<int>(payload.size())), where,
+               ": payload does not parse as dtrain.proto.Checkpoint");
 
   CheckpointData data;
   data.step = message.step();
@@ -250,13 +321,22 @@ CheckpointData load_checkpoint(const std::string& path) {
   data.batch_in_epoch = message.batch_in_epoch();
   data.world_size = message.world_size();
   data.config_yaml = message.config_yaml();
+  for (const proto::TensorData& t : message.model()) check_name(t.name(), "tensor", where);
+  for (const proto::TensorData& t : message.optimizer_tensors()) {
+    check_name(t.name(), "optimizer tensor", where);
+  }
+  for (const auto& [key, value] : message.optimizer_scalars()) {
+    check_name(key, "optimizer scalar", where);
+  }
+  for (const auto& [key, value] : message.rng_offsets()) check_name(key, "RNG stream", where);
+  for (const auto& [key, value] : message.metrics()) check_name(key, "metric", where);
   for (const proto::TensorData& t : message.model()) {
     data.model.emplace_back(t.name(), tensor_from_proto(t, where));
   }
   for (const proto::TensorData& t : message.optimizer_tensors()) {
     const bool inserted =
         data.optimizer_tensors.emplace(t.name(), tensor_from_proto(t, where)).second;
-    DTRAIN_CHECK(inserted, where, ": optimizer tensor '", t.name(), "' appears twice");
+    DTRAIN_CHECK(inserted, where, ": optimizer tensor '", printable(t.name()), "' appears twice");
   }
   data.optimizer_scalars.insert(message.optimizer_scalars().begin(),
                                 message.optimizer_scalars().end());
@@ -294,14 +374,8 @@ std::vector<std::string> remove_stale_temp_files(const std::string& dir) {
   std::vector<std::string> removed;
   std::error_code ec;
   for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    const size_t tmp = name.rfind(".tmp.");
-    if (tmp == std::string::npos || !it->is_regular_file(ec)) continue;
-    const std::string_view digits = std::string_view(name).substr(tmp + 5);
-    pid_t pid = 0;
-    const auto [end_digits, parse] =
-        std::from_chars(digits.data(), digits.data() + digits.size(), pid);
-    if (parse != std::errc() || end_digits != digits.data() + digits.size() || pid <= 0) continue;
+    const pid_t pid = temp_file_writer(it->path().filename().string());
+    if (pid <= 0 || !it->is_regular_file(ec)) continue;
     // A writer that still runs (another job sharing the directory) keeps its file.
     if (::kill(pid, 0) == 0 || errno != ESRCH) continue;
     std::error_code rm;

@@ -36,12 +36,14 @@ struct CheckpointData {
 /// a read-only directory; the previous checkpoint is untouched then.
 void save_checkpoint(const std::string& path, const CheckpointData& data);
 
-/// Reads and verifies a checkpoint; throws naming the path and what is wrong (bad magic, unknown
-/// version, truncated, checksum mismatch, unparsable payload).
+/// Reads and verifies a checkpoint; throws naming the path and what is wrong (not a regular file,
+/// bad magic, unknown version, truncated, checksum mismatch, unparsable payload, names with control
+/// characters). The header is checked against the file's size before the payload is read.
 CheckpointData load_checkpoint(const std::string& path);
 
-/// Writes the concatenation of `pieces` to `path` atomically: temp file "<path>.tmp.<pid>", fsync,
-/// rename over `path`, fsync of the directory. On failure throws dtrain::Error naming the path and
+/// Writes the concatenation of `pieces` to `path` atomically: a new temp file
+/// "<path>.tmp.<pid>.<16 random hex digits>" (O_EXCL, never through a link), fsync, rename over
+/// `path`, fsync of the directory. On failure throws dtrain::Error naming the path and
 /// the system error, removes the temp file and leaves `path` as it was. Also used by safetensors.
 void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces);
 
@@ -51,8 +53,8 @@ std::vector<std::string> list_checkpoints(const std::string& dir);
 /// "<dir>/ckpt-<step zero-padded to 10>.dtck".
 std::string checkpoint_path(const std::string& dir, int64_t step);
 /// Deletes all but the newest `keep` (>= 0) checkpoints in dir.
-/// Removes the temp files ("<name>.tmp.<pid>") that a process killed while writing left in `dir`:
-/// those of processes of this machine that no longer run. Returns their paths.
+/// Removes the temp files ("<name>.tmp.<pid>.<hex>") that a process killed while writing left in
+/// `dir`: those of processes of this machine that no longer run. Returns their paths.
 std::vector<std::string> remove_stale_temp_files(const std::string& dir);
 
 /// Deletes checkpoints of `dir` older than its `keep` newest valid ones (keep >= 1; 0 deletes

@@ -2,6 +2,7 @@
 // listing and pruning by step, and recovery from a corrupt newest checkpoint.
 #include "train/checkpoint.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
@@ -9,11 +10,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <mutex>
+#include <regex>
+#include <thread>
 
 #include "train/checkpoint.pb.h"
 #include "train/encoding.h"
@@ -262,6 +269,79 @@ TEST(Checkpoint, TensorSizeNotMatchingShapeIsNamed) {
   EXPECT_THAT(load_error(path), HasSubstr("unknown dtype 'float128'"));
 }
 
+TEST(Checkpoint, AFifoOrADeviceIsRefusedBeforeAnythingIsRead) {
+  ScratchDir dir;
+  const std::string fifo = dir / "ckpt-0000000001.dtck";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // A writer that never writes: a reader that reads waits for it. The guard closes it after 10 s
+  // at the latest, so that a failing test ends.
+  const int writer = ::open(fifo.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(writer, 0);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread guard([&] {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; });
+    ::close(writer);
+  });
+  const std::string message = load_error(fifo);
+  {
+    std::lock_guard lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  guard.join();
+  EXPECT_THAT(message, HasSubstr(fifo + ": not a regular file (a FIFO)"));
+  EXPECT_THAT(load_error("/dev/null"), HasSubstr("not a regular file (a character device)"));
+  EXPECT_THAT(load_error(dir.path().string()), HasSubstr("not a regular file (a directory)"));
+}
+
+TEST(Checkpoint, AHeaderAnnouncingMoreThanAProtobufHoldsIsRefusedWithoutReading) {
+  ScratchDir dir;
+  // Sparse: 2 GiB + 1 of payload costs no disk and, read, would cost 2 GiB of memory.
+  const std::string path = dir / "huge.dtck";
+  const uint64_t length = (uint64_t{1} << 31) + 1;
+  std::string header = framed("").substr(0, kHeaderBytes);
+  std::memcpy(header.data() + 8, &length, sizeof length);
+  write_bytes(path, header);
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(kHeaderBytes + length)), 0);
+  EXPECT_THAT(load_error(path), HasSubstr("header says 2147483649 payload bytes, more than the 2 "
+                                          "GiB a checkpoint can hold"));
+}
+
+TEST(Checkpoint, NamesWithControlCharactersAreRefusedAndPrintedEscaped) {
+  ScratchDir dir;
+  const std::string path = dir / "c.dtck";
+  const std::string escape = "fc1.\x1b[2J\x1b]0;owned\x07weight";
+  for (const int where : {0, 1, 2}) {
+    SCOPED_TRACE("in place " + std::to_string(where));
+    proto::Checkpoint message;
+    proto::TensorData* t = where == 1 ? message.add_optimizer_tensors() : message.add_model();
+    t->set_name(where == 2 ? "fc1.weight" : escape);
+    t->set_dtype("float32");
+    t->add_shape(1);
+    t->set_data(std::string(4, '\0'));
+    if (where == 2) (*message.mutable_metrics())[escape] = 1.0;
+    write_bytes(path, framed(message.SerializeAsString()));
+    const std::string error = load_error(path);
+    EXPECT_THAT(error,
+                HasSubstr("'fc1.\\x1b[2J\\x1b]0;owned\\x07weight' holds control characters"));
+    EXPECT_EQ(error.find('\x1b'), std::string::npos) << "a raw escape reached the message";
+  }
+}
+
+TEST(Checkpoint, AnUnknownDtypeIsPrintedEscaped) {
+  ScratchDir dir;
+  const std::string path = dir / "c.dtck";
+  proto::Checkpoint message;
+  proto::TensorData* t = message.add_model();
+  t->set_name("w");
+  t->set_dtype("float\x1b[31m");
+  write_bytes(path, framed(message.SerializeAsString()));
+  EXPECT_THAT(load_error(path), HasSubstr("unknown dtype 'float\\x1b[31m'"));
+}
+
 // ---- failing saves ------------------------------------------------------------------------------
 
 std::vector<std::string> temp_files(const ScratchDir& dir) {
@@ -344,6 +424,42 @@ TEST(CheckpointSave, MissingDirectoryThrowsNamingPath) {
   EXPECT_THAT(message, HasSubstr("No such file or directory"));
 }
 
+/// The temp file a failed save named in its message ("renaming <temp> over it").
+std::string temp_named_in(const std::string& message) {
+  const size_t at = message.find("renaming ");
+  const size_t end = message.find(" over it");
+  if (at == std::string::npos || end == std::string::npos || end < at) return "";
+  return std::filesystem::path(message.substr(at + 9, end - at - 9)).filename().string();
+}
+
+TEST(CheckpointSave, TempFileNamesAreFreshAndUnpredictable) {
+  ScratchDir dir;
+  const std::string path = dir / "occupied";  // a directory: each save fails at its rename
+  std::filesystem::create_directories(path);
+  const std::string first =
+      temp_named_in(save_error([&] { save_checkpoint(path, make_sample()); }));
+  const std::string second =
+      temp_named_in(save_error([&] { save_checkpoint(path, make_sample()); }));
+  const std::regex pattern("occupied\\.tmp\\." + std::to_string(::getpid()) + "\\.[0-9a-f]{16}");
+  EXPECT_TRUE(std::regex_match(first, pattern)) << first;
+  EXPECT_TRUE(std::regex_match(second, pattern)) << second;
+  EXPECT_NE(first, second);
+}
+
+TEST(CheckpointSave, ALinkPlantedAtTheOldTempNameIsNotFollowed) {
+  ScratchDir dir;
+  const std::string path = checkpoint_path(dir.path().string(), 7);
+  const std::string victim = dir / "victim.txt";
+  write_bytes(victim, "someone else's file");
+  std::filesystem::create_symlink(victim, path + ".tmp." + std::to_string(::getpid()));
+  CheckpointData state = make_sample();
+  state.step = 7;
+  save_checkpoint(path, state);
+  EXPECT_EQ(read_bytes(victim), "someone else's file");
+  EXPECT_FALSE(std::filesystem::is_symlink(path));
+  EXPECT_EQ(load_checkpoint(path).step, 7);
+}
+
 // ---- listing, pruning, recovery -----------------------------------------------------------------
 
 CheckpointData at_step(int64_t step) {
@@ -400,6 +516,42 @@ TEST(CheckpointFiles, StaleTempFilesOfDeadWritersAreRemoved) {
   EXPECT_TRUE(std::filesystem::exists(dir / alive));  // its writer still runs
   EXPECT_TRUE(std::filesystem::exists(dir / "notes.tmp.x"));
   EXPECT_EQ(list_checkpoints(dir.path().string()).size(), 1u);
+}
+
+TEST(CheckpointFiles, TheTempFileOfAWriterKilledMidWriteIsRemoved) {
+  ScratchDir dir;
+  const std::string path = checkpoint_path(dir.path().string(), 8);
+  CheckpointData big = at_step(8);
+  big.model.emplace_back("big", zeros({256, 1024}));  // 1 MiB
+  // The child dies of SIGXFSZ part-way through its write, leaving its temp file as it named it.
+  const pid_t child = ::fork();
+  if (child == 0) {
+    rlimit small{64 * 1024, 64 * 1024}, no_core{0, 0};
+    ::setrlimit(RLIMIT_CORE, &no_core);
+    ::setrlimit(RLIMIT_FSIZE, &small);
+    std::signal(SIGXFSZ, SIG_DFL);
+    save_checkpoint(path, big);
+    ::_exit(0);
+  }
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGXFSZ) << "status " << status;
+  ASSERT_EQ(temp_files(dir).size(), 1u);
+  EXPECT_THAT(temp_files(dir)[0], HasSubstr(".tmp." + std::to_string(child) + "."));
+  // One of a writer that still runs (this process), in the same pattern, stays.
+  const std::string alive =
+      "ckpt-0000000009.dtck.tmp." + std::to_string(::getpid()) + ".0123456789abcdef";
+  write_bytes(dir / alive, "partial");
+  const std::string odd = "ckpt-0000000009.dtck.tmp." + std::to_string(child) + ".not-hex";
+  write_bytes(dir / odd, "not ours");
+
+  const std::vector<std::string> removed = remove_stale_temp_files(dir.path().string());
+  ASSERT_EQ(removed.size(), 1u);
+  EXPECT_THAT(removed[0], HasSubstr(".tmp." + std::to_string(child) + "."));
+  std::vector<std::string> left = {alive, odd};
+  std::sort(left.begin(), left.end());
+  EXPECT_EQ(temp_files(dir), left);
 }
 
 TEST(CheckpointFiles, PruneKeepsNewestK) {
