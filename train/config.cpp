@@ -2,6 +2,7 @@
 // yaml-cpp, validation that reports every problem with file:line and a suggestion, overrides.
 #include "train/config.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -638,6 +639,16 @@ void apply_document(Config& c, const YAML::Node& root, const std::string& source
   }
 }
 
+/// What went wrong in a YAML text. yaml-cpp reports nesting past its recursion limit as "bad
+/// file", which would send the user looking for a missing file.
+std::string yaml_problem(const YAML::Exception& e) {
+  if (const auto* deep = dynamic_cast<const YAML::DeepRecursion*>(&e)) {
+    return "nested deeper than yaml-cpp's limit of " + std::to_string(deep->depth()) +
+           " levels; a config needs only a few (an unclosed '[' or '{'?)";
+  }
+  return e.msg;
+}
+
 void apply_overrides(Config& c, const std::vector<std::string>& overrides, Problems& p) {
   for (const std::string& o : overrides) {
     const std::string at = "override '" + o + "'";
@@ -656,7 +667,7 @@ void apply_overrides(Config& c, const std::vector<std::string>& overrides, Probl
     try {
       value = YAML::Load(o.substr(eq + 1));
     } catch (const YAML::Exception& e) {
-      p.add(at, "the value is not valid YAML: " + e.msg);
+      p.add(at, "the value is not valid YAML: " + yaml_problem(e));
       continue;
     }
     if (!value || value.IsNull()) value = YAML::Node(std::string());
@@ -888,7 +899,7 @@ Config parse_checked(const std::function<YAML::Node()>& load, const std::string&
   try {
     apply_document(c, load(), source, p);
   } catch (const YAML::ParserException& e) {
-    p.add(source + ":" + std::to_string(e.mark.line + 1), "YAML syntax error: " + e.msg);
+    p.add(source + ":" + std::to_string(e.mark.line + 1), "YAML syntax error: " + yaml_problem(e));
   } catch (const YAML::BadFile&) {
     p.add(source, "cannot read the config file (does it exist?)");
   }
