@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -57,6 +58,9 @@ constexpr int kHeartbeatFd = 3;  // where a worker finds its end of the heartbea
 // waits this long for the failure that caused it before reporting this one.
 constexpr milliseconds kSecondaryGrace{2'000};
 constexpr milliseconds kStorePoll{250};
+// The longest output or heartbeat line passed on whole. A worker writing more without a newline
+// (a binary dump to stdout) has it split, so the launcher's buffers stay bounded.
+constexpr size_t kMaxLineBytes = 64 << 10;
 
 void say(const std::string& text) {
   const std::string line = "dtrain launch: " + text + "\n";
@@ -112,6 +116,26 @@ std::vector<std::string> split(const std::string& s, char sep) {
   std::istringstream is(s);
   while (std::getline(is, part, sep)) parts.push_back(part);
   return parts;
+}
+
+/// Calls emit(line) for each complete line at the start of `partial`, and for each kMaxLineBytes
+/// piece of a longer one, then keeps only the unfinished rest (at most kMaxLineBytes).
+template <class Emit>
+void take_lines(std::string& partial, Emit&& emit) {
+  size_t start = 0;
+  for (;;) {
+    const size_t nl = partial.find('\n', start);
+    const size_t end = nl == std::string::npos ? partial.size() : nl;
+    if (end - start > kMaxLineBytes) {
+      emit(partial.substr(start, kMaxLineBytes));
+      start += kMaxLineBytes;
+      continue;
+    }
+    if (nl == std::string::npos) break;
+    emit(partial.substr(start, nl - start));
+    start = nl + 1;
+  }
+  partial.erase(0, start);
 }
 
 /// Thrown when the nodes disagree (exit status 2, no restart).
@@ -386,6 +410,10 @@ void Launcher::spawn(int attempt) {
       for (int c : mine) CPU_SET(c, &own);
       placement += (i ? " / " : "") + cpu_list(mine);
     }
+    rlimit files{};
+    const int max_fd = ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < (1u << 20)
+                           ? static_cast<int>(files.rlim_cur)
+                           : 1 << 20;
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     DTRAIN_CHECK(pid >= 0, "launch: fork: ", net::errno_text(errno));
@@ -405,6 +433,11 @@ void Launcher::spawn(int attempt) {
         ::fcntl(kHeartbeatFd, F_SETFD, 0);
       } else {
         ::dup2(beat[1], kHeartbeatFd);
+      }
+      // Only 0-2 and the heartbeat pass on: descriptors the launcher inherited without
+      // O_CLOEXEC (from a shell, a batch system) would otherwise reach every worker.
+      if (::close_range(kHeartbeatFd + 1, ~0U, 0) != 0) {
+        for (int fd = kHeartbeatFd + 1; fd < max_fd; ++fd) ::close(fd);
       }
       ::execve(argv[0], argv.data(), envp.data());
       const char msg[] = "dtrain launch: cannot execute the worker\n";
@@ -448,12 +481,7 @@ void Launcher::drain(Worker& w, bool to_eof) {
     const ssize_t n = ::read(w.out.get(), buf, sizeof buf);
     if (n > 0) {
       w.partial.append(buf, size_t(n));
-      size_t start = 0, nl;
-      while ((nl = w.partial.find('\n', start)) != std::string::npos) {
-        emit_line(w, w.partial.substr(start, nl - start));
-        start = nl + 1;
-      }
-      w.partial.erase(0, start);
+      take_lines(w.partial, [&](std::string line) { emit_line(w, line); });
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -482,11 +510,7 @@ void Launcher::read_beats(Worker& w) {
       w.beat_seen = true;
       w.beat_partial.append(buf, size_t(n));
       // Each line is one heartbeat carrying the worker's collective progress; keep the newest.
-      size_t nl;
-      while ((nl = w.beat_partial.find('\n')) != std::string::npos) {
-        w.progress = w.beat_partial.substr(0, nl);
-        w.beat_partial.erase(0, nl + 1);
-      }
+      take_lines(w.beat_partial, [&](std::string line) { w.progress = std::move(line); });
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -711,6 +735,16 @@ int Launcher::run() {
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGCHLD}) sigaddset(&mask, sig);
   ::pthread_sigmask(SIG_BLOCK, &mask, &old_mask_);
   signals_.reset(::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!signals_) {
+    // Blocked and never read, SIGINT and SIGTERM would be lost for the launcher's whole life.
+    const int err = errno;
+    ::pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
+    say("error: cannot watch for signals: signalfd: " + net::errno_text(err) +
+        (err == EMFILE || err == ENFILE
+             ? "; too many open descriptors: raise the limit (ulimit -n) or close some"
+             : ""));
+    return 1;
+  }
 
   std::vector<std::string> failures;
   try {
