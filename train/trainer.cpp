@@ -608,6 +608,10 @@ TrainResult Trainer::run() {
   if (sink) sink->finish();
   result.stopped_by_signal = stop_signal_;
   if (stop_signal_ != 0) {
+    // Every replica waits for the primary's checkpoint: under srun --kill-on-bad-exit or mpirun,
+    // the first process to exit non-zero ends the others, which could cut the write short.
+    std::vector<double> written = {0};
+    strategy_->sum_across_replicas(written);
     // The signal's sender (a scheduler's grace time, a launcher's) is waiting: no evaluation.
     if (primary) {
       std::printf("stopped by %s after step %" PRId64 " of %" PRId64
