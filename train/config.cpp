@@ -402,6 +402,10 @@ const std::vector<Field>& schema() {
                    "the step; `skip_step` leaves the parameters and optimiser state as they are "
                    "for that step (every replica alike, as they share the reduced gradients) "
                    "and goes on."),
+      bool_field("train", "detect_anomaly", DTRAIN_GET(train.detect_anomaly),
+                 "Check every gradient in backward: the first NaN or Inf stops the run with an "
+                 "error naming the step, the backward op and its forward op with the input "
+                 "shapes (whatever on_nonfinite says). Slow: for finding where a run diverges."),
       bool_field("train", "checkpoint_on_signal", DTRAIN_GET(train.checkpoint_on_signal),
                  "SIGTERM or SIGUSR1 (Slurm's --signal, a launcher's stop) ends the run after "
                  "the next step every replica agrees on, with a checkpoint at that step; the "

@@ -80,6 +80,7 @@ struct TrainSection {
   int64_t early_stop_patience = 0;  // evaluations without improvement; 0: off
   std::string early_stop_metric = "accuracy";  // accuracy | loss
   std::string on_nonfinite = "stop";           // stop | skip_step
+  bool detect_anomaly = false;       // backward checks every gradient, naming the op of a NaN/Inf
   bool checkpoint_on_signal = true;  // SIGTERM/SIGUSR1: checkpoint at an agreed step, then exit
 };
 

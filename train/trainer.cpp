@@ -11,9 +11,11 @@
 #include <filesystem>
 #include <map>
 
+#include "autograd/grad_mode.h"
 #include "nn/clip_grad.h"
 #include "tensor/cpu/parallel.h"
 #include "tensor/ops.h"
+#include "tensor/printable.h"
 #include "train/factories.h"
 #include "train/metrics_sink.h"
 #include "train/stop_signal.h"
@@ -157,7 +159,8 @@ std::vector<std::string> Trainer::settings_changed_since(const std::string& conf
   try {
     for (auto& [key, value] : parse_config(config_yaml, path).entries(false)) before[key] = value;
   } catch (const Error& e) {
-    warn_stderr(path + ": its config cannot be compared with this one (" + e.message() + ")");
+    warn_stderr(path + ": its config cannot be compared with this one (" + printable(e.message()) +
+                ")");
     return {};
   }
   std::vector<std::string> changed;
@@ -169,7 +172,8 @@ std::vector<std::string> Trainer::settings_changed_since(const std::string& conf
     }
     const auto it = before.find(key);
     const std::string old = it == before.end() ? "(not set)" : it->second;
-    if (old != value) changed.push_back(key + ": " + old + " -> " + value);
+    // Values from the checkpoint's file are escaped before they reach a terminal.
+    if (old != value) changed.push_back(key + ": " + printable(old) + " -> " + value);
   }
   return changed;
 }
@@ -475,7 +479,13 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
   while (at.step < plan.stop_step && at.batch_in_epoch < plan.batches_per_epoch_used &&
          loader.next(b)) {
     const bool last_of_step = accumulated + 1 == t.grad_accum_steps;
-    step_loss += train_micro_batch(b, last_of_step);
+    try {
+      step_loss += train_micro_batch(b, last_of_step);
+    } catch (const ValueError& e) {
+      if (!t.detect_anomaly) throw;
+      DTRAIN_THROW(ValueError, "train: step ", at.step + 1,
+                   " (train.detect_anomaly): ", e.message());
+    }
     samples += b.y.size(0) * plan.replicas;
     ++at.batch_in_epoch;
     if (!last_of_step) {
@@ -529,6 +539,8 @@ TrainResult Trainer::run() {
                 config_.train.checkpoint_dir.c_str(), config_.log.dir.c_str());
   }
   strategy_->prepare(*model_);
+  // Process-wide; a run without it leaves the setting as it found it.
+  if (config_.train.detect_anomaly) autograd::set_anomaly_enabled(true);
 
   if (primary) {
     for (const std::string& path : remove_stale_temp_files(config_.train.checkpoint_dir)) {

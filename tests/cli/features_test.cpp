@@ -28,6 +28,7 @@ namespace {
 
 using testutil::expect_same_model;
 
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testutil::CommandResult;
@@ -782,6 +783,15 @@ TEST(FeaturesNonFinite, StopNamesTheStepAndSkipStepKeepsTheParametersFinite) {
   EXPECT_EQ(stopped.exit_code, 1) << stopped.output;
   EXPECT_THAT(stopped.output, HasSubstr("train: the loss became"));
   EXPECT_THAT(stopped.output, HasSubstr("train.on_nonfinite: skip_step skips such steps"));
+
+  // Anomaly mode names the step and the op whose backward produced the first NaN or Inf.
+  RunDir anomaly;
+  anomaly.write("run.yaml", kMlpConfig);
+  const CommandResult detected = anomaly.dtrain(diverge + " train.detect_anomaly=true");
+  EXPECT_EQ(detected.exit_code, 1) << detected.output;
+  EXPECT_THAT(detected.output, ContainsRegex("train: step [0-9]+ \\(train.detect_anomaly\\): "
+                                             "anomaly: [A-Za-z]+Backward returned NaN or Inf"));
+  EXPECT_THAT(detected.output, HasSubstr("the forward op was"));
 
   RunDir skip;
   skip.write("run.yaml", kMlpConfig);
