@@ -44,6 +44,10 @@ thread_local const void* running_on_this_thread = nullptr;
 /// Set on communicators' worker threads, which run collectives nobody waits for yet.
 thread_local bool is_worker_thread = false;
 
+/// How long a timed-out wait() waits on for the backend's own report (longer than the watchdog's
+/// poll, so the watchdog's report comes first too).
+constexpr Timeout kBackendReportGrace{1000};
+
 class QueuedWork final : public Work {
  public:
   /// `help` runs the communicator's oldest queued collective on the calling thread when no
@@ -58,7 +62,12 @@ class QueuedWork final : public Work {
     }
     spin_until([&] { return finished_.load(std::memory_order_acquire); });
     std::unique_lock lock(mu_);
-    if (!cv_.wait_for(lock, timeout, [&] { return done_; })) {
+    // The backend bounds each step of a running collective by the same timeout and then names the
+    // ranks it still waits for; a step that began after this wait ends a little later. Give that
+    // report (or the watchdog's) a moment before this one, which can name nobody.
+    const Timeout grace = std::min(timeout, kBackendReportGrace);
+    if (!cv_.wait_for(lock, timeout, [&] { return done_; }) &&
+        !cv_.wait_for(lock, grace, [&] { return done_; })) {
       DTRAIN_THROW(TimeoutError, info_.describe(), " did not complete within ", timeout.count(),
                    " ms");
     }
