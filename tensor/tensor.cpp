@@ -298,7 +298,8 @@ std::vector<T> Tensor::to_vector() const {
   Tensor host = to_device(*this, Device::cpu());
   std::vector<T> out(numel());
   if (dtype() == DTypeOf<T>::value) {
-    std::memcpy(out.data(), host.data_ptr(), nbytes());
+    // memcpy's pointers must be valid even for 0 bytes; an empty vector's data() may be null.
+    if (!out.empty()) std::memcpy(out.data(), host.data_ptr(), nbytes());
   } else {
     for (int64_t i = 0; i < numel(); ++i)
       out[i] = static_cast<T>(load_element(host.data_ptr(), dtype(), i));
@@ -408,7 +409,7 @@ Tensor from_vector(const std::vector<T>& values, Shape shape, Device device) {
   Tensor t(shape, DTypeOf<T>::value);
   if constexpr (std::is_same_v<T, bool>) {
     for (size_t i = 0; i < values.size(); ++i) t.data<bool>()[i] = values[i];
-  } else {
+  } else if (!values.empty()) {  // an empty vector's data() may be null, which memcpy forbids
     std::memcpy(t.data_ptr(), values.data(), values.size() * sizeof(T));
   }
   return to_device(t, device);

@@ -693,6 +693,8 @@ void TcpCommunicator::reduce_chunk_from_all(const char* data, int64_t count, DTy
     transfers.push_back({p, false, scratch_.data() + p * my_bytes, my_bytes, 0});
   }
   exchange(transfers, info, timeout);
+  // An empty chunk (fewer elements than ranks) has no buffer: memmove must not see its null.
+  if (my_bytes == 0) return;
   // Rank order, whatever this rank's place: the same bits on every rank and in every run.
   const auto part = [&](int r) {
     return r == me ? data + at[me] * es : scratch_.data() + r * my_bytes;
