@@ -66,10 +66,17 @@ void Watchdog::publish(uint64_t started, uint64_t finished) {
   try {
     store_->set(options_.key_prefix + std::to_string(rank_),
                 std::to_string(started) + " " + std::to_string(finished));
+    publish_failed_ = false;
   } catch (const std::exception& e) {
-    // Losing the store must not take training down; the report will say the numbers are stale.
-    std::fprintf(stderr, "warning: watchdog on rank %d cannot publish progress: %s\n", rank_,
-                 e.what());
+    // Losing the store must not take training down. Said once: a client whose request timed out
+    // does not reconnect, so every later publish (twice a second) would fail the same way.
+    if (!publish_failed_) {
+      std::fprintf(stderr,
+                   "warning: watchdog on rank %d cannot publish progress: %s; other ranks' "
+                   "reports will show its last published numbers (not repeated)\n",
+                   rank_, e.what());
+    }
+    publish_failed_ = true;
   }
 }
 

@@ -65,6 +65,7 @@ class Watchdog final : public CollectiveObserver {
   bool stall_reported_ = false;
   uint64_t last_started_ = 0, last_finished_ = 0;
   uint64_t published_started_ = ~0ull, published_finished_ = ~0ull;  // watchdog thread only
+  bool publish_failed_ = false;                                      // watchdog thread only
   std::thread thread_;
 };
 

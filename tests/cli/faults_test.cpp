@@ -688,7 +688,10 @@ TEST_F(SlowLaunchFaults, TrainingStepsContinueWhileTheStoreIsStopped) {
   ASSERT_EQ(::kill(launcher, SIGTERM), 0);
   ASSERT_EQ(job.wait_for(120s), std::future_status::ready) << "the launcher ignored SIGTERM";
   const CommandResult r = job.get();
-  EXPECT_EQ(r.exit_code, 143) << read_file(dir() / "out.log");
+  const std::string out = read_file(dir() / "out.log");
+  EXPECT_EQ(r.exit_code, 143) << out;
+  // Said once per rank, not at every later attempt (twice a second).
+  EXPECT_LE(lines_with(out, {"cannot publish progress"}).size(), 2u) << out;
   expect_no_process_left(id);
 }
 
