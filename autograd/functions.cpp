@@ -418,14 +418,14 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end) {
   dim = ops::normalize_dim(dim, x.dim(), "slice");
   const int64_t begin = start < 0 ? start + x.size(dim) : start;
   return record(y, "slice", {x}, [s = x.shape(), dim, begin](const Tensor& g) {
-    // Zero pieces around the gradient, joined along dim.
+    // Zero pieces around the gradient, on its device, joined along dim.
     std::vector<Tensor> parts;
     Shape before = s, after = s;
     before[dim] = begin;
     after[dim] = s[dim] - begin - g.size(dim);
-    if (before[dim] > 0) parts.push_back(zeros(before, g.dtype()));
+    if (before[dim] > 0) parts.push_back(zeros(before, g.dtype(), g.device()));
     parts.push_back(g);
-    if (after[dim] > 0) parts.push_back(zeros(after, g.dtype()));
+    if (after[dim] > 0) parts.push_back(zeros(after, g.dtype(), g.device()));
     return Grads{parts.size() == 1 ? g : ops::cat(parts, dim)};
   });
 }

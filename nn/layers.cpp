@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "nn/init.h"
+#include "tensor/ops.h"
 
 namespace dtrain::nn {
 
@@ -179,7 +180,12 @@ Tensor BatchNorm::forward(const Tensor& x) {
     DTRAIN_THROW(ValueError, describe(), ": input ", x.describe(), "; expected [N, ", features_,
                  spatial_dims_ == 2 ? ", H, W]" : "]");
   }
-  if (is_training()) num_batches_tracked.data<int64_t>()[0] += 1;
+  if (is_training()) {
+    // The counter is wherever Module::to put it, and CUDA adds floating-point types only: float64
+    // holds every count below 2^53 exactly, so the increment runs through it on that device.
+    num_batches_tracked.copy_(ops::unary(kernels::Unary::kAddScalar,
+                                         to_dtype(num_batches_tracked, DType::kFloat64), {1.0}));
+  }
   return batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum_, eps_);
 }
 std::shared_ptr<Module> BatchNorm::make_empty() const {

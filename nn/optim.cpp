@@ -96,7 +96,9 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
     DTRAIN_CHECK(t.shape() == params_[i].shape(), name(), " state: buffer '", printable(k),
                  "' has shape ", shape_str(t.shape()), " but parameter ", i, " (",
                  params_[i].name(), ") is ", shape_str(params_[i].shape()));
-    loaded[k] = to_dtype(t, params_[i].dtype()).clone();
+    // Checkpoints hold CPU tensors; the update kernels read the buffers on the parameter's device.
+    Tensor placed = to_device(to_dtype(t, params_[i].dtype()), params_[i].device());
+    loaded[k] = placed.shares_storage(t) ? placed.clone() : placed;
   }
   std::map<std::string, double> per_param;
   for (const auto& [k, v] : state.scalars) {

@@ -117,8 +117,9 @@ Tensor conv2d_backward_input_reference(const Tensor& gy, const Tensor& w, const 
   Tensor dx = zeros({g.n, g.c, g.h, g.w}, gy.dtype(), gy.device());
   detail::dispatch_floating(gy.dtype(), "conv2d backward", [&](auto tag_) {
     using T = decltype(tag_);
-    run_kernel(gy.device(), g.n * g.c,
-               kernels::Col2imPlanes<T>{cols.data<T>(), dx.data<T>(), g.c, window_of(g, args)}, 1);
+    run_kernel(
+        gy.device(), g.n * g.c,
+        kernels::Col2imPlanes<T>{cols.data_ptr<T>(), dx.data_ptr<T>(), g.c, window_of(g, args)}, 1);
   });
   return dx;
 }
@@ -148,7 +149,7 @@ Tensor im2col(const Tensor& x, int64_t kh, int64_t kw, Conv2dArgs args) {
   detail::dispatch_floating(x.dtype(), "im2col", [&](auto tag_) {
     using T = decltype(tag_);
     run_kernel(x.device(), g.n * ckk,
-               kernels::Im2colRows<T>{x.data<T>(), cols.data<T>(), g.c, window_of(g, args)},
+               kernels::Im2colRows<T>{x.data_ptr<T>(), cols.data_ptr<T>(), g.c, window_of(g, args)},
                std::max<int64_t>(1, 4096 / std::max<int64_t>(ohw, 1)));
   });
   return cols;
@@ -274,7 +275,7 @@ std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
   detail::dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
     run_kernel(x.device(), g.planes * g.oh,
-               kernels::MaxPoolForward<T>{x.data<T>(), y.data<T>(), idx.data<int64_t>(),
+               kernels::MaxPoolForward<T>{x.data_ptr<T>(), y.data_ptr<T>(), idx.data_ptr<int64_t>(),
                                           pool_window(g, a)},
                64);
   });
@@ -286,11 +287,11 @@ Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape&
   const int64_t planes = x_shape[0] * x_shape[1];
   detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
     using T = decltype(tag_);
-    run_kernel(
-        gy.device(), planes,
-        kernels::MaxPoolBackwardPlanes<T>{gy.data<T>(), indices.data<int64_t>(), dx.data<T>(),
-                                          x_shape[2] * x_shape[3], gy.size(2) * gy.size(3)},
-        1);
+    run_kernel(gy.device(), planes,
+               kernels::MaxPoolBackwardPlanes<T>{gy.data_ptr<T>(), indices.data_ptr<int64_t>(),
+                                                 dx.data_ptr<T>(), x_shape[2] * x_shape[3],
+                                                 gy.size(2) * gy.size(3)},
+               1);
   });
   return dx;
 }
@@ -302,7 +303,7 @@ Tensor avg_pool2d(const Tensor& x, Pool2dArgs a) {
   detail::dispatch_floating(x.dtype(), "avg_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
     run_kernel(x.device(), g.planes * g.oh,
-               kernels::AvgPoolForward<T>{x.data<T>(), y.data<T>(), pool_window(g, a)}, 64);
+               kernels::AvgPoolForward<T>{x.data_ptr<T>(), y.data_ptr<T>(), pool_window(g, a)}, 64);
   });
   return y;
 }
@@ -312,8 +313,10 @@ Tensor avg_pool2d_backward(const Tensor& gy, const Shape& x_shape, Pool2dArgs a)
   Tensor dx = zeros(x_shape, gy.dtype(), gy.device());
   detail::dispatch_floating(gy.dtype(), "avg_pool2d backward", [&](auto tag_) {
     using T = decltype(tag_);
-    run_kernel(gy.device(), g.planes,
-               kernels::AvgPoolBackwardPlanes<T>{gy.data<T>(), dx.data<T>(), pool_window(g, a)}, 1);
+    run_kernel(
+        gy.device(), g.planes,
+        kernels::AvgPoolBackwardPlanes<T>{gy.data_ptr<T>(), dx.data_ptr<T>(), pool_window(g, a)},
+        1);
   });
   return dx;
 }

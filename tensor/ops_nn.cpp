@@ -26,7 +26,8 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   detail::dispatch_floating(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     run_kernel(x.device(), s.outer * s.inner,
-               kernels::SoftmaxLines<T>{x.data<T>(), y.data<T>(), s.r, s.inner, log}, kLineGrain);
+               kernels::SoftmaxLines<T>{x.data_ptr<T>(), y.data_ptr<T>(), s.r, s.inner, log},
+               kLineGrain);
   });
   return y;
 }
@@ -39,8 +40,8 @@ Tensor softmax_backward_impl(const Tensor& y, const Tensor& gy, int64_t dim, boo
   detail::dispatch_floating(y.dtype(), "softmax backward", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(y.device(), s.outer * s.inner,
-               kernels::SoftmaxBackwardLines<T>{y.data<T>(), gy.data<T>(), dx.data<T>(), s.r,
-                                                s.inner, log},
+               kernels::SoftmaxBackwardLines<T>{y.data_ptr<T>(), gy.data_ptr<T>(), dx.data_ptr<T>(),
+                                                s.r, s.inner, log},
                kLineGrain);
   });
   return dx;
@@ -91,11 +92,11 @@ std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tens
   Tensor row_loss({n}, logits.dtype(), logits.device());
   detail::dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(
-        logits.device(), n,
-        kernels::CrossEntropyRows<T>{logits.data<T>(), targets.data<int64_t>(), probs.data<T>(),
-                                     row_loss.data<T>(), c, label_smoothing},
-        kLineGrain);
+    run_kernel(logits.device(), n,
+               kernels::CrossEntropyRows<T>{logits.data_ptr<T>(), targets.data_ptr<int64_t>(),
+                                            probs.data_ptr<T>(), row_loss.data_ptr<T>(), c,
+                                            label_smoothing},
+               kLineGrain);
   });
   return {mean_of_rows(row_loss), probs};
 }
@@ -107,11 +108,11 @@ Tensor softmax_cross_entropy_backward(const Tensor& probs, const Tensor& targets
   detail::dispatch_floating(probs.dtype(), "cross_entropy backward", [&](auto tag) {
     using T = decltype(tag);
     const T off = static_cast<T>(label_smoothing / c);
-    run_kernel(
-        probs.device(), n * c,
-        kernels::CrossEntropyBackward<T>{probs.data<T>(), targets.data<int64_t>(), d.data<T>(), c,
-                                         static_cast<T>(grad_loss / std::max<int64_t>(n, 1)),
-                                         static_cast<T>(1 - label_smoothing) + off, off});
+    run_kernel(probs.device(), n * c,
+               kernels::CrossEntropyBackward<T>{probs.data_ptr<T>(), targets.data_ptr<int64_t>(),
+                                                d.data_ptr<T>(), c,
+                                                static_cast<T>(grad_loss / std::max<int64_t>(n, 1)),
+                                                static_cast<T>(1 - label_smoothing) + off, off});
   });
   return d;
 }
@@ -124,8 +125,8 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& targets) {
   detail::dispatch_floating(log_probs.dtype(), "nll_loss", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(log_probs.device(), n,
-               kernels::NllRows<T>{log_probs.data<T>(), targets.data<int64_t>(), row_loss.data<T>(),
-                                   log_probs.size(1)});
+               kernels::NllRows<T>{log_probs.data_ptr<T>(), targets.data_ptr<int64_t>(),
+                                   row_loss.data_ptr<T>(), log_probs.size(1)});
   });
   return mean_of_rows(row_loss);
 }
@@ -137,8 +138,9 @@ Tensor nll_loss_backward(const Shape& shape, const Tensor& targets, double grad_
     using T = decltype(tag);
     const T value =
         static_cast<T>(-grad_loss / static_cast<double>(std::max<int64_t>(shape[0], 1)));
-    run_kernel(device, shape[0],
-               kernels::NllBackwardRows<T>{targets.data<int64_t>(), d.data<T>(), shape[1], value});
+    run_kernel(
+        device, shape[0],
+        kernels::NllBackwardRows<T>{targets.data_ptr<int64_t>(), d.data_ptr<T>(), shape[1], value});
   });
   return d;
 }
@@ -161,9 +163,10 @@ std::pair<Tensor, NormStats> layer_norm(const Tensor& x, int64_t group, const Te
   detail::dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(x.device(), rows,
-               kernels::LayerNormRows<T>{x.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
-                                         bias.defined() ? bias.data<T>() : nullptr, y.data<T>(),
-                                         st.mean.data<T>(), st.rstd.data<T>(), group, eps},
+               kernels::LayerNormRows<T>{
+                   x.data_ptr<T>(), weight.defined() ? weight.data_ptr<T>() : nullptr,
+                   bias.defined() ? bias.data_ptr<T>() : nullptr, y.data_ptr<T>(),
+                   st.mean.data_ptr<T>(), st.rstd.data_ptr<T>(), group, eps},
                kLineGrain);
   });
   return {y, st};
@@ -178,14 +181,15 @@ std::vector<Tensor> layer_norm_backward(const Tensor& gy, const Tensor& x, const
   detail::dispatch_floating(x.dtype(), "layer_norm backward", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(x.device(), rows,
-               kernels::LayerNormBackwardRows<T>{
-                   x.data<T>(), gy.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
-                   st.mean.data<T>(), st.rstd.data<T>(), dx.data<T>(), group},
+               kernels::LayerNormBackwardRows<T>{x.data_ptr<T>(), gy.data_ptr<T>(),
+                                                 weight.defined() ? weight.data_ptr<T>() : nullptr,
+                                                 st.mean.data_ptr<T>(), st.rstd.data_ptr<T>(),
+                                                 dx.data_ptr<T>(), group},
                kLineGrain);
     run_kernel(x.device(), group,
-               kernels::LayerNormParamGradColumns<T>{x.data<T>(), gy.data<T>(), st.mean.data<T>(),
-                                                     st.rstd.data<T>(), dw.data<T>(), db.data<T>(),
-                                                     rows, group},
+               kernels::LayerNormParamGradColumns<T>{
+                   x.data_ptr<T>(), gy.data_ptr<T>(), st.mean.data_ptr<T>(), st.rstd.data_ptr<T>(),
+                   dw.data_ptr<T>(), db.data_ptr<T>(), rows, group},
                kLineGrain);
   });
   return {dx, dw, db};
@@ -227,14 +231,15 @@ std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, c
   NormStats st{Tensor({l.c}, x.dtype(), x.device()), Tensor({l.c}, x.dtype(), x.device())};
   detail::dispatch_floating(x.dtype(), "batch_norm", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(x.device(), l.c,
-               kernels::BatchNormChannels<T>{
-                   x.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
-                   bias.defined() ? bias.data<T>() : nullptr, y.data<T>(), st.mean.data<T>(),
-                   st.rstd.data<T>(), running_mean.defined() ? running_mean.data<T>() : nullptr,
-                   running_var.defined() ? running_var.data<T>() : nullptr, l.n, l.c, l.hw,
-                   training, momentum, eps},
-               1);
+    run_kernel(
+        x.device(), l.c,
+        kernels::BatchNormChannels<T>{
+            x.data_ptr<T>(), weight.defined() ? weight.data_ptr<T>() : nullptr,
+            bias.defined() ? bias.data_ptr<T>() : nullptr, y.data_ptr<T>(), st.mean.data_ptr<T>(),
+            st.rstd.data_ptr<T>(), running_mean.defined() ? running_mean.data_ptr<T>() : nullptr,
+            running_var.defined() ? running_var.data_ptr<T>() : nullptr, l.n, l.c, l.hw, training,
+            momentum, eps},
+        1);
   });
   return {y, st};
 }
@@ -247,12 +252,13 @@ std::vector<Tensor> batch_norm_backward(const Tensor& gy, const Tensor& x, const
   Tensor dw({l.c}, x.dtype(), x.device()), db({l.c}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "batch_norm backward", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(x.device(), l.c,
-               kernels::BatchNormBackwardChannels<T>{
-                   x.data<T>(), gy.data<T>(), weight.defined() ? weight.data<T>() : nullptr,
-                   st.mean.data<T>(), st.rstd.data<T>(), dx.data<T>(), dw.data<T>(), db.data<T>(),
-                   l.n, l.c, l.hw, training},
-               1);
+    run_kernel(
+        x.device(), l.c,
+        kernels::BatchNormBackwardChannels<T>{
+            x.data_ptr<T>(), gy.data_ptr<T>(), weight.defined() ? weight.data_ptr<T>() : nullptr,
+            st.mean.data_ptr<T>(), st.rstd.data_ptr<T>(), dx.data_ptr<T>(), dw.data_ptr<T>(),
+            db.data_ptr<T>(), l.n, l.c, l.hw, training},
+        1);
   });
   return {dx, dw, db};
 }
@@ -286,9 +292,9 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
   }
   detail::dispatch_floating(weight.dtype(), "embedding", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(
-        weight.device(), out.numel(),
-        kernels::EmbeddingGather<T>{weight.data<T>(), indices.data<int64_t>(), out.data<T>(), d});
+    run_kernel(weight.device(), out.numel(),
+               kernels::EmbeddingGather<T>{weight.data_ptr<T>(), indices.data_ptr<int64_t>(),
+                                           out.data_ptr<T>(), d});
   });
   return out;
 }
@@ -299,8 +305,8 @@ Tensor embedding_backward(const Tensor& gy, const Tensor& indices, int64_t num_e
   detail::dispatch_floating(gy.dtype(), "embedding backward", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(gy.device(), d,
-               kernels::EmbeddingScatterColumns<T>{gy.data<T>(), indices.data<int64_t>(),
-                                                   dw.data<T>(), indices.numel(), d},
+               kernels::EmbeddingScatterColumns<T>{gy.data_ptr<T>(), indices.data_ptr<int64_t>(),
+                                                   dw.data_ptr<T>(), indices.numel(), d},
                1);
   });
   return dw;
@@ -429,7 +435,7 @@ Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype, D
   detail::dispatch_floating(dtype, "dropout", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(device, mask.numel(),
-               kernels::DropoutMaskFill<T>{mask.data<T>(), gen.seed(), gen.stream(), offset, p},
+               kernels::DropoutMaskFill<T>{mask.data_ptr<T>(), gen.seed(), gen.stream(), offset, p},
                4096);
   });
   return mask;

@@ -13,8 +13,12 @@ namespace {
 void check_like_param(const char* op, const Tensor& param, const Tensor& t, const char* what) {
   detail::check_defined(op, t, what);
   if (t.device() != param.device() || t.dtype() != param.dtype() || t.shape() != param.shape()) {
-    DTRAIN_THROW(ValueError, op, ": ", what, " is ", t.describe(), " but the parameter is ",
-                 param.describe(), "; it must match in device, dtype and shape");
+    DTRAIN_THROW(ValueError, op, ": ", what, " is ", t.describe(), " but the parameter",
+                 param.name().empty() ? "" : " '" + param.name() + "'", " is ", param.describe(),
+                 "; it must match in device, dtype and shape",
+                 t.device() != param.device()
+                     ? " (create the optimiser after moving the model, or load its state after)"
+                     : "");
   }
 }
 
@@ -28,12 +32,12 @@ void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer,
   if (s.momentum != 0) check_like_param(op, param, momentum_buffer, "momentum buffer");
   detail::dispatch_floating(param.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    T* buf = s.momentum != 0 ? momentum_buffer.data<T>() : nullptr;
+    T* buf = s.momentum != 0 ? momentum_buffer.data_ptr<T>() : nullptr;
     // One instantiation per variant: the flags are compile-time, so the CPU loop vectorises.
     kernels::dispatch_sgd_variant(s, [&](auto momentum, auto nesterov, auto first_step) {
       run_kernel(param.device(), param.numel(),
                  kernels::SgdStep<T, momentum.value, nesterov.value, first_step.value>{
-                     param.data<T>(), grad.data<T>(), buf, s});
+                     param.data_ptr<T>(), grad.data_ptr<T>(), buf, s});
     });
   });
 }
@@ -48,8 +52,8 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
   detail::dispatch_floating(param.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     run_kernel(param.device(), param.numel(),
-               kernels::AdamStep<T>{param.data<T>(), grad.data<T>(), exp_avg.data<T>(),
-                                    exp_avg_sq.data<T>(), s});
+               kernels::AdamStep<T>{param.data_ptr<T>(), grad.data_ptr<T>(), exp_avg.data_ptr<T>(),
+                                    exp_avg_sq.data_ptr<T>(), s});
   });
 }
 
@@ -62,10 +66,10 @@ void rmsprop_update_(Tensor& param, const Tensor& grad, Tensor& square_avg, Tens
   if (s.momentum > 0) check_like_param(op, param, momentum_buffer, "momentum buffer");
   detail::dispatch_floating(param.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    T* buf = s.momentum > 0 ? momentum_buffer.data<T>() : nullptr;
-    run_kernel(
-        param.device(), param.numel(),
-        kernels::RmspropStep<T>{param.data<T>(), grad.data<T>(), square_avg.data<T>(), buf, s});
+    T* buf = s.momentum > 0 ? momentum_buffer.data_ptr<T>() : nullptr;
+    run_kernel(param.device(), param.numel(),
+               kernels::RmspropStep<T>{param.data_ptr<T>(), grad.data_ptr<T>(),
+                                       square_avg.data_ptr<T>(), buf, s});
   });
 }
 

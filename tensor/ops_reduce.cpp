@@ -125,10 +125,10 @@ std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
   Tensor indices(out_shape, DType::kInt64, x.device());
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(
-        x.device(), s.outer * s.inner,
-        kernels::MaxLines<T>{x.data<T>(), values.data<T>(), indices.data<int64_t>(), s.r, s.inner},
-        std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(s.r, 1)));
+    run_kernel(x.device(), s.outer * s.inner,
+               kernels::MaxLines<T>{x.data_ptr<T>(), values.data_ptr<T>(),
+                                    indices.data_ptr<int64_t>(), s.r, s.inner},
+               std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(s.r, 1)));
   };
   switch (x.dtype()) {
     case DType::kInt64:
@@ -150,8 +150,8 @@ Tensor max_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shap
   detail::dispatch_floating(gy.dtype(), "max backward", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(gy.device(), s.outer * s.inner,
-               kernels::MaxLinesBackward<T>{gy.data<T>(), indices.data<int64_t>(), dx.data<T>(),
-                                            s.r, s.inner});
+               kernels::MaxLinesBackward<T>{gy.data_ptr<T>(), indices.data_ptr<int64_t>(),
+                                            dx.data_ptr<T>(), s.r, s.inner});
   });
   return dx;
 }

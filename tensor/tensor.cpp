@@ -215,6 +215,13 @@ void Tensor::check_dtype(DType expected) const {
   }
 }
 
+void Tensor::throw_not_host(DType expected) const {
+  DTRAIN_THROW(ValueError, "data<", dtype_name(expected), ">() on ", describe(),
+               ": host code cannot read memory on ", device().str(),
+               "; copy it first with to_device(t, Device::cpu()) (the .to(cpu) of LibTorch), or "
+               "use data_ptr() to hand the device pointer to a kernel");
+}
+
 bool Tensor::shares_storage(const Tensor& other) const {
   return defined() && other.defined() && storage() == other.storage();
 }
@@ -446,9 +453,10 @@ void uniform_(Tensor& t, double low, double high, Generator& gen) {
   const uint64_t offset = gen.reserve(t.numel());
   detail::dispatch_floating(t.dtype(), "uniform_", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(t.device(), t.numel(),
-               kernels::UniformFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, low, high},
-               4096);
+    run_kernel(
+        t.device(), t.numel(),
+        kernels::UniformFill<T>{t.data_ptr<T>(), gen.seed(), gen.stream(), offset, low, high},
+        4096);
   });
 }
 
@@ -458,7 +466,7 @@ void normal_(Tensor& t, double mean, double std, Generator& gen) {
   detail::dispatch_floating(t.dtype(), "normal_", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(t.device(), t.numel(),
-               kernels::NormalFill<T>{t.data<T>(), gen.seed(), gen.stream(), offset, mean, std},
+               kernels::NormalFill<T>{t.data_ptr<T>(), gen.seed(), gen.stream(), offset, mean, std},
                4096);
   });
 }

@@ -73,9 +73,18 @@ class Tensor {
   void* data_ptr() const {
     return static_cast<char*>(impl().storage->data()) + impl().offset_bytes;
   }
-  /// Typed pointer; throws ValueError when T does not match dtype().
+  /// Typed pointer for host code: throws ValueError when T does not match dtype() or when the
+  /// tensor is on a CUDA device (reading it on the host would fault; copy it with
+  /// to_device(t, Device::cpu()) first, or take data_ptr<T>() to hand a kernel).
   template <class T>
   T* data() const {
+    check_dtype(DTypeOf<T>::value);
+    if (!device().is_cpu()) throw_not_host(DTypeOf<T>::value);
+    return static_cast<T*>(data_ptr());
+  }
+  /// Typed pointer on the tensor's own device, for kernel arguments; checks the dtype only.
+  template <class T>
+  T* data_ptr() const {
     check_dtype(DTypeOf<T>::value);
     return static_cast<T*>(data_ptr());
   }
@@ -121,6 +130,7 @@ class Tensor {
 
  private:
   void check_dtype(DType expected) const;
+  [[noreturn]] void throw_not_host(DType expected) const;
   std::shared_ptr<detail::TensorImpl> impl_;
 };
 

@@ -1,0 +1,122 @@
+// Batch norm's counter and optimiser state on the parameters' device: the host-side rules run
+// everywhere, the GPU cases (BN on cuda:0 against the CPU, resuming an optimiser there) skip
+// without a CUDA device.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "autograd/functions.h"
+#include "nn/layers.h"
+#include "nn/optim.h"
+#include "tensor/cuda/cuda_backend.h"
+#include "tensor/ops.h"
+#include "testutil.h"
+
+namespace dtrain {
+namespace {
+
+using ::testing::HasSubstr;
+using testutil::all_close;
+
+TEST(BatchNormCounter, CountsTrainingForwardsExactlyFromAnyValue) {
+  nn::BatchNorm2d bn(3);
+  Generator gen(5);
+  Tensor x = randn({4, 3, 2, 2}, gen);
+  for (int i = 0; i < 3; ++i) bn.forward(x);
+  EXPECT_EQ(bn.num_batches_tracked.item<int64_t>(), 3);
+  bn.eval();
+  bn.forward(x);
+  EXPECT_EQ(bn.num_batches_tracked.item<int64_t>(), 3);
+  // A resumed counter far beyond float32's exact integers still counts by one.
+  const int64_t big = (int64_t{1} << 40) + 7;
+  bn.num_batches_tracked.copy_(from_vector<int64_t>({big}, {}));
+  bn.train();
+  bn.forward(x);
+  EXPECT_EQ(bn.num_batches_tracked.item<int64_t>(), big + 1);
+  EXPECT_EQ(bn.num_batches_tracked.dtype(), DType::kInt64);
+}
+
+TEST(OptimizerDevices, StateOnAnotherDeviceThanItsParameterIsNamedWithTheFix) {
+  std::vector<float> host(3, 0.f);
+  auto storage = std::make_shared<Storage>(host.data(), host.size() * sizeof(float),
+                                           Device::cuda(0), std::make_shared<int>(0));
+  Tensor on_gpu(storage, 0, {3}, DType::kFloat32);  // claims cuda:0; only its device is read
+  Tensor p = zeros({3});
+  p.set_name("fc.weight");
+  Tensor g = ones({3});
+  kernels::SgdParams s{};
+  s.lr = 0.1f;
+  s.momentum = 0.9f;
+  try {
+    ops::sgd_update_(p, g, on_gpu, s);
+    FAIL() << "a momentum buffer on cuda:0 for a cpu parameter was accepted";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.message(), HasSubstr("'fc.weight'"));
+    EXPECT_THAT(e.message(), HasSubstr("on cuda:0"));
+    EXPECT_THAT(e.message(), HasSubstr("create the optimiser after moving the model"));
+  }
+}
+
+class CudaLayers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  }
+  static Tensor cpu(const Tensor& t) { return to_device(t, Device::cpu()); }
+};
+
+TEST_F(CudaLayers, BatchNormTrainingAndEvalMatchTheCpuAndCountOnTheDevice) {
+  nn::BatchNorm2d host(4);
+  auto gpu_module = host.clone(Device::cuda(0));
+  auto& gpu = dynamic_cast<nn::BatchNorm2d&>(*gpu_module);
+  Generator gen(11);
+  Tensor x = randn({8, 4, 5, 5}, gen);
+  Tensor w = randn({8, 4, 5, 5}, gen);  // a loss that weighs every output differently
+  Tensor xh = x.detach().set_requires_grad(true);
+  Tensor xg = to_device(x, Device::cuda(0)).set_requires_grad(true);
+
+  Tensor yh = host.forward(xh);
+  Tensor yg = gpu.forward(xg);
+  EXPECT_TRUE(all_close(cpu(yg), yh, 1e-5, 1e-5));
+  sum(yh * w).backward();
+  sum(yg * to_device(w, Device::cuda(0))).backward();
+  EXPECT_TRUE(all_close(cpu(xg.grad()), xh.grad(), 1e-4, 1e-5));
+  EXPECT_TRUE(all_close(cpu(gpu.weight.grad()), host.weight.grad(), 1e-4, 1e-5));
+  EXPECT_TRUE(all_close(cpu(gpu.bias.grad()), host.bias.grad(), 1e-4, 1e-5));
+  EXPECT_TRUE(all_close(cpu(gpu.running_mean), host.running_mean, 1e-5, 1e-6));
+  EXPECT_TRUE(all_close(cpu(gpu.running_var), host.running_var, 1e-5, 1e-6));
+  EXPECT_EQ(gpu.num_batches_tracked.device(), Device::cuda(0));
+  EXPECT_EQ(gpu.num_batches_tracked.item<int64_t>(), 1);
+
+  host.eval();
+  gpu.eval();
+  Tensor eh = host.forward(x);
+  Tensor eg = gpu.forward(to_device(x, Device::cuda(0)));
+  EXPECT_TRUE(all_close(cpu(eg), eh, 1e-5, 1e-5));
+  EXPECT_EQ(gpu.num_batches_tracked.item<int64_t>(), 1);
+}
+
+TEST_F(CudaLayers, ResumedOptimiserStateMovesToTheParametersDeviceAndStepsLikeTheCpu) {
+  auto run = [](Device device, const nn::OptimizerState* resume, nn::OptimizerState* save) {
+    Generator gen(3);
+    Tensor p = to_device(randn({5, 4}, gen), device).set_requires_grad(true);
+    Tensor g = to_device(randn({5, 4}, gen), device);
+    nn::SGD sgd({p}, nn::SgdOptions{0.1, 0.9});
+    if (resume != nullptr) sgd.load_state_dict(*resume);
+    p.set_grad(g);
+    sgd.step();
+    if (save != nullptr) {
+      *save = sgd.state_dict();
+      for (auto& [k, t] : save->tensors) t = to_device(t, Device::cpu());  // as a checkpoint holds
+    }
+    return to_device(p.detach(), Device::cpu());
+  };
+  nn::OptimizerState state;
+  run(Device::cpu(), nullptr, &state);
+  ASSERT_FALSE(state.tensors.empty());
+  const Tensor on_cpu = run(Device::cpu(), &state, nullptr);
+  const Tensor on_gpu = run(Device::cuda(0), &state, nullptr);
+  EXPECT_TRUE(all_close(on_gpu, on_cpu, 1e-6, 1e-6));
+}
+
+}  // namespace
+}  // namespace dtrain
