@@ -16,8 +16,9 @@ struct AllocatorStats {
   uint64_t cache_hits = 0;     // allocate() calls served from the cache
   uint64_t system_allocs = 0;  // calls into the system allocator
   uint64_t system_frees = 0;
-  uint64_t bytes_in_use = 0;  // handed out and not yet returned (rounded to size classes)
-  uint64_t bytes_cached = 0;  // held in the cache for reuse
+  uint64_t bytes_in_use = 0;   // handed out and not yet returned (rounded to size classes)
+  uint64_t bytes_cached = 0;   // held in the cache for reuse
+  uint64_t bytes_pending = 0;  // freed while another stream may still use them; not yet reusable
   uint64_t peak_bytes_in_use = 0;
 };
 

@@ -6,7 +6,9 @@
 #include <array>
 #include <bit>
 #include <cstddef>
+#include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "tensor/allocator.h"
@@ -15,6 +17,13 @@ namespace dtrain::detail {
 
 class CachingAllocator : public Allocator {
  public:
+  /// Work still queued somewhere that uses a freed block (CUDA events on another stream).
+  struct PendingUse {
+    virtual ~PendingUse() = default;
+    /// True once the block is free to reuse; must not throw.
+    virtual bool done() = 0;
+  };
+
   /// Blocks are at least `min_block` bytes; blocks above `max_cached` go straight back to the
   /// system on free (caching them would pin a lot of memory for rare allocations).
   CachingAllocator(size_t min_block, size_t max_cached)
@@ -27,7 +36,9 @@ class CachingAllocator : public Allocator {
       ++stats_.allocs;
       stats_.bytes_in_use += block;
       stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
-      auto& list = free_[std::countr_zero(block)];
+      const int size_class = std::countr_zero(block);
+      reclaim_finished(size_class);
+      auto& list = free_[size_class];
       if (block <= max_cached_ && !list.empty()) {
         void* p = list.back();
         list.pop_back();
@@ -60,6 +71,17 @@ class CachingAllocator : public Allocator {
     }
   }
 
+  /// Like deallocate, for a block that work queued elsewhere may still use: it joins the cache only
+  /// once use->done(), checked when its size class is next allocated and in empty_cache().
+  void deallocate_after(void* ptr, size_t nbytes, std::unique_ptr<PendingUse> use) {
+    if (ptr == nullptr) return;
+    const size_t block = block_size(nbytes);
+    std::lock_guard lock(mu_);
+    stats_.bytes_in_use -= block;
+    stats_.bytes_pending += block;
+    pending_[std::countr_zero(block)].emplace_back(ptr, std::move(use));
+  }
+
   AllocatorStats stats() const override {
     std::lock_guard lock(mu_);
     return stats_;
@@ -68,6 +90,7 @@ class CachingAllocator : public Allocator {
   void empty_cache() override {
     std::lock_guard lock(mu_);
     before_release();
+    for (size_t c = 0; c < pending_.size(); ++c) reclaim_finished(static_cast<int>(c));
     for (auto& list : free_) {
       stats_.system_frees += list.size();
       for (void* p : list) system_free(p);
@@ -88,9 +111,32 @@ class CachingAllocator : public Allocator {
  private:
   size_t block_size(size_t nbytes) const { return std::bit_ceil(std::max(nbytes, min_block_)); }
 
+  /// Moves the pending blocks of one size class whose use has finished into the cache. Holds mu_.
+  void reclaim_finished(int size_class) {
+    auto& list = pending_[size_class];
+    const size_t block = size_t{1} << size_class;
+    for (size_t i = 0; i < list.size();) {
+      if (!list[i].second->done()) {
+        ++i;
+        continue;
+      }
+      stats_.bytes_pending -= block;
+      if (block <= max_cached_) {
+        free_[size_class].push_back(list[i].first);
+        stats_.bytes_cached += block;
+      } else {
+        ++stats_.system_frees;
+        system_free(list[i].first);
+      }
+      list[i] = std::move(list.back());
+      list.pop_back();
+    }
+  }
+
   const size_t min_block_, max_cached_;
   mutable std::mutex mu_;
   std::array<std::vector<void*>, 64> free_;
+  std::array<std::vector<std::pair<void*, std::unique_ptr<PendingUse>>>, 64> pending_;
   AllocatorStats stats_;
 };
 

@@ -233,10 +233,11 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   Tensor out(shape, a.dtype(), a.device());
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(a.device(), out.numel(),
-               kernels::WhereElements<T>{cond.data<bool>(), a.data<T>(), b.data<T>(), out.data<T>(),
-                                         broadcast_index(shape, a.shape(), b.shape()),
-                                         broadcast_index(shape, cond.shape(), cond.shape())});
+    run_kernel(
+        a.device(), out.numel(),
+        kernels::WhereElements<T>{cond.data_ptr<bool>(), a.data_ptr<T>(), b.data_ptr<T>(),
+                                  out.data_ptr<T>(), broadcast_index(shape, a.shape(), b.shape()),
+                                  broadcast_index(shape, cond.shape(), cond.shape())});
   };
   if (a.dtype() == DType::kInt64) {
     run(int64_t{});
@@ -348,7 +349,7 @@ void gather_elements(const Tensor& x, Tensor& out, const kernels::BroadcastIndex
 void copy_blocks(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
                  int64_t rows, Device device) {
   if (device.is_cuda()) {
-    cuda::copy_2d(dst, dst_pitch, src, src_pitch, width, rows);
+    cuda::copy_2d(dst, dst_pitch, src, src_pitch, width, rows, device.index);
     return;
   }
   cpu::parallel_for(rows, std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(width / 4, 1)),

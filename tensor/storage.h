@@ -10,7 +10,8 @@ namespace dtrain {
 
 /// Owns nbytes of memory on one device, returned to its allocator on destruction, or views
 /// memory owned elsewhere (a shared-memory mapping) that `owner` keeps alive.
-/// Shared between tensors through std::shared_ptr; not copyable.
+/// Shared between tensors through std::shared_ptr; not copyable. Destruction never throws: a block
+/// its allocator cannot take back is reported on stderr and left allocated.
 class Storage {
  public:
   Storage(size_t nbytes, Device device);
@@ -23,6 +24,8 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  /// False for memory owned elsewhere (the allocator never sees it).
+  bool from_allocator() const { return !owner_; }
 
  private:
   void* data_ = nullptr;

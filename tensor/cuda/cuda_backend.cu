@@ -1,13 +1,21 @@
 // The CUDA backend: grid-stride kernels over the shared kernel bodies (tensor/kernels.h), a caching
-// device allocator, and cuBLAS GEMM. Everything runs on the legacy default stream of the current
-// device, which orders all work, so a freed block can be handed out again at once.
+// device allocator, and cuBLAS GEMM. Kernels run on the legacy default stream of their device,
+// which orders them; memory that another stream (NCCL's) touched is tracked by record_stream.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cxxabi.h>
 
 #include <array>
 #include <bit>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <typeinfo>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "tensor/caching_allocator.h"
@@ -44,24 +52,144 @@ int blocks_for(int64_t n) {
   return static_cast<int>(b < 65535 ? (b < 1 ? 1 : b) : 65535);
 }
 
-void check_launch() { DTRAIN_CUDA_CHECK(cudaGetLastError()); }
+/// "dtrain::kernels::SoftmaxLines<float>" from a mangled type name; other names unchanged.
+std::string readable_name(const char* name) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(name, nullptr, nullptr, &status),
+                                             std::free);
+  return status == 0 && out ? std::string(out.get()) : std::string(name);
+}
 
-struct DeviceGuard {
-  explicit DeviceGuard(int device) {
-    cudaGetDevice(&previous);
-    if (previous != device) DTRAIN_CUDA_CHECK(cudaSetDevice(device));
+bool sync_after_launch() {
+  static const bool on = parse_cuda_sync(std::getenv("DTRAIN_CUDA_SYNC"));
+  return on;
+}
+
+/// After every launch: a launch error at once; with DTRAIN_CUDA_SYNC=1 also a fault inside the
+/// kernel, which otherwise surfaces at some later call (a copy, an NCCL wait) far from its cause.
+void check_launch(const char* kernel, int device) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    DTRAIN_THROW(ValueError, "CUDA error ", static_cast<int>(err), " (", cudaGetErrorString(err),
+                 ") launching ", readable_name(kernel), " on cuda:", device);
   }
-  ~DeviceGuard() { cudaSetDevice(previous); }
-  int previous = 0;
-};
+  if (!sync_after_launch()) return;
+  // DTRAIN_CUDA_SYNC=1: every earlier launch was checked the same way, so a fault now is this
+  // kernel's.
+  const cudaError_t fault = cudaDeviceSynchronize();
+  if (fault != cudaSuccess) {
+    DTRAIN_THROW(ValueError, "CUDA error ", static_cast<int>(fault), " (",
+                 cudaGetErrorString(fault), ") in kernel ", readable_name(kernel),
+                 " on cuda:", device, " (DTRAIN_CUDA_SYNC=1 checked it as it finished)");
+  }
+}
+
+/// Whether the calling thread has a current CUDA context (cuCtxGetCurrent, fetched from the driver
+/// at run time so the library does not link libcuda). Unknown counts as yes.
+bool thread_has_context() {
+  using CtxGetCurrent = int (*)(void**);
+  static const CtxGetCurrent get = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &fn, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return CtxGetCurrent{nullptr};
+    }
+    return reinterpret_cast<CtxGetCurrent>(fn);
+  }();
+  if (get == nullptr) return true;
+  void* ctx = nullptr;
+  return get(&ctx) != 0 || ctx != nullptr;
+}
+
+}  // namespace
+
+// A thread that never chose a device reports device 0, and putting 0 back would create a context
+// on GPU 0 (cudaSetDevice initialises it since CUDA 12): so only a thread that had a context, and
+// whose device this guard changed, gets its device back.
+DeviceGuard::DeviceGuard(int device) {
+  DTRAIN_CUDA_CHECK(cudaGetDevice(&previous_));
+  if (previous_ == device) return;
+  restore_ = thread_has_context();
+  DTRAIN_CUDA_CHECK(cudaSetDevice(device));
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (restore_) cudaSetDevice(previous_);
+}
+
+namespace {
 
 // ---- allocator ------------------------------------------------------------------------------
-/// cudaMalloc blocks cached in size classes. All work runs on the default stream, so a freed block
-/// can be handed out again at once: later work that uses it is ordered after earlier work.
+/// The events that mark the last use of a freed block on other streams.
+class EventsDone final : public detail::CachingAllocator::PendingUse {
+ public:
+  explicit EventsDone(std::vector<cudaEvent_t> events) : events_(std::move(events)) {}
+  ~EventsDone() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+  bool done() override {
+    for (cudaEvent_t e : events_) {
+      // An error (a device fault) keeps the block out of use for good, which is safe.
+      if (cudaEventQuery(e) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+      }
+    }
+    return true;
+  }
+
+ private:
+  std::vector<cudaEvent_t> events_;
+};
+
+/// cudaMalloc blocks cached in size classes. Kernels all run on the default stream, so a block
+/// freed by them can be handed out again at once: later work that uses it is ordered after them.
+/// A block some other stream used (record_stream) waits for that stream's recorded event first.
 class CachingCudaAllocator final : public detail::CachingAllocator {
  public:
   explicit CachingCudaAllocator(int device)
       : CachingAllocator(512, std::numeric_limits<size_t>::max()), device_(device) {}
+
+  /// Called after work that uses `block` was enqueued on `stream`: one event per (block, stream),
+  /// re-recorded on later uses, so a long-lived bucket does not collect events.
+  void record_stream(void* block, cudaStream_t stream) {
+    DeviceGuard guard(device_);
+    std::lock_guard lock(uses_mu_);
+    auto& uses = uses_[block];
+    for (auto& [s, event] : uses) {
+      if (s == stream) {
+        DTRAIN_CUDA_CHECK(cudaEventRecord(event, stream));
+        return;
+      }
+    }
+    cudaEvent_t event = nullptr;
+    DTRAIN_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    if (const cudaError_t err = cudaEventRecord(event, stream); err != cudaSuccess) {
+      cudaEventDestroy(event);
+      DTRAIN_CUDA_CHECK(err);
+    }
+    uses.emplace_back(stream, event);
+  }
+
+  /// Never throws: it runs in ~Storage.
+  void deallocate(void* ptr, size_t nbytes) override {
+    std::vector<cudaEvent_t> events;
+    {
+      std::lock_guard lock(uses_mu_);
+      if (auto it = uses_.find(ptr); it != uses_.end()) {
+        for (auto& [stream, event] : it->second) events.push_back(event);
+        uses_.erase(it);
+      }
+    }
+    if (events.empty()) {
+      CachingAllocator::deallocate(ptr, nbytes);
+      return;
+    }
+    deallocate_after(ptr, nbytes, std::make_unique<EventsDone>(std::move(events)));
+  }
 
  protected:
   void* system_allocate(size_t nbytes) override {
@@ -77,7 +205,11 @@ class CachingCudaAllocator final : public detail::CachingAllocator {
   }
   void system_free(void* ptr) override {
     DeviceGuard guard(device_);
-    cudaFree(ptr);
+    if (const cudaError_t err = cudaFree(ptr); err != cudaSuccess) {
+      cudaGetLastError();
+      std::fprintf(stderr, "dtrain: cudaFree on cuda:%d failed: %s\n", device_,
+                   cudaGetErrorString(err));
+    }
   }
   [[noreturn]] void out_of_memory(size_t nbytes) override {
     DTRAIN_THROW(ValueError, "cudaMalloc of ", nbytes, " bytes on cuda:", device_,
@@ -90,6 +222,8 @@ class CachingCudaAllocator final : public detail::CachingAllocator {
 
  private:
   int device_;
+  std::mutex uses_mu_;
+  std::unordered_map<void*, std::vector<std::pair<cudaStream_t, cudaEvent_t>>> uses_;
 };
 
 // ---- kernels --------------------------------------------------------------------------------
@@ -155,7 +289,7 @@ template <class Kernel>
 void launch(int64_t n, const Kernel& k, int device) {
   DeviceGuard guard(device);
   functor_kernel<Kernel><<<blocks_for(n), kThreads>>>(k, n);
-  check_launch();
+  check_launch(typeid(Kernel).name(), device);
 }
 
 // One line per functor of tensor/kernels_nn.h and optimiser step of tensor/kernels.h (float and
@@ -220,21 +354,27 @@ template void launch<kernels::GatherElements<uint64_t>>(int64_t,
                                                         int);
 
 void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
-             size_t rows) {
+             size_t rows, int device) {
   if (width == 0 || rows == 0) return;
+  // Issued from the buffers' device: from another device's context the copy would go through
+  // peer access and that device's stream instead.
+  DeviceGuard guard(device);
   DTRAIN_CUDA_CHECK(cudaMemcpy2D(dst, dst_pitch, src, src_pitch, width, rows, cudaMemcpyDefault));
 }
 
 bool available() { return device_count() > 0; }
 
 int device_count() {
-  int n = 0;
-  // Without a driver this returns an error (cudaErrorInsufficientDriver, 35): no GPU.
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return n;
+  static const int count = [] {
+    int n = 0;
+    // Without a driver this returns an error (cudaErrorInsufficientDriver, 35): no GPU.
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return n;
+  }();
+  return count;
 }
 
 std::string unavailable_reason() {
@@ -266,22 +406,95 @@ Allocator& allocator(int device) {
   return *allocators[device];
 }
 
-void copy_bytes(void* dst, Device, const void* src, Device, size_t nbytes) {
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
   if (nbytes == 0) return;
-  // Unified addressing tells cudaMemcpyDefault which side each pointer is on.
+  // Unified addressing tells cudaMemcpyDefault which side each pointer is on. The copy is issued
+  // from the device side's context (the destination's when both are GPUs), whatever this thread
+  // had current.
+  DeviceGuard guard(dst_device.is_cuda() ? dst_device.index : src_device.index);
   DTRAIN_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, cudaMemcpyDefault));
+}
+
+void record_stream(const Storage& storage, void* stream) {
+  if (!storage.device().is_cuda() || !storage.from_allocator()) return;
+  static_cast<CachingCudaAllocator&>(allocator(storage.device().index))
+      .record_stream(storage.data(), static_cast<cudaStream_t>(stream));
+}
+
+void set_device(int device) {
+  const int count = device_count();
+  if (device < 0 || device >= count) {
+    DTRAIN_THROW(ValueError, "cuda:", device, " does not exist: this machine has ", count,
+                 " CUDA device", count == 1 ? "" : "s");
+  }
+  DTRAIN_CUDA_CHECK(cudaSetDevice(device));
+}
+
+int current_device() {
+  int device = 0;
+  DTRAIN_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
+void synchronize(int device) {
+  DeviceGuard guard(device);
+  DTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// ---- DefaultStreamHold ----------------------------------------------------------------------
+struct DefaultStreamHold::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  std::chrono::milliseconds limit{0};
+};
+
+namespace {
+/// Runs on CUDA's callback thread in stream order; it may not call CUDA, only wait.
+void CUDART_CB wait_for_release(void* data) {
+  std::unique_ptr<std::shared_ptr<DefaultStreamHold::State>> owned(
+      static_cast<std::shared_ptr<DefaultStreamHold::State>*>(data));
+  DefaultStreamHold::State& st = **owned;
+  std::unique_lock lock(st.mu);
+  if (!st.cv.wait_for(lock, st.limit, [&] { return st.released; })) {
+    std::fprintf(stderr, "dtrain: DefaultStreamHold was not released within %lld ms; going on\n",
+                 static_cast<long long>(st.limit.count()));
+  }
+}
+}  // namespace
+
+DefaultStreamHold::DefaultStreamHold(int device, std::chrono::milliseconds limit)
+    : state_(std::make_shared<State>()) {
+  state_->limit = limit;
+  DeviceGuard guard(device);
+  auto* data = new std::shared_ptr<State>(state_);
+  if (const cudaError_t err = cudaLaunchHostFunc(cudaStreamLegacy, wait_for_release, data);
+      err != cudaSuccess) {
+    delete data;
+    DTRAIN_CUDA_CHECK(err);
+  }
+}
+
+DefaultStreamHold::~DefaultStreamHold() { release(); }
+
+void DefaultStreamHold::release() {
+  {
+    std::lock_guard lock(state_->mu);
+    state_->released = true;
+  }
+  state_->cv.notify_all();
 }
 
 void fill(void* dst, DType dtype, int64_t n, double value, int device) {
   DeviceGuard guard(device);
   fill_kernel<<<blocks_for(n), kThreads>>>(dst, dtype, n, value);
-  check_launch();
+  check_launch("fill_kernel", device);
 }
 
 void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, int device) {
   DeviceGuard guard(device);
   convert_kernel<<<blocks_for(n), kThreads>>>(src, src_dtype, dst, dst_dtype, n);
-  check_launch();
+  check_launch("convert_kernel", device);
 }
 
 void unary(kernels::Unary op, DType dtype, const void* x, void* y, int64_t n,
@@ -292,7 +505,7 @@ void unary(kernels::Unary op, DType dtype, const void* x, void* y, int64_t n,
     unary_kernel<T>
         <<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(x), static_cast<T*>(y), n, params);
   });
-  check_launch();
+  check_launch("unary_kernel", device);
 }
 
 void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void* out, int64_t n,
@@ -309,7 +522,7 @@ void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void*
           op, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n, index);
     }
   });
-  check_launch();
+  check_launch("binary_kernel", device);
 }
 
 void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int64_t inner,
@@ -320,7 +533,7 @@ void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int6
     sum_dim_kernel<T><<<blocks_for(outer * inner), kThreads>>>(static_cast<const T*>(x),
                                                                static_cast<T*>(y), outer, r, inner);
   });
-  check_launch();
+  check_launch("sum_dim_kernel", device);
 }
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
@@ -333,6 +546,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
                                   static_cast<int>(m), static_cast<int>(k), &alpha, b,
                                   static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c,
                                   static_cast<int>(ldc)));
+  check_launch("cublasSgemm", device);
 }
 
 }  // namespace dtrain::cuda

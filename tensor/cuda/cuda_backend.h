@@ -3,26 +3,78 @@
 // (available() returns false with the reason).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "tensor/allocator.h"
 #include "tensor/check.h"
 #include "tensor/dtype.h"
 #include "tensor/kernels.h"
+#include "tensor/storage.h"
 
 namespace dtrain::cuda {
 
 /// True when this build has CUDA and the driver reports at least one device.
 bool available();
+/// Read from the driver once per process: after a kernel fault the query itself can fail.
 int device_count();
 /// Why available() is false: "built without CUDA", or the driver's error (35 without a driver).
 std::string unavailable_reason();
 
-/// Caching allocator for one device: freed blocks are reused once the stream they were last used
-/// on has passed the free (the default stream serialises that here).
+/// Caching allocator for one device. Kernels run on the legacy default stream, which orders them,
+/// so a freed block is reused at once, unless record_stream() noted work on another stream.
 Allocator& allocator(int device);
+/// Notes that work just enqueued on `stream` (a cudaStream_t of the storage's device, passed
+/// opaquely) uses `storage`: once the storage is freed, its block is not handed out again until
+/// that work has finished. A no-op for host memory and memory the allocator does not own.
+void record_stream(const Storage& storage, void* stream);
+
+/// Makes cuda:`device` current on this thread for a scope. On leaving, it puts the previous device
+/// back only if it changed it and the thread had chosen one (had a CUDA context), so a thread's
+/// first device stays current instead of a context being made on GPU 0.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool restore_ = false;
+};
+
+/// Makes `device` current on the calling thread (each thread has its own current device).
+void set_device(int device);
+int current_device();
+/// Waits until everything queued on `device` has finished, and throws its error if any did not.
+void synchronize(int device);
+
+/// For tests: holds back the legacy default stream of `device` from construction until release()
+/// (or destruction, or `limit`, whichever comes first), so work queued behind it is still pending
+/// in a known way. While it holds, nothing may wait for that stream (to_vector, cudaFree,
+/// synchronize), or the caller waits for the limit.
+class DefaultStreamHold {
+ public:
+  explicit DefaultStreamHold(int device,
+                             std::chrono::milliseconds limit = std::chrono::seconds(30));
+  ~DefaultStreamHold();
+  DefaultStreamHold(const DefaultStreamHold&) = delete;
+  DefaultStreamHold& operator=(const DefaultStreamHold&) = delete;
+  void release();
+  struct State;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+/// The value of DTRAIN_CUDA_SYNC: unset, "" or "0" is off; "1" makes every kernel launch wait for
+/// the device and check, so a fault is reported at the kernel that caused it. Anything else
+/// throws ValueError naming the variable.
+bool parse_cuda_sync(const char* value);
 
 /// Copies nbytes between any two of host and device memory; synchronous.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
@@ -56,7 +108,8 @@ void launch(int64_t, const Kernel&, int) {
   DTRAIN_THROW(UnsupportedError, "CUDA kernel launch: this dtrain was built without CUDA");
 }
 #endif
-/// Copies `rows` blocks of `width` bytes between strided host or device buffers (cudaMemcpy2D).
+/// Copies `rows` blocks of `width` bytes between strided host or device buffers (cudaMemcpy2D),
+/// issued on cuda:`device`, the device of the buffers that are not host memory.
 void copy_2d(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width,
-             size_t rows);
+             size_t rows, int device);
 }  // namespace dtrain::cuda

@@ -14,6 +14,19 @@ bool available() { return false; }
 int device_count() { return 0; }
 std::string unavailable_reason() { return "dtrain was built without CUDA"; }
 Allocator& allocator(int) { refuse("CUDA allocator"); }
+void record_stream(const Storage&, void*) {}
+DeviceGuard::DeviceGuard(int) { refuse("select a CUDA device"); }
+DeviceGuard::~DeviceGuard() = default;
+void set_device(int) { refuse("cudaSetDevice"); }
+int current_device() { refuse("cudaGetDevice"); }
+void synchronize(int) { refuse("synchronize a CUDA device"); }
+
+struct DefaultStreamHold::State {};
+DefaultStreamHold::DefaultStreamHold(int, std::chrono::milliseconds) {
+  refuse("hold a CUDA stream");
+}
+DefaultStreamHold::~DefaultStreamHold() = default;
+void DefaultStreamHold::release() {}
 void copy_bytes(void*, Device, const void*, Device, size_t) { refuse("copy to/from CUDA"); }
 void fill(void*, DType, int64_t, double, int) { refuse("fill on CUDA"); }
 void convert(const void*, DType, void*, DType, int64_t, int) { refuse("to_dtype on CUDA"); }
@@ -30,6 +43,8 @@ void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, c
   refuse("gemm on CUDA");
 }
 
-void copy_2d(void*, size_t, const void*, size_t, size_t, size_t) { refuse("strided copy on CUDA"); }
+void copy_2d(void*, size_t, const void*, size_t, size_t, size_t, int) {
+  refuse("strided copy on CUDA");
+}
 
 }  // namespace dtrain::cuda
