@@ -109,7 +109,7 @@ std::string Job::backend() const {
 
 Device Job::device() const {
   if (!is_device_backend(backend())) return Device::cpu();
-  return Device::cuda(spec_.world.local_rank % std::max(1, cuda::device_count()));
+  return device_for_local_rank(spec_.world, cuda::device_count());
 }
 
 std::shared_ptr<StoreClient> Job::store_client() const {
@@ -155,7 +155,11 @@ CommunicatorPtr Job::make_world() {
   std::shared_ptr<HostCommunicator> host = host_world();
   if (is_device_backend(name)) {
     // Host tensors (DDP's checks, metrics) stay on the host backend; device tensors use NCCL.
-    CommunicatorPtr gpu = create_device_communicator(name, *host, device().index);
+    // The process's GPU becomes current first: otherwise this thread's first CUDA call creates a
+    // context on GPU 0, in every rank of the machine.
+    const Device gpu_device = device();
+    cuda::set_device(gpu_device.index);
+    CommunicatorPtr gpu = create_device_communicator(name, *host, gpu_device.index, spec_.timeout);
     world_ = std::make_shared<DeviceRoutedCommunicator>(host, gpu);
   } else {
     world_ = host;

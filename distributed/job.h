@@ -40,8 +40,8 @@ class Job {
   /// The backend spec().backend resolves to: "auto" is tcp under dtrain launch and in a
   /// `cluster:` job, mpi under mpirun or srun, local for a single process.
   std::string backend() const;
-  /// Where this process's replica computes: cpu, or with the nccl backend the GPU
-  /// `local rank mod GPUs of this machine`.
+  /// Where this process's replica computes: cpu, or with the nccl backend cuda:<local rank>.
+  /// Throws when the machine runs more local ranks than it has GPUs, naming the ranks.
   Device device() const;
 
   /// A new client of the job's Store, or null when the job has none (mpirun, srun, one process).

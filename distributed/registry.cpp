@@ -103,17 +103,39 @@ std::shared_ptr<HostCommunicator> create_world_communicator(std::string_view bac
   DTRAIN_THROW(UnsupportedError, "communicator ", not_in_build(backend));
 }
 
-CommunicatorPtr create_device_communicator(std::string_view backend, Communicator& host,
-                                           int device) {
+CommunicatorPtr create_device_communicator(std::string_view backend, Communicator& host, int device,
+                                           Timeout init_timeout) {
   if (const std::string why = backend_unavailable_reason(backend); !why.empty()) {
     DTRAIN_THROW(UnsupportedError, why);
   }
 #if defined(DTRAIN_HAS_NCCL)
-  if (backend == "nccl") return NcclCommunicator::create(host, device);
+  if (backend == "nccl") return NcclCommunicator::create(host, device, init_timeout);
 #endif
   (void)host;
   (void)device;
+  (void)init_timeout;
   DTRAIN_THROW(UnsupportedError, "backend '", backend, "' is not a device backend");
+}
+
+Device device_for_local_rank(const WorldInfo& world, int gpus) {
+  if (gpus <= 0) {
+    DTRAIN_THROW(UnsupportedError, world.describe(),
+                 ": one process per GPU needs a GPU, and this machine has none usable (",
+                 cuda::unavailable_reason(), ")");
+  }
+  const int local_ranks = std::max(world.local_size, world.local_rank + 1);
+  if (local_ranks > gpus) {
+    std::ostringstream without;  // the local ranks left without a GPU of their own
+    for (int r = gpus; r < local_ranks && r < gpus + 8; ++r) without << (r > gpus ? ", " : "") << r;
+    if (local_ranks > gpus + 8) without << ", ... " << local_ranks - 1;
+    DTRAIN_THROW(ValueError, world.describe(), ": this machine runs ", local_ranks,
+                 " local ranks but has ", gpus, " GPU", gpus == 1 ? "" : "s", ", so local ranks ",
+                 without.str(),
+                 " would share a GPU with another rank, which NCCL refuses; start at most ", gpus,
+                 " process", gpus == 1 ? "" : "es", " per machine (dtrain launch --nproc-per-node ",
+                 gpus, ", mpirun --npernode ", gpus, ", srun --ntasks-per-node ", gpus, ")");
+  }
+  return Device::cuda(world.local_rank);
 }
 
 std::vector<CommunicatorPtr> create_local_device_communicators(std::string_view backend,

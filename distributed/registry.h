@@ -35,9 +35,16 @@ std::shared_ptr<HostCommunicator> create_world_communicator(std::string_view bac
                                                             std::shared_ptr<StoreClient> store);
 
 /// A device backend's communicator over the ranks of `host`, on cuda:`device` of this process
-/// (the backend's id travels through `host`). Collective over `host`.
-CommunicatorPtr create_device_communicator(std::string_view backend, Communicator& host,
-                                           int device);
+/// (the backend's id travels through `host`). Collective over `host`; a rank whose peers have not
+/// all joined within `init_timeout` gives up with TimeoutError.
+CommunicatorPtr create_device_communicator(std::string_view backend, Communicator& host, int device,
+                                           Timeout init_timeout = kDefaultTimeout);
+
+/// The GPU for one process per GPU: cuda:<local rank>, on a machine with `gpus` usable GPUs.
+/// Throws UnsupportedError without GPUs, and ValueError naming the local ranks left without a GPU
+/// of their own when the machine runs more local ranks than it has GPUs (NCCL would refuse the
+/// shared GPU only after the host communicator is up, or hang).
+Device device_for_local_rank(const WorldInfo& world, int gpus);
 
 /// A device backend's communicators for threads of one process, one per GPU in `devices`.
 std::vector<CommunicatorPtr> create_local_device_communicators(std::string_view backend,

@@ -4,9 +4,17 @@
 
 #include <algorithm>
 
+#include "tensor/cuda/cuda_backend.h"
+
 namespace dtrain {
 
 namespace {
+
+/// Replica threads are new on every run_replicas: each makes its GPU current before any CUDA call,
+/// so its copies and launches come from that GPU's context, not GPU 0's.
+void use_device(const Device& device) {
+  if (device.is_cuda()) cuda::set_device(device.index);
+}
 
 std::vector<Device> cpu_devices(int replicas) {
   DTRAIN_CHECK(replicas >= 1, "MirroredStrategy: replicas must be >= 1; got ", replicas);
@@ -33,6 +41,7 @@ MirroredStrategy::MirroredStrategy(nn::Module& model, const std::vector<Device>&
   // Constructing DistributedDataParallel is collective: every replica's on its own thread.
   ddps_.resize(replicas);
   job_.run_replicas(replicas, [&](int r) {
+    use_device(devices_[r]);
     ddps_[r] = std::make_unique<DistributedDataParallel>(*models_[r], comms[r], options);
   });
 }
@@ -42,6 +51,7 @@ MirroredStrategy::~MirroredStrategy() = default;
 void MirroredStrategy::run_each(const std::function<void(ReplicaContext&)>& step_fn) {
   const int n = num_replicas_in_sync();
   job_.run_replicas(n, [&](int r) {
+    use_device(devices_[r]);
     ReplicaContext ctx{r, n, devices_[r], *models_[r], *ddps_[r]};
     step_fn(ctx);
   });

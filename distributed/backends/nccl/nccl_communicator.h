@@ -15,18 +15,26 @@ namespace dtrain::dist {
 class NcclCommunicator final : public Communicator {
  public:
   /// One GPU per rank: rank 0 creates the NCCL unique id and publishes it under `store_key`, the
-  /// others read it; every rank then joins the clique on cuda:`device`.
+  /// others read it; every rank then joins the clique on cuda:`device`. Joining is nonblocking:
+  /// when the clique is not complete within `init_timeout` (a peer never came), this rank aborts
+  /// its part and throws TimeoutError.
   static std::shared_ptr<NcclCommunicator> create(int rank, int size, int device,
                                                   StoreClient& store,
-                                                  const std::string& store_key = "dtrain/nccl_id");
+                                                  const std::string& store_key = "dtrain/nccl_id",
+                                                  Timeout init_timeout = kDefaultTimeout);
   /// One GPU per rank, the NCCL id sent from rank 0 through `host` (a communicator over the same
   /// ranks: mpi, tcp, or a local group), so no Store is needed (plain mpirun, srun).
-  static std::shared_ptr<NcclCommunicator> create(Communicator& host, int device);
+  static std::shared_ptr<NcclCommunicator> create(Communicator& host, int device,
+                                                  Timeout init_timeout = kDefaultTimeout);
   /// One communicator per device of this process (ncclCommInitAll), ranks in `devices` order.
   static std::vector<std::shared_ptr<NcclCommunicator>> create_local(
       const std::vector<int>& devices);
   /// All-reduce over communicators of one process in a single NCCL group call: tensors[i] lives on
   /// communicators[i]'s device. Returns one Work per communicator.
+  ///
+  /// Every Work keeps the tensors it uses alive until it is destroyed, and their blocks stay out
+  /// of the CUDA allocator's cache until NCCL's stream is past them. After a timeout has aborted
+  /// the communicator, every later call and every outstanding wait() throws DistError.
   static std::vector<WorkPtr> group_all_reduce(
       const std::vector<std::shared_ptr<NcclCommunicator>>& communicators,
       std::vector<Tensor>& tensors, const AllReduceOptions& opts = {});
@@ -49,8 +57,8 @@ class NcclCommunicator final : public Communicator {
   struct Impl;
 
  private:
-  NcclCommunicator(int rank, int size, std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  NcclCommunicator(int rank, int size, std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;  // shared with the Works, which may outlive this object
 };
 
 }  // namespace dtrain::dist
