@@ -31,7 +31,7 @@ Tensor fake_cuda_tensor(std::vector<float>& host) {
   return Tensor(storage, 0, {static_cast<int64_t>(host.size())}, DType::kFloat32);
 }
 
-TEST(CudaHostAccess, TypedHostPointerToDeviceMemoryIsRefusedNamingTheDeviceAndTheWayOut) {
+TEST(DeviceMemoryAccess, TypedHostPointerIsRefusedNamingTheDeviceAndTheWayOut) {
   std::vector<float> host(4, 1.f);
   Tensor t = fake_cuda_tensor(host);
   try {
@@ -106,7 +106,7 @@ TEST(CachingAllocatorStreams, ABlockStillUsedElsewhereIsHandedOutOnlyAfterThatUs
 
 // ---- DTRAIN_CUDA_SYNC -----------------------------------------------------------------------
 
-TEST(CudaSyncSwitch, OffUnlessOneAndAnythingElseIsAnErrorNamingTheVariable) {
+TEST(DebugSyncSwitch, OffUnlessOneAndAnythingElseIsAnErrorNamingTheVariable) {
   EXPECT_FALSE(cuda::parse_cuda_sync(nullptr));
   EXPECT_FALSE(cuda::parse_cuda_sync(""));
   EXPECT_FALSE(cuda::parse_cuda_sync("0"));
