@@ -357,7 +357,12 @@ void Launcher::spawn(int attempt) {
     }
     inherited.push_back(var);
   }
-  if (o_.log_dir.size()) std::filesystem::create_directories(o_.log_dir);
+  if (o_.log_dir.size()) {
+    std::error_code ec;
+    std::filesystem::create_directories(o_.log_dir, ec);
+    DTRAIN_CHECK(!ec, "launcher.log_dir (--log-dir): cannot create '", o_.log_dir,
+                 "': ", ec.message(), "; choose a writable directory");
+  }
   for (int i = 0; i < o_.nproc_per_node; ++i) {
     Worker& w = workers_[i];
     w.local_rank = i;
@@ -398,7 +403,8 @@ void Launcher::spawn(int attempt) {
     if (o_.log_dir.size()) {
       const std::string path = o_.log_dir + "/rank_" + std::to_string(w.rank) + ".log";
       w.log.reset(std::fopen(path.c_str(), "ae"));
-      DTRAIN_CHECK(w.log != nullptr, "launch: cannot open ", path, ": ", net::errno_text(errno));
+      DTRAIN_CHECK(w.log != nullptr, "launcher.log_dir (--log-dir): cannot open ", path, ": ",
+                   net::errno_text(errno));
       std::fprintf(w.log.get(), "--- dtrain launch: attempt %d, rank %d on %s ---\n", attempt,
                    w.rank, host_.c_str());
       std::fflush(w.log.get());

@@ -391,6 +391,13 @@ const std::vector<Field>& schema() {
                 "the whole run (0: off)."),
       int_field("train", "threads", DTRAIN_GET(train.threads), 0, 1024,
                 "Kernel threads per process; 0: all cores."),
+      string_field("train", "device", DTRAIN_GET(train.device), {"cpu", "cuda", "auto"},
+                   "Where replicas compute. `cuda`: each process takes the GPUs after those of "
+                   "lower local ranks (cuda:LOCAL_RANK with ddp; strategy.devices consecutive "
+                   "GPUs with mirrored), gradients go over NCCL, checkpoints stay "
+                   "device-independent; exits 2 naming the reason when no GPU can be used. "
+                   "`auto`: cuda when a GPU is present, else cpu. The GPU path has not yet run "
+                   "on a real GPU (docs/training.md)."),
       int_field("train", "early_stop_patience", DTRAIN_GET(train.early_stop_patience), 0, INT64_MAX,
                 "Stop after this many evaluations (one per epoch) without a better "
                 "early_stop_metric; the best model is kept as best.dtck in checkpoint_dir (0: "

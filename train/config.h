@@ -77,6 +77,7 @@ struct TrainSection {
   std::string resume = "auto";      // auto | never | <checkpoint path>
   int64_t stop_at_step = 0;         // stop (with a checkpoint) after this step, as if preempted
   int64_t threads = 0;              // kernel threads; 0: all cores
+  std::string device = "cpu";       // cpu | cuda | auto (cuda when a GPU is present)
   int64_t early_stop_patience = 0;  // evaluations without improvement; 0: off
   std::string early_stop_metric = "accuracy";  // accuracy | loss
   std::string on_nonfinite = "stop";           // stop | skip_step

@@ -4,12 +4,20 @@
 #include <vector>
 
 #include "distributed/registry.h"
+#include "tensor/cuda/cuda_backend.h"
+#include "train/device.h"
 #include "train/stop_signal.h"
 
 namespace dtrain::train {
 
 dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base) {
   base.backend = config.strategy.backend;
+  // Gradients of GPU replicas in several processes go over NCCL; the host backends move host
+  // memory only.
+  if (base.backend == "auto" && base.world.size > 1 && config.train.device != "cpu" &&
+      wants_cuda(device_request(config.train.device, base.world.local_rank, 1))) {
+    base.backend = "nccl";
+  }
   base.timeout = config.strategy.ddp.timeout;
   base.stall_warning = config.strategy.stall_warning;
   return base;
@@ -27,13 +35,38 @@ TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerPart
   }
   if (config.train.checkpoint_on_signal) install_stop_signal_handlers();
   const int replicas = kind.replicas_per_process(config.strategy);
+  // Placement first: a GPU that cannot be used is a config error before any collective.
+  const DeviceRequest request =
+      device_request(config.train.device, job.spec().world.local_rank, replicas);
+  std::vector<Device> devices;
+  for (int r = 0; r < replicas; ++r) devices.push_back(replica_device(request, r));
+  const bool on_gpus = devices[0].is_cuda();
+  if (on_gpus && job.world_size() > 1 && job.backend() != "nccl") {
+    throw ConfigError("train.device: cuda in a job of " + std::to_string(job.world_size()) +
+                          " processes needs strategy.backend nccl (or auto), not " + job.backend() +
+                          ": the host backends move host memory only",
+                      __FILE__, __LINE__);
+  }
+  if (on_gpus && kind.spans_processes && replicas > 1) {
+    throw ConfigError(
+        "train.device: cuda with several replicas per process in a multi-process "
+        "strategy (" +
+            config.strategy.type + ", strategy.devices " + std::to_string(replicas) +
+            ") is not supported yet; use ddp with one process per GPU (dtrain "
+            "launch --nproc-per-node GPUS)",
+        __FILE__, __LINE__);
+  }
   std::vector<dist::CommunicatorPtr> comms =
-      job.replica_communicators(replicas, kind.spans_processes);
+      on_gpus && replicas > 1 ? job.replica_communicators(devices)
+                              : job.replica_communicators(replicas, kind.spans_processes);
   std::vector<TrainResult> results(replicas);
   // Each replica builds its own data, model and optimiser; construction is collective (DDP
   // broadcasts rank 0's parameters), so every replica starts on its own thread.
   job.run_replicas(replicas, [&](int r) {
-    results[r] = Trainer(config, kind.make(config.strategy, comms[r]), parts).run();
+    TrainerParts own = parts;
+    if (!own.device) own.device = devices[r];
+    if (own.device->is_cuda()) cuda::set_device(own.device->index);  // this thread's kernels
+    results[r] = Trainer(config, kind.make(config.strategy, comms[r]), std::move(own)).run();
   });
   for (const TrainResult& r : results) {
     if (r.primary) return r;
@@ -45,7 +78,13 @@ EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::stri
                            const TrainerParts& parts) {
   const StrategyKind& kind = find_strategy(config.strategy.type);
   dist::CommunicatorPtr comm = job.replica_communicators(1, kind.spans_processes)[0];
-  Trainer trainer(config, kind.make(config.strategy, comm), parts);
+  TrainerParts own = parts;
+  if (!own.device) {
+    own.device =
+        replica_device(device_request(config.train.device, job.spec().world.local_rank, 1), 0);
+  }
+  if (own.device->is_cuda()) cuda::set_device(own.device->index);
+  Trainer trainer(config, kind.make(config.strategy, comm), std::move(own));
   return trainer.evaluate_checkpoint(path);
 }
 

@@ -1,13 +1,18 @@
 // The training loop.
 #include "train/trainer.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cinttypes>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
@@ -28,6 +33,15 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 }
 
 void warn_stderr(const std::string& what) { std::fprintf(stderr, "warning: %s\n", what.c_str()); }
+
+/// `tensors` with every device tensor copied to the host (host tensors are shared, not copied).
+template <class Named>
+Named host_copies(Named tensors) {
+  for (auto& [name, t] : tensors) {
+    if (!t.device().is_cpu()) t = to_device(t, Device::cpu());
+  }
+  return tensors;
+}
 
 // A stop vote is a sum over replicas: any SIGTERM (or another signal, reported as SIGTERM)
 // outweighs every SIGUSR1, so all replicas report the same signal.
@@ -102,6 +116,9 @@ void Trainer::build(TrainerParts parts) {
   } else {
     model_ = make_model(config_.model, *train_set_, seed);
   }
+  // Built on the host from the seed, then moved: every device starts from the same parameters.
+  device_ = parts.device.value_or(Device::cpu());
+  if (!device_.is_cpu()) model_->to(device_);
   if (parts.loss) {
     loss_ = std::move(parts.loss);
   } else {
@@ -129,6 +146,7 @@ EvalResult Trainer::evaluate() {
   std::vector<double> sums = {0, 0, 0, 0};  // loss * n, correct, labelled positions, n
   data::Batch b;
   while (loader.next(b)) {
+    on_device(b);
     Tensor output = model_->forward(b.x);
     const int64_t n = b.y.size(0);
     sums[0] += loss_(output, b.y).item<double>() * n;
@@ -383,9 +401,10 @@ CheckpointData Trainer::snapshot(const Plan& plan, Position at) const {
   c.world_size = plan.replicas;
   c.metrics["global_batch"] = static_cast<double>(plan.batch * plan.replicas);
   c.config_yaml = config_.to_yaml();
-  c.model = model_->state_dict();
+  // Host copies: a checkpoint written on a GPU resumes on the CPU and the other way round.
+  c.model = host_copies(model_->state_dict());
   const nn::OptimizerState os = optimizer_->state_dict();
-  c.optimizer_tensors = os.tensors;
+  c.optimizer_tensors = host_copies(os.tensors);
   c.optimizer_scalars = os.scalars;
   c.schedule_step = schedule_->state_dict();
   for (auto& [name, gen] : generators_) c.rng_offsets[name] = gen->offset();
@@ -460,6 +479,12 @@ bool Trainer::stop_agreed() {
   return false;
 }
 
+void Trainer::on_device(data::Batch& b) const {
+  if (device_.is_cpu()) return;
+  b.x = to_device(b.x, device_);
+  b.y = to_device(b.y, device_);
+}
+
 bool Trainer::gradients_finite() const {
   for (const Tensor& p : model_->parameters()) {
     if (p.grad().defined() && !ops::all_finite(p.grad())) return false;
@@ -479,6 +504,7 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
   while (at.step < plan.stop_step && at.batch_in_epoch < plan.batches_per_epoch_used &&
          loader.next(b)) {
     const bool last_of_step = accumulated + 1 == t.grad_accum_steps;
+    on_device(b);
     try {
       step_loss += train_micro_batch(b, last_of_step);
     } catch (const ValueError& e) {
@@ -571,6 +597,15 @@ TrainResult Trainer::run() {
     std::filesystem::create_directories(config_.train.checkpoint_dir, ec);
     DTRAIN_CHECK(!ec, "train.checkpoint_dir: cannot create '", config_.train.checkpoint_dir,
                  "': ", ec.message());
+    // A directory that exists but cannot be written would fail only at the last checkpoint,
+    // after every periodic one warned: find out before training.
+    const std::string probe = config_.train.checkpoint_dir + "/.dtrain-write-check." +
+                              std::to_string(static_cast<long>(::getpid()));
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    DTRAIN_CHECK(fd >= 0, "train.checkpoint_dir: cannot write in '", config_.train.checkpoint_dir,
+                 "': ", std::strerror(errno), "; choose a writable directory");
+    ::close(fd);
+    ::unlink(probe.c_str());
     sink = std::make_unique<MetricsSink>(config_, p.total_steps, resumed.has_value());
   }
 

@@ -58,6 +58,8 @@ struct TrainerParts {
   ModelFactory model;
   data::DatasetPtr train_set, test_set;  // both or neither
   LossFn loss;
+  /// Where this replica computes (train_in_job resolves train.device per replica); empty: cpu.
+  std::optional<Device> device;
 };
 
 class MetricsSink;
@@ -122,6 +124,8 @@ class Trainer {
   /// optimiser then skips the step.
   bool optimizer_step(int64_t step);
   bool gradients_finite() const;
+  /// Moves a batch from the loader (host memory) to this replica's device.
+  void on_device(data::Batch& b) const;
   /// A periodic checkpoint that cannot be written is a warning (training goes on); the run's
   /// last one, or one before a stop, is an error.
   enum class Checkpoint { kNone, kPeriodic, kFinal };
@@ -143,6 +147,7 @@ class Trainer {
   std::unique_ptr<Strategy> strategy_;
   data::DatasetPtr train_set_, test_set_;
   nn::ModulePtr model_;
+  Device device_;  // the model's and the batches'; checkpoints hold host copies
   LossFn loss_;
   std::unique_ptr<nn::Optimizer> optimizer_;
   std::unique_ptr<nn::LRScheduler> schedule_;

@@ -591,5 +591,29 @@ TEST(Backend, NcclWithoutAGpuExitsTwoNamingTheBackendAndTheReason) {
   EXPECT_TRUE(dir.checkpoints().empty()) << "nothing may be written before the check";
 }
 
+// train.device: cuda where no GPU can be used stops before anything is read or written, naming
+// the reason; auto then trains on the CPU exactly as cpu does.
+TEST(Device, CudaWithoutAGpuExitsTwoNamingTheReasonAndAutoTrainsLikeCpu) {
+  if (cuda::available()) GTEST_SKIP() << "this machine has a GPU, so train.device=cuda can run";
+  RunDir refused;
+  const CommandResult r = refused.train("train.device=cuda");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "train.device: cuda, but no GPU can be used here: ")) << r.output;
+  EXPECT_TRUE(contains(r.output, cuda::unavailable_reason())) << r.output;
+  EXPECT_FALSE(contains(r.output, "run ")) << "not even the run's directories: " << r.output;
+  EXPECT_TRUE(refused.checkpoints().empty());
+  EXPECT_FALSE(std::filesystem::exists(refused / "runs"));
+
+  RunDir cpu, automatic;
+  const CommandResult on_cpu = cpu.train("train.device=cpu");
+  const CommandResult on_auto = automatic.train("train.device=auto");
+  ASSERT_EQ(on_cpu.exit_code, 0) << on_cpu.output;
+  ASSERT_EQ(on_auto.exit_code, 0) << on_auto.output;
+  ASSERT_FALSE(cpu.checkpoints().empty());
+  ASSERT_EQ(cpu.checkpoints(), automatic.checkpoints());
+  expect_same_model(cpu / ("checkpoints/" + cpu.checkpoints()[0]),
+                    automatic / ("checkpoints/" + automatic.checkpoints()[0]), 0.0);
+}
+
 }  // namespace
 }  // namespace dtrain
