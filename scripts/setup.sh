@@ -18,6 +18,7 @@ packages=(
   python3-venv                             # scripts/python_readers.sh (TensorBoard, safetensors readers)
   libopenblas0-pthread                     # BLAS for that PyTorch (the reference libblas3 is ~20x slower)
   slurmctld slurmd slurm-client munge      # a real Slurm on localhost for the slurm tests (scripts/slurm/)
+  clang libclang-rt-dev libomp-dev llvm    # sanitizer and libFuzzer builds, clang's OpenMP, llvm-symbolizer
 )
 
 missing=()
