@@ -34,19 +34,19 @@ chmod go+x "$work"
 exports=$("$source_dir/scripts/slurm/local_cluster.sh" start "$cluster")
 eval "$exports"
 
-# ~1,900 steps of 2 workers (batch 32 each), a checkpoint every 150: the first one shows both
-# tasks are training, seconds before the run would end.
+# ~9,400 steps of 2 workers (batch 32 each), a checkpoint every 150: the first one shows both
+# tasks are training, long before the run would end even on a quiet machine (~90k samples/s).
 mkdir -p "$work/run"
 cat >"$work/run/run.yaml" <<'YAML'
 model: {type: mlp, hidden: [64]}
 data: {name: synthetic, synthetic_train_size: 20000, synthetic_test_size: 1000,
        synthetic_shape: [1, 28, 28], synthetic_classes: 10}
 optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
-train: {epochs: 6, batch_size: 32, seed: 3, checkpoint_dir: checkpoints,
+train: {epochs: 30, batch_size: 32, seed: 3, checkpoint_dir: checkpoints,
         checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
 log: {progress: off, tensorboard: false, every_steps: 1000}
 YAML
-total_steps=$((6 * (20000 / 64)))
+total_steps=$((30 * (20000 / 64)))
 export OMP_NUM_THREADS=1
 
 fail=0
@@ -64,11 +64,12 @@ echo "job $job"
 
 # Bounded waits: 0.1 s polls, for the first checkpoint and then for the job's end.
 for _ in $(seq 1 1200); do
-  [ -f "$work/run/checkpoints/ckpt-0000000150.dtck" ] && break
+  # Any checkpoint: with keep_checkpoints 2 the first may be pruned already.
+  compgen -G "$work/run/checkpoints/ckpt-*.dtck" >/dev/null && break
   [ -z "$(job_field JobState)" ] && break  # the job is gone
   sleep 0.1
 done
-check "the job wrote its first checkpoint" test -f "$work/run/checkpoints/ckpt-0000000150.dtck"
+check "the job wrote a checkpoint before the signal" compgen -G "$work/run/checkpoints/ckpt-*.dtck"
 scancel --signal=USR1 "$job" || true
 state=
 for _ in $(seq 1 1800); do
