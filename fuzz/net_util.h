@@ -8,8 +8,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 
@@ -18,17 +21,35 @@
 
 namespace dtrain::fuzz {
 
-/// A blocking connection to 127.0.0.1:port; aborts when there is none (the server is in this
-/// process, so that is a harness failure, not a finding).
+/// A blocking connection to 127.0.0.1:port; aborts naming the error when there is none (the
+/// server is in this process, so that is a harness failure, not a finding). Thousands of short
+/// connections a second can use up loopback's ephemeral ports for a moment (EADDRNOTAVAIL):
+/// those attempts are retried for up to 5 s.
 inline dist::net::UniqueFd connect_loopback(uint16_t port) {
-  dist::net::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  require(fd && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0,
-          "connect to the loopback server");
-  return fd;
+  const auto deadline = dist::net::Clock::now() + std::chrono::seconds(5);
+  for (;;) {
+    dist::net::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (fd && ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      // close() resets the connection instead of leaving it in TIME_WAIT for a minute, which at
+      // this rate would use up the ephemeral ports. The harness closes only after the other side
+      // has closed or when abandoning the connection, where a reset is what a crashed peer sends.
+      const linger reset{1, 0};
+      ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+      return fd;
+    }
+    const int err = errno;
+    if ((err == EADDRNOTAVAIL || err == EINTR) && dist::net::Clock::now() < deadline) {
+      ::poll(nullptr, 0, 10);
+      continue;
+    }
+    std::fprintf(stderr, "fuzz: connect to 127.0.0.1:%u: %s\n", unsigned(port),
+                 dist::net::errno_text(err).c_str());
+    std::abort();
+  }
 }
 
 /// Sends what the other side takes; it may close early (that is its right with bad input).

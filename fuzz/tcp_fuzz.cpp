@@ -97,6 +97,9 @@ void run_rank0(std::shared_ptr<dist::StoreClient> store, const std::string& pref
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static Rendezvous rendezvous;
   static const std::shared_ptr<dist::StoreClient> store = rendezvous.client();
+  // Rank 0's own connection: a Store client serialises its calls, and each side blocks in get()
+  // until the other has set its key.
+  static const std::shared_ptr<dist::StoreClient> rank0_store = rendezvous.client();
   static const std::string host = dist::host_identity();
   static int64_t run = 0;
   FuzzedDataProvider in(data, size);
@@ -106,7 +109,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string prefix = "fuzz/" + std::to_string(run++) + "/";
 
   std::exception_ptr unexpected;
-  std::thread rank0(run_rank0, rendezvous.client(), prefix, mode & 3, std::ref(unexpected));
+  std::thread rank0(run_rank0, rank0_store, prefix, mode & 3, std::ref(unexpected));
   const std::string secret = store->get(prefix + "secret");
   const auto [address_host, port] =
       dist::net::split_host_port(store->get(prefix + "addr/0"), "rank 0");
@@ -118,8 +121,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
        << reinterpret_cast<uintptr_t>(probe.data());
   store->set(prefix + "node/1", node.str());
   if (mode & 4) {
+    // Rank 0 reads what the stranger sent until it closes, then turns it away and closes too.
     const dist::net::UniqueFd fd = fuzz::connect_loopback(port);
     fuzz::send_some(fd.get(), stranger);
+    ::shutdown(fd.get(), SHUT_WR);
+    fuzz::require(fuzz::drain_until_closed(fd.get(), milliseconds(10'000)),
+                  "rank 0 closes a connection that sent no valid hello");
   }
   {
     const dist::net::UniqueFd fd = fuzz::connect_loopback(port);
