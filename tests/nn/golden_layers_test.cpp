@@ -4,6 +4,8 @@
 // (scripts/make_golden_fixtures.py).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "nn/attention.h"
@@ -28,10 +30,24 @@ void expect_matches_pytorch(nn::Module& m, const std::string& name) {
   const Tensor out = m.forward(x);
   EXPECT_TRUE(all_close(out, f[name + ".out"], 1e-5, 1e-6)) << name << ".out";
   sum(mul(out, f[name + ".w"])).backward();
-  EXPECT_TRUE(all_close(x.grad(), f[name + ".grad.x"], 1e-5, 1e-6)) << name << ".grad.x";
+  // A gradient element is a float32 sum of terms about as large as the pass's gradients, and its
+  // rounding error scales with those terms, not with the sum. Where they cancel (the bias of a
+  // convolution feeding BatchNorm, the key bias of attention: 0 analytically) both sides hold
+  // rounding noise, which another compiler rounds differently (~1e-6 with clang against
+  // PyTorch's 4e-7 for the residual block). So the absolute tolerance scales with the largest
+  // reference gradient of the pass (at least 1), as an error bound for a sum scales with the sum
+  // of |terms|; only elements near 0 are affected, the others are held by rtol as before.
+  double largest = 1;
+  const auto widen = [&](const Tensor& t) {
+    for (double v : t.to_vector<double>()) largest = std::max(largest, std::fabs(v));
+  };
+  widen(f[name + ".grad.x"]);
+  for (auto& [param, p] : m.named_parameters()) widen(f[name + ".grad." + param]);
+  const double grad_atol = 1e-6 * largest;
+  EXPECT_TRUE(all_close(x.grad(), f[name + ".grad.x"], 1e-5, grad_atol)) << name << ".grad.x";
   for (auto& [param, p] : m.named_parameters()) {
     ASSERT_TRUE(p.grad().defined()) << name << "." << param;
-    EXPECT_TRUE(all_close(p.grad(), f[name + ".grad." + param], 1e-5, 1e-6))
+    EXPECT_TRUE(all_close(p.grad(), f[name + ".grad." + param], 1e-5, grad_atol))
         << name << ".grad." << param;
   }
 }
