@@ -47,19 +47,33 @@ std::shared_ptr<HostCommunicator> make_tcp_world(const JobSpec& spec,
 
 std::string not_in_build(std::string_view backend) {
   std::ostringstream os;
-  os << "backend '" << backend
-     << "' is not available in this build; available: " << joined(available_backends());
-  if (backend == "mpi") os << " (rebuild with MPI: install libopenmpi-dev, -DDTRAIN_MPI=ON)";
-  if (backend == "nccl") os << " (rebuild with CUDA and NCCL present: -DDTRAIN_CUDA=ON)";
+  os << "backend '" << backend << "' is not available in this build";
+  if (backend == "mpi") {
+    os << ": this build has no MPI; rebuild with MPI (install libopenmpi-dev, -DDTRAIN_MPI=ON)"
+       << " or use one of " << joined(available_backends());
+    return os.str();
+  }
+  if (backend == "nccl") {
+#ifdef DTRAIN_HAS_CUDA
+    os << ": this build has CUDA but no NCCL; install NCCL and rebuild (-DDTRAIN_CUDA=ON)";
+#else
+    os << ": this build has no CUDA; rebuild with CUDA and NCCL installed (-DDTRAIN_CUDA=ON)";
+#endif
+    os << " or use one of " << joined(available_backends());
+    return os.str();
+  }
+  os << "; available: " << joined(available_backends());
   return os.str();
 }
+
+}  // namespace
+
+std::vector<std::string> known_backends() { return {"local", "tcp", "mpi", "nccl"}; }
 
 bool built_with(std::string_view backend) {
   const auto names = available_backends();
   return std::find(names.begin(), names.end(), backend) != names.end();
 }
-
-}  // namespace
 
 std::vector<std::string> available_backends() {
   std::vector<std::string> names = {"local", "tcp"};

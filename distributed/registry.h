@@ -14,8 +14,16 @@
 namespace dtrain::dist {
 
 /// The backends compiled into this build, in a fixed order: "local" and "tcp" always, then "mpi"
-/// and "nccl" when built with them. The config's strategy.backend accepts these and "auto".
+/// and "nccl" when built with them.
 std::vector<std::string> available_backends();
+
+/// Every backend dtrain has, whether this build has it or not: "local", "tcp", "mpi", "nccl".
+/// The config's strategy.backend documents these and "auto", so the reference is the same for
+/// every build; one this build lacks is refused with backend_unavailable_reason.
+std::vector<std::string> known_backends();
+
+/// Whether this build has `backend` (one of available_backends()).
+bool built_with(std::string_view backend);
 
 /// "" when `backend` can run on this machine; otherwise why not: not in this build (with how to
 /// get it), or no usable device (with the driver's reason).

@@ -134,13 +134,6 @@ Field seconds_field(std::string section, std::string key, Get get, std::string d
   return f;
 }
 
-/// strategy.backend: auto, then every backend this build has.
-std::vector<std::string> backend_choices() {
-  std::vector<std::string> choices = {"auto"};
-  for (const std::string& b : dist::available_backends()) choices.push_back(b);
-  return choices;
-}
-
 /// `choices` lists the allowed values; `free_text` accepts any non-empty string instead (any
 /// string at all with `allow_empty`, for keys whose empty value means "not set").
 template <class Get>
@@ -251,6 +244,24 @@ Field string_list_field(std::string section, std::string key, Get get, std::stri
 #define DTRAIN_GET(member) \
   [](Config & c) -> auto& { return c.member; }
 constexpr double kInf = HUGE_VAL;
+
+/// strategy.backend: auto, then every backend dtrain has, so that the reference (docs/config.md)
+/// is the same for every build. One this build lacks is refused here, with how to get it, rather
+/// than at start-up.
+Field backend_field(std::string doc) {
+  std::vector<std::string> choices = {"auto"};
+  for (const std::string& b : dist::known_backends()) choices.push_back(b);
+  Field f =
+      string_field("strategy", "backend", DTRAIN_GET(strategy.backend), choices, std::move(doc));
+  f.set = [choose = f.set](Config& c, const YAML::Node& n) -> SetResult {
+    if (SetResult problem = choose(c, n)) return problem;
+    if (c.strategy.backend != "auto" && !dist::built_with(c.strategy.backend)) {
+      return dist::backend_unavailable_reason(c.strategy.backend);
+    }
+    return std::nullopt;
+  };
+  return f;
+}
 
 const std::vector<Field>& schema() {
   static const std::vector<Field> fields = {
@@ -426,10 +437,10 @@ const std::vector<Field>& schema() {
           "averaged by DistributedDataParallel; `mirrored` runs `strategy.devices` replicas as "
           "threads of one process; `multi_worker_mirrored` runs that many in every process of "
           "such a job (local reduction, then across processes)."),
-      string_field("strategy", "backend", DTRAIN_GET(strategy.backend), backend_choices(),
-                   "Communication backend, from those this build has (`auto`: tcp under dtrain "
-                   "launch or a cluster section, mpi under mpirun or srun; `nccl` needs a GPU "
-                   "and carries device tensors, host tensors going through the auto backend)."),
+      backend_field("Communication backend (`auto`: tcp under dtrain launch or a cluster "
+                    "section, mpi under mpirun or srun; `nccl` needs a GPU and carries device "
+                    "tensors, host tensors going through the auto backend). A build without MPI "
+                    "or CUDA refuses `mpi` or `nccl`, saying how to get it."),
       bool_field("strategy", "find_unused_parameters",
                  DTRAIN_GET(strategy.ddp.find_unused_parameters),
                  "ddp: reduce the zero gradients of parameters the forward pass did not use "

@@ -34,6 +34,23 @@ TEST(Registry, ListsLocalFirstAndMpiWhenBuilt) {
 #endif
 }
 
+// The config documents every known backend whatever this build has; each one the build lacks
+// says how to get it.
+TEST(Registry, KnownBackendsHoldEveryBuiltOneAndTheOthersSayHowToGetThem) {
+  const auto known = dist::known_backends();
+  EXPECT_THAT(known, ::testing::ElementsAre("local", "tcp", "mpi", "nccl"));
+  for (const std::string& name : dist::available_backends()) {
+    EXPECT_THAT(known, ::testing::Contains(name));
+    EXPECT_TRUE(dist::built_with(name)) << name;
+  }
+  for (const std::string& name : known) {
+    if (dist::built_with(name)) continue;
+    EXPECT_THAT(dist::backend_unavailable_reason(name), HasSubstr("rebuild")) << name;
+    EXPECT_THAT(dist::backend_unavailable_reason(name), HasSubstr("or use one of local, tcp"))
+        << name;
+  }
+}
+
 TEST(Registry, LocalHasNoWorldOfProcesses) {
   EXPECT_THAT(error_of("local"), HasSubstr("make_local_group"));
 }
