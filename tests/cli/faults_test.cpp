@@ -41,6 +41,7 @@ using ::testing::Not;
 using testutil::CommandResult;
 using testutil::expect_no_process_left;
 using testutil::job_processes;
+using testutil::JobReaper;
 using testutil::read_file;
 using testutil::ScratchDir;
 using testutil::unique_job;
@@ -182,17 +183,6 @@ char process_state(pid_t pid) {
   const size_t paren = stat.rfind(')');
   return paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : '?';
 }
-
-/// Kills what is left of the job, so a failed test does not leave it running.
-struct JobReaper {
-  std::string job;
-  ~JobReaper() {
-    for (const auto& [pid, env] : job_processes(job)) {
-      ::kill(pid, SIGCONT);
-      ::kill(pid, SIGKILL);
-    }
-  }
-};
 
 /// `dtrain ARGS` in `dir` in the background, output to `dir`/out.log, tagged with the job marker
 /// and exec'd by the shell under `timeout`.

@@ -29,6 +29,7 @@ using ::testing::Not;
 using testutil::CommandResult;
 using testutil::expect_no_process_left;
 using testutil::job_processes;
+using testutil::JobReaper;
 using testutil::kLaunchConfig;
 using testutil::launcher_pid;
 using testutil::read_file;
@@ -45,14 +46,6 @@ std::vector<pid_t> worker_pids(const std::string& job) {
   }
   return pids;
 }
-
-/// Kills what is left of the job, so a failed test does not leave it training.
-struct JobReaper {
-  std::string job;
-  ~JobReaper() {
-    for (const auto& [pid, env] : job_processes(job)) ::kill(pid, SIGKILL);
-  }
-};
 
 class LaunchSignals : public ::testing::Test {
  protected:

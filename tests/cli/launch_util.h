@@ -1,9 +1,10 @@
 // What the end-to-end tests of `dtrain launch` share: finding a job's processes by the
-// DTRAIN_TEST_JOB marker in their environment, bounded waits for files, and the check that a
-// finished job left no process behind.
+// DTRAIN_TEST_JOB marker in their environment, bounded waits for files, the check that a
+// finished job left no process behind, and killing what a failed test left.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -66,6 +67,18 @@ inline std::vector<std::pair<pid_t, std::string>> job_processes(const std::strin
   }
   return found;
 }
+
+/// Kills what is left of the job when it goes out of scope, so a failed test does not leave it
+/// running; a process the test stopped (SIGSTOP) is continued first, so none stays stopped.
+struct JobReaper {
+  std::string job;
+  ~JobReaper() {
+    for (const auto& [pid, env] : job_processes(job)) {
+      ::kill(pid, SIGCONT);
+      ::kill(pid, SIGKILL);
+    }
+  }
+};
 
 /// The dtrain process running `launch` for the job (not `timeout`, whose arguments name it too).
 inline pid_t launcher_pid(const std::string& job) {

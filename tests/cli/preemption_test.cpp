@@ -30,6 +30,7 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using testutil::CommandResult;
 using testutil::job_processes;
+using testutil::JobReaper;
 using testutil::kLaunchConfig;
 using testutil::kLaunchTotalSteps;
 using testutil::ScratchDir;
@@ -40,14 +41,6 @@ constexpr int kRunLimitS = 300;
 // One process with the global batch of kLaunchConfig's two workers takes the same steps.
 constexpr char kSingle[] = " strategy.type=single train.batch_size=64";
 constexpr int64_t kStepsPerEpoch = 20000 / 64;
-
-/// Kills what is left of a job, so a failed test does not leave it training.
-struct JobReaper {
-  std::string job;
-  ~JobReaper() {
-    for (const auto& [pid, env] : job_processes(job)) ::kill(pid, SIGKILL);
-  }
-};
 
 /// The processes of `job` whose environment holds `marker` (e.g. "OMPI_COMM_WORLD_RANK=1").
 std::vector<pid_t> processes_with(const std::string& job, const std::string& marker) {
