@@ -8,59 +8,15 @@
 # Usage: netns_partition.sh DTRAIN   (exit 77 = skipped, with the reason printed)
 set -euo pipefail
 
-dtrain=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 timeout_s=4       # strategy.timeout_s
 worker_margin=6   # process exit and the watchdog's poll on top of the timeout
 launcher_limit=60 # node b's launcher waits for a Store that cannot answer (30 s request timeout)
-skip() { echo "SKIP: $*"; exit 77; }
-[ "$(id -u)" = 0 ] || skip "network namespaces need root"
-for tool in ip nsenter unshare timeout; do
-  command -v "$tool" >/dev/null || skip "$tool is not installed (iproute2, util-linux, coreutils)"
-done
-
-id=$$
-ns_a=dtrain-pa-$id ns_b=dtrain-pb-$id
-work=$(mktemp -d /tmp/dtrain-partition.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for ns in "$ns_a" "$ns_b"; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
-  done
-  ip netns del "$ns_a" 2>/dev/null || true
-  ip netns del "$ns_b" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ip netns add "$ns_a" || skip "cannot create network namespaces here"
-ip netns add "$ns_b"
-ip link add "dpa$id" type veth peer name "dpb$id"
-ip link set "dpa$id" netns "$ns_a"
-ip link set "dpb$id" netns "$ns_b"
-ip -n "$ns_a" addr add 10.79.0.1/24 dev "dpa$id"
-ip -n "$ns_b" addr add 10.79.0.2/24 dev "dpb$id"
-for ns in "$ns_a" "$ns_b"; do ip -n "$ns" link set lo up; done
-ip -n "$ns_a" link set "dpa$id" up
-ip -n "$ns_b" link set "dpb$id" up
-
+# shellcheck source-path=SCRIPTDIR source=netns_lib.sh
+source "$(dirname "$0")/netns_lib.sh"
+netns_hosts "$1" p 10.79.0
 # Long enough (~31,000 steps) that only the partition can end it.
-cat >"$work/run.yaml" <<'YAML'
-model: {type: mlp, hidden: [64]}
-data: {name: synthetic, synthetic_train_size: 20000, synthetic_test_size: 1000,
-       synthetic_shape: [1, 28, 28], synthetic_classes: 10}
-optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
-train: {epochs: 100, batch_size: 32, seed: 5, checkpoint_dir: checkpoints,
-        checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
-strategy: {type: ddp}
-log: {progress: off, tensorboard: false, every_steps: 1000}
-YAML
+netns_config 100
 
-fail() {
-  echo "FAIL: $*"
-  for f in "$work"/*.out; do echo "--- $f"; cat "$f"; done
-  exit 1
-}
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 # The pids of `dtrain train` processes inside namespace NS.
 workers_in() {
@@ -71,18 +27,10 @@ workers_in() {
   return 0
 }
 
-export DTRAIN_STORE_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export OMP_NUM_THREADS=1
 common=(--nnodes 2 --rdzv-endpoint 10.79.0.1:29400 run.yaml "strategy.timeout_s=$timeout_s"
   launcher.rdzv_timeout_s=10)
-for side in a b; do
-  ns=$ns_a rank=0
-  [ "$side" = b ] && ns=$ns_b rank=1
-  (cd "$work" && exec nsenter --net="/run/netns/$ns" unshare --uts \
-    sh -c 'hostname "$0" && exec timeout -s KILL 240 "$@"' "host-$side" "$dtrain" launch \
-    --node-rank "$rank" "${common[@]}") >"$work/$side.out" 2>&1 &
-  pids+=($!)
-done
+launch_on "$ns_a" host-a "$work" "$work/a.out" --node-rank 0 "${common[@]}"
+launch_on "$ns_b" host-b "$work" "$work/b.out" --node-rank 1 "${common[@]}"
 
 for _ in $(seq 1200); do
   [ -e "$work/checkpoints/ckpt-0000000150.dtck" ] && break
@@ -93,7 +41,7 @@ done
 [ -n "$(workers_in "$ns_a")" ] && [ -n "$(workers_in "$ns_b")" ] ||
   fail "a worker is missing before the partition"
 
-ip -n "$ns_b" link set "dpb$id" down
+ip -n "$ns_b" link set "$link_b" down
 start=$(now_ms)
 
 # 1. The workers stop by themselves (collective timeout or watchdog), on both sides.

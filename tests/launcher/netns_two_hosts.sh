@@ -11,62 +11,11 @@
 # Usage: netns_two_hosts.sh DTRAIN   (exit 77 = skipped, with the reason printed)
 set -euo pipefail
 
-dtrain=$1
-skip() { echo "SKIP: $*"; exit 77; }
-[ "$(id -u)" = 0 ] || skip "network namespaces need root"
-for tool in ip nsenter unshare timeout; do
-  command -v "$tool" >/dev/null || skip "$tool is not installed (iproute2, util-linux, coreutils)"
-done
-
-id=$$
-ns_a=dtrain-a-$id ns_b=dtrain-b-$id
-work=$(mktemp -d /tmp/dtrain-netns.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  # `timeout` cannot pass SIGKILL on: whatever still runs inside the hosts goes too.
-  for ns in "$ns_a" "$ns_b"; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
-  done
-  ip netns del "$ns_a" 2>/dev/null || true
-  ip netns del "$ns_b" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ip netns add "$ns_a" || skip "cannot create network namespaces here"
-ip netns add "$ns_b"
-ip link add "dta$id" type veth peer name "dtb$id"
-ip link set "dta$id" netns "$ns_a"
-ip link set "dtb$id" netns "$ns_b"
-ip -n "$ns_a" addr add 10.77.0.1/24 dev "dta$id"
-ip -n "$ns_b" addr add 10.77.0.2/24 dev "dtb$id"
-for ns in "$ns_a" "$ns_b"; do
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set "dt${ns:7:1}$id" up
-done
-
-cat >"$work/run.yaml" <<'YAML'
-model: {type: mlp, hidden: [64]}
-data: {name: synthetic, synthetic_train_size: 20000, synthetic_test_size: 1000,
-       synthetic_shape: [1, 28, 28], synthetic_classes: 10}
-optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
-train: {epochs: 4, batch_size: 32, seed: 5, checkpoint_dir: checkpoints,
-        checkpoint_every_steps: 150, keep_checkpoints: 2, resume: auto, threads: 1}
-strategy: {type: ddp}
-log: {progress: off, tensorboard: false, every_steps: 1000}
-YAML
+# shellcheck source-path=SCRIPTDIR source=netns_lib.sh
+source "$(dirname "$0")/netns_lib.sh"
+netns_hosts "$1" t 10.77.0
+netns_config 4
 final_step=$((4 * (20000 / 64)))  # drop_last: whole global batches of 2 x 32
-
-# Runs `dtrain launch ARGS` as host NAME inside namespace NS, in directory DIR, output to FILE.
-launch_on() {
-  local ns=$1 name=$2 dir=$3 file=$4
-  shift 4
-  (cd "$dir" && exec nsenter --net="/run/netns/$ns" unshare --uts \
-    sh -c 'hostname "$0" && exec timeout -s KILL 240 "$@"' "$name" "$dtrain" launch "$@") \
-    >"$file" 2>&1 &
-  pids+=($!)
-}
 
 final_line() { grep -o 'final: test_accuracy=[0-9.]* test_loss=[0-9.]* steps=[0-9]*' "$1" || true; }
 
@@ -79,15 +28,6 @@ same_weights() {
   local a b
   a=$(weights "$1") && b=$(weights "$2") && [ -n "$a" ] && [ "$a" = "$b" ]
 }
-
-fail() {
-  echo "FAIL: $*"
-  for f in "$work"/*.out; do echo "--- $f"; cat "$f"; done
-  exit 1
-}
-
-export DTRAIN_STORE_TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export OMP_NUM_THREADS=1
 
 # 1. Reference: both workers on one host.
 mkdir -p "$work/one"
