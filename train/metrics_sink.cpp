@@ -30,8 +30,9 @@ void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss,
                        double samples_per_step, bool last) {
   window_loss_ += loss;
   ++window_steps_;
+  last_step_at_ = std::chrono::steady_clock::now();
   const double window_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start_).count();
+      window_seconds_before_ + std::chrono::duration<double>(last_step_at_ - window_start_).count();
   const double rate = window_steps_ * samples_per_step / std::max(window_s, 1e-9);
   const double mean_loss = window_loss_ / window_steps_;
   progress_.update(step, epoch, epochs, mean_loss, rate);
@@ -47,6 +48,7 @@ void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss,
   scalar("train/samples_per_sec", rate, step);
   window_loss_ = 0;
   window_steps_ = 0;
+  window_seconds_before_ = 0;
   window_start_ = std::chrono::steady_clock::now();
 }
 
@@ -63,6 +65,10 @@ void MetricsSink::test(int64_t step, int64_t epoch, int64_t epochs, double loss,
                 {"wall_time", unix_time()}});
   scalar("test/loss", loss, step);
   scalar("test/accuracy", accuracy, step);
+  // The evaluation ran between the last step and now.
+  if (window_steps_ > 0) {
+    window_seconds_before_ += std::chrono::duration<double>(last_step_at_ - window_start_).count();
+  }
   window_start_ = std::chrono::steady_clock::now();
 }
 

@@ -40,6 +40,10 @@ class MetricsSink {
   double window_loss_ = 0;
   int64_t window_steps_ = 0;
   std::chrono::steady_clock::time_point window_start_ = std::chrono::steady_clock::now();
+  // Training time of the window before the last evaluation: steps done before it count with the
+  // time they took, not with none (which read ~2x too high right after every evaluation).
+  double window_seconds_before_ = 0;
+  std::chrono::steady_clock::time_point last_step_at_ = window_start_;
 };
 
 }  // namespace dtrain::train

@@ -10,8 +10,10 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <regex>
+#include <thread>
 
 #include "tensor/check.h"
 #include "train/config.h"
@@ -213,6 +215,43 @@ TEST(MetricsSink, FlushPutsTheScalarsSoFarInTheEventFile) {
     }
   }
   EXPECT_EQ(tags, (std::vector<std::string>{"train/loss", "train/lr", "train/samples_per_sec"}));
+}
+
+// Steps of 20 ms or more around a 200 ms evaluation: the window's throughput counts the four
+// steps' time, not only the two after the evaluation. (A slower machine only lowers the rate.)
+TEST(MetricsSink, ThroughputAfterAnEvaluationCountsTheWholeWindowsSteps) {
+  ScratchDir dir;
+  Config config;
+  config.log.dir = dir / "logs";
+  config.log.progress = "off";
+  config.log.tensorboard = false;
+  config.log.every_steps = 4;
+  const double samples_per_step = 100;
+  const auto pause = [](int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); };
+  {
+    MetricsSink sink(config, /*total_steps=*/4, /*append=*/false);
+    for (int64_t step = 1; step <= 4; ++step) {
+      pause(20);
+      sink.step(step, /*epoch=*/0, /*epochs=*/1, /*loss=*/1.0, /*lr=*/0.1, samples_per_step,
+                /*last=*/step == 4);
+      if (step == 2) {
+        pause(200);  // the evaluation
+        sink.test(step, 0, 1, /*loss=*/1.0, /*accuracy=*/0.5);
+      }
+    }
+    sink.finish();
+  }
+  std::ifstream in(config.log.dir + "/metrics.jsonl");
+  std::string line;
+  double rate = -1;
+  const std::regex field("\"samples_per_sec\": *([0-9.eE+-]+)");
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_search(line, m, field)) rate = std::stod(m[1]);
+  }
+  ASSERT_GT(rate, 0) << "no samples_per_sec in metrics.jsonl";
+  // At least 4 x 20 ms of steps: at most 5,000 samples/s (2x that when the evaluation resets it).
+  EXPECT_LE(rate, 4 * samples_per_step / 0.080 * 1.02);
 }
 
 TEST(TensorBoardWriter, SecondWriterInSameSecondGetsItsOwnFile) {
