@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cctype>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -17,6 +18,7 @@
 #include "launcher/cluster.h"
 #include "launcher/launch.h"
 #include "tensor/hash.h"
+#include "tensor/printable.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/run.h"
@@ -212,19 +214,26 @@ int cli_main(int argc, char** argv) {
     const auto given = [&](CLI::Option* option, auto apply) {
       flags.given.emplace_back(option, apply);
     };
-    given(launch->add_option("--nproc-per-node", v.nproc_per_node, "workers on this node")
+    // torchrun's spellings (--nproc_per_node ...) are accepted too.
+    given(launch
+              ->add_option("--nproc-per-node,--nproc_per_node", v.nproc_per_node,
+                           "workers on this node")
               ->check(CLI::Range(1, 1024)),
           [&v](LaunchOptions& o) { o.nproc_per_node = v.nproc_per_node; });
     given(launch->add_option("--nnodes", v.nnodes, "machines in the job")
               ->check(CLI::Range(1, 65536)),
           [&v](LaunchOptions& o) { o.nnodes = v.nnodes; });
-    given(launch->add_option("--node-rank", v.node_rank, "this machine's index, 0 hosts the store")
+    given(launch
+              ->add_option("--node-rank,--node_rank", v.node_rank,
+                           "this machine's index, 0 hosts the store")
               ->check(CLI::Range(0, 65535)),
           [&v](LaunchOptions& o) { o.node_rank = v.node_rank; });
-    given(launch->add_option("--rdzv-endpoint", v.rdzv_endpoint,
+    given(launch->add_option("--rdzv-endpoint,--rdzv_endpoint", v.rdzv_endpoint,
                              "HOST:PORT of node 0's store (node 0 listens there)"),
           [&v](LaunchOptions& o) { o.rdzv_endpoint = v.rdzv_endpoint; });
-    given(launch->add_option("--max-restarts", v.max_restarts, "restarts after a failure")
+    given(launch
+              ->add_option("--max-restarts,--max_restarts", v.max_restarts,
+                           "restarts after a failure")
               ->check(CLI::Range(0, 1'000'000)),
           [&v](LaunchOptions& o) { o.max_restarts = v.max_restarts; });
     given(launch
@@ -232,7 +241,8 @@ int cli_main(int argc, char** argv) {
                            "a silent worker counts as failed after this long (0: never)")
               ->check(CLI::NonNegativeNumber),
           [&v](LaunchOptions& o) { o.heartbeat_timeout_s = v.heartbeat_timeout_s; });
-    given(launch->add_option("--log-dir", v.log_dir, "write worker output to DIR/rank_N.log"),
+    given(launch->add_option("--log-dir,--log_dir", v.log_dir,
+                             "write worker output to DIR/rank_N.log"),
           [&v](LaunchOptions& o) { o.log_dir = v.log_dir; });
     given(launch
               ->add_option("--cpu-bind", v.cpu_bind,
@@ -269,6 +279,17 @@ int cli_main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
+    // `--train.epochs=3` (the habit from other tools) is an override without its dashes.
+    for (int i = 1; i < argc && code != 0; ++i) {
+      const std::string arg = argv[i];
+      const std::string name = arg.substr(0, arg.find('='));
+      if (arg.size() > 2 && arg.starts_with("--") &&
+          std::isalpha(static_cast<unsigned char>(arg[2])) && name.find('.') != std::string::npos) {
+        std::fprintf(stderr, "dtrain: overrides are written without dashes: %s%s\n",
+                     dtrain::printable(arg.substr(2)).c_str(),
+                     arg.find('=') == std::string::npos ? "=VALUE" : "");
+      }
+    }
     return code == 0 ? 0 : kUsageError;
   }
 

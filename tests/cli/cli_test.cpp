@@ -1,5 +1,6 @@
 // The dtrain command line: version, help, usage errors, `config check` on every committed config,
 // `config reference` against the committed docs/config.md, and overrides in the resolved config.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 namespace dtrain {
 namespace {
 
+using ::testing::HasSubstr;
 using testutil::run_dtrain;
 using testutil::source_path;
 
@@ -92,6 +94,16 @@ TEST(Cli, UsageErrorsExitTwo) {
     EXPECT_EQ(r.exit_code, 2) << "dtrain " << args << ":\n" << r.output;
     EXPECT_FALSE(r.output.empty()) << "dtrain " << args;
   }
+  EXPECT_TRUE(dir.entries().empty()) << "a usage error wrote files";
+}
+
+TEST(Cli, AnOverrideWrittenAsAnOptionIsNamedWithoutItsDashes) {
+  testutil::ScratchDir dir;
+  const auto r =
+      run_dtrain("train " + source_path("configs/synthetic_mlp.yaml") + " --train.epochs=3",
+                 dir.path().string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("overrides are written without dashes: train.epochs=3"));
   EXPECT_TRUE(dir.entries().empty()) << "a usage error wrote files";
 }
 

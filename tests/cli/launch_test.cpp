@@ -379,6 +379,13 @@ TEST(Launch, BadLauncherOptionsAreUsageErrors) {
   r = run("--nnodes 2 --rdzv-endpoint 127.0.0.1:1 run.yaml");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.output, HasSubstr("DTRAIN_STORE_TOKEN"));
+  // torchrun's spellings reach the same checks.
+  r = run("--nproc_per_node 2 --max_restarts 0 --log_dir logs run.yaml strategy.type=single");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("strategy.type is single"));
+  r = run("--nnodes 2 --node_rank 2 --rdzv_endpoint 127.0.0.1:1 run.yaml");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--node-rank 2 is not below --nnodes 2"));
   r = run("--nproc-per-node 2 run.yaml launcher.rdzv_endpoint=nonsense");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("'nonsense' is not HOST:PORT"));
