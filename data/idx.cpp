@@ -186,7 +186,7 @@ std::string IdxDataset::describe() const {
                                 ")");
 }
 
-Splits load_fashion_mnist(const std::string& dir, Normalize normalize) {
+FashionMnistFiles locate_fashion_mnist(const std::string& dir) {
   const char* kHint =
       "Install them with `apt-get install dataset-fashion-mnist` (into "
       "/usr/share/datasets/fashion-mnist) or point data.path at a directory that holds them";
@@ -205,14 +205,16 @@ Splits load_fashion_mnist(const std::string& dir, Normalize normalize) {
                  kHint);
     return path;
   };
+  return {find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"),
+          find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte")};
+}
+
+Splits load_fashion_mnist(const std::string& dir, Normalize normalize) {
   // Every file is located before any is read, so a missing one fails fast.
-  const std::string train_images = find("train-images-idx3-ubyte");
-  const std::string train_labels = find("train-labels-idx1-ubyte");
-  const std::string test_images = find("t10k-images-idx3-ubyte");
-  const std::string test_labels = find("t10k-labels-idx1-ubyte");
+  const FashionMnistFiles files = locate_fashion_mnist(dir);
   Splits splits;
-  splits.train = std::make_shared<IdxDataset>(train_images, train_labels, normalize);
-  splits.test = std::make_shared<IdxDataset>(test_images, test_labels, normalize);
+  splits.train = std::make_shared<IdxDataset>(files.train_images, files.train_labels, normalize);
+  splits.test = std::make_shared<IdxDataset>(files.test_images, files.test_labels, normalize);
   return splits;
 }
 

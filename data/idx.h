@@ -36,6 +36,15 @@ class IdxDataset final : public Dataset {
   std::vector<int64_t> labels_;
 };
 
+/// The four Fashion-MNIST files in a directory, each plain or .gz.
+struct FashionMnistFiles {
+  std::string train_images, train_labels, test_images, test_labels;
+};
+
+/// Finds the four files in `dir` without reading them; throws ValueError naming the directory, the
+/// first file missing and how to get them.
+FashionMnistFiles locate_fashion_mnist(const std::string& dir);
+
 /// The train and test splits from `dir` (train-*-idx*-ubyte[.gz], t10k-*-idx*-ubyte[.gz]).
 Splits load_fashion_mnist(const std::string& dir, Normalize normalize);
 

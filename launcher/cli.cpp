@@ -14,6 +14,7 @@
 #include <iostream>
 #include <optional>
 
+#include "data/idx.h"
 #include "distributed/registry.h"
 #include "launcher/cluster.h"
 #include "launcher/launch.h"
@@ -333,6 +334,30 @@ int cli_main(int argc, char** argv) {
     }
     if (*check) {
       Config c = load_config(config_path, overrides);
+      // What training would read first: a check that passes should not end in a missing file.
+      std::vector<std::string> problems;
+      if (c.data.name == "fashion_mnist") {
+        try {
+          dtrain::data::locate_fashion_mnist(c.data.path);
+        } catch (const dtrain::ValueError& e) {
+          problems.push_back("data.path: " + e.message());
+        }
+      }
+      const std::string& resume = c.train.resume;
+      if (!resume.empty() && resume != "auto" && resume != "never" && !is_checkpoint_file(resume)) {
+        std::error_code ec;
+        problems.push_back("train.resume: '" + dtrain::printable(resume) + "' " +
+                           (std::filesystem::exists(resume, ec) ? "is not a dtrain checkpoint"
+                                                                : "does not exist") +
+                           "; give a checkpoint (.dtck), auto or never");
+      }
+      if (!problems.empty()) {
+        for (const std::string& p : problems) {
+          std::fprintf(stderr, "dtrain: %s: %s\n", dtrain::printable(config_path).c_str(),
+                       p.c_str());
+        }
+        return kUsageError;
+      }
       std::printf("# %s is valid (config hash %s)\n%s", config_path.c_str(), c.hash().c_str(),
                   c.to_yaml().c_str());
       return 0;

@@ -107,6 +107,21 @@ TEST(Cli, AnOverrideWrittenAsAnOptionIsNamedWithoutItsDashes) {
   EXPECT_TRUE(dir.entries().empty()) << "a usage error wrote files";
 }
 
+TEST(Cli, ConfigCheckReportsAMissingDataPathAndResumeCheckpoint) {
+  testutil::ScratchDir dir;
+  const std::string config = source_path("configs/fashion_mnist_mlp.yaml");
+  auto r = run_dtrain("config check " + config + " data.path=" + (dir / "no-such-dir"),
+                      dir.path().string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("data.path: Fashion-MNIST directory '" + (dir / "no-such-dir") +
+                                  "' does not exist"));
+  r = run_dtrain("config check " + config + " train.resume=" + (dir / "ckpt-9.dtck"),
+                 dir.path().string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("train.resume: '" + (dir / "ckpt-9.dtck") + "' does not exist"));
+  EXPECT_TRUE(dir.entries().empty()) << "config check wrote files";
+}
+
 TEST(Cli, NoSubcommandSaysOneIsRequired) {
   const auto r = run_dtrain("");
   EXPECT_EQ(r.exit_code, 2);
