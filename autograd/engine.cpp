@@ -1,5 +1,5 @@
 // Graph recording, hooks and the backward engine.
-#include "autograd/engine.h"
+#include "dtrain/autograd/engine.h"
 
 #include <atomic>
 #include <cctype>
@@ -9,9 +9,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "autograd/grad_mode.h"
-#include "autograd/node.h"
-#include "tensor/ops.h"
+#include "dtrain/autograd/grad_mode.h"
+#include "dtrain/autograd/node.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain::autograd {
 namespace {

@@ -1,7 +1,7 @@
 // The backward engine: runs the recorded graph from a root, ordering nodes by dependency count.
 #pragma once
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::autograd {
 

@@ -1,10 +1,10 @@
 // Forward computations and their backward formulas.
-#include "autograd/functions.h"
+#include "dtrain/autograd/functions.h"
 
 #include <cstring>
 
-#include "autograd/node.h"
-#include "tensor/dispatch.h"
+#include "dtrain/autograd/node.h"
+#include "dtrain/tensor/dispatch.h"
 
 namespace dtrain {
 

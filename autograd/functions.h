@@ -5,10 +5,10 @@
 #include <optional>
 #include <vector>
 
-#include "autograd/engine.h"
-#include "autograd/grad_mode.h"
-#include "tensor/ops.h"
-#include "tensor/tensor.h"
+#include "dtrain/autograd/engine.h"
+#include "dtrain/autograd/grad_mode.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain {
 

@@ -1,10 +1,10 @@
 // gradcheck: analytic Jacobian rows by one-hot backward, numerical columns by central differences.
-#include "autograd/gradcheck.h"
+#include "dtrain/autograd/gradcheck.h"
 
 #include <cmath>
 #include <sstream>
 
-#include "autograd/grad_mode.h"
+#include "dtrain/autograd/grad_mode.h"
 
 namespace dtrain {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <functional>
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::autograd {
 

@@ -9,8 +9,8 @@
 #include <string_view>
 #include <vector>
 
-#include "autograd/hooks.h"
-#include "tensor/tensor.h"
+#include "dtrain/autograd/hooks.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::autograd {
 

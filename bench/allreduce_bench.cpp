@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "distributed/backends/mpi/mpi_communicator.h"
-#include "distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/distributed/backends/mpi/mpi_communicator.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
 
 using namespace dtrain;
 

@@ -6,9 +6,9 @@
 #include <cstring>
 #include <thread>
 
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/backends/tcp/tcp_communicator.h"
-#include "distributed/store.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/distributed/store.h"
 
 using namespace dtrain;
 

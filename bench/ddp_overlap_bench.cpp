@@ -13,13 +13,13 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/environment.h"
-#include "distributed/job.h"
-#include "nn/optim.h"
-#include "strategies/ddp.h"
-#include "tensor/cpu/parallel.h"
-#include "train/models.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/environment.h"
+#include "dtrain/distributed/job.h"
+#include "dtrain/nn/optim.h"
+#include "dtrain/strategies/ddp.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/train/models.h"
 
 using namespace dtrain;
 

@@ -6,11 +6,11 @@
 
 #include <cstring>
 
-#include "nn/layers.h"
-#include "nn/loss.h"
-#include "nn/optim.h"
-#include "tensor/allocator.h"
-#include "tensor/ops.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/nn/loss.h"
+#include "dtrain/nn/optim.h"
+#include "dtrain/tensor/allocator.h"
+#include "dtrain/tensor/ops.h"
 
 using namespace dtrain;
 

@@ -1,12 +1,12 @@
 // AugmentedDataset: the base fills the batch, then each example is cropped, flipped and normalised
 // in place with choices drawn from Philox keyed by (seed, epoch, index).
-#include "data/augment.h"
+#include "dtrain/data/augment.h"
 
 #include <cmath>
 #include <sstream>
 
-#include "tensor/check.h"
-#include "tensor/kernels.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/kernels.h"
 
 namespace dtrain::data {
 namespace {

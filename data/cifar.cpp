@@ -1,6 +1,6 @@
 // CIFAR binary reader: sizes checked against the record size before reading, then read in chunks
 // of records into pixel bytes and labels.
-#include "data/cifar.h"
+#include "dtrain/data/cifar.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 namespace {

@@ -1,10 +1,10 @@
 // Dataset helpers.
-#include "data/dataset.h"
+#include "dtrain/data/dataset.h"
 
 #include <cstring>
 #include <sstream>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 

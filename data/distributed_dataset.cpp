@@ -1,12 +1,12 @@
 // DistributedDataset: a single-process DataLoader with the global batch, each batch cut into the
 // replicas' contiguous shares (views, no copy).
-#include "data/distributed_dataset.h"
+#include "dtrain/data/distributed_dataset.h"
 
 #include <algorithm>
 #include <string>
 
-#include "tensor/check.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain::data {
 namespace {

@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "data/loader.h"
+#include "dtrain/data/loader.h"
 
 namespace dtrain::data {
 

@@ -1,5 +1,5 @@
 // GzipReader over zlib's gzFile.
-#include "data/gzip_reader.h"
+#include "dtrain/data/gzip_reader.h"
 
 #include <zlib.h>
 
@@ -8,7 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data::detail {
 

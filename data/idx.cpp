@@ -1,13 +1,13 @@
 // IDX reader (gzip or plain, through zlib) that validates the header before reading the data, and
 // the Fashion-MNIST loader that finds the four split files in a directory.
-#include "data/idx.h"
+#include "dtrain/data/idx.h"
 
 #include <algorithm>
 #include <filesystem>
 #include <sstream>
 
-#include "data/gzip_reader.h"
-#include "tensor/check.h"
+#include "dtrain/data/gzip_reader.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 namespace {

@@ -1,10 +1,10 @@
 // DataLoader: one producer thread per epoch fills batches into a bounded queue that next() drains
 // in order.
-#include "data/loader.h"
+#include "dtrain/data/loader.h"
 
 #include <algorithm>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 

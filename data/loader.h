@@ -7,8 +7,8 @@
 #include <mutex>
 #include <thread>
 
-#include "data/dataset.h"
-#include "data/sampler.h"
+#include "dtrain/data/dataset.h"
+#include "dtrain/data/sampler.h"
 
 namespace dtrain::data {
 

@@ -1,5 +1,5 @@
 // MappedFile: open, fstat, mmap (read-only, private), then close the descriptor.
-#include "data/mapped_file.h"
+#include "dtrain/data/mapped_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -9,7 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 

@@ -1,6 +1,6 @@
 // .npy header parser (a small reader for the dict literal numpy writes) over a memory map, and
 // NpyDataset.
-#include "data/npy.h"
+#include "dtrain/data/npy.h"
 
 #include <algorithm>
 #include <bit>
@@ -10,7 +10,7 @@
 #include <sstream>
 #include <string_view>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 namespace {

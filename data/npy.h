@@ -5,8 +5,8 @@
 #include <memory>
 #include <string>
 
-#include "data/dataset.h"
-#include "data/mapped_file.h"
+#include "dtrain/data/dataset.h"
+#include "dtrain/data/mapped_file.h"
 
 namespace dtrain::data {
 

@@ -1,7 +1,7 @@
 // RangeDataset.
-#include "data/range_dataset.h"
+#include "dtrain/data/range_dataset.h"
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "data/dataset.h"
+#include "dtrain/data/dataset.h"
 
 namespace dtrain::data {
 

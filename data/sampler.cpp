@@ -1,11 +1,11 @@
 // DistributedSampler: a seeded per-epoch permutation, padded or cut to a multiple of the replica
 // count, then dealt out round-robin.
-#include "data/sampler.h"
+#include "dtrain/data/sampler.h"
 
 #include <numeric>
 
-#include "tensor/check.h"
-#include "tensor/kernels.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/kernels.h"
 
 namespace dtrain::data {
 

@@ -1,11 +1,11 @@
 // SyntheticDataset: Gaussian inputs labelled by a fixed random linear map, all drawn from Philox
 // at construction.
-#include "data/synthetic.h"
+#include "dtrain/data/synthetic.h"
 
 #include <cstring>
 
-#include "tensor/check.h"
-#include "tensor/kernels.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/kernels.h"
 
 namespace dtrain::data {
 namespace {

@@ -1,7 +1,7 @@
 // A seeded synthetic classification set with a learnable target, for tests and benchmarks.
 #pragma once
 
-#include "data/dataset.h"
+#include "dtrain/data/dataset.h"
 
 namespace dtrain::data {
 

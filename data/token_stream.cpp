@@ -1,5 +1,5 @@
 // TokenStreamDataset over a memory map, the byte tokenizer, and the cached text corpus splits.
-#include "data/token_stream.h"
+#include "dtrain/data/token_stream.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -17,9 +17,9 @@
 #include <iomanip>
 #include <sstream>
 
-#include "data/gzip_reader.h"
-#include "tensor/check.h"
-#include "tensor/hash.h"
+#include "dtrain/data/gzip_reader.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/hash.h"
 
 namespace dtrain::data {
 namespace {

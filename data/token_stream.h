@@ -9,8 +9,8 @@
 #include <string_view>
 #include <vector>
 
-#include "data/dataset.h"
-#include "data/mapped_file.h"
+#include "dtrain/data/dataset.h"
+#include "dtrain/data/mapped_file.h"
 
 namespace dtrain::data {
 

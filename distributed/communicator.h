@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::dist {
 

@@ -1,7 +1,7 @@
 // DeviceRoutedCommunicator: every collective goes to the communicator of its tensors' device kind.
-#include "distributed/device_routed_communicator.h"
+#include "dtrain/distributed/device_routed_communicator.h"
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 

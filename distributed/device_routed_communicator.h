@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "distributed/communicator.h"
+#include "dtrain/distributed/communicator.h"
 
 namespace dtrain::dist {
 

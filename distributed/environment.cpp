@@ -1,12 +1,12 @@
 // Environment detection for workers started by dtrain's launcher, mpirun or srun.
-#include "distributed/environment.h"
+#include "dtrain/distributed/environment.h"
 
 #include <climits>
 #include <optional>
 #include <sstream>
 #include <vector>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 namespace {

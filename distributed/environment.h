@@ -7,7 +7,7 @@
 #include <functional>
 #include <string>
 
-#include "distributed/communicator.h"
+#include "dtrain/distributed/communicator.h"
 
 namespace dtrain::dist {
 

@@ -1,5 +1,5 @@
 // Heartbeats from a launched worker to its launcher.
-#include "distributed/heartbeat.h"
+#include "dtrain/distributed/heartbeat.h"
 
 #include <sys/socket.h>
 
@@ -12,7 +12,7 @@
 #include <string>
 #include <thread>
 
-#include "distributed/host_communicator.h"
+#include "dtrain/distributed/host_communicator.h"
 
 namespace dtrain::dist {
 

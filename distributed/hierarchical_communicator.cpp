@@ -1,9 +1,9 @@
 // The hierarchical composition of a local group and a cross-process communicator.
-#include "distributed/hierarchical_communicator.h"
+#include "dtrain/distributed/hierarchical_communicator.h"
 
 #include <cstring>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 

@@ -7,7 +7,7 @@
 
 #include <memory>
 
-#include "distributed/host_communicator.h"
+#include "dtrain/distributed/host_communicator.h"
 
 namespace dtrain::dist {
 

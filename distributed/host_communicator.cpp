@@ -1,14 +1,14 @@
 // The queue, the Work objects and the argument checks shared by host-memory backends.
-#include "distributed/host_communicator.h"
+#include "dtrain/distributed/host_communicator.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
 
-#include "distributed/reduce.h"
-#include "distributed/shared_memory_group.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/reduce.h"
+#include "dtrain/distributed/shared_memory_group.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 namespace {

@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/communicator.h"
+#include "dtrain/distributed/communicator.h"
 
 namespace dtrain::dist {
 

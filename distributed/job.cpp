@@ -1,20 +1,20 @@
 // dist::Job: the world communicator from the registry, replica groups, watchdogs, replica threads.
-#include "distributed/job.h"
+#include "dtrain/distributed/job.h"
 
 #include <algorithm>
 #include <atomic>
 #include <exception>
 #include <thread>
 
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/device_routed_communicator.h"
-#include "distributed/heartbeat.h"
-#include "distributed/hierarchical_communicator.h"
-#include "distributed/registry.h"
-#include "distributed/socket.h"
-#include "distributed/watchdog.h"
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/device_routed_communicator.h"
+#include "dtrain/distributed/heartbeat.h"
+#include "dtrain/distributed/hierarchical_communicator.h"
+#include "dtrain/distributed/registry.h"
+#include "dtrain/distributed/socket.h"
+#include "dtrain/distributed/watchdog.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain::dist {
 namespace {

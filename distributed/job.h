@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "distributed/communicator.h"
-#include "distributed/environment.h"
-#include "distributed/store.h"
-#include "tensor/dtype.h"
+#include "dtrain/distributed/communicator.h"
+#include "dtrain/distributed/environment.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/tensor/dtype.h"
 
 namespace dtrain::dist {
 

@@ -1,11 +1,11 @@
 // Host reductions for the collectives.
-#include "distributed/reduce.h"
+#include "dtrain/distributed/reduce.h"
 
 #include <algorithm>
 
-#include "tensor/check.h"
-#include "tensor/cpu/half_convert.h"
-#include "tensor/kernels.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cpu/half_convert.h"
+#include "dtrain/tensor/kernels.h"
 
 namespace dtrain::dist {
 namespace {

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "distributed/communicator.h"
+#include "dtrain/distributed/communicator.h"
 
 namespace dtrain::dist {
 

@@ -1,19 +1,19 @@
 // The backend registry. Explicit on purpose: a static library drops self-registering objects
 // that nothing references, so each backend is one line here instead.
-#include "distributed/registry.h"
+#include "dtrain/distributed/registry.h"
 
 #include <algorithm>
 #include <sstream>
 
-#include "distributed/backends/tcp/tcp_communicator.h"
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 #ifdef DTRAIN_HAS_MPI
-#include "distributed/backends/mpi/mpi_communicator.h"
+#include "dtrain/distributed/backends/mpi/mpi_communicator.h"
 #endif
 #if defined(DTRAIN_HAS_NCCL)
-#include "distributed/backends/nccl/nccl_communicator.h"
+#include "dtrain/distributed/backends/nccl/nccl_communicator.h"
 #endif
 
 namespace dtrain::dist {

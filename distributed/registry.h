@@ -7,9 +7,9 @@
 #include <string_view>
 #include <vector>
 
-#include "distributed/environment.h"
-#include "distributed/host_communicator.h"
-#include "distributed/store.h"
+#include "dtrain/distributed/environment.h"
+#include "dtrain/distributed/host_communicator.h"
+#include "dtrain/distributed/store.h"
 
 namespace dtrain::dist {
 

@@ -1,6 +1,6 @@
 // SharedSegment: mapping, the two-flag protocol of the in-place all-reduce, and the checks that
 // turn a late or vanished peer into an error naming it.
-#include "distributed/shared_memory.h"
+#include "dtrain/distributed/shared_memory.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -28,10 +28,10 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/reduce.h"
-#include "distributed/socket.h"
-#include "tensor/check.h"
-#include "tensor/hash.h"
+#include "dtrain/distributed/reduce.h"
+#include "dtrain/distributed/socket.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/hash.h"
 
 namespace dtrain::dist {
 

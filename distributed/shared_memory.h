@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-#include "distributed/communicator.h"
+#include "dtrain/distributed/communicator.h"
 
 namespace dtrain::dist {
 

@@ -1,14 +1,14 @@
 // SharedMemoryGroup: the host decision, the negotiation of each segment, and the all-reduce of a
 // tensor in one (within the host, then the ring among hosts).
-#include "distributed/shared_memory_group.h"
+#include "dtrain/distributed/shared_memory_group.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <string>
 #include <utility>
 
-#include "distributed/reduce.h"
-#include "tensor/hash.h"
+#include "dtrain/distributed/reduce.h"
+#include "dtrain/tensor/hash.h"
 
 namespace dtrain::dist {
 

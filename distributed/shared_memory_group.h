@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "distributed/communicator.h"
-#include "distributed/shared_memory.h"
+#include "dtrain/distributed/communicator.h"
+#include "dtrain/distributed/shared_memory.h"
 
 namespace dtrain::dist {
 

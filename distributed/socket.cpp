@@ -1,5 +1,5 @@
 // TCP plumbing shared by the Store and the tcp backend.
-#include "distributed/socket.h"
+#include "dtrain/distributed/socket.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -17,7 +17,7 @@
 #include <memory>
 #include <system_error>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist::net {
 namespace {

@@ -1,7 +1,7 @@
 // The TCP Store: a server whose one poll() thread serves every connection from non-blocking
 // sockets and per-connection buffers, and a client that sends one request at a time. Both speak
 // length-prefixed StoreRequest/StoreResponse messages (distributed/store.proto).
-#include "distributed/store.h"
+#include "dtrain/distributed/store.h"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -27,9 +27,9 @@
 #include <unordered_map>
 #include <utility>
 
-#include "distributed/socket.h"
+#include "dtrain/distributed/socket.h"
 #include "distributed/store.pb.h"
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 namespace {

@@ -1,5 +1,5 @@
 // The collective watchdog.
-#include "distributed/watchdog.h"
+#include "dtrain/distributed/watchdog.h"
 
 #include <cstdio>
 #include <cstdlib>

@@ -12,8 +12,8 @@
 #include <string>
 #include <thread>
 
-#include "distributed/host_communicator.h"
-#include "distributed/store.h"
+#include "dtrain/distributed/host_communicator.h"
+#include "dtrain/distributed/store.h"
 
 namespace dtrain::dist {
 

@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "nn/layers.h"
-#include "nn/loss.h"
-#include "nn/lr_scheduler.h"
-#include "nn/optim.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/nn/loss.h"
+#include "dtrain/nn/lr_scheduler.h"
+#include "dtrain/nn/optim.h"
 
 using namespace dtrain;
 

@@ -7,8 +7,8 @@
 #include <string>
 
 #include "fuzz/fuzz_util.h"
-#include "train/checkpoint.h"
-#include "train/encoding.h"
+#include "dtrain/train/checkpoint.h"
+#include "dtrain/train/encoding.h"
 
 namespace {
 

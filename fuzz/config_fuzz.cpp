@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "fuzz/fuzz_util.h"
-#include "train/config.h"
+#include "dtrain/train/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace dtrain;

@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::fuzz {
 

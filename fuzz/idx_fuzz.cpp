@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "data/idx.h"
+#include "dtrain/data/idx.h"
 #include "fuzz/fuzz_util.h"
 
 namespace {

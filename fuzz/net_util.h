@@ -16,7 +16,7 @@
 #include <string>
 #include <string_view>
 
-#include "distributed/socket.h"
+#include "dtrain/distributed/socket.h"
 #include "fuzz/fuzz_util.h"
 
 namespace dtrain::fuzz {

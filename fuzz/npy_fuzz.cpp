@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "data/npy.h"
+#include "dtrain/data/npy.h"
 #include "fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

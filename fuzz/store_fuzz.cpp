@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <string>
 
-#include "distributed/store.h"
+#include "dtrain/distributed/store.h"
 #include "fuzz/fuzz_util.h"
 #include "fuzz/net_util.h"
 

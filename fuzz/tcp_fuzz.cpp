@@ -19,9 +19,9 @@
 #include <string>
 #include <thread>
 
-#include "distributed/backends/tcp/tcp_communicator.h"
-#include "distributed/shared_memory.h"
-#include "distributed/store.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/distributed/shared_memory.h"
+#include "dtrain/distributed/store.h"
 #include "fuzz/fuzz_util.h"
 #include "fuzz/net_util.h"
 

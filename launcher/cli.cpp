@@ -1,7 +1,7 @@
 // The command line: train, launch, config check/reference, eval, export. Exit codes: 0 success,
 // 2 usage or config error, 1 run-time failure (launch: 130/143 when interrupted). The only place
 // that catches errors at the top.
-#include "launcher/cli.h"
+#include "dtrain/launcher/cli.h"
 
 #include <unistd.h>
 
@@ -14,18 +14,18 @@
 #include <iostream>
 #include <optional>
 
-#include "data/idx.h"
-#include "distributed/registry.h"
-#include "launcher/cluster.h"
-#include "launcher/launch.h"
-#include "tensor/hash.h"
-#include "tensor/printable.h"
-#include "train/checkpoint.h"
-#include "train/config.h"
-#include "train/run.h"
-#include "train/safetensors.h"
-#include "train/stop_signal.h"
-#include "train/trainer.h"
+#include "dtrain/data/idx.h"
+#include "dtrain/distributed/registry.h"
+#include "dtrain/launcher/cluster.h"
+#include "dtrain/launcher/launch.h"
+#include "dtrain/tensor/hash.h"
+#include "dtrain/tensor/printable.h"
+#include "dtrain/train/checkpoint.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/run.h"
+#include "dtrain/train/safetensors.h"
+#include "dtrain/train/stop_signal.h"
+#include "dtrain/train/trainer.h"
 
 #ifndef DTRAIN_VERSION
 #define DTRAIN_VERSION "0.0.0"

@@ -1,15 +1,15 @@
 // ClusterJob: the job a `cluster:` section describes, as the JobSpec a dtrain launch worker gets.
-#include "launcher/cluster.h"
+#include "dtrain/launcher/cluster.h"
 
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
-#include "distributed/environment.h"
-#include "distributed/socket.h"
-#include "distributed/store.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/environment.h"
+#include "dtrain/distributed/socket.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::launch {
 

@@ -8,7 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "distributed/environment.h"
+#include "dtrain/distributed/environment.h"
 
 namespace dtrain::dist {
 class StoreServer;

@@ -8,7 +8,7 @@
 //     launch/a/stopped, and once all have, all start attempt a+1 or give up together;
 //  4. on success each node adds itself to launch/a/done and waits for all, then to
 //     launch/a/leaving, so that node 0 keeps the Store up until every node has read the outcome.
-#include "launcher/launch.h"
+#include "dtrain/launcher/launch.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -38,10 +38,10 @@
 #include <sstream>
 #include <thread>
 
-#include "distributed/host_communicator.h"
-#include "distributed/socket.h"
-#include "distributed/store.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/host_communicator.h"
+#include "dtrain/distributed/socket.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/tensor/check.h"
 
 extern char** environ;
 

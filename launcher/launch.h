@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "train/config.h"
+#include "dtrain/train/config.h"
 
 namespace dtrain::launch {
 

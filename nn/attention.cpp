@@ -1,5 +1,5 @@
 // Causal self-attention and the transformer block.
-#include "nn/attention.h"
+#include "dtrain/nn/attention.h"
 
 #include <cmath>
 #include <limits>

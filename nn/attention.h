@@ -1,7 +1,7 @@
 // Causal (decoder-only) multi-head self-attention and the pre-norm transformer block built on it.
 #pragma once
 
-#include "nn/layers.h"
+#include "dtrain/nn/layers.h"
 
 namespace dtrain::nn {
 

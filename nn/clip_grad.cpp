@@ -1,9 +1,9 @@
 // Global-norm gradient clipping with tensor ops, so gradients stay on their device.
-#include "nn/clip_grad.h"
+#include "dtrain/nn/clip_grad.h"
 
 #include <cmath>
 
-#include "tensor/ops.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain::nn {
 

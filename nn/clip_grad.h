@@ -3,7 +3,7 @@
 
 #include <vector>
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::nn {
 

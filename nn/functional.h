@@ -1,7 +1,7 @@
 // nn::functional: the functional forms of the layers, for users who write models without modules.
 #pragma once
 
-#include "autograd/functions.h"
+#include "dtrain/autograd/functions.h"
 
 namespace dtrain::nn::functional {
 using dtrain::avg_pool2d;

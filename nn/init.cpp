@@ -1,5 +1,5 @@
 // Initialisers.
-#include "nn/init.h"
+#include "dtrain/nn/init.h"
 
 #include <cmath>
 

@@ -1,7 +1,7 @@
 // Parameter initialisers (PyTorch's formulas), all drawing from an explicit Philox generator.
 #pragma once
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::nn::init {
 

@@ -1,10 +1,10 @@
 // Layer implementations.
-#include "nn/layers.h"
+#include "dtrain/nn/layers.h"
 
 #include <cmath>
 
-#include "nn/init.h"
-#include "tensor/ops.h"
+#include "dtrain/nn/init.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain::nn {
 

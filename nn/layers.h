@@ -4,7 +4,7 @@
 
 #include <initializer_list>
 
-#include "nn/module.h"
+#include "dtrain/nn/module.h"
 
 namespace dtrain::nn {
 

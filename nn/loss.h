@@ -1,7 +1,7 @@
 // Loss objects over the functional losses (mean reduction).
 #pragma once
 
-#include "autograd/functions.h"
+#include "dtrain/autograd/functions.h"
 
 namespace dtrain::nn {
 

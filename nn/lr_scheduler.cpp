@@ -1,5 +1,5 @@
 // LR schedule formulas.
-#include "nn/lr_scheduler.h"
+#include "dtrain/nn/lr_scheduler.h"
 
 #include <algorithm>
 #include <cmath>

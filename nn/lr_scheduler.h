@@ -5,7 +5,7 @@
 #include <memory>
 #include <vector>
 
-#include "nn/optim.h"
+#include "dtrain/nn/optim.h"
 
 namespace dtrain::nn {
 

@@ -1,11 +1,11 @@
 // Module registration, traversal, state dicts and cloning.
-#include "nn/module.h"
+#include "dtrain/nn/module.h"
 
 #include <map>
 #include <sstream>
 
-#include "autograd/grad_mode.h"
-#include "tensor/printable.h"
+#include "dtrain/autograd/grad_mode.h"
+#include "dtrain/tensor/printable.h"
 
 namespace dtrain::nn {
 

@@ -8,8 +8,8 @@
 #include <utility>
 #include <vector>
 
-#include "autograd/functions.h"
-#include "tensor/tensor.h"
+#include "dtrain/autograd/functions.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::nn {
 

@@ -1,17 +1,17 @@
 // Optimiser steps: state, per-step scalars and weight-decay masks here; the per-element update is
 // an in-place op of the tensor layer (ops::sgd_update_, ...), which runs it on the parameter's
 // device.
-#include "nn/optim.h"
+#include "dtrain/nn/optim.h"
 
 #include <charconv>
 #include <cmath>
 #include <unordered_set>
 
-#include "autograd/grad_mode.h"
-#include "nn/layers.h"
-#include "tensor/kernels.h"
-#include "tensor/ops.h"
-#include "tensor/printable.h"
+#include "dtrain/autograd/grad_mode.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/printable.h"
 
 namespace dtrain::nn {
 

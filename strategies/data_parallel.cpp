@@ -1,13 +1,13 @@
 // The data-parallel strategies, and the start-up checks that replicas run the same configuration
 // and keep the same parameters.
-#include "strategies/data_parallel.h"
+#include "dtrain/strategies/data_parallel.h"
 
 #include <cstring>
 #include <map>
 #include <sstream>
 
-#include "tensor/check.h"
-#include "tensor/hash.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/hash.h"
 
 namespace dtrain {
 

@@ -6,8 +6,8 @@
 #include <memory>
 #include <string>
 
-#include "strategies/ddp.h"
-#include "strategies/strategy.h"
+#include "dtrain/strategies/ddp.h"
+#include "dtrain/strategies/strategy.h"
 
 namespace dtrain {
 

@@ -1,7 +1,7 @@
 // DistributedDataParallel: model agreement check, parameter broadcast, gradient buckets whose
 // all-reduce starts from autograd hooks, no_sync, unused-parameter detection, bucket rebuild,
 // all-reduce timing.
-#include "strategies/ddp.h"
+#include "dtrain/strategies/ddp.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,11 +9,11 @@
 #include <mutex>
 #include <sstream>
 
-#include "autograd/hooks.h"
-#include "distributed/host_communicator.h"
-#include "tensor/check.h"
-#include "tensor/hash.h"
-#include "tensor/ops.h"
+#include "dtrain/autograd/hooks.h"
+#include "dtrain/distributed/host_communicator.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/hash.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain {
 

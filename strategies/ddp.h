@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "distributed/communicator.h"
-#include "nn/module.h"
+#include "dtrain/distributed/communicator.h"
+#include "dtrain/nn/module.h"
 
 namespace dtrain {
 

@@ -1,10 +1,10 @@
 // MirroredStrategy: DistributedDataParallel per replica over the communicators a one-process job
 // gives its replica threads; the job runs the threads.
-#include "strategies/mirrored.h"
+#include "dtrain/strategies/mirrored.h"
 
 #include <algorithm>
 
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 

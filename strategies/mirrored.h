@@ -10,9 +10,9 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/communicator.h"
-#include "distributed/job.h"
-#include "strategies/ddp.h"
+#include "dtrain/distributed/communicator.h"
+#include "dtrain/distributed/job.h"
+#include "dtrain/strategies/ddp.h"
 
 namespace dtrain {
 

@@ -1,8 +1,8 @@
 // The strategy registry: one line per strategy.
-#include "strategies/strategy.h"
+#include "dtrain/strategies/strategy.h"
 
-#include "strategies/data_parallel.h"
-#include "tensor/check.h"
+#include "dtrain/strategies/data_parallel.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain {
 namespace {

@@ -10,9 +10,9 @@
 #include <utility>
 #include <vector>
 
-#include "distributed/communicator.h"
-#include "nn/module.h"
-#include "strategies/ddp.h"
+#include "dtrain/distributed/communicator.h"
+#include "dtrain/nn/module.h"
+#include "dtrain/strategies/ddp.h"
 
 namespace dtrain {
 

@@ -1,11 +1,11 @@
 // The caching CPU allocator.
-#include "tensor/allocator.h"
+#include "dtrain/tensor/allocator.h"
 
 #include <cstdlib>
 
-#include "tensor/caching_allocator.h"
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/caching_allocator.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 namespace {

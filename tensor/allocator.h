@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "tensor/dtype.h"
+#include "dtrain/tensor/dtype.h"
 
 namespace dtrain {
 

@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "tensor/allocator.h"
+#include "dtrain/tensor/allocator.h"
 
 namespace dtrain::detail {
 

@@ -5,9 +5,9 @@
 
 #include <cstdint>
 
-#include "tensor/check.h"
-#include "tensor/kernels.h"
-#include "tensor/tensor.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::detail {
 

@@ -1,9 +1,9 @@
 // DType and Device helpers.
-#include "tensor/dtype.h"
+#include "dtrain/tensor/dtype.h"
 
 #include <charconv>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain {
 

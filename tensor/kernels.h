@@ -8,7 +8,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "tensor/dtype.h"
+#include "dtrain/tensor/dtype.h"
 
 #if defined(__CUDACC__)
 #define DTRAIN_HD __host__ __device__ __forceinline__

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "tensor/kernels.h"
+#include "dtrain/tensor/kernels.h"
 
 // Vectorised sum reductions on the CPU: OpenMP SIMD fixes the reduction order for a given build,
 // so results stay bit-identical from run to run. Ignored in CUDA device code.

@@ -6,8 +6,8 @@
 #include <optional>
 #include <vector>
 
-#include "tensor/kernels.h"
-#include "tensor/tensor.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::ops {
 

@@ -1,10 +1,10 @@
 // GEMM and matmul: oneDNN's dnnl_sgemm on the CPU, cuBLAS on CUDA, a plain loop for float64.
 #include <oneapi/dnnl/dnnl.h>
 
-#include "tensor/cpu/parallel.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/dispatch.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/dispatch.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain::ops {
 namespace {

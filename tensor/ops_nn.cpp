@@ -3,11 +3,11 @@
 #include <cmath>
 #include <cstring>
 
-#include "tensor/cpu/parallel.h"
-#include "tensor/dispatch.h"
-#include "tensor/kernels_nn.h"
-#include "tensor/ops.h"
-#include "tensor/run.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/dispatch.h"
+#include "dtrain/tensor/kernels_nn.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/run.h"
 
 namespace dtrain::ops {
 namespace {

@@ -1,9 +1,9 @@
 // In-place optimiser updates: the *Step functors of tensor/kernels.h run by the CPU loop or on
 // CUDA (tensor/run.h), so an optimiser never needs to know its parameter's device.
-#include "tensor/dispatch.h"
-#include "tensor/kernels.h"
-#include "tensor/ops.h"
-#include "tensor/run.h"
+#include "dtrain/tensor/dispatch.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/run.h"
 
 namespace dtrain::ops {
 

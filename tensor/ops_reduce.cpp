@@ -2,12 +2,12 @@
 #include <algorithm>
 #include <limits>
 
-#include "tensor/cpu/parallel.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/dispatch.h"
-#include "tensor/kernels_nn.h"
-#include "tensor/ops.h"
-#include "tensor/run.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/dispatch.h"
+#include "dtrain/tensor/kernels_nn.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/run.h"
 
 namespace dtrain::ops {
 namespace {

@@ -2,8 +2,8 @@
 // a CUDA grid-stride kernel.
 #pragma once
 
-#include "tensor/cpu/parallel.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 

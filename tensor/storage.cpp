@@ -1,11 +1,11 @@
 // Storage allocation through the device's allocator.
-#include "tensor/storage.h"
+#include "dtrain/tensor/storage.h"
 
 #include <cstdio>
 #include <exception>
 #include <utility>
 
-#include "tensor/allocator.h"
+#include "dtrain/tensor/allocator.h"
 
 namespace dtrain {
 

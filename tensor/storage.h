@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <memory>
 
-#include "tensor/dtype.h"
+#include "dtrain/tensor/dtype.h"
 
 namespace dtrain {
 

@@ -1,5 +1,5 @@
 // Tensor handles, creation, conversion and random draws.
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 #include <atomic>
 #include <cmath>
@@ -7,14 +7,14 @@
 #include <limits>
 #include <sstream>
 
-#include "tensor/cpu/half_convert.h"
-#include "tensor/cpu/parallel.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/dispatch.h"
-#include "tensor/kernels.h"
-#include "tensor/kernels_nn.h"
-#include "tensor/ops.h"
-#include "tensor/run.h"
+#include "dtrain/tensor/cpu/half_convert.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/dispatch.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/kernels_nn.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/run.h"
 
 namespace dtrain {
 

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "tensor/check.h"
-#include "tensor/dtype.h"
-#include "tensor/storage.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/dtype.h"
+#include "dtrain/tensor/storage.h"
 
 namespace dtrain {
 

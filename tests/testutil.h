@@ -12,7 +12,7 @@
 #include <sstream>
 #include <string>
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::testutil {
 

@@ -1,6 +1,6 @@
 // Checkpoint files: a 20-byte header (magic, version, payload length, CRC-32C) and a serialised
 // dtrain.proto.Checkpoint, written atomically; plus listing, pruning and recovery of checkpoints.
-#include "train/checkpoint.h"
+#include "dtrain/train/checkpoint.h"
 
 #include <fcntl.h>
 #include <google/protobuf/io/coded_stream.h>
@@ -20,10 +20,10 @@
 #include <filesystem>
 #include <system_error>
 
-#include "tensor/check.h"
-#include "tensor/printable.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/printable.h"
 #include "train/checkpoint.pb.h"
-#include "train/encoding.h"
+#include "dtrain/train/encoding.h"
 
 namespace dtrain::train {
 namespace {

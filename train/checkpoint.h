@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::train {
 

@@ -1,6 +1,6 @@
 // The config schema (one table: key, type, default, allowed values, meaning), YAML parsing with
 // yaml-cpp, validation that reports every problem with file:line and a suggestion, overrides.
-#include "train/config.h"
+#include "dtrain/train/config.h"
 
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
@@ -16,10 +16,10 @@
 #include <set>
 #include <sstream>
 
-#include "distributed/registry.h"
-#include "distributed/socket.h"
-#include "tensor/hash.h"
-#include "tensor/tensor.h"
+#include "dtrain/distributed/registry.h"
+#include "dtrain/distributed/socket.h"
+#include "dtrain/tensor/hash.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::train {
 namespace {

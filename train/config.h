@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "strategies/strategy.h"
-#include "tensor/check.h"
-#include "train/registry.h"
-#include "train/sequential.h"
+#include "dtrain/strategies/strategy.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/train/registry.h"
+#include "dtrain/train/sequential.h"
 
 namespace dtrain::train {
 

@@ -1,8 +1,8 @@
-#include "train/device.h"
+#include "dtrain/train/device.h"
 
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "train/config.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/train/config.h"
 
 namespace dtrain::train {
 

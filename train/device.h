@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "tensor/dtype.h"
+#include "dtrain/tensor/dtype.h"
 
 namespace dtrain::train {
 

@@ -1,6 +1,6 @@
 // CRC-32C (table-driven, reflected Castagnoli polynomial), its TFRecord mask, and JSON string
 // quoting.
-#include "train/encoding.h"
+#include "dtrain/train/encoding.h"
 
 #include <array>
 #include <cstdio>

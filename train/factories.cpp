@@ -1,14 +1,14 @@
 // The factories behind a config's data, optimizer and schedule sections.
-#include "train/factories.h"
+#include "dtrain/train/factories.h"
 
 #include <algorithm>
 
-#include "data/augment.h"
-#include "data/idx.h"
-#include "data/range_dataset.h"
-#include "data/synthetic.h"
-#include "nn/layers.h"
-#include "train/models.h"
+#include "dtrain/data/augment.h"
+#include "dtrain/data/idx.h"
+#include "dtrain/data/range_dataset.h"
+#include "dtrain/data/synthetic.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/train/models.h"
 
 namespace dtrain::train {
 

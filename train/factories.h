@@ -7,13 +7,13 @@
 #include <utility>
 #include <vector>
 
-#include "data/dataset.h"
-#include "nn/lr_scheduler.h"
-#include "nn/module.h"
-#include "nn/optim.h"
-#include "tensor/tensor.h"
-#include "train/config.h"
-#include "train/registry.h"
+#include "dtrain/data/dataset.h"
+#include "dtrain/nn/lr_scheduler.h"
+#include "dtrain/nn/module.h"
+#include "dtrain/nn/optim.h"
+#include "dtrain/tensor/tensor.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/registry.h"
 
 namespace dtrain::train {
 

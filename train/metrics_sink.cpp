@@ -1,5 +1,5 @@
 // MetricsSink.
-#include "train/metrics_sink.h"
+#include "dtrain/train/metrics_sink.h"
 
 #include <algorithm>
 #include <cinttypes>

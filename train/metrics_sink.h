@@ -6,9 +6,9 @@
 #include <cstdint>
 #include <memory>
 
-#include "train/config.h"
-#include "train/progress.h"
-#include "train/summary.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/progress.h"
+#include "dtrain/train/summary.h"
 
 namespace dtrain::train {
 

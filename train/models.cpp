@@ -1,7 +1,7 @@
 // Model zoo.
-#include "train/models.h"
+#include "dtrain/train/models.h"
 
-#include "nn/layers.h"
+#include "dtrain/nn/layers.h"
 
 namespace dtrain::train {
 namespace {

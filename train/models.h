@@ -1,8 +1,8 @@
 // The model zoo: models built from the `model` config section.
 #pragma once
 
-#include "nn/layers.h"
-#include "train/config.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/train/config.h"
 
 namespace dtrain::train {
 

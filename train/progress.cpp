@@ -1,5 +1,5 @@
 // Progress display.
-#include "train/progress.h"
+#include "dtrain/train/progress.h"
 
 #include <unistd.h>
 

@@ -1,5 +1,5 @@
 // The model and dataset registries, their built-in entries, and typed access to option values.
-#include "train/registry.h"
+#include "dtrain/train/registry.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,13 +9,13 @@
 #include <mutex>
 #include <sstream>
 
-#include "data/cifar.h"
-#include "data/npy.h"
-#include "data/token_stream.h"
-#include "train/config.h"
-#include "train/factories.h"
-#include "train/models.h"
-#include "train/sequential.h"
+#include "dtrain/data/cifar.h"
+#include "dtrain/data/npy.h"
+#include "dtrain/data/token_stream.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/factories.h"
+#include "dtrain/train/models.h"
+#include "dtrain/train/sequential.h"
 
 namespace dtrain::train {
 namespace {

@@ -11,9 +11,9 @@
 #include <utility>
 #include <vector>
 
-#include "data/dataset.h"
-#include "nn/module.h"
-#include "tensor/check.h"
+#include "dtrain/data/dataset.h"
+#include "dtrain/nn/module.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::train {
 

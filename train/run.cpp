@@ -1,12 +1,12 @@
 // One process's part of a job: replicas, their strategies, their Trainers.
-#include "train/run.h"
+#include "dtrain/train/run.h"
 
 #include <vector>
 
-#include "distributed/registry.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "train/device.h"
-#include "train/stop_signal.h"
+#include "dtrain/distributed/registry.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/train/device.h"
+#include "dtrain/train/stop_signal.h"
 
 namespace dtrain::train {
 

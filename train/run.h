@@ -5,9 +5,9 @@
 
 #include <string>
 
-#include "distributed/job.h"
-#include "train/config.h"
-#include "train/trainer.h"
+#include "dtrain/distributed/job.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/trainer.h"
 
 namespace dtrain::train {
 

@@ -1,14 +1,14 @@
 // safetensors writer: 8-byte little-endian header length, space-padded JSON header, tensor bytes.
-#include "train/safetensors.h"
+#include "dtrain/train/safetensors.h"
 
 #include <bit>
 #include <cstring>
 #include <set>
 #include <string_view>
 
-#include "tensor/check.h"
-#include "train/checkpoint.h"
-#include "train/encoding.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/train/checkpoint.h"
+#include "dtrain/train/encoding.h"
 
 namespace dtrain::train {
 namespace {

@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "tensor/tensor.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::train {
 

@@ -1,6 +1,6 @@
 // model.layers: the layer table (types, args, defaults, ranges), YAML parsing that reports every
 // problem with file:line, shape inference, and the builder; inference and building share one walk.
-#include "train/sequential.h"
+#include "dtrain/train/sequential.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -12,8 +12,8 @@
 #include <set>
 #include <sstream>
 
-#include "nn/attention.h"
-#include "train/config.h"
+#include "dtrain/nn/attention.h"
+#include "dtrain/train/config.h"
 
 namespace dtrain::train {
 namespace {

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "nn/layers.h"
+#include "dtrain/nn/layers.h"
 
 namespace YAML {
 class Node;

@@ -1,4 +1,4 @@
-#include "train/stop_signal.h"
+#include "dtrain/train/stop_signal.h"
 
 #include <signal.h>
 

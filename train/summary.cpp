@@ -1,5 +1,5 @@
 // TensorBoard event files (TFRecord framing of tensorflow.Event) and JSON-lines metrics.
-#include "train/summary.h"
+#include "dtrain/train/summary.h"
 
 #include <unistd.h>
 
@@ -14,8 +14,8 @@
 #include <system_error>
 #include <utility>
 
-#include "tensor/check.h"
-#include "train/encoding.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/train/encoding.h"
 #include "train/tensorboard.pb.h"
 
 namespace dtrain::train {

@@ -1,5 +1,5 @@
 // The training loop.
-#include "train/trainer.h"
+#include "dtrain/train/trainer.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -16,14 +16,14 @@
 #include <filesystem>
 #include <map>
 
-#include "autograd/grad_mode.h"
-#include "nn/clip_grad.h"
-#include "tensor/cpu/parallel.h"
-#include "tensor/ops.h"
-#include "tensor/printable.h"
-#include "train/factories.h"
-#include "train/metrics_sink.h"
-#include "train/stop_signal.h"
+#include "dtrain/autograd/grad_mode.h"
+#include "dtrain/nn/clip_grad.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/printable.h"
+#include "dtrain/train/factories.h"
+#include "dtrain/train/metrics_sink.h"
+#include "dtrain/train/stop_signal.h"
 
 namespace dtrain::train {
 namespace {

@@ -13,15 +13,15 @@
 #include <utility>
 #include <vector>
 
-#include "data/dataset.h"
-#include "data/loader.h"
-#include "nn/lr_scheduler.h"
-#include "nn/optim.h"
-#include "strategies/strategy.h"
-#include "train/checkpoint.h"
-#include "train/config.h"
-#include "train/models.h"
-#include "train/registry.h"
+#include "dtrain/data/dataset.h"
+#include "dtrain/data/loader.h"
+#include "dtrain/nn/lr_scheduler.h"
+#include "dtrain/nn/optim.h"
+#include "dtrain/strategies/strategy.h"
+#include "dtrain/train/checkpoint.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/models.h"
+#include "dtrain/train/registry.h"
 
 namespace dtrain::train {
 

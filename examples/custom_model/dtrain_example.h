@@ -1,6 +1,6 @@
 // What this project uses of dtrain.
 #pragma once
 
-#include "launcher/cli.h"
-#include "nn/layers.h"
-#include "train/registry.h"
+#include "dtrain/launcher/cli.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/train/registry.h"

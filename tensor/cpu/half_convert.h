@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "tensor/kernels.h"
+#include "dtrain/tensor/kernels.h"
 
 #if defined(__F16C__) && defined(__AVX2__)
 #include <immintrin.h>

@@ -1,5 +1,5 @@
 // Thread count of the CPU backend.
-#include "tensor/cpu/parallel.h"
+#include "dtrain/tensor/cpu/parallel.h"
 
 namespace dtrain::cpu {
 

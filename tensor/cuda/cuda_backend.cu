@@ -18,11 +18,11 @@
 #include <utility>
 #include <vector>
 
-#include "tensor/caching_allocator.h"
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/dispatch.h"
-#include "tensor/kernels_nn.h"
+#include "dtrain/tensor/caching_allocator.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/dispatch.h"
+#include "dtrain/tensor/kernels_nn.h"
 
 #define DTRAIN_CUDA_CHECK(expr)                                                       \
   do {                                                                                \

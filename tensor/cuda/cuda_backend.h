@@ -9,11 +9,11 @@
 #include <memory>
 #include <string>
 
-#include "tensor/allocator.h"
-#include "tensor/check.h"
-#include "tensor/dtype.h"
-#include "tensor/kernels.h"
-#include "tensor/storage.h"
+#include "dtrain/tensor/allocator.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/dtype.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/storage.h"
 
 namespace dtrain::cuda {
 

@@ -1,6 +1,6 @@
 // CUDA entry points for a build without CUDA: report why and refuse.
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain::cuda {
 namespace {

@@ -2,8 +2,8 @@
 // same way in builds with and without CUDA so its rules are tested everywhere.
 #include <string_view>
 
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain::cuda {
 

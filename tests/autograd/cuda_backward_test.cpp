@@ -2,8 +2,8 @@
 // pads with zeros on the gradient's device). Skipped without a CUDA device.
 #include <gtest/gtest.h>
 
-#include "autograd/functions.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/autograd/functions.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {

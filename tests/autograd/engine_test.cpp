@@ -1,6 +1,6 @@
 // The backward engine: accumulation, hooks, retain_graph, grad mode, anomaly mode, gradcheck's
 // own failure reporting, and misuse errors.
-#include "autograd/engine.h"
+#include "dtrain/autograd/engine.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -11,11 +11,11 @@
 #include <thread>
 #include <vector>
 
-#include "autograd/functions.h"
-#include "autograd/grad_mode.h"
-#include "autograd/gradcheck.h"
-#include "autograd/hooks.h"
-#include "autograd/node.h"
+#include "dtrain/autograd/functions.h"
+#include "dtrain/autograd/grad_mode.h"
+#include "dtrain/autograd/gradcheck.h"
+#include "dtrain/autograd/hooks.h"
+#include "dtrain/autograd/node.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "autograd/functions.h"
+#include "dtrain/autograd/functions.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "autograd/functions.h"
+#include "dtrain/autograd/functions.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -1,6 +1,6 @@
 // Finite-difference gradcheck (float64) of every differentiable op in autograd/functions.h, one
 // named case per op and shape (ctest lists them as GradcheckOps/<case>).
-#include "autograd/gradcheck.h"
+#include "dtrain/autograd/gradcheck.h"
 
 #include <gtest/gtest.h>
 
@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "autograd/functions.h"
-#include "autograd/grad_mode.h"
+#include "dtrain/autograd/functions.h"
+#include "dtrain/autograd/grad_mode.h"
 #include "testutil.h"
 
 namespace dtrain {

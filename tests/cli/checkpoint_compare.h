@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "train/checkpoint.h"
+#include "dtrain/train/checkpoint.h"
 
 namespace dtrain::testutil {
 

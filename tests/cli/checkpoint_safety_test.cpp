@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cli/run_util.h"
-#include "train/checkpoint.h"
+#include "dtrain/train/checkpoint.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {

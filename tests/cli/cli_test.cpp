@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "cli/run_util.h"
-#include "train/config.h"
+#include "dtrain/train/config.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "cli/run_util.h"
-#include "launcher/launch.h"
+#include "dtrain/launcher/launch.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {

@@ -18,8 +18,8 @@
 
 #include "cli/launch_util.h"
 #include "cli/run_util.h"
-#include "distributed/store.h"
-#include "train/checkpoint.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/train/checkpoint.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {

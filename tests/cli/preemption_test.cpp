@@ -20,7 +20,7 @@
 #include "cli/checkpoint_compare.h"
 #include "cli/launch_util.h"
 #include "cli/run_util.h"
-#include "train/checkpoint.h"
+#include "dtrain/train/checkpoint.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {

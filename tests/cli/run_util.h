@@ -13,8 +13,8 @@
 #include <random>
 #include <string>
 
-#include "distributed/store.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::testutil {
 

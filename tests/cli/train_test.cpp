@@ -15,8 +15,8 @@
 
 #include "cli/checkpoint_compare.h"
 #include "cli/run_util.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "train/checkpoint.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/train/checkpoint.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {

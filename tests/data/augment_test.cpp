@@ -1,7 +1,7 @@
 // AugmentedDataset: crops, flips and normalisation against a reference, choices that depend only on
 // (seed, epoch, index), and identical batches from loaders with other prefetch depths or resumed
 // mid-epoch.
-#include "data/augment.h"
+#include "dtrain/data/augment.h"
 
 #include <gtest/gtest.h>
 
@@ -9,8 +9,8 @@
 #include <tuple>
 
 #include "data/file_util.h"
-#include "data/loader.h"
-#include "data/range_dataset.h"
+#include "dtrain/data/loader.h"
+#include "dtrain/data/range_dataset.h"
 
 namespace dtrain::data {
 namespace {

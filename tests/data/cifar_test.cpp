@@ -1,6 +1,6 @@
 // load_cifar and CifarDataset: small CIFAR-10 and CIFAR-100 binary files written to a temporary
 // directory, pixel layout and normalisation, and the errors for missing, mis-sized and bad files.
-#include "data/cifar.h"
+#include "dtrain/data/cifar.h"
 
 #include <gtest/gtest.h>
 

@@ -1,14 +1,14 @@
 // DistributedDataset: the replicas' batches of a step concatenate to one process's global batch,
 // full steps hold the examples the Trainer's replicas see, short last batches are split evenly,
 // resume, and the error for a global batch that does not divide across the replicas.
-#include "data/distributed_dataset.h"
+#include "dtrain/data/distributed_dataset.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 namespace {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data::testing {
 

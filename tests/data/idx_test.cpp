@@ -1,6 +1,6 @@
 // IdxDataset and load_fashion_mnist: small gzip and plain IDX files written to a temporary
 // directory, every header error with its message, and the real Fashion-MNIST when installed.
-#include "data/idx.h"
+#include "dtrain/data/idx.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -11,7 +11,7 @@
 #include <fstream>
 #include <functional>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 namespace {

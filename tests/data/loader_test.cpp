@@ -1,14 +1,14 @@
 // DataLoader: batches follow the sampler's order with the dataset's contents, partial and dropped
 // tails, exact resume, worker errors re-thrown by next(), and shutdown mid-epoch.
-#include "data/loader.h"
+#include "dtrain/data/loader.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <mutex>
 
-#include "data/synthetic.h"
-#include "tensor/check.h"
+#include "dtrain/data/synthetic.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 namespace {

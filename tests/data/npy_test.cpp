@@ -1,13 +1,13 @@
 // read_npy and NpyDataset: .npy files written byte by byte (versions 1.0, 2.0, 3.0, every supported
 // dtype), values through fill_batch and the loader, and every header and label error.
-#include "data/npy.h"
+#include "dtrain/data/npy.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "data/file_util.h"
-#include "data/loader.h"
+#include "dtrain/data/loader.h"
 
 namespace dtrain::data {
 namespace {

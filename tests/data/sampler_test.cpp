@@ -1,6 +1,6 @@
 // DistributedSampler: coverage, padding and dropping across world sizes, per-epoch shuffles keyed
 // by seed, and argument checks.
-#include "data/sampler.h"
+#include "dtrain/data/sampler.h"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <map>
 #include <numeric>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::data {
 namespace {

@@ -1,5 +1,5 @@
 // SyntheticDataset: reproducible from its seed, balanced-enough labels, and fill_batch shapes.
-#include "data/synthetic.h"
+#include "dtrain/data/synthetic.h"
 
 #include <gtest/gtest.h>
 
@@ -7,8 +7,8 @@
 #include <cmath>
 #include <set>
 
-#include "tensor/check.h"
-#include "tensor/kernels.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/kernels.h"
 
 namespace dtrain::data {
 namespace {

@@ -1,7 +1,7 @@
 // TokenStreamDataset, CharTokenizer and text_corpus_splits: windows and next-token labels,
 // sub-ranges, the loader's int64 batches, token and file errors, and the cached, atomically written
 // token files.
-#include "data/token_stream.h"
+#include "dtrain/data/token_stream.h"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <numeric>
 
 #include "data/file_util.h"
-#include "data/loader.h"
+#include "dtrain/data/loader.h"
 
 namespace dtrain::data {
 namespace {

@@ -10,8 +10,8 @@
 #include <cstring>
 #include <vector>
 
-#include "distributed/communicator.h"
-#include "tensor/kernels.h"
+#include "dtrain/distributed/communicator.h"
+#include "dtrain/tensor/kernels.h"
 
 namespace dtrain::testdist {
 

@@ -6,12 +6,12 @@
 #include <thread>
 
 #include "collective_cases.h"
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/device_routed_communicator.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/device_routed_communicator.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 #if defined(DTRAIN_HAS_NCCL)
-#include "distributed/backends/nccl/nccl_communicator.h"
+#include "dtrain/distributed/backends/nccl/nccl_communicator.h"
 #endif
 
 namespace dtrain {

@@ -1,6 +1,6 @@
 // detect_world: the precedence of dtrain's launcher, Open MPI, PMIx + Slurm and plain Slurm
 // variables, over a fake environment, and the errors for bad values.
-#include "distributed/environment.h"
+#include "dtrain/distributed/environment.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -8,7 +8,7 @@
 #include <map>
 #include <string>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain {
 namespace {

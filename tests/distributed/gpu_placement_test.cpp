@@ -4,9 +4,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "distributed/job.h"
-#include "distributed/registry.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/distributed/job.h"
+#include "dtrain/distributed/registry.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 namespace {

@@ -5,8 +5,8 @@
 #include <thread>
 
 #include "collective_cases.h"
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/hierarchical_communicator.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/hierarchical_communicator.h"
 
 namespace dtrain {
 namespace {

@@ -1,7 +1,7 @@
 // dist::Job: the replica thread loop (every replica once, a failing replica aborts the others and
 // its own error comes back), replica communicators, backend resolution from the JobSpec, the
 // JobSpec read from a fake environment, and a real two-rank tcp job over a Store on loopback.
-#include "distributed/job.h"
+#include "dtrain/distributed/job.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -19,11 +19,11 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/host_communicator.h"
-#include "distributed/registry.h"
-#include "distributed/store.h"
-#include "tensor/check.h"
-#include "tensor/tensor.h"
+#include "dtrain/distributed/host_communicator.h"
+#include "dtrain/distributed/registry.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain {
 namespace {

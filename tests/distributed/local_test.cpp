@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
 
 namespace dtrain {
 namespace {

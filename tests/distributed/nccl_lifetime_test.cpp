@@ -10,13 +10,13 @@
 #include <cstdio>
 #include <memory>
 
-#include "tensor/allocator.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/tensor.h"
+#include "dtrain/tensor/allocator.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/tensor.h"
 
 #if defined(DTRAIN_HAS_NCCL)
-#include "distributed/backends/nccl/nccl_communicator.h"
-#include "distributed/store.h"
+#include "dtrain/distributed/backends/nccl/nccl_communicator.h"
+#include "dtrain/distributed/store.h"
 #endif
 
 namespace dtrain {

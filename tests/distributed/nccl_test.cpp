@@ -2,12 +2,12 @@
 // Skipped, with the reason, where the build has no NCCL or the machine no GPU.
 #include <gtest/gtest.h>
 
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/tensor.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/tensor.h"
 
 #if defined(DTRAIN_HAS_NCCL)
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/backends/nccl/nccl_communicator.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/backends/nccl/nccl_communicator.h"
 #endif
 
 namespace dtrain {

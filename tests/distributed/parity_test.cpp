@@ -18,11 +18,11 @@
 #include <vector>
 
 #include "collective_cases.h"
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/backends/tcp/tcp_communicator.h"
-#include "distributed/registry.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/distributed/registry.h"
 #include "tcp_ranks.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 namespace {

@@ -1,13 +1,13 @@
 // The backend registry: what this build has, and the errors for backends it cannot create.
-#include "distributed/registry.h"
+#include "dtrain/distributed/registry.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 namespace {

@@ -3,7 +3,7 @@
 // for bit, and a rank that is late or gone is named. A name left in /dev/shm by a rank killed
 // during set-up is removed by the next set-up. Groups spanning hosts (threads given different
 // host keys) share memory per host and exchange between hosts over tcp.
-#include "distributed/shared_memory.h"
+#include "dtrain/distributed/shared_memory.h"
 
 #include <fcntl.h>
 #include <gmock/gmock.h>
@@ -23,7 +23,7 @@
 #include <thread>
 
 #include "collective_cases.h"
-#include "distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
 #include "tcp_ranks.h"
 
 namespace dtrain {

@@ -1,7 +1,7 @@
 // Tests of the TCP Store: key-value semantics, blocking get/wait across clients, the token
 // handshake, and that bad or slow peers (garbage, oversized, half-open, not reading) affect only
 // their own connection. Everything binds to 127.0.0.1 with a kernel-chosen port.
-#include "distributed/store.h"
+#include "dtrain/distributed/store.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 namespace {

@@ -7,9 +7,9 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/backends/tcp/tcp_communicator.h"
-#include "distributed/store.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain {
 

@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "collective_cases.h"
-#include "distributed/backends/tcp/tcp_communicator.h"
-#include "distributed/shared_memory.h"
-#include "distributed/socket.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/distributed/shared_memory.h"
+#include "dtrain/distributed/socket.h"
 #include "tcp_ranks.h"
 
 namespace dtrain {

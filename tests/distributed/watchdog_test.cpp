@@ -1,7 +1,7 @@
 // The watchdog: a collective that one rank never reaches is reported with that rank's number
 // (from the progress every rank publishes to a real Store), a stall is warned about once, and by
 // default the process stops with kWatchdogExitCode instead of hanging.
-#include "distributed/watchdog.h"
+#include "dtrain/distributed/watchdog.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -15,7 +15,7 @@
 #include <mutex>
 #include <thread>
 
-#include "distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
 
 namespace dtrain {
 namespace {

@@ -1,7 +1,7 @@
 // CausalSelfAttention and TransformerBlock: shapes, parameter names, input validation, a direct
 // reference computation, causality, dropout, clone(), gradcheck, and finite gradients at a training
 // size.
-#include "nn/attention.h"
+#include "dtrain/nn/attention.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
 // Gradient clipping by global norm: against PyTorch's clip_grad_norm_ (golden_optim_extras.txt)
 // and its contract (exact max_norm, small gradients untouched, parameters without gradients).
-#include "nn/clip_grad.h"
+#include "dtrain/nn/clip_grad.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {

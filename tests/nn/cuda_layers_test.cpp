@@ -4,11 +4,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "autograd/functions.h"
-#include "nn/layers.h"
-#include "nn/optim.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/ops.h"
+#include "dtrain/autograd/functions.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/nn/optim.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

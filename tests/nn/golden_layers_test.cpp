@@ -8,8 +8,8 @@
 #include <cmath>
 #include <string>
 
-#include "nn/attention.h"
-#include "nn/layers.h"
+#include "dtrain/nn/attention.h"
+#include "dtrain/nn/layers.h"
 #include "testutil.h"
 
 namespace dtrain {

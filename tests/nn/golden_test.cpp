@@ -2,9 +2,9 @@
 // the same weights and inputs (tests/fixtures, written by scripts/make_golden_fixtures.py).
 #include <gtest/gtest.h>
 
-#include "nn/layers.h"
-#include "nn/loss.h"
-#include "nn/optim.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/nn/loss.h"
+#include "dtrain/nn/optim.h"
 #include "testutil.h"
 
 namespace dtrain {

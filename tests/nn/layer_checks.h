@@ -9,8 +9,8 @@
 #include <typeinfo>
 #include <vector>
 
-#include "autograd/gradcheck.h"
-#include "nn/module.h"
+#include "dtrain/autograd/gradcheck.h"
+#include "dtrain/nn/module.h"
 #include "testutil.h"
 
 namespace dtrain::testutil {

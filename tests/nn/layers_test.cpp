@@ -1,6 +1,6 @@
 // The standard layers: default initialisation, output shapes, input validation messages, and
 // forward results against the functional ops or hand-computed values.
-#include "nn/layers.h"
+#include "dtrain/nn/layers.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
 // Loss objects against the functional losses, and cross-entropy against log_softmax + NLL and
 // hand-computed values (with and without label smoothing).
-#include "nn/loss.h"
+#include "dtrain/nn/loss.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // Learning-rate schedules: values against their formulas, step() driving the optimiser's lr,
 // exact restore from the step counter, and constructor argument checks.
-#include "nn/lr_scheduler.h"
+#include "dtrain/nn/lr_scheduler.h"
 
 #include <gtest/gtest.h>
 

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "nn/layers.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -1,7 +1,7 @@
 // Optimisers: update rules against hand-computed values, argument checks, bit-exact resume from
 // state dicts, allocation-free steady-state training steps, and weight-decay masks (against
 // PyTorch param groups with weight_decay=0, golden_optim_extras.txt).
-#include "nn/optim.h"
+#include "dtrain/nn/optim.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "nn/layers.h"
-#include "tensor/allocator.h"
-#include "tensor/printable.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/tensor/allocator.h"
+#include "dtrain/tensor/printable.h"
 #include "testutil.h"
 
 namespace dtrain {

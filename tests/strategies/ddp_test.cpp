@@ -2,7 +2,7 @@
 // one process with batch N*B, also without synchronize_gradients (backward finishes the
 // reduction); no_sync, unused parameters, ranks on different branches, mismatched models, bucket
 // rebuilds and compression hooks.
-#include "strategies/ddp.h"
+#include "dtrain/strategies/ddp.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -15,14 +15,14 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/backends/local/local_communicator.h"
-#include "distributed/job.h"
-#include "distributed/registry.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/job.h"
+#include "dtrain/distributed/registry.h"
 #include "distributed/tcp_ranks.h"
-#include "nn/layers.h"
-#include "nn/optim.h"
-#include "strategies/data_parallel.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/nn/optim.h"
+#include "dtrain/strategies/data_parallel.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {

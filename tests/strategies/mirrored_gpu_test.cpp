@@ -2,9 +2,9 @@
 // launches come from that GPU's context. Needs 2 GPUs; skipped otherwise.
 #include <gtest/gtest.h>
 
-#include "nn/layers.h"
-#include "strategies/mirrored.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/strategies/mirrored.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 namespace dtrain {
 namespace {

@@ -1,17 +1,17 @@
 // MirroredStrategy's TensorFlow-shaped API with a DistributedDataset: run(step_fn) on N replica
 // threads, each with its share of the global batch, trains like one process with the global batch,
 // including the short last batch of every epoch (uneven shares, empty shares run or skipped).
-#include "strategies/mirrored.h"
+#include "dtrain/strategies/mirrored.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
-#include "data/distributed_dataset.h"
-#include "data/synthetic.h"
-#include "nn/layers.h"
-#include "nn/optim.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/data/distributed_dataset.h"
+#include "dtrain/data/synthetic.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/nn/optim.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 #include "testutil.h"
 
 namespace dtrain {

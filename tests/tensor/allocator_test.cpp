@@ -1,14 +1,14 @@
 // The caching CPU allocator: a steady allocate/free loop is served from the cache, the byte
 // counters balance, and every block is 64-byte aligned.
-#include "tensor/allocator.h"
+#include "dtrain/tensor/allocator.h"
 
 #include <gtest/gtest.h>
 
 #include <bit>
 #include <cstdint>
 
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/tensor.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain {
 namespace {

@@ -5,7 +5,7 @@
 #include <limits>
 #include <optional>
 
-#include "tensor/ops.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -10,12 +10,12 @@
 #include <string>
 #include <thread>
 
-#include "tensor/caching_allocator.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/kernels_nn.h"
-#include "tensor/ops.h"
-#include "tensor/run.h"
-#include "tensor/tensor.h"
+#include "dtrain/tensor/caching_allocator.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/kernels_nn.h"
+#include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/run.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain {
 namespace {

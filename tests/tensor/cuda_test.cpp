@@ -2,8 +2,8 @@
 #include <gtest/gtest.h>
 
 #include "reference.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -7,8 +7,8 @@
 #include <limits>
 
 #include "reference.h"
-#include "tensor/kernels.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

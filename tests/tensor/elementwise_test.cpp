@@ -6,7 +6,7 @@
 #include <functional>
 
 #include "reference.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

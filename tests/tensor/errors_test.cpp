@@ -4,9 +4,9 @@
 #include <gtest/gtest.h>
 
 #include "reference.h"
-#include "tensor/allocator.h"
-#include "tensor/cuda/cuda_backend.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/allocator.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain {
 namespace {

@@ -1,7 +1,7 @@
 // The bulk float32 <-> float16 conversions (F16C where the build has it) give exactly the bits of
 // the scalar kernels::float_to_half / half_to_float, NaNs, infinities, subnormals and ties
 // included.
-#include "tensor/cpu/half_convert.h"
+#include "dtrain/tensor/cpu/half_convert.h"
 
 #include <gtest/gtest.h>
 

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "reference.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

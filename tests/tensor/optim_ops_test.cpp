@@ -6,9 +6,9 @@
 #include <cmath>
 #include <vector>
 
-#include "tensor/check.h"
-#include "tensor/kernels.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain {
 namespace {

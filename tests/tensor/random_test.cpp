@@ -6,8 +6,8 @@
 #include <set>
 
 #include "reference.h"
-#include "tensor/kernels.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/kernels.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

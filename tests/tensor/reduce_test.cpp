@@ -7,7 +7,7 @@
 #include <set>
 
 #include "reference.h"
-#include "tensor/ops.h"
+#include "dtrain/tensor/ops.h"
 #include "testutil.h"
 
 namespace dtrain {

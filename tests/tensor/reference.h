@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "tensor/check.h"
-#include "tensor/cpu/parallel.h"
-#include "tensor/tensor.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/tensor.h"
 
 namespace dtrain::testref {
 

@@ -1,6 +1,6 @@
 // Checkpoint files: bit-exact round trip, every load error named, atomic saves that fail cleanly,
 // listing and pruning by step, and recovery from a corrupt newest checkpoint.
-#include "train/checkpoint.h"
+#include "dtrain/train/checkpoint.h"
 
 #include <fcntl.h>
 #include <gmock/gmock.h>
@@ -23,7 +23,7 @@
 #include <thread>
 
 #include "train/checkpoint.pb.h"
-#include "train/encoding.h"
+#include "dtrain/train/encoding.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain::train {

@@ -6,7 +6,7 @@
 #include <functional>
 #include <string>
 
-#include "train/config.h"
+#include "dtrain/train/config.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain::train {

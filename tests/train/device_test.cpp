@@ -1,11 +1,11 @@
 // train.device placement rules, checked without a GPU: which device each replica of each process
 // takes, and the errors when cuda cannot be honoured.
-#include "train/device.h"
+#include "dtrain/train/device.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "train/config.h"
+#include "dtrain/train/config.h"
 
 namespace dtrain::train {
 namespace {

@@ -4,7 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "train/config.h"
+#include "dtrain/train/config.h"
 
 namespace dtrain::train {
 namespace {

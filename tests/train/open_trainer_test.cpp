@@ -6,11 +6,11 @@
 
 #include <filesystem>
 
-#include "data/synthetic.h"
-#include "nn/layers.h"
-#include "train/checkpoint.h"
-#include "train/registry.h"
-#include "train/run.h"
+#include "dtrain/data/synthetic.h"
+#include "dtrain/nn/layers.h"
+#include "dtrain/train/checkpoint.h"
+#include "dtrain/train/registry.h"
+#include "dtrain/train/run.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {

@@ -11,9 +11,9 @@
 #include <filesystem>
 #include <map>
 
-#include "train/safetensors.h"
+#include "dtrain/train/safetensors.h"
 #include "train/scratch_dir.h"
-#include "train/summary.h"
+#include "dtrain/train/summary.h"
 
 namespace dtrain::train {
 namespace {

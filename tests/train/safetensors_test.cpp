@@ -1,6 +1,6 @@
 // safetensors files parsed back byte by byte: header length and alignment, the JSON entries, data
 // offsets and bytes, metadata, and the name checks.
-#include "train/safetensors.h"
+#include "dtrain/train/safetensors.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

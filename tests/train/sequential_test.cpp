@@ -1,15 +1,15 @@
 // model.type sequential: the built-in mlp and cnn rebuilt as layer lists draw the same parameters,
 // residual blocks, every parse and shape problem with its location and fix, the flow text round
 // trip, and a small transformer over int64 tokens.
-#include "train/sequential.h"
+#include "dtrain/train/sequential.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
-#include "nn/attention.h"
+#include "dtrain/nn/attention.h"
 #include "testutil.h"
-#include "train/models.h"
+#include "dtrain/train/models.h"
 
 namespace dtrain::train {
 namespace {

@@ -1,6 +1,6 @@
 // CRC-32C vectors, TensorBoard event files read back frame by frame (both CRCs, then
 // tensorflow.Event) and when their records reach the file, and the JSON-lines writer's exact text.
-#include "train/summary.h"
+#include "dtrain/train/summary.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -15,10 +15,10 @@
 #include <regex>
 #include <thread>
 
-#include "tensor/check.h"
-#include "train/config.h"
-#include "train/encoding.h"
-#include "train/metrics_sink.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/encoding.h"
+#include "dtrain/train/metrics_sink.h"
 #include "train/scratch_dir.h"
 #include "train/tensorboard.pb.h"
 

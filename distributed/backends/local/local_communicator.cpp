@@ -1,12 +1,12 @@
 // The local backend.
-#include "distributed/backends/local/local_communicator.h"
+#include "dtrain/distributed/backends/local/local_communicator.h"
 
 #include <algorithm>
 #include <cstring>
 #include <sstream>
 
-#include "distributed/reduce.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/reduce.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 

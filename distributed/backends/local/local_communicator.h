@@ -11,7 +11,7 @@
 #include <tuple>
 #include <vector>
 
-#include "distributed/host_communicator.h"
+#include "dtrain/distributed/host_communicator.h"
 
 namespace dtrain::dist {
 

@@ -6,7 +6,7 @@
 
 #include <string>
 
-#include "tensor/check.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist::detail {
 

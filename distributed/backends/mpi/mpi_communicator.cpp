@@ -1,7 +1,7 @@
 // The mpi backend: MPI's lifetime (initialised once, finalised at exit after the last
 // communicator), dtype and operation mapping (user-defined operations for 16-bit floats), and
 // each collective as a nonblocking MPI call polled against its deadline.
-#include "distributed/backends/mpi/mpi_communicator.h"
+#include "dtrain/distributed/backends/mpi/mpi_communicator.h"
 
 #include <mpi.h>
 
@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "distributed/backends/mpi/mpi_check.h"
-#include "distributed/reduce.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/backends/mpi/mpi_check.h"
+#include "dtrain/distributed/reduce.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 namespace {

@@ -6,7 +6,7 @@
 #include <memory>
 #include <string_view>
 
-#include "distributed/host_communicator.h"
+#include "dtrain/distributed/host_communicator.h"
 
 namespace dtrain::dist {
 

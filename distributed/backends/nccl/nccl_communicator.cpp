@@ -2,7 +2,7 @@
 // Work records a CUDA event behind it. wait() polls the event and ncclCommGetAsyncError, and on
 // timeout aborts the communicator (ncclCommAbort) so no rank stays stuck inside NCCL; from then on
 // every use of the communicator throws instead of reaching the destroyed NCCL object.
-#include "distributed/backends/nccl/nccl_communicator.h"
+#include "dtrain/distributed/backends/nccl/nccl_communicator.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -13,9 +13,9 @@
 #include <optional>
 #include <thread>
 
-#include "distributed/reduce.h"
-#include "tensor/check.h"
-#include "tensor/cuda/cuda_backend.h"
+#include "dtrain/distributed/reduce.h"
+#include "dtrain/tensor/check.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 
 #define DTRAIN_NCCL_CHECK(expr)                                                         \
   do {                                                                                  \

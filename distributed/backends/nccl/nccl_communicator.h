@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "distributed/communicator.h"
-#include "distributed/store.h"
+#include "dtrain/distributed/communicator.h"
+#include "dtrain/distributed/store.h"
 
 namespace dtrain::dist {
 

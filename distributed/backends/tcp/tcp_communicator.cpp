@@ -1,6 +1,6 @@
 // The tcp backend: mesh set-up through the Store, then every collective as one or two rounds of
 // concurrent point-to-point messages driven by poll().
-#include "distributed/backends/tcp/tcp_communicator.h"
+#include "dtrain/distributed/backends/tcp/tcp_communicator.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -19,9 +19,9 @@
 #include <sstream>
 #include <string_view>
 
-#include "distributed/reduce.h"
-#include "distributed/shared_memory.h"
-#include "tensor/check.h"
+#include "dtrain/distributed/reduce.h"
+#include "dtrain/distributed/shared_memory.h"
+#include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {
 namespace {

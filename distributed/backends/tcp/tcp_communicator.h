@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "distributed/host_communicator.h"
-#include "distributed/socket.h"
-#include "distributed/store.h"
+#include "dtrain/distributed/host_communicator.h"
+#include "dtrain/distributed/socket.h"
+#include "dtrain/distributed/store.h"
 
 namespace dtrain::dist {
 

@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "collective_cases.h"
-#include "distributed/backends/mpi/mpi_communicator.h"
-#include "distributed/job.h"
-#include "distributed/registry.h"
+#include "dtrain/distributed/backends/mpi/mpi_communicator.h"
+#include "dtrain/distributed/job.h"
+#include "dtrain/distributed/registry.h"
 
 namespace dtrain {
 namespace {

@@ -7,9 +7,9 @@
 #include <memory>
 #include <thread>
 
-#include "distributed/backends/mpi/mpi_communicator.h"
-#include "distributed/store.h"
-#include "distributed/watchdog.h"
+#include "dtrain/distributed/backends/mpi/mpi_communicator.h"
+#include "dtrain/distributed/store.h"
+#include "dtrain/distributed/watchdog.h"
 
 using namespace dtrain;
 
