@@ -57,8 +57,9 @@ cmake -S "$source/examples" -B "$work/examples" -G Ninja -DCMAKE_PREFIX_PATH="$p
 cmake --build "$work/examples" >>"$work/examples.log" 2>&1 || {
   tail -40 "$work/examples.log"; fail "examples/ does not build against the install"; }
 # The programs link the installed library, not the build tree.
-ldd "$work/examples/power_law" | grep -q "$prefix/lib/libdtrain.so" ||
-  fail "examples link $(ldd "$work/examples/power_law" | grep dtrain), not the installed library"
+ldd "$work/examples/power_law" >"$work/ldd.txt"
+grep -q "$prefix/lib/libdtrain.so" "$work/ldd.txt" ||
+  fail "examples link $(grep dtrain "$work/ldd.txt"), not the installed library"
 export OMP_NUM_THREADS=1
 for program in power_law mirrored_run grad_accumulation ddp_custom_loop; do
   timeout 120 "$work/examples/$program" || fail "example $program failed"
