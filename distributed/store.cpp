@@ -27,8 +27,8 @@
 #include <unordered_map>
 #include <utility>
 
-#include "dtrain/distributed/socket.h"
 #include "distributed/store.pb.h"
+#include "dtrain/distributed/socket.h"
 #include "dtrain/tensor/check.h"
 
 namespace dtrain::dist {

@@ -6,9 +6,9 @@
 #include <cstring>
 #include <string>
 
-#include "fuzz/fuzz_util.h"
 #include "dtrain/train/checkpoint.h"
 #include "dtrain/train/encoding.h"
+#include "fuzz/fuzz_util.h"
 
 namespace {
 

@@ -6,8 +6,8 @@
 #include <string_view>
 #include <vector>
 
-#include "fuzz/fuzz_util.h"
 #include "dtrain/train/config.h"
+#include "fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace dtrain;

@@ -22,8 +22,8 @@
 
 #include "dtrain/tensor/check.h"
 #include "dtrain/tensor/printable.h"
-#include "train/checkpoint.pb.h"
 #include "dtrain/train/encoding.h"
+#include "train/checkpoint.pb.h"
 
 namespace dtrain::train {
 namespace {

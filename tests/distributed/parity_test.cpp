@@ -21,8 +21,8 @@
 #include "dtrain/distributed/backends/local/local_communicator.h"
 #include "dtrain/distributed/backends/tcp/tcp_communicator.h"
 #include "dtrain/distributed/registry.h"
-#include "tcp_ranks.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
+#include "tcp_ranks.h"
 
 namespace dtrain {
 namespace {

@@ -15,10 +15,10 @@
 #include <thread>
 #include <vector>
 
+#include "distributed/tcp_ranks.h"
 #include "dtrain/distributed/backends/local/local_communicator.h"
 #include "dtrain/distributed/job.h"
 #include "dtrain/distributed/registry.h"
-#include "distributed/tcp_ranks.h"
 #include "dtrain/nn/layers.h"
 #include "dtrain/nn/optim.h"
 #include "dtrain/strategies/data_parallel.h"

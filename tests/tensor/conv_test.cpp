@@ -5,8 +5,8 @@
 #include <cmath>
 #include <limits>
 
-#include "reference.h"
 #include "dtrain/tensor/ops.h"
+#include "reference.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -1,9 +1,9 @@
 // CUDA backend parity: ops on cuda:0 agree with the CPU. Skipped where no CUDA device is usable.
 #include <gtest/gtest.h>
 
-#include "reference.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/ops.h"
+#include "reference.h"
 #include "testutil.h"
 
 namespace dtrain {

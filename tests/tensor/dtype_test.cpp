@@ -6,9 +6,9 @@
 #include <cmath>
 #include <limits>
 
-#include "reference.h"
 #include "dtrain/tensor/kernels.h"
 #include "dtrain/tensor/ops.h"
+#include "reference.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -3,10 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "reference.h"
 #include "dtrain/tensor/allocator.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/ops.h"
+#include "reference.h"
 
 namespace dtrain {
 namespace {

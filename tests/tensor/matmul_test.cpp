@@ -2,8 +2,8 @@
 // combination, odd sizes, alpha/beta, K = 0, batched broadcasting and the float64 path.
 #include <gtest/gtest.h>
 
-#include "reference.h"
 #include "dtrain/tensor/ops.h"
+#include "reference.h"
 #include "testutil.h"
 
 namespace dtrain {

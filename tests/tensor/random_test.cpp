@@ -5,9 +5,9 @@
 #include <cmath>
 #include <set>
 
-#include "reference.h"
 #include "dtrain/tensor/kernels.h"
 #include "dtrain/tensor/ops.h"
+#include "reference.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <set>
 
-#include "reference.h"
 #include "dtrain/tensor/ops.h"
+#include "reference.h"
 #include "testutil.h"
 
 namespace dtrain {

@@ -22,8 +22,8 @@
 #include <regex>
 #include <thread>
 
-#include "train/checkpoint.pb.h"
 #include "dtrain/train/encoding.h"
+#include "train/checkpoint.pb.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain::train {

@@ -12,8 +12,8 @@
 #include <map>
 
 #include "dtrain/train/safetensors.h"
-#include "train/scratch_dir.h"
 #include "dtrain/train/summary.h"
+#include "train/scratch_dir.h"
 
 namespace dtrain::train {
 namespace {

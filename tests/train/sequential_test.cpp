@@ -8,8 +8,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include "dtrain/nn/attention.h"
-#include "testutil.h"
 #include "dtrain/train/models.h"
+#include "testutil.h"
 
 namespace dtrain::train {
 namespace {
