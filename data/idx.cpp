@@ -28,16 +28,11 @@ uint32_t read_be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
 }
 
-struct IdxContents {
-  std::vector<int64_t> dims;
-  std::vector<uint8_t> bytes;  // the data after the header
-  const uint8_t* data() const { return bytes.data(); }
-};
+}  // namespace
 
-/// Reads and validates an unsigned-byte IDX file of the given rank; `what` names the expected
-/// content in messages ("images [N, H, W]"). The header comes first and bounds the rest: a plain
-/// file's size must match it before the data is read, and a gzip stream is inflated no further than
-/// the header's size plus one byte, so a corrupt header or a gzip bomb cannot make memory grow.
+// The header comes first and bounds the rest: a plain file's size must match it before the data is
+// read, and a gzip stream is inflated no further than the header's size plus one byte, so a corrupt
+// header or a gzip bomb cannot make memory grow.
 IdxContents read_idx(const std::string& path, int expected_rank, const char* what) {
   detail::GzipReader file(path, "IDX file");
   const uint64_t file_size = file.file_size();
@@ -124,6 +119,19 @@ IdxContents read_idx(const std::string& path, int expected_rank, const char* wha
   return idx;
 }
 
+void normalize_pixels(const uint8_t* pixels, size_t count, Normalize normalize, float* out) {
+  float scale = 1.0f, shift = 0.0f;  // pixel -> pixel * scale + shift
+  if (normalize == Normalize::kUnit) {
+    scale = 1.0f / 255.0f;
+  } else if (normalize == Normalize::kStandard) {
+    scale = 1.0f / (255.0f * kFashionMnistStd);
+    shift = -kFashionMnistMean / kFashionMnistStd;
+  }
+  for (size_t i = 0; i < count; ++i) out[i] = pixels[i] * scale + shift;
+}
+
+namespace {
+
 /// `dir`/`name`.gz if present, else `dir`/`name`; empty when neither exists.
 std::string find_split_file(const std::filesystem::path& dir, const std::string& name) {
   std::error_code ec;
@@ -159,17 +167,9 @@ IdxDataset::IdxDataset(const std::string& images_path, const std::string& labels
     labels_[i] = raw_labels[i];
   }
 
-  float scale = 1.0f, shift = 0.0f;  // pixel -> pixel * scale + shift
-  if (normalize == Normalize::kUnit) {
-    scale = 1.0f / 255.0f;
-  } else if (normalize == Normalize::kStandard) {
-    scale = 1.0f / (255.0f * kFashionMnistStd);
-    shift = -kFashionMnistMean / kFashionMnistStd;
-  }
   const size_t count = static_cast<size_t>(n_ * h_ * w_);
   pixels_.resize(count);
-  const uint8_t* raw_pixels = images.data();
-  for (size_t i = 0; i < count; ++i) pixels_[i] = raw_pixels[i] * scale + shift;
+  normalize_pixels(images.data(), count, normalize, pixels_.data());
 }
 
 int64_t IdxDataset::size() const { return n_; }

@@ -2,7 +2,9 @@
 // pair of image and label files per split.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include "dtrain/data/dataset.h"
 
@@ -35,6 +37,21 @@ class IdxDataset final : public Dataset {
   std::vector<float> pixels_;  // normalised, [N * H * W]
   std::vector<int64_t> labels_;
 };
+
+/// Pixel bytes to the floats IdxDataset holds for `normalize` (kStandard: the Fashion-MNIST
+/// training split's mean and std). The one implementation, so that other readers (`dtrain predict`)
+/// match the dataset bit for bit.
+void normalize_pixels(const uint8_t* pixels, size_t count, Normalize normalize, float* out);
+
+/// An unsigned-byte IDX file's dimensions and the data after its header.
+struct IdxContents {
+  std::vector<int64_t> dims;
+  std::vector<uint8_t> bytes;
+  const uint8_t* data() const { return bytes.data(); }
+};
+/// Reads and validates an unsigned-byte IDX file of rank `expected_rank` as IdxDataset does; `what`
+/// names the expected content in messages ("images [N, H, W]"). Throws ValueError naming the file.
+IdxContents read_idx(const std::string& path, int expected_rank, const char* what);
 
 /// The four Fashion-MNIST files in a directory, each plain or .gz.
 struct FashionMnistFiles {

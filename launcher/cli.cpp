@@ -1,6 +1,6 @@
-// The command line: train, launch, config check/reference, eval, export. Exit codes: 0 success,
-// 2 usage or config error, 1 run-time failure (launch: 130/143 when interrupted). The only place
-// that catches errors at the top.
+// The command line: train, launch, config check/reference, eval, export, predict. Exit codes: 0
+// success, 2 usage or config error, 1 run-time failure (launch: 130/143 when interrupted). The only
+// place that catches errors at the top.
 #include "dtrain/launcher/cli.h"
 
 #include <unistd.h>
@@ -22,6 +22,7 @@
 #include "dtrain/tensor/printable.h"
 #include "dtrain/train/checkpoint.h"
 #include "dtrain/train/config.h"
+#include "dtrain/train/predict.h"
 #include "dtrain/train/run.h"
 #include "dtrain/train/safetensors.h"
 #include "dtrain/train/stop_signal.h"
@@ -276,6 +277,29 @@ int cli_main(int argc, char** argv) {
   exporter->add_option("--format", format, "output format")->check(CLI::IsMember({"safetensors"}));
   exporter->add_option("-o,--output", output_path, "output file")->required();
 
+  dtrain::train::PredictOptions predict_options;
+  CLI::App* predictor = app.add_subcommand(
+      "predict", "Print a checkpoint's class predictions for the examples of an IDX or .npy file");
+  predictor->add_option("checkpoint", predict_options.checkpoint, "checkpoint file (.dtck)")
+      ->required();
+  predictor->add_option("overrides", predict_options.overrides,
+                        "section.key=value overrides of its config, e.g. data.path=DIR");
+  predictor
+      ->add_option("--input", predict_options.input,
+                   "IDX images (idx3, .gz or plain), or .npy [N, ...] of float32 (model inputs as "
+                   "they are) or uint8 (preprocessed as the training data was)")
+      ->required();
+  predictor->add_option("--labels", predict_options.labels,
+                        "IDX labels or .npy integers: adds the true label and the accuracy");
+  predictor->add_option("--top", predict_options.top, "text: also list the K most probable classes")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  predictor->add_option("--limit", predict_options.limit, "only the first N inputs")
+      ->check(CLI::PositiveNumber);
+  predictor
+      ->add_option("--format", predict_options.format,
+                   "text: one line per input; csv: index,predicted,p0,...,p{C-1}[,label]")
+      ->check(CLI::IsMember({"text", "csv"}));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -384,6 +408,10 @@ int cli_main(int argc, char** argv) {
       const EvalResult r = evaluate_in_job(c, *job, checkpoint_path);
       std::printf("eval: test_accuracy=%.4f test_loss=%.4f examples=%lld\n", r.accuracy, r.loss,
                   static_cast<long long>(r.examples));
+      return 0;
+    }
+    if (*predictor) {
+      predict(predict_options, stdout, stderr);
       return 0;
     }
     if (*exporter) {

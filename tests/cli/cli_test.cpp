@@ -52,7 +52,7 @@ TEST(Cli, VersionPrintsProjectVersion) {
 TEST(Cli, HelpListsSubcommands) {
   const auto r = run_dtrain("--help");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  for (const char* part : {"train", "config", "eval", "export", "--version", "--help"}) {
+  for (const char* part : {"train", "config", "eval", "export", "predict", "--version", "--help"}) {
     EXPECT_TRUE(contains(r.output, part)) << part << " missing from:\n" << r.output;
   }
 }
@@ -65,6 +65,7 @@ TEST(Cli, EverySubcommandHasHelp) {
       {"config reference", {"Markdown"}},
       {"eval", {"config", "overrides", "--checkpoint"}},
       {"export", {"checkpoint", "--format", "safetensors", "-o,--output"}},
+      {"predict", {"checkpoint", "--input", "--labels", "--top", "--limit", "--format"}},
   };
   for (const auto& [command, parts] : commands) {
     const auto r = run_dtrain(command + " --help");
