@@ -22,6 +22,8 @@
 #include "dtrain/tensor/printable.h"
 #include "dtrain/train/checkpoint.h"
 #include "dtrain/train/config.h"
+#include "dtrain/train/factories.h"
+#include "dtrain/train/onnx_export.h"
 #include "dtrain/train/predict.h"
 #include "dtrain/train/run.h"
 #include "dtrain/train/safetensors.h"
@@ -274,7 +276,11 @@ int cli_main(int argc, char** argv) {
 
   CLI::App* exporter = app.add_subcommand("export", "Export a checkpoint's parameters by name");
   exporter->add_option("checkpoint", checkpoint_path, "checkpoint file (.dtck)")->required();
-  exporter->add_option("--format", format, "output format")->check(CLI::IsMember({"safetensors"}));
+  exporter
+      ->add_option("--format", format,
+                   "safetensors: the parameters and buffers by name; onnx: the inference graph "
+                   "(opset 17) with those tensors")
+      ->check(CLI::IsMember({"safetensors", "onnx"}));
   exporter->add_option("-o,--output", output_path, "output file")->required();
 
   dtrain::train::PredictOptions predict_options;
@@ -416,6 +422,26 @@ int cli_main(int argc, char** argv) {
     }
     if (*exporter) {
       const CheckpointData ckpt = load_checkpoint(checkpoint_path);
+      if (format == "onnx") {
+        // The model as the checkpoint's config builds it, in eval mode, with its weights; the
+        // dataset gives the example's shape and type.
+        const Config c = parse_config(ckpt.config_yaml, checkpoint_path, {});
+        const Datasets sets = make_datasets(c.data, c.train.seed);
+        nn::ModulePtr model = make_model(c.model, *sets.train, static_cast<uint64_t>(c.train.seed));
+        model->load_state_dict(ckpt.model);
+        model->eval();
+        OnnxExportOptions options;
+        options.input_dtype = sets.train->example_dtype();
+        options.metadata = {{"dtrain_step", std::to_string(ckpt.step)},
+                            {"dtrain_model", yaml_section(ckpt.config_yaml, "model")},
+                            {"dtrain_checkpoint", checkpoint_path}};
+        write_onnx(output_path, *model, sets.train->example_shape(), options);
+        std::printf("wrote %s (opset %d): input '%s', %s examples of shape %s; output '%s'\n",
+                    output_path.c_str(), kOnnxOpset, options.input_name.c_str(),
+                    std::string(dtype_name(options.input_dtype)).c_str(),
+                    shape_str(sets.train->example_shape()).c_str(), options.output_name.c_str());
+        return 0;
+      }
       write_safetensors(output_path, ckpt.model,
                         {{"format", "pt"},
                          {"dtrain_step", std::to_string(ckpt.step)},

@@ -32,6 +32,9 @@ class Conv2d : public Module {
   std::string describe() const override;
   Tensor forward(const Tensor& x) override;  // [N, C, H, W] -> [N, O, OH, OW]
   Tensor weight, bias;                       // [O, C, K, K]; [O]
+  int64_t kernel_size() const { return kernel_; }
+  int64_t stride() const { return stride_; }
+  int64_t padding() const { return padding_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
@@ -48,6 +51,9 @@ class Conv1d : public Module {
   std::string describe() const override;
   Tensor forward(const Tensor& x) override;  // [N, C, L] -> [N, O, (L + 2P - K) / S + 1]
   Tensor weight, bias;                       // [O, C, K]; [O]
+  int64_t kernel_size() const { return kernel_; }
+  int64_t stride() const { return stride_; }
+  int64_t padding() const { return padding_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
@@ -61,6 +67,9 @@ class MaxPool2d : public Module {
   explicit MaxPool2d(int64_t kernel_size, int64_t stride = -1, int64_t padding = 0);
   std::string describe() const override;
   Tensor forward(const Tensor& x) override;
+  int64_t kernel_size() const { return kernel_; }
+  int64_t stride() const { return stride_; }
+  int64_t padding() const { return padding_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
@@ -75,6 +84,9 @@ class AvgPool2d : public Module {
   explicit AvgPool2d(int64_t kernel_size, int64_t stride = -1, int64_t padding = 0);
   std::string describe() const override;
   Tensor forward(const Tensor& x) override;
+  int64_t kernel_size() const { return kernel_; }
+  int64_t stride() const { return stride_; }
+  int64_t padding() const { return padding_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
@@ -103,6 +115,7 @@ class BatchNorm : public Module {
   std::string describe() const override;
   Tensor forward(const Tensor& x) override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+  double eps() const { return eps_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
@@ -129,6 +142,8 @@ class LayerNorm : public Module {
   std::string describe() const override;
   Tensor forward(const Tensor& x) override;
   Tensor weight, bias;
+  const Shape& normalized_shape() const { return shape_; }
+  double eps() const { return eps_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
@@ -191,6 +206,7 @@ class ActivationLayer : public Module {
   explicit ActivationLayer(Activation kind) : kind_(kind) {}
   std::string describe() const override;
   Tensor forward(const Tensor& x) override;
+  Activation kind() const { return kind_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
@@ -221,6 +237,7 @@ class Flatten : public Module {
   explicit Flatten(int64_t start_dim = 1) : start_dim_(start_dim) {}
   std::string describe() const override { return "Flatten"; }
   Tensor forward(const Tensor& x) override { return flatten(x, start_dim_); }
+  int64_t start_dim() const { return start_dim_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;

@@ -10,6 +10,7 @@ packages=(
   libopenmpi-dev openmpi-bin               # mpi backend, mpirun
   libyaml-cpp-dev                          # configs
   libprotobuf-dev protobuf-compiler        # checkpoints, store protocol, TensorBoard events
+  libonnx-dev                              # onnx.proto, the schema of dtrain export --format onnx
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev zlib1g-dev
   dataset-fashion-mnist                    # /usr/share/datasets/fashion-mnist

@@ -86,7 +86,7 @@ TEST(Cli, UsageErrorsExitTwo) {
       "train",                                                  // no config file
       "eval " + source_path("configs/fashion_mnist_mlp.yaml"),  // no --checkpoint
       "export model.dtck",                                      // no -o
-      "export model.dtck -o m.onnx --format onnx",              // unknown format
+      "export model.dtck -o m.tflite --format tflite",          // unknown format
       "--no-such-flag",
   };
   testutil::ScratchDir dir;

@@ -20,7 +20,11 @@
 
 #include "cli/checkpoint_compare.h"
 #include "cli/run_util.h"
+#include "dtrain/autograd/grad_mode.h"
 #include "dtrain/train/checkpoint.h"
+#include "dtrain/train/config.h"
+#include "dtrain/train/factories.h"
+#include "train/python_readers.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain {
@@ -514,6 +518,73 @@ TEST(FeaturesEval, ExportRecordsTheModelSection) {
   EXPECT_THAT(model, HasSubstr("  type: sequential\n"));
   EXPECT_THAT(model, HasSubstr("residual: [{conv2d: {out: 8, kernel: 3, padding: 1}}, relu]"));
   EXPECT_THAT(model, Not(HasSubstr("data:")));
+}
+
+/// `dtrain export --format onnx` of the checkpoint at `ckpt`, run by onnxruntime on the first 32
+/// test examples, against the model the checkpoint's config builds, in eval mode, in this process.
+void expect_onnx_export_matches_dtrain(const RunDir& dir, const std::string& ckpt) {
+  std::string why;
+  const std::string python = testutil::reader_python(why);
+  if (python.empty()) GTEST_SKIP() << why;
+  const CommandResult e = dir.dtrain("export " + ckpt + " --format onnx -o model.onnx");
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_THAT(e.output, HasSubstr("(opset 17): input 'input'"));
+
+  using namespace dtrain::train;
+  const CheckpointData c = load_checkpoint(dir / ckpt);
+  const Config config = parse_config(c.config_yaml, ckpt, {});
+  const Datasets sets = make_datasets(config.data, config.train.seed);
+  nn::ModulePtr model =
+      make_model(config.model, *sets.train, static_cast<uint64_t>(config.train.seed));
+  model->load_state_dict(c.model);
+  model->eval();
+  Shape x_shape{32}, y_shape{32};
+  for (int64_t d : sets.test->example_shape()) x_shape.push_back(d);
+  for (int64_t d : sets.test->label_shape()) y_shape.push_back(d);
+  Tensor x(x_shape, sets.test->example_dtype()), y(y_shape, DType::kInt64);
+  std::vector<int64_t> first(32);
+  for (int64_t i = 0; i < 32; ++i) first[i] = i;
+  sets.test->fill_batch(first, x, y);
+  Tensor expected;
+  {
+    NoGradGuard no_grad;
+    expected = (*model)(x);
+  }
+  std::string report;
+  const Tensor got =
+      testutil::run_onnxruntime(python, dir / "model.onnx", x, dir.path().string(), report);
+  ASSERT_TRUE(got.defined());
+  const std::vector<float> want = expected.to_vector<float>(), have = got.to_vector<float>();
+  ASSERT_EQ(have.size(), want.size()) << report;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(have[i], want[i], 1e-5 * std::max(1.0f, std::abs(want[i]))) << "output " << i;
+  }
+  EXPECT_THAT(report, HasSubstr("\"dtrain_step\": \"" + std::to_string(c.step) + "\""));
+}
+
+TEST(FeaturesEval, OnnxExportOfAYamlModelWithBatchNormAndResidualsMatchesOnnxruntime) {
+  RunDir dir;
+  dir.write("run.yaml", residual_config("    - conv2d: {out: 8, kernel: 3, padding: 1}\n"
+                                        "    - batch_norm\n"
+                                        "    - relu\n"
+                                        "    - residual:\n"
+                                        "        - conv2d: {out: 8, kernel: 3, padding: 1}\n"
+                                        "        - batch_norm\n"
+                                        "    - relu\n"
+                                        "    - max_pool2d: {kernel: 2}\n"
+                                        "    - global_avg_pool\n"
+                                        "    - linear: {out: classes}\n"));
+  const CommandResult r = dir.dtrain("train run.yaml train.epochs=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_onnx_export_matches_dtrain(dir, ckpt(32));
+}
+
+TEST(FeaturesEval, OnnxExportOfTheMlpWithDropoutMatchesOnnxruntime) {
+  RunDir dir;
+  dir.write("run.yaml", kMlpConfig);
+  const CommandResult r = dir.dtrain("train run.yaml model.dropout=0.3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_onnx_export_matches_dtrain(dir, ckpt(kMlpStepsPerEpoch));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,37 +13,18 @@
 
 #include "dtrain/train/safetensors.h"
 #include "dtrain/train/summary.h"
+#include "train/python_readers.h"
 #include "train/scratch_dir.h"
 
 namespace dtrain::train {
 namespace {
 
 using testutil::read_bytes;
+using testutil::reader_python;
 using testutil::ScratchDir;
+using testutil::shell_quote;
 
 const std::string kReadBack = std::string(DTRAIN_FIXTURE_DIR) + "/../train/read_back.py";
-
-/// The venv's python, or "" with the reason in `why`.
-std::string reader_python(std::string& why) {
-  const char* env = std::getenv("DTRAIN_PYREADERS");
-  if (env == nullptr || *env == '\0') {
-    why =
-        "DTRAIN_PYREADERS is unset; run scripts/python_readers.sh and export DTRAIN_PYREADERS "
-        "as the python path it prints";
-    return "";
-  }
-  if (!std::filesystem::exists(env)) {
-    why = std::string("DTRAIN_PYREADERS=") + env + " does not exist; run scripts/python_readers.sh";
-    return "";
-  }
-  return env;
-}
-
-std::string shell_quote(const std::string& text) {
-  std::string quoted = "'";
-  for (const char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return quoted + "'";
-}
 
 /// stdout lines of read_back.py; a failure of the script fails the test with its stderr.
 std::vector<std::string> read_back(const std::string& python, const std::string& mode,
