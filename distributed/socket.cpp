@@ -218,7 +218,12 @@ UniqueFd try_connect_tcp(const std::string& host, uint16_t port, Clock::time_poi
         continue;
       }
       pollfd p{s.get(), POLLOUT, 0};
-      const int ready = ::poll(&p, 1, ms_until(deadline));
+      // poll() fails with EINTR when a signal handler runs (SA_RESTART does not restart it), e.g.
+      // the stop-signal handler while a worker starts: wait on, or the attempt counts as failed.
+      int ready;
+      do {
+        ready = ::poll(&p, 1, ms_until(deadline));
+      } while (ready < 0 && errno == EINTR);
       if (ready <= 0) {
         error = ready == 0 ? "connection attempt timed out" : errno_text(errno);
         continue;
