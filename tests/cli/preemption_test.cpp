@@ -15,6 +15,7 @@
 #include <limits>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/checkpoint_compare.h"
@@ -152,6 +153,35 @@ TEST_F(Preemption, SigtermToTheLauncherCheckpointsEveryWorkerAtOneStepAndExits14
                         std::filesystem::path(checkpoint(step)).filename().string()))
       << resumed.output;
   EXPECT_TRUE(std::filesystem::exists(checkpoint(kLaunchTotalSteps))) << resumed.output;
+}
+
+// SIGTERM at any moment of a launched job, from the launcher's start-up through the workers'
+// rendezvous and connections into training: every run ends with 143 (a checkpoint after the
+// agreed step, or the signal itself before a worker could act on it), never with a crash. Start-up
+// and collectives make calls that a handler interrupts (EINTR).
+TEST_F(Preemption, SigtermAtAnyMomentOfALaunchedJobEndsItWith143AndNoCrash) {
+  for (const int delay_ms : {0, 150, 400, 800, 1500}) {
+    SCOPED_TRACE("SIGTERM " + std::to_string(delay_ms) + " ms after the start");
+    const std::string dir_override = " train.checkpoint_dir=at_" + std::to_string(delay_ms);
+    auto run = start("exec timeout -s KILL " + std::to_string(kRunLimitS) + " " + dtrain() +
+                     " launch --nproc-per-node 2 run.yaml" + dir_override);
+    const auto sent_after = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay_ms);
+    pid_t launcher = -1;
+    for (int i = 0; i < 3000 && launcher <= 0; ++i) {  // the shell may not have exec'd it yet
+      launcher = testutil::launcher_pid(job_);
+      if (launcher <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_GT(launcher, 0);
+    std::this_thread::sleep_until(sent_after);
+    ASSERT_EQ(::kill(launcher, SIGTERM), 0);
+    const CommandResult r = run.get();
+    EXPECT_EQ(r.exit_code, 128 + SIGTERM) << r.output;
+    for (const char* crash : {"corrupted", "double free", "free(): ", "malloc", "Aborted",
+                              "Segmentation", "SIGSEGV", "SIGABRT"}) {
+      EXPECT_THAT(r.output, Not(HasSubstr(crash))) << r.output;
+    }
+    testutil::expect_no_process_left(job_);
+  }
 }
 
 TEST_F(Preemption, SigusrToOneMpiRankStopsEveryRankAtTheSameStep) {
