@@ -7,7 +7,9 @@
 namespace dtrain::train {
 
 /// Installs the SIGTERM and SIGUSR1 handlers (once per process; later calls do nothing). A signal
-/// that arrives again before the loop acts changes nothing.
+/// that arrives again before the loop acts changes nothing. Also blocks both signals on the calling
+/// thread, and so on the threads it starts afterwards, and starts one thread that takes them: call
+/// it before the threads that compute (stop_signal.cpp says why).
 void install_stop_signal_handlers();
 
 /// The first signal that asked to stop, or 0.
