@@ -1,6 +1,5 @@
-// .npy reader. dtrain only writes safetensors (train/safetensors.cpp) and reads no safetensors
-// file; the .npy header (magic, header length, then a text dictionary of dtype and shape) is the
-// safetensors-like header it does parse from untrusted files.
+// .npy reader: magic, header length, then a text dictionary of dtype and shape, from untrusted
+// files.
 #include <cstddef>
 #include <cstdint>
 #include <string>

@@ -381,6 +381,13 @@ int cli_main(int argc, char** argv) {
                                                                 : "does not exist") +
                            "; give a checkpoint (.dtck), auto or never");
       }
+      if (!c.train.init_from.empty()) {
+        try {
+          read_safetensors(c.train.init_from);
+        } catch (const dtrain::ValueError& e) {
+          problems.push_back("train.init_from: " + e.message());
+        }
+      }
       if (!problems.empty()) {
         for (const std::string& p : problems) {
           std::fprintf(stderr, "dtrain: %s: %s\n", dtrain::printable(config_path).c_str(),

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 seconds=${DTRAIN_FUZZ_SECONDS:-60}
 parallel=${DTRAIN_FUZZ_JOBS:-$(nproc)}
-all_targets=(config_fuzz checkpoint_fuzz idx_fuzz npy_fuzz store_fuzz tcp_fuzz)
+all_targets=(config_fuzz checkpoint_fuzz idx_fuzz npy_fuzz safetensors_fuzz store_fuzz tcp_fuzz)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all_targets[@]}")
 

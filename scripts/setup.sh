@@ -13,6 +13,7 @@ packages=(
   libonnx-dev                              # onnx.proto, the schema of dtrain export --format onnx
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev zlib1g-dev
+  nlohmann-json3-dev                       # reading safetensors headers (train.init_from)
   dataset-fashion-mnist                    # /usr/share/datasets/fashion-mnist
   fortunes                                 # English text for configs/char_transformer.yaml
   python3 python3-torch python3-numpy      # golden-value fixtures and side-by-side benchmarks

@@ -397,6 +397,13 @@ const std::vector<Field>& schema() {
                    "`auto`: continue from the newest valid checkpoint in checkpoint_dir if any; "
                    "`never`: start fresh; otherwise the path of a checkpoint to continue from.",
                    "auto | never | checkpoint path"),
+      string_field("train", "init_from", DTRAIN_GET(train.init_from), {},
+                   "A safetensors file of weights (from `dtrain export`, PyTorch's or Hugging "
+                   "Face's safetensors) that a fresh run starts from instead of the seed's "
+                   "initialisation: fine-tuning. Every parameter and buffer of the model must be "
+                   "in it with the same shape, and nothing else; every mismatch is listed. A run "
+                   "that resumes from a checkpoint ignores it.",
+                   "safetensors path or empty", true),
       int_field("train", "stop_at_step", DTRAIN_GET(train.stop_at_step), 0, INT64_MAX,
                 "Stop with a checkpoint after this step, as if preempted; the schedule still spans "
                 "the whole run (0: off)."),

@@ -75,6 +75,7 @@ struct TrainSection {
   int64_t checkpoint_every_steps = 500;
   int64_t keep_checkpoints = 3;
   std::string resume = "auto";      // auto | never | <checkpoint path>
+  std::string init_from;            // safetensors weights to start a fresh run from ("": none)
   int64_t stop_at_step = 0;         // stop (with a checkpoint) after this step, as if preempted
   int64_t threads = 0;              // kernel threads; 0: all cores
   std::string device = "cpu";       // cpu | cuda | auto (cuda when a GPU is present)

@@ -23,6 +23,7 @@
 #include "dtrain/tensor/printable.h"
 #include "dtrain/train/factories.h"
 #include "dtrain/train/metrics_sink.h"
+#include "dtrain/train/safetensors.h"
 #include "dtrain/train/stop_signal.h"
 
 namespace dtrain::train {
@@ -341,7 +342,21 @@ Trainer::Position Trainer::restore(const Plan& plan,
   }
   schedule_ = make_schedule(config_.schedule, *optimizer_, plan.total_steps);
   Position at;
-  if (!resumed) return at;
+  if (!resumed) {
+    const std::string& weights = config_.train.init_from;
+    if (!weights.empty()) {
+      try {
+        load_weights(*model_, read_safetensors(weights).tensors, weights);
+      } catch (const Error& e) {
+        DTRAIN_THROW(ValueError, "train.init_from: ", e.message());
+      }
+      if (strategy_->is_primary()) {
+        std::printf("initialised the model's %zu parameters and buffers from %s\n",
+                    model_->state_dict().size(), printable(weights).c_str());
+      }
+    }
+    return at;
+  }
   // The sampler position is in global batches, so it maps unchanged onto another number of
   // replicas.
   const CheckpointData& c = resumed->data;

@@ -588,6 +588,52 @@ TEST(FeaturesEval, OnnxExportOfTheMlpWithDropoutMatchesOnnxruntime) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// train.init_from: fine-tuning from a safetensors file of weights.
+
+TEST(FeaturesInit, AFreshRunStartsFromExportedWeights) {
+  RunDir dir;
+  dir.write("run.yaml", kMlpConfig);
+  const CommandResult source = dir.dtrain("train run.yaml");
+  ASSERT_EQ(source.exit_code, 0) << source.output;
+  ASSERT_EQ(dir.dtrain("export " + ckpt(kMlpStepsPerEpoch) + " -o w.safetensors").exit_code, 0);
+  // At a learning rate of 1e-30 the updates vanish in float32 rounding: the run keeps the file's
+  // weights, and its test results are the source's.
+  const CommandResult tuned = dir.dtrain(
+      "train run.yaml train.init_from=w.safetensors optimizer.lr=1e-30 train.checkpoint_dir=tuned");
+  ASSERT_EQ(tuned.exit_code, 0) << tuned.output;
+  EXPECT_THAT(tuned.output,
+              HasSubstr("initialised the model's 4 parameters and buffers from w.safetensors"));
+  EXPECT_EQ(final_line(tuned.output).accuracy, final_line(source.output).accuracy);
+  EXPECT_EQ(final_line(tuned.output).loss, final_line(source.output).loss);
+  // Without it, the same run starts from the seed's initialisation.
+  const CommandResult fresh =
+      dir.dtrain("train run.yaml optimizer.lr=1e-30 train.checkpoint_dir=fresh");
+  ASSERT_EQ(fresh.exit_code, 0) << fresh.output;
+  EXPECT_NE(final_line(fresh.output).loss, final_line(source.output).loss);
+}
+
+TEST(FeaturesInit, WeightsOfAnotherModelAreRefusedListingEveryMismatch) {
+  RunDir dir;
+  dir.write("run.yaml", kMlpConfig);
+  ASSERT_EQ(dir.dtrain("train run.yaml").exit_code, 0);
+  ASSERT_EQ(dir.dtrain("export " + ckpt(kMlpStepsPerEpoch) + " -o w.safetensors").exit_code, 0);
+  const CommandResult r = dir.dtrain(
+      "train run.yaml 'model.hidden=[16, 4]' train.init_from=w.safetensors "
+      "train.checkpoint_dir=other");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("train.init_from: w.safetensors does not fit the model"));
+  EXPECT_THAT(r.output, HasSubstr("3.weight: [10, 16] in the file, [4, 16] in the model"));
+  EXPECT_THAT(r.output, HasSubstr("missing 5.weight [10, 4]"));
+  EXPECT_THAT(r.output, Not(HasSubstr("final:")));
+  EXPECT_FALSE(std::filesystem::exists(dir / "other/" + ckpt(1).substr(12))) << r.output;
+
+  const CommandResult check =
+      dir.dtrain("config check run.yaml train.init_from=missing.safetensors");
+  EXPECT_EQ(check.exit_code, 2) << check.output;
+  EXPECT_THAT(check.output, HasSubstr("train.init_from: safetensors file 'missing.safetensors'"));
+}
+
+// ---------------------------------------------------------------------------------------------
 // optimizer.no_decay and optimizer.clip_grad_norm.
 
 TEST(FeaturesOptimizer, NoDecayEntryMatchingNoParameterIsNamedWithTheParameters) {

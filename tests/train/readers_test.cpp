@@ -199,3 +199,42 @@ TEST(PythonReaders, SafetensorsNumpyReadsOurTensors) {
 
 }  // namespace
 }  // namespace dtrain::train
+
+namespace dtrain::train {
+namespace {
+
+// The other direction: a file written by safetensors.numpy (as Hugging Face tools write them)
+// read by dtrain, values and metadata.
+TEST(PythonReaders, WeFindTheTensorsThatSafetensorsNumpyWrote) {
+  std::string why;
+  const std::string python = reader_python(why);
+  if (python.empty()) GTEST_SKIP() << why;
+  ScratchDir dir;
+  const std::string path = dir / "numpy.safetensors";
+  const std::string script =
+      "import numpy as np, sys\n"
+      "from safetensors.numpy import save_file\n"
+      "save_file({'w': np.arange(6, dtype=np.float32).reshape(2, 3) / 4,\n"
+      "           'b': np.array([-1.5, 2.25], dtype=np.float64),\n"
+      "           'ids': np.array([[7], [-9]], dtype=np.int64),\n"
+      "           'h': np.array([1, -2], dtype=np.float16)},\n"
+      "          sys.argv[1], metadata={'source': 'numpy'})\n";
+  const std::string command = shell_quote(python) + " -c " + shell_quote(script) + " " +
+                              shell_quote(path) + " 2>" + shell_quote(dir / "stderr");
+  ASSERT_EQ(std::system(command.c_str()), 0) << read_bytes(dir / "stderr");
+  const SafetensorsFile file = read_safetensors(path);
+  std::map<std::string, Tensor> by_name(file.tensors.begin(), file.tensors.end());
+  ASSERT_EQ(by_name.size(), 4u);
+  EXPECT_EQ(by_name.at("w").shape(), (Shape{2, 3}));
+  EXPECT_EQ(by_name.at("w").to_vector<float>(),
+            (std::vector<float>{0, 0.25f, 0.5f, 0.75f, 1, 1.25f}));
+  EXPECT_EQ(by_name.at("b").to_vector<double>(), (std::vector<double>{-1.5, 2.25}));
+  EXPECT_EQ(by_name.at("ids").shape(), (Shape{2, 1}));
+  EXPECT_EQ(by_name.at("ids").to_vector<int64_t>(), (std::vector<int64_t>{7, -9}));
+  EXPECT_EQ(to_dtype(by_name.at("h"), DType::kFloat32).to_vector<float>(),
+            (std::vector<float>{1, -2}));
+  EXPECT_EQ(file.metadata.at("source"), "numpy");
+}
+
+}  // namespace
+}  // namespace dtrain::train
