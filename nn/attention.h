@@ -16,6 +16,8 @@ class CausalSelfAttention : public Module {
   Tensor forward(const Tensor& x) override;  // [N, T, D] -> [N, T, D]
   std::shared_ptr<Linear> qkv, proj;
   std::shared_ptr<Dropout> attn_drop;
+  int64_t dim() const { return dim_; }
+  int64_t heads() const { return heads_; }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;

@@ -2,9 +2,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numbers>
 
 #include "dtrain/autograd/grad_mode.h"
+#include "dtrain/nn/attention.h"
 #include "dtrain/nn/layers.h"
 #include "dtrain/tensor/check.h"
 #include "dtrain/tensor/printable.h"
@@ -17,7 +19,8 @@ namespace {
 
 constexpr const char* kSupported =
     "Sequential, Residual, Linear, Conv1d, Conv2d, MaxPool2d, AvgPool2d, GlobalAvgPool, BatchNorm, "
-    "LayerNorm, Embedding, Dropout, Flatten(start_dim=1), ReLU, GELU, Tanh, Sigmoid";
+    "LayerNorm, Embedding, PositionalEmbedding, CausalSelfAttention, TransformerBlock, Dropout, "
+    "Flatten(start_dim=1), ReLU, GELU, Tanh, Sigmoid";
 
 int onnx_type(DType t) {
   switch (t) {
@@ -104,6 +107,29 @@ class GraphBuilder {
     if (const auto* e = dynamic_cast<const nn::Embedding*>(&m)) {
       return node("Gather", {initializer(at + "weight", e->weight), x}, path);
     }
+    if (const auto* p = dynamic_cast<const nn::PositionalEmbedding*>(&m)) {
+      // x [N, T, D] + weight[:T]: T from x's shape, so one file serves every length up to max_len.
+      const std::string shape = node("Shape", {x}, path + ".shape");
+      const std::string t = node(
+          "Slice", {shape, int64s(path + ".one", {1}), int64s(path + ".two", {2})}, path + ".t");
+      const std::string rows = node("Slice",
+                                    {initializer(at + "weight", p->weight),
+                                     int64s(path + ".zero", {0}), t, int64s(path + ".axis0", {0})},
+                                    path + ".rows");
+      return node("Add", {x, rows}, path);
+    }
+    if (const auto* a = dynamic_cast<const nn::CausalSelfAttention*>(&m)) {
+      return attention(*a, at, path, x);
+    }
+    if (const auto* b = dynamic_cast<const nn::TransformerBlock*>(&m)) {
+      // x + attn(ln1(x)), then h + fc2(gelu(fc1(ln2(h)))).
+      const std::string h = node(
+          "Add", {x, add(*b->attn, at + "attn", add(*b->ln1, at + "ln1", x))}, path + ".residual1");
+      const std::string mlp =
+          add(*b->fc2, at + "fc2",
+              gelu(add(*b->fc1, at + "fc1", add(*b->ln2, at + "ln2", h)), path + ".gelu"));
+      return node("Add", {h, mlp}, path);
+    }
     if (dynamic_cast<const nn::Dropout*>(&m)) return node("Identity", {x}, path);
     if (const auto* f = dynamic_cast<const nn::Flatten*>(&m)) {
       // ONNX Flatten(axis) always makes 2 dims; it matches dtrain's only from dim 1.
@@ -120,21 +146,96 @@ class GraphBuilder {
           return node("Tanh", {x}, path);
         case nn::Activation::kSigmoid:
           return node("Sigmoid", {x}, path);
-        case nn::Activation::kGELU: {
-          // Opset 17 has no Gelu: 0.5 x (1 + erf(x / sqrt 2)), as dtrain computes it.
-          const std::string scaled =
-              node("Mul", {x, scalar(path + ".inv_sqrt2", 1.0 / std::numbers::sqrt2)}, path + ".s");
-          const std::string erf = node("Erf", {scaled}, path + ".erf");
-          const std::string one_plus = node("Add", {erf, scalar(path + ".one", 1.0)}, path + ".a");
-          const std::string half_x = node("Mul", {x, scalar(path + ".half", 0.5)}, path + ".h");
-          return node("Mul", {half_x, one_plus}, path);
-        }
+        case nn::Activation::kGELU:
+          return gelu(x, path);
       }
     }
     unsupported(m, path, "it has no ONNX form");
   }
 
  private:
+  std::string gelu(const std::string& x, const std::string& path) {
+    // Opset 17 has no Gelu: 0.5 x (1 + erf(x / sqrt 2)), as dtrain computes it.
+    const std::string scaled =
+        node("Mul", {x, scalar(path + ".inv_sqrt2", 1.0 / std::numbers::sqrt2)}, path + ".s");
+    const std::string erf = node("Erf", {scaled}, path + ".erf");
+    const std::string one_plus = node("Add", {erf, scalar(path + ".one", 1.0)}, path + ".a");
+    const std::string half_x = node("Mul", {x, scalar(path + ".half", 0.5)}, path + ".h");
+    return node("Mul", {half_x, one_plus}, path);
+  }
+
+  /// CausalSelfAttention as dtrain computes it (nn/attention.cpp), for any N and T: Reshape's 0
+  /// copies those dims, and the causal mask is built from the scores' shape.
+  std::string attention(const nn::CausalSelfAttention& a, const std::string& at,
+                        const std::string& path, const std::string& x) {
+    const int64_t heads = a.heads(), head_dim = a.dim() / a.heads();
+    const std::string qkv = add(*a.qkv, at + "qkv", x);  // [N, T, 3D]
+    const std::string split =
+        node("Reshape", {qkv, int64s(path + ".split_shape", {0, 0, 3, heads, head_dim})},
+             path + ".split");
+    onnx::NodeProto& t = add_node("Transpose", {split}, path + ".heads");  // [3, N, H, T, hd]
+    ints_attribute(t, "perm", {2, 0, 3, 1, 4});
+    const std::string all = t.output(0);
+    const auto part = [&](int64_t i, const char* name) {
+      return node("Gather", {all, int64_scalar(path + "." + name + "_index", i)},
+                  path + "." + name);
+    };
+    const std::string q = part(0, "q"), k = part(1, "k"), v = part(2, "v");  // [N, H, T, hd]
+    onnx::NodeProto& kt = add_node("Transpose", {k}, path + ".kt");
+    ints_attribute(kt, "perm", {0, 1, 3, 2});
+    const std::string scores =
+        node("Mul",
+             {node("MatMul", {q, kt.output(0)}, path + ".qk"),
+              scalar(path + ".scale", 1.0 / std::sqrt(static_cast<double>(head_dim)))},
+             path + ".scores");
+    // Positions after t get -inf, the others keep their score (dtrain adds 0 there).
+    const std::string shape = node("Shape", {scores}, path + ".scores_shape");
+    const std::string tt = node(
+        "Slice", {shape, int64s(path + ".minus2", {-2}), int64s(path + ".end", {4})}, path + ".tt");
+    onnx::NodeProto& ones = add_node("ConstantOfShape", {tt}, path + ".ones");
+    onnx::AttributeProto* value = ones.add_attribute();
+    value->set_name("value");
+    value->set_type(onnx::AttributeProto::TENSOR);
+    value->mutable_t()->set_data_type(onnx::TensorProto::FLOAT);
+    value->mutable_t()->add_dims(1);
+    value->mutable_t()->add_float_data(1.0f);
+    onnx::NodeProto& lower = add_node("Trilu", {ones.output(0)}, path + ".lower");
+    int_attribute(lower, "upper", 0);
+    onnx::NodeProto& keep = add_node("Cast", {lower.output(0)}, path + ".keep");
+    int_attribute(keep, "to", onnx::TensorProto::BOOL);
+    const std::string masked =
+        node("Where",
+             {keep.output(0), scores,
+              scalar(path + ".minus_inf", -std::numeric_limits<double>::infinity())},
+             path + ".masked");
+    onnx::NodeProto& softmax = add_node("Softmax", {masked}, path + ".softmax");
+    int_attribute(softmax, "axis", -1);
+    const std::string y = node("MatMul", {softmax.output(0), v}, path + ".mix");  // [N, H, T, hd]
+    onnx::NodeProto& back = add_node("Transpose", {y}, path + ".unheads");        // [N, T, H, hd]
+    ints_attribute(back, "perm", {0, 2, 1, 3});
+    const std::string merged =
+        node("Reshape", {back.output(0), int64s(path + ".merge_shape", {0, 0, a.dim()})},
+             path + ".merge");
+    return add(*a.proj, at + "proj", merged);
+  }
+
+  std::string int64s(const std::string& name, const std::vector<int64_t>& values) {
+    onnx::TensorProto* init = graph_.add_initializer();
+    init->set_name(name);
+    init->set_data_type(onnx::TensorProto::INT64);
+    init->add_dims(static_cast<int64_t>(values.size()));
+    for (int64_t v : values) init->add_int64_data(v);
+    return name;
+  }
+
+  std::string int64_scalar(const std::string& name, int64_t value) {
+    onnx::TensorProto* init = graph_.add_initializer();
+    init->set_name(name);
+    init->set_data_type(onnx::TensorProto::INT64);
+    init->add_int64_data(value);
+    return name;
+  }
+
   [[noreturn]] static void unsupported(const nn::Module& m, const std::string& path,
                                        const std::string& why) {
     DTRAIN_THROW(ValueError, "ONNX export: module '", path.empty() ? "(the model)" : path, "' (",

@@ -121,17 +121,37 @@ TEST(OnnxExport, EmbeddingOfTokenIdsMatchesOnnxruntime) {
   expect_onnxruntime_matches(model, randint(0, 50, {6, 8}), "embedding");
 }
 
+TEST(OnnxExport, ACharacterTransformerMatchesOnnxruntime) {
+  manual_seed(6);
+  nn::Sequential model{std::make_shared<nn::Embedding>(40, 16),
+                       std::make_shared<nn::PositionalEmbedding>(12, 16),
+                       std::make_shared<nn::TransformerBlock>(16, 4, 2, /*dropout=*/0.1),
+                       std::make_shared<nn::TransformerBlock>(16, 4, 2, /*dropout=*/0.1),
+                       std::make_shared<nn::LayerNorm>(Shape{16}),
+                       std::make_shared<nn::Linear>(16, 40)};
+  expect_onnxruntime_matches(model, randint(0, 40, {3, 10}), "transformer");
+}
+
+/// A program's own module, which the exporter cannot know.
+class Doubler : public nn::Module {
+ public:
+  std::string describe() const override { return "Doubler"; }
+  Tensor forward(const Tensor& x) override { return x * 2.0; }
+
+ protected:
+  std::shared_ptr<nn::Module> make_empty() const override { return std::make_shared<Doubler>(); }
+};
+
 TEST(OnnxExport, AModuleWithoutAnOnnxFormIsNamedWithItsPath) {
   manual_seed(5);
-  nn::Sequential model{std::make_shared<nn::Embedding>(50, 16),
-                       std::make_shared<nn::CausalSelfAttention>(16, 2)};
+  nn::Sequential model{std::make_shared<nn::Linear>(4, 4), std::make_shared<Doubler>()};
   ScratchDir dir;
-  const std::string path = dir / "attention.onnx";
+  const std::string path = dir / "own.onnx";
   try {
-    write_onnx(path, model, {8}, {.input_dtype = DType::kInt64});
-    FAIL() << "exported a model with attention";
+    write_onnx(path, model, {4});
+    FAIL() << "exported a module the exporter does not know";
   } catch (const ValueError& e) {
-    EXPECT_THAT(e.message(), HasSubstr("module '1' (CausalSelfAttention"));
+    EXPECT_THAT(e.message(), HasSubstr("module '1' (Doubler): it has no ONNX form"));
     EXPECT_THAT(e.message(), HasSubstr("exportable: Sequential, Residual, Linear"));
   }
   EXPECT_FALSE(std::filesystem::exists(path)) << "a refused export left a file";
