@@ -432,17 +432,16 @@ int cli_main(int argc, char** argv) {
       if (format == "onnx") {
         // The model as the checkpoint's config builds it, in eval mode, with its weights; the
         // dataset gives the example's shape and type.
-        const Config c = parse_config(ckpt.config_yaml, checkpoint_path, {});
-        const Datasets sets = make_datasets(c.data, c.train.seed);
-        nn::ModulePtr model = make_model(c.model, *sets.train, static_cast<uint64_t>(c.train.seed));
-        model->load_state_dict(ckpt.model);
-        model->eval();
+        const CheckpointModel built = model_from_checkpoint(
+            ckpt, parse_config(ckpt.config_yaml, checkpoint_path, {}), checkpoint_path);
+        const Datasets& sets = built.sets;
+        nn::Module& model = *built.model;
         OnnxExportOptions options;
         options.input_dtype = sets.train->example_dtype();
         options.metadata = {{"dtrain_step", std::to_string(ckpt.step)},
                             {"dtrain_model", yaml_section(ckpt.config_yaml, "model")},
                             {"dtrain_checkpoint", checkpoint_path}};
-        write_onnx(output_path, *model, sets.train->example_shape(), options);
+        write_onnx(output_path, model, sets.train->example_shape(), options);
         std::printf("wrote %s (opset %d): input '%s', %s examples of shape %s; output '%s'\n",
                     output_path.c_str(), kOnnxOpset, options.input_name.c_str(),
                     std::string(dtype_name(options.input_dtype)).c_str(),

@@ -34,6 +34,23 @@ Datasets make_datasets(const DataConfig& d, int64_t seed) {
   return sets;
 }
 
+CheckpointModel model_from_checkpoint(const CheckpointData& ckpt, const Config& c,
+                                      const std::string& path) {
+  CheckpointModel built;
+  try {
+    built.sets = make_datasets(c.data, c.train.seed);
+  } catch (const Error& e) {
+    DTRAIN_THROW(ValueError, "checkpoint '", path,
+                 "': its model's example shape comes from its training set (data.name ",
+                 c.data.name, "), which cannot be read here: ", e.message(),
+                 ". Point to it with an override after the checkpoint, e.g. data.path=DIR");
+  }
+  built.model = make_model(c.model, *built.sets.train, static_cast<uint64_t>(c.train.seed));
+  built.model->load_state_dict(ckpt.model);
+  built.model->eval();
+  return built;
+}
+
 nn::ModulePtr make_model(const ModelConfig& m, const data::Dataset& train_set, uint64_t seed) {
   const ModelEntry* entry = find_model(m.type);
   DTRAIN_CHECK(entry != nullptr, "model.type: no model '", m.type, "' is registered");

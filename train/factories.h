@@ -12,6 +12,7 @@
 #include "dtrain/nn/module.h"
 #include "dtrain/nn/optim.h"
 #include "dtrain/tensor/tensor.h"
+#include "dtrain/train/checkpoint.h"
 #include "dtrain/train/config.h"
 #include "dtrain/train/registry.h"
 
@@ -32,6 +33,16 @@ std::unique_ptr<nn::Optimizer> make_optimizer(const OptimizerConfig& o, std::vec
 /// The `schedule` section over a run of `total_steps` optimiser steps.
 std::unique_ptr<nn::LRScheduler> make_schedule(const ScheduleConfig& s, nn::Optimizer& opt,
                                                int64_t total_steps);
+
+/// The model a checkpoint's config builds (as `dtrain eval` does), with the checkpoint's weights,
+/// in eval mode, and the data sets whose training split gave its example shape. A training set that
+/// cannot be read here is a ValueError naming the checkpoint at `path` and the override to give.
+struct CheckpointModel {
+  nn::ModulePtr model;
+  Datasets sets;
+};
+CheckpointModel model_from_checkpoint(const CheckpointData& ckpt, const Config& config,
+                                      const std::string& path);
 
 /// The dropout layers' generators by module path ("dropout:<path>"), whose offsets a checkpoint
 /// must keep for an exact resume.

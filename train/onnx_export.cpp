@@ -139,21 +139,26 @@ class GraphBuilder {
       return n.output(0);
     }
     if (const auto* a = dynamic_cast<const nn::ActivationLayer*>(&m)) {
-      switch (a->kind()) {
-        case nn::Activation::kReLU:
-          return node("Relu", {x}, path);
-        case nn::Activation::kTanh:
-          return node("Tanh", {x}, path);
-        case nn::Activation::kSigmoid:
-          return node("Sigmoid", {x}, path);
-        case nn::Activation::kGELU:
-          return gelu(x, path);
-      }
+      return activation(a->kind(), x, path);
     }
     unsupported(m, path, "it has no ONNX form");
   }
 
  private:
+  std::string activation(nn::Activation kind, const std::string& x, const std::string& path) {
+    switch (kind) {
+      case nn::Activation::kReLU:
+        return node("Relu", {x}, path);
+      case nn::Activation::kTanh:
+        return node("Tanh", {x}, path);
+      case nn::Activation::kSigmoid:
+        return node("Sigmoid", {x}, path);
+      case nn::Activation::kGELU:
+        return gelu(x, path);
+    }
+    DTRAIN_THROW(ValueError, "ONNX export: unknown activation at '", path, "'");
+  }
+
   std::string gelu(const std::string& x, const std::string& path) {
     // Opset 17 has no Gelu: 0.5 x (1 + erf(x / sqrt 2)), as dtrain computes it.
     const std::string scaled =

@@ -201,15 +201,8 @@ PredictSummary predict(const PredictOptions& o, std::FILE* out, std::FILE* info)
   }
 
   // The model as `dtrain eval` builds it: its training set gives the example shape and classes.
-  Datasets sets;
-  try {
-    sets = make_datasets(c.data, c.train.seed);
-  } catch (const Error& e) {
-    DTRAIN_THROW(ValueError, "checkpoint '", o.checkpoint,
-                 "': its model's example shape comes from its training set (data.name ",
-                 c.data.name, "), which cannot be read here: ", e.message(),
-                 ". Point to it with an override after the checkpoint, e.g. data.path=DIR");
-  }
+  const CheckpointModel built = model_from_checkpoint(ckpt, c, o.checkpoint);
+  const Datasets& sets = built.sets;
   const data::Dataset& train_set = *sets.train;
   DTRAIN_CHECK(train_set.example_dtype() == DType::kFloat32, "checkpoint '", o.checkpoint,
                "': the model takes ", dtype_name(train_set.example_dtype()),
@@ -221,9 +214,7 @@ PredictSummary predict(const PredictOptions& o, std::FILE* out, std::FILE* info)
                inputs.size, " of them); the model of '", o.checkpoint, "' takes examples of shape ",
                shape_str(model_shape), ". Give inputs shaped [N, ",
                shape_str(model_shape).substr(1, shape_str(model_shape).size() - 2), "]");
-  nn::ModulePtr model = make_model(c.model, train_set, static_cast<uint64_t>(c.train.seed));
-  model->load_state_dict(ckpt.model);
-  model->eval();
+  const nn::ModulePtr& model = built.model;
 
   for (size_t i = 0; i < labels.size(); ++i) {
     DTRAIN_CHECK(labels[i] >= 0 && labels[i] < train_set.num_classes(), "--labels '", o.labels,

@@ -532,12 +532,10 @@ void expect_onnx_export_matches_dtrain(const RunDir& dir, const std::string& ckp
 
   using namespace dtrain::train;
   const CheckpointData c = load_checkpoint(dir / ckpt);
-  const Config config = parse_config(c.config_yaml, ckpt, {});
-  const Datasets sets = make_datasets(config.data, config.train.seed);
-  nn::ModulePtr model =
-      make_model(config.model, *sets.train, static_cast<uint64_t>(config.train.seed));
-  model->load_state_dict(c.model);
-  model->eval();
+  const CheckpointModel built =
+      model_from_checkpoint(c, parse_config(c.config_yaml, ckpt, {}), ckpt);
+  const Datasets& sets = built.sets;
+  nn::Module& model = *built.model;
   Shape x_shape{32}, y_shape{32};
   for (int64_t d : sets.test->example_shape()) x_shape.push_back(d);
   for (int64_t d : sets.test->label_shape()) y_shape.push_back(d);
@@ -548,7 +546,7 @@ void expect_onnx_export_matches_dtrain(const RunDir& dir, const std::string& ckp
   Tensor expected;
   {
     NoGradGuard no_grad;
-    expected = (*model)(x);
+    expected = model(x);
   }
   std::string report;
   const Tensor got =
