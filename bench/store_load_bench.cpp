@@ -50,6 +50,7 @@ struct Options {
   int get_percent = 20;   // share of try_get (the launcher's poll) in the mix; the rest are sets
   int max_seconds = 300;  // the whole run; SIGALRM ends it past this
   int connect_timeout_s = 60;
+  int server_max_clients = 0;  // StoreServerOptions::max_clients; 0: room for every connection
 };
 
 // What a client process sends back through its result pipe (a plain struct: same binary).
@@ -118,10 +119,12 @@ Options parse(int argc, char** argv) {
       o.get_percent = std::stoi(value());
     } else if (a == "--max-seconds") {
       o.max_seconds = std::stoi(value());
+    } else if (a == "--server-max-clients") {
+      o.server_max_clients = std::stoi(value());
     } else {
       die("unknown flag " + a +
           "; flags: --clients N[,N...] --procs P --threads T --seconds S --interval-ms I "
-          "--get-percent G --max-seconds M");
+          "--get-percent G --max-seconds M --server-max-clients K");
     }
   }
   if (o.clients.empty() || o.procs < 1 || o.threads < 1 || o.seconds <= 0 || o.interval_ms < 0 ||
@@ -391,11 +394,12 @@ Row measure(const Options& o, int total_clients) {
     children[p] = {pid, go[1], res[0], count};
     first_id += count;
   }
-  // 2. The server, as the launcher starts it but with room for every connection.
+  // 2. The server, as the launcher starts it but (unless --server-max-clients says otherwise)
+  //    with room for every connection: the default max_clients is 1024.
   dist::StoreServerOptions so;
   so.bind_address = "127.0.0.1";
   so.token = kToken;
-  so.max_clients = total_clients + 16;
+  so.max_clients = o.server_max_clients > 0 ? o.server_max_clients : total_clients + 16;
   auto server = std::make_unique<dist::StoreServer>(so);
   const int64_t rss0 = vm_rss_kib();
   const int fds0 = open_fds();
