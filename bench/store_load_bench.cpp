@@ -334,6 +334,7 @@ struct Row {
   double requests_per_s = 0;
   double p50_us = 0, p99_us = 0;
   double server_cpu_percent = 0;
+  double server_cpu_us_per_request = 0;  // less sensitive than req/s to other load on the cores
   double rss_kib_per_client = 0, rss_after_load_kib_per_client = 0;
   double fds_per_client = 0;
   int64_t errors = 0;
@@ -447,6 +448,7 @@ Row measure(const Options& o, int total_clients) {
   row.p50_us = percentile_us(sum.hist, 0.50);
   row.p99_us = percentile_us(sum.hist, 0.99);
   row.server_cpu_percent = 100.0 * (cpu1 - cpu0) / load_s;
+  if (sum.requests > 0) row.server_cpu_us_per_request = (cpu1 - cpu0) * 1e6 / double(sum.requests);
   if (row.connected > 0) {
     row.rss_kib_per_client = double(rss1 - rss0) / double(row.connected);
     row.rss_after_load_kib_per_client = double(rss2 - rss0) / double(row.connected);
@@ -511,15 +513,16 @@ int main(int argc, char** argv) {
   }
 
   std::printf(
-      "\n| connections | requests/s | p50 µs | p99 µs | server CPU %% | server RSS KiB/conn "
-      "(connected / after load) | server fds/conn | connect s | errors |\n"
-      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+      "\n| connections | requests/s | p50 µs | p99 µs | server CPU %% | server CPU µs/request | "
+      "server RSS KiB/conn (connected / after load) | server fds/conn | connect s | errors |\n"
+      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (const Row& r : rows) {
     if (!r.ok) continue;
-    std::printf("| %lld | %.0f | %.0f | %.0f | %.0f | %.1f / %.1f | %.2f | %.2f | %lld |\n",
+    std::printf("| %lld | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f / %.1f | %.2f | %.2f | %lld |\n",
                 static_cast<long long>(r.connected), r.requests_per_s, r.p50_us, r.p99_us,
-                r.server_cpu_percent, r.rss_kib_per_client, r.rss_after_load_kib_per_client,
-                r.fds_per_client, r.connect_s, static_cast<long long>(r.errors));
+                r.server_cpu_percent, r.server_cpu_us_per_request, r.rss_kib_per_client,
+                r.rss_after_load_kib_per_client, r.fds_per_client, r.connect_s,
+                static_cast<long long>(r.errors));
   }
   return 0;
 }
