@@ -7,6 +7,13 @@
 
 namespace dtrain::nn {
 
+/// Sum of the squares of every element of `tensors` (undefined ones skipped), in float64 by
+/// tensor ops on each tensor's device, in a fixed order; blocks once to read it on the host.
+double sum_of_squares(const std::vector<Tensor>& tensors);
+
+/// Multiplies every gradient of `params` by `coef` in place when coef < 1 (clipping's scale).
+void scale_gradients_(const std::vector<Tensor>& params, double coef);
+
 /// L2 norm of the gradients of `params` as if they were one concatenated vector; parameters
 /// without a gradient are skipped (0 when none has one). Summed in float64 by tensor ops on each
 /// gradient's device, in a fixed order; blocks once to read the result on the host.

@@ -35,14 +35,52 @@ void Optimizer::set_weight_decay_mask(std::vector<bool> decays) {
   decays_ = std::move(decays);
 }
 
+namespace {
+/// Elements `r` of contiguous `t` as a flat tensor sharing its memory.
+Tensor flat_elements(const Tensor& t, ElementRange r) {
+  return Tensor(t.storage(), t.storage_offset_bytes() + r.begin * dtype_size(t.dtype()), {r.size()},
+                t.dtype());
+}
+}  // namespace
+
 void Optimizer::step() {
   NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor g = params_[i].grad();
     if (!g.defined()) continue;
-    update(i, params_[i], g);
+    if (is_sharded()) {
+      Tensor p = flat_elements(params_[i], owned_[i]);
+      update(i, p, flat_elements(g, owned_[i]));
+    } else {
+      update(i, params_[i], g);
+    }
   }
   ++steps_;
+}
+
+Shape Optimizer::state_shape(size_t i) const {
+  return is_sharded() ? Shape{owned_[i].size()} : params_[i].shape();
+}
+
+void Optimizer::shard(std::vector<ElementRange> owned) {
+  DTRAIN_CHECK(owned.size() == params_.size(), name(), ": shard() got ", owned.size(),
+               " element ranges for ", params_.size(), " parameters; expected one per parameter");
+  for (size_t i = 0; i < owned.size(); ++i) {
+    const ElementRange r = owned[i];
+    DTRAIN_CHECK(r.begin >= 0 && r.begin <= r.end && r.end <= params_[i].numel(), name(),
+                 ": shard(): elements [", r.begin, ", ", r.end, ") are outside parameter ", i, " (",
+                 params_[i].describe(), ")");
+  }
+  if (is_sharded()) {
+    DTRAIN_CHECK(owned == owned_, name(),
+                 ": shard(): the optimiser is sharded already with other element ranges");
+    return;
+  }
+  for (auto& [k, t] : buffers_) {
+    const size_t i = parameter_index(k, k.find('.'));
+    t = flat_elements(t, owned[i]).clone();
+  }
+  owned_ = std::move(owned);
 }
 
 void Optimizer::zero_grad(bool set_to_none) {
@@ -58,7 +96,7 @@ void Optimizer::zero_grad(bool set_to_none) {
 
 Tensor& Optimizer::buffer(size_t i, const std::string& name) {
   auto [it, inserted] = buffers_.try_emplace(key(i, name));
-  if (inserted) it->second = zeros_like(params_[i]);
+  if (inserted) it->second = zeros(state_shape(i), params_[i].dtype(), params_[i].device());
   return it->second;
 }
 
@@ -93,9 +131,11 @@ void Optimizer::load_state_dict(const OptimizerState& state) {
     DTRAIN_CHECK(i < params_.size(), name(), " state: buffer '", printable(k),
                  "' refers to parameter ", i, " but the optimiser has ", params_.size(),
                  " parameters");
-    DTRAIN_CHECK(t.shape() == params_[i].shape(), name(), " state: buffer '", printable(k),
+    DTRAIN_CHECK(t.shape() == state_shape(i), name(), " state: buffer '", printable(k),
                  "' has shape ", shape_str(t.shape()), " but parameter ", i, " (",
-                 params_[i].name(), ") is ", shape_str(params_[i].shape()));
+                 params_[i].name(), ") is ", shape_str(params_[i].shape()),
+                 is_sharded() ? " and this replica's shard of it " + shape_str(state_shape(i))
+                              : std::string());
     // Checkpoints hold CPU tensors; the update kernels read the buffers on the parameter's device.
     Tensor placed = to_device(to_dtype(t, params_[i].dtype()), params_[i].device());
     loaded[k] = placed.shares_storage(t) ? placed.clone() : placed;

@@ -20,6 +20,13 @@ struct OptimizerState {
   std::map<std::string, double> scalars;
 };
 
+/// Elements [begin, end) of a parameter in its flattened (row-major) order.
+struct ElementRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+  bool operator==(const ElementRange&) const = default;
+};
+
 class Optimizer {
  public:
   explicit Optimizer(std::vector<Tensor> params, double lr);
@@ -40,8 +47,21 @@ class Optimizer {
   void set_weight_decay_mask(std::vector<bool> decays);
   const std::vector<bool>& weight_decay_mask() const { return decays_; }
 
+  /// Sharded state (ZeRO-1, strategy.shard_optimizer): from now on step() updates only
+  /// elements `owned[i]` of parameter i (one range per parameter, in params() order; an empty
+  /// range updates nothing), and its state buffers hold only those elements, flat. Every
+  /// parameter with a gradient is still stepped, with no elements where its range is empty, so
+  /// the state's keys and per-parameter scalars are the same on every replica. State that
+  /// exists already is cut to the ranges. Throws ValueError for a wrong count or a range
+  /// outside its parameter, and when the optimiser is sharded already with other ranges.
+  void shard(std::vector<ElementRange> owned);
+  bool is_sharded() const { return !owned_.empty(); }
+  const std::vector<ElementRange>& owned_elements() const { return owned_; }
+
+  /// Sharded, a buffer holds the parameter's owned elements only (ElementRange order, flat).
   OptimizerState state_dict() const;
-  /// Throws naming the first buffer whose shape or presence does not match the parameters.
+  /// Throws naming the first buffer whose shape or presence does not match the parameters (or,
+  /// sharded, their owned elements).
   void load_state_dict(const OptimizerState& state);
 
  protected:
@@ -64,7 +84,12 @@ class Optimizer {
   int64_t steps_ = 0;  // completed step() calls
 
  private:
-  std::vector<bool> decays_;  // one per parameter
+  /// The shape of parameter i's state buffers: the parameter's, or its owned elements' when
+  /// sharded.
+  Shape state_shape(size_t i) const;
+
+  std::vector<bool> decays_;         // one per parameter
+  std::vector<ElementRange> owned_;  // one per parameter when sharded, else empty
   std::map<std::string, Tensor> buffers_;
   std::map<std::string, double> scalars_;
 };

@@ -2,6 +2,7 @@
 // and keep the same parameters.
 #include "dtrain/strategies/data_parallel.h"
 
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -25,7 +26,44 @@ DistributedDataParallel& DataParallelStrategy::ddp() {
 }
 
 void DataParallelStrategy::prepare(nn::Module& model) {
-  ddp_ = std::make_unique<DistributedDataParallel>(model, comm_, options_.ddp);
+  DdpOptions ddp_options = options_.ddp;
+  ddp_options.reduce_scatter = options_.shard_optimizer;
+  sharded_.reset();
+  ddp_ = std::make_unique<DistributedDataParallel>(model, comm_, ddp_options);
+}
+
+ShardedOptimizer& DataParallelStrategy::sharded(nn::Optimizer& opt) {
+  if (!sharded_) sharded_ = std::make_unique<ShardedOptimizer>(ddp(), opt);
+  DTRAIN_CHECK(&sharded_->optimizer() == &opt, "strategy '", name_,
+               "': a sharded optimiser's state lives with its strategy; step one optimiser");
+  return *sharded_;
+}
+
+bool DataParallelStrategy::gradients_finite(nn::Module& model) {
+  if (!options_.shard_optimizer) return Strategy::gradients_finite(model);
+  // Outside its shard a replica holds only its own gradients: decide on the reduced ones.
+  return std::isfinite(sharded_grad_norm(ddp()));
+}
+
+double DataParallelStrategy::clip_gradients(nn::Module& model, double max_norm) {
+  if (!options_.shard_optimizer) return Strategy::clip_gradients(model, max_norm);
+  return sharded_clip_grad_norm_(ddp(), max_norm);
+}
+
+void DataParallelStrategy::step_optimizer(nn::Optimizer& opt) {
+  if (!options_.shard_optimizer) return opt.step();
+  sharded(opt).step();
+}
+
+nn::OptimizerState DataParallelStrategy::optimizer_state(nn::Optimizer& opt) {
+  if (!options_.shard_optimizer) return Strategy::optimizer_state(opt);
+  return sharded(opt).state_dict();
+}
+
+void DataParallelStrategy::load_optimizer_state(nn::Optimizer& opt,
+                                                const nn::OptimizerState& state) {
+  if (!options_.shard_optimizer) return opt.load_state_dict(state);
+  sharded(opt).load_state_dict(state);
 }
 
 Tensor DataParallelStrategy::forward(nn::Module& model, const Tensor& x) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "dtrain/strategies/ddp.h"
+#include "dtrain/strategies/sharded_optimizer.h"
 #include "dtrain/strategies/strategy.h"
 
 namespace dtrain {
@@ -28,13 +29,22 @@ class DataParallelStrategy final : public Strategy {
   std::function<double()> start_sum_across_replicas(double value) override;
   void check_same_config(const ConfigEntries& config) override;
   void check_parameters_in_sync(nn::Module& model, int64_t step) override;
+  // Sharded (strategy.shard_optimizer): each over this replica's shard, then across replicas.
+  bool gradients_finite(nn::Module& model) override;
+  double clip_gradients(nn::Module& model, double max_norm) override;
+  void step_optimizer(nn::Optimizer& opt) override;
+  nn::OptimizerState optimizer_state(nn::Optimizer& opt) override;
+  void load_optimizer_state(nn::Optimizer& opt, const nn::OptimizerState& state) override;
 
  private:
   DistributedDataParallel& ddp();
+  /// The sharded optimiser over `opt` (made on first use); throws if `opt` changes.
+  ShardedOptimizer& sharded(nn::Optimizer& opt);
   std::string name_;
   StrategyOptions options_;
   dist::CommunicatorPtr comm_;
   std::unique_ptr<DistributedDataParallel> ddp_;
+  std::unique_ptr<ShardedOptimizer> sharded_;
 };
 
 }  // namespace dtrain

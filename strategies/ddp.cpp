@@ -9,6 +9,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "dtrain/autograd/grad_mode.h"
 #include "dtrain/autograd/hooks.h"
 #include "dtrain/distributed/host_communicator.h"
 #include "dtrain/tensor/check.h"
@@ -23,7 +24,10 @@ struct Bucket {
   std::vector<size_t> params;  // indices into State::params, in bucket order
   Tensor flat;                 // the gradients, contiguous: each parameter's grad is a view
   Tensor compressed;           // fp16/bf16 copy sent instead of flat by a comm hook
-  int pending = 0;             // parameters whose gradient is not final yet this step
+  Tensor shard;                // reduce_scatter: this rank's chunk of the average (or compressed)
+  bool scattered = false;      // this step's collective is a reduce_scatter into shard
+  Tensor gather_mine, gather_all;  // all_gather_owned's chunk and whole bucket
+  int pending = 0;                 // parameters whose gradient is not final yet this step
   dist::WorkPtr work;
   Clock::time_point launched;  // collect_stats: when this step's all-reduce was issued
 };
@@ -109,6 +113,8 @@ struct DistributedDataParallel::State {
     for (Bucket& b : buckets) {
       int64_t total = 0;
       for (size_t i : b.params) total += params[i].second.numel();
+      // reduce_scatter splits a bucket into equal chunks: the padding stays zero.
+      if (options.reduce_scatter) total = (total + comm->size() - 1) / comm->size() * comm->size();
       const Tensor& first = params[b.params.front()].second;
       // Host buckets in the communicator's symmetric memory: where the backend shares memory
       // between processes of one host (tcp by default), they are reduced in place there.
@@ -128,19 +134,37 @@ struct DistributedDataParallel::State {
     next_launch = 0;
   }
 
+  /// Chunk of a reduce-scattered bucket each rank owns, in elements.
+  int64_t chunk(const Bucket& b) const { return b.flat.numel() / comm->size(); }
+
+  /// Elements [at, at + n) of `flat` as a tensor sharing its memory.
+  static Tensor slice_of(const Tensor& flat, int64_t at, int64_t n) {
+    return Tensor(flat.storage(), flat.storage_offset_bytes() + at * dtype_size(flat.dtype()), {n},
+                  flat.dtype());
+  }
+
   void launch(Bucket& b) {
     if (finish_times) b.launched = Clock::now();
     const int world = comm->size();
-    if (options.comm_hook == "none") {
-      b.work = comm->all_reduce(b.flat, {dist::ReduceOp::kAvg, options.timeout});
+    b.scattered = options.reduce_scatter && rebuilt;
+    Tensor send = b.flat;
+    dist::ReduceOp op = dist::ReduceOp::kAvg;
+    if (options.comm_hook != "none") {
+      // Compression: divide first (no overflow in 16 bits), sum the halves, widen at the end.
+      Tensor scaled = b.flat.clone();
+      ops::scale_(scaled, 1.0 / world);
+      b.compressed =
+          to_dtype(scaled, options.comm_hook == "fp16" ? DType::kFloat16 : DType::kBFloat16);
+      send = b.compressed;
+      op = dist::ReduceOp::kSum;
+    }
+    if (!b.scattered) {
+      b.work = comm->all_reduce(send, {op, options.timeout});
       return;
     }
-    // Compression: divide first (no overflow in 16 bits), sum the halves, widen at the end.
-    Tensor scaled = b.flat.clone();
-    ops::scale_(scaled, 1.0 / world);
-    b.compressed =
-        to_dtype(scaled, options.comm_hook == "fp16" ? DType::kFloat16 : DType::kBFloat16);
-    b.work = comm->all_reduce(b.compressed, {dist::ReduceOp::kSum, options.timeout});
+    if (!b.shard.defined() || b.shard.dtype() != send.dtype())
+      b.shard = zeros({chunk(b)}, send.dtype(), send.device());
+    b.work = comm->reduce_scatter(send, b.shard, {op, options.timeout});
   }
 
   /// Launches ready buckets strictly in bucket order, so every rank issues the same sequence.
@@ -252,10 +276,12 @@ struct DistributedDataParallel::State {
       b.work->wait(options.timeout);
       if (timed) busy.emplace_back(b.launched, finish_times->of(b.work->info().sequence));
       b.work.reset();
-      if (b.compressed.defined()) {
+      if (b.scattered) {
+        slice_of(b.flat, comm->rank() * chunk(b), chunk(b)).copy_(b.shard);
+      } else if (b.compressed.defined()) {
         b.flat.copy_(b.compressed);
-        b.compressed = Tensor();
       }
+      b.compressed = Tensor();
       b.pending = static_cast<int>(b.params.size());
     }
     std::fill(ready.begin(), ready.end(), false);
@@ -277,6 +303,17 @@ struct DistributedDataParallel::State {
         order[k] = static_cast<size_t>(shared.data<int64_t>()[k]);
       build_buckets(order);
     }
+  }
+
+  nn::ElementRange owned(size_t i) const {
+    const int64_t n = params[i].second.numel();
+    if (!options.reduce_scatter) return {0, n};
+    const Bucket& b = buckets[bucket_of[i]];
+    const int64_t at = offset_in_bucket(i);
+    const int64_t first = comm->rank() * chunk(b);
+    const int64_t begin = std::clamp(first - at, int64_t{0}, n);
+    const int64_t end = std::clamp(first + chunk(b) - at, begin, n);
+    return {begin, end};
   }
 
   int64_t offset_in_bucket(size_t i) const {
@@ -434,6 +471,67 @@ DistributedDataParallel::NoSync::~NoSync() { ddp_.set_gradient_sync(previous_); 
 DdpStats DistributedDataParallel::stats() const { return state_->stats; }
 
 void DistributedDataParallel::reset_stats() { state_->stats = DdpStats{}; }
+
+std::vector<Tensor> DistributedDataParallel::parameters() const {
+  std::vector<Tensor> out;
+  for (const auto& [name, p] : state_->params) out.push_back(p);
+  return out;
+}
+
+bool DistributedDataParallel::buckets_settled() const { return state_->rebuilt; }
+
+std::vector<nn::ElementRange> DistributedDataParallel::owned_elements() const {
+  std::vector<nn::ElementRange> out;
+  for (size_t i = 0; i < state_->params.size(); ++i) out.push_back(state_->owned(i));
+  return out;
+}
+
+void DistributedDataParallel::all_gather_owned(const std::vector<Tensor>& tensors) {
+  State& s = *state_;
+  DTRAIN_CHECK(tensors.size() == s.params.size(),
+               "DistributedDataParallel::all_gather_owned: ", tensors.size(), " tensors for ",
+               s.params.size(), " parameters");
+  DTRAIN_CHECK(options_.reduce_scatter,
+               "DistributedDataParallel::all_gather_owned: needs DdpOptions::reduce_scatter");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    DTRAIN_CHECK(!tensors[i].defined() || tensors[i].shape() == s.params[i].second.shape(),
+                 "DistributedDataParallel::all_gather_owned: tensor ", i, " is ",
+                 tensors[i].describe(), " but parameter '", s.params[i].first, "' is ",
+                 s.params[i].second.describe());
+  }
+  NoGradGuard no_grad;
+  const int rank = comm_->rank();
+  std::vector<dist::WorkPtr> works(s.buckets.size());
+  for (size_t k = 0; k < s.buckets.size(); ++k) {
+    Bucket& b = s.buckets[k];
+    const int64_t chunk = s.chunk(b);
+    if (!b.gather_mine.defined()) {
+      b.gather_mine = zeros({chunk}, b.flat.dtype(), b.flat.device());
+      b.gather_all = zeros({b.flat.numel()}, b.flat.dtype(), b.flat.device());
+    }
+    bool any = false;
+    for (size_t i : b.params) {
+      if (!tensors[i].defined()) continue;
+      any = true;
+      const nn::ElementRange r = s.owned(i);
+      if (r.size() == 0) continue;
+      State::slice_of(b.gather_mine, s.offset_in_bucket(i) + r.begin - rank * chunk, r.size())
+          .copy_(State::slice_of(tensors[i], r.begin, r.size()));
+    }
+    if (any) works[k] = comm_->all_gather(b.gather_mine, b.gather_all, {options_.timeout});
+  }
+  for (size_t k = 0; k < s.buckets.size(); ++k) {
+    if (!works[k]) continue;
+    works[k]->wait(options_.timeout);
+    const Bucket& b = s.buckets[k];
+    for (size_t i : b.params) {
+      if (!tensors[i].defined()) continue;
+      const int64_t n = tensors[i].numel();
+      State::slice_of(tensors[i], 0, n)
+          .copy_(State::slice_of(b.gather_all, s.offset_in_bucket(i), n));
+    }
+  }
+}
 
 std::vector<std::vector<std::string>> DistributedDataParallel::bucket_layout() const {
   std::vector<std::vector<std::string>> layout;

@@ -9,6 +9,7 @@
 
 #include "dtrain/distributed/communicator.h"
 #include "dtrain/nn/module.h"
+#include "dtrain/nn/optim.h"
 
 namespace dtrain {
 
@@ -26,6 +27,10 @@ struct DdpOptions {
   /// Time the gradient all-reduces (stats()). Needs a communicator that observes its collectives
   /// (Communicator::observes_collectives: host backends), beside any watchdog.
   bool collect_stats = false;
+  /// ZeRO-1's half of the reduction: each bucket is reduce-scattered instead of all-reduced, so
+  /// a rank ends the reduction holding the average of its own chunk of each bucket only
+  /// (owned_elements()); the first synchronised step, which settles the buckets, all-reduces.
+  bool reduce_scatter = false;
 };
 
 /// How much of the gradient all-reduce backward hid, summed over the synchronised steps since
@@ -91,6 +96,22 @@ class DistributedDataParallel {
   dist::Communicator& communicator() { return *comm_; }
   /// Bucket membership as parameter names, in all-reduce order (for tests and logs).
   std::vector<std::vector<std::string>> bucket_layout() const;
+  /// The parameters DDP reduces (those that require grad, in named_parameters() order) and,
+  /// for each, the elements whose average this rank holds after a reduction: all of them, or
+  /// with DdpOptions::reduce_scatter its chunk of each bucket (an empty range where the
+  /// parameter lies outside it). The chunks change once, when the first synchronised step
+  /// settles the buckets.
+  std::vector<Tensor> parameters() const;
+  bool reduces_scatter() const { return options_.reduce_scatter; }
+  /// True once the first synchronised step has settled the buckets, and with them
+  /// owned_elements().
+  bool buckets_settled() const;
+  std::vector<nn::ElementRange> owned_elements() const;
+  /// Collective (DdpOptions::reduce_scatter): each tensors[k], shaped like parameters()[k] or
+  /// undefined, gets in every element the value the rank owning that element holds: the
+  /// parameters after each rank updated its own elements, or optimiser state for a checkpoint.
+  /// Every rank passes the same tensors defined.
+  void all_gather_owned(const std::vector<Tensor>& tensors);
   /// All-reduce timing so far; zeros unless DdpOptions::collect_stats.
   DdpStats stats() const;
   void reset_stats();

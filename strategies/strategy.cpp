@@ -1,10 +1,24 @@
 // The strategy registry: one line per strategy.
 #include "dtrain/strategies/strategy.h"
 
+#include "dtrain/nn/clip_grad.h"
 #include "dtrain/strategies/data_parallel.h"
 #include "dtrain/tensor/check.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain {
+
+bool Strategy::gradients_finite(nn::Module& model) {
+  for (const Tensor& p : model.parameters()) {
+    if (p.grad().defined() && !ops::all_finite(p.grad())) return false;
+  }
+  return true;
+}
+
+double Strategy::clip_gradients(nn::Module& model, double max_norm) {
+  return nn::clip_grad_norm_(model.parameters(), max_norm);
+}
+
 namespace {
 
 std::unique_ptr<Strategy> make_single(const StrategyOptions&, dist::CommunicatorPtr) {

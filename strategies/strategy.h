@@ -12,6 +12,7 @@
 
 #include "dtrain/distributed/communicator.h"
 #include "dtrain/nn/module.h"
+#include "dtrain/nn/optim.h"
 #include "dtrain/strategies/ddp.h"
 
 namespace dtrain {
@@ -38,6 +39,25 @@ class Strategy {
   virtual void set_gradient_sync(bool enabled) { (void)enabled; }
   /// After backward: returns when every gradient holds the average over all replicas.
   virtual void synchronize_gradients(nn::Module& model) = 0;
+  /// After synchronize_gradients: whether every reduced gradient is finite. The same answer on
+  /// every replica, so all of them skip the same steps.
+  virtual bool gradients_finite(nn::Module& model);
+  /// After synchronize_gradients: scales the gradients so that their global L2 norm is at most
+  /// max_norm (clip_grad_norm_), alike on every replica; returns the norm before clipping.
+  virtual double clip_gradients(nn::Module& model, double max_norm);
+  /// After synchronize_gradients: one update of the model's parameters by `opt`. A sharded
+  /// optimiser (strategy.shard_optimizer) updates this replica's shard, then gathers.
+  virtual void step_optimizer(nn::Optimizer& opt) { opt.step(); }
+  /// Collective (every replica calls it at the same step): `opt`'s state in an unsharded
+  /// optimiser's layout, for a checkpoint the primary writes. Replicas other than the primary
+  /// may get an empty state.
+  virtual nn::OptimizerState optimizer_state(nn::Optimizer& opt) {
+    return is_primary() ? opt.state_dict() : nn::OptimizerState{};
+  }
+  /// Loads a state in the unsharded layout (a checkpoint's, of any number of replicas).
+  virtual void load_optimizer_state(nn::Optimizer& opt, const nn::OptimizerState& state) {
+    opt.load_state_dict(state);
+  }
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
   virtual void sum_across_replicas(std::vector<double>& values) = 0;
   /// The same for one value, started now and finished by calling the result: a decision every
@@ -81,6 +101,9 @@ struct StrategyOptions {
   /// A collective this slow is reported once by the watchdog.
   dist::Timeout stall_warning = dist::kDefaultStallWarning;
   int64_t check_parameters_every_steps = 1000;  // 0: never
+  /// ZeRO-1: gradients reduce-scattered, each replica keeps and updates only its shard of the
+  /// optimiser state, parameters all-gathered (data-parallel strategies).
+  bool shard_optimizer = false;
   DdpOptions ddp;  // its timeout is strategy.timeout_s, also the watchdog's
 };
 

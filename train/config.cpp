@@ -465,6 +465,11 @@ const std::vector<Field>& schema() {
       int_field("strategy", "devices", DTRAIN_GET(strategy.devices), 1, 1024,
                 "mirrored, multi_worker_mirrored: replicas per process (logical CPU devices "
                 "cpu:0..N-1, each a thread)."),
+      bool_field("strategy", "shard_optimizer", DTRAIN_GET(strategy.shard_optimizer),
+                 "ZeRO-1 (ddp, mirrored, multi_worker_mirrored): gradients are reduce-scattered, "
+                 "each replica keeps and updates only its 1/N of the optimiser state, then the "
+                 "parameters are all-gathered; same communication as plain DDP. Checkpoints hold "
+                 "the whole state, so a run resumes on any number of replicas, sharded or not."),
       float_field("strategy", "bucket_cap_mb", DTRAIN_GET(strategy.ddp.bucket_cap_mb), 0, kInf,
                   "Gradient bucket size for all-reduce, MiB.", true),
       seconds_field("strategy", "timeout_s", DTRAIN_GET(strategy.ddp.timeout),

@@ -33,6 +33,13 @@ TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerPart
                           "strategy.type=ddp or multi_worker_mirrored",
                       __FILE__, __LINE__);
   }
+  if (config.strategy.shard_optimizer && kind.name == "single") {
+    throw ConfigError(
+        "strategy.shard_optimizer shards the optimiser state over the replicas of a "
+        "data-parallel strategy, and strategy.type single has one replica; use ddp, mirrored or "
+        "multi_worker_mirrored, or set strategy.shard_optimizer=false",
+        __FILE__, __LINE__);
+  }
   if (config.train.checkpoint_on_signal) install_stop_signal_handlers();
   const int replicas = kind.replicas_per_process(config.strategy);
   // Placement first: a GPU that cannot be used is a config error before any collective.

@@ -362,7 +362,7 @@ Trainer::Position Trainer::restore(const Plan& plan,
   const CheckpointData& c = resumed->data;
   try {
     model_->load_state_dict(c.model);
-    optimizer_->load_state_dict({c.optimizer_tensors, c.optimizer_scalars});
+    strategy_->load_optimizer_state(*optimizer_, {c.optimizer_tensors, c.optimizer_scalars});
   } catch (const Error& e) {
     DTRAIN_THROW(ValueError, "resume: ", resumed->path, ": ", e.message());
   }
@@ -382,7 +382,8 @@ Trainer::Position Trainer::restore(const Plan& plan,
   return at;
 }
 
-std::string Trainer::save(const Plan& plan, Position at, Checkpoint kind) {
+std::string Trainer::save(const Plan& plan, Position at, Checkpoint kind,
+                          const nn::OptimizerState& optimizer_state) {
   const TrainSection& t = config_.train;
   const std::string path = checkpoint_path(t.checkpoint_dir, at.step);
   const int keep = static_cast<int>(std::min<int64_t>(t.keep_checkpoints, INT32_MAX));
@@ -390,7 +391,7 @@ std::string Trainer::save(const Plan& plan, Position at, Checkpoint kind) {
     // Pruning first leaves room for the new file on a nearly full disk; it keeps at least the
     // newest valid checkpoint, so a failed save below still leaves one to resume from.
     prune_checkpoints(t.checkpoint_dir, std::max(keep - 1, 1), at.step - 1);
-    save_checkpoint(path, snapshot(plan, at));
+    save_checkpoint(path, snapshot(plan, at, optimizer_state));
     if (keep == 1) prune_checkpoints(t.checkpoint_dir, keep, at.step);
   } catch (const Error& e) {
     if (kind == Checkpoint::kFinal) throw;
@@ -403,7 +404,8 @@ std::string Trainer::save(const Plan& plan, Position at, Checkpoint kind) {
   return path;
 }
 
-CheckpointData Trainer::snapshot(const Plan& plan, Position at) const {
+CheckpointData Trainer::snapshot(const Plan& plan, Position at,
+                                 const nn::OptimizerState& optimizer_state) const {
   CheckpointData c;
   c.step = at.step;
   // A finished epoch resumes at the start of the next one.
@@ -418,9 +420,8 @@ CheckpointData Trainer::snapshot(const Plan& plan, Position at) const {
   c.config_yaml = config_.to_yaml();
   // Host copies: a checkpoint written on a GPU resumes on the CPU and the other way round.
   c.model = host_copies(model_->state_dict());
-  const nn::OptimizerState os = optimizer_->state_dict();
-  c.optimizer_tensors = host_copies(os.tensors);
-  c.optimizer_scalars = os.scalars;
+  c.optimizer_tensors = host_copies(optimizer_state.tensors);
+  c.optimizer_scalars = optimizer_state.scalars;
   c.schedule_step = schedule_->state_dict();
   for (auto& [name, gen] : generators_) c.rng_offsets[name] = gen->offset();
   if (config_.train.early_stop_patience > 0) {
@@ -437,9 +438,10 @@ bool Trainer::early_stop_after(const Plan& plan, Position at, const EvalResult& 
   if (score > early_stop_.best) {
     early_stop_.best = score;
     early_stop_.bad_evals = 0;
+    const nn::OptimizerState optimizer_state = strategy_->optimizer_state(*optimizer_);
     if (strategy_->is_primary()) {
       try {
-        save_checkpoint(t.checkpoint_dir + "/best.dtck", snapshot(plan, at));
+        save_checkpoint(t.checkpoint_dir + "/best.dtck", snapshot(plan, at, optimizer_state));
       } catch (const Error& e) {
         warn_stderr("best model not written, training goes on: " + e.message());
       }
@@ -463,16 +465,16 @@ double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
 bool Trainer::optimizer_step(int64_t step) {
   strategy_->synchronize_gradients(*model_);
   // The reduced gradients are the same on every replica, so all of them skip the same steps.
-  if (config_.train.on_nonfinite == "skip_step" && !gradients_finite()) {
+  if (config_.train.on_nonfinite == "skip_step" && !strategy_->gradients_finite(*model_)) {
     optimizer_->zero_grad();
     schedule_->step();  // the schedule keeps to the plan's steps
     return false;
   }
   // After the reduction every replica holds the same gradients, so all clip alike.
   if (config_.optimizer.clip_grad_norm > 0) {
-    nn::clip_grad_norm_(model_->parameters(), config_.optimizer.clip_grad_norm);
+    strategy_->clip_gradients(*model_, config_.optimizer.clip_grad_norm);
   }
-  optimizer_->step();
+  strategy_->step_optimizer(*optimizer_);
   schedule_->step();
   optimizer_->zero_grad();
   const int64_t check_every = config_.strategy.check_parameters_every_steps;
@@ -498,13 +500,6 @@ void Trainer::on_device(data::Batch& b) const {
   if (device_.is_cpu()) return;
   b.x = to_device(b.x, device_);
   b.y = to_device(b.y, device_);
-}
-
-bool Trainer::gradients_finite() const {
-  for (const Tensor& p : model_->parameters()) {
-    if (p.grad().defined() && !ops::all_finite(p.grad())) return false;
-  }
-  return true;
 }
 
 Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::DataLoader& loader,
@@ -560,10 +555,14 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
       // At the epoch's end the checkpoint waits for its evaluation, which early stopping keeps
       // track of: a run resumed from it must not evaluate that epoch again.
       checkpoint_after_evaluation_ = due;
-    } else if (due != Checkpoint::kNone && strategy_->is_primary()) {
-      const std::string written = save(plan, at, due);
-      if (!written.empty()) result.last_checkpoint = written;
-      if (sink) sink->flush();  // TensorBoard shows what the checkpoint holds
+    } else if (due != Checkpoint::kNone) {
+      // Every replica takes part: a sharded optimiser's state is gathered from all of them.
+      const nn::OptimizerState optimizer_state = strategy_->optimizer_state(*optimizer_);
+      if (strategy_->is_primary()) {
+        const std::string written = save(plan, at, due, optimizer_state);
+        if (!written.empty()) result.last_checkpoint = written;
+        if (sink) sink->flush();  // TensorBoard shows what the checkpoint holds
+      }
     }
     if (stop) break;
   }
@@ -643,10 +642,13 @@ TrainResult Trainer::run() {
     const bool stop = early_stop_after(p, at, result.test);
     // An early stop ends the run: its last step gets a checkpoint, so a re-run continues from it.
     const Checkpoint due = stop ? Checkpoint::kFinal : checkpoint_after_evaluation_;
-    if (due != Checkpoint::kNone && primary) {
-      const std::string written = save(p, at, due);
-      if (!written.empty()) result.last_checkpoint = written;
-      if (sink) sink->flush();
+    if (due != Checkpoint::kNone) {
+      const nn::OptimizerState optimizer_state = strategy_->optimizer_state(*optimizer_);
+      if (primary) {
+        const std::string written = save(p, at, due, optimizer_state);
+        if (!written.empty()) result.last_checkpoint = written;
+        if (sink) sink->flush();
+      }
     }
     checkpoint_after_evaluation_ = Checkpoint::kNone;
     if (stop_signal_ != 0) break;

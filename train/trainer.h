@@ -123,7 +123,6 @@ class Trainer {
   /// False when train.on_nonfinite is skip_step and a reduced gradient is not finite: the
   /// optimiser then skips the step.
   bool optimizer_step(int64_t step);
-  bool gradients_finite() const;
   /// Moves a batch from the loader (host memory) to this replica's device.
   void on_device(data::Batch& b) const;
   /// A periodic checkpoint that cannot be written is a warning (training goes on); the run's
@@ -131,14 +130,17 @@ class Trainer {
   enum class Checkpoint { kNone, kPeriodic, kFinal };
   /// The primary's checkpoint at `at`; older ones are pruned first, so that a nearly full disk
   /// still has room for it, keeping the newest valid one. Returns its path, or "" when a periodic
-  /// one could not be written.
-  std::string save(const Plan& plan, Position at, Checkpoint kind);
+  /// one could not be written. `optimizer_state`: Strategy::optimizer_state, which every replica
+  /// takes part in.
+  std::string save(const Plan& plan, Position at, Checkpoint kind,
+                   const nn::OptimizerState& optimizer_state);
   /// At the end of each step: whether every replica has agreed to stop because some of them
   /// received a stop signal (stop_signal.h); the vote started one step earlier rides along with
   /// this step's work.
   bool stop_agreed();
   /// Everything a checkpoint at `at` holds.
-  CheckpointData snapshot(const Plan& plan, Position at) const;
+  CheckpointData snapshot(const Plan& plan, Position at,
+                          const nn::OptimizerState& optimizer_state) const;
   /// After an evaluation: keeps the best model (best.dtck) and says whether train.early_stop
   /// patience has run out.
   bool early_stop_after(const Plan& plan, Position at, const EvalResult& eval);
