@@ -301,8 +301,11 @@ int run_child(const Options& o, int count, int first_id, int go_fd, int result_f
     }
     for (auto& th : threads) th.join();
   }
+  // Paced threads stop after their last due time, a little before `end`: the offered rate is
+  // per the whole phase, so the achieved one is too.
   result.elapsed_ns =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - begin).count();
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::max(Clock::now(), end) - begin)
+          .count();
   for (const ChildResult& r : per_thread) {
     result.requests += r.requests;
     for (int b = 0; b < kBuckets; ++b) result.hist[b] += r.hist[b];
