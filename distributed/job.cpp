@@ -1,9 +1,17 @@
 // dist::Job: the world communicator from the registry, replica groups, watchdogs, replica threads.
 #include "dtrain/distributed/job.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <cstring>
 #include <exception>
+#include <sstream>
 #include <thread>
 
 #include "dtrain/distributed/backends/local/local_communicator.h"
@@ -11,6 +19,7 @@
 #include "dtrain/distributed/heartbeat.h"
 #include "dtrain/distributed/hierarchical_communicator.h"
 #include "dtrain/distributed/registry.h"
+#include "dtrain/distributed/shared_memory.h"
 #include "dtrain/distributed/socket.h"
 #include "dtrain/distributed/watchdog.h"
 #include "dtrain/tensor/check.h"
@@ -22,6 +31,15 @@ namespace {
 /// A progress report that the Store does not take within this long is dropped: the watchdog
 /// must keep watching its collectives.
 constexpr std::chrono::milliseconds kWatchdogStoreTimeout{5000};
+/// A report reads everyone's progress; a Store that does not answer this fast is taken as
+/// stopped (the report then says so instead of arriving after the collective's own timeout).
+constexpr std::chrono::milliseconds kWatchdogReportTimeout{1000};
+/// How the Store rank 0 hosts for the watchdogs of an mpirun or srun job travels: text in a
+/// broadcast int64 tensor of this many words.
+constexpr int64_t kOwnStoreWords = 256;
+/// How long rank 0 keeps that Store up at the end for the other ranks' watchdogs to stop.
+constexpr std::chrono::milliseconds kOwnStoreLinger{3000};
+constexpr char kLeavingKey[] = "dtrain/job/leaving";
 
 /// The host backend "auto" means for this job.
 std::string auto_host_backend(const JobSpec& spec) {
@@ -79,6 +97,41 @@ void check_replica_devices(const std::vector<Device>& devices) {
   }
 }
 
+/// This machine's IPv4 addresses (up, not loopback) in interface order: where the ranks of other
+/// machines may reach a server bound to all of them.
+std::vector<std::string> own_addresses() {
+  std::vector<std::string> out;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return out;
+  for (ifaddrs* a = list; a; a = a->ifa_next) {
+    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET || !(a->ifa_flags & IFF_UP) ||
+        (a->ifa_flags & IFF_LOOPBACK)) {
+      continue;
+    }
+    char text[INET_ADDRSTRLEN] = {};
+    const auto* in = reinterpret_cast<const sockaddr_in*>(a->ifa_addr);
+    if (::inet_ntop(AF_INET, &in->sin_addr, text, sizeof text)) out.emplace_back(text);
+  }
+  ::freeifaddrs(list);
+  return out;
+}
+
+/// Whether a client with `token` can complete its handshake with the store at host:port.
+bool store_answers(const std::string& host, uint16_t port, const std::string& token) {
+  StoreClientOptions o;
+  o.host = host;
+  o.port = port;
+  o.token = token;
+  o.connect_timeout = std::chrono::milliseconds(2000);
+  o.request_timeout = std::chrono::milliseconds(2000);
+  try {
+    StoreClient probe(o);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 Job::Job(JobSpec spec) : spec_(std::move(spec)) {
@@ -99,6 +152,35 @@ Job Job::from_env(std::string_view backend) {
 Job::~Job() {
   // Nothing may call a watchdog once it is gone.
   for (auto& [comm, dog] : watched_) comm->remove_observer(dog.get());
+  if (!has_own_store_) return;
+  // The Store rank 0 hosts must outlive every rank's watchdog, or their last progress reports
+  // fail with a warning at the end of a good run: 1. each rank stops its watchdogs and counts
+  // itself out; 2. rank 0 waits (bounded) for the others before its server goes. Not while an
+  // error unwinds: the ranks may not all get here, and the error must reach the top at once.
+  watched_.clear();
+  if (std::uncaught_exceptions() > 0) return;
+  try {
+    if (spec_.store_address.empty()) return;  // this rank never reached it
+    const auto [host, port] = net::split_host_port(spec_.store_address, "the job's store address");
+    StoreClientOptions o;
+    o.host = host;
+    o.port = port;
+    o.token = spec_.store_token;
+    // Rank 0 may be gone already: no long retries at the end of a job.
+    o.connect_timeout = kWatchdogReportTimeout;
+    o.request_timeout = kWatchdogReportTimeout;
+    auto store = std::make_unique<StoreClient>(o);
+    store->add(kLeavingKey, 1);
+    if (rank() != 0) return;
+    const auto deadline = std::chrono::steady_clock::now() + kOwnStoreLinger;
+    while (std::chrono::steady_clock::now() < deadline) {
+      const auto n = store->try_get(kLeavingKey);
+      if (n && std::stoll(*n) >= world_size()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  } catch (const std::exception&) {
+    // Leaving without the handshake costs at most a warning on another rank.
+  }
 }
 
 Job::Job(Job&&) noexcept = default;
@@ -142,8 +224,76 @@ std::shared_ptr<HostCommunicator> Job::host_world() {
                  "; check the launcher's environment variables");
   }
   preflight_all_reduce(*comm, spec_.world, spec_.timeout);
+  if (spec_.store_address.empty()) start_own_store(*comm);
   host_world_ = std::move(comm);
   return host_world_;
+}
+
+// 1. Rank 0 starts a Store server with a fresh random token: on 127.0.0.1 when the whole job is
+//    on its machine, else on every address. 2. It broadcasts "<host identity>\t<port>\t<token>\t
+//    <its addresses>" (the token travels only inside the job's own communicator, never on a
+//    command line or in the environment). 3. Every rank picks the first address that answers:
+//    127.0.0.1 first on rank 0's machine. The Store only serves the watchdogs: a rank that
+//    reaches none goes on without it.
+void Job::start_own_store(HostCommunicator& comm) {
+  Tensor message = zeros({kOwnStoreWords}, DType::kInt64);
+  char* bytes = static_cast<char*>(message.data_ptr());
+  const size_t capacity = kOwnStoreWords * sizeof(int64_t) - 1;
+  if (comm.rank() == 0) {
+    const bool one_machine = spec_.world.local_size == spec_.world.size;
+    StoreServerOptions so;
+    so.bind_address = one_machine ? "127.0.0.1" : "0.0.0.0";
+    so.token = net::random_hex(16, "the token of the watchdogs' store");
+    std::string text;
+    try {
+      own_store_ = std::make_unique<StoreServer>(so);
+      text = host_identity() + "\t" + std::to_string(own_store_->port()) + "\t" + so.token + "\t";
+      if (!one_machine) {
+        for (const std::string& a : own_addresses()) text += a + ",";
+      }
+    } catch (const Error& e) {
+      std::fprintf(stderr, "warning: rank 0 cannot host a store for the watchdogs: %s\n",
+                   e.message().c_str());
+      text.clear();  // the others learn that there is none
+    }
+    DTRAIN_CHECK(text.size() <= capacity, "job: the store record (", text.size(),
+                 " bytes) does not fit its broadcast");
+    std::memcpy(bytes, text.data(), text.size());
+  }
+  BroadcastOptions o;
+  o.root = 0;
+  o.timeout = spec_.timeout;
+  comm.broadcast(message, o)->wait(o.timeout + std::chrono::seconds(5));
+  bytes[capacity] = '\0';
+  std::vector<std::string> fields;
+  {
+    std::istringstream in{std::string(bytes)};
+    for (std::string f; std::getline(in, f, '\t');) fields.push_back(f);
+  }
+  if (fields.size() < 3) return;  // rank 0 hosts none
+  has_own_store_ = true;
+  const uint16_t port = static_cast<uint16_t>(std::stoi(fields[1]));
+  std::vector<std::string> candidates;
+  if (fields[0] == host_identity()) candidates.push_back("127.0.0.1");
+  if (fields.size() > 3) {
+    std::istringstream in(fields[3]);
+    for (std::string a; std::getline(in, a, ',');) {
+      if (!a.empty()) candidates.push_back(a);
+    }
+  }
+  if (comm.rank() == 0) candidates.insert(candidates.begin(), "127.0.0.1");
+  for (const std::string& host : candidates) {
+    if (comm.rank() == 0 || store_answers(host, port, fields[2])) {
+      spec_.store_address = net::host_port(host, port);
+      spec_.store_token = fields[2];
+      return;
+    }
+  }
+  std::fprintf(stderr,
+               "warning: rank %d cannot reach the store rank 0 hosts for the watchdogs (port %u "
+               "on %s); a hang report on this rank will know only its own progress\n",
+               comm.rank(), static_cast<unsigned>(port),
+               candidates.empty() ? "no address" : fields[3].c_str());
 }
 
 CommunicatorPtr Job::make_world() {
@@ -247,15 +397,18 @@ void Job::watch(const CommunicatorPtr& comm, bool publish) {
   for (const auto& [c, dog] : watched_) {
     if (c == comm) return;
   }
-  // Under dtrain launch the watchdog publishes progress to the job's Store and its report names
-  // the ranks that did not arrive. Without a Store (plain mpirun) the report covers this rank's
-  // own progress; the timeout still turns a hang into a non-zero exit.
+  // The watchdog publishes progress to the job's Store (the launcher's, the `cluster:` rank 0's,
+  // or under mpirun and srun the one rank 0 started in host_world()) and its report names the
+  // ranks that did not arrive. It gives up a little before the collectives' own timeout, so that
+  // its report, not their anonymous timeout error, ends the job.
   WatchdogOptions w;
   w.key_prefix += std::to_string(spec_.restart_count) + "/";
-  w.timeout = spec_.timeout;
+  w.timeout = watchdog_timeout(spec_.timeout);
   w.stall_warning = spec_.stall_warning;
-  auto dog = std::make_unique<Watchdog>(comm->rank(), comm->size(), w,
-                                        publish ? store_client(kWatchdogStoreTimeout) : nullptr);
+  if (has_own_store_ || spec_.world.source == "cluster") w.store_host_rank = 0;
+  auto dog = std::make_unique<Watchdog>(
+      comm->rank(), comm->size(), w, publish ? store_client(kWatchdogStoreTimeout) : nullptr,
+      nullptr, nullptr, publish ? store_client(kWatchdogReportTimeout) : nullptr);
   comm->add_observer(dog.get());
   watched_.emplace_back(comm, std::move(dog));
 }

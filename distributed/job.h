@@ -44,7 +44,8 @@ class Job {
   /// Throws when the machine runs more local ranks than it has GPUs, naming the ranks.
   Device device() const;
 
-  /// A new client of the job's Store, or null when the job has none (mpirun, srun, one process).
+  /// A new client of the job's Store, or null when the job has none (one process; under mpirun and
+  /// srun, before world(): rank 0 then hosts a Store for the watchdogs, see start_own_store).
   std::shared_ptr<StoreClient> store_client() const;
   /// The same with another limit on each request (the watchdogs' progress reports give up fast).
   std::shared_ptr<StoreClient> store_client(std::chrono::milliseconds request_timeout) const;
@@ -75,6 +76,11 @@ class Job {
   /// never collide).
   void watch(const CommunicatorPtr& comm, bool publish);
   std::shared_ptr<HostCommunicator> host_world();
+  /// For a job of several processes that came without a Store (mpirun, srun): rank 0 hosts one
+  /// and passes its address and a fresh token over `comm`, so that the watchdogs can publish
+  /// progress and name the ranks a collective waits for. Collective over `comm`. A rank that
+  /// cannot reach it goes on without (its watchdog then knows only its own progress).
+  void start_own_store(HostCommunicator& comm);
   /// world() without its watchdog (the hierarchical communicators built on it have their own).
   CommunicatorPtr make_world();
 
@@ -84,6 +90,8 @@ class Job {
   std::shared_ptr<LocalGroup> replica_group_;  // aborted by run_replicas on a failure
   std::vector<std::pair<CommunicatorPtr, std::unique_ptr<Watchdog>>> watched_;
   std::unique_ptr<WorkerHeartbeat> heartbeat_;  // to the launcher, when one started this process
+  std::unique_ptr<StoreServer> own_store_;      // rank 0's, for a job that came without a Store
+  bool has_own_store_ = false;                  // on every rank of such a job
 };
 
 }  // namespace dtrain::dist

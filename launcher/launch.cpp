@@ -41,6 +41,7 @@
 #include "dtrain/distributed/host_communicator.h"
 #include "dtrain/distributed/socket.h"
 #include "dtrain/distributed/store.h"
+#include "dtrain/distributed/watchdog.h"
 #include "dtrain/tensor/check.h"
 
 extern char** environ;
@@ -183,6 +184,9 @@ class Launcher {
   void handle_signals();
   bool reap();
   std::string describe_failure(const Worker& w, const std::string& what) const;
+  /// For a worker stopped by its collective watchdog: the root cause named by the verdict the
+  /// watchdog left in the store (the ranks that held the collective up), or nullopt without one.
+  std::optional<std::string> describe_hang(int attempt, const Worker& reporter);
   std::string key(int attempt, const std::string& name) const {
     return "launch/" + std::to_string(attempt) + "/" + name;
   }
@@ -550,6 +554,79 @@ void Launcher::handle_signals() {
   }
 }
 
+/// What /proc says of a process that a report blames, for its first line.
+std::string process_state_text(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');
+  const char state = paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : '?';
+  switch (state) {
+    case 'T':
+    case 't':
+      return "; its process is stopped (SIGSTOP, a debugger)";
+    case 'D':
+      return "; its process is in uninterruptible sleep (disk or network file system)";
+    case 'R':
+    case 'S':
+      return "; its process is running (busy elsewhere, or waiting for something else)";
+    default:
+      return "";
+  }
+}
+
+std::optional<std::string> Launcher::describe_hang(int attempt, const Worker& reporter) {
+  std::optional<std::string> verdict;
+  try {
+    verdict = store_->try_get(dist::hang_key(attempt));
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  if (!verdict) return std::nullopt;
+  const size_t nl = verdict->find('\n');
+  const std::string report = nl == std::string::npos ? "" : verdict->substr(nl + 1);
+  std::vector<std::pair<int, bool>> culprits;  // rank, whether it stopped responding
+  std::string reporter_rank = std::to_string(reporter.rank);
+  for (const std::string& field : split(verdict->substr(0, nl), ';')) {
+    const size_t eq = field.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string name = field.substr(0, eq), value = field.substr(eq + 1);
+    if (name == "reporter") reporter_rank = value;
+    if (name != "behind" && name != "silent") continue;
+    for (const std::string& r : split(value, ' ')) {
+      if (!r.empty()) culprits.emplace_back(std::stoi(r), name == "silent");
+    }
+  }
+  if (culprits.empty()) return std::nullopt;  // the generic report shows the watchdog's output
+  // "collective #925 all_reduce(avg) float32 x 235146", from the report's first line.
+  std::string collective = "the collective";
+  const size_t from = report.find("collective #"), to = report.find(" has waited");
+  if (from != std::string::npos && to != std::string::npos && to > from) {
+    collective = report.substr(from, to - from);
+  }
+  std::ostringstream os;
+  for (size_t i = 0; i < culprits.size(); ++i) {
+    const auto [rank, silent] = culprits[i];
+    const std::string what =
+        (silent ? "stopped responding before finishing " : "has not reached ") + collective;
+    const bool local = rank >= rank_offset_ && rank < rank_offset_ + o_.nproc_per_node;
+    if (i > 0) os << "\n  also ";
+    if (!local) {
+      os << "rank " << rank << " (on another node) " << what;
+    } else if (i > 0) {
+      const Worker& w = workers_[rank - rank_offset_];
+      os << "rank " << rank << " (pid " << w.pid << ") " << what << process_state_text(w.pid);
+    } else {
+      const Worker& w = workers_[rank - rank_offset_];
+      os << describe_failure(w, what + ", on which the collective watchdog of rank " +
+                                    reporter_rank + " gave up (exit status 3)" +
+                                    process_state_text(w.pid));
+    }
+  }
+  os << "\n  watchdog report:";
+  for (const std::string& line : split(report, '\n')) os << "\n    | " << line;
+  return os.str();
+}
+
 std::string Launcher::describe_failure(const Worker& w, const std::string& what) const {
   std::ostringstream os;
   os << "rank " << w.rank << " on node " << o_.node_rank << " (host " << host_ << ", pid " << w.pid
@@ -567,9 +644,11 @@ Outcome Launcher::monitor(int attempt) {
   const std::string failed_key = key(attempt, "failed");
   auto next_store_poll = Clock::now();
   std::optional<std::pair<Clock::time_point, std::string>> secondary;
-  const auto fail = [&](const std::string& report) {
+  const auto fail = [&](const std::string& report, bool hang = false) {
     // The first failure any node records is the root cause that every node prints.
     const std::string root = store_->compare_set(failed_key, "", report);
+    // A hang (the launcher's exit status 3 when it is the last attempt's root cause).
+    if (hang && root == report) store_->set(key(attempt, "hang"), "1");
     say("worker failure in attempt " + std::to_string(attempt) + "; root cause:\n  " + root);
     return Outcome::kFailed;
   };
@@ -605,13 +684,17 @@ Outcome Launcher::monitor(int attempt) {
                         "sent no heartbeat for %.1f s (launcher.heartbeat_timeout_s): stopped "
                         "(SIGSTOP, a debugger) or starved",
                         std::chrono::duration<double>(now - w.last_beat).count());
-          return fail(describe_failure(w, what));
+          return fail(describe_failure(w, what), /*hang=*/true);
         }
         continue;
       }
       if (WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0) continue;
       all_done = false;
       drain(w, true);  // its last words are the most useful part of the report
+      // A worker that ended a hung collective is not the cause: its watchdog names the ranks.
+      if (WIFEXITED(w.status) && WEXITSTATUS(w.status) == dist::kWatchdogExitCode) {
+        if (auto hang = describe_hang(attempt, w)) return fail(*hang, /*hang=*/true);
+      }
       const std::string what = WIFSIGNALED(w.status)
                                    ? "was killed by " + signal_text(WTERMSIG(w.status))
                                    : "exited with status " + std::to_string(WEXITSTATUS(w.status));
@@ -753,6 +836,7 @@ int Launcher::run() {
   }
 
   std::vector<std::string> failures;
+  bool last_hung = false;
   try {
     start_store();
     for (int attempt = 0;; ++attempt) {
@@ -806,6 +890,7 @@ int Launcher::run() {
         return 1;
       }
       if (attempt >= o_.max_restarts) {
+        last_hung = store_->try_get(key(attempt, "hang")).has_value();
         // Node 0 keeps the Store up until every node knows the job is over.
         if (o_.node_rank != 0) {
           store_->add(key(attempt, "leaving"), 1);
@@ -837,7 +922,8 @@ int Launcher::run() {
     summary << "\n  attempt " << i << ": " << failures[i].substr(0, failures[i].find('\n'));
   }
   say(summary.str());
-  return 1;
+  // A job whose last attempt hung ends as a hung `dtrain train` does.
+  return last_hung ? dist::kWatchdogExitCode : 1;
 }
 
 }  // namespace

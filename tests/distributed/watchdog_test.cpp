@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -101,6 +102,123 @@ TEST(Watchdog, StallIsWarnedOnceAndTheCollectiveStillCompletes) {
   EXPECT_THAT(stalls.items[0], HasSubstr("collective #1"));
   EXPECT_EQ(stalls.items.size(), 1u);
   EXPECT_TRUE(timeouts.items.empty());
+  comms[0]->remove_observer(&dog);
+}
+
+TEST(Watchdog, GivesUpBeforeTheCollectivesOwnTimeout) {
+  // Its report must come before the collective's anonymous timeout error, with time to spare
+  // for a poll and the Store reads: clamp(T / 10, 3 s, 30 s) earlier, never before T / 2.
+  EXPECT_EQ(dist::watchdog_timeout(300s), 270s);
+  EXPECT_EQ(dist::watchdog_timeout(60s), 54s);
+  EXPECT_EQ(dist::watchdog_timeout(20s), 17s);
+  EXPECT_EQ(dist::watchdog_timeout(4s), 2s);
+  EXPECT_EQ(dist::watchdog_timeout(1000s), 970s);
+}
+
+// Rank 1 published progress and then went silent (its watchdog gone, as in a stopped process):
+// rank 0's report names it as not responding, even though its last record does not show it
+// behind, and the verdict for a launcher names it too.
+TEST(Watchdog, RankWhoseRecordStopsChangingIsNamedAsNotResponding) {
+  dist::StoreServerOptions so;
+  so.token = kToken;
+  dist::StoreServer server(so);
+  auto comms = dist::make_local_group(2);
+  dist::WatchdogOptions o;
+  o.timeout = 600ms;
+  o.stall_warning = 10s;
+  o.poll = 20ms;
+  auto reader = client_of(server);
+  {
+    dist::Watchdog silent(1, 2, o, client_of(server), [](const std::string&) {});
+    // Bounded wait for its first records (poll 20 ms).
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!reader->try_get(o.key_prefix + "1") && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_TRUE(reader->try_get(o.key_prefix + "1")) << "rank 1 never published";
+    // It claims to have started collective #1 already: only its silence gives it away.
+    reader->set(o.key_prefix + "1", "1 0 7");
+  }
+  Reports timeouts;
+  dist::Watchdog dog(0, 2, o, client_of(server), [&](const std::string& r) { timeouts.add(r); });
+  comms[0]->add_observer(&dog);
+  Tensor a = zeros({8});
+  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 3000ms});
+  ASSERT_TRUE(timeouts.wait_for_count(1, 10s)) << "the watchdog did not fire";
+  const std::string& rep = timeouts.items[0];
+  EXPECT_THAT(rep, HasSubstr("collective #1 all_reduce(sum) float32 x 8"));
+  EXPECT_THAT(rep, HasSubstr("ranks that stopped responding before finishing it (stopped or "
+                             "hung): 1"));
+  EXPECT_THAT(rep, HasSubstr("rank 1: no progress report for"));
+  const auto verdict = reader->try_get(o.key_prefix + "hang");
+  ASSERT_TRUE(verdict.has_value());
+  EXPECT_THAT(*verdict, ::testing::StartsWith("behind=;silent=1;sequence=1;reporter=0\n"));
+  EXPECT_THROW(w->wait(10s), Error);
+  comms[0]->remove_observer(&dog);
+}
+
+// The Store lives in rank 1's process (as rank 0's under mpirun), and that process is stopped:
+// rank 0's report says so, names rank 1, and still comes within a second or two.
+TEST(Watchdog, StoppedStoreHostIsNamedAndTheReportStillComesInTime) {
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t host = ::fork();
+  ASSERT_GE(host, 0);
+  if (host == 0) {
+    ::close(ready[0]);
+    dist::StoreServerOptions so;
+    so.token = kToken;
+    dist::StoreServer server(so);
+    const uint16_t port = server.port();
+    if (::write(ready[1], &port, sizeof port) != sizeof port) ::_exit(1);
+    ::pause();  // until the test kills it
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  uint16_t port = 0;
+  const bool started = ::read(ready[0], &port, sizeof port) == sizeof port;
+  ::close(ready[0]);
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      ::kill(pid, SIGCONT);
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reaper{host};
+  ASSERT_TRUE(started) << "the store process did not start";
+  const auto client = [&](std::chrono::milliseconds request_timeout) {
+    dist::StoreClientOptions co;
+    co.port = port;
+    co.token = kToken;
+    co.request_timeout = request_timeout;
+    return std::make_shared<dist::StoreClient>(co);
+  };
+  auto comms = dist::make_local_group(2);
+  dist::WatchdogOptions o;
+  o.timeout = 1500ms;
+  o.stall_warning = 10s;
+  o.poll = 20ms;
+  o.store_host_rank = 1;
+  Reports timeouts;
+  dist::Watchdog dog(
+      0, 2, o, client(5000ms), [&](const std::string& r) { timeouts.add(r); }, nullptr,
+      client(300ms));
+  comms[0]->add_observer(&dog);
+  ASSERT_EQ(::kill(host, SIGSTOP), 0);
+  const auto start = std::chrono::steady_clock::now();
+  Tensor a = zeros({8});
+  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 5000ms});
+  ASSERT_TRUE(timeouts.wait_for_count(1, 10s)) << "the watchdog did not fire";
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string& rep = timeouts.items[0];
+  EXPECT_THAT(rep, HasSubstr("ranks that stopped responding before finishing it (stopped or "
+                             "hung): 1"));
+  EXPECT_THAT(rep, HasSubstr("rank 1: unknown (the store does not answer)  <- hosts the store"));
+  // The timeout, a poll and one store request timeout at most, well before the collective's 5 s.
+  EXPECT_LT(seconds, 3.0) << rep;
+  EXPECT_THROW(w->wait(10s), Error);
   comms[0]->remove_observer(&dog);
 }
 
