@@ -51,11 +51,14 @@ struct Options {
   int max_seconds = 300;  // the whole run; SIGALRM ends it past this
   int connect_timeout_s = 60;
   int server_max_clients = 0;  // StoreServerOptions::max_clients; 0: room for every connection
+  int idle_per_client = 0;     // extra connections per sending one that only connect (as a
+                               // watchdog's report connection is, until a hang)
 };
 
 // What a client process sends back through its result pipe (a plain struct: same binary).
 struct ChildResult {
-  int64_t connected = 0;
+  int64_t connected = 0;  // all connections, the idle ones included
+  int64_t sending = 0;    // connections that send the request mix
   int64_t requests = 0;
   int64_t errors = 0;
   int64_t elapsed_ns = 0;
@@ -121,14 +124,16 @@ Options parse(int argc, char** argv) {
       o.max_seconds = std::stoi(value());
     } else if (a == "--server-max-clients") {
       o.server_max_clients = std::stoi(value());
+    } else if (a == "--idle-per-client") {
+      o.idle_per_client = std::stoi(value());
     } else {
       die("unknown flag " + a +
           "; flags: --clients N[,N...] --procs P --threads T --seconds S --interval-ms I "
-          "--get-percent G --max-seconds M --server-max-clients K");
+          "--get-percent G --max-seconds M --server-max-clients K --idle-per-client K");
     }
   }
   if (o.clients.empty() || o.procs < 1 || o.threads < 1 || o.seconds <= 0 || o.interval_ms < 0 ||
-      o.get_percent < 0 || o.get_percent > 100 || o.max_seconds < 1) {
+      o.get_percent < 0 || o.get_percent > 100 || o.max_seconds < 1 || o.idle_per_client < 0) {
     die("bad flag values (need clients, procs, threads >= 1, seconds > 0, 0 <= get-percent <= "
         "100)");
   }
@@ -212,6 +217,7 @@ int run_child(const Options& o, int count, int first_id, int go_fd, int result_f
   if (!read_all(go_fd, &port, sizeof port, setup_deadline)) return 2;
 
   std::vector<std::unique_ptr<dist::StoreClient>> clients(count);
+  std::vector<std::unique_ptr<dist::StoreClient>> idle(size_t(count) * o.idle_per_client);
   std::atomic<int64_t> errors{0};
   std::mutex first_error_mu;
   std::string first_error;
@@ -237,6 +243,9 @@ int run_child(const Options& o, int count, int first_id, int go_fd, int result_f
             auto c = std::make_unique<dist::StoreClient>(co);
             c->set(key_of(i), "0 0");
             clients[i] = std::move(c);
+            for (int k = 0; k < o.idle_per_client; ++k) {
+              idle[size_t(i) * o.idle_per_client + k] = std::make_unique<dist::StoreClient>(co);
+            }
           } catch (const std::exception& e) {
             record_error(e);
           }
@@ -246,8 +255,11 @@ int run_child(const Options& o, int count, int first_id, int go_fd, int result_f
     for (auto& th : threads) th.join();
   }
   ChildResult result;
-  for (const auto& c : clients) result.connected += c ? 1 : 0;
-  if (!write_all(result_fd, &result.connected, sizeof result.connected)) return 2;
+  for (const auto& c : clients) result.sending += c ? 1 : 0;
+  result.connected = result.sending;
+  for (const auto& c : idle) result.connected += c ? 1 : 0;
+  const int64_t counts[2] = {result.connected, result.sending};
+  if (!write_all(result_fd, counts, sizeof counts)) return 2;
   char start = 0;
   if (!read_all(go_fd, &start, 1, Clock::now() + std::chrono::seconds(60))) return 2;
 
@@ -317,6 +329,7 @@ int run_child(const Options& o, int count, int first_id, int go_fd, int result_f
   }
   if (!write_all(result_fd, &result, sizeof result)) return 2;
   clients.clear();  // close the connections before exiting
+  idle.clear();
   return 0;
 }
 
@@ -332,7 +345,7 @@ struct Child {
 
 struct Row {
   int clients = 0;
-  int64_t connected = 0;
+  int64_t connected = 0, sending = 0;
   double connect_s = 0;
   double requests_per_s = 0;
   double p50_us = 0, p99_us = 0;
@@ -403,7 +416,8 @@ Row measure(const Options& o, int total_clients) {
   dist::StoreServerOptions so;
   so.bind_address = "127.0.0.1";
   so.token = kToken;
-  so.max_clients = o.server_max_clients > 0 ? o.server_max_clients : total_clients + 16;
+  so.max_clients = o.server_max_clients > 0 ? o.server_max_clients
+                                            : total_clients * (1 + o.idle_per_client) + 16;
   auto server = std::make_unique<dist::StoreServer>(so);
   const int64_t rss0 = vm_rss_kib();
   const int fds0 = open_fds();
@@ -412,13 +426,14 @@ Row measure(const Options& o, int total_clients) {
   for (Child& c : children) write_all(c.go_fd, &port, sizeof port);
   const auto connect_deadline = connect_begin + std::chrono::seconds(o.connect_timeout_s + 30);
   for (Child& c : children) {
-    int64_t n = 0;
-    if (!read_all(c.result_fd, &n, sizeof n, connect_deadline)) {
+    int64_t n[2] = {0, 0};
+    if (!read_all(c.result_fd, n, sizeof n, connect_deadline)) {
       std::fprintf(stderr, "store_load_bench: a client process did not report its connections\n");
       end_children(children);
       return row;
     }
-    row.connected += n;
+    row.connected += n[0];
+    row.sending += n[1];
   }
   row.connect_s = std::chrono::duration<double>(Clock::now() - connect_begin).count();
   const int64_t rss1 = vm_rss_kib();
@@ -497,7 +512,7 @@ int main(int argc, char** argv) {
 
   std::vector<Row> rows;
   for (int clients : o.clients) {
-    const rlim_t needed = rlim_t(clients) + 64;
+    const rlim_t needed = rlim_t(clients) * (1 + o.idle_per_client) + 64;
     if (lim.rlim_cur != RLIM_INFINITY && needed > lim.rlim_cur) {
       std::printf("%d clients: skipped, the server would need %llu descriptors (limit %llu)\n",
                   clients, static_cast<unsigned long long>(needed),
@@ -510,8 +525,9 @@ int main(int argc, char** argv) {
       std::printf("%d clients: failed (see above)\n", clients);
       continue;
     }
-    std::printf("%d clients: %lld connected in %.2f s; %.0f requests/s\n", clients,
-                static_cast<long long>(r.connected), r.connect_s, r.requests_per_s);
+    std::printf("%d clients: %lld connections (%lld sending) in %.2f s; %.0f requests/s\n", clients,
+                static_cast<long long>(r.connected), static_cast<long long>(r.sending), r.connect_s,
+                r.requests_per_s);
     std::fflush(stdout);
   }
 
@@ -521,11 +537,14 @@ int main(int argc, char** argv) {
       "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (const Row& r : rows) {
     if (!r.ok) continue;
-    std::printf("| %lld | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f / %.1f | %.2f | %.2f | %lld |\n",
-                static_cast<long long>(r.connected), r.requests_per_s, r.p50_us, r.p99_us,
-                r.server_cpu_percent, r.server_cpu_us_per_request, r.rss_kib_per_client,
-                r.rss_after_load_kib_per_client, r.fds_per_client, r.connect_s,
-                static_cast<long long>(r.errors));
+    // With --idle-per-client: "all (sending)".
+    const std::string conns =
+        std::to_string(r.connected) +
+        (r.sending != r.connected ? " (" + std::to_string(r.sending) + " sending)" : "");
+    std::printf("| %s | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f / %.1f | %.2f | %.2f | %lld |\n",
+                conns.c_str(), r.requests_per_s, r.p50_us, r.p99_us, r.server_cpu_percent,
+                r.server_cpu_us_per_request, r.rss_kib_per_client, r.rss_after_load_kib_per_client,
+                r.fds_per_client, r.connect_s, static_cast<long long>(r.errors));
   }
   return 0;
 }
