@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "dtrain/autograd/grad_mode.h"
+#include "dtrain/autograd/node.h"
 #include "dtrain/nn/init.h"
 #include "dtrain/tensor/ops.h"
 
@@ -186,7 +188,55 @@ Tensor BatchNorm::forward(const Tensor& x) {
     num_batches_tracked.copy_(ops::unary(kernels::Unary::kAddScalar,
                                          to_dtype(num_batches_tracked, DType::kFloat64), {1.0}));
   }
+  if (is_training() && replica_sum_) return synchronized_forward(x);
   return batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum_, eps_);
+}
+
+namespace {
+
+/// `sum` over the replicas as a differentiable op: the gradient of a sum over replicas is the
+/// sum over replicas of the gradients (each replica's loss depends on every replica's input).
+Tensor summed_over_replicas(const Tensor& t, const ReplicaSum& sum) {
+  Tensor out = t.detach().clone();
+  sum(out);
+  return autograd::record(out, "replica_sum", {t}, [sum](const Tensor& g) {
+    Tensor total = g.clone();
+    sum(total);
+    return std::vector<Tensor>{total};
+  });
+}
+
+}  // namespace
+
+Tensor BatchNorm::synchronized_forward(const Tensor& x) {
+  // Two passes, as batch_norm: the global mean first (with the global count in the same
+  // reduction), then the global biased variance around it.
+  std::vector<int64_t> dims = {0};
+  Shape channel_shape = {1, features_};
+  for (int d = 0; d < spatial_dims_; ++d) {
+    dims.push_back(2 + d);
+    channel_shape.push_back(1);
+  }
+  const int64_t local_count = x.numel() / features_;
+  Tensor count = full({1}, static_cast<double>(local_count), x.dtype(), x.device());
+  Tensor sums = summed_over_replicas(cat({sum(x, dims), count}), replica_sum_);
+  const double n =
+      to_device(slice(sums, 0, features_, features_ + 1).detach(), Device::cpu()).item<double>();
+  DTRAIN_CHECK(n > 1, describe(), ": the global batch has ", n,
+               " value(s) per channel; batch statistics need more than one");
+  Tensor mean = slice(sums, 0, 0, features_) * (1.0 / n);
+  Tensor centered = x - reshape(mean, channel_shape);
+  Tensor var = summed_over_replicas(sum(centered * centered, dims), replica_sum_) * (1.0 / n);
+  Tensor inv_std = pow(var + eps_, -0.5);
+  Tensor y = centered * reshape(inv_std, channel_shape) * reshape(weight, channel_shape) +
+             reshape(bias, channel_shape);
+  {
+    NoGradGuard no_grad;  // running statistics: unbiased variance of the global batch
+    running_mean.copy_(running_mean.detach() * (1 - momentum_) + mean.detach() * momentum_);
+    running_var.copy_(running_var.detach() * (1 - momentum_) +
+                      var.detach() * (momentum_ * n / (n - 1)));
+  }
+  return y;
 }
 std::shared_ptr<Module> BatchNorm::make_empty() const {
   return std::make_shared<BatchNorm>(features_, spatial_dims_, eps_, momentum_);

@@ -2,6 +2,7 @@
 // PyTorch's names, and initialises them as PyTorch does (from the default generator unless given).
 #pragma once
 
+#include <functional>
 #include <initializer_list>
 
 #include "dtrain/nn/module.h"
@@ -109,6 +110,10 @@ class GlobalAvgPool : public Module {
 
 /// Batch normalisation of [N, C] (BatchNorm1d) or [N, C, H, W] (BatchNorm2d); running statistics
 /// are buffers ("running_mean", "running_var", "num_batches_tracked").
+/// Sums a tensor over every replica of a data-parallel job, in place; a collective that every
+/// replica calls in the same order (strategies/sync_batch_norm.h makes one over a communicator).
+using ReplicaSum = std::function<void(Tensor&)>;
+
 class BatchNorm : public Module {
  public:
   BatchNorm(int64_t num_features, int spatial_dims, double eps = 1e-5, double momentum = 0.1);
@@ -116,14 +121,23 @@ class BatchNorm : public Module {
   Tensor forward(const Tensor& x) override;
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
   double eps() const { return eps_; }
+  /// SyncBatchNorm: with a replica sum set, training batches are normalised with the mean and
+  /// variance of the global batch (every replica's batch together), taken through `sum` in
+  /// forward and again in backward, and the running statistics follow the global batch, so
+  /// they stay identical on every replica. Evaluation is unchanged. An empty function turns it
+  /// off.
+  void set_replica_sum(ReplicaSum sum) { replica_sum_ = std::move(sum); }
+  bool synchronized() const { return static_cast<bool>(replica_sum_); }
 
  protected:
   std::shared_ptr<Module> make_empty() const override;
 
  private:
+  Tensor synchronized_forward(const Tensor& x);
   int64_t features_;
   int spatial_dims_;
   double eps_, momentum_;
+  ReplicaSum replica_sum_;
 };
 class BatchNorm1d : public BatchNorm {
  public:

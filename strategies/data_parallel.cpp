@@ -7,6 +7,7 @@
 #include <map>
 #include <sstream>
 
+#include "dtrain/strategies/sync_batch_norm.h"
 #include "dtrain/tensor/check.h"
 #include "dtrain/tensor/hash.h"
 
@@ -29,6 +30,12 @@ void DataParallelStrategy::prepare(nn::Module& model) {
   DdpOptions ddp_options = options_.ddp;
   ddp_options.reduce_scatter = options_.shard_optimizer;
   sharded_.reset();
+  if (options_.sync_batch_norm) {
+    const int layers = nn::convert_sync_batch_norm(model, comm_, options_.ddp.timeout);
+    DTRAIN_CHECK(layers > 0, "model.sync_batch_norm: ", model.describe(),
+                 " has no BatchNorm layer to synchronise; add batch normalisation "
+                 "(model.batch_norm: true, or a batch_norm layer) or leave the key false");
+  }
   ddp_ = std::make_unique<DistributedDataParallel>(model, comm_, ddp_options);
 }
 

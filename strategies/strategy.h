@@ -104,6 +104,9 @@ struct StrategyOptions {
   /// ZeRO-1: gradients reduce-scattered, each replica keeps and updates only its shard of the
   /// optimiser state, parameters all-gathered (data-parallel strategies).
   bool shard_optimizer = false;
+  /// SyncBatchNorm: every BatchNorm layer normalises with the global batch's statistics
+  /// (model.sync_batch_norm; data-parallel strategies).
+  bool sync_batch_norm = false;
   DdpOptions ddp;  // its timeout is strategy.timeout_s, also the watchdog's
 };
 

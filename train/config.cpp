@@ -279,6 +279,13 @@ const std::vector<Field>& schema() {
                   "Dropout probability after each hidden activation (0: none)."),
       bool_field("model", "batch_norm", DTRAIN_GET(model.batch_norm),
                  "Batch normalisation after each hidden linear or convolution layer."),
+      bool_field("model", "sync_batch_norm", DTRAIN_GET(model.sync_batch_norm),
+                 "SyncBatchNorm: with several replicas (ddp, mirrored, multi_worker_mirrored), "
+                 "every BatchNorm layer normalises training batches with the mean and variance "
+                 "of the global batch, through the replicas' communicator (two small "
+                 "all-reduces per layer in forward, two in backward), and the running statistics "
+                 "stay identical on every replica. For small per-replica batches. A model "
+                 "without BatchNorm refuses it."),
       int_list_field("model", "channels", DTRAIN_GET(model.channels), 1, false,
                      "cnn: output channels of the two 5x5 convolutions (exactly two values)."),
       int_field("model", "fc_units", DTRAIN_GET(model.fc_units), 1, INT64_MAX,

@@ -19,6 +19,7 @@ struct ModelConfig {
   std::string activation = "relu";           // relu | gelu | tanh | sigmoid
   double dropout = 0.0;
   bool batch_norm = false;
+  bool sync_batch_norm = false;  // replicas' BatchNorm layers use the global batch's statistics
   std::vector<int64_t> channels = {32, 64};  // cnn: output channels of the two 5x5 convolutions
   int64_t fc_units = 1024;                   // cnn: width of the hidden fully connected layer
   std::vector<LayerSpec> layers;             // sequential: the layers, input side first

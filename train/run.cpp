@@ -23,6 +23,15 @@ dist::JobSpec job_spec_for(const Config& config, dist::JobSpec base) {
   return base;
 }
 
+namespace {
+/// The strategy section, with the model section's choices that strategies carry out.
+StrategyOptions strategy_options(const Config& config) {
+  StrategyOptions o = config.strategy;
+  o.sync_batch_norm = config.model.sync_batch_norm;
+  return o;
+}
+}  // namespace
+
 TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerParts& parts) {
   const StrategyKind& kind = find_strategy(config.strategy.type);
   if (!kind.spans_processes && job.world_size() > 1) {
@@ -73,7 +82,8 @@ TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerPart
     TrainerParts own = parts;
     if (!own.device) own.device = devices[r];
     if (own.device->is_cuda()) cuda::set_device(own.device->index);  // this thread's kernels
-    results[r] = Trainer(config, kind.make(config.strategy, comms[r]), std::move(own)).run();
+    results[r] =
+        Trainer(config, kind.make(strategy_options(config), comms[r]), std::move(own)).run();
   });
   for (const TrainResult& r : results) {
     if (r.primary) return r;
@@ -91,7 +101,7 @@ EvalResult evaluate_in_job(const Config& config, dist::Job& job, const std::stri
         replica_device(device_request(config.train.device, job.spec().world.local_rank, 1), 0);
   }
   if (own.device->is_cuda()) cuda::set_device(own.device->index);
-  Trainer trainer(config, kind.make(config.strategy, comm), std::move(own));
+  Trainer trainer(config, kind.make(strategy_options(config), comm), std::move(own));
   return trainer.evaluate_checkpoint(path);
 }
 

@@ -186,7 +186,7 @@ std::vector<std::string> Trainer::settings_changed_since(const std::string& conf
   for (const auto& [key, value] : config_.entries(false)) {
     const std::string section = key.substr(0, key.find('.'));
     if ((section != "model" && section != "data" && section != "optimizer") ||
-        key == "data.prefetch") {
+        key == "data.prefetch" || key == "model.sync_batch_norm") {
       continue;
     }
     const auto it = before.find(key);
@@ -483,6 +483,20 @@ bool Trainer::optimizer_step(int64_t step) {
   return true;
 }
 
+void Trainer::report_optimizer_shard() {
+  double kept = 0;
+  for (const auto& [key, t] : optimizer_->state_dict().tensors)
+    kept += static_cast<double>(t.nbytes());
+  std::vector<double> values = {kept};
+  strategy_->sum_across_replicas(values);
+  if (!strategy_->is_primary()) return;
+  const double mib = 1024.0 * 1024.0;
+  std::printf(
+      "optimizer state (strategy.shard_optimizer): %.3f MiB on this replica of %.3f MiB "
+      "in all, over %d replicas\n",
+      kept / mib, values[0] / mib, strategy_->num_replicas_in_sync());
+}
+
 bool Trainer::stop_agreed() {
   if (!config_.train.checkpoint_on_signal) return false;
   double vote = 0;
@@ -670,6 +684,7 @@ TrainResult Trainer::run() {
     stop_vote_ = nullptr;
   }
   if (sink) sink->finish();
+  if (config_.strategy.shard_optimizer) report_optimizer_shard();
   result.stopped_by_signal = stop_signal_;
   if (stop_signal_ != 0) {
     // Every replica waits for the primary's checkpoint: under srun --kill-on-bad-exit or mpirun,

@@ -138,6 +138,8 @@ class Trainer {
   /// received a stop signal (stop_signal.h); the vote started one step earlier rides along with
   /// this step's work.
   bool stop_agreed();
+  /// Collective: prints, on the primary, the optimiser state this replica keeps and the whole.
+  void report_optimizer_shard();
   /// Everything a checkpoint at `at` holds.
   CheckpointData snapshot(const Plan& plan, Position at,
                           const nn::OptimizerState& optimizer_state) const;

@@ -280,6 +280,48 @@ TEST(FeaturesReplicas, TwoMirroredReplicasOfTheResidualNetMatchOneProcess) {
                                    kResidualSteps);
 }
 
+// With model.sync_batch_norm the batch statistics are the global batch's, so a model with batch
+// norm trains on N replicas like one process (dropout masks would still differ: none here).
+const std::string kResidualWithNorm =
+    "    - conv2d: {out: 8, kernel: 3, padding: 1}\n"
+    "    - batch_norm\n"
+    "    - relu\n"
+    "    - residual:\n"
+    "        - conv2d: {out: 8, kernel: 3, padding: 1}\n"
+    "        - batch_norm\n"
+    "        - relu\n"
+    "    - flatten\n"
+    "    - linear: {out: classes}\n";
+
+void setup_residual_norm(const RunDir& d) {
+  d.write("run.yaml", residual_config(kResidualWithNorm));
+}
+
+TEST(FeaturesReplicas, TwoMirroredReplicasWithSyncBatchNormMatchOneProcess) {
+  check_replicas_match_one_process(
+      setup_residual_norm,
+      "train run.yaml strategy.type=mirrored strategy.devices=2 model.sync_batch_norm=true", 16,
+      kResidualSteps);
+}
+
+TEST(FeaturesReplicas, TwoDdpWorkersWithSyncBatchNormUnderLaunchMatchOneProcess) {
+  check_replicas_match_one_process(
+      setup_residual_norm,
+      "launch --nproc-per-node 2 run.yaml strategy.type=ddp model.sync_batch_norm=true", 16,
+      kResidualSteps);
+}
+
+TEST(FeaturesReplicas, SyncBatchNormWithoutABatchNormLayerIsRefused) {
+  RunDir d;
+  setup_residual_plain(d);
+  const CommandResult r = d.dtrain(
+      "train run.yaml strategy.type=mirrored strategy.devices=2 model.sync_batch_norm=true");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("model.sync_batch_norm"));
+  EXPECT_THAT(r.output, HasSubstr("has no BatchNorm layer"));
+  EXPECT_FALSE(d.exists(ckpt(kResidualSteps)));
+}
+
 TEST(FeaturesReplicas, TwoMirroredReplicasOfTheTransformerMatchOneProcess) {
   check_replicas_match_one_process(setup_transformer_sgd,
                                    "train run.yaml strategy.type=mirrored strategy.devices=2", 8,
