@@ -209,8 +209,9 @@ bool read_all(int fd, void* data, size_t n, Clock::time_point deadline) {
 /// One client process: `count` connections with global ids from `first_id`, driven by
 /// options.threads threads. Protocol with the parent (each step bounded by a deadline):
 /// 1. read the server's port; 2. connect every client (each sets its progress key once, as a
-/// watchdog's first publication does) and write the number connected; 3. read the start byte;
-/// 4. send the request mix for options.seconds and write a ChildResult.
+/// watchdog's first publication does) and its idle companions, and write how many connected (all,
+/// sending); 3. read the start byte; 4. send the request mix for options.seconds and write a
+/// ChildResult.
 int run_child(const Options& o, int count, int first_id, int go_fd, int result_fd) {
   uint16_t port = 0;
   const auto setup_deadline = Clock::now() + std::chrono::seconds(o.connect_timeout_s + 30);
