@@ -1,6 +1,7 @@
 // The mpi backend: MPI's lifetime (initialised once, finalised at exit after the last
-// communicator), dtype and operation mapping (user-defined operations for 16-bit floats), and
-// each collective as a nonblocking MPI call polled against its deadline.
+// communicator), dtype and operation mapping (user-defined operations for 16-bit floats), each
+// collective as nonblocking MPI calls polled against its deadline, and the reductions in rank
+// order.
 #include "dtrain/distributed/backends/mpi/mpi_communicator.h"
 
 #include <mpi.h>
@@ -26,8 +27,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-/// Scratch for the chunked all_gather/reduce_scatter paths (counts > INT_MAX) is capped here.
+/// Scratch for the chunked all_gather/reduce_scatter paths (counts > INT_MAX) and for the
+/// rank-ordered reductions is capped here.
 constexpr int64_t kPackBytes = int64_t{256} << 20;
+
+/// Rank order: up to this many bytes per rank, an all_reduce all-gathers the whole tensor and
+/// every rank reduces it (one round of messages instead of two; see all_reduce_in_rank_order).
+constexpr int64_t kGatherAllMaxBytes = int64_t{32} << 10;
 
 /// The four reductions that reach a backend (kAvg arrives as kSum).
 constexpr ReduceOp kHalfOps[] = {ReduceOp::kSum, ReduceOp::kMin, ReduceOp::kMax,
@@ -217,6 +223,43 @@ struct Deadline {
 
 Deadline deadline_after(Timeout timeout) { return {Clock::now() + timeout, timeout}; }
 
+MpiReductionOrder reduction_order_from_env(MpiReductionOrder fallback) {
+  const char* v = std::getenv("DTRAIN_MPI_REDUCTION_ORDER");
+  if (v == nullptr || *v == '\0') return fallback;
+  const std::string s(v);
+  if (s == "rank") return MpiReductionOrder::kRank;
+  if (s == "native") return MpiReductionOrder::kNative;
+  DTRAIN_THROW(ValueError, "DTRAIN_MPI_REDUCTION_ORDER=", s,
+               ": expected rank (the tcp backend's bits) or native (Open MPI's order)");
+}
+
+/// dst = ((part(0) + part(1)) + part(2)) + ... over n elements, each element reduced by
+/// reduce_into as the tcp and shared-memory backends do. Block by block through a buffer that
+/// stays in L1, so each part is read once and dst written once; dst may be one of the parts.
+template <class Part>
+void reduce_in_rank_order(char* dst, int64_t n, DType dtype, ReduceOp op, int parts, Part&& part) {
+  constexpr size_t kBlockBytes = 16 * 1024;
+  alignas(64) char block[kBlockBytes];
+  const size_t es = dtype_size(dtype);
+  const int64_t per_block = static_cast<int64_t>(kBlockBytes / es);
+  for (int64_t first = 0; first < n; first += per_block) {
+    const int64_t m = std::min(per_block, n - first);
+    std::memcpy(block, part(0) + first * es, m * es);
+    for (int r = 1; r < parts; ++r) reduce_into(block, part(r) + first * es, m, dtype, op);
+    std::memcpy(dst + first * es, block, m * es);
+  }
+}
+
+/// Element offsets of `parts` near-equal chunks of n elements, as MPI counts and displacements.
+void even_parts(int n, int parts, std::vector<int>& counts, std::vector<int>& displs) {
+  counts.resize(parts);
+  displs.resize(parts);
+  for (int p = 0; p < parts; ++p) {
+    displs[p] = static_cast<int>(int64_t{n} * p / parts);
+    counts[p] = static_cast<int>(int64_t{n} * (p + 1) / parts) - displs[p];
+  }
+}
+
 }  // namespace
 
 struct MpiCommunicator::Impl {
@@ -224,6 +267,10 @@ struct MpiCommunicator::Impl {
   int rank = 0, size = 1;
   int tag_upper_bound = 32767;  // the minimum MPI guarantees; replaced by MPI_TAG_UB
   std::atomic<int64_t> max_chunk{INT_MAX};
+  MpiReductionOrder order = MpiReductionOrder::kRank;
+  // Where the rank-ordered reductions receive the ranks' parts; kept between calls (reallocating
+  // large buffers costs page faults on every call). Worker thread only.
+  Tensor scratch;
   // Set on the worker thread when a collective timed out; every later call throws it.
   std::string failure;
 
@@ -247,7 +294,7 @@ struct MpiCommunicator::Impl {
   /// oversubscribed). On expiry the request is left pending (MPI cannot cancel a collective);
   /// `buffers` are kept alive for it and the communicator is marked unusable.
   void wait(MPI_Request& request, MPI_Status* status, const CollectiveInfo& info,
-            const Deadline& deadline, std::initializer_list<Tensor> buffers) {
+            const Deadline& deadline, const std::vector<Tensor>& buffers) {
     for (;;) {
       int done = 0;
       const int rc = MPI_Test(&request, &done, status ? status : MPI_STATUS_IGNORE);
@@ -263,7 +310,7 @@ struct MpiCommunicator::Impl {
       Runtime& r = runtime();
       std::lock_guard lock(r.mu);
       r.abandoned_requests.push_back(request);
-      r.abandoned_buffers.insert(r.abandoned_buffers.end(), buffers);
+      r.abandoned_buffers.insert(r.abandoned_buffers.end(), buffers.begin(), buffers.end());
     }
     failure = info.describe() + " timed out on rank " + std::to_string(rank);
     DTRAIN_THROW(TimeoutError, info.describe(), " timed out after ", deadline.timeout.count(),
@@ -271,6 +318,72 @@ struct MpiCommunicator::Impl {
                  " (mpi backend): a rank it needs has not joined it. MPI cannot cancel a started "
                  "collective, so this communicator is unusable from now on; stop the job "
                  "(MpiCommunicator::abort).");
+  }
+
+  /// At least n bytes of scratch (never none: an empty reduction still passes a buffer).
+  char* scratch_bytes(size_t n) {
+    n = std::max<size_t>(n, 64);
+    if (!scratch.defined() || scratch.nbytes() < n) {
+      scratch = Tensor({static_cast<int64_t>((n + 7) / 8)}, DType::kFloat64);
+    }
+    return bytes(scratch);
+  }
+
+  /// Rank order's reduce-scatter: rank p gets counts[p] elements of every rank's `send`, from
+  /// displs[p] on, and reduces them into `dst` as ((r0 + r1) + r2) + ... (the tcp backend's
+  /// reduce_chunk_from_all), so the bits depend on neither the algorithm nor the message timing.
+  /// `dst` may be this rank's own part of `send`.
+  void reduce_parts_in_rank_order(const char* send, const std::vector<int>& counts,
+                                  const std::vector<int>& displs, char* dst, DType dtype,
+                                  ReduceOp op, const CollectiveInfo& info, const Deadline& deadline,
+                                  const std::vector<Tensor>& buffers) {
+    const MPI_Datatype type = mpi_type(dtype);
+    const size_t es = dtype_size(dtype);
+    const int mine = counts[rank];
+    char* parts = scratch_bytes(size_t(mine) * size * es);
+    // Slot r of the scratch receives rank r's part; this rank's own part is read where it is.
+    std::vector<int> send_counts = counts, recv_counts(size, mine), recv_displs(size);
+    send_counts[rank] = recv_counts[rank] = 0;
+    for (int r = 0; r < size; ++r) recv_displs[r] = r * mine;
+    MPI_Request request;
+    DTRAIN_MPI_CHECK(MPI_Ialltoallv(send, send_counts.data(), displs.data(), type, parts,
+                                    recv_counts.data(), recv_displs.data(), type, comm, &request),
+                     info.describe(), " on rank ", rank);
+    std::vector<Tensor> held = buffers;
+    held.push_back(scratch);
+    wait(request, nullptr, info, deadline, held);
+    reduce_in_rank_order(dst, mine, dtype, op, size, [&](int r) {
+      return r == rank ? send + size_t(displs[rank]) * es : parts + size_t(r) * mine * es;
+    });
+  }
+
+  /// Rank order's all_reduce of `count` elements at `data`. Large: a reduce-scatter (each rank
+  /// reduces a chunk, receiving (N-1)/N of the data like a ring's) and an all-gather of the
+  /// chunks. Small: one all-gather of every rank's whole tensor, which every rank then reduces in
+  /// rank order; the same sums, in one round of messages instead of two.
+  void all_reduce_in_rank_order(char* data, int count, DType dtype, ReduceOp op,
+                                const CollectiveInfo& info, const Deadline& deadline,
+                                const Tensor& t) {
+    const MPI_Datatype type = mpi_type(dtype);
+    const size_t es = dtype_size(dtype);
+    MPI_Request request;
+    if (int64_t{count} * static_cast<int64_t>(es) <= kGatherAllMaxBytes) {
+      char* all = scratch_bytes(size_t(count) * size * es);
+      DTRAIN_MPI_CHECK(MPI_Iallgather(data, count, type, all, count, type, comm, &request),
+                       info.describe(), " on rank ", rank);
+      wait(request, nullptr, info, deadline, {t, scratch});
+      reduce_in_rank_order(data, count, dtype, op, size,
+                           [&](int r) { return all + size_t(r) * count * es; });
+      return;
+    }
+    std::vector<int> counts, displs;
+    even_parts(count, size, counts, displs);
+    reduce_parts_in_rank_order(data, counts, displs, data + size_t(displs[rank]) * es, dtype, op,
+                               info, deadline, {t});
+    DTRAIN_MPI_CHECK(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, counts.data(),
+                                     displs.data(), type, comm, &request),
+                     info.describe(), " on rank ", rank);
+    wait(request, nullptr, info, deadline, {t});
   }
 };
 
@@ -280,6 +393,12 @@ MpiCommunicator::MpiCommunicator(std::unique_ptr<Impl> impl, int rank, int size)
 }
 
 std::shared_ptr<MpiCommunicator> MpiCommunicator::world() {
+  MpiOptions options;
+  options.reduction_order = reduction_order_from_env(options.reduction_order);
+  return world(options);
+}
+
+std::shared_ptr<MpiCommunicator> MpiCommunicator::world(const MpiOptions& options) {
   Runtime& r = runtime();
   std::lock_guard lock(r.mu);
   int initialized = 0, finalized = 0;
@@ -323,6 +442,18 @@ std::shared_ptr<MpiCommunicator> MpiCommunicator::world() {
   int has_tag_ub = 0;
   DTRAIN_MPI_CHECK(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub, &has_tag_ub));
   if (has_tag_ub && tag_ub) impl->tag_upper_bound = *tag_ub;
+  // Ranks that reduce in different ways would run different collectives and hang; say so now.
+  const int order = static_cast<int>(options.reduction_order);
+  int orders[2] = {order, -order}, extremes[2] = {};
+  DTRAIN_MPI_CHECK(MPI_Allreduce(orders, extremes, 2, MPI_INT, MPI_MAX, impl->comm));
+  if (extremes[0] != -extremes[1]) {
+    MPI_Comm_free(&impl->comm);
+    DTRAIN_THROW(ValueError,
+                 "mpi backend: the ranks were given different reduction orders (rank on some, "
+                 "native on others); set DTRAIN_MPI_REDUCTION_ORDER alike on every rank (mpirun -x "
+                 "DTRAIN_MPI_REDUCTION_ORDER)");
+  }
+  impl->order = options.reduction_order;
   ++r.live;
   const int rank = impl->rank, size = impl->size;
   return std::shared_ptr<MpiCommunicator>(new MpiCommunicator(std::move(impl), rank, size));
@@ -351,13 +482,24 @@ void MpiCommunicator::set_max_chunk_elements(int64_t n) {
   impl_->max_chunk = n;
 }
 
+MpiReductionOrder MpiCommunicator::reduction_order() const { return impl_->order; }
+
 void MpiCommunicator::run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info,
                                      Timeout timeout) {
   impl_->check_usable(info);
   const Deadline deadline = deadline_after(timeout);
   const MPI_Datatype type = mpi_type(t.dtype());
-  const MPI_Op mop = mpi_op(t.dtype(), op);
   const size_t es = dtype_size(t.dtype());
+  if (impl_->order == MpiReductionOrder::kRank) {
+    // Chunks of at most kPackBytes, so the scratch stays that small.
+    const int64_t chunk = std::min<int64_t>(impl_->max_chunk, kPackBytes / es);
+    for_each_chunk(t.numel(), chunk, [&](int64_t offset, int count) {
+      impl_->all_reduce_in_rank_order(bytes(t) + offset * es, count, t.dtype(), op, info, deadline,
+                                      t);
+    });
+    return;
+  }
+  const MPI_Op mop = mpi_op(t.dtype(), op);
   for_each_chunk(t.numel(), impl_->max_chunk, [&](int64_t offset, int count) {
     MPI_Request request;
     DTRAIN_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, bytes(t) + offset * es, count, type, mop,
@@ -386,9 +528,28 @@ void MpiCommunicator::run_reduce(Tensor& t, ReduceOp op, int root, const Collect
   impl_->check_usable(info);
   const Deadline deadline = deadline_after(timeout);
   const MPI_Datatype type = mpi_type(t.dtype());
-  const MPI_Op mop = mpi_op(t.dtype(), op);
   const size_t es = dtype_size(t.dtype());
   const bool is_root = rank() == root;
+  if (impl_->order == MpiReductionOrder::kRank) {
+    // all_reduce's reduce-scatter, then root gathers the reduced chunks.
+    const int64_t chunk = std::min<int64_t>(impl_->max_chunk, kPackBytes / es);
+    std::vector<int> counts, displs;
+    for_each_chunk(t.numel(), chunk, [&](int64_t offset, int count) {
+      char* p = bytes(t) + offset * es;
+      even_parts(count, size(), counts, displs);
+      char* mine = p + size_t(displs[rank()]) * es;
+      impl_->reduce_parts_in_rank_order(p, counts, displs, mine, t.dtype(), op, info, deadline,
+                                        {t});
+      MPI_Request request;
+      DTRAIN_MPI_CHECK(
+          MPI_Igatherv(is_root ? MPI_IN_PLACE : mine, counts[rank()], type, p, counts.data(),
+                       displs.data(), type, root, impl_->comm, &request),
+          info.describe(), " on rank ", rank());
+      impl_->wait(request, nullptr, info, deadline, {t});
+    });
+    return;
+  }
+  const MPI_Op mop = mpi_op(t.dtype(), op);
   for_each_chunk(t.numel(), impl_->max_chunk, [&](int64_t offset, int count) {
     char* p = bytes(t) + offset * es;
     MPI_Request request;
@@ -438,9 +599,32 @@ void MpiCommunicator::run_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp
   impl_->check_usable(info);
   const Deadline deadline = deadline_after(timeout);
   const MPI_Datatype type = mpi_type(out.dtype());
-  const MPI_Op mop = mpi_op(out.dtype(), op);
   const int64_t n = out.numel(), max_chunk = impl_->max_chunk;
   const size_t es = dtype_size(out.dtype());
+  if (impl_->order == MpiReductionOrder::kRank) {
+    // Rank p's block of `in` goes to rank p. Straight from `in` when one call takes it; otherwise
+    // chunk k of every rank's block is packed contiguously first, as below.
+    const int64_t chunk =
+        std::clamp<int64_t>(kPackBytes / static_cast<int64_t>(es) / size(), 1, max_chunk);
+    const bool direct = n <= chunk;
+    Tensor packed = direct ? Tensor() : Tensor({chunk * size()}, in.dtype());
+    std::vector<int> counts(size()), displs(size());
+    for_each_chunk(n, chunk, [&](int64_t offset, int count) {
+      const char* send = direct ? bytes(in) : bytes(packed);
+      for (int r = 0; r < size(); ++r) {
+        counts[r] = count;
+        displs[r] = r * count;
+        if (!direct) {
+          std::memcpy(bytes(packed) + int64_t{r} * count * es, bytes(in) + (r * n + offset) * es,
+                      count * es);
+        }
+      }
+      impl_->reduce_parts_in_rank_order(send, counts, displs, bytes(out) + offset * es, out.dtype(),
+                                        op, info, deadline, {in, out, packed});
+    });
+    return;
+  }
+  const MPI_Op mop = mpi_op(out.dtype(), op);
   if (n <= max_chunk) {
     MPI_Request request;
     DTRAIN_MPI_CHECK(MPI_Ireduce_scatter_block(bytes(in), bytes(out), static_cast<int>(n), type,

@@ -10,12 +10,31 @@
 
 namespace dtrain::dist {
 
+/// The order in which the mpi backend combines the ranks' values in a reduction.
+enum class MpiReductionOrder {
+  /// Each element is reduced as ((r0 + r1) + r2) + ... like the tcp and shared-memory paths, so
+  /// mpirun gives the bits `dtrain launch` gives: an exchange of chunks (each rank reduces one
+  /// chunk in rank order) and an all-gather; small tensors are all-gathered whole and every rank
+  /// reduces them.
+  kRank,
+  /// Open MPI's own algorithms (MPI_Iallreduce, ...): their order depends on the number of ranks,
+  /// the message size and the library, so from 3 ranks on the bits can differ from the other
+  /// backends'.
+  kNative,
+};
+
+struct MpiOptions {
+  /// world() takes it from DTRAIN_MPI_REDUCTION_ORDER=rank|native when that is set. Every rank
+  /// must use the same order; world() checks that they do.
+  MpiReductionOrder reduction_order = MpiReductionOrder::kRank;
+};
+
 /// A communicator over a private duplicate of MPI_COMM_WORLD.
 ///
 /// Collectives run in issue order on the base class's worker thread as nonblocking MPI calls
-/// polled against each call's timeout. float16 and bfloat16 reductions use user-defined MPI
-/// operations that widen each pair of elements to float, reduce, and round back at every step
-/// (like the local backend), so a sum over N ranks is rounded N-1 times.
+/// polled against each call's timeout. float16 and bfloat16 reductions widen each pair of
+/// elements to float, reduce, and round back at every step (like the local backend), so a sum
+/// over N ranks is rounded N-1 times.
 ///
 /// A collective that times out cannot be cancelled in MPI: the communicator is unusable
 /// afterwards (every later call fails at once) and the job should be stopped (abort()). MPI is
@@ -28,7 +47,9 @@ class MpiCommunicator final : public HostCommunicator {
   /// last MpiCommunicator is gone, only if it was this call that initialised it (an application
   /// that initialised MPI itself finalises it, after destroying every MpiCommunicator). Collective:
   /// every rank calls it the same number of times in the same order. Call from one thread at a
-  /// time.
+  /// time. Throws ValueError when the ranks' options differ.
+  static std::shared_ptr<MpiCommunicator> world(const MpiOptions& options);
+  /// world() with the default options, changed by the environment (MpiOptions).
   static std::shared_ptr<MpiCommunicator> world();
 
   ~MpiCommunicator() override;
@@ -42,6 +63,8 @@ class MpiCommunicator final : public HostCommunicator {
   /// this many elements. Defaults to INT_MAX (MPI counts are int); tests lower it to exercise the
   /// chunked paths with small tensors. Set it identically on every rank.
   void set_max_chunk_elements(int64_t n);
+
+  MpiReductionOrder reduction_order() const;
 
  protected:
   /// 0: Open MPI's own shared-memory transport serves training as well. Measured on 2 cores,

@@ -16,7 +16,9 @@
 #include "collective_cases.h"
 #include "dtrain/distributed/backends/mpi/mpi_communicator.h"
 #include "dtrain/distributed/job.h"
+#include "dtrain/distributed/reduce.h"
 #include "dtrain/distributed/registry.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain {
 namespace {
@@ -72,6 +74,106 @@ TEST(MpiCollectives, RoundedResultsAreBitIdenticalOnEveryRank) {
                                        std::string(dtype_name(dtype)));
     }
   }
+}
+
+/// Rank r's input in the rank-order cases: every rank can make every rank's input, and so the
+/// expected result.
+Tensor rank_input(int r, int64_t n, DType dtype) {
+  Tensor t({n});
+  Generator gen(23, r);
+  uniform_(t, -1, 1, gen);
+  return to_dtype(t, dtype);
+}
+
+/// What the tcp backend and shared memory compute: ((x0 + x1) + x2) + ..., then / N for kAvg.
+/// float32 spelled out, the other dtypes through the reduce_into and divide_in_place they use.
+Tensor rank_ordered(const std::vector<Tensor>& xs, ReduceOp op) {
+  const int n = static_cast<int>(xs.size());
+  const int64_t count = xs[0].numel();
+  Tensor out = xs[0].clone();
+  if (out.dtype() == DType::kFloat32) {
+    float* o = out.data<float>();
+    for (int64_t i = 0; i < count; ++i) {
+      float acc = xs[0].data<float>()[i];
+      for (int r = 1; r < n; ++r) acc += xs[r].data<float>()[i];
+      o[i] = op == ReduceOp::kAvg ? acc / static_cast<float>(n) : acc;
+    }
+    return out;
+  }
+  for (int r = 1; r < n; ++r) {
+    dist::reduce_into(out.data_ptr(), xs[r].data_ptr(), count, out.dtype(), ReduceOp::kSum);
+  }
+  if (op == ReduceOp::kAvg) dist::divide_in_place(out.data_ptr(), count, out.dtype(), n);
+  return out;
+}
+
+/// How many elements of a and b differ in their bits (both of one dtype and size).
+int64_t differing_elements(const Tensor& a, const Tensor& b) {
+  const size_t es = dtype_size(a.dtype());
+  const auto* pa = static_cast<const char*>(a.data_ptr());
+  const auto* pb = static_cast<const char*>(b.data_ptr());
+  int64_t differ = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) differ += std::memcmp(pa + i * es, pb + i * es, es) != 0;
+  return differ;
+}
+
+// docs/cluster.md: mpirun gives the bits of `dtrain launch`. From 3 ranks on, Open MPI's own
+// order (DTRAIN_MPI_REDUCTION_ORDER=native) sums in another order and fails this.
+TEST(MpiCollectives, ReductionsSumInTheTcpBackendsRankOrderBitForBit) {
+  const int n = comm().size();
+  // 1001 elements take the all-gather path, 100003 the reduce-scatter one; chunks of 7919
+  // elements split the latter into many calls.
+  for (int64_t max_chunk : {int64_t{INT_MAX}, int64_t{7919}}) {
+    comm().set_max_chunk_elements(max_chunk);
+    for (int64_t count : {int64_t{1001}, int64_t{100003}}) {
+      for (DType dtype : {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16}) {
+        std::vector<Tensor> xs;
+        for (int r = 0; r < n; ++r) xs.push_back(rank_input(r, count, dtype));
+        for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg}) {
+          Tensor t = xs[comm().rank()].clone();
+          comm().all_reduce(t, {op})->wait();
+          EXPECT_EQ(differing_elements(t, rank_ordered(xs, op)), 0)
+              << "all_reduce(" << dist::reduce_op_name(op) << ") " << dtype_name(dtype) << " x "
+              << count << ", max chunk " << max_chunk << ", on rank " << comm().rank();
+        }
+      }
+    }
+  }
+  comm().set_max_chunk_elements(INT_MAX);
+  // reduce_scatter: rank r gets block r of every rank's input, reduced in rank order.
+  const int64_t block = 30011;
+  std::vector<Tensor> ins, mine;
+  for (int r = 0; r < n; ++r) {
+    ins.push_back(rank_input(r, block * n, DType::kFloat32));
+    mine.push_back(ops::slice(ins.back(), 0, block * comm().rank(), block * (comm().rank() + 1)));
+  }
+  Tensor out({block});
+  comm().reduce_scatter(ins[comm().rank()], out, {ReduceOp::kSum})->wait();
+  EXPECT_EQ(differing_elements(out, rank_ordered(mine, ReduceOp::kSum)), 0)
+      << "reduce_scatter on rank " << comm().rank();
+  // reduce to the last rank.
+  std::vector<Tensor> xs;
+  for (int r = 0; r < n; ++r) xs.push_back(rank_input(r, 100003, DType::kFloat32));
+  Tensor t = xs[comm().rank()].clone();
+  comm().reduce(t, {ReduceOp::kAvg, n - 1})->wait();
+  if (comm().rank() == n - 1) {
+    EXPECT_EQ(differing_elements(t, rank_ordered(xs, ReduceOp::kAvg)), 0)
+        << "reduce to rank " << n - 1;
+  }
+}
+
+TEST(MpiCollectives, RanksGivenDifferentReductionOrdersAreRefused) {
+  dist::MpiOptions options;
+  options.reduction_order =
+      comm().rank() == 0 ? dist::MpiReductionOrder::kNative : dist::MpiReductionOrder::kRank;
+  try {
+    MpiCommunicator::world(options);
+    ADD_FAILURE() << "expected different reduction orders to be refused";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.message(), HasSubstr("different reduction orders"));
+  }
+  options.reduction_order = dist::MpiReductionOrder::kNative;
+  EXPECT_EQ(MpiCommunicator::world(options)->reduction_order(), dist::MpiReductionOrder::kNative);
 }
 
 TEST(MpiCollectives, SymmetricBuffersAreSharedMemoryWithTheSameBitsOnEveryRank) {
