@@ -2,6 +2,7 @@
 // and keep the same parameters.
 #include "dtrain/strategies/data_parallel.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -82,6 +83,32 @@ Tensor DataParallelStrategy::forward(nn::Module& model, const Tensor& x) {
 void DataParallelStrategy::set_gradient_sync(bool enabled) { ddp().set_gradient_sync(enabled); }
 
 void DataParallelStrategy::synchronize_gradients(nn::Module&) { ddp().synchronize_gradients(); }
+
+const DdpStepTiming* DataParallelStrategy::last_step_communication() const {
+  return ddp_ ? &ddp_->last_step() : nullptr;
+}
+
+std::vector<std::string> DataParallelStrategy::gather_text(const std::string& text) {
+  // Lengths first, then every replica's bytes padded to the longest, packed into int64 elements.
+  const int world = comm_->size();
+  Tensor length({1}, DType::kInt64);
+  length.data<int64_t>()[0] = static_cast<int64_t>(text.size());
+  Tensor lengths({world}, DType::kInt64);
+  comm_->all_gather(length, lengths)->wait();
+  const std::vector<int64_t> sizes = lengths.to_vector<int64_t>();
+  const int64_t words = (*std::max_element(sizes.begin(), sizes.end()) + 7) / 8;
+  Tensor mine = zeros({std::max<int64_t>(words, 1)}, DType::kInt64);
+  std::memcpy(mine.data_ptr(), text.data(), text.size());
+  Tensor all({mine.numel() * world}, DType::kInt64);
+  comm_->all_gather(mine, all)->wait();
+  if (!is_primary()) return {};
+  std::vector<std::string> out;
+  const char* bytes = static_cast<const char*>(all.data_ptr());
+  for (int r = 0; r < world; ++r) {
+    out.emplace_back(bytes + r * mine.numel() * 8, static_cast<size_t>(sizes[r]));
+  }
+  return out;
+}
 
 void DataParallelStrategy::sum_across_replicas(std::vector<double>& values) {
   if (values.empty()) return;

@@ -35,6 +35,8 @@ class DataParallelStrategy final : public Strategy {
   void step_optimizer(nn::Optimizer& opt) override;
   nn::OptimizerState optimizer_state(nn::Optimizer& opt) override;
   void load_optimizer_state(nn::Optimizer& opt, const nn::OptimizerState& state) override;
+  const DdpStepTiming* last_step_communication() const override;
+  std::vector<std::string> gather_text(const std::string& text) override;
 
  private:
   DistributedDataParallel& ddp();

@@ -88,6 +88,7 @@ struct DistributedDataParallel::State {
   std::vector<size_t> ready_order;            // first step: the order gradients became final
   std::shared_ptr<FinishTimes> finish_times;  // set when collect_stats
   DdpStats stats;
+  DdpStepTiming last_step;
 
   /// Groups parameters in `order` into buckets (one dtype each, first bucket smaller), and makes
   /// every gradient a view into its bucket, keeping the values it had.
@@ -144,7 +145,7 @@ struct DistributedDataParallel::State {
   }
 
   void launch(Bucket& b) {
-    if (finish_times) b.launched = Clock::now();
+    b.launched = Clock::now();
     const int world = comm->size();
     b.scattered = options.reduce_scatter && rebuilt;
     Tensor send = b.flat;
@@ -232,7 +233,9 @@ struct DistributedDataParallel::State {
   void finish() {
     finish_queued_in = 0;
     const bool timed = finish_times != nullptr;
-    const Clock::time_point entered = timed ? Clock::now() : Clock::time_point{};
+    const Clock::time_point entered = Clock::now();
+    last_step.buckets.clear();
+    last_step.wait_began = entered;
     std::vector<std::string> unused;
     for (size_t i = 0; i < params.size(); ++i) {
       if (!ready[i]) unused.push_back(params[i].first);
@@ -274,7 +277,11 @@ struct DistributedDataParallel::State {
     std::vector<std::pair<Clock::time_point, Clock::time_point>> busy;
     for (Bucket& b : buckets) {
       b.work->wait(options.timeout);
-      if (timed) busy.emplace_back(b.launched, finish_times->of(b.work->info().sequence));
+      const Clock::time_point done =
+          timed ? finish_times->of(b.work->info().sequence) : Clock::now();
+      if (timed) busy.emplace_back(b.launched, done);
+      last_step.buckets.push_back(
+          {b.launched, done, static_cast<int64_t>(b.flat.nbytes()), b.scattered});
       b.work.reset();
       if (b.scattered) {
         slice_of(b.flat, comm->rank() * chunk(b), chunk(b)).copy_(b.shard);
@@ -286,6 +293,7 @@ struct DistributedDataParallel::State {
     }
     std::fill(ready.begin(), ready.end(), false);
     next_launch = 0;
+    last_step.exposed_s = seconds(Clock::now() - entered);
     if (timed) record_step(std::move(busy), entered);
     if (!rebuilt) {
       // Buckets follow the order gradients actually became final. Rank 0's order is used
@@ -469,6 +477,8 @@ DistributedDataParallel::NoSync::NoSync(DistributedDataParallel& ddp)
 DistributedDataParallel::NoSync::~NoSync() { ddp_.set_gradient_sync(previous_); }
 
 DdpStats DistributedDataParallel::stats() const { return state_->stats; }
+
+const DdpStepTiming& DistributedDataParallel::last_step() const { return state_->last_step; }
 
 void DistributedDataParallel::reset_stats() { state_->stats = DdpStats{}; }
 

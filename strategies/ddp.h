@@ -3,6 +3,7 @@
 // autograd post-accumulate hook of its last gradient while backward continues.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,22 @@ struct DdpStats {
   double synchronize_s = 0;
   /// The fraction of all-reduce time hidden behind backward: 1 - exposed_s / all_reduce_s.
   double hidden_fraction() const { return all_reduce_s > 0 ? 1.0 - exposed_s / all_reduce_s : 0; }
+};
+
+/// One bucket's reduction in the last synchronised step (DistributedDataParallel::last_step).
+struct BucketTiming {
+  std::chrono::steady_clock::time_point launched, finished;
+  int64_t bytes = 0;
+  bool scattered = false;  // reduce_scatter (strategy.shard_optimizer) rather than all_reduce
+};
+/// Where the last synchronised step's communication went: each bucket's reduction, when
+/// backward's last node ran (the wait for the reductions began), and how long that wait took
+/// (the communication backward did not hide). `finished` is when the communicator's thread
+/// finished the bucket with DdpOptions::collect_stats, else when the wait for it returned.
+struct DdpStepTiming {
+  std::vector<BucketTiming> buckets;
+  std::chrono::steady_clock::time_point wait_began;
+  double exposed_s = 0;
 };
 
 /// Wraps a model. Construction is collective: rank 0's parameters and buffers are broadcast after
@@ -112,6 +129,8 @@ class DistributedDataParallel {
   /// parameters after each rank updated its own elements, or optimiser state for a checkpoint.
   /// Every rank passes the same tensors defined.
   void all_gather_owned(const std::vector<Tensor>& tensors);
+  /// The last synchronised step's reductions (always recorded; a few clock reads per bucket).
+  const DdpStepTiming& last_step() const;
   /// All-reduce timing so far; zeros unless DdpOptions::collect_stats.
   DdpStats stats() const;
   void reset_stats();

@@ -58,6 +58,11 @@ class Strategy {
   virtual void load_optimizer_state(nn::Optimizer& opt, const nn::OptimizerState& state) {
     opt.load_state_dict(state);
   }
+  /// The last synchronised step's gradient reductions (the straggler table, log.trace); null for
+  /// strategies that do not communicate.
+  virtual const DdpStepTiming* last_step_communication() const { return nullptr; }
+  /// Collective: every replica's `text`, in replica order, on the primary; others get {}.
+  virtual std::vector<std::string> gather_text(const std::string& text) { return {text}; }
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
   virtual void sum_across_replicas(std::vector<double>& values) = 0;
   /// The same for one value, started now and finished by calling the result: a decision every

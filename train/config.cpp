@@ -541,6 +541,24 @@ const std::vector<Field>& schema() {
       string_field("log", "progress", DTRAIN_GET(log.progress), {"auto", "bar", "lines", "off"},
                    "Progress display: `auto` redraws a bar on a terminal and prints plain lines "
                    "otherwise."),
+      bool_field(
+          "log",
+          "trace", DTRAIN_GET(log.trace),
+          "Write <log.dir>/trace.json, a Chrome trace (open it in Perfetto or "
+          "chrome://tracing) of `trace_steps` steps: a lane per replica with data wait, "
+          "forward, backward, the wait for gradients, optimiser and checkpoint writes, and a "
+          "lane with each gradient bucket's reduction (bytes, hidden or exposed). Clocks "
+          "are aligned by a barrier at start-up."),
+      int_field("log", "trace_steps", DTRAIN_GET(log.trace_steps), 1, 100000,
+                "Steps the trace covers (its size grows with them)."),
+      int_field("log", "trace_first_step", DTRAIN_GET(log.trace_first_step), 0, INT64_MAX,
+                "First step of the trace; 0: the run's first step (after a resume, the first "
+                "step it takes)."),
+      bool_field("log", "stragglers", DTRAIN_GET(log.stragglers),
+                 "With several replicas, every every_steps: a table per replica (step time p50 "
+                 "and p90, data wait, compute, exposed communication, waiting for the slowest "
+                 "replica) in metrics.jsonl and TensorBoard, naming the slowest replica; a line "
+                 "when it is 25% slower than the median. One small all-reduce each time."),
   };
   return fields;
 }

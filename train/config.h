@@ -113,6 +113,10 @@ struct LogConfig {
   int64_t every_steps = 50;
   bool tensorboard = true;
   std::string progress = "auto";  // auto | bar | lines | off
+  bool trace = false;             // <dir>/trace.json: a Chrome trace of a window of steps
+  int64_t trace_steps = 20;       // steps in the trace window
+  int64_t trace_first_step = 0;   // its first step; 0: the run's first step
+  bool stragglers = true;         // the per-replica straggler table every every_steps
 };
 
 struct Config {

@@ -72,6 +72,41 @@ void MetricsSink::test(int64_t step, int64_t epoch, int64_t epochs, double loss,
   window_start_ = std::chrono::steady_clock::now();
 }
 
+void MetricsSink::stragglers(int64_t step, const StragglerTable& table) {
+  const double ms = 1e3;
+  for (size_t r = 0; r < table.rows.size(); ++r) {
+    const StepSummary& s = table.rows[r].summary;
+    const double waiting = table.rows[r].waiting_s;
+    jsonl_.write({{"step", double(step)},
+                  {"replica", double(r)},
+                  {"step_p50_ms", s.step_p50_s * ms},
+                  {"step_p90_ms", s.step_p90_s * ms},
+                  {"data_wait_ms", s.data_s * ms},
+                  {"compute_ms", s.compute_s * ms},
+                  {"exposed_comm_ms", s.exposed_s * ms},
+                  {"waiting_for_slowest_ms", waiting * ms},
+                  {"slowest", static_cast<int>(r) == table.slowest ? 1.0 : 0.0}});
+    const std::string tag = "stragglers/replica_" + std::to_string(r) + "/";
+    scalar((tag + "step_p50_ms").c_str(), s.step_p50_s * ms, step);
+    scalar((tag + "step_p90_ms").c_str(), s.step_p90_s * ms, step);
+    scalar((tag + "compute_ms").c_str(), s.compute_s * ms, step);
+    scalar((tag + "exposed_comm_ms").c_str(), s.exposed_s * ms, step);
+    scalar((tag + "waiting_for_slowest_ms").c_str(), waiting * ms, step);
+  }
+  scalar("stragglers/slowest_replica", table.slowest, step);
+  if (!table.significant) return;
+  const StepSummary& slow = table.rows[table.slowest].summary;
+  double waiting = 0;
+  for (const StragglerRow& row : table.rows) waiting = std::max(waiting, row.waiting_s);
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "step %" PRId64
+                ": replica %d is the slowest (data wait %.1f ms + compute %.1f ms "
+                "per step; the others wait up to %.1f ms for it)",
+                step, table.slowest, slow.data_s * ms, slow.compute_s * ms, waiting * ms);
+  progress_.message(line);
+}
+
 void MetricsSink::flush() {
   if (tensorboard_) tensorboard_->flush();
 }

@@ -9,6 +9,7 @@
 #include "dtrain/train/config.h"
 #include "dtrain/train/progress.h"
 #include "dtrain/train/summary.h"
+#include "dtrain/train/timeline.h"
 
 namespace dtrain::train {
 
@@ -23,6 +24,10 @@ class MetricsSink {
             double samples_per_step, bool last);
   /// The test split's results at the end of an epoch. Throughput windows exclude evaluation.
   void test(int64_t step, int64_t epoch, int64_t epochs, double loss, double accuracy);
+  /// The straggler table of the window ending at `step`: a record per replica in metrics.jsonl
+  /// ("replica", "step_p50_ms", ..., "slowest"), scalars per replica in TensorBoard
+  /// (stragglers/replica_<r>/...), and a progress line when the slowest replica stands out.
+  void stragglers(int64_t step, const StragglerTable& table);
   /// Makes every record so far readable in the files (metrics.jsonl is flushed per line; this
   /// flushes the event file, which otherwise waits up to kTensorBoardFlushInterval). Called after
   /// each checkpoint, so that what TensorBoard shows is never behind the state a restart resumes.

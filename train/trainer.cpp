@@ -12,9 +12,11 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "dtrain/autograd/grad_mode.h"
 #include "dtrain/nn/clip_grad.h"
@@ -86,12 +88,28 @@ Tensor classification_loss(const Tensor& output, const Tensor& target, double la
   return cross_entropy(output, target, label_smoothing);
 }
 
+namespace {
+
+/// DTRAIN_TEST_SLOW_REPLICA=<replica>:<milliseconds>: that replica's loader takes this much longer
+/// per batch. For tests of the straggler table, which must name a replica slowed on purpose.
+std::chrono::milliseconds slow_replica_delay(int replica) {
+  const char* spec = std::getenv("DTRAIN_TEST_SLOW_REPLICA");
+  if (spec == nullptr) return {};
+  int which = -1;
+  long ms = 0;
+  if (std::sscanf(spec, "%d:%ld", &which, &ms) != 2 || which != replica || ms < 0) return {};
+  return std::chrono::milliseconds(std::min(ms, 10'000L));
+}
+
+}  // namespace
+
 Trainer::Trainer(Config config, std::unique_ptr<Strategy> strategy, TrainerParts parts)
     : config_(std::move(config)), strategy_(std::move(strategy)) {
   DTRAIN_CHECK(strategy_ != nullptr, "Trainer: needs a strategy");
   config_.resolve_run_dirs();
   if (config_.train.threads > 0) cpu::set_num_threads(static_cast<int>(config_.train.threads));
   build(std::move(parts));
+  slow_batches_ = slow_replica_delay(strategy_->rank());
 }
 
 Trainer::~Trainer() = default;
@@ -391,7 +409,9 @@ std::string Trainer::save(const Plan& plan, Position at, Checkpoint kind,
     // Pruning first leaves room for the new file on a nearly full disk; it keeps at least the
     // newest valid checkpoint, so a failed save below still leaves one to resume from.
     prune_checkpoints(t.checkpoint_dir, std::max(keep - 1, 1), at.step - 1);
+    const auto begin = Timeline::Clock::now();
     save_checkpoint(path, snapshot(plan, at, optimizer_state));
+    timeline_.add(Phase::kCheckpoint, begin, Timeline::Clock::now());
     if (keep == 1) prune_checkpoints(t.checkpoint_dir, keep, at.step);
   } catch (const Error& e) {
     if (kind == Checkpoint::kFinal) throw;
@@ -457,13 +477,21 @@ double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
   // reduces the sum, once (reducing each would race the buckets' in-flight all-reduces).
   strategy_->set_gradient_sync(last_of_step);
   const double accum_scale = 1.0 / static_cast<double>(t.grad_accum_steps);
+  const auto begin = Timeline::Clock::now();
   Tensor loss = loss_(strategy_->forward(*model_, b.x), b.y);
+  const auto forward_end = Timeline::Clock::now();
+  timeline_.add(Phase::kForward, begin, forward_end);
   (t.grad_accum_steps > 1 ? loss * accum_scale : loss).backward();
-  return loss.item<double>() * accum_scale;
+  const double value = loss.item<double>() * accum_scale;
+  timeline_.add(Phase::kBackward, forward_end, Timeline::Clock::now());
+  return value;
 }
 
 bool Trainer::optimizer_step(int64_t step) {
   strategy_->synchronize_gradients(*model_);
+  if (const DdpStepTiming* comm = strategy_->last_step_communication())
+    timeline_.add_communication(*comm);
+  const auto begin = Timeline::Clock::now();
   // The reduced gradients are the same on every replica, so all of them skip the same steps.
   if (config_.train.on_nonfinite == "skip_step" && !strategy_->gradients_finite(*model_)) {
     optimizer_->zero_grad();
@@ -477,10 +505,53 @@ bool Trainer::optimizer_step(int64_t step) {
   strategy_->step_optimizer(*optimizer_);
   schedule_->step();
   optimizer_->zero_grad();
+  timeline_.add(Phase::kOptimizer, begin, Timeline::Clock::now());
   const int64_t check_every = config_.strategy.check_parameters_every_steps;
   if (check_every > 0 && step % check_every == 0)
     strategy_->check_parameters_in_sync(*model_, step);
   return true;
+}
+
+void Trainer::report_stragglers(int64_t step, MetricsSink* sink) {
+  const int replicas = strategy_->num_replicas_in_sync();
+  if (!config_.log.stragglers || replicas < 2) return;
+  // A gather through a sum: each replica fills its own row.
+  constexpr size_t kFields = StepSummary::kFields;
+  std::vector<double> rows(kFields * static_cast<size_t>(replicas), 0.0);
+  const auto mine = summarize(timeline_.window()).to_array();
+  std::copy(mine.begin(), mine.end(), rows.begin() + kFields * strategy_->rank());
+  strategy_->sum_across_replicas(rows);
+  timeline_.reset_window();
+  if (!sink) return;
+  std::vector<StepSummary> summaries;
+  for (int r = 0; r < replicas; ++r) summaries.push_back(StepSummary::from(&rows[kFields * r]));
+  sink->stragglers(step, straggler_table(summaries));
+}
+
+void Trainer::write_trace_if_due(int64_t step, bool final) {
+  if (!timeline_.tracing() || trace_written_) return;
+  if (!final && step < timeline_.trace_last_step()) return;
+  trace_written_ = true;
+  if (step < timeline_.trace_first_step()) {  // the same on every replica: no collective
+    if (strategy_->is_primary()) {
+      warn_stderr("log.trace: the run ended at step " + std::to_string(step) +
+                  ", before log.trace_first_step " + std::to_string(timeline_.trace_first_step()) +
+                  "; no trace written");
+    }
+    return;
+  }
+  const std::vector<std::string> events =
+      strategy_->gather_text(timeline_.trace_events(strategy_->rank()));
+  if (!strategy_->is_primary()) return;
+  const std::string path = config_.log.dir + "/trace.json";
+  try {
+    write_chrome_trace(path, events, config_.run_id());
+    std::printf("trace of steps %" PRId64 "-%" PRId64 " written to %s (open it in Perfetto)\n",
+                timeline_.trace_first_step(), std::min(timeline_.trace_last_step(), step),
+                path.c_str());
+  } catch (const Error& e) {
+    warn_stderr("log.trace: trace not written, training goes on: " + e.message());
+  }
 }
 
 void Trainer::report_optimizer_shard() {
@@ -525,10 +596,17 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
   int accumulated = 0;
   double step_loss = 0;
   data::Batch b;
-  while (at.step < plan.stop_step && at.batch_in_epoch < plan.batches_per_epoch_used &&
-         loader.next(b)) {
-    const bool last_of_step = accumulated + 1 == t.grad_accum_steps;
+  auto next_batch = [&] {
+    const auto begin = Timeline::Clock::now();
+    if (!loader.next(b)) return false;
+    if (slow_batches_.count() > 0) std::this_thread::sleep_for(slow_batches_);
     on_device(b);
+    timeline_.add(Phase::kDataWait, begin, Timeline::Clock::now());
+    return true;
+  };
+  while (at.step < plan.stop_step && at.batch_in_epoch < plan.batches_per_epoch_used &&
+         next_batch()) {
+    const bool last_of_step = accumulated + 1 == t.grad_accum_steps;
     try {
       step_loss += train_micro_batch(b, last_of_step);
     } catch (const ValueError& e) {
@@ -555,6 +633,9 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
                    "such steps)");
     }
     const bool last = at.step >= plan.stop_step;
+    timeline_.end_step(Timeline::Clock::now());
+    if (at.step % config_.log.every_steps == 0 || last) report_stragglers(at.step, sink);
+    write_trace_if_due(at.step, false);
     if (sink) {
       sink->step(at.step, at.epoch, plan.epochs, step_loss, optimizer_->lr(),
                  static_cast<double>(plan.batch * t.grad_accum_steps * plan.replicas), last);
@@ -637,6 +718,17 @@ TrainResult Trainer::run() {
     sink = std::make_unique<MetricsSink>(config_, p.total_steps, resumed.has_value());
   }
 
+  timeline_ =
+      Timeline(config_.log.trace_first_step > 0 ? config_.log.trace_first_step : at.step + 1,
+               config_.log.trace ? config_.log.trace_steps : 0);
+  timeline_.start_after(at.step);
+  if (config_.log.trace) {
+    // Clocks aligned: every replica takes time 0 as it leaves the second of two barriers.
+    std::vector<double> barrier = {0};
+    strategy_->sum_across_replicas(barrier);
+    strategy_->sum_across_replicas(barrier);
+    timeline_.set_origin(Timeline::Clock::now());
+  }
   TrainResult result;
   int64_t samples = 0;
   double train_seconds = 0;
@@ -683,6 +775,7 @@ TrainResult Trainer::run() {
     stop_vote_();
     stop_vote_ = nullptr;
   }
+  write_trace_if_due(at.step, true);
   if (sink) sink->finish();
   if (config_.strategy.shard_optimizer) report_optimizer_shard();
   result.stopped_by_signal = stop_signal_;

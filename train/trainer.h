@@ -5,6 +5,7 @@
 // its state, then epochs of steps, each epoch ending in an evaluation.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "dtrain/train/config.h"
 #include "dtrain/train/models.h"
 #include "dtrain/train/registry.h"
+#include "dtrain/train/timeline.h"
 
 namespace dtrain::train {
 
@@ -140,6 +142,11 @@ class Trainer {
   bool stop_agreed();
   /// Collective: prints, on the primary, the optimiser state this replica keeps and the whole.
   void report_optimizer_shard();
+  /// Collective, every log.every_steps: the straggler table of the steps since the last one.
+  void report_stragglers(int64_t step, MetricsSink* sink);
+  /// Collective: the Chrome trace (log.trace) once its window is complete, or at the end
+  /// (`final`) if the run ended first.
+  void write_trace_if_due(int64_t step, bool final);
   /// Everything a checkpoint at `at` holds.
   CheckpointData snapshot(const Plan& plan, Position at,
                           const nn::OptimizerState& optimizer_state) const;
@@ -164,6 +171,9 @@ class Trainer {
   Checkpoint checkpoint_after_evaluation_ = Checkpoint::kNone;
   std::function<double()> stop_vote_;  // the pending vote of the step before
   int stop_signal_ = 0;                // set when the replicas agreed to stop
+  Timeline timeline_;
+  std::chrono::milliseconds slow_batches_{0};  // DTRAIN_TEST_SLOW_REPLICA
+  bool trace_written_ = false;
 };
 
 }  // namespace dtrain::train
