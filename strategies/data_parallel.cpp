@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <sstream>
+#include <utility>
 
 #include "dtrain/strategies/sync_batch_norm.h"
 #include "dtrain/tensor/check.h"
@@ -82,7 +85,50 @@ Tensor DataParallelStrategy::forward(nn::Module& model, const Tensor& x) {
 
 void DataParallelStrategy::set_gradient_sync(bool enabled) { ddp().set_gradient_sync(enabled); }
 
-void DataParallelStrategy::synchronize_gradients(nn::Module&) { ddp().synchronize_gradients(); }
+void DataParallelStrategy::synchronize_gradients(nn::Module&) {
+  ddp().synchronize_gradients();
+  if (options_.bucket_cap_auto && !tuned_) tune_bucket_cap();
+}
+
+void DataParallelStrategy::tune_bucket_cap() {
+  constexpr size_t kTrials = std::size(kBucketCapTrials);
+  const int64_t step = ++synchronized_steps_;
+  // The first steps settle the buckets' order and warm up; every replica counts the same steps,
+  // so every replica changes the cap at the same one.
+  if (step < kWarmupSteps) return;
+  if (step > kWarmupSteps) {
+    trial_exposed_s_ += ddp_->last_step().exposed_s;
+    if ((step - kWarmupSteps) % kStepsPerTrial != 0) return;
+    trials_.push_back({ddp_->bucket_cap_mb(), trial_exposed_s_ / kStepsPerTrial * 1e3});
+    trial_exposed_s_ = 0;
+  }
+  if (trials_.size() < kTrials) {
+    ddp_->set_bucket_cap_mb(kBucketCapTrials[trials_.size()]);
+    return;
+  }
+  // Every replica measured its own exposed time: decide on the mean, the same everywhere.
+  std::vector<double> exposed;
+  for (const BucketCapTrial& t : trials_) exposed.push_back(t.exposed_ms);
+  sum_across_replicas(exposed);
+  size_t best = 0;
+  std::ostringstream table;
+  table << "strategy.bucket_cap_mb auto: exposed communication per step, averaged over "
+        << kStepsPerTrial << " steps and " << comm_->size() << " replicas:";
+  for (size_t i = 0; i < trials_.size(); ++i) {
+    trials_[i].exposed_ms = exposed[i] / comm_->size();
+    if (trials_[i].exposed_ms < trials_[best].exposed_ms) best = i;
+    char entry[64];
+    std::snprintf(entry, sizeof entry, " %g MiB %.3f ms;", trials_[i].cap_mb,
+                  trials_[i].exposed_ms);
+    table << entry;
+  }
+  table << " keeping " << trials_[best].cap_mb << " MiB";
+  ddp_->set_bucket_cap_mb(trials_[best].cap_mb);
+  tuned_ = true;
+  if (is_primary()) message_ = table.str();
+}
+
+std::string DataParallelStrategy::take_message() { return std::exchange(message_, std::string()); }
 
 const DdpStepTiming* DataParallelStrategy::last_step_communication() const {
   return ddp_ ? &ddp_->last_step() : nullptr;

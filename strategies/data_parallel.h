@@ -12,6 +12,12 @@
 
 namespace dtrain {
 
+/// One trial of strategy.bucket_cap_mb: auto.
+struct BucketCapTrial {
+  double cap_mb = 0;
+  double exposed_ms = 0;  // per step, averaged over the trial's steps and the replicas
+};
+
 class DataParallelStrategy final : public Strategy {
  public:
   /// `name` is the configured strategy.type; `comm` spans every replica of the job.
@@ -37,16 +43,33 @@ class DataParallelStrategy final : public Strategy {
   void load_optimizer_state(nn::Optimizer& opt, const nn::OptimizerState& state) override;
   const DdpStepTiming* last_step_communication() const override;
   std::vector<std::string> gather_text(const std::string& text) override;
+  std::string take_message() override;
+
+  /// bucket_cap_mb: auto: the caps tried (MiB), in order; each for kStepsPerTrial steps after
+  /// kWarmupSteps.
+  static constexpr double kBucketCapTrials[] = {1, 4, 16, 64};
+  static constexpr int kWarmupSteps = 2, kStepsPerTrial = 5;
+  /// The trials so far, with their agreed exposed times once all have run.
+  const std::vector<BucketCapTrial>& bucket_cap_trials() const { return trials_; }
+  /// The bucket cap in use, MiB.
+  double bucket_cap_mb() const { return ddp_ ? ddp_->bucket_cap_mb() : options_.ddp.bucket_cap_mb; }
 
  private:
   DistributedDataParallel& ddp();
   /// The sharded optimiser over `opt` (made on first use); throws if `opt` changes.
   ShardedOptimizer& sharded(nn::Optimizer& opt);
+  /// After each synchronised step with bucket_cap_mb: auto: runs the trials, then keeps the best.
+  void tune_bucket_cap();
   std::string name_;
   StrategyOptions options_;
   dist::CommunicatorPtr comm_;
   std::unique_ptr<DistributedDataParallel> ddp_;
   std::unique_ptr<ShardedOptimizer> sharded_;
+  int64_t synchronized_steps_ = 0;
+  double trial_exposed_s_ = 0;
+  std::vector<BucketCapTrial> trials_;
+  bool tuned_ = false;
+  std::string message_;
 };
 
 }  // namespace dtrain

@@ -490,6 +490,23 @@ std::vector<Tensor> DistributedDataParallel::parameters() const {
 
 bool DistributedDataParallel::buckets_settled() const { return state_->rebuilt; }
 
+void DistributedDataParallel::set_bucket_cap_mb(double mb) {
+  State& s = *state_;
+  DTRAIN_CHECK(mb > 0, "DistributedDataParallel::set_bucket_cap_mb: ", mb, " MiB; must be > 0");
+  DTRAIN_CHECK(!options_.reduce_scatter,
+               "DistributedDataParallel::set_bucket_cap_mb: the buckets of a sharded optimiser "
+               "(reduce_scatter) cannot change");
+  for (const Bucket& b : s.buckets) {
+    DTRAIN_CHECK(!b.work && b.pending == static_cast<int>(b.params.size()),
+                 "DistributedDataParallel::set_bucket_cap_mb: called during a step");
+  }
+  std::vector<size_t> order;
+  for (const Bucket& b : s.buckets) order.insert(order.end(), b.params.begin(), b.params.end());
+  options_.bucket_cap_mb = mb;
+  s.options.bucket_cap_mb = mb;
+  s.build_buckets(order);
+}
+
 std::vector<nn::ElementRange> DistributedDataParallel::owned_elements() const {
   std::vector<nn::ElementRange> out;
   for (size_t i = 0; i < state_->params.size(); ++i) out.push_back(state_->owned(i));

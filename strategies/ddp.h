@@ -129,6 +129,11 @@ class DistributedDataParallel {
   /// parameters after each rank updated its own elements, or optimiser state for a checkpoint.
   /// Every rank passes the same tensors defined.
   void all_gather_owned(const std::vector<Tensor>& tensors);
+  /// Regroups the gradients into buckets of at most `mb` MiB after the first, in the current
+  /// order, keeping their values. Between steps only (no reduction in flight), at the same step on
+  /// every rank; not with reduce_scatter (the shards would move under the optimiser's state).
+  void set_bucket_cap_mb(double mb);
+  double bucket_cap_mb() const { return options_.bucket_cap_mb; }
   /// The last synchronised step's reductions (always recorded; a few clock reads per bucket).
   const DdpStepTiming& last_step() const;
   /// All-reduce timing so far; zeros unless DdpOptions::collect_stats.

@@ -61,6 +61,9 @@ class Strategy {
   /// The last synchronised step's gradient reductions (the straggler table, log.trace); null for
   /// strategies that do not communicate.
   virtual const DdpStepTiming* last_step_communication() const { return nullptr; }
+  /// A line for the run's output that the strategy has to report (on the primary), once; "" when
+  /// there is none. Polled by the Trainer after each step.
+  virtual std::string take_message() { return ""; }
   /// Collective: every replica's `text`, in replica order, on the primary; others get {}.
   virtual std::vector<std::string> gather_text(const std::string& text) { return {text}; }
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
@@ -112,6 +115,9 @@ struct StrategyOptions {
   /// SyncBatchNorm: every BatchNorm layer normalises with the global batch's statistics
   /// (model.sync_batch_norm; data-parallel strategies).
   bool sync_batch_norm = false;
+  /// strategy.bucket_cap_mb: auto — DDP tries bucket caps over the first steps, the same trials
+  /// on every replica, and keeps the one with the least exposed communication.
+  bool bucket_cap_auto = false;
   DdpOptions ddp;  // its timeout is strategy.timeout_s, also the watchdog's
 };
 

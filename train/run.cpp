@@ -49,6 +49,13 @@ TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerPart
         "multi_worker_mirrored, or set strategy.shard_optimizer=false",
         __FILE__, __LINE__);
   }
+  if (config.strategy.bucket_cap_auto && config.strategy.shard_optimizer) {
+    throw ConfigError(
+        "strategy.bucket_cap_mb: auto tries bucket sizes while training, and "
+        "strategy.shard_optimizer keeps each replica's optimiser state for fixed buckets; give "
+        "bucket_cap_mb a size, or turn shard_optimizer off",
+        __FILE__, __LINE__);
+  }
   if (config.train.checkpoint_on_signal) install_stop_signal_handlers();
   const int replicas = kind.replicas_per_process(config.strategy);
   // Placement first: a GPU that cannot be used is a config error before any collective.

@@ -634,6 +634,10 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
     }
     const bool last = at.step >= plan.stop_step;
     timeline_.end_step(Timeline::Clock::now());
+    if (const std::string message = strategy_->take_message(); !message.empty()) {
+      std::printf("%s\n", message.c_str());
+      std::fflush(stdout);
+    }
     if (at.step % config_.log.every_steps == 0 || last) report_stragglers(at.step, sink);
     write_trace_if_due(at.step, false);
     if (sink) {

@@ -17,6 +17,7 @@
 namespace dtrain {
 namespace {
 
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testutil::CommandResult;
@@ -122,6 +123,25 @@ TEST(Stragglers, AReplicaSlowedOnPurposeIsNamedInTheTableAndTheOutput) {
   }
   EXPECT_EQ(rows, 2 * 4);
   EXPECT_EQ(flagged, 4);
+}
+
+TEST(BucketCapAuto, LaunchedWorkersPrintTheTrialTableAndEndLikeAFixedCap) {
+  RunDir tuned, fixed;
+  const CommandResult t = tuned.launch("", "strategy.bucket_cap_mb=auto");
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  EXPECT_THAT(t.output, HasSubstr("strategy.bucket_cap_mb auto: exposed communication per step"));
+  EXPECT_THAT(t.output, ContainsRegex("1 MiB [0-9.]+ ms; 4 MiB [0-9.]+ ms; 16 MiB [0-9.]+ ms; 64 "
+                                      "MiB [0-9.]+ ms; keeping [0-9]+ MiB"));
+  const CommandResult f = fixed.launch("", "strategy.bucket_cap_mb=4");
+  ASSERT_EQ(f.exit_code, 0) << f.output;
+  // Bucketing groups the same per-element sums: the final lines agree to the last digit.
+  const auto final_of = [](const std::string& out) { return out.substr(out.find("final:"), 56); };
+  EXPECT_EQ(final_of(t.output), final_of(f.output));
+  // With a sharded optimiser the buckets must stay fixed: refused before training.
+  const CommandResult z =
+      tuned.launch("", "strategy.bucket_cap_mb=auto strategy.shard_optimizer=true");
+  EXPECT_NE(z.exit_code, 0);
+  EXPECT_THAT(z.output, HasSubstr("give bucket_cap_mb a size, or turn shard_optimizer off"));
 }
 
 TEST(Stragglers, OneReplicaWritesNoTable) {
