@@ -29,6 +29,16 @@ std::string seconds_text(milliseconds ms) {
   return text;
 }
 
+/// "all_reduce(sum) float32 x 16": what ranks must agree on for a collective.
+std::string call_text(const CollectiveInfo& info) {
+  std::string out = info.kind;
+  out += ' ';
+  out += dtype_name(info.dtype);
+  out += " x ";
+  out += std::to_string(info.count);
+  return out;
+}
+
 std::string ranks_text(const std::vector<int>& ranks) {
   std::string out;
   for (int r : ranks) {
@@ -89,6 +99,7 @@ void Watchdog::on_start(int, const CollectiveInfo& info) {
   started_at_ = Clock::now();
   stall_reported_ = false;
   last_started_ = info.sequence;
+  last_started_info_ = info;
 }
 
 void Watchdog::on_finish(int, const CollectiveInfo& info) {
@@ -98,11 +109,12 @@ void Watchdog::on_finish(int, const CollectiveInfo& info) {
   last_finished_ = info.sequence;
 }
 
-void Watchdog::publish(uint64_t started, uint64_t finished, uint64_t tick) {
+void Watchdog::publish(uint64_t started, uint64_t finished, uint64_t tick,
+                       const std::string& call) {
   try {
-    store_->set(
-        options_.key_prefix + std::to_string(rank_),
-        std::to_string(started) + " " + std::to_string(finished) + " " + std::to_string(tick));
+    store_->set(options_.key_prefix + std::to_string(rank_), std::to_string(started) + " " +
+                                                                 std::to_string(finished) + " " +
+                                                                 std::to_string(tick) + " " + call);
     publish_failed_ = false;
   } catch (const std::exception& e) {
     // Losing the store must not take training down. Said once: a client whose request timed out
@@ -124,10 +136,11 @@ void Watchdog::publish_loop() {
     if (stop_) return;
     publish_pending_ = false;
     const uint64_t started = last_started_, finished = last_finished_, tick = tick_;
+    const std::string call = started ? call_text(last_started_info_) : "";
     // The Store round trip happens without the lock: a slow Store must never hold up the
     // collectives, whose observer calls take it, nor the watchdog's clock.
     lock.unlock();
-    publish(started, finished, tick);
+    publish(started, finished, tick, call);
     lock.lock();
   }
 }
@@ -136,7 +149,7 @@ std::vector<Watchdog::Record> Watchdog::read_records(const CollectiveInfo& info)
   std::vector<Record> records(size_);
   {
     std::lock_guard lock(mu_);
-    records[rank_] = {true, "", info.sequence, last_finished_, tick_};
+    records[rank_] = {true, "", info.sequence, last_finished_, tick_, call_text(info)};
   }
   for (int r = 0; r < size_; ++r) {
     if (r == rank_) continue;
@@ -152,6 +165,7 @@ std::vector<Watchdog::Record> Watchdog::read_records(const CollectiveInfo& info)
       if (v) {
         std::istringstream in(*v);
         in >> rec.started >> rec.finished >> rec.tick;
+        std::getline(in >> std::ws, rec.call);
       }
     } catch (const std::exception&) {
       // A client whose request timed out fails every later call at once: one slow answer costs
@@ -171,16 +185,26 @@ std::string Watchdog::build_report(const CollectiveInfo& info, milliseconds wait
                                    std::string* verdict) {
   const std::vector<Record> records = read_records(info);
   std::ostringstream table;
-  std::vector<int> behind, silent;
+  std::vector<int> behind, silent, mismatched;
+  const std::string& mine = records[rank_].call;
+  std::string calls;  // "rank 1: broadcast(root 0) float32 x 16; ..." of the mismatched ranks
   for (int r = 0; r < size_; ++r) {
     const Record& rec = records[r];
     table << "\n  rank " << r << ": ";
+    // A rank that called something else as this sequence number (op, dtype or count): a program
+    // error that hangs or mixes data, whatever the backend.
+    const bool differs = rec.known && r != rank_ && rec.started == info.sequence &&
+                         !rec.call.empty() && rec.call != mine;
+    if (differs) {
+      mismatched.push_back(r);
+      calls += "; rank " + std::to_string(r) + ": " + rec.call;
+    }
     if (!rec.known) {
       table << rec.why_unknown;
       // The Store lives in that rank's process: when it does not answer, neither does the rank.
       if (r == options_.store_host_rank && rec.why_unknown.find("answer") != std::string::npos) {
         silent.push_back(r);
-        table << "  <- hosts the store and does not answer: stopped or hung";
+        table << "  <- hosts the store and does not answer: stopped, hung or cut off";
       }
       continue;
     }
@@ -194,10 +218,12 @@ std::string Watchdog::build_report(const CollectiveInfo& info, milliseconds wait
       silent.push_back(r);
       table << "no progress report for " << seconds_text(probe_age)
             << " or more; its last: started #" << rec.started << ", finished #" << rec.finished
-            << "  <- not responding: stopped or hung";
+            << "  <- not responding: stopped, hung or cut off";
+      if (differs) table << "; called #" << info.sequence << " as " << rec.call;
       continue;
     }
     table << "last started #" << rec.started << ", last finished #" << rec.finished;
+    if (differs) table << "  <- called #" << info.sequence << " as " << rec.call;
     if (rec.started < info.sequence) {
       behind.push_back(r);
       table << "  <- has not reached #" << info.sequence;
@@ -206,18 +232,24 @@ std::string Watchdog::build_report(const CollectiveInfo& info, milliseconds wait
   std::ostringstream os;
   os << "rank " << rank_ << ": " << info.describe() << " has waited " << waited.count() / 1000.0
      << " s; ";
+  if (!mismatched.empty()) {
+    os << "ranks called different collectives as #" << info.sequence
+       << " (every rank must issue the same collectives, in the same order): rank " << rank_ << ": "
+       << mine << calls << "; ";
+  }
   if (!behind.empty() || silent.empty()) {
     os << "ranks that have not reached it: "
        << (behind.empty() ? "none known" : ranks_text(behind));
   }
   if (!silent.empty()) {
     os << (behind.empty() ? "" : "; ")
-       << "ranks that stopped responding before finishing it (stopped or hung): "
+       << "ranks that stopped responding before finishing it (stopped, hung or cut off): "
        << ranks_text(silent);
   }
   os << table.str();
   if (verdict) {
     *verdict = "behind=" + ranks_text(behind) + ";silent=" + ranks_text(silent) +
+               ";mismatch=" + ranks_text(mismatched) +
                ";sequence=" + std::to_string(info.sequence) + ";reporter=" + std::to_string(rank_);
   }
   return os.str();

@@ -28,7 +28,8 @@ struct WatchdogOptions {
   /// How often the watchdog thread looks and publishes progress (every time, also when nothing
   /// changed: a record that stops changing means its process stopped).
   std::chrono::milliseconds poll{500};
-  /// Store key prefix of the progress records ("<prefix><rank>" = "<started> <finished> <tick>")
+  /// Store key prefix of the progress records ("<prefix><rank>" = "<started> <finished> <tick>
+  /// <the started collective's kind, dtype and count>")
   /// and of the verdict the first fatal report leaves ("<prefix>hang", see hang_key).
   std::string key_prefix = "dtrain/progress/";
   /// The rank whose process hosts the Store (rank 0 under mpirun, srun and a `cluster:` job),
@@ -46,9 +47,9 @@ std::chrono::milliseconds watchdog_timeout(std::chrono::milliseconds collective_
 
 /// The Store key of the verdict of attempt `restart_count` of a job (the key_prefix Job gives its
 /// watchdogs, + "hang"), which the first fatal report of the attempt writes. Its value, one line
-/// "behind=1 3;silent=2;sequence=925;reporter=0" (the ranks that have not reached collective #925,
-/// those that stopped responding before finishing it, and the rank that reports), then the
-/// report.
+/// "behind=1 3;silent=2;mismatch=;sequence=925;reporter=0" (the ranks that have not reached
+/// collective #925, those that stopped responding before finishing it, those that called another
+/// collective as #925, and the rank that reports), then the report.
 std::string hang_key(int restart_count);
 
 /// Install as the communicator's observer. Thread-safe. The default action on timeout prints the
@@ -71,7 +72,7 @@ class Watchdog final : public CollectiveObserver {
   /// The table for an in-flight collective: every rank's last started and finished sequence
   /// number and the ranks that have not reached `info`. The watchdog's own reports also name the
   /// ranks whose record stopped changing (they read everyone's records once before, early
-  /// enough): stopped or hung, whether before or inside `info`.
+  /// enough): stopped, hung or cut off from the Store, whether before or inside `info`.
   std::string report(const CollectiveInfo& info, std::chrono::milliseconds waited);
 
  private:
@@ -80,6 +81,7 @@ class Watchdog final : public CollectiveObserver {
     bool known = false;
     std::string why_unknown;
     uint64_t started = 0, finished = 0, tick = 0;
+    std::string call;  // "all_reduce(sum) float32 x 16": what it called as #started
   };
   /// Every rank's record (this rank's from memory).
   std::vector<Record> read_records(const CollectiveInfo& info);
@@ -91,7 +93,7 @@ class Watchdog final : public CollectiveObserver {
   void loop();
   void publish_loop();
   /// Writes this rank's progress to the Store (the publisher's thread only; without mu_).
-  void publish(uint64_t started, uint64_t finished, uint64_t tick);
+  void publish(uint64_t started, uint64_t finished, uint64_t tick, const std::string& call);
   const int rank_, size_;
   const WatchdogOptions options_;
   std::shared_ptr<StoreClient> store_, report_store_;
@@ -103,6 +105,7 @@ class Watchdog final : public CollectiveObserver {
   std::chrono::steady_clock::time_point started_at_;
   bool stall_reported_ = false;
   uint64_t last_started_ = 0, last_finished_ = 0;
+  CollectiveInfo last_started_info_;  // what #last_started_ was, for the mismatch check
   // What the publisher is to write next (guarded by mu_): the loop raises tick_ every poll.
   uint64_t tick_ = 0;
   bool publish_pending_ = false;

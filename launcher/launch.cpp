@@ -208,6 +208,8 @@ class Launcher {
   sigset_t old_mask_{};
   int interrupted_by_ = 0;
   int world_size_ = 0, rank_offset_ = 0;
+  // Per node of the current attempt: its host and first global rank (node order).
+  std::vector<std::pair<std::string, int>> nodes_;
   std::vector<Worker> workers_;
 };
 
@@ -298,6 +300,7 @@ void Launcher::rendezvous(int attempt) {
   }
   world_size_ = 0;
   rank_offset_ = 0;
+  nodes_.clear();
   std::vector<std::string> node0;
   std::string mismatch;
   for (int k = 0; k < o_.nnodes; ++k) {
@@ -316,6 +319,7 @@ void Launcher::rendezvous(int attempt) {
       }
     }
     const int nproc = std::stoi(fields[4]);
+    nodes_.emplace_back(fields[0], world_size_);
     if (k < o_.node_rank) rank_offset_ += nproc;
     world_size_ += nproc;
   }
@@ -611,7 +615,11 @@ std::optional<std::string> Launcher::describe_hang(int attempt, const Worker& re
     const bool local = rank >= rank_offset_ && rank < rank_offset_ + o_.nproc_per_node;
     if (i > 0) os << "\n  also ";
     if (!local) {
-      os << "rank " << rank << " (on another node) " << what;
+      // The node whose first rank is the last one not above `rank`.
+      size_t node = 0;
+      while (node + 1 < nodes_.size() && nodes_[node + 1].second <= rank) ++node;
+      os << "rank " << rank << " on node " << node << " (host "
+         << (node < nodes_.size() ? nodes_[node].first : "?") << ") " << what;
     } else if (i > 0) {
       const Worker& w = workers_[rank - rank_offset_];
       os << "rank " << rank << " (pid " << w.pid << ") " << what << process_state_text(w.pid);
@@ -691,13 +699,14 @@ Outcome Launcher::monitor(int attempt) {
       if (WIFEXITED(w.status) && WEXITSTATUS(w.status) == 0) continue;
       all_done = false;
       drain(w, true);  // its last words are the most useful part of the report
-      // A worker that ended a hung collective is not the cause: its watchdog names the ranks.
-      if (WIFEXITED(w.status) && WEXITSTATUS(w.status) == dist::kWatchdogExitCode) {
-        if (auto hang = describe_hang(attempt, w)) return fail(*hang, /*hang=*/true);
-      }
       const std::string what = WIFSIGNALED(w.status)
                                    ? "was killed by " + signal_text(WTERMSIG(w.status))
                                    : "exited with status " + std::to_string(WEXITSTATUS(w.status));
+      // A worker that ended a hung collective is not the cause: its watchdog names the ranks.
+      if (WIFEXITED(w.status) && WEXITSTATUS(w.status) == dist::kWatchdogExitCode) {
+        const auto hang = describe_hang(attempt, w);
+        return fail(hang ? *hang : describe_failure(w, what), /*hang=*/true);
+      }
       const bool consequence = !WIFSIGNALED(w.status) &&
                                std::any_of(w.tail.begin(), w.tail.end(), [](const std::string& l) {
                                  return l.find("closed the connection") != std::string::npos ||

@@ -121,9 +121,10 @@ class HangReport : public ::testing::Test {
     // The healthy rank 0 reports: rank 1 either had not reached the collective or stopped
     // inside it, depending on where SIGSTOP caught it.
     EXPECT_THAT(out, HasSubstr("watchdog timeout")) << out;
-    EXPECT_THAT(out,
-                AnyOf(HasSubstr("ranks that have not reached it: 1\n"),
-                      HasSubstr("stopped responding before finishing it (stopped or hung): 1")))
+    EXPECT_THAT(
+        out,
+        AnyOf(HasSubstr("ranks that have not reached it: 1\n"),
+              HasSubstr("stopped responding before finishing it (stopped, hung or cut off): 1")))
         << out;
     // Not the collective's own anonymous timeout error.
     EXPECT_THAT(out, ::testing::Not(HasSubstr("did not complete within"))) << out;

@@ -143,16 +143,49 @@ TEST(Watchdog, RankWhoseRecordStopsChangingIsNamedAsNotResponding) {
   dist::Watchdog dog(0, 2, o, client_of(server), [&](const std::string& r) { timeouts.add(r); });
   comms[0]->add_observer(&dog);
   Tensor a = zeros({8});
-  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 3000ms});
+  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 1500ms});
   ASSERT_TRUE(timeouts.wait_for_count(1, 10s)) << "the watchdog did not fire";
   const std::string& rep = timeouts.items[0];
   EXPECT_THAT(rep, HasSubstr("collective #1 all_reduce(sum) float32 x 8"));
-  EXPECT_THAT(rep, HasSubstr("ranks that stopped responding before finishing it (stopped or "
-                             "hung): 1"));
+  EXPECT_THAT(rep, HasSubstr("ranks that stopped responding before finishing it (stopped, "
+                             "hung or cut off): 1"));
   EXPECT_THAT(rep, HasSubstr("rank 1: no progress report for"));
   const auto verdict = reader->try_get(o.key_prefix + "hang");
   ASSERT_TRUE(verdict.has_value());
-  EXPECT_THAT(*verdict, ::testing::StartsWith("behind=;silent=1;sequence=1;reporter=0\n"));
+  EXPECT_THAT(*verdict,
+              ::testing::StartsWith("behind=;silent=1;mismatch=;sequence=1;reporter=0\n"));
+  EXPECT_THROW(w->wait(10s), Error);
+  comms[0]->remove_observer(&dog);
+}
+
+// A rank that called another collective as the same sequence number (here another op and count)
+// is named with both calls, whatever the backend: the watchdogs compare what each rank published
+// it started. Rank 1's record is written by the test, as rank 1's watchdog would.
+TEST(Watchdog, RanksThatCallDifferentCollectivesAreNamedWithTheirCalls) {
+  dist::StoreServerOptions so;
+  so.token = kToken;
+  dist::StoreServer server(so);
+  auto comms = dist::make_local_group(2);
+  dist::WatchdogOptions o;
+  o.timeout = 600ms;
+  o.stall_warning = 10s;
+  o.poll = 20ms;
+  auto reader = client_of(server);
+  reader->set(o.key_prefix + "1", "1 0 3 all_reduce(max) float32 x 16");
+  Reports timeouts;
+  dist::Watchdog dog(0, 2, o, client_of(server), [&](const std::string& r) { timeouts.add(r); });
+  comms[0]->add_observer(&dog);
+  Tensor a = zeros({8});
+  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 1500ms});
+  ASSERT_TRUE(timeouts.wait_for_count(1, 10s)) << "the watchdog did not fire";
+  EXPECT_THAT(timeouts.items[0],
+              HasSubstr("ranks called different collectives as #1 (every rank must issue the same "
+                        "collectives, in the same order): rank 0: all_reduce(sum) float32 x 8; "
+                        "rank 1: all_reduce(max) float32 x 16"));
+  EXPECT_THAT(timeouts.items[0], HasSubstr("called #1 as all_reduce(max) float32 x 16"));
+  const auto verdict = reader->try_get(o.key_prefix + "hang");
+  ASSERT_TRUE(verdict.has_value());
+  EXPECT_THAT(*verdict, HasSubstr(";mismatch=1;"));
   EXPECT_THROW(w->wait(10s), Error);
   comms[0]->remove_observer(&dog);
 }
@@ -202,21 +235,21 @@ TEST(Watchdog, StoppedStoreHostIsNamedAndTheReportStillComesInTime) {
   o.store_host_rank = 1;
   Reports timeouts;
   dist::Watchdog dog(
-      0, 2, o, client(5000ms), [&](const std::string& r) { timeouts.add(r); }, nullptr,
+      0, 2, o, client(2000ms), [&](const std::string& r) { timeouts.add(r); }, nullptr,
       client(300ms));
   comms[0]->add_observer(&dog);
   ASSERT_EQ(::kill(host, SIGSTOP), 0);
   const auto start = std::chrono::steady_clock::now();
   Tensor a = zeros({8});
-  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 5000ms});
+  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 3500ms});
   ASSERT_TRUE(timeouts.wait_for_count(1, 10s)) << "the watchdog did not fire";
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::string& rep = timeouts.items[0];
-  EXPECT_THAT(rep, HasSubstr("ranks that stopped responding before finishing it (stopped or "
-                             "hung): 1"));
+  EXPECT_THAT(rep, HasSubstr("ranks that stopped responding before finishing it (stopped, "
+                             "hung or cut off): 1"));
   EXPECT_THAT(rep, HasSubstr("rank 1: unknown (the store does not answer)  <- hosts the store"));
-  // The timeout, a poll and one store request timeout at most, well before the collective's 5 s.
+  // The timeout, a poll and one store request timeout at most, well before the collective's 3.5 s.
   EXPECT_LT(seconds, 3.0) << rep;
   EXPECT_THROW(w->wait(10s), Error);
   comms[0]->remove_observer(&dog);

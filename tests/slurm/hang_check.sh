@@ -104,7 +104,7 @@ check "srun exits with status 3 (status $status)" test "$status" = 3
 check "within strategy.timeout_s + 10 s (${elapsed_ms} ms)" test "$elapsed_ms" -le $(((timeout_s + 10) * 1000))
 check "rank 0's watchdog reports" grep -q "watchdog timeout (.*): rank 0: collective #" "$work/run/out.txt"
 check "the report names rank 1" grep -Eq \
-  "ranks that have not reached it: 1$|stopped responding before finishing it \(stopped or hung\): 1$" \
+  "ranks that have not reached it: 1$|stopped responding before finishing it \(stopped, hung or cut off\): 1$" \
   "$work/run/out.txt"
 check "the report knows rank 1's progress (the Store rank 0 hosts)" \
   grep -Eq "^  rank 1: (last started|no progress report)" "$work/run/out.txt"
