@@ -8,6 +8,7 @@
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/kernels_nn.h"
 #include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/precision.h"
 #include "dtrain/tensor/run.h"
 
 namespace dtrain::ops {
@@ -105,6 +106,16 @@ memory wrap(const memory::desc& md, const Tensor& t) {
 /// oneDNN serves float32 on the CPU; float64 (gradcheck) and CUDA use im2col + GEMM.
 bool use_reference(const Tensor& x) { return x.dtype() != DType::kFloat32 || x.device().is_cuda(); }
 
+/// `t` with its values rounded to train.precision's operand type (oneDNN's float32 path), or `t`
+/// itself at float32.
+Tensor at_matmul_precision(const Tensor& t) {
+  const DType precision = matmul_precision();
+  if (precision == DType::kFloat32) return t;
+  Tensor out(t.shape(), DType::kFloat32);
+  round_floats(t.data_ptr<float>(), out.data_ptr<float>(), t.numel(), precision);
+  return out;
+}
+
 kernels::Window2d window_of(const ConvGeometry& g, Conv2dArgs a) {
   return {g.h, g.w, g.oh, g.ow, g.kh, g.kw, a.stride, a.padding};
 }
@@ -178,14 +189,15 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs a
                  bias.describe());
   }
   if (use_reference(x)) return conv2d_reference(x, w, bias, args);
+  const Tensor xr = at_matmul_precision(x), wr = at_matmul_precision(w);
   Tensor y({g.n, g.o, g.oh, g.ow}, x.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto pd = forward_pd(d, bias.defined());
   dnnl::stream stream(cpu_engine());
   Output out(wrap(d.dst, y), pd.dst_desc());
   std::unordered_map<int, memory> io{
-      {DNNL_ARG_SRC, as_layout(wrap(d.src, x), pd.src_desc(), stream)},
-      {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, w), pd.weights_desc(), stream)},
+      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream)},
+      {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream)},
       {DNNL_ARG_DST, out.primitive}};
   if (bias.defined()) io.emplace(DNNL_ARG_BIAS, wrap(d.bias, bias));
   dnnl::convolution_forward(pd).execute(stream, io);
@@ -199,6 +211,7 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
   detail::check_same("conv2d backward", gy, w);
   const ConvGeometry g = conv_geometry(x_shape, w.shape(), args, "conv2d backward");
   if (use_reference(gy)) return conv2d_backward_input_reference(gy, w, g, args);
+  const Tensor gyr = at_matmul_precision(gy), wr = at_matmul_precision(w);
   Tensor dx(x_shape, gy.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, false);
@@ -210,8 +223,8 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
   dnnl::stream stream(cpu_engine());
   Output out(wrap(d.src, dx), pd.diff_src_desc());
   dnnl::convolution_backward_data(pd).execute(
-      stream, {{DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gy), pd.diff_dst_desc(), stream)},
-               {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, w), pd.weights_desc(), stream)},
+      stream, {{DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
+               {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream)},
                {DNNL_ARG_DIFF_SRC, out.primitive}});
   out.copy_out(stream);
   stream.wait();
@@ -223,6 +236,7 @@ Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_
   detail::check_same("conv2d backward", gy, x);
   const ConvGeometry g = conv_geometry(x.shape(), w_shape, args, "conv2d backward");
   if (use_reference(gy)) return conv2d_backward_weight_reference(gy, x, g, args);
+  const Tensor gyr = at_matmul_precision(gy), xr = at_matmul_precision(x);
   Tensor dw(w_shape, gy.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, false);
@@ -234,8 +248,8 @@ Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_
   dnnl::stream stream(cpu_engine());
   Output out(wrap(d.wei, dw), pd.diff_weights_desc());
   dnnl::convolution_backward_weights(pd).execute(
-      stream, {{DNNL_ARG_SRC, as_layout(wrap(d.src, x), pd.src_desc(), stream)},
-               {DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gy), pd.diff_dst_desc(), stream)},
+      stream, {{DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream)},
+               {DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
                {DNNL_ARG_DIFF_WEIGHTS, out.primitive}});
   out.copy_out(stream);
   stream.wait();

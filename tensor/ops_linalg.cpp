@@ -1,10 +1,13 @@
 // GEMM and matmul: oneDNN's dnnl_sgemm on the CPU, cuBLAS on CUDA, a plain loop for float64.
 #include <oneapi/dnnl/dnnl.h>
 
+#include <vector>
+
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/precision.h"
 
 namespace dtrain::ops {
 namespace {
@@ -29,11 +32,49 @@ void gemm_reference(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, 
       });
 }
 
+/// Elements a row-major matrix of `rows` x `cols` with row stride `ld` spans.
+int64_t extent(int64_t rows, int64_t cols, int64_t ld) { return (rows - 1) * ld + cols; }
+
+/// train.precision on CUDA: both operands converted to 16 bits, multiplied by cuBLAS with float32
+/// accumulation and output.
+void gemm_16bit_cuda(DType precision, Device device, bool ta, bool tb, int64_t m, int64_t n,
+                     int64_t k, float alpha, const void* a, int64_t lda, const void* b, int64_t ldb,
+                     float beta, void* c, int64_t ldc) {
+  const int64_t na = extent(ta ? k : m, ta ? m : k, lda), nb = extent(tb ? n : k, tb ? k : n, ldb);
+  Tensor a16({na}, precision, device), b16({nb}, precision, device);
+  cuda::convert(a, DType::kFloat32, a16.data_ptr(), precision, na, device.index);
+  cuda::convert(b, DType::kFloat32, b16.data_ptr(), precision, nb, device.index);
+  cuda::gemm_16bit(ta, tb, m, n, k, alpha, a16.data_ptr(), lda, b16.data_ptr(), ldb, beta,
+                   static_cast<float*>(c), ldc, precision, device.index);
+}
+
 void gemm_raw(Device device, DType dtype, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
               float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, float beta,
               void* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (dtype == DType::kFloat32) {
+    const DType precision = matmul_precision();
+    if (precision != DType::kFloat32 && k > 0) {
+      if (device.is_cuda()) {
+        gemm_16bit_cuda(precision, device, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+      }
+      // The CPU multiplies the rounded operands in float32: exact products of 16-bit values,
+      // accumulated in float32, as the 16-bit kernels do.
+      thread_local std::vector<float> rounded_a, rounded_b;
+      const int64_t na = extent(ta ? k : m, ta ? m : k, lda);
+      const int64_t nb = extent(tb ? n : k, tb ? k : n, ldb);
+      rounded_a.resize(static_cast<size_t>(na));
+      rounded_b.resize(static_cast<size_t>(nb));
+      round_floats(static_cast<const float*>(a), rounded_a.data(), na, precision);
+      round_floats(static_cast<const float*>(b), rounded_b.data(), nb, precision);
+      const dnnl_status_t st =
+          dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, rounded_a.data(), lda,
+                     rounded_b.data(), ldb, beta, static_cast<float*>(c), ldc);
+      DTRAIN_CHECK(st == dnnl_success, "gemm: dnnl_sgemm failed with status ", static_cast<int>(st),
+                   " for M=", m, " N=", n, " K=", k);
+      return;
+    }
     if (device.is_cuda()) {
       cuda::gemm(ta, tb, m, n, k, alpha, static_cast<const float*>(a), lda,
                  static_cast<const float*>(b), ldb, beta, static_cast<float*>(c), ldc,

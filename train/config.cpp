@@ -449,6 +449,17 @@ const std::vector<Field>& schema() {
                 "the whole run (0: off)."),
       int_field("train", "threads", DTRAIN_GET(train.threads), 0, 1024,
                 "Kernel threads per process; 0: all cores."),
+      string_field("train", "precision", DTRAIN_GET(train.precision), {"fp32", "bf16", "fp16"},
+                   "Mixed precision, autocast-style: `bf16` or `fp16` runs matrix products and "
+                   "convolutions (forward and backward) on 16-bit operands with float32 "
+                   "accumulation, while weights (the optimiser's master copy), activations and "
+                   "gradients stay float32. `fp16` adds dynamic loss scaling: steps whose "
+                   "gradients overflow are skipped and counted, the scale halves, and doubles "
+                   "after 2000 good steps. On a GPU the products use tensor cores; on the CPU the "
+                   "rounded operands go through float32 kernels (the numerics, not the speed: "
+                   "docs/performance.md). Evaluation runs in float32."),
+      float_field("train", "loss_scale", DTRAIN_GET(train.loss_scale), 0, kInf,
+                  "fp16: the loss scale to start from (dynamic afterwards).", true),
       string_field("train", "device", DTRAIN_GET(train.device), {"cpu", "cuda", "auto"},
                    "Where replicas compute. `cuda`: each process takes the GPUs after those of "
                    "lower local ranks (cuda:LOCAL_RANK with ddp; strategy.devices consecutive "

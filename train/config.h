@@ -80,6 +80,8 @@ struct TrainSection {
   int64_t stop_at_step = 0;         // stop (with a checkpoint) after this step, as if preempted
   int64_t threads = 0;              // kernel threads; 0: all cores
   std::string device = "cpu";       // cpu | cuda | auto (cuda when a GPU is present)
+  std::string precision = "fp32";   // fp32 | bf16 | fp16: matmul/conv operands (autocast)
+  double loss_scale = 65536;        // fp16: the dynamic loss scale to start from
   int64_t early_stop_patience = 0;  // evaluations without improvement; 0: off
   std::string early_stop_metric = "accuracy";  // accuracy | loss
   std::string on_nonfinite = "stop";           // stop | skip_step

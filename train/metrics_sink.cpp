@@ -37,12 +37,18 @@ void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss,
   const double mean_loss = window_loss_ / window_steps_;
   progress_.update(step, epoch, epochs, mean_loss, rate);
   if (step % every_steps_ != 0 && !last) return;
-  jsonl_.write({{"step", double(step)},
-                {"epoch", double(epoch)},
-                {"loss", mean_loss},
-                {"lr", lr},
-                {"samples_per_sec", rate},
-                {"wall_time", unix_time()}});
+  std::vector<std::pair<std::string, double>> record = {{"step", double(step)},
+                                                        {"epoch", double(epoch)},
+                                                        {"loss", mean_loss},
+                                                        {"lr", lr},
+                                                        {"samples_per_sec", rate}};
+  for (const auto& [key, value] : notes_) {
+    record.emplace_back(key, value);
+    scalar(("train/" + key).c_str(), value, step);
+  }
+  notes_.clear();
+  record.emplace_back("wall_time", unix_time());
+  jsonl_.write(record);
   scalar("train/loss", mean_loss, step);
   scalar("train/lr", lr, step);
   scalar("train/samples_per_sec", rate, step);
@@ -70,6 +76,16 @@ void MetricsSink::test(int64_t step, int64_t epoch, int64_t epochs, double loss,
     window_seconds_before_ += std::chrono::duration<double>(last_step_at_ - window_start_).count();
   }
   window_start_ = std::chrono::steady_clock::now();
+}
+
+void MetricsSink::note(const std::string& key, double value) {
+  for (auto& [k, v] : notes_) {
+    if (k == key) {
+      v = value;
+      return;
+    }
+  }
+  notes_.emplace_back(key, value);
 }
 
 void MetricsSink::stragglers(int64_t step, const StragglerTable& table) {

@@ -22,6 +22,8 @@ class MetricsSink {
   /// and the throughput (`samples_per_step` samples each step), then starts a new window.
   void step(int64_t step, int64_t epoch, int64_t epochs, double loss, double lr,
             double samples_per_step, bool last);
+  /// A value written with the next training record (metrics.jsonl and TensorBoard "train/<key>").
+  void note(const std::string& key, double value);
   /// The test split's results at the end of an epoch. Throughput windows exclude evaluation.
   void test(int64_t step, int64_t epoch, int64_t epochs, double loss, double accuracy);
   /// The straggler table of the window ending at `step`: a record per replica in metrics.jsonl
@@ -42,6 +44,7 @@ class MetricsSink {
   JsonlWriter jsonl_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   Progress progress_;
+  std::vector<std::pair<std::string, double>> notes_;
   double window_loss_ = 0;
   int64_t window_steps_ = 0;
   std::chrono::steady_clock::time_point window_start_ = std::chrono::steady_clock::now();

@@ -22,6 +22,7 @@
 #include "dtrain/nn/clip_grad.h"
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/precision.h"
 #include "dtrain/tensor/printable.h"
 #include "dtrain/train/factories.h"
 #include "dtrain/train/metrics_sink.h"
@@ -137,6 +138,10 @@ void Trainer::build(TrainerParts parts) {
   }
   // Built on the host from the seed, then moved: every device starts from the same parameters.
   device_ = parts.device.value_or(Device::cpu());
+  precision_ = config_.train.precision == "bf16"   ? DType::kBFloat16
+               : config_.train.precision == "fp16" ? DType::kFloat16
+                                                   : DType::kFloat32;
+  if (precision_ == DType::kFloat16) scaler_.emplace(config_.train.loss_scale);
   if (!device_.is_cpu()) model_->to(device_);
   if (parts.loss) {
     loss_ = std::move(parts.loss);
@@ -388,6 +393,17 @@ Trainer::Position Trainer::restore(const Plan& plan,
   for (auto& [name, gen] : generators_) {
     if (auto it = c.rng_offsets.find(name); it != c.rng_offsets.end()) gen->set_offset(it->second);
   }
+  if (auto scale = c.metrics.find("loss_scale"); scaler_ && scale != c.metrics.end()) {
+    auto count = [&](const char* key) -> int64_t {
+      const auto it = c.metrics.find(key);
+      if (it == c.metrics.end()) return 0;
+      DTRAIN_CHECK(whole_count(it->second + 1), "resume: ", resumed->path, ": its metric ", key,
+                   " is ", it->second, ", not a whole count; the checkpoint is damaged");
+      return static_cast<int64_t>(it->second);
+    };
+    scaler_->restore(scale->second, count("loss_scale_good_steps"),
+                     count("loss_scale_skipped_steps"));
+  }
   if (auto best = c.metrics.find("early_stop_best"); best != c.metrics.end()) {
     early_stop_.best = best->second;
     early_stop_.bad_evals = static_cast<int64_t>(c.metrics.at("early_stop_bad_evals"));
@@ -444,6 +460,11 @@ CheckpointData Trainer::snapshot(const Plan& plan, Position at,
   c.optimizer_scalars = optimizer_state.scalars;
   c.schedule_step = schedule_->state_dict();
   for (auto& [name, gen] : generators_) c.rng_offsets[name] = gen->offset();
+  if (scaler_) {
+    c.metrics["loss_scale"] = scaler_->scale();
+    c.metrics["loss_scale_good_steps"] = static_cast<double>(scaler_->good_steps());
+    c.metrics["loss_scale_skipped_steps"] = static_cast<double>(scaler_->skipped_steps());
+  }
   if (config_.train.early_stop_patience > 0) {
     c.metrics["early_stop_best"] = early_stop_.best;
     c.metrics["early_stop_bad_evals"] = static_cast<double>(early_stop_.bad_evals);
@@ -478,25 +499,40 @@ double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
   strategy_->set_gradient_sync(last_of_step);
   const double accum_scale = 1.0 / static_cast<double>(t.grad_accum_steps);
   const auto begin = Timeline::Clock::now();
+  MatmulPrecisionGuard precision(precision_);
   Tensor loss = loss_(strategy_->forward(*model_, b.x), b.y);
   const auto forward_end = Timeline::Clock::now();
   timeline_.add(Phase::kForward, begin, forward_end);
-  (t.grad_accum_steps > 1 ? loss * accum_scale : loss).backward();
+  // fp16: the loss scale keeps small gradients inside float16's range; the step divides it out.
+  const double backward_scale = accum_scale * (scaler_ ? scaler_->scale() : 1.0);
+  (backward_scale != 1.0 ? loss * backward_scale : loss).backward();
   const double value = loss.item<double>() * accum_scale;
   timeline_.add(Phase::kBackward, forward_end, Timeline::Clock::now());
   return value;
 }
 
-bool Trainer::optimizer_step(int64_t step) {
+Trainer::StepResult Trainer::optimizer_step(int64_t step) {
   strategy_->synchronize_gradients(*model_);
   if (const DdpStepTiming* comm = strategy_->last_step_communication())
     timeline_.add_communication(*comm);
   const auto begin = Timeline::Clock::now();
   // The reduced gradients are the same on every replica, so all of them skip the same steps.
-  if (config_.train.on_nonfinite == "skip_step" && !strategy_->gradients_finite(*model_)) {
+  auto skip = [&](StepResult why) {
     optimizer_->zero_grad();
     schedule_->step();  // the schedule keeps to the plan's steps
-    return false;
+    return why;
+  };
+  if (scaler_) {
+    const double used = scaler_->scale();
+    if (!scaler_->update(strategy_->gradients_finite(*model_)))
+      return skip(StepResult::kSkippedOverflow);
+    const double unscale = 1.0 / used;
+    for (const Tensor& p : model_->parameters()) {
+      Tensor g = p.grad();
+      if (g.defined()) ops::scale_(g, unscale);
+    }
+  } else if (config_.train.on_nonfinite == "skip_step" && !strategy_->gradients_finite(*model_)) {
+    return skip(StepResult::kSkippedNonFinite);
   }
   // After the reduction every replica holds the same gradients, so all clip alike.
   if (config_.optimizer.clip_grad_norm > 0) {
@@ -509,7 +545,7 @@ bool Trainer::optimizer_step(int64_t step) {
   const int64_t check_every = config_.strategy.check_parameters_every_steps;
   if (check_every > 0 && step % check_every == 0)
     strategy_->check_parameters_in_sync(*model_, step);
-  return true;
+  return StepResult::kStepped;
 }
 
 void Trainer::report_stragglers(int64_t step, MetricsSink* sink) {
@@ -621,13 +657,15 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
       continue;
     }
     accumulated = 0;
-    if (!optimizer_step(++at.step)) {
+    const StepResult stepped = optimizer_step(++at.step);
+    if (stepped == StepResult::kSkippedNonFinite) {
       if (strategy_->is_primary()) {
         warn_stderr("step " + std::to_string(at.step) + ": a gradient is not finite (loss " +
                     std::to_string(step_loss) +
                     "); the step is skipped (train.on_nonfinite: skip_step)");
       }
-    } else if (!std::isfinite(step_loss) && config_.train.on_nonfinite == "stop") {
+    } else if (stepped == StepResult::kStepped && !std::isfinite(step_loss) &&
+               config_.train.on_nonfinite == "stop") {
       DTRAIN_THROW(ValueError, "train: the loss became ", step_loss, " at step ", at.step,
                    "; lower optimizer.lr or check the data (train.on_nonfinite: skip_step skips "
                    "such steps)");
@@ -640,6 +678,10 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
     }
     if (at.step % config_.log.every_steps == 0 || last) report_stragglers(at.step, sink);
     write_trace_if_due(at.step, false);
+    if (sink && scaler_) {
+      sink->note("loss_scale", scaler_->scale());
+      sink->note("skipped_steps", static_cast<double>(scaler_->skipped_steps()));
+    }
     if (sink) {
       sink->step(at.step, at.epoch, plan.epochs, step_loss, optimizer_->lr(),
                  static_cast<double>(plan.batch * t.grad_accum_steps * plan.replicas), last);
@@ -678,6 +720,13 @@ TrainResult Trainer::run() {
                 config_.train.checkpoint_dir.c_str(), config_.log.dir.c_str());
   }
   strategy_->prepare(*model_);
+  if (primary && precision_ != DType::kFloat32 && device_.is_cpu()) {
+    std::printf(
+        "train.precision %s on the CPU: matrix products and convolutions round their "
+        "operands to %s and run in float32 kernels (mixed precision's numerics, not its "
+        "speed)\n",
+        config_.train.precision.c_str(), std::string(dtype_name(precision_)).c_str());
+  }
   // Process-wide; a run without it leaves the setting as it found it.
   if (config_.train.detect_anomaly) autograd::set_anomaly_enabled(true);
 
@@ -782,6 +831,10 @@ TrainResult Trainer::run() {
   write_trace_if_due(at.step, true);
   if (sink) sink->finish();
   if (config_.strategy.shard_optimizer) report_optimizer_shard();
+  if (scaler_ && primary) {
+    std::printf("fp16: %" PRId64 " step(s) skipped for gradient overflow; loss scale now %g\n",
+                scaler_->skipped_steps(), scaler_->scale());
+  }
   result.stopped_by_signal = stop_signal_;
   if (stop_signal_ != 0) {
     // Every replica waits for the primary's checkpoint: under srun --kill-on-bad-exit or mpirun,

@@ -21,6 +21,7 @@
 #include "dtrain/strategies/strategy.h"
 #include "dtrain/train/checkpoint.h"
 #include "dtrain/train/config.h"
+#include "dtrain/train/loss_scaler.h"
 #include "dtrain/train/models.h"
 #include "dtrain/train/registry.h"
 #include "dtrain/train/timeline.h"
@@ -122,9 +123,10 @@ class Trainer {
   /// One micro-batch: forward and backward; returns its loss (scaled by 1/grad_accum_steps).
   double train_micro_batch(const data::Batch& b, bool last_of_step);
   /// After a step's micro-batches: reduced gradients, optimiser and schedule step, drift check.
-  /// False when train.on_nonfinite is skip_step and a reduced gradient is not finite: the
-  /// optimiser then skips the step.
-  bool optimizer_step(int64_t step);
+  /// A step is skipped when a reduced gradient is not finite, with train.on_nonfinite: skip_step
+  /// or, in fp16, as the loss scaler's overflow.
+  enum class StepResult { kStepped, kSkippedNonFinite, kSkippedOverflow };
+  StepResult optimizer_step(int64_t step);
   /// Moves a batch from the loader (host memory) to this replica's device.
   void on_device(data::Batch& b) const;
   /// A periodic checkpoint that cannot be written is a warning (training goes on); the run's
@@ -172,6 +174,8 @@ class Trainer {
   std::function<double()> stop_vote_;  // the pending vote of the step before
   int stop_signal_ = 0;                // set when the replicas agreed to stop
   Timeline timeline_;
+  DType precision_ = DType::kFloat32;          // train.precision: the matmul operands' type
+  std::optional<LossScaler> scaler_;           // fp16
   std::chrono::milliseconds slow_batches_{0};  // DTRAIN_TEST_SLOW_REPLICA
   bool trace_written_ = false;
 };

@@ -90,6 +90,11 @@ void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void*
 /// Sum of [outer, r, inner] over r into [outer, inner], in a fixed order.
 void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int64_t inner,
              int device);
+/// The same with A and B in `operand_dtype` (bfloat16 or float16), C float32, accumulated in
+/// float32 (cublasGemmEx): train.precision's GEMM.
+void gemm_16bit(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                const void* a, int64_t lda, const void* b, int64_t ldb, float beta, float* c,
+                int64_t ldc, DType operand_dtype, int device);
 /// Row-major C = alpha * op(A) op(B) + beta * C through cuBLAS (float32).
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int device);

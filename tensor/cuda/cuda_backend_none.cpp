@@ -43,6 +43,11 @@ void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, c
   refuse("gemm on CUDA");
 }
 
+void gemm_16bit(bool, bool, int64_t, int64_t, int64_t, float, const void*, int64_t, const void*,
+                int64_t, float, float*, int64_t, DType, int) {
+  refuse("16-bit gemm on CUDA");
+}
+
 void copy_2d(void*, size_t, const void*, size_t, size_t, size_t, int) {
   refuse("strided copy on CUDA");
 }
