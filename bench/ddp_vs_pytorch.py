@@ -5,7 +5,7 @@ and PyTorch 1.13 DistributedDataParallel (gloo, 2 processes) on the same models,
 processes (no communication: the machine's ceiling for two workers), interleaved in one run.
 Usage: bench/ddp_vs_pytorch.py [--rounds 2] [--dtrain build/dtrain] [--batch 64] [--models mlp,cnn]
        [--no-torch]   (--batch sets the per-replica batch; the step counts shrink with it)
-Run with Debian's /usr/bin/python3 (python3-torch); needs mpirun (openmpi-bin)."""
+Run with --python from scripts/bench_env.sh (current torch), or Debian's /usr/bin/python3 (python3-torch); needs mpirun (openmpi-bin)."""
 import argparse
 import os
 import re
@@ -13,6 +13,8 @@ import socket
 import subprocess
 import tempfile
 import time
+
+import bench_python
 
 CONFIGS = {"mlp": ("configs/synthetic_mlp.yaml", 1500), "cnn": ("configs/fashion_mnist_cnn.yaml", 60)}
 BATCH = 64  # per replica; --batch changes it
@@ -123,7 +125,9 @@ def torch_rate(kind, processes):
 
 
 def main():
+    bench_python.use_requested_python()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", help="the interpreter with torch (scripts/bench_env.sh)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtrain", default="build/dtrain")
     parser.add_argument("--batch", type=int, default=64, help="per-replica batch")
@@ -152,6 +156,8 @@ def main():
                 best[name] = max(best.get(name, 0), fn())
         rows.append((kind, best))
     print(f"samples/s, batch {BATCH} per replica, 1 thread per process, best of {args.rounds}")
+    if not args.no_torch:
+        print(bench_python.torch_description())
     print("| model | dtrain 1 proc | dtrain ddp 2 procs | efficiency | 2 procs without communication "
           "| their efficiency (ceiling) | PyTorch 1 proc | PyTorch DDP 2 procs | efficiency "
           "| dtrain DDP / PyTorch DDP |")

@@ -2,12 +2,14 @@
 """One training step of MLP 784-256-128-10 (forward, cross-entropy, backward, SGD with momentum)
 in dtrain and in PyTorch, on the same number of threads, interleaved in one run; prints samples/s
 and the ratio. Usage: bench/mlp_vs_pytorch.py [--threads 1] [--rounds 3] [--bench build/bench/step_bench]
-Run with Debian's /usr/bin/python3 (python3-torch)."""
+Run with --python from scripts/bench_env.sh (current torch), or Debian's /usr/bin/python3 (python3-torch)."""
 import argparse
 import json
 import os
 import subprocess
 import time
+
+import bench_python
 
 
 def torch_samples_per_sec(batch, threads, seconds):
@@ -48,7 +50,9 @@ def dtrain_samples_per_sec(bench, threads, seconds):
 
 
 def main():
+    bench_python.use_requested_python()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", help="the interpreter with torch (scripts/bench_env.sh)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0)
@@ -63,7 +67,8 @@ def main():
         for batch in runs:
             runs[batch][0].append(ours[batch])
             runs[batch][1].append(torch_samples_per_sec(batch, args.threads, args.seconds))
-    print(f"MLP 784-256-128-10 train step, {args.threads} thread(s), best of {args.rounds} rounds")
+    print(f"MLP 784-256-128-10 train step, {args.threads} thread(s), best of {args.rounds} rounds; "
+          f"{bench_python.torch_description()}")
     print(f"{'batch':>6} {'dtrain samples/s':>18} {'pytorch samples/s':>18} {'ratio':>7}")
     for batch, (ours, theirs) in runs.items():
         print(f"{batch:>6} {max(ours):>18.0f} {max(theirs):>18.0f} {max(ours) / max(theirs):>7.2f}")

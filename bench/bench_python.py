@@ -1,0 +1,31 @@
+"""What the PyTorch comparisons share: `--python PATH` runs a bench script under another
+interpreter (the venv scripts/bench_env.sh makes, with the current torch from the package index),
+and every table names the PyTorch it measured."""
+import os
+import sys
+
+
+def use_requested_python():
+    """Re-runs this script under the interpreter after --python, if it is not this one already."""
+    argv = sys.argv
+    if "--python" not in argv:
+        return
+    i = argv.index("--python")
+    if i + 1 >= len(argv):
+        sys.exit("--python needs the path of a Python interpreter (scripts/bench_env.sh prints one)")
+    python, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        if not os.access(python, os.X_OK):
+            sys.exit(f"--python {python}: not an executable interpreter (run scripts/bench_env.sh)")
+        os.execv(python, [python] + rest)
+    sys.argv = rest
+
+
+def torch_description():
+    """"PyTorch 2.15.0 (MKL, oneDNN 3.13) from /path/python" for a table's heading."""
+    import torch
+    parts = ["MKL" if torch.backends.mkl.is_available() else "no MKL"]
+    if torch.backends.mkldnn.is_available():
+        version = getattr(torch.backends.mkldnn, "version", None)
+        parts.append(f"oneDNN {version()}" if callable(version) else "oneDNN")
+    return f"PyTorch {torch.__version__} ({', '.join(parts)}) from {sys.executable}"
