@@ -75,15 +75,15 @@ class HangReport : public ::testing::Test {
   const fs::path& dir() const { return root_.path(); }
 
   /// Starts `command` (a shell line, exec'd under `timeout`) tagged with the job marker, waits
-  /// for the first checkpoint, stops the process whose environment has `rank_variable`=1, and
-  /// returns what the command printed, its exit status and how long after the stop it ended.
+  /// for the first checkpoint, stops the process whose environment has `rank_variable`=`victim`,
+  /// and returns what the command printed, its exit status and how long after the stop it ended.
   struct Outcome {
     CommandResult result;
     double seconds_after_stop = -1;
     pid_t victim = -1;
   };
-  Outcome stop_rank_1(const std::string& job, const std::string& command,
-                      const std::string& rank_variable) {
+  Outcome stop_rank(const std::string& job, const std::string& command,
+                    const std::string& rank_variable, int victim = 1) {
     const std::string line = "DTRAIN_TEST_JOB=" + job + " OMP_NUM_THREADS=1 " + command;
     const std::string cwd = dir().string();
     auto run =
@@ -91,10 +91,10 @@ class HangReport : public ::testing::Test {
     Outcome out;
     const bool training =
         testutil::wait_for_file(dir() / train::checkpoint_path("checkpoints", 150), 120s);
-    out.victim = pid_with(job, rank_variable, 1);
+    out.victim = pid_with(job, rank_variable, victim);
     if (!training || out.victim < 0) {
-      ADD_FAILURE() << "the job did not start training (checkpoint " << training << ", rank 1 pid "
-                    << out.victim << ")";
+      ADD_FAILURE() << "the job did not start training (checkpoint " << training << ", rank "
+                    << victim << " pid " << out.victim << ")";
       JobReaper{job};
       out.result = run.get();
       return out;
@@ -114,17 +114,18 @@ class HangReport : public ::testing::Test {
   }
 
   /// What every launcher must deliver.
-  void expect_report_naming_rank_1(const Outcome& o, const std::string& job) {
+  void expect_report_naming(const Outcome& o, const std::string& job, int victim = 1) {
+    const std::string named = std::to_string(victim);
     const std::string& out = o.result.output;
     EXPECT_EQ(o.result.exit_code, 3) << out;
     EXPECT_LE(o.seconds_after_stop, kTimeoutS + 10.0) << out;
-    // The healthy rank 0 reports: rank 1 either had not reached the collective or stopped
+    // The healthy rank reports: the victim either had not reached the collective or stopped
     // inside it, depending on where SIGSTOP caught it.
     EXPECT_THAT(out, HasSubstr("watchdog timeout")) << out;
-    EXPECT_THAT(
-        out,
-        AnyOf(HasSubstr("ranks that have not reached it: 1\n"),
-              HasSubstr("stopped responding before finishing it (stopped, hung or cut off): 1")))
+    EXPECT_THAT(out, AnyOf(HasSubstr("ranks that have not reached it: " + named + "\n"),
+                           HasSubstr("stopped responding before finishing it (stopped, hung or cut "
+                                     "off): " +
+                                     named + "\n")))
         << out;
     // Not the collective's own anonymous timeout error.
     EXPECT_THAT(out, ::testing::Not(HasSubstr("did not complete within"))) << out;
@@ -149,11 +150,11 @@ TEST_F(HangReport, LaunchWithoutHeartbeatsNamesTheStoppedRankAndExits3) {
   const std::string job = unique_job("hang-launch");
   JobReaper reaper{job};
   const Outcome o =
-      stop_rank_1(job,
-                  "exec timeout -s KILL 300 '" + std::string(DTRAIN_EXECUTABLE) +
-                      "' launch --nproc-per-node 2 --heartbeat-timeout-s 0" + kOverrides,
-                  "DTRAIN_RANK");
-  expect_report_naming_rank_1(o, job);
+      stop_rank(job,
+                "exec timeout -s KILL 300 '" + std::string(DTRAIN_EXECUTABLE) +
+                    "' launch --nproc-per-node 2 --heartbeat-timeout-s 0" + kOverrides,
+                "DTRAIN_RANK");
+  expect_report_naming(o, job);
   expect_launcher_blames_rank_1(o.result.output, o.victim);
 }
 
@@ -162,11 +163,11 @@ TEST_F(HangReport, LaunchWithoutHeartbeatsNamesTheStoppedRankAndExits3) {
 TEST_F(HangReport, LaunchWithHeartbeatsNamesTheStoppedRankAndExits3) {
   const std::string job = unique_job("hang-launch-hb");
   JobReaper reaper{job};
-  const Outcome o = stop_rank_1(job,
-                                "exec timeout -s KILL 300 '" + std::string(DTRAIN_EXECUTABLE) +
-                                    "' launch --nproc-per-node 2" + kOverrides,
-                                "DTRAIN_RANK");
-  expect_report_naming_rank_1(o, job);
+  const Outcome o = stop_rank(job,
+                              "exec timeout -s KILL 300 '" + std::string(DTRAIN_EXECUTABLE) +
+                                  "' launch --nproc-per-node 2" + kOverrides,
+                              "DTRAIN_RANK");
+  expect_report_naming(o, job);
   expect_launcher_blames_rank_1(o.result.output, o.victim);
 }
 
@@ -178,13 +179,31 @@ TEST_F(HangReport, MpirunNamesTheStoppedRankAndExits3) {
   }
   const std::string job = unique_job("hang-mpirun");
   JobReaper reaper{job};
-  const Outcome o = stop_rank_1(job,
-                                "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-                                "exec timeout -s KILL 300 mpirun --oversubscribe -n 2 '" +
-                                    std::string(DTRAIN_EXECUTABLE) + "' train" + kOverrides,
-                                "OMPI_COMM_WORLD_RANK");
-  expect_report_naming_rank_1(o, job);
+  const Outcome o = stop_rank(job,
+                              "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                              "exec timeout -s KILL 300 mpirun --oversubscribe -n 2 '" +
+                                  std::string(DTRAIN_EXECUTABLE) + "' train" + kOverrides,
+                              "OMPI_COMM_WORLD_RANK");
+  expect_report_naming(o, job);
   EXPECT_THAT(o.result.output, ::testing::Not(HasSubstr("unknown (no store)")));
+}
+
+// mpirun with rank 0 stopped: the Store lives in rank 0's process, so rank 1's report cannot read
+// it; it names rank 0 as the store's host that does not answer, still in time.
+TEST_F(HangReport, MpirunNamesAStoppedRank0ThatHostsTheStore) {
+  if (!testutil::mpirun_available()) {
+    GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs openmpi-bin)";
+  }
+  const std::string job = unique_job("hang-mpirun-0");
+  JobReaper reaper{job};
+  const Outcome o = stop_rank(job,
+                              "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                              "exec timeout -s KILL 300 mpirun --oversubscribe -n 2 '" +
+                                  std::string(DTRAIN_EXECUTABLE) + "' train" + kOverrides,
+                              "OMPI_COMM_WORLD_RANK", /*victim=*/0);
+  expect_report_naming(o, job, 0);
+  EXPECT_THAT(o.result.output, HasSubstr("rank 0: unknown (the store does not answer)  <- hosts "
+                                         "the store and does not answer"));
 }
 
 }  // namespace
