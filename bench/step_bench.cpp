@@ -5,12 +5,14 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include <cstring>
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include "dtrain/nn/layers.h"
 #include "dtrain/nn/loss.h"
 #include "dtrain/nn/optim.h"
 #include "dtrain/tensor/allocator.h"
 #include "dtrain/tensor/ops.h"
+#include "dtrain/tensor/precision.h"
 
 using namespace dtrain;
 
@@ -51,6 +53,53 @@ void gemm_shapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_GemmDirectDnnl)->Apply(gemm_shapes);
 BENCHMARK(BM_GemmDtrain)->Apply(gemm_shapes);
+
+// ---- bfloat16: oneDNN's bf16 matmul against train.precision's rounding + float32 kernel ------
+// What a bf16 training step would pay with oneDNN: both float32 operands converted (reorders),
+// then the bf16 primitive (cached) with a float32 result.
+void BM_GemmOnednnBf16(benchmark::State& state) {
+  using dnnl::memory;
+  const int64_t m = state.range(0), k = state.range(1), n = state.range(2);
+  Generator gen(1);
+  Tensor a = randn({m, k}, gen), b = randn({n, k}, gen), c({m, n});
+  dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  const memory::desc a32({m, k}, memory::data_type::f32, memory::format_tag::ab);
+  const memory::desc b32({k, n}, memory::data_type::f32, memory::format_tag::ba);  // B^T
+  const memory::desc c32({m, n}, memory::data_type::f32, memory::format_tag::ab);
+  const dnnl::matmul::primitive_desc pd(
+      dnnl::matmul::desc(memory::desc({m, k}, memory::data_type::bf16, memory::format_tag::any),
+                         memory::desc({k, n}, memory::data_type::bf16, memory::format_tag::any),
+                         c32),
+      engine);
+  const dnnl::matmul matmul(pd);
+  memory a_user(a32, engine, a.data_ptr()), b_user(b32, engine, b.data_ptr()),
+      c_user(c32, engine, c.data_ptr());
+  memory a16(pd.src_desc(), engine), b16(pd.weights_desc(), engine);
+  for (auto _ : state) {
+    dnnl::reorder(a_user, a16).execute(stream, a_user, a16);
+    dnnl::reorder(b_user, b16).execute(stream, b_user, b16);
+    matmul.execute(stream, {{DNNL_ARG_SRC, a16}, {DNNL_ARG_WEIGHTS, b16}, {DNNL_ARG_DST, c_user}});
+    stream.wait();
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_flops(state, 2.0 * m * n * k);
+  state.SetLabel(pd.impl_info_str());
+}
+
+void BM_GemmDtrainBf16(benchmark::State& state) {
+  const int64_t m = state.range(0), k = state.range(1), n = state.range(2);
+  Generator gen(1);
+  Tensor a = randn({m, k}, gen), b = randn({n, k}, gen);
+  MatmulPrecisionGuard bf16(DType::kBFloat16);
+  for (auto _ : state) {
+    Tensor c = ops::matmul(a, b, false, true);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_flops(state, 2.0 * m * n * k);
+}
+BENCHMARK(BM_GemmOnednnBf16)->Apply(gemm_shapes);
+BENCHMARK(BM_GemmDtrainBf16)->Apply(gemm_shapes);
 
 // ---- conv2d forward + backward at the CNN's shapes (batch 64, 5x5, padding 2) ---------------
 void BM_Conv2dForwardBackward(benchmark::State& state) {
