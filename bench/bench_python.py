@@ -23,9 +23,10 @@ def use_requested_python():
 
 def torch_description():
     """"PyTorch 2.15.0 (MKL, oneDNN 3.13) from /path/python" for a table's heading."""
+    import re
     import torch
     parts = ["MKL" if torch.backends.mkl.is_available() else "no MKL"]
-    if torch.backends.mkldnn.is_available():
-        version = getattr(torch.backends.mkldnn, "version", None)
-        parts.append(f"oneDNN {version()}" if callable(version) else "oneDNN")
+    onednn = re.search(r"MKL-DNN v([0-9.]+)", torch.__config__.show())
+    if onednn:
+        parts.append(f"oneDNN {onednn.group(1)}")
     return f"PyTorch {torch.__version__} ({', '.join(parts)}) from {sys.executable}"

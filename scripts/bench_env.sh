@@ -25,7 +25,6 @@ if ! "$venv/bin/python" -c "import torch, numpy" >/dev/null 2>&1; then
     exit 1
   }
 fi
-"$venv/bin/python" -c "import torch; print('bench_env: torch', torch.__version__, \
-'(MKL' if torch.backends.mkl.is_available() else '(no MKL', \
-'oneDNN', torch.backends.mkldnn.version() if hasattr(torch.backends.mkldnn, 'version') else '?', ')')" >&2
+"$venv/bin/python" -c "import re, torch; m = re.search(r'MKL-DNN v([0-9.]+)', torch.__config__.show()); \
+print('bench_env: torch', torch.__version__, 'oneDNN', m.group(1) if m else 'absent')" >&2
 echo "$venv/bin/python"
