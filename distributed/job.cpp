@@ -243,6 +243,7 @@ void Job::start_own_store(HostCommunicator& comm) {
     const bool one_machine = spec_.world.local_size == spec_.world.size;
     StoreServerOptions so;
     so.bind_address = one_machine ? "127.0.0.1" : "0.0.0.0";
+    so.max_clients = store_max_clients(spec_.world.size);
     so.token = net::random_hex(16, "the token of the watchdogs' store");
     std::string text;
     try {

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -568,6 +569,33 @@ void StoreServer::Impl::expire(Clock::time_point now) {
   }
 }
 
+int store_max_clients(int64_t world_size) {
+  return static_cast<int>(std::clamp<int64_t>(4 * world_size + 64, 1024, 1 << 22));
+}
+
+namespace {
+/// The soft open-file limit raised towards `needed` descriptors (up to the hard limit); a warning
+/// when even the hard limit is lower.
+void ensure_file_limit(int64_t needed) {
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) != 0 || files.rlim_cur == RLIM_INFINITY ||
+      static_cast<int64_t>(files.rlim_cur) >= needed) {
+    return;
+  }
+  const rlim_t want = files.rlim_max == RLIM_INFINITY
+                          ? static_cast<rlim_t>(needed)
+                          : std::min(files.rlim_max, static_cast<rlim_t>(needed));
+  files.rlim_cur = want;
+  ::setrlimit(RLIMIT_NOFILE, &files);
+  if (static_cast<int64_t>(want) < needed) {
+    std::fprintf(stderr,
+                 "store server: the open-file limit (hard %llu) is below the %lld descriptors "
+                 "its clients may need; raise it (ulimit -n) or connections will be refused\n",
+                 static_cast<unsigned long long>(files.rlim_max), static_cast<long long>(needed));
+  }
+}
+}  // namespace
+
 StoreServer::StoreServer(const StoreServerOptions& options) : impl_(std::make_unique<Impl>()) {
   Impl& s = *impl_;
   s.options = options;
@@ -577,6 +605,7 @@ StoreServer::StoreServer(const StoreServerOptions& options) : impl_(std::make_un
                "shared secret, e.g. `export DTRAIN_STORE_TOKEN=$(openssl rand -hex 16)`");
   DTRAIN_CHECK(options.max_clients > 0, "store server: max_clients must be positive, got ",
                options.max_clients);
+  ensure_file_limit(int64_t{options.max_clients} + options.max_pending_handshakes + 64);
   DTRAIN_CHECK(options.max_pending_handshakes > 0,
                "store server: max_pending_handshakes must be positive, got ",
                options.max_pending_handshakes);

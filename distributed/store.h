@@ -19,11 +19,17 @@ inline constexpr size_t kStoreMaxMessageBytes = 64 << 20;
 /// version need far less), so strangers cannot make the server buffer kStoreMaxMessageBytes.
 inline constexpr size_t kStoreMaxHandshakeBytes = 4 << 10;
 
+/// Connections a Store serving `world_size` ranks needs at once: each rank's watchdog holds two,
+/// a tcp rendezvous one more, every launcher one; with room to spare, and never below the default.
+int store_max_clients(int64_t world_size);
+
 struct StoreServerOptions {
   std::string bind_address = "127.0.0.1";
   uint16_t port = 0;  // 0: pick a free port; port() reports it
   std::string token;  // required from clients; from DTRAIN_STORE_TOKEN when empty
   /// Authenticated connections at once; a handshake beyond it is refused ("too many clients").
+  /// The server raises its process's open-file limit towards what this needs, and warns when
+  /// the hard limit is lower. Jobs size it with store_max_clients().
   int max_clients = 1024;
   /// Connections still owing their handshake, counted apart from max_clients. When full, the
   /// oldest of them is closed to make room: a client sends its handshake as soon as it connects,

@@ -41,6 +41,7 @@ ClusterJob::ClusterJob(int64_t world_size, int64_t rank, const std::string& stor
     o.bind_address = host;
     o.port = port;
     o.token = token;
+    o.max_clients = dist::store_max_clients(world_size_);
     server_ = std::make_unique<dist::StoreServer>(o);
   }
   token_ = token;

@@ -224,6 +224,7 @@ void Launcher::start_store() {
     so.bind_address = host;
     so.port = port;
     so.token = token_;
+    so.max_clients = dist::store_max_clients(int64_t{o_.nnodes} * o_.nproc_per_node);
     server_ = std::make_unique<dist::StoreServer>(so);
     port = server_->port();
     say("node 0 hosts the store at " + net::host_port(host, port) +

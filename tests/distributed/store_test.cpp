@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -678,6 +679,36 @@ TEST(StoreClientTest, ConnectRetriesUntilTheServerStarts) {
   t.join();
   EXPECT_EQ(error, "");
   EXPECT_EQ(got, "hello");
+}
+
+// A job's Store is sized from its ranks: beyond the default 1,024 connections (about 500 ranks
+// with two watchdog connections each) the clients of a bigger job are all served, and the
+// server raised its open-file limit for them.
+TEST(StoreCapacity, AJobOfTwoThousandRanksIsServedBeyondTheDefaultConnectionLimit) {
+  EXPECT_EQ(store_max_clients(1), 1024);
+  EXPECT_EQ(store_max_clients(2000), 8064);
+  EXPECT_GE(store_max_clients(100000), 400000);
+  rlimit files{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &files), 0);
+  constexpr int kClients = 1100;
+  if (files.rlim_max != RLIM_INFINITY && files.rlim_max < 2 * kClients + 256) {
+    GTEST_SKIP() << "the hard open-file limit " << files.rlim_max << " is below the "
+                 << 2 * kClients + 256 << " descriptors this test needs";
+  }
+  StoreServerOptions so = server_options();
+  so.max_clients = store_max_clients(2000);
+  StoreServer server(so);
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &files), 0);
+  EXPECT_TRUE(files.rlim_cur == RLIM_INFINITY ||
+              files.rlim_cur >= static_cast<rlim_t>(std::min<int64_t>(
+                                    so.max_clients + so.max_pending_handshakes + 64,
+                                    files.rlim_max == RLIM_INFINITY ? INT64_MAX : files.rlim_max)));
+  std::vector<std::unique_ptr<StoreClient>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<StoreClient>(client_options(server.port())));
+    clients.back()->set("rank/" + std::to_string(i), "here");
+  }
+  EXPECT_EQ(clients.front()->get("rank/" + std::to_string(kClients - 1)), "here");
 }
 
 }  // namespace
