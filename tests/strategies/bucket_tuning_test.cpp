@@ -12,6 +12,7 @@
 #include "dtrain/nn/layers.h"
 #include "dtrain/nn/optim.h"
 #include "dtrain/strategies/data_parallel.h"
+#include "strategies/thread_ranks.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -39,33 +40,28 @@ struct ReplicaResult {
 
 std::vector<ReplicaResult> train(int world, bool tune, int steps) {
   std::vector<ReplicaResult> out(world);
-  auto comms = dist::make_local_group(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      StrategyOptions o;
-      o.bucket_cap_auto = tune;
-      DataParallelStrategy strategy("ddp", o, comms[r]);
-      auto model = make_model();
-      strategy.prepare(*model);
-      nn::SGD opt(model->parameters(), {0.05, 0.9});
-      Generator gen(100 + r, 1);
-      for (int s = 0; s < steps; ++s) {
-        opt.zero_grad();
-        cross_entropy(strategy.forward(*model, randn({8, kIn}, gen)),
-                      randint(0, kClasses, {8}, gen))
-            .backward();
-        strategy.synchronize_gradients(*model);
-        strategy.step_optimizer(opt);
-        const std::string m = strategy.take_message();
-        if (!m.empty()) out[r].message = m;
-      }
-      out[r].params = model->state_dict();
-      out[r].trials = strategy.bucket_cap_trials();
-      out[r].cap = strategy.bucket_cap_mb();
-    });
-  }
-  for (auto& t : threads) t.join();
+  testutil::for_each_rank(world, [&](std::shared_ptr<dist::Communicator> comm) {
+    const int r = comm->rank();
+    StrategyOptions o;
+    o.bucket_cap_auto = tune;
+    DataParallelStrategy strategy("ddp", o, comm);
+    auto model = make_model();
+    strategy.prepare(*model);
+    nn::SGD opt(model->parameters(), {0.05, 0.9});
+    Generator gen(100 + r, 1);
+    for (int s = 0; s < steps; ++s) {
+      opt.zero_grad();
+      cross_entropy(strategy.forward(*model, randn({8, kIn}, gen)), randint(0, kClasses, {8}, gen))
+          .backward();
+      strategy.synchronize_gradients(*model);
+      strategy.step_optimizer(opt);
+      const std::string m = strategy.take_message();
+      if (!m.empty()) out[r].message = m;
+    }
+    out[r].params = model->state_dict();
+    out[r].trials = strategy.bucket_cap_trials();
+    out[r].cap = strategy.bucket_cap_mb();
+  });
   return out;
 }
 

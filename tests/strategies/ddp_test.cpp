@@ -23,6 +23,7 @@
 #include "dtrain/nn/optim.h"
 #include "dtrain/strategies/data_parallel.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
+#include "strategies/thread_ranks.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -40,26 +41,11 @@ std::shared_ptr<nn::Sequential> make_model(uint64_t seed, int64_t hidden = 8) {
 }
 
 /// The data of the whole run: step s uses rows [s * global, (s + 1) * global).
-struct Data {
-  Tensor x, y;
-  Data(int64_t rows, uint64_t seed) {
-    Generator gen(seed, 3);
-    x = randn({rows, kIn}, gen);
-    y = randint(0, kClasses, {rows}, gen);
-  }
-  std::pair<Tensor, Tensor> rows(int64_t begin, int64_t count) const {
-    return {ops::slice(x, 0, begin, begin + count).clone(),
-            ops::slice(y, 0, begin, begin + count).clone()};
-  }
+struct Data : testutil::RunData {
+  Data(int64_t rows, uint64_t seed) : RunData(rows, kIn, kClasses, seed) {}
 };
 
-void for_each_rank(int world,
-                   const std::function<void(std::shared_ptr<dist::Communicator>)>& body) {
-  auto comms = dist::make_local_group(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) threads.emplace_back([&, r] { body(comms[r]); });
-  for (auto& t : threads) t.join();
-}
+using testutil::for_each_rank;
 
 nn::NamedTensors train_single(int64_t batch, int steps, const Data& data) {
   auto model = make_model(0);

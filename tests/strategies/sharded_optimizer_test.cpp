@@ -17,6 +17,7 @@
 #include "dtrain/nn/clip_grad.h"
 #include "dtrain/nn/layers.h"
 #include "dtrain/nn/optim.h"
+#include "strategies/thread_ranks.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -35,26 +36,12 @@ std::shared_ptr<nn::Sequential> make_model(uint64_t seed) {
       std::make_shared<nn::Linear>(kHidden, kClasses, true, gen)});
 }
 
-struct Data {
-  Tensor x, y;
-  Data(int64_t rows, uint64_t seed) {
-    Generator gen(seed, 3);
-    x = randn({rows, kIn}, gen);
-    y = randint(0, kClasses, {rows}, gen);
-  }
-  std::pair<Tensor, Tensor> rows(int64_t begin, int64_t count) const {
-    return {ops::slice(x, 0, begin, begin + count).clone(),
-            ops::slice(y, 0, begin, begin + count).clone()};
-  }
+/// The data of the whole run: step s uses rows [s * global, (s + 1) * global).
+struct Data : testutil::RunData {
+  Data(int64_t rows, uint64_t seed) : RunData(rows, kIn, kClasses, seed) {}
 };
 
-void for_each_rank(int world,
-                   const std::function<void(std::shared_ptr<dist::Communicator>)>& body) {
-  auto comms = dist::make_local_group(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) threads.emplace_back([&, r] { body(comms[r]); });
-  for (auto& t : threads) t.join();
-}
+using testutil::for_each_rank;
 
 std::unique_ptr<nn::Optimizer> make_optimizer(const std::string& kind, nn::Module& model) {
   if (kind == "sgd") return std::make_unique<nn::SGD>(model.parameters(), nn::SgdOptions{0.1, 0.9});

@@ -16,6 +16,7 @@
 #include "dtrain/distributed/backends/local/local_communicator.h"
 #include "dtrain/nn/optim.h"
 #include "dtrain/strategies/ddp.h"
+#include "strategies/thread_ranks.h"
 #include "testutil.h"
 
 namespace dtrain {
@@ -23,13 +24,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-void for_each_rank(int world,
-                   const std::function<void(std::shared_ptr<dist::Communicator>)>& body) {
-  auto comms = dist::make_local_group(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) threads.emplace_back([&, r] { body(comms[r]); });
-  for (auto& t : threads) t.join();
-}
+using testutil::for_each_rank;
 
 /// What one BatchNorm forward/backward leaves: the output, the input's gradient, the
 /// parameters' gradients and the running statistics after two training steps.
