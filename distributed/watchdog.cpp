@@ -52,6 +52,10 @@ std::string ranks_text(const std::vector<int>& ranks) {
 /// two polls, so that a live rank has certainly published again by then.
 milliseconds probe_lead(milliseconds poll) { return 2 * poll + milliseconds(250); }
 
+/// The least age of that read for a judgment to use it: a live rank publishes at every poll of its
+/// own, so over more than a poll (and a Store round trip) its record changes.
+milliseconds probe_min_age(milliseconds poll) { return poll + milliseconds(250); }
+
 }  // namespace
 
 milliseconds watchdog_timeout(milliseconds collective_timeout) {
@@ -272,7 +276,9 @@ void Watchdog::loop() {
     const CollectiveInfo info = *in_flight_;
     const milliseconds next_judgment =
         stall_reported_ ? options_.timeout : std::min(options_.stall_warning, options_.timeout);
-    if (report_store_ && waited >= next_judgment - lead &&
+    // Not earlier than a quarter of the judgment: with a short timeout (under 2.5 s at the default
+    // poll) every collective would otherwise be probed.
+    if (report_store_ && waited >= std::max(next_judgment - lead, next_judgment / 4) &&
         (probe_sequence_ != info.sequence || probe_for_ != next_judgment)) {
       probe_sequence_ = info.sequence;
       probe_for_ = next_judgment;
@@ -283,10 +289,10 @@ void Watchdog::loop() {
       continue;  // judged at a later poll, once the probe is old enough
     }
     const auto probe_age = std::chrono::duration_cast<milliseconds>(now - probe_at_);
-    const std::vector<Record>* probe =
-        probe_sequence_ == info.sequence && !probe_.empty() && probe_age >= 2 * options_.poll
-            ? &probe_
-            : nullptr;
+    const std::vector<Record>* probe = probe_sequence_ == info.sequence && !probe_.empty() &&
+                                               probe_age >= probe_min_age(options_.poll)
+                                           ? &probe_
+                                           : nullptr;
     if (waited >= options_.timeout) {
       lock.unlock();
       std::string verdict;
