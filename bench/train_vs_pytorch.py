@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 import time
 
+import bench_python
+
 import numpy as np
 
 DATA = "/usr/share/datasets/fashion-mnist"
@@ -106,7 +108,9 @@ def dtrain_samples_per_sec(binary, kind, steps, threads, device="cpu", data=DATA
 
 
 def main():
+    bench_python.use_requested_python()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", help="the interpreter with torch (scripts/bench_env.sh)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dtrain", default="build/dtrain")
@@ -135,7 +139,8 @@ def main():
                                                            args.device, args.data))
             results[kind][1].append(torch_samples_per_sec(kind, torch_steps, args.threads, data,
                                                           args.device))
-    print(f"training throughput, batch 64, {args.threads} thread(s), best of {args.rounds} rounds")
+    print(f"training throughput, batch 64, {args.threads} thread(s), best of {args.rounds} rounds; "
+          f"{bench_python.torch_description()}")
     print(f"{'config':<26} {'dtrain samples/s':>17} {'pytorch samples/s':>18} {'ratio':>6}")
     for kind, (ours, theirs) in results.items():
         print(f"{CASES[kind][0]:<26} {max(ours):>17.0f} {max(theirs):>18.0f} "
