@@ -250,16 +250,19 @@ void Job::start_own_store(HostCommunicator& comm) {
       own_store_ = std::make_unique<StoreServer>(so);
       text = host_identity() + "\t" + std::to_string(own_store_->port()) + "\t" + so.token + "\t";
       if (!one_machine) {
-        for (const std::string& a : own_addresses()) text += a + ",";
+        // As many as fit: the first interfaces are the likeliest to be reachable.
+        for (const std::string& a : own_addresses()) {
+          if (text.size() + a.size() + 1 > capacity) break;
+          text += a + ",";
+        }
       }
     } catch (const Error& e) {
       std::fprintf(stderr, "warning: rank 0 cannot host a store for the watchdogs: %s\n",
                    e.message().c_str());
       text.clear();  // the others learn that there is none
     }
-    DTRAIN_CHECK(text.size() <= capacity, "job: the store record (", text.size(),
-                 " bytes) does not fit its broadcast");
-    std::memcpy(bytes, text.data(), text.size());
+    // Never throw before the broadcast: the other ranks would wait in it until the timeout.
+    std::memcpy(bytes, text.data(), std::min(text.size(), capacity));
   }
   BroadcastOptions o;
   o.root = 0;
