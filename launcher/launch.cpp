@@ -598,7 +598,10 @@ std::optional<std::string> Launcher::describe_hang(int attempt, const Worker& re
     if (name == "reporter") reporter_rank = value;
     if (name != "behind" && name != "silent") continue;
     for (const std::string& r : split(value, ' ')) {
-      if (!r.empty()) culprits.emplace_back(std::stoi(r), name == "silent");
+      if (r.empty() || r.find_first_not_of("0123456789") != std::string::npos || r.size() > 9) {
+        continue;  // not a rank: the verdict is the watchdog's, but the store holds any text
+      }
+      culprits.emplace_back(std::stoi(r), name == "silent");
     }
   }
   if (culprits.empty()) return std::nullopt;  // the generic report shows the watchdog's output
