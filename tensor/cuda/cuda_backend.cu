@@ -555,12 +555,12 @@ void gemm_16bit(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, flo
   DeviceGuard guard(device);
   const cudaDataType_t operands = operand_dtype == DType::kBFloat16 ? CUDA_R_16BF : CUDA_R_16F;
   // Column-major C^T = op(B)^T op(A)^T, as in gemm; tensor cores with float32 accumulation.
-  DTRAIN_CUBLAS_CHECK(cublasGemmEx(
-      cublas_handle(device), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-      trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-      static_cast<int>(k), &alpha, b, operands, static_cast<int>(ldb), a, operands,
-      static_cast<int>(lda), &beta, c, CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
-      CUBLAS_GEMM_DEFAULT));
+  DTRAIN_CUBLAS_CHECK(cublasGemmEx(cublas_handle(device), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(n),
+                                   static_cast<int>(m), static_cast<int>(k), &alpha, b, operands,
+                                   static_cast<int>(ldb), a, operands, static_cast<int>(lda), &beta,
+                                   c, CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
   check_launch("cublasGemmEx", device);
 }
 
