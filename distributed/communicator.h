@@ -131,6 +131,10 @@ class Communicator {
     std::erase(observers_, observer);
   }
   virtual bool observes_collectives() const { return false; }
+  /// A running hash of the kind (with its reduce op), dtype and count of every collective issued
+  /// through this communicator so far: ranks that issued the same calls have the same digest,
+  /// which a cheap per-step comparison checks (0: the backend does not track it).
+  virtual uint64_t calls_digest() const { return 0; }
 
  protected:
   Communicator(int rank, int size) : rank_(rank), size_(size) {}

@@ -33,6 +33,8 @@ class DeviceRoutedCommunicator final : public Communicator {
   WorkPtr send(const Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
   WorkPtr recv(Tensor& t, int peer, const SendRecvOptions& opts = {}) override;
   Tensor allocate_symmetric(int64_t numel, DType dtype) override;
+  /// The host side's calls (the device backend does not track its own).
+  uint64_t calls_digest() const override { return host_->calls_digest(); }
 
  private:
   /// The communicator for tensors on `device`; `op` and the other tensor name a mix in errors.

@@ -9,6 +9,7 @@
 #include "dtrain/distributed/reduce.h"
 #include "dtrain/distributed/shared_memory_group.h"
 #include "dtrain/tensor/check.h"
+#include "dtrain/tensor/hash.h"
 
 namespace dtrain::dist {
 namespace {
@@ -260,6 +261,8 @@ CollectiveInfo HostCommunicator::make_info(std::string kind, const Tensor& t) {
   info.kind = std::move(kind);
   info.dtype = t.defined() ? t.dtype() : DType::kFloat32;
   info.count = t.defined() ? t.numel() : 0;
+  const int64_t shape[2] = {static_cast<int64_t>(info.dtype), info.count};
+  calls_digest_ = fnv1a(shape, sizeof shape, fnv1a(info.kind, calls_digest_ ^ kFnv1aOffset));
   return info;
 }
 

@@ -74,6 +74,7 @@ class HostCommunicator : public Communicator {
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }
   bool observes_collectives() const override { return true; }
+  uint64_t calls_digest() const override { return calls_digest_; }
   /// Before each collective, ranks exchange what they are about to call (sequence, kind, dtype,
   /// count) and a difference raises an error listing every rank's call, instead of a hang or
   /// garbage. One small all_gather per collective; on by default when DTRAIN_DISTRIBUTED_DEBUG=1.
@@ -123,6 +124,7 @@ class HostCommunicator : public Communicator {
   bool try_run_queued();
 
   uint64_t sequence_ = 0;
+  uint64_t calls_digest_ = 0;  // see calls_digest(); updated where sequence_ is
   bool debug_checks_ = false;
   // Who shares memory, the segments, and their all-reduce (its ring runs over run_send/run_recv).
   std::unique_ptr<SharedMemoryGroup> shared_memory_;

@@ -177,6 +177,27 @@ std::function<double()> DataParallelStrategy::start_sum_across_replicas(double v
   };
 }
 
+std::function<Strategy::StepAgreement()> DataParallelStrategy::start_step_agreement(
+    double stop_vote) {
+  // One max-reduction of [vote, d, -d] with 48 bits of the digest (exact in a double): the
+  // digests agree exactly when the largest d is the smallest.
+  const double digest = static_cast<double>(comm_->calls_digest() >> 16);
+  Tensor t({3}, DType::kFloat64);
+  double* v = t.data<double>();
+  v[0] = stop_vote;
+  v[1] = digest;
+  v[2] = -digest;
+  dist::WorkPtr work = comm_->all_reduce(t, {dist::ReduceOp::kMax});
+  return [t, work]() mutable {
+    if (work) {
+      work->wait();
+      work.reset();
+    }
+    const double* r = t.data<double>();
+    return StepAgreement{r[0], r[1] == -r[2]};
+  };
+}
+
 namespace {
 
 /// Every replica's 64-bit value, gathered.

@@ -76,6 +76,18 @@ class Strategy {
     sum_across_replicas(values);
     return [sum = values[0]] { return sum; };
   }
+  /// What replicas agree on at the end of every step without a round trip of its own, started
+  /// now and read (by calling the result) a step later: the largest stop vote (a signal some of
+  /// them received), and whether every replica has issued the same collectives so far (the
+  /// communicator's calls_digest; a replica that took another code path would otherwise pair
+  /// its collectives with the wrong ones of its peers).
+  struct StepAgreement {
+    double stop_vote = 0;
+    bool same_calls = true;
+  };
+  virtual std::function<StepAgreement()> start_step_agreement(double stop_vote) {
+    return [stop_vote] { return StepAgreement{stop_vote, true}; };
+  }
   /// Collective, at start-up: every replica must run the same resolved configuration; otherwise
   /// every replica throws, naming the replicas and the keys that differ from replica 0.
   virtual void check_same_config(const ConfigEntries& config) { (void)config; }

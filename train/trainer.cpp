@@ -604,16 +604,24 @@ void Trainer::report_optimizer_shard() {
       kept / mib, values[0] / mib, strategy_->num_replicas_in_sync());
 }
 
-bool Trainer::stop_agreed() {
-  if (!config_.train.checkpoint_on_signal) return false;
-  double vote = 0;
-  if (stop_vote_) vote = stop_vote_();
-  if (vote > 0) {
-    stop_vote_ = nullptr;
-    stop_signal_ = vote >= kVoteOtherSignal ? SIGTERM : SIGUSR1;
+bool Trainer::stop_agreed(int64_t step) {
+  Strategy::StepAgreement agreed;
+  if (stop_vote_) agreed = stop_vote_();
+  stop_vote_ = nullptr;
+  if (!agreed.same_calls) {
+    DTRAIN_THROW(ValueError, "step ", step,
+                 ": the replicas have not issued the same collectives (their running digests "
+                 "of each call's op, dtype and count differ since the step before): a replica "
+                 "took another code path, or code issued a collective on some replicas only. "
+                 "DTRAIN_DISTRIBUTED_DEBUG=1 compares every collective and names the first that "
+                 "differs");
+  }
+  if (config_.train.checkpoint_on_signal && agreed.stop_vote > 0) {
+    stop_signal_ = agreed.stop_vote >= kVoteOtherSignal ? SIGTERM : SIGUSR1;
     return true;
   }
-  stop_vote_ = strategy_->start_sum_across_replicas(stop_vote_value(stop_signal()));
+  stop_vote_ = strategy_->start_step_agreement(
+      config_.train.checkpoint_on_signal ? stop_vote_value(stop_signal()) : 0);
   return false;
 }
 
@@ -687,7 +695,7 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
                  static_cast<double>(plan.batch * t.grad_accum_steps * plan.replicas), last);
     }
     step_loss = 0;
-    const bool stop = stop_agreed();
+    const bool stop = stop_agreed(at.step);
     const Checkpoint due = last || stop ? Checkpoint::kFinal
                            : t.checkpoint_every_steps > 0 && at.step % t.checkpoint_every_steps == 0
                                ? Checkpoint::kPeriodic

@@ -140,8 +140,9 @@ class Trainer {
                    const nn::OptimizerState& optimizer_state);
   /// At the end of each step: whether every replica has agreed to stop because some of them
   /// received a stop signal (stop_signal.h); the vote started one step earlier rides along with
-  /// this step's work.
-  bool stop_agreed();
+  /// this step's work, and with it the check that every replica issued the same collectives
+  /// (throws naming the step when they did not).
+  bool stop_agreed(int64_t step);
   /// Collective: prints, on the primary, the optimiser state this replica keeps and the whole.
   void report_optimizer_shard();
   /// Collective, every log.every_steps: the straggler table of the steps since the last one.
@@ -171,8 +172,8 @@ class Trainer {
   } early_stop_;
   // A checkpoint fell due at the end of an epoch; it waits for the epoch's evaluation.
   Checkpoint checkpoint_after_evaluation_ = Checkpoint::kNone;
-  std::function<double()> stop_vote_;  // the pending vote of the step before
-  int stop_signal_ = 0;                // set when the replicas agreed to stop
+  std::function<Strategy::StepAgreement()> stop_vote_;  // the pending agreement of the step before
+  int stop_signal_ = 0;                                 // set when the replicas agreed to stop
   Timeline timeline_;
   DType precision_ = DType::kFloat32;          // train.precision: the matmul operands' type
   std::optional<LossScaler> scaler_;           // fp16

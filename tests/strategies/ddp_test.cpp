@@ -629,5 +629,31 @@ TEST(DataParallelStrategy, ParameterDriftIsReportedNamingTheReplica) {
   for (const auto& e : errors) EXPECT_THAT(e, HasSubstr("drifted apart by step 20: replica(s) 2"));
 }
 
+// The per-step agreement carries a digest of every replica's collectives: replicas that issued
+// the same calls agree; one that reduced with another op is caught at the next step.
+TEST(DataParallelStrategy, TheStepAgreementCatchesReplicasThatIssuedDifferentCollectives) {
+  for (const bool other_op : {false, true}) {
+    std::vector<Strategy::StepAgreement> seen(2);
+    // The local backend and tcp's messages compare every call themselves; tcp ranks on one host
+    // reducing in shared memory (and mpi) pair whatever the ranks issue.
+    for_each_tcp_rank(2, [&](dist::HostCommunicator& host) {
+      const std::shared_ptr<dist::Communicator> comm(&host, [](dist::Communicator*) {});
+      DataParallelStrategy strategy("ddp", StrategyOptions{}, comm);
+      EXPECT_TRUE(strategy.start_step_agreement(0)().same_calls);
+      // In the ranks' shared memory, where no message carries the call to compare.
+      Tensor t = host.allocate_symmetric(4, DType::kFloat32);
+      const bool odd = comm->rank() == 1;
+      // With other_op, replica 1 reduces with max where replica 0 sums: the collective completes
+      // (the same size meets the same size), and only the digest tells them apart.
+      comm->all_reduce(t, {other_op && odd ? dist::ReduceOp::kMax : dist::ReduceOp::kSum})->wait();
+      seen[comm->rank()] = strategy.start_step_agreement(odd ? 1000 : 0)();
+    });
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_EQ(seen[r].same_calls, !other_op) << "replica " << r;
+      EXPECT_EQ(seen[r].stop_vote, 1000) << "the largest vote, on every replica";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dtrain
