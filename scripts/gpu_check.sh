@@ -308,12 +308,15 @@ run_check() {
   say "logs in $logs; budget ${budget} s"
   local failures=()
 
-  # Runs "$@" bounded by min(cap, what is left of the budget); 125 when the budget is spent.
+  # Runs "$@" bounded by min(cap, what is left of the budget), noting the bound in last_cap;
+  # 125 when the budget is spent.
+  local last_cap=0
   bounded() {
     local cap=$1
     shift
     local left=$((deadline - SECONDS))
     ((left < cap)) && cap=$left
+    last_cap=$cap
     ((cap >= 5)) || return 125
     timeout -k 10 "$cap" "$@"
   }
@@ -359,14 +362,16 @@ run_check() {
       log.progress=off train.checkpoint_every_steps=0 "$@" >"$logs/$name.log" 2>&1
   }
   final_field() { sed -n "s/^final: .*$1=\([0-9.]*\).*/\1/p" "$logs/$2.log" | tail -1; }
-  # Why a run gave no figure, from its status.
+  # Why the last bounded run gave no figure, from its status.
   why_not() {
     case $1 in
-      125) echo "not measured: the 8-minute budget was spent" ;;
-      124 | 137) echo "not measured: timed out after $2 s" ;;
-      *) echo "not measured: dtrain exited $1 (log: $logs/$3.log)" ;;
+      125) echo "not measured: the ${budget}-second budget was spent" ;;
+      124 | 137) echo "not measured: timed out after $last_cap s" ;;
+      *) echo "not measured: dtrain exited $1 (log: $logs/$2.log)" ;;
     esac
   }
+  is_number() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
+  unit() { if is_number "$1"; then echo "$2"; fi; }
   local have_data=1
   [ -r "$data/train-images-idx3-ubyte.gz" ] || have_data=0
 
@@ -375,7 +380,7 @@ run_check() {
   bounded 90 "$bin/gpu_gemm_bench" --n 4096 --iters 20 --warmup 3 >"$gemm_log" 2>&1
   rc=$?
   if ((rc != 0)); then
-    gemm_note=$(why_not "$rc" 90 gemm | sed "s/dtrain exited/gpu_gemm_bench exited/")
+    gemm_note=$(why_not "$rc" gemm | sed "s/dtrain exited/gpu_gemm_bench exited/")
     ((rc == 125 || rc == 124 || rc == 137)) || failures+=("gpu_gemm_bench exited $rc")
   fi
   gemm() { sed -n "s/^gemm dtype=$1 impl=$2 .* tflops=\([0-9.]*\) .*/\1/p" "$gemm_log"; }
@@ -394,10 +399,10 @@ run_check() {
     if ((rc == 0)) && [ -n "$(final_field samples_per_sec "speed_$kind")" ]; then
       ours[$kind]=$(final_field samples_per_sec "speed_$kind")
     else
-      ours[$kind]=$(why_not "$rc" 60 "speed_$kind")
+      ours[$kind]=$(why_not "$rc" "speed_$kind")
       ((rc == 125 || rc == 124 || rc == 137)) || failures+=("dtrain $kind throughput run exited $rc")
     fi
-    say "dtrain $kind on the GPU: ${ours[$kind]} samples/s"
+    say "dtrain $kind on $device: ${ours[$kind]}$(unit "${ours[$kind]}" " samples/s")"
   done
 
   # 6. The accuracy runs: the full configs on the GPU against their targets. Targets: the MLP's
@@ -418,13 +423,13 @@ run_check() {
       wall=$(final_field wall_s "accuracy_$kind")
       if ((rc == 0)) && [ -n "$acc" ]; then
         if awk -v a="$acc" -v t="${target[$kind]}" 'BEGIN { exit !(a >= t) }'; then
-          line="$kind: test accuracy $acc >= target ${target[$kind]} (CPU run: ${cpu_ref[$kind]}), ${wall} s on the GPU: passed"
+          line="$kind: test accuracy $acc >= target ${target[$kind]} (CPU run: ${cpu_ref[$kind]}), ${wall} s on $device: passed"
         else
           line="$kind: test accuracy $acc < target ${target[$kind]} (CPU run: ${cpu_ref[$kind]}): MISSED"
           failures+=("$kind accuracy $acc < ${target[$kind]}")
         fi
       else
-        line="$kind: $(why_not "$rc" "${cap[$kind]}" "accuracy_$kind")"
+        line="$kind: $(why_not "$rc" "accuracy_$kind")"
         failures+=("$kind accuracy ${line#*: }")
       fi
     fi
@@ -436,7 +441,7 @@ run_check() {
   local torch_why="" torch_log=$logs/pytorch.log
   if ! command -v python3 >/dev/null; then
     torch_why="not measured: no python3"
-  elif ! torch_why=$(python3 -c 'import torch, numpy, sys
+  elif ! torch_why=$(env -u LD_LIBRARY_PATH python3 -c 'import torch, numpy, sys
 sys.exit(0) if sys.argv[1] == "cpu" or torch.cuda.is_available() else print("torch " + torch.__version__ + " sees no GPU")' "$device" 2>&1); then
     torch_why="not measured: python3 has no PyTorch with CUDA ($(echo "$torch_why" | tail -1))"
   elif [ -n "$torch_why" ]; then
@@ -458,13 +463,12 @@ sys.exit(0) if sys.argv[1] == "cpu" or torch.cuda.is_available() else print("tor
     if ((rc == 0)) && [ -n "$rate" ]; then
       theirs[$kind]=$rate
     else
-      theirs[$kind]=$(why_not "$rc" 60 pytorch | sed 's/dtrain exited/train_vs_pytorch.py exited/')
+      theirs[$kind]=$(why_not "$rc" pytorch | sed 's/dtrain exited/train_vs_pytorch.py exited/')
     fi
-    say "PyTorch $kind on the GPU: ${theirs[$kind]} samples/s"
+    say "PyTorch $kind on $device: ${theirs[$kind]}$(unit "${theirs[$kind]}" " samples/s")"
   done
 
   # 8. The table, printed and written to gpu-check-results.md.
-  is_number() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
   ratio() {
     if is_number "$1" && is_number "$2"; then
       awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "—" }'
@@ -482,14 +486,18 @@ sys.exit(0) if sys.argv[1] == "cpu" or torch.cuda.is_available() else print("tor
       echo "**GPU_CHECK_DEVICE=$device: a test of the script; these are not GPU figures.**"
       echo
     fi
-    echo "Measured by \`scripts/gpu_check.sh\` on one $gpu_name ($(echo "$gpus" | head -1 | cut -d, -f2- | sed 's/^ //'));"
-    echo "commit $commit, $(date -u +%Y-%m-%d). dtrain: samples/s over the whole run from its \`final:\`"
-    echo "line (the first steps and cuBLAS start-up included), batches copied from the host each step;"
-    echo "PyTorch $(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null || echo '(none)'): the same models,"
-    echo "batch sizes and step counts after 10 warm-up steps (the ResNet without crops and flips)."
-    echo "GEMM: 4096x4096x4096, mean of 20 after 3 warm-ups; bf16 is dtrain's float32 matmul under"
-    echo "\`MatmulPrecisionGuard(kBFloat16)\` (operand rounding included) against \`cublasGemmEx\` on"
-    echo "bf16 operands, float32 accumulation."
+    local torch_version
+    torch_version=$(env -u LD_LIBRARY_PATH python3 -c 'import torch; print(torch.__version__)' 2>/dev/null) ||
+      torch_version="(none)"
+    echo "Measured by \`scripts/gpu_check.sh\` on one $gpu_name ($(echo "$gpus" | head -1 | cut -d, -f2- | sed 's/^ //')),"
+    echo "$(date -u +%Y-%m-%d), bundle of commit $commit."
+    echo "- dtrain: samples/s over the whole run from its \`final:\` line (the first steps and cuBLAS"
+    echo "  start-up included), batches copied from the host each step."
+    echo "- PyTorch $torch_version: the same models, batch sizes and step counts, timed after 10 warm-up"
+    echo "  steps (the ResNet without random crops and flips)."
+    echo "- GEMM: 4096x4096x4096 on float32 tensors, mean of 20 after 3 warm-ups; bf16 is dtrain's"
+    echo "  matmul under \`MatmulPrecisionGuard(kBFloat16)\` (rounding both operands included) against"
+    echo "  \`cublasGemmEx\` on bf16 operands with float32 accumulation."
     echo
     echo "| measurement | dtrain | reference | reference is | dtrain / reference |"
     echo "| --- | ---: | ---: | --- | ---: |"
