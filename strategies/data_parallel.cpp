@@ -164,19 +164,6 @@ void DataParallelStrategy::sum_across_replicas(std::vector<double>& values) {
   std::memcpy(values.data(), t.data_ptr(), values.size() * sizeof(double));
 }
 
-std::function<double()> DataParallelStrategy::start_sum_across_replicas(double value) {
-  Tensor t({1}, DType::kFloat64);
-  t.data<double>()[0] = value;
-  dist::WorkPtr work = comm_->all_reduce(t);
-  return [t, work]() mutable {
-    if (work) {
-      work->wait();
-      work.reset();
-    }
-    return t.data<double>()[0];
-  };
-}
-
 std::function<Strategy::StepAgreement()> DataParallelStrategy::start_step_agreement(
     double stop_vote) {
   // One max-reduction of [vote, d, -d] with 48 bits of the digest (exact in a double): the

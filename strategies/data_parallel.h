@@ -32,7 +32,6 @@ class DataParallelStrategy final : public Strategy {
   void set_gradient_sync(bool enabled) override;
   void synchronize_gradients(nn::Module& model) override;
   void sum_across_replicas(std::vector<double>& values) override;
-  std::function<double()> start_sum_across_replicas(double value) override;
   std::function<StepAgreement()> start_step_agreement(double stop_vote) override;
   void check_same_config(const ConfigEntries& config) override;
   void check_parameters_in_sync(nn::Module& model, int64_t step) override;

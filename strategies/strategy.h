@@ -68,14 +68,6 @@ class Strategy {
   virtual std::vector<std::string> gather_text(const std::string& text) { return {text}; }
   /// In place: each value becomes its sum over replicas (metrics such as loss and accuracy).
   virtual void sum_across_replicas(std::vector<double>& values) = 0;
-  /// The same for one value, started now and finished by calling the result: a decision every
-  /// replica must take at the same step (a stop that a signal asked some of them for) rides
-  /// along with the next step's work instead of waiting for a round trip.
-  virtual std::function<double()> start_sum_across_replicas(double value) {
-    std::vector<double> values = {value};
-    sum_across_replicas(values);
-    return [sum = values[0]] { return sum; };
-  }
   /// What replicas agree on at the end of every step without a round trip of its own, started
   /// now and read (by calling the result) a step later: the largest stop vote (a signal some of
   /// them received), and whether every replica has issued the same collectives so far (the

@@ -550,7 +550,10 @@ Trainer::StepResult Trainer::optimizer_step(int64_t step) {
 
 void Trainer::report_stragglers(int64_t step, MetricsSink* sink) {
   const int replicas = strategy_->num_replicas_in_sync();
-  if (!config_.log.stragglers || replicas < 2) return;
+  if (!config_.log.stragglers || replicas < 2) {
+    timeline_.reset_window();  // nobody reads it: keep it from growing with the run
+    return;
+  }
   // A gather through a sum: each replica fills its own row.
   constexpr size_t kFields = StepSummary::kFields;
   std::vector<double> rows(kFields * static_cast<size_t>(replicas), 0.0);

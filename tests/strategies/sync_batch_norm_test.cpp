@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "dtrain/distributed/backends/local/local_communicator.h"
@@ -52,7 +53,8 @@ class SyncBatchNormMatchesOneBatch : public ::testing::TestWithParam<std::tuple<
 };  // replicas, spatial dims
 
 TEST_P(SyncBatchNormMatchesOneBatch, ForwardGradientsAndRunningStatistics) {
-  const auto [world, spatial] = GetParam();
+  // Plain variables: lambdas below capture them (clang refuses captured structured bindings).
+  const int world = std::get<0>(GetParam()), spatial = std::get<1>(GetParam());
   const int64_t channels = 3, rows = 4;  // per replica
   Shape shape = {rows * world, channels};
   if (spatial == 2) shape = {rows * world, channels, 5, 3};

@@ -121,7 +121,7 @@ TEST(MatmulPrecision, TheGuardIsPerThreadAndRestores) {
     EXPECT_EQ(other, DType::kFloat32);
   }
   EXPECT_EQ(matmul_precision(), DType::kFloat32);
-  EXPECT_THROW(MatmulPrecisionGuard(DType::kFloat64), Error);
+  EXPECT_THROW(MatmulPrecisionGuard guard(DType::kFloat64), Error);
 }
 
 TEST(AllFinite, FindsAnInfOrNanAnywhereAndAcceptsSignedZeros) {
