@@ -62,6 +62,9 @@ asan_skip=(
   # Its child lowers RLIMIT_NOFILE to the first free descriptor; UBSan's vptr check then cannot
   # open the pipe it probes memory with and reports "invalid vptr" for std::error_category.
   'LaunchLimits\.AFailedSignalfdIsAnErrorAndRestoresTheMask'
+  # A timing assertion: one worker's loader is slowed by 4 ms a batch and must stand out, which
+  # ASan's several-fold slower compute hides. Its paths (the gather, the table) run in Trace.*.
+  'Stragglers\.AReplicaSlowedOnPurposeIsNamedInTheTableAndTheOutput'
 )
 asan_skip_regex="^($(IFS='|'; echo "${asan_skip[*]}"))( |\$)"
 
