@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cpu/philox_fill.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/kernels_nn.h"
 #include "dtrain/tensor/ops.h"
@@ -434,6 +435,10 @@ Tensor dropout_mask(const Shape& shape, double p, Generator& gen, DType dtype, D
   const uint64_t offset = gen.reserve(mask.numel());
   detail::dispatch_floating(dtype, "dropout", [&](auto tag) {
     using T = decltype(tag);
+    if (!device.is_cuda()) {
+      cpu::dropout_mask_fill(mask.data_ptr<T>(), mask.numel(), gen.seed(), gen.stream(), offset, p);
+      return;
+    }
     run_kernel(device, mask.numel(),
                kernels::DropoutMaskFill<T>{mask.data_ptr<T>(), gen.seed(), gen.stream(), offset, p},
                4096);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 
+#include "dtrain/tensor/kernels_nn.h"
 #include "dtrain/tensor/ops.h"
 #include "reference.h"
 #include "testutil.h"
@@ -497,6 +498,25 @@ TEST(DropoutMask, SameGeneratorStateSameMask) {
   EXPECT_FALSE(testutil::bit_equal(ma, mc));
   // The generator advanced: the next mask from it differs.
   EXPECT_FALSE(testutil::bit_equal(ma, ops::dropout_mask({1000}, 0.5, a)));
+}
+
+// The CPU fills sixteen Philox blocks at a time; the CUDA path runs kernels::DropoutMaskFill per
+// element. Both must give the same bits, at every length (tails), offset and probability.
+TEST(DropoutMask, CpuBlockFillMatchesTheShared4ElementBody) {
+  for (const double p : {0.0, 0.1, 0.3, 0.5, 1.0 / 3.0, 0.999, 1.0}) {
+    for (const int64_t n : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{63}, int64_t{64},
+                            int64_t{65}, int64_t{1000}, int64_t{4099}, int64_t{100003}}) {
+      const uint64_t offset = 5;  // not a multiple of the sixteen-block group
+      Generator gen(11, 3);
+      gen.set_offset(offset);
+      Tensor mask = ops::dropout_mask({n}, p, gen);
+      Tensor expected = zeros({n});
+      float* e = expected.data<float>();
+      const kernels::DropoutMaskFill<float> body{e, 11, 3, offset, p};
+      for (int64_t i = 0; i < n; ++i) body(i);
+      ASSERT_TRUE(testutil::bit_equal(mask, expected)) << "p=" << p << " n=" << n;
+    }
+  }
 }
 
 TEST(DropoutMask, EdgeProbabilitiesAndFloat64) {
