@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <cxxabi.h>
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <condition_variable>
@@ -255,9 +256,64 @@ __global__ void binary_kernel(kernels::Binary op, const T* a, const T* b, O* out
   }
 }
 
-/// One thread per output; the reduction over r runs in a fixed order.
+// ---- fixed-order block reductions ----------------------------------------------------------
+// Reductions never use atomics: each block sums its share in a tree whose shape depends only on
+// the block size, and the sizes are chosen from the problem's shape alone, so a result is the same
+// bit for bit from run to run (and on any GPU).
+
+/// The sum of every thread's `v` in a fixed order (a shuffle tree inside each warp, then one over
+/// the warps' sums), returned to every thread. blockDim.x must be a multiple of 32 and at most
+/// 1024; `scratch` is 32 doubles of shared memory, free again when this returns.
+__device__ double block_sum(double v, double* scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : 0.0;
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (lane == 0) scratch[0] = v;  // the other lanes read their scratch entry before the shuffles
+  }
+  __syncthreads();
+  const double total = scratch[0];
+  __syncthreads();  // the next call may overwrite scratch
+  return total;
+}
+
+/// A block size for `work` items per block: a multiple of 32 up to kThreads.
+int reduce_threads_for(int64_t work) {
+  const int64_t warps = (std::min<int64_t>(work, kThreads) + 31) / 32;
+  return static_cast<int>(std::max<int64_t>(warps, 1) * 32);
+}
+
+/// Rows of x [rows, r] split into `chunks` parts of `chunk` elements: block b sums part
+/// b % chunks of row b / chunks into y[b], accumulating in double (like the CPU's row sums).
+template <class In, class Out>
+__global__ void sum_rows_kernel(const In* x, Out* y, int64_t r, int64_t chunks, int64_t chunk) {
+  __shared__ double scratch[32];
+  const int64_t row = blockIdx.x / chunks, part = blockIdx.x % chunks;
+  const In* p = x + row * r;
+  const int64_t begin = part * chunk, end = begin + chunk < r ? begin + chunk : r;
+  double acc = 0;
+  for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) acc += static_cast<double>(p[k]);
+  const double total = block_sum(acc, scratch);
+  if (threadIdx.x == 0) y[blockIdx.x] = static_cast<Out>(total);
+}
+
+/// Short rows (inner == 1, small r): one thread per row, sequential in double like the CPU.
 template <class T>
-__global__ void sum_dim_kernel(const T* x, T* y, int64_t outer, int64_t r, int64_t inner) {
+__global__ void sum_short_rows_kernel(const T* x, T* y, int64_t rows, int64_t r) {
+  DTRAIN_GRID_STRIDE(row, rows) {
+    double acc = 0;
+    for (int64_t k = 0; k < r; ++k) acc += static_cast<double>(x[row * r + k]);
+    y[row] = static_cast<T>(acc);
+  }
+}
+
+/// Strided lines (inner > 1): one thread per output, neighbours read neighbouring addresses, and
+/// the sum runs in T in the CPU's order (k = 0, 1, ...), so both give the same bits.
+template <class T>
+__global__ void sum_columns_kernel(const T* x, T* y, int64_t outer, int64_t r, int64_t inner) {
   DTRAIN_GRID_STRIDE(idx, outer * inner) {
     const int64_t o = idx / inner, i = idx % inner;
     T acc = 0;
@@ -525,15 +581,77 @@ void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void*
   check_launch("binary_kernel", device);
 }
 
+namespace {
+/// Rows at least this long get a block each (or several) instead of a thread.
+constexpr int64_t kBlockRowMin = 32;
+/// Elements one block sums at least, when a long row is split across blocks.
+constexpr int64_t kElementsPerBlock = 16 * kThreads;
+/// Blocks in the first stage of a split row sum, at most (the second stage is one block each).
+constexpr int64_t kMaxSplitBlocks = 1024;
+
+/// Device scratch from the caching allocator, returned when it goes out of scope. Safe to return
+/// right after the kernels that use it are queued: later users of the block are queued after them
+/// on the same (default) stream.
+class DeviceScratch {
+ public:
+  DeviceScratch(int device, size_t nbytes)
+      : allocator_(allocator(device)), nbytes_(nbytes), ptr_(allocator_.allocate(nbytes)) {}
+  ~DeviceScratch() { allocator_.deallocate(ptr_, nbytes_); }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  Allocator& allocator_;
+  size_t nbytes_;
+  void* ptr_;
+};
+
+/// y[row] = sum of x[row, 0..r) for rows of length r >= kBlockRowMin: a block per row, or when
+/// rows are few and long (a full sum is one row) each row split over several blocks whose double
+/// partial sums a second kernel adds, again in a fixed order.
+template <class T>
+void sum_long_rows(const T* x, T* y, int64_t rows, int64_t r, int device) {
+  const int64_t splits = std::clamp<int64_t>((r + kElementsPerBlock - 1) / kElementsPerBlock, 1,
+                                             std::max<int64_t>(1, kMaxSplitBlocks / rows));
+  if (splits == 1) {
+    sum_rows_kernel<T, T>
+        <<<static_cast<unsigned>(rows), reduce_threads_for(r)>>>(x, y, r, int64_t{1}, r);
+    check_launch("sum_rows_kernel", device);
+    return;
+  }
+  const int64_t chunk = (r + splits - 1) / splits;
+  DeviceScratch partial(device, static_cast<size_t>(rows * splits) * sizeof(double));
+  sum_rows_kernel<T, double><<<static_cast<unsigned>(rows * splits), kThreads>>>(
+      x, partial.as<double>(), r, splits, chunk);
+  check_launch("sum_rows_kernel", device);
+  sum_rows_kernel<double, T><<<static_cast<unsigned>(rows), reduce_threads_for(splits)>>>(
+      partial.as<double>(), y, splits, int64_t{1}, splits);
+  check_launch("sum_rows_kernel", device);
+}
+}  // namespace
+
 void sum_dim(DType dtype, const void* x, void* y, int64_t outer, int64_t r, int64_t inner,
              int device) {
+  if (outer * inner == 0) return;
   DeviceGuard guard(device);
   detail::dispatch_floating(dtype, "sum", [&](auto tag) {
     using T = decltype(tag);
-    sum_dim_kernel<T><<<blocks_for(outer * inner), kThreads>>>(static_cast<const T*>(x),
-                                                               static_cast<T*>(y), outer, r, inner);
+    const T* in = static_cast<const T*>(x);
+    T* out = static_cast<T*>(y);
+    if (inner > 1) {
+      sum_columns_kernel<T><<<blocks_for(outer * inner), kThreads>>>(in, out, outer, r, inner);
+      check_launch("sum_columns_kernel", device);
+    } else if (r < kBlockRowMin || outer > std::numeric_limits<int>::max()) {
+      sum_short_rows_kernel<T><<<blocks_for(outer), kThreads>>>(in, out, outer, r);
+      check_launch("sum_short_rows_kernel", device);
+    } else {
+      sum_long_rows<T>(in, out, outer, r, device);
+    }
   });
-  check_launch("sum_dim_kernel", device);
 }
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,

@@ -52,6 +52,39 @@ TEST_F(Cuda, UnaryAndSumMatchCpu) {
   }
 }
 
+TEST_F(Cuda, FullSumOfMillionsMatchesTheCpusDoubleSumAndRepeatsBitForBit) {
+  // Split over many blocks and added again in a second pass; float32 accumulates in double on
+  // both sides, so the results agree far inside 1e-5.
+  for (int64_t n : {int64_t{1} << 20, int64_t{3'000'017}}) {
+    Tensor x = random_tensor({n}, 40 + n, 0.0, 1.0);
+    Tensor on_gpu = ops::sum(gpu(x));
+    EXPECT_TRUE(all_close(cpu(on_gpu), ops::sum(x), 1e-5, 0.0)) << "n " << n;
+    EXPECT_TRUE(bit_equal(cpu(ops::sum(gpu(x))), cpu(on_gpu))) << "n " << n;
+    EXPECT_TRUE(all_close(cpu(ops::mean(gpu(x))), ops::mean(x), 1e-5, 0.0)) << "n " << n;
+  }
+  Tensor x64 = random_tensor({1'000'003}, 45, -1.0, 2.0, DType::kFloat64);
+  EXPECT_TRUE(all_close(cpu(ops::sum(gpu(x64))), ops::sum(x64), 1e-12, 1e-9));
+}
+
+TEST_F(Cuda, SumAlongEachRowShapeMatchesCpu) {
+  struct Case {
+    Shape shape;
+    int64_t dim;
+  };
+  // Long rows split over blocks, a block per row, a thread per short row, strided columns.
+  const std::vector<Case> cases = {{{3, 400'000}, 1}, {{2000, 700}, 1}, {{100'000, 7}, 1},
+                                   {{300, 33}, 1},    {{5000, 40}, 0},  {{8, 1'200'000}, 1},
+                                   {{4, 50, 60}, 1}};
+  for (const Case& c : cases) {
+    Tensor x = random_tensor(c.shape, 50 + c.dim, 0.0, 1.0);
+    Tensor on_gpu = cpu(ops::sum(gpu(x), {c.dim}));
+    EXPECT_TRUE(all_close(on_gpu, ops::sum(x, {c.dim}), 1e-5, 1e-6))
+        << shape_str(c.shape) << " dim " << c.dim;
+    EXPECT_TRUE(bit_equal(cpu(ops::sum(gpu(x), {c.dim})), on_gpu))
+        << shape_str(c.shape) << " dim " << c.dim;
+  }
+}
+
 TEST_F(Cuda, MatmulMatchesCpu) {
   for (int t = 0; t < 4; ++t) {
     const bool ta = t & 1, tb = t & 2;
