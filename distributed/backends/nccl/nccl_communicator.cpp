@@ -1,13 +1,19 @@
 // The nccl backend. A collective is enqueued on the communicator's stream and returns at once; its
-// Work records a CUDA event behind it. wait() polls the event and ncclCommGetAsyncError, and on
-// timeout aborts the communicator (ncclCommAbort) so no rank stays stuck inside NCCL; from then on
-// every use of the communicator throws instead of reaching the destroyed NCCL object.
+// Work records a CUDA event behind it. wait() does not block the host: it makes the device's
+// legacy default stream, where every kernel runs, wait for that event, so the kernels and copies
+// that use the result (DDP's copy-back, the optimiser step, a host read) are ordered after the
+// collective while the host goes on queuing work. The timeout still holds: the waited collective
+// is handed to the communicator's watch, a thread that polls its event and ncclCommGetAsyncError,
+// and a collective past its deadline (or an NCCL error) aborts the communicator (ncclCommAbort),
+// which releases the stream; the next use of the communicator on the issuing thread throws
+// TimeoutError naming it, every later one DistError, never reaching the destroyed NCCL object.
 #include "dtrain/distributed/backends/nccl/nccl_communicator.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -39,6 +45,9 @@ namespace dtrain::dist {
 
 using Clock = std::chrono::steady_clock;
 
+/// A CUDA event shared by a Work and the watch, which may look at it after the Work is gone.
+using SharedEvent = std::shared_ptr<CUevent_st>;
+
 struct NcclCommunicator::Impl {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
@@ -47,11 +56,25 @@ struct NcclCommunicator::Impl {
   int rank = 0, size = 1;
   bool nonblocking = false;  // joined through ncclCommInitRankConfig with blocking = 0
   uint64_t sequence = 0;
-  /// Set once, by abort(). The issuing thread reads it before every NCCL call; wait() may run on
-  /// another thread, so it reads it, and calls into NCCL, under abort_mu.
+  /// Set once, by abort(). The issuing thread reads it before every NCCL call; the watch and
+  /// wait() on other threads read it, and call into NCCL, under abort_mu.
   std::atomic<bool> aborted{false};
   mutable std::mutex abort_mu;
   std::string abort_reason;  // guarded by abort_mu
+  /// The abort was a timeout that no call has reported yet: the next one throws TimeoutError.
+  bool timeout_unreported = false;  // guarded by abort_mu
+
+  /// A collective whose wait() handed it to the default stream, and when it must be done.
+  struct Watched {
+    SharedEvent done;
+    Clock::time_point deadline;
+    std::string what;  // "#12 all_reduce(sum) float32 x 1024 did not complete within 300000 ms"
+  };
+  std::mutex watch_mu;
+  std::condition_variable watch_cv;
+  std::vector<Watched> watched;  // guarded by watch_mu
+  bool watch_stop = false;       // guarded by watch_mu
+  std::thread watch_thread;      // started by the first watched collective
 
   ~Impl();
   /// "rank 1 of 4 on cuda:1", for messages.
@@ -59,28 +82,69 @@ struct NcclCommunicator::Impl {
     return "rank " + std::to_string(rank) + " of " + std::to_string(size) +
            " on cuda:" + std::to_string(device);
   }
-  /// Throws DistError when the communicator was aborted: its NCCL object no longer exists.
-  void check_live(std::string_view op) const {
+  /// Throws when the communicator was aborted: its NCCL object no longer exists. The first call
+  /// after an abort for a timeout throws TimeoutError naming the late collective; the others
+  /// DistError.
+  void check_live(std::string_view op) {
     if (!aborted.load()) return;
     std::lock_guard lock(abort_mu);
+    if (std::exchange(timeout_unreported, false)) {
+      DTRAIN_THROW(TimeoutError, abort_reason, " on ", where(),
+                   "; the NCCL communicator was aborted, so ", op, " cannot run");
+    }
     DTRAIN_THROW(DistError, "nccl communicator aborted (", where(), ") after ", abort_reason, ": ",
                  op, " cannot run on it; a new communicator is needed (restart the job)");
   }
+  /// check_live, after looking at the watched collectives itself, so that one already past its
+  /// deadline is reported here whether or not the watch has seen it yet.
+  void check_health(std::string_view op) {
+    if (std::optional<std::string> late = sweep_watched()) abort(*late, /*timed_out=*/true);
+    check_live(op);
+  }
   /// ncclCommAbort, once; `reason` says what led to it. Holding abort_mu keeps wait() on another
-  /// thread from querying the communicator while it is destroyed.
-  void abort(const std::string& reason) {
+  /// thread from querying the communicator while it is destroyed. `timed_out`: the next
+  /// check_live reports `reason` as a TimeoutError.
+  void abort(const std::string& reason, bool timed_out = false) {
     std::lock_guard lock(abort_mu);
     if (aborted.load()) return;
     abort_reason = reason;
+    timeout_unreported = timed_out;
     aborted.store(true);
     if (comm != nullptr) ncclCommAbort(comm);
   }
+  /// Hands a waited collective to the watch (starting it the first time).
+  void watch(SharedEvent done, Clock::time_point deadline, std::string what) {
+    {
+      std::lock_guard lock(watch_mu);
+      watched.push_back({std::move(done), deadline, std::move(what)});
+      if (!watch_thread.joinable()) watch_thread = std::thread([this] { watch_loop(); });
+    }
+    watch_cv.notify_one();
+  }
+  /// Drops the watched collectives that completed; returns what the first one past its deadline
+  /// was, if any.
+  std::optional<std::string> sweep_watched() {
+    std::lock_guard lock(watch_mu);
+    const Clock::time_point now = Clock::now();
+    std::optional<std::string> late;
+    std::erase_if(watched, [&](const Watched& w) {
+      // Any answer but "not ready" ends the watch of this event: a device fault surfaces at the
+      // issuing thread's next CUDA call, with its own message.
+      if (cudaEventQuery(w.done.get()) != cudaErrorNotReady) return true;
+      if (now >= w.deadline && !late) late = w.what;
+      return false;
+    });
+    return late;
+  }
+  void watch_loop();
 };
-
 namespace {
 
 /// How long the destructor lets a nonblocking communicator finish before aborting it instead.
 constexpr std::chrono::seconds kFinalizeTimeout{30};
+/// How often the watch looks at the collectives handed to the default stream: often enough that
+/// its list stays short, rarely enough to cost nothing next to a training step.
+constexpr std::chrono::milliseconds kWatchPoll{2};
 
 ncclDataType_t nccl_type(DType t, const char* op) {
   switch (t) {
@@ -183,6 +247,15 @@ void create_stream(NcclCommunicator::Impl& impl) {
   DTRAIN_CUDA_RT_CHECK(cudaEventCreateWithFlags(&impl.inputs_ready, cudaEventDisableTiming));
 }
 
+/// A deadline `timeout` from now; a timeout too long to add means none.
+Clock::time_point deadline_after(Timeout timeout) {
+  const Clock::time_point now = Clock::now();
+  if (timeout >= std::chrono::duration_cast<Timeout>(Clock::time_point::max() - now)) {
+    return Clock::time_point::max();
+  }
+  return now + timeout;
+}
+
 class NcclWork final : public Work {
  public:
   /// Right after the collective was enqueued: its event, and the tensors it reads or writes, which
@@ -192,45 +265,42 @@ class NcclWork final : public Work {
            const std::vector<Tensor>& used)
       : info_(std::move(info)), impl_(std::move(impl)) {
     cuda::DeviceGuard guard(impl_->device);
-    DTRAIN_CUDA_RT_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
-    DTRAIN_CUDA_RT_CHECK(cudaEventRecord(event_, impl_->stream));
+    cudaEvent_t event = nullptr;
+    DTRAIN_CUDA_RT_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    event_ = SharedEvent(event, [](cudaEvent_t e) { cudaEventDestroy(e); });
+    DTRAIN_CUDA_RT_CHECK(cudaEventRecord(event, impl_->stream));
     for (const Tensor& t : used) keep(t);
   }
-  ~NcclWork() override {
-    if (event_) cudaEventDestroy(event_);
-  }
 
+  /// Orders the device's legacy default stream after the collective and returns without waiting
+  /// on the host: every kernel and copy queued after this call sees the result, and a host read
+  /// (to_vector, item) waits for it through that stream. The collective is watched until it
+  /// completes; past `timeout` the communicator is aborted, and the next call on it throws
+  /// TimeoutError. Throws at once when the communicator was aborted or NCCL reported an error.
   void wait(Timeout timeout) override {
-    const auto deadline = Clock::now() + timeout;
-    for (;;) {
-      if (is_completed()) return;
-      {
-        std::lock_guard lock(impl_->abort_mu);
-        if (impl_->aborted.load()) {
-          DTRAIN_THROW(DistError, info_.describe(), " on ", impl_->where(),
-                       ": nccl communicator aborted (after ", impl_->abort_reason,
-                       ") before this collective completed; its result is undefined");
-        }
-        ncclResult_t async_error = ncclSuccess;
+    const std::string what = info_.describe() + ": wait()";
+    impl_->check_health(what);
+    {
+      std::lock_guard lock(impl_->abort_mu);
+      ncclResult_t async_error = ncclSuccess;
+      if (!impl_->aborted.load()) {
         DTRAIN_NCCL_CHECK(ncclCommGetAsyncError(impl_->comm, &async_error));
-        if (async_error != ncclSuccess && async_error != ncclInProgress) {
-          DTRAIN_THROW(DistError, info_.describe(), " on ", impl_->where(),
-                       " failed in NCCL: ", ncclGetErrorString(async_error));
-        }
       }
-      if (Clock::now() >= deadline) {
-        // A collective stuck in NCCL cannot be cancelled; aborting the communicator releases the
-        // stream so the process can report and exit instead of hanging.
-        impl_->abort(info_.describe() + " timed out after " + std::to_string(timeout.count()) +
-                     " ms");
-        DTRAIN_THROW(TimeoutError, info_.describe(), " did not complete within ", timeout.count(),
-                     " ms on ", impl_->where(), "; the NCCL communicator was aborted");
+      if (async_error != ncclSuccess && async_error != ncclInProgress) {
+        DTRAIN_THROW(DistError, info_.describe(), " on ", impl_->where(),
+                     " failed in NCCL: ", ncclGetErrorString(async_error));
       }
-      std::this_thread::yield();
     }
+    impl_->check_live(what);  // aborted by the watch since check_health
+    if (is_completed() || handed_to_stream_.exchange(true)) return;
+    cuda::DeviceGuard guard(impl_->device);
+    DTRAIN_CUDA_RT_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, event_.get(), 0));
+    impl_->watch(
+        event_, deadline_after(timeout),
+        info_.describe() + " did not complete within " + std::to_string(timeout.count()) + " ms");
   }
   bool is_completed() const override {
-    const cudaError_t status = cudaEventQuery(event_);
+    const cudaError_t status = cudaEventQuery(event_.get());
     if (status == cudaErrorNotReady) return false;
     DTRAIN_CUDA_RT_CHECK(status);
     return true;
@@ -245,7 +315,8 @@ class NcclWork final : public Work {
 
   CollectiveInfo info_;
   std::shared_ptr<NcclCommunicator::Impl> impl_;
-  cudaEvent_t event_ = nullptr;
+  SharedEvent event_;
+  std::atomic<bool> handed_to_stream_{false};  // wait() made the default stream wait already
   std::vector<std::shared_ptr<Storage>> storages_;
 };
 
@@ -282,7 +353,49 @@ void check_device_tensor(const char* op, const Tensor& t, int device) {
 
 }  // namespace
 
+void NcclCommunicator::Impl::watch_loop() {
+  try {
+    cuda::set_device(device);  // no context on GPU 0 for this thread (CUDA 12)
+  } catch (const std::exception&) {
+    // A faulted device: event queries then fail, which ends their watch.
+  }
+  std::unique_lock lock(watch_mu);
+  while (!watch_stop) {
+    if (watched.empty()) {
+      watch_cv.wait(lock, [&] { return watch_stop || !watched.empty(); });
+      continue;
+    }
+    lock.unlock();
+    std::optional<std::string> failure;
+    bool timed_out = false;
+    if (std::optional<std::string> late = sweep_watched()) {
+      failure = std::move(late);
+      timed_out = true;
+    } else {
+      std::lock_guard abort_lock(abort_mu);
+      ncclResult_t async_error = ncclSuccess;
+      if (!aborted.load() && ncclCommGetAsyncError(comm, &async_error) == ncclSuccess &&
+          async_error != ncclSuccess && async_error != ncclInProgress) {
+        failure = std::string("NCCL reported ") + ncclGetErrorString(async_error) +
+                  " while a collective was in flight";
+      }
+    }
+    // Aborting makes NCCL's kernels return, so the default stream waiting behind them (and a host
+    // blocked on it) goes on; the issuing thread's next call reports why.
+    if (failure) abort(*failure, timed_out);
+    lock.lock();
+    if (aborted.load()) watched.clear();
+    watch_cv.wait_for(lock, kWatchPoll, [&] { return watch_stop; });
+  }
+}
+
 NcclCommunicator::Impl::~Impl() {
+  {
+    std::lock_guard lock(watch_mu);
+    watch_stop = true;
+  }
+  watch_cv.notify_all();
+  if (watch_thread.joinable()) watch_thread.join();
   std::optional<cuda::DeviceGuard> guard;
   try {
     guard.emplace(device);
@@ -383,7 +496,7 @@ std::vector<WorkPtr> NcclCommunicator::group_all_reduce(
   // Everything that can throw is checked before ncclGroupStart.
   std::vector<ncclDataType_t> types;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    communicators[i]->impl_->check_live("group_all_reduce");
+    communicators[i]->impl_->check_health("group_all_reduce");
     check_device_tensor("group_all_reduce", tensors[i], communicators[i]->device());
     types.push_back(nccl_type(tensors[i].dtype(), "group_all_reduce"));
   }
@@ -415,7 +528,7 @@ std::vector<WorkPtr> NcclCommunicator::group_all_reduce(
 }
 
 WorkPtr NcclCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
-  impl_->check_live("all_reduce");
+  impl_->check_health("all_reduce");
   check_device_tensor("all_reduce", t, impl_->device);
   const ncclDataType_t type = nccl_type(t.dtype(), "all_reduce");
   cuda::DeviceGuard guard(impl_->device);
@@ -432,7 +545,7 @@ WorkPtr NcclCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
 WorkPtr NcclCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
                                                const AllReduceOptions& opts) {
   DTRAIN_CHECK(!ts.empty(), "all_reduce_coalesced: no tensors");
-  impl_->check_live("all_reduce_coalesced");
+  impl_->check_health("all_reduce_coalesced");
   // Everything that can throw is checked before ncclGroupStart.
   std::vector<ncclDataType_t> types;
   int64_t total = 0;
@@ -461,7 +574,7 @@ WorkPtr NcclCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
 }
 
 WorkPtr NcclCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
-  impl_->check_live("broadcast");
+  impl_->check_health("broadcast");
   check_device_tensor("broadcast", t, impl_->device);
   const ncclDataType_t type = nccl_type(t.dtype(), "broadcast");
   cuda::DeviceGuard guard(impl_->device);
@@ -476,7 +589,7 @@ WorkPtr NcclCommunicator::broadcast(Tensor& t, const BroadcastOptions& opts) {
 }
 
 WorkPtr NcclCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
-  impl_->check_live("reduce");
+  impl_->check_health("reduce");
   check_device_tensor("reduce", t, impl_->device);
   const ncclDataType_t type = nccl_type(t.dtype(), "reduce");
   cuda::DeviceGuard guard(impl_->device);
@@ -493,7 +606,7 @@ WorkPtr NcclCommunicator::reduce(Tensor& t, const ReduceOptions& opts) {
 }
 
 WorkPtr NcclCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGatherOptions& opts) {
-  impl_->check_live("all_gather");
+  impl_->check_health("all_gather");
   check_device_tensor("all_gather", in, impl_->device);
   check_device_tensor("all_gather", out, impl_->device);
   DTRAIN_CHECK(out.numel() == in.numel() * size() && out.dtype() == in.dtype(),
@@ -510,7 +623,7 @@ WorkPtr NcclCommunicator::all_gather(const Tensor& in, Tensor& out, const AllGat
 
 WorkPtr NcclCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
                                          const ReduceScatterOptions& opts) {
-  impl_->check_live("reduce_scatter");
+  impl_->check_health("reduce_scatter");
   check_device_tensor("reduce_scatter", in, impl_->device);
   check_device_tensor("reduce_scatter", out, impl_->device);
   DTRAIN_CHECK(in.numel() == out.numel() * size() && out.dtype() == in.dtype(),
@@ -540,7 +653,7 @@ WorkPtr NcclCommunicator::barrier(const BarrierOptions& opts) {
 }
 
 WorkPtr NcclCommunicator::send(const Tensor& t, int peer, const SendRecvOptions& opts) {
-  impl_->check_live("send");
+  impl_->check_health("send");
   check_device_tensor("send", t, impl_->device);
   const ncclDataType_t type = nccl_type(t.dtype(), "send");
   cuda::DeviceGuard guard(impl_->device);
@@ -552,7 +665,7 @@ WorkPtr NcclCommunicator::send(const Tensor& t, int peer, const SendRecvOptions&
 }
 
 WorkPtr NcclCommunicator::recv(Tensor& t, int peer, const SendRecvOptions& opts) {
-  impl_->check_live("recv");
+  impl_->check_health("recv");
   check_device_tensor("recv", t, impl_->device);
   const ncclDataType_t type = nccl_type(t.dtype(), "recv");
   cuda::DeviceGuard guard(impl_->device);

@@ -1,6 +1,13 @@
 // The nccl backend: collectives on GPU tensors through NCCL, ordered on one CUDA stream per
 // communicator. One GPU per rank (the unique id travels through the Store), or one process driving
 // several GPUs (MirroredStrategy) through NCCL group calls. No CUDA or NCCL type appears here.
+//
+// Work::wait() here does not block the host: it orders the device's default stream (where every
+// kernel and copy runs) after the collective, so what uses the result on that device, or reads it
+// to the host, sees it, while the host goes on queuing work. Work on another device must order
+// itself (cuda::synchronize). The timeout holds all the same: a waited collective not done by its
+// deadline aborts the communicator from a watching thread, and the next call on it throws
+// TimeoutError naming that collective.
 #pragma once
 
 #include <memory>
