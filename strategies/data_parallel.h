@@ -42,6 +42,7 @@ class DataParallelStrategy final : public Strategy {
   nn::OptimizerState optimizer_state(nn::Optimizer& opt) override;
   void load_optimizer_state(nn::Optimizer& opt, const nn::OptimizerState& state) override;
   const DdpStepTiming* last_step_communication() const override;
+  bool gradients_stay_in_place() const override { return true; }  // DDP bucket views
   std::vector<std::string> gather_text(const std::string& text) override;
   std::string take_message() override;
 

@@ -39,6 +39,10 @@ class Strategy {
   virtual void set_gradient_sync(bool enabled) { (void)enabled; }
   /// After backward: returns when every gradient holds the average over all replicas.
   virtual void synchronize_gradients(nn::Module& model) = 0;
+  /// True when gradients are views into the strategy's communication buffers, so that clearing
+  /// them must zero them in place; otherwise the Trainer drops them (zero_grad(set_to_none)) and
+  /// backward writes each fresh, saving a memset and an addition per parameter and step.
+  virtual bool gradients_stay_in_place() const { return false; }
   /// After synchronize_gradients: whether every reduced gradient is finite. The same answer on
   /// every replica, so all of them skip the same steps.
   virtual bool gradients_finite(nn::Module& model);

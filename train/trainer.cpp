@@ -24,6 +24,7 @@
 #include "dtrain/tensor/ops.h"
 #include "dtrain/tensor/precision.h"
 #include "dtrain/tensor/printable.h"
+#include "dtrain/train/device_prefetch.h"
 #include "dtrain/train/factories.h"
 #include "dtrain/train/metrics_sink.h"
 #include "dtrain/train/safetensors.h"
@@ -518,7 +519,7 @@ Trainer::StepResult Trainer::optimizer_step(int64_t step) {
   const auto begin = Timeline::Clock::now();
   // The reduced gradients are the same on every replica, so all of them skip the same steps.
   auto skip = [&](StepResult why) {
-    optimizer_->zero_grad();
+    optimizer_->zero_grad(!strategy_->gradients_stay_in_place());
     schedule_->step();  // the schedule keeps to the plan's steps
     return why;
   };
@@ -540,7 +541,7 @@ Trainer::StepResult Trainer::optimizer_step(int64_t step) {
   }
   strategy_->step_optimizer(*optimizer_);
   schedule_->step();
-  optimizer_->zero_grad();
+  optimizer_->zero_grad(!strategy_->gradients_stay_in_place());
   timeline_.add(Phase::kOptimizer, begin, Timeline::Clock::now());
   const int64_t check_every = config_.strategy.check_parameters_every_steps;
   if (check_every > 0 && step % check_every == 0)
@@ -643,16 +644,22 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
   int accumulated = 0;
   double step_loss = 0;
   data::Batch b;
-  auto next_batch = [&] {
+  auto next_batch = [&](data::Batch& into) {
     const auto begin = Timeline::Clock::now();
-    if (!loader.next(b)) return false;
+    if (!loader.next(into)) return false;
     if (slow_batches_.count() > 0) std::this_thread::sleep_for(slow_batches_);
-    on_device(b);
     timeline_.add(Phase::kDataWait, begin, Timeline::Clock::now());
     return true;
   };
+  // On a GPU, batch t+1 is copied (pinned buffer, copy stream) while step t computes; the limit
+  // is the loop's own, so no batch is taken that the loop below would not use.
+  DevicePrefetchOptions prefetch;
+  prefetch.limit =
+      std::max<int64_t>(0, std::min<int64_t>(plan.batches_per_epoch_used - at.batch_in_epoch,
+                                             (plan.stop_step - at.step) * t.grad_accum_steps));
+  DevicePrefetcher batches(device_, next_batch, prefetch);
   while (at.step < plan.stop_step && at.batch_in_epoch < plan.batches_per_epoch_used &&
-         next_batch()) {
+         batches.next(b)) {
     const bool last_of_step = accumulated + 1 == t.grad_accum_steps;
     try {
       step_loss += train_micro_batch(b, last_of_step);
@@ -796,7 +803,7 @@ TrainResult Trainer::run() {
   TrainResult result;
   int64_t samples = 0;
   double train_seconds = 0;
-  optimizer_->zero_grad();
+  optimizer_->zero_grad(!strategy_->gradients_stay_in_place());
   // A run that early stopping ended stays ended when run again.
   const bool ended = config_.train.early_stop_patience > 0 &&
                      early_stop_.bad_evals >= config_.train.early_stop_patience;
