@@ -433,4 +433,39 @@ struct BroadcastIndex {
   }
 };
 
+/// The same map with size-1 dims dropped and neighbouring dims merged where both operands step
+/// through them alike (equal shapes become one dim of stride 1, a scalar operand stride 0): the
+/// same offsets for every i with fewer divisions. Host-side; the CUDA binary and gather use it.
+inline BroadcastIndex coalesce(const BroadcastIndex& in) {
+  BroadcastIndex out;
+  out.ndim = 0;
+  for (int d = 0; d < in.ndim; ++d) {
+    if (in.shape[d] == 1) continue;
+    const int last = out.ndim - 1;
+    if (last >= 0 && out.a_stride[last] == in.a_stride[d] * in.shape[d] &&
+        out.b_stride[last] == in.b_stride[d] * in.shape[d]) {
+      out.shape[last] *= in.shape[d];
+      out.a_stride[last] = in.a_stride[d];
+      out.b_stride[last] = in.b_stride[d];
+      continue;
+    }
+    out.shape[out.ndim] = in.shape[d];
+    out.a_stride[out.ndim] = in.a_stride[d];
+    out.b_stride[out.ndim] = in.b_stride[d];
+    ++out.ndim;
+  }
+  return out;
+}
+
+/// Whether every index and offset of a coalesced map over n elements fits in 31 bits.
+inline bool fits_32_bits(const BroadcastIndex& index, int64_t n) {
+  constexpr int64_t kLimit = int64_t{1} << 31;
+  int64_t last_a = 0, last_b = 0;  // the largest offsets
+  for (int d = 0; d < index.ndim; ++d) {
+    last_a += index.a_stride[d] * (index.shape[d] - 1);
+    last_b += index.b_stride[d] * (index.shape[d] - 1);
+  }
+  return n < kLimit && last_a < kLimit && last_b < kLimit;
+}
+
 }  // namespace dtrain::kernels

@@ -14,6 +14,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <typeinfo>
 #include <unordered_map>
 #include <utility>
@@ -246,15 +247,87 @@ __global__ void unary_kernel(kernels::Unary op, const T* x, T* y, int64_t n,
   DTRAIN_GRID_STRIDE(i, n) y[i] = kernels::apply_unary(op, x[i], q);
 }
 
-template <class T, class O>
-__global__ void binary_kernel(kernels::Binary op, const T* a, const T* b, O* out, int64_t n,
-                              kernels::BroadcastIndex index) {
-  DTRAIN_GRID_STRIDE(i, n) {
-    int64_t ia = i, ib = i;
-    if (index.ndim > 0) index.offsets(i, ia, ib);
+// ---- broadcast index maps -------------------------------------------------------------------
+// kernels::BroadcastIndex keeps one dim per output dim and 64-bit math, so an equal-shape add paid
+// ~7 emulated 64-bit divisions per element. On the device the map is first simplified (size-1
+// dims dropped, neighbouring dims merged where both operands step through them alike: equal
+// shapes become one dim of stride 1, a scalar operand stride 0), then run in 32-bit unsigned math
+// whenever every offset fits. The offsets are the same; only their arithmetic is cheaper.
+
+/// A coalesced map in index type I (uint32_t or int64_t).
+template <class I>
+struct StridedIndex {
+  int ndim = 0;
+  I shape[kernels::BroadcastIndex::kMaxDims] = {};
+  I a_stride[kernels::BroadcastIndex::kMaxDims] = {};
+  I b_stride[kernels::BroadcastIndex::kMaxDims] = {};
+
+  explicit StridedIndex(const kernels::BroadcastIndex& coalesced) : ndim(coalesced.ndim) {
+    for (int d = 0; d < ndim; ++d) {
+      shape[d] = static_cast<I>(coalesced.shape[d]);
+      a_stride[d] = static_cast<I>(coalesced.a_stride[d]);
+      b_stride[d] = static_cast<I>(coalesced.b_stride[d]);
+    }
+  }
+
+  /// The same offsets as BroadcastIndex::offsets; the outermost dim needs no division (i is
+  /// already below its extent there), so one dim (equal shapes, a scalar) costs none.
+  __device__ __forceinline__ void offsets(I i, I& a, I& b) const {
+    a = 0;
+    b = 0;
+    for (int d = ndim - 1; d > 0; --d) {
+      const I q = i / shape[d], idx = i - q * shape[d];
+      i = q;
+      a += idx * a_stride[d];
+      b += idx * b_stride[d];
+    }
+    if (ndim > 0) {
+      a += i * a_stride[0];
+      b += i * b_stride[0];
+    }
+  }
+};
+
+/// Grid-stride loop in index type I; with uint32_t, i + stride stays below 2^32 for n < 2^31.
+#define DTRAIN_GRID_STRIDE_AS(I, i, n)                                       \
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<I>(blockDim.x) * gridDim.x)
+
+template <class T, class O, class I>
+__global__ void binary_kernel(kernels::Binary op, const T* a, const T* b, O* out, I n,
+                              StridedIndex<I> index) {
+  DTRAIN_GRID_STRIDE_AS(I, i, n) {
+    I ia, ib;
+    index.offsets(i, ia, ib);
     out[i] = static_cast<O>(kernels::apply_binary(op, a[ia], b[ib]));
   }
 }
+
+/// GatherElements (expand, permute) over a coalesced map: out[i] = x[a offset of i].
+template <class E, class I>
+__global__ void gather_kernel(const E* x, E* out, I n, StridedIndex<I> index) {
+  DTRAIN_GRID_STRIDE_AS(I, i, n) {
+    I src, unused;
+    index.offsets(i, src, unused);
+    out[i] = x[src];
+  }
+}
+
+/// Calls f(I{}, StridedIndex<I>) with I = uint32_t where the map fits, else int64_t.
+template <class F>
+void with_index_type(const kernels::BroadcastIndex& index, int64_t n, F&& f) {
+  const kernels::BroadcastIndex c = kernels::coalesce(index);
+  if (kernels::fits_32_bits(c, n)) {
+    f(uint32_t{}, StridedIndex<uint32_t>(c));
+  } else {
+    f(int64_t{}, StridedIndex<int64_t>(c));
+  }
+}
+
+template <class K>
+struct IsGather : std::false_type {};
+template <class E>
+struct IsGather<kernels::GatherElements<E>> : std::true_type {};
 
 // ---- fixed-order block reductions ----------------------------------------------------------
 // Reductions never use atomics: each block sums its share in a tree whose shape depends only on
@@ -344,7 +417,14 @@ __global__ void functor_kernel(Kernel k, int64_t n) {
 template <class Kernel>
 void launch(int64_t n, const Kernel& k, int device) {
   DeviceGuard guard(device);
-  functor_kernel<Kernel><<<blocks_for(n), kThreads>>>(k, n);
+  if constexpr (IsGather<Kernel>::value) {
+    with_index_type(k.index, n, [&](auto tag, const auto& index) {
+      using I = decltype(tag);
+      gather_kernel<<<blocks_for(n), kThreads>>>(k.x, k.out, static_cast<I>(n), index);
+    });
+  } else {
+    functor_kernel<Kernel><<<blocks_for(n), kThreads>>>(k, n);
+  }
   check_launch(typeid(Kernel).name(), device);
 }
 
@@ -566,17 +646,22 @@ void unary(kernels::Unary op, DType dtype, const void* x, void* y, int64_t n,
 
 void binary(kernels::Binary op, DType dtype, const void* a, const void* b, void* out, int64_t n,
             const kernels::BroadcastIndex& index, int device) {
+  if (n <= 0) return;
   DeviceGuard guard(device);
   detail::dispatch_floating(dtype, "binary op", [&](auto tag) {
     using T = decltype(tag);
-    if (kernels::is_comparison(op)) {
-      binary_kernel<T, bool><<<blocks_for(n), kThreads>>>(op, static_cast<const T*>(a),
-                                                          static_cast<const T*>(b),
-                                                          static_cast<bool*>(out), n, index);
-    } else {
-      binary_kernel<T, T><<<blocks_for(n), kThreads>>>(
-          op, static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(out), n, index);
-    }
+    with_index_type(index, n, [&](auto index_tag, const auto& strided) {
+      using I = decltype(index_tag);
+      const T* pa = static_cast<const T*>(a);
+      const T* pb = static_cast<const T*>(b);
+      if (kernels::is_comparison(op)) {
+        binary_kernel<T, bool, I><<<blocks_for(n), kThreads>>>(op, pa, pb, static_cast<bool*>(out),
+                                                               static_cast<I>(n), strided);
+      } else {
+        binary_kernel<T, T, I><<<blocks_for(n), kThreads>>>(op, pa, pb, static_cast<T*>(out),
+                                                            static_cast<I>(n), strided);
+      }
+    });
   });
   check_launch("binary_kernel", device);
 }

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/ops.h"
 #include "reference.h"
 #include "testutil.h"
@@ -82,6 +83,80 @@ TEST_F(Cuda, SumAlongEachRowShapeMatchesCpu) {
         << shape_str(c.shape) << " dim " << c.dim;
     EXPECT_TRUE(bit_equal(cpu(ops::sum(gpu(x), {c.dim})), on_gpu))
         << shape_str(c.shape) << " dim " << c.dim;
+  }
+}
+
+// The CUDA binary and gather kernels run the coalesced map; its offsets must be the original's.
+TEST(BroadcastCoalescing, EveryOutputReadsTheSameOffsetsWithFewerDims) {
+  struct Case {
+    Shape out, a, b;
+    int expected_dims;
+  };
+  const std::vector<Case> cases = {
+      {{4, 5, 6}, {4, 5, 6}, {4, 5, 6}, 1},  // equal shapes: one dim, strides 1 and 1
+      {{4, 5, 6}, {4, 5, 6}, {}, 1},         // a scalar: stride 0
+      {{64, 32}, {64, 32}, {32}, 2},         // a bias row
+      {{3, 1, 4, 5}, {3, 1, 4, 5}, {1, 1, 4, 5}, 2},
+      {{2, 3, 4, 5}, {2, 1, 4, 1}, {1, 3, 1, 5}, 4},
+      {{6, 1, 7}, {6, 1, 1}, {1, 1, 7}, 2},
+      {{1, 1}, {1, 1}, {1}, 0}};
+  for (const Case& c : cases) {
+    const kernels::BroadcastIndex full = detail::broadcast_index(c.out, c.a, c.b);
+    const kernels::BroadcastIndex merged = kernels::coalesce(full);
+    EXPECT_EQ(merged.ndim, c.expected_dims) << shape_str(c.a) << " with " << shape_str(c.b);
+    for (int64_t i = 0; i < shape_numel(c.out); ++i) {
+      int64_t a0, b0, a1, b1;
+      full.offsets(i, a0, b0);
+      merged.offsets(i, a1, b1);
+      ASSERT_EQ(a0, a1) << shape_str(c.a) << " with " << shape_str(c.b) << " at " << i;
+      ASSERT_EQ(b0, b1) << shape_str(c.a) << " with " << shape_str(c.b) << " at " << i;
+    }
+    EXPECT_TRUE(kernels::fits_32_bits(merged, shape_numel(c.out)));
+  }
+  kernels::BroadcastIndex big;  // [2, 2^29] reading every other 2^29 block of its source
+  big.ndim = 2;
+  big.shape[0] = 2;
+  big.shape[1] = int64_t{1} << 29;
+  big.a_stride[0] = int64_t{1} << 30;
+  big.a_stride[1] = 1;
+  EXPECT_TRUE(kernels::fits_32_bits(big, int64_t{1} << 30));
+  big.a_stride[0] = int64_t{1} << 31;  // the last offset passes 2^31
+  EXPECT_FALSE(kernels::fits_32_bits(big, int64_t{1} << 30));
+  big.a_stride[0] = 0;
+  EXPECT_FALSE(kernels::fits_32_bits(big, int64_t{1} << 31));  // so does the element count
+}
+
+TEST_F(Cuda, BinaryOpsOnEveryBroadcastPatternMatchCpuBitForBit) {
+  struct Case {
+    Shape a, b;
+  };
+  const std::vector<Case> cases = {{{1000, 1000}, {1000, 1000}}, {{1000, 1000}, {}},
+                                   {{64, 1024}, {1024}},         {{64, 32, 28, 28}, {1, 32, 1, 1}},
+                                   {{2, 1, 4, 5}, {1, 3, 1, 5}}, {{7}, {5, 1}}};
+  for (const Case& c : cases) {
+    Tensor a = random_tensor(c.a, 60), b = random_tensor(c.b, 61, 0.5, 1.5);
+    for (Binary op :
+         {Binary::kAdd, Binary::kMul, Binary::kDiv, Binary::kReluBackward, Binary::kGt}) {
+      EXPECT_TRUE(bit_equal(cpu(ops::binary(op, gpu(a), gpu(b))), ops::binary(op, a, b)))
+          << shape_str(c.a) << " with " << shape_str(c.b) << " op " << static_cast<int>(op);
+    }
+    if (ops::broadcast_shapes(c.a, c.b, "add") == c.a) {
+      Tensor in_place = gpu(a);
+      ops::binary_(Binary::kSub, in_place, gpu(b));
+      EXPECT_TRUE(bit_equal(cpu(in_place), ops::binary(Binary::kSub, a, b)))
+          << shape_str(c.a) << " with " << shape_str(c.b);
+    }
+  }
+}
+
+TEST_F(Cuda, ExpandAndPermuteGatherTheCpusElements) {
+  Tensor bias = random_tensor({1024}, 62);
+  EXPECT_TRUE(bit_equal(cpu(ops::expand(gpu(bias), {64, 1024})), ops::expand(bias, {64, 1024})));
+  Tensor x = random_tensor({8, 16, 12, 10}, 63);
+  for (const std::vector<int64_t>& perm :
+       {std::vector<int64_t>{0, 2, 3, 1}, {3, 2, 1, 0}, {1, 0, 2, 3}}) {
+    EXPECT_TRUE(bit_equal(cpu(ops::permute(gpu(x), perm)), ops::permute(x, perm)))
+        << perm[0] << perm[1] << perm[2] << perm[3];
   }
 }
 
