@@ -1,10 +1,11 @@
 // Convolution through oneDNN's primitives (forward, backward-data, backward-weights) on the CPU,
-// im2col + GEMM as the reference the tests compare it with (also the float64 and CUDA path), and
-// 2-D pooling.
+// im2col + GEMM as the reference the tests compare it with (also the float64 path), and 2-D
+// pooling. CUDA tensors go to tensor/cuda/cuda_conv2d.h (cuDNN, or im2col + batched cuBLAS).
 #include <limits>
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cuda/cuda_conv2d.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/kernels_nn.h"
 #include "dtrain/tensor/ops.h"
@@ -103,8 +104,8 @@ memory wrap(const memory::desc& md, const Tensor& t) {
   return memory(md, cpu_engine(), t.data_ptr());
 }
 
-/// oneDNN serves float32 on the CPU; float64 (gradcheck) and CUDA use im2col + GEMM.
-bool use_reference(const Tensor& x) { return x.dtype() != DType::kFloat32 || x.device().is_cuda(); }
+/// oneDNN serves float32 on the CPU; float64 (gradcheck) uses im2col + GEMM.
+bool use_reference(const Tensor& x) { return x.dtype() != DType::kFloat32; }
 
 /// `t` with its values rounded to train.precision's operand type (oneDNN's float32 path), or `t`
 /// itself at float32.
@@ -188,6 +189,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs a
     DTRAIN_CHECK(bias.dim() == 1 && bias.size(0) == g.o, "conv2d: bias must be [", g.o, "]; got ",
                  bias.describe());
   }
+  if (x.device().is_cuda()) return conv2d_cuda(x, w, bias, args);
   if (use_reference(x)) return conv2d_reference(x, w, bias, args);
   const Tensor xr = at_matmul_precision(x), wr = at_matmul_precision(w);
   Tensor y({g.n, g.o, g.oh, g.ow}, x.dtype());
@@ -210,6 +212,7 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
                              Conv2dArgs args) {
   detail::check_same("conv2d backward", gy, w);
   const ConvGeometry g = conv_geometry(x_shape, w.shape(), args, "conv2d backward");
+  if (gy.device().is_cuda()) return conv2d_backward_input_cuda(gy, w, x_shape, args);
   if (use_reference(gy)) return conv2d_backward_input_reference(gy, w, g, args);
   const Tensor gyr = at_matmul_precision(gy), wr = at_matmul_precision(w);
   Tensor dx(x_shape, gy.dtype());
@@ -235,6 +238,7 @@ Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_
                               Conv2dArgs args) {
   detail::check_same("conv2d backward", gy, x);
   const ConvGeometry g = conv_geometry(x.shape(), w_shape, args, "conv2d backward");
+  if (gy.device().is_cuda()) return conv2d_backward_weight_cuda(gy, x, w_shape, args);
   if (use_reference(gy)) return conv2d_backward_weight_reference(gy, x, g, args);
   const Tensor gyr = at_matmul_precision(gy), xr = at_matmul_precision(x);
   Tensor dw(w_shape, gy.dtype());

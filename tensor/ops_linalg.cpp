@@ -1,10 +1,12 @@
-// GEMM and matmul: oneDNN's dnnl_sgemm on the CPU, cuBLAS on CUDA, a plain loop for float64.
+// GEMM and matmul: oneDNN's dnnl_sgemm on the CPU, cuBLAS on CUDA (strided-batched for batched
+// float32 matmul), a plain loop for float64.
 #include <oneapi/dnnl/dnnl.h>
 
 #include <vector>
 
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/cuda/cuda_gemm_batched.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/ops.h"
 #include "dtrain/tensor/precision.h"
@@ -148,6 +150,17 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
     return out;
   }
   const int64_t batches = shape_numel(batch);
+  const int64_t a_count = shape_numel(a_batch), b_count = shape_numel(b_batch);
+  if (a.device().is_cuda() && a.dtype() == DType::kFloat32 &&
+      matmul_precision() == DType::kFloat32 && (a_count == batches || a_count == 1) &&
+      (b_count == batches || b_count == 1)) {
+    // Each operand is a full batch or one matrix for all: one strided-batched cuBLAS call.
+    cuda::gemm_strided_batched(trans_a, trans_b, m, n, k, 1.f, a.data_ptr<float>(), ac,
+                               a_count == 1 ? 0 : ar * ac, b.data_ptr<float>(), bc,
+                               b_count == 1 ? 0 : br * bc, 0.f, out.data_ptr<float>(), n, m * n,
+                               batches, a.device().index);
+    return out;
+  }
   // Offsets of each batch in a and b with broadcasting (stride 0 on broadcast batch dims).
   const kernels::BroadcastIndex index = detail::broadcast_index(batch, a_batch, b_batch);
   const char* pa = static_cast<const char*>(a.data_ptr());
