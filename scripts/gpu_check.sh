@@ -278,6 +278,11 @@ run_check() {
       refuse "$lib not found (not in /usr/local/cuda, the loader's cache or Python's nvidia/torch packages)"
     if [ -n "$dir" ] && [[ ":$libpath:" != *":$dir:"* ]]; then libpath=$libpath:$dir; fi
   done
+  # cuDNN is optional (dtrain opens it at run time and falls back to im2col + cuBLAS without it),
+  # so its directory joins the path where it is found and its absence refuses nothing.
+  if dir=$(find_host_lib libcudnn.so.9) && [ -n "$dir" ] && [[ ":$libpath:" != *":$dir:"* ]]; then
+    libpath=$libpath:$dir
+  fi
   export LD_LIBRARY_PATH=$libpath
   local started
   if ! started=$("$bin/dtrain" --version 2>&1); then
@@ -324,9 +329,17 @@ run_check() {
   # 3. Every GPU test.
   local suite rc out passed failed skipped total_pass=0 total_fail=0 total_skip=0
   local tests_summary=()
-  for suite in "${test_suites[@]}"; do
+  # The last entry runs the convolution tests again with cuDNN switched off by DTRAIN_CUDNN=0, the
+  # way a user forces the im2col + cuBLAS path.
+  local binary filter cudnn_env
+  for suite in "${test_suites[@]}" tensor_without_cudnn; do
+    binary=$suite filter=$gpu_filter cudnn_env=()
+    if [ "$suite" = tensor_without_cudnn ]; then
+      binary=tensor filter='*CudaConv*:CudnnSwitch.*' cudnn_env=(DTRAIN_CUDNN=0)
+    fi
     out=$logs/${suite}_tests.log
-    bounded 120 "$bin/${suite}_tests" --gtest_filter="$gpu_filter" --gtest_color=no >"$out" 2>&1
+    bounded 120 env "${cudnn_env[@]}" "$bin/${binary}_tests" --gtest_filter="$filter" \
+      --gtest_color=no >"$out" 2>&1
     rc=$?
     passed=$(grep -c '^\[       OK \] ' "$out")
     failed=$(grep -cE '^\[  FAILED  \] [^ ]+ \([0-9]+ ms\)$' "$out")
