@@ -5,6 +5,7 @@
 
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cpu/philox_fill.h"
+#include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/kernels_nn.h"
 #include "dtrain/tensor/ops.h"
@@ -205,6 +206,12 @@ ChannelLayout channel_layout(const Tensor& x) {
                "batch_norm: input must be [N, C] or [N, C, H, W]; got ", x.describe());
   return {x.size(0), x.size(1), x.dim() == 4 ? x.size(2) * x.size(3) : 1};
 }
+/// On CUDA, [N, C, H, W] runs a block per channel (a thread per channel would walk N*H*W values
+/// alone). [N, C] keeps a thread per channel: there neighbouring channels are neighbours in
+/// memory, so those loads are already coalesced.
+bool use_channel_blocks(const Tensor& x, const ChannelLayout& l) {
+  return x.device().is_cuda() && l.hw > 1;
+}
 }  // namespace
 
 std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -232,15 +239,26 @@ std::pair<Tensor, NormStats> batch_norm(const Tensor& x, const Tensor& weight, c
   NormStats st{Tensor({l.c}, x.dtype(), x.device()), Tensor({l.c}, x.dtype(), x.device())};
   detail::dispatch_floating(x.dtype(), "batch_norm", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(
-        x.device(), l.c,
-        kernels::BatchNormChannels<T>{
-            x.data_ptr<T>(), weight.defined() ? weight.data_ptr<T>() : nullptr,
-            bias.defined() ? bias.data_ptr<T>() : nullptr, y.data_ptr<T>(), st.mean.data_ptr<T>(),
-            st.rstd.data_ptr<T>(), running_mean.defined() ? running_mean.data_ptr<T>() : nullptr,
-            running_var.defined() ? running_var.data_ptr<T>() : nullptr, l.n, l.c, l.hw, training,
-            momentum, eps},
-        1);
+    const kernels::BatchNormChannels<T> k{
+        x.data_ptr<T>(),
+        weight.defined() ? weight.data_ptr<T>() : nullptr,
+        bias.defined() ? bias.data_ptr<T>() : nullptr,
+        y.data_ptr<T>(),
+        st.mean.data_ptr<T>(),
+        st.rstd.data_ptr<T>(),
+        running_mean.defined() ? running_mean.data_ptr<T>() : nullptr,
+        running_var.defined() ? running_var.data_ptr<T>() : nullptr,
+        l.n,
+        l.c,
+        l.hw,
+        training,
+        momentum,
+        eps};
+    if (use_channel_blocks(x, l)) {
+      cuda::batch_norm(k, x.device().index);
+    } else {
+      run_kernel(x.device(), l.c, k, 1);
+    }
   });
   return {y, st};
 }
@@ -253,13 +271,23 @@ std::vector<Tensor> batch_norm_backward(const Tensor& gy, const Tensor& x, const
   Tensor dw({l.c}, x.dtype(), x.device()), db({l.c}, x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), "batch_norm backward", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(
-        x.device(), l.c,
-        kernels::BatchNormBackwardChannels<T>{
-            x.data_ptr<T>(), gy.data_ptr<T>(), weight.defined() ? weight.data_ptr<T>() : nullptr,
-            st.mean.data_ptr<T>(), st.rstd.data_ptr<T>(), dx.data_ptr<T>(), dw.data_ptr<T>(),
-            db.data_ptr<T>(), l.n, l.c, l.hw, training},
-        1);
+    const kernels::BatchNormBackwardChannels<T> k{x.data_ptr<T>(),
+                                                  gy.data_ptr<T>(),
+                                                  weight.defined() ? weight.data_ptr<T>() : nullptr,
+                                                  st.mean.data_ptr<T>(),
+                                                  st.rstd.data_ptr<T>(),
+                                                  dx.data_ptr<T>(),
+                                                  dw.data_ptr<T>(),
+                                                  db.data_ptr<T>(),
+                                                  l.n,
+                                                  l.c,
+                                                  l.hw,
+                                                  training};
+    if (use_channel_blocks(x, l)) {
+      cuda::batch_norm_backward(k, x.device().index);
+    } else {
+      run_kernel(x.device(), l.c, k, 1);
+    }
   });
   return {dx, dw, db};
 }

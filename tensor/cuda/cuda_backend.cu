@@ -373,6 +373,93 @@ __global__ void sum_rows_kernel(const In* x, Out* y, int64_t r, int64_t chunks, 
   if (threadIdx.x == 0) y[blockIdx.x] = static_cast<Out>(total);
 }
 
+/// Calls f(offset) for this thread's share of channel ch of x [n, c, hw]: elements
+/// threadIdx.x, + blockDim.x, ... in the channel's order, so neighbouring threads read neighbouring
+/// addresses within a row. Row and column advance by adding, without a division per element.
+template <class F>
+__device__ __forceinline__ void for_each_in_channel(int64_t n, int64_t c, int64_t hw, int64_t ch,
+                                                    F&& f) {
+  const int64_t step_rows = blockDim.x / hw, step_cols = blockDim.x % hw;
+  int64_t i = threadIdx.x / hw, k = threadIdx.x % hw;
+  while (i < n) {
+    f((i * c + ch) * hw + k);
+    i += step_rows;
+    k += step_cols;
+    if (k >= hw) {
+      k -= hw;
+      ++i;
+    }
+  }
+}
+
+/// kernels::BatchNormChannels with block ch normalising channel ch; in training its mean and
+/// biased variance are block sums in double (two passes, the variance around the float mean as on
+/// the CPU).
+template <class T>
+__global__ void batch_norm_kernel(kernels::BatchNormChannels<T> k) {
+  __shared__ double scratch[32];
+  const int64_t ch = blockIdx.x, count = k.n * k.hw;
+  double m, var;
+  if (k.training) {
+    double s = 0;
+    for_each_in_channel(k.n, k.c, k.hw, ch, [&](int64_t at) { s += static_cast<double>(k.x[at]); });
+    m = block_sum(s, scratch) / count;
+    const T mt = static_cast<T>(m);
+    double v = 0;
+    for_each_in_channel(k.n, k.c, k.hw, ch, [&](int64_t at) {
+      const T d = k.x[at] - mt;
+      v += static_cast<double>(d * d);
+    });
+    var = block_sum(v, scratch) / count;
+    if (threadIdx.x == 0 && k.running_mean) {
+      k.running_mean[ch] = static_cast<T>((1 - k.momentum) * k.running_mean[ch] + k.momentum * m);
+      k.running_var[ch] = static_cast<T>((1 - k.momentum) * k.running_var[ch] +
+                                         k.momentum * var * count / (count - 1));
+    }
+  } else {
+    m = k.running_mean[ch];
+    var = k.running_var[ch];
+  }
+  const T mt = static_cast<T>(m), r = static_cast<T>(1.0 / sqrt(var + k.eps));
+  if (threadIdx.x == 0) {
+    k.mean_out[ch] = mt;
+    k.rstd_out[ch] = r;
+  }
+  const T wc = k.w ? k.w[ch] : T(1), bc = k.b ? k.b[ch] : T(0);
+  for_each_in_channel(k.n, k.c, k.hw, ch,
+                      [&](int64_t at) { k.y[at] = (k.x[at] - mt) * r * wc + bc; });
+}
+
+/// kernels::BatchNormBackwardChannels with block ch on channel ch: the two sums over the channel
+/// are block sums in double, then every thread writes its share of dx.
+template <class T>
+__global__ void batch_norm_backward_kernel(kernels::BatchNormBackwardChannels<T> k) {
+  __shared__ double scratch[32];
+  const int64_t ch = blockIdx.x, count = k.n * k.hw;
+  const T mt = k.mean[ch], r = k.rstd[ch], wc = k.w ? k.w[ch] : T(1);
+  double sg = 0, sgx = 0;
+  for_each_in_channel(k.n, k.c, k.hw, ch, [&](int64_t at) {
+    const T g = k.gy[at];
+    sg += static_cast<double>(g);
+    sgx += static_cast<double>(g * (k.x[at] - mt) * r);
+  });
+  const double sum_g = block_sum(sg, scratch), sum_gx = block_sum(sgx, scratch);
+  if (threadIdx.x == 0) {
+    k.dw[ch] = static_cast<T>(sum_gx);
+    k.db[ch] = static_cast<T>(sum_g);
+  }
+  const T m1 = static_cast<T>(wc * sum_g / count), m2 = static_cast<T>(wc * sum_gx / count);
+  for_each_in_channel(k.n, k.c, k.hw, ch, [&](int64_t at) {
+    const T xhat = (k.x[at] - mt) * r;
+    k.dx[at] = k.training ? r * (k.gy[at] * wc - m1 - xhat * m2) : k.gy[at] * wc * r;
+  });
+}
+
+/// Threads for a block that reduces one channel of `count` values: a multiple of 32, at most 512.
+int channel_threads(int64_t count) {
+  return static_cast<int>(std::clamp<int64_t>((count + 31) / 32, 1, 16) * 32);
+}
+
 /// Short rows (inner == 1, small r): one thread per row, sequential in double like the CPU.
 template <class T>
 __global__ void sum_short_rows_kernel(const T* x, T* y, int64_t rows, int64_t r) {
@@ -427,6 +514,27 @@ void launch(int64_t n, const Kernel& k, int device) {
   }
   check_launch(typeid(Kernel).name(), device);
 }
+
+template <class T>
+void batch_norm(const kernels::BatchNormChannels<T>& k, int device) {
+  if (k.c == 0) return;
+  DeviceGuard guard(device);
+  batch_norm_kernel<T><<<static_cast<unsigned>(k.c), channel_threads(k.n * k.hw)>>>(k);
+  check_launch("batch_norm_kernel", device);
+}
+
+template <class T>
+void batch_norm_backward(const kernels::BatchNormBackwardChannels<T>& k, int device) {
+  if (k.c == 0) return;
+  DeviceGuard guard(device);
+  batch_norm_backward_kernel<T><<<static_cast<unsigned>(k.c), channel_threads(k.n * k.hw)>>>(k);
+  check_launch("batch_norm_backward_kernel", device);
+}
+
+template void batch_norm<float>(const kernels::BatchNormChannels<float>&, int);
+template void batch_norm<double>(const kernels::BatchNormChannels<double>&, int);
+template void batch_norm_backward<float>(const kernels::BatchNormBackwardChannels<float>&, int);
+template void batch_norm_backward<double>(const kernels::BatchNormBackwardChannels<double>&, int);
 
 // One line per functor of tensor/kernels_nn.h and optimiser step of tensor/kernels.h (float and
 // double where templated on T).

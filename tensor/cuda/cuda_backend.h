@@ -101,8 +101,23 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 
 }  // namespace dtrain::cuda
 
+namespace dtrain::kernels {
+template <class T>
+struct BatchNormChannels;
+template <class T>
+struct BatchNormBackwardChannels;
+}  // namespace dtrain::kernels
+
 namespace dtrain::cuda {
 #if defined(DTRAIN_HAS_CUDA)
+/// The batch norm functors of tensor/kernels_nn.h with a block per channel instead of a thread:
+/// the channel's N*HW values are read coalesced and summed in double in a fixed-order tree (same
+/// formulas as the functor, other rounding of the sums). For x [N, C, HW] with HW > 1; float and
+/// double.
+template <class T>
+void batch_norm(const kernels::BatchNormChannels<T>& k, int device);
+template <class T>
+void batch_norm_backward(const kernels::BatchNormBackwardChannels<T>& k, int device);
 /// Runs k(i) for every i in [0, n) on the device in a grid-stride kernel. Explicitly instantiated
 /// in cuda_backend.cu for every functor of tensor/kernels_nn.h and optimiser step of kernels.h.
 template <class Kernel>
@@ -111,6 +126,14 @@ void launch(int64_t n, const Kernel& k, int device);
 template <class Kernel>
 void launch(int64_t, const Kernel&, int) {
   DTRAIN_THROW(UnsupportedError, "CUDA kernel launch: this dtrain was built without CUDA");
+}
+template <class T>
+void batch_norm(const kernels::BatchNormChannels<T>&, int) {
+  DTRAIN_THROW(UnsupportedError, "batch norm on CUDA: this dtrain was built without CUDA");
+}
+template <class T>
+void batch_norm_backward(const kernels::BatchNormBackwardChannels<T>&, int) {
+  DTRAIN_THROW(UnsupportedError, "batch norm on CUDA: this dtrain was built without CUDA");
 }
 #endif
 /// Copies `rows` blocks of `width` bytes between strided host or device buffers (cudaMemcpy2D),

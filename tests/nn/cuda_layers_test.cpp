@@ -95,6 +95,77 @@ TEST_F(CudaLayers, BatchNormTrainingAndEvalMatchTheCpuAndCountOnTheDevice) {
   EXPECT_EQ(gpu.num_batches_tracked.item<int64_t>(), 1);
 }
 
+TEST_F(CudaLayers, BatchNormOverAFullCnnBatchMatchesTheCpuAndRepeatsBitForBit) {
+  // [64, 32, 28, 28]: the CNN's first batch norm; each channel sums 50,176 values per pass.
+  Generator gen(21);
+  const Device dev = Device::cuda(0);
+  Tensor x = randn({64, 32, 28, 28}, gen);
+  ops::scale_(x, 3.0);
+  x = ops::unary(kernels::Unary::kAddScalar, x, {0.5});  // an offset mean, like real activations
+  Tensor gy = randn({64, 32, 28, 28}, gen);
+  Tensor w = randn({32}, gen), b = randn({32}, gen);
+  Tensor rm_cpu = zeros({32}), rv_cpu = ones({32});
+  Tensor rm_gpu = to_device(rm_cpu, dev), rv_gpu = to_device(rv_cpu, dev);
+  const Tensor xg = to_device(x, dev), gyg = to_device(gy, dev), wg = to_device(w, dev),
+               bg = to_device(b, dev);
+
+  auto [y_cpu, st_cpu] = ops::batch_norm(x, w, b, rm_cpu, rv_cpu, true, 0.1, 1e-5);
+  auto [y_gpu, st_gpu] = ops::batch_norm(xg, wg, bg, rm_gpu, rv_gpu, true, 0.1, 1e-5);
+  EXPECT_TRUE(all_close(cpu(y_gpu), y_cpu, 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(cpu(st_gpu.mean), st_cpu.mean, 1e-5, 1e-6));
+  EXPECT_TRUE(all_close(cpu(st_gpu.rstd), st_cpu.rstd, 1e-5, 1e-6));
+  EXPECT_TRUE(all_close(cpu(rm_gpu), rm_cpu, 1e-5, 1e-6));
+  EXPECT_TRUE(all_close(cpu(rv_gpu), rv_cpu, 1e-5, 1e-6));
+
+  const auto grads_cpu = ops::batch_norm_backward(gy, x, st_cpu, w, true);
+  const auto grads_gpu = ops::batch_norm_backward(gyg, xg, st_gpu, wg, true);
+  ASSERT_EQ(grads_gpu.size(), 3u);
+  EXPECT_TRUE(all_close(cpu(grads_gpu[0]), grads_cpu[0], 1e-5, 1e-5)) << "dx";
+  // dw and db are sums of 50,176 products (magnitude ~200): the CPU's float row sums and the
+  // GPU's double tree differ in their last bits.
+  EXPECT_TRUE(all_close(cpu(grads_gpu[1]), grads_cpu[1], 1e-5, 1e-4)) << "dw";
+  EXPECT_TRUE(all_close(cpu(grads_gpu[2]), grads_cpu[2], 1e-5, 1e-4)) << "db";
+
+  // Fixed-order reductions: the same inputs give the same bits.
+  Tensor rm2 = to_device(zeros({32}), dev), rv2 = to_device(ones({32}), dev);
+  auto [y_again, st_again] = ops::batch_norm(xg, wg, bg, rm2, rv2, true, 0.1, 1e-5);
+  EXPECT_TRUE(testutil::bit_equal(cpu(y_again), cpu(y_gpu)));
+  EXPECT_TRUE(testutil::bit_equal(cpu(rv2), cpu(rv_gpu)));
+  const auto grads_again = ops::batch_norm_backward(gyg, xg, st_again, wg, true);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_TRUE(testutil::bit_equal(cpu(grads_again[i]), cpu(grads_gpu[i]))) << "gradient " << i;
+  }
+
+  // Evaluation with the running statistics, and its backward.
+  auto [e_cpu, est_cpu] = ops::batch_norm(x, w, b, rm_cpu, rv_cpu, false, 0.1, 1e-5);
+  auto [e_gpu, est_gpu] = ops::batch_norm(xg, wg, bg, rm_gpu, rv_gpu, false, 0.1, 1e-5);
+  EXPECT_TRUE(all_close(cpu(e_gpu), e_cpu, 1e-5, 1e-5));
+  const auto eval_cpu = ops::batch_norm_backward(gy, x, est_cpu, w, false);
+  const auto eval_gpu = ops::batch_norm_backward(gyg, xg, est_gpu, wg, false);
+  EXPECT_TRUE(all_close(cpu(eval_gpu[0]), eval_cpu[0], 1e-5, 1e-5)) << "eval dx";
+}
+
+TEST_F(CudaLayers, BatchNormOnOddPlaneSizesAndWithoutAffineMatchesTheCpu) {
+  // Planes smaller and larger than a block, not multiples of 32, one sample.
+  for (const Shape& shape : {Shape{5, 3, 7, 7}, Shape{1, 2, 33, 31}, Shape{3, 4, 1, 2}}) {
+    Generator gen(22);
+    Tensor x = randn(shape, gen), gy = randn(shape, gen);
+    const Device dev = Device::cuda(0);
+    auto [y_cpu, st_cpu] =
+        ops::batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5);
+    auto [y_gpu, st_gpu] =
+        ops::batch_norm(to_device(x, dev), Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5);
+    EXPECT_TRUE(all_close(cpu(y_gpu), y_cpu, 1e-5, 1e-5)) << shape_str(shape);
+    const auto g_cpu = ops::batch_norm_backward(gy, x, st_cpu, Tensor(), true);
+    const auto g_gpu =
+        ops::batch_norm_backward(to_device(gy, dev), to_device(x, dev), st_gpu, Tensor(), true);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_TRUE(all_close(cpu(g_gpu[i]), g_cpu[i], 1e-5, 1e-5))
+          << shape_str(shape) << " gradient " << i;
+    }
+  }
+}
+
 TEST_F(CudaLayers, ResumedOptimiserStateMovesToTheParametersDeviceAndStepsLikeTheCpu) {
   auto run = [](Device device, const nn::OptimizerState* resume, nn::OptimizerState* save) {
     Generator gen(3);
