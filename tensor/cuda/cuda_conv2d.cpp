@@ -28,10 +28,12 @@ bool fits_cudnn(const cuda::ConvShape& s) {
   return true;
 }
 
-/// cuDNN computes in FP32 from float32 operands, which is train.precision float32 only.
+/// cuDNN computes in FP32 from float32 operands, which is train.precision float32 only. CPU
+/// tensors take the im2col path too, which is how its arithmetic is tested without a GPU.
 bool use_cudnn(const Tensor& t, const cuda::ConvShape& s) {
-  return t.dtype() == DType::kFloat32 && matmul_precision() == DType::kFloat32 && fits_cudnn(s) &&
-         cuda::cudnn_allowed() && cuda::cudnn_loaded();
+  return t.device().is_cuda() && t.dtype() == DType::kFloat32 &&
+         matmul_precision() == DType::kFloat32 && fits_cudnn(s) && cuda::cudnn_allowed() &&
+         cuda::cudnn_loaded();
 }
 
 kernels::Window2d window_of(const cuda::ConvShape& s) {

@@ -6,9 +6,10 @@
 
 namespace dtrain::ops {
 
-// The operands are on one CUDA device and already validated by the ops::conv2d entry points.
-// cuDNN serves float32 at train.precision float32; other precisions (16-bit GEMM operands) and
-// shapes cuDNN has no deterministic FP32 algorithm for take the im2col path.
+// The operands are on one device and already validated by the ops::conv2d entry points, which
+// send CUDA tensors here. cuDNN serves float32 at train.precision float32; other precisions
+// (16-bit GEMM operands), shapes cuDNN has no deterministic FP32 algorithm for, and CPU tensors
+// (the tests' way to check the im2col arithmetic without a GPU) take the im2col path.
 /// x [N, C, H, W], w [O, C, KH, KW], bias [O] or undefined -> [N, O, OH, OW].
 Tensor conv2d_cuda(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args);
 /// gy [N, O, OH, OW] -> dx of x_shape.

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "dtrain/tensor/cuda/cuda_backend.h"
+#include "dtrain/tensor/cuda/cuda_conv2d.h"
 #include "dtrain/tensor/cuda/cudnn_conv.h"
 #include "dtrain/tensor/ops.h"
 #include "reference.h"
@@ -154,6 +155,29 @@ int64_t out_size(int64_t in, int64_t k, const ConvCase& c) {
   double largest = 0;
   for (double v : expected.to_vector<double>()) largest = std::max(largest, std::abs(v));
   return all_close(actual, expected, 1e-5, 1e-5 * largest);
+}
+
+// The im2col path's arithmetic (one batched GEMM and col2im for dx; batch-major permutes and one
+// GEMM for dw) runs on CPU tensors too: checked here against oneDNN without a GPU.
+TEST(ConvIm2colPath, MatchesOneDnnOnTheCpu) {
+  uint64_t seed = 700;
+  for (ConvCase c : cuda_conv_cases()) {
+    c.n = std::min<int64_t>(c.n, 4);  // the CNN's shapes at a smaller batch keep this quick
+    const Tensor x = random_tensor({c.n, c.c, c.h, c.w}, ++seed);
+    const Tensor w = random_tensor({c.o, c.c, c.kh, c.kw}, ++seed);
+    const Tensor b = random_tensor({c.o}, ++seed);
+    const Tensor gy =
+        random_tensor({c.n, c.o, out_size(c.h, c.kh, c), out_size(c.w, c.kw, c)}, ++seed);
+    const ops::Conv2dArgs args{c.stride, c.padding};
+    EXPECT_TRUE(close_fp32(ops::conv2d_cuda(x, w, b, args), ops::conv2d(x, w, b, args)))
+        << describe(c);
+    EXPECT_TRUE(close_fp32(ops::conv2d_backward_input_cuda(gy, w, x.shape(), args),
+                           ops::conv2d_backward_input(gy, w, x.shape(), args)))
+        << describe(c);
+    EXPECT_TRUE(close_fp32(ops::conv2d_backward_weight_cuda(gy, x, w.shape(), args),
+                           ops::conv2d_backward_weight(gy, x, w.shape(), args)))
+        << describe(c);
+  }
 }
 
 enum class ConvPath { kCudnn, kIm2colCublas };
