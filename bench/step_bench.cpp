@@ -152,6 +152,18 @@ void BM_Relu(benchmark::State& state) {
   }
   set_bytes(state, 2 * n * 4);
 }
+// The MLP config's two dropout masks per step: [64, 256] + [64, 128] = 24,576 elements.
+void BM_DropoutMask(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Generator gen(5);
+  for (auto _ : state) {
+    Tensor m = ops::dropout_mask({n}, 0.1, gen);
+    benchmark::DoNotOptimize(m.data_ptr());
+  }
+  state.counters["elements/s"] = benchmark::Counter(static_cast<double>(n) * state.iterations(),
+                                                    benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_DropoutMask)->Arg(24576)->Arg(1 << 20);
 BENCHMARK(BM_Memcpy)->Arg(1 << 16)->Arg(1 << 22);
 BENCHMARK(BM_Add)->Arg(1 << 16)->Arg(1 << 22);
 BENCHMARK(BM_Relu)->Arg(1 << 16)->Arg(1 << 22);

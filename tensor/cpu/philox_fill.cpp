@@ -1,47 +1,97 @@
 #include "dtrain/tensor/cpu/philox_fill.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/kernels.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace dtrain::cpu {
 namespace {
 
-constexpr int kLanes = 16;
-// Each 32-bit Philox word lives in the low half of a 64-bit lane, so that the 32x32->64 products
-// are lane-wise multiplies (GCC vector extensions: AVX-512, AVX2 or SSE, whatever the build has).
-typedef uint64_t Lanes __attribute__((vector_size(kLanes * sizeof(uint64_t))));
+// GCC vector extensions: AVX-512, AVX2 or SSE code, whatever the build targets. Each 32-bit
+// Philox word lives in the low half of a 64-bit lane, so that the 32x32->64 products are
+// lane-wise multiplies.
+typedef uint64_t U64x8 __attribute__((vector_size(64)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+constexpr int kChains = 4;  // independent vectors per round: the rounds are latency-bound
+constexpr int kBlocksPerGroup = 8 * kChains;
 
-/// Philox4x32-10 of counters first .. first + kLanes - 1, the same rounds as kernels::philox,
-/// written lane-wise: words[w][lane].
-void philox_lanes(uint64_t seed, uint64_t stream, uint64_t first, uint32_t (&words)[4][kLanes]) {
+/// Lane-wise product of the low 32 bits of `a` with `m`, as 64 bits.
+inline U64x8 mul_32x32(U64x8 a, uint32_t m) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<U64x8>(
+      _mm512_mul_epu32(reinterpret_cast<__m512i>(a), _mm512_set1_epi64(static_cast<int64_t>(m))));
+#else
+  return (a & 0xFFFFFFFFu) * m;
+#endif
+}
+
+/// Philox4x32-10 of the kBlocksPerGroup counters from `first`, the rounds of kernels::philox.
+/// On return, words[c] holds block first + 8c + l's four words in element order: u32 lanes
+/// 0..15 of words[c][0] are elements 0..15 of blocks 8c..8c+3, words[c][1] those of 8c+4..8c+7.
+void philox_group(uint64_t seed, uint64_t stream, uint64_t first, U32x16 (&words)[kChains][2]) {
   constexpr uint64_t kLow = 0xFFFFFFFFu;
-  Lanes c0, c1;
-  for (int l = 0; l < kLanes; ++l) {
-    const uint64_t counter = first + static_cast<uint64_t>(l);
-    c0[l] = counter & kLow;
-    c1[l] = counter >> 32;
+  U64x8 c0[kChains], c1[kChains], c2[kChains], c3[kChains];
+  for (int c = 0; c < kChains; ++c) {
+    for (int l = 0; l < 8; ++l) {
+      const uint64_t counter = first + static_cast<uint64_t>(8 * c + l);
+      c0[c][l] = counter & kLow;
+      c1[c][l] = counter >> 32;
+    }
+    c2[c] = U64x8{} + (stream & kLow);
+    c3[c] = U64x8{} + (stream >> 32);
   }
-  Lanes c2 = Lanes{} + (stream & kLow);
-  Lanes c3 = Lanes{} + (stream >> 32);
   uint64_t k0 = seed & kLow, k1 = seed >> 32;
   for (int round = 0; round < 10; ++round) {
-    const Lanes p0 = c0 * 0xD2511F53u;
-    const Lanes p1 = c2 * 0xCD9E8D57u;
-    c0 = (p1 >> 32) ^ c1 ^ k0;
-    c1 = p1 & kLow;
-    c2 = (p0 >> 32) ^ c3 ^ k1;
-    c3 = p0 & kLow;
+    for (int c = 0; c < kChains; ++c) {
+      const U64x8 p0 = mul_32x32(c0[c], 0xD2511F53u);
+      const U64x8 p1 = mul_32x32(c2[c], 0xCD9E8D57u);
+      c0[c] = (p1 >> 32) ^ c1[c] ^ k0;
+      c1[c] = p1 & kLow;
+      c2[c] = (p0 >> 32) ^ c3[c] ^ k1;
+      c3[c] = p0 & kLow;
+    }
     k0 = (k0 + 0x9E3779B9u) & kLow;
     k1 = (k1 + 0xBB67AE85u) & kLow;
   }
-  for (int l = 0; l < kLanes; ++l) {
-    words[0][l] = static_cast<uint32_t>(c0[l]);
-    words[1][l] = static_cast<uint32_t>(c1[l]);
-    words[2][l] = static_cast<uint32_t>(c2[l]);
-    words[3][l] = static_cast<uint32_t>(c3[l]);
+  for (int c = 0; c < kChains; ++c) {
+    // (w0, w1) and (w2, w3) of each block as one 64-bit lane each, then interleaved by block.
+    const U64x8 lo = (c0[c] & kLow) | (c1[c] << 32);
+    const U64x8 hi = (c2[c] & kLow) | (c3[c] << 32);
+    words[c][0] =
+        reinterpret_cast<U32x16>(__builtin_shufflevector(lo, hi, 0, 8, 1, 9, 2, 10, 3, 11));
+    words[c][1] =
+        reinterpret_cast<U32x16>(__builtin_shufflevector(lo, hi, 4, 12, 5, 13, 6, 14, 7, 15));
   }
+}
+
+template <class T>
+T keep_value(double p) {
+  return p < 1 ? static_cast<T>(1.0 / (1.0 - p)) : T(0);
+}
+
+/// philox_uniform is (word >> 8) / 2^24, so "u >= p" is "(word >> 8) >= ceil(p * 2^24)";
+/// p * 2^24 is exact in double.
+uint32_t keep_threshold(double p) {
+  const double scaled = std::ceil(p * 16777216.0);
+  if (scaled <= 0) return 0;
+  return scaled >= 16777216.0 ? 16777216u : static_cast<uint32_t>(scaled);
+}
+
+void store_sixteen(float* dst, U32x16 words, uint32_t threshold, float keep) {
+  uint32_t keep_bits;
+  std::memcpy(&keep_bits, &keep, sizeof keep_bits);
+  const U32x16 kept = reinterpret_cast<U32x16>((words >> 8) >= threshold);  // all ones or zero
+  const U32x16 bits = kept & keep_bits;
+  std::memcpy(dst, &bits, sizeof bits);
+}
+void store_sixteen(double* dst, U32x16 words, uint32_t threshold, double keep) {
+  for (int i = 0; i < 16; ++i) dst[i] = (words[i] >> 8) >= threshold ? keep : 0.0;
 }
 
 }  // namespace
@@ -50,32 +100,25 @@ template <class T>
 void dropout_mask_fill(T* out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset,
                        double p) {
   if (n <= 0) return;
-  const T keep = p < 1 ? static_cast<T>(1.0 / (1.0 - p)) : T(0);
-  // philox_uniform is (word >> 8) / 2^24, so "u >= p" is "(word >> 8) >= ceil(p * 2^24)";
-  // p * 2^24 is exact in double.
-  const double scaled = std::ceil(p * 16777216.0);
-  const uint32_t threshold = scaled <= 0            ? 0u
-                             : scaled >= 16777216.0 ? 16777216u
-                                                    : static_cast<uint32_t>(scaled);
-  const int64_t blocks = (n + 3) / 4;
-  const int64_t groups = (blocks + kLanes - 1) / kLanes;
-  parallel_for(groups, 64, [&](int64_t g_begin, int64_t g_end) {
-    uint32_t words[4][kLanes];
+  const T keep = keep_value<T>(p);
+  const uint32_t threshold = keep_threshold(p);
+  constexpr int64_t kElementsPerGroup = 4 * kBlocksPerGroup;
+  const int64_t groups = (n + kElementsPerGroup - 1) / kElementsPerGroup;
+  parallel_for(groups, 32, [&](int64_t g_begin, int64_t g_end) {
+    U32x16 words[kChains][2];
     for (int64_t g = g_begin; g < g_end; ++g) {
-      const int64_t first_block = g * kLanes;
-      philox_lanes(seed, stream, offset + static_cast<uint64_t>(first_block), words);
-      const int64_t base = first_block * 4;
-      if (base + 4 * kLanes <= n) {
-        T* dst = out + base;
-        for (int l = 0; l < kLanes; ++l)
-          for (int w = 0; w < 4; ++w)
-            dst[4 * l + w] = (words[w][l] >> 8) >= threshold ? keep : T(0);
-      } else {
-        for (int64_t i = base; i < n; ++i) {
-          const int64_t local = i - base;
-          const uint32_t word = words[local % 4][local / 4];
-          out[i] = (word >> 8) >= threshold ? keep : T(0);
-        }
+      philox_group(seed, stream, offset + static_cast<uint64_t>(g * kBlocksPerGroup), words);
+      const int64_t base = g * kElementsPerGroup;
+      if (base + kElementsPerGroup <= n) {
+        for (int c = 0; c < kChains; ++c)
+          for (int h = 0; h < 2; ++h)
+            store_sixteen(out + base + 32 * c + 16 * h, words[c][h], threshold, keep);
+        continue;
+      }
+      for (int64_t i = base; i < n; ++i) {
+        const int64_t local = i - base;
+        const uint32_t word = words[local / 32][(local / 16) % 2][local % 16];
+        out[i] = (word >> 8) >= threshold ? keep : T(0);
       }
     }
   });

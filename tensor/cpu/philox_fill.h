@@ -1,4 +1,4 @@
-// Dropout masks on the CPU, one Philox block per four elements and sixteen blocks side by side
+// Dropout masks on the CPU, one Philox block per four elements and 32 blocks side by side
 // so that the compiler vectorises the rounds. Bit-identical to kernels::DropoutMaskFill, the
 // per-element body the CUDA path runs.
 #pragma once

@@ -500,13 +500,13 @@ TEST(DropoutMask, SameGeneratorStateSameMask) {
   EXPECT_FALSE(testutil::bit_equal(ma, ops::dropout_mask({1000}, 0.5, a)));
 }
 
-// The CPU fills sixteen Philox blocks at a time; the CUDA path runs kernels::DropoutMaskFill per
+// The CPU fills 32 Philox blocks at a time; the CUDA path runs kernels::DropoutMaskFill per
 // element. Both must give the same bits, at every length (tails), offset and probability.
 TEST(DropoutMask, CpuBlockFillMatchesTheShared4ElementBody) {
   for (const double p : {0.0, 0.1, 0.3, 0.5, 1.0 / 3.0, 0.999, 1.0}) {
     for (const int64_t n : {int64_t{1}, int64_t{3}, int64_t{4}, int64_t{63}, int64_t{64},
                             int64_t{65}, int64_t{1000}, int64_t{4099}, int64_t{100003}}) {
-      const uint64_t offset = 5;  // not a multiple of the sixteen-block group
+      const uint64_t offset = 5;  // not a multiple of the 32-block group
       Generator gen(11, 3);
       gen.set_offset(offset);
       Tensor mask = ops::dropout_mask({n}, p, gen);
