@@ -181,6 +181,9 @@ TEST(ConvIm2colPath, MatchesOneDnnOnTheCpu) {
 }
 
 enum class ConvPath { kCudnn, kIm2colCublas };
+void PrintTo(ConvPath path, std::ostream* os) {
+  *os << (path == ConvPath::kCudnn ? "cuDNN" : "im2col + cuBLAS");
+}
 
 class CudaConv : public ::testing::TestWithParam<ConvPath> {
  protected:
