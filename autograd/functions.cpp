@@ -332,11 +332,17 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, double label_smoothing) {
   auto [loss, probs] = ops::softmax_cross_entropy(logits, targets, label_smoothing);
-  return record(loss, "cross_entropy", {logits},
-                [probs = probs, t = targets, label_smoothing](const Tensor& g) {
-                  return Grads{ops::softmax_cross_entropy_backward(probs, t, g.item<double>(),
-                                                                   label_smoothing)};
-                });
+  return record(
+      loss, "cross_entropy", {logits},
+      [probs = probs, t = targets, label_smoothing](const Tensor& g) {
+        if (g.device().is_cuda()) {
+          // g stays on the device: reading it would make the host wait every step.
+          return Grads{bin(Binary::kMul,
+                           ops::softmax_cross_entropy_backward(probs, t, 1.0, label_smoothing), g)};
+        }
+        return Grads{
+            ops::softmax_cross_entropy_backward(probs, t, g.item<double>(), label_smoothing)};
+      });
 }
 
 Tensor nll_loss(const Tensor& log_probs, const Tensor& targets) {

@@ -49,13 +49,19 @@ Tensor softmax_backward_impl(const Tensor& y, const Tensor& gy, int64_t dim, boo
   return dx;
 }
 
-/// Checks int64 class indices [N] against logits [N, C]; reads them on the host.
-void check_targets(const char* op, const Tensor& logits, const Tensor& targets) {
+/// Checks that targets are int64 class indices [N] for logits [N, C] on their device.
+void check_target_shape(const char* op, const Tensor& logits, const Tensor& targets) {
   DTRAIN_CHECK(logits.dim() == 2, op, ": input must be [N, C]; got ", logits.describe());
   DTRAIN_CHECK(targets.defined() && targets.dtype() == DType::kInt64 && targets.dim() == 1 &&
                    targets.size(0) == logits.size(0) && targets.device() == logits.device(),
                op, ": targets must be int64 [", logits.size(0), "] on ", logits.device().str(),
                "; got ", targets.describe());
+}
+
+/// check_target_shape, then every value against [0, C), read on the host (a wait for the device
+/// when the targets are there).
+void check_targets(const char* op, const Tensor& logits, const Tensor& targets) {
+  check_target_shape(op, logits, targets);
   const auto t = targets.to_vector<int64_t>();
   for (size_t i = 0; i < t.size(); ++i) {
     if (t[i] < 0 || t[i] >= logits.size(1)) {
@@ -86,16 +92,25 @@ Tensor log_softmax_backward(const Tensor& y, const Tensor& gy, int64_t dim) {
 std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tensor& targets,
                                                 double label_smoothing) {
   detail::check_defined("cross_entropy", logits, "input");
-  check_targets("cross_entropy", logits, targets);
+  check_target_shape("cross_entropy", logits, targets);
+  if (logits.device().is_cpu()) check_targets("cross_entropy", logits, targets);
   DTRAIN_CHECK(label_smoothing >= 0 && label_smoothing <= 1,
                "cross_entropy: label_smoothing must be in [0, 1]; got ", label_smoothing);
   const int64_t n = logits.size(0), c = logits.size(1);
+  Tensor in_range = targets;
+  if (logits.device().is_cuda()) {
+    // Checked on the device, so the forward pass does not wait for it: a bad target is reported
+    // by the next check or synchronize, and meanwhile reads class 0 instead of out of bounds.
+    in_range = Tensor(targets.shape(), DType::kInt64, targets.device());
+    cuda::check_indices(targets.data_ptr<int64_t>(), in_range.data_ptr<int64_t>(), n, c,
+                        "cross_entropy", logits.device().index);
+  }
   Tensor probs(logits.shape(), logits.dtype(), logits.device());
   Tensor row_loss({n}, logits.dtype(), logits.device());
   detail::dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(logits.device(), n,
-               kernels::CrossEntropyRows<T>{logits.data_ptr<T>(), targets.data_ptr<int64_t>(),
+               kernels::CrossEntropyRows<T>{logits.data_ptr<T>(), in_range.data_ptr<int64_t>(),
                                             probs.data_ptr<T>(), row_loss.data_ptr<T>(), c,
                                             label_smoothing},
                kLineGrain);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <condition_variable>
 #include <cstdio>
@@ -680,9 +681,99 @@ int current_device() {
   return device;
 }
 
-void synchronize(int device) {
+namespace {
+// ---- index checks without a wait ------------------------------------------------------------
+/// The first bad index a check found, in mapped pinned host memory: the kernel writes it and the
+/// host reads it with neither a copy nor a wait, once the kernel has run.
+struct IndexErrorSlot {
+  int64_t position, value, limit;
+  uint64_t op;  // the const char* of the op's name (a string literal)
+  int found;
+};
+
+/// One slot per device, made on first use and kept for the process.
+IndexErrorSlot* index_error_slot(int device, std::unique_lock<std::mutex>& lock) {
+  static std::mutex mu;
+  static std::vector<IndexErrorSlot*> slots;
+  lock = std::unique_lock(mu);
+  if (static_cast<int>(slots.size()) <= device) slots.resize(device + 1, nullptr);
+  if (slots[device] == nullptr) {
+    DeviceGuard guard(device);
+    void* p = nullptr;
+    DTRAIN_CUDA_CHECK(cudaHostAlloc(&p, sizeof(IndexErrorSlot), cudaHostAllocMapped));
+    slots[device] = static_cast<IndexErrorSlot*>(p);
+    *slots[device] = IndexErrorSlot{};
+  }
+  return slots[device];
+}
+
+/// Throws the bad index an earlier check recorded on `device` (once; the slot is cleared).
+void throw_recorded_index_error(int device) {
+  std::unique_lock<std::mutex> lock;
+  IndexErrorSlot* slot = index_error_slot(device, lock);
+  volatile IndexErrorSlot* seen = slot;
+  if (seen->found == 0) return;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  const IndexErrorSlot e{seen->position, seen->value, seen->limit, seen->op, 1};
+  seen->found = 0;
+  DTRAIN_THROW(ValueError, reinterpret_cast<const char*>(e.op), ": target ", e.value,
+               " at position ", e.position, " is outside [0, ", e.limit,
+               ") (found on cuda:", device,
+               " by the device-side check of an earlier call, which does not wait for the device)");
+}
+
+/// One block: safe[i] = idx[i] or 0 where out of range; the first bad position (a fixed-order
+/// minimum over the block, no atomics) goes to the slot unless it already holds one.
+__global__ void check_indices_kernel(const int64_t* idx, int64_t* safe, int64_t n, int64_t limit,
+                                     uint64_t op, IndexErrorSlot* slot) {
+  __shared__ int64_t first[32];
+  int64_t bad = n;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const int64_t v = idx[i];
+    const bool ok = v >= 0 && v < limit;
+    safe[i] = ok ? v : 0;
+    if (!ok && i < bad) bad = i;
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const int64_t other = __shfl_down_sync(0xffffffffu, bad, offset);
+    bad = other < bad ? other : bad;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) first[warp] = bad;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) bad = first[w] < bad ? first[w] : bad;
+  if (bad >= n || slot->found != 0) return;
+  slot->position = bad;
+  slot->value = idx[bad];
+  slot->limit = limit;
+  slot->op = op;
+  __threadfence_system();  // the fields reach the host before the flag
+  *static_cast<volatile int*>(&slot->found) = 1;
+}
+}  // namespace
+
+void check_indices(const int64_t* idx, int64_t* safe, int64_t n, int64_t limit, const char* op,
+                   int device) {
+  if (n <= 0) return;
+  throw_recorded_index_error(device);
+  std::unique_lock<std::mutex> lock;
+  IndexErrorSlot* slot = index_error_slot(device, lock);
+  lock.unlock();
+  IndexErrorSlot* on_device = nullptr;
   DeviceGuard guard(device);
-  DTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
+  DTRAIN_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&on_device), slot, 0));
+  check_indices_kernel<<<1, reduce_threads_for(n)>>>(idx, safe, n, limit,
+                                                     reinterpret_cast<uint64_t>(op), on_device);
+  check_launch("check_indices_kernel", device);
+}
+
+void synchronize(int device) {
+  {
+    DeviceGuard guard(device);
+    DTRAIN_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  throw_recorded_index_error(device);
 }
 
 // ---- DefaultStreamHold ----------------------------------------------------------------------

@@ -50,7 +50,8 @@ class DeviceGuard {
 /// Makes `device` current on the calling thread (each thread has its own current device).
 void set_device(int device);
 int current_device();
-/// Waits until everything queued on `device` has finished, and throws its error if any did not.
+/// Waits until everything queued on `device` has finished, and throws its error if any did not,
+/// or a bad index an earlier check_indices found.
 void synchronize(int device);
 
 /// For tests: holds back the legacy default stream of `device` from construction until release()
@@ -75,6 +76,13 @@ class DefaultStreamHold {
 /// the device and check, so a fault is reported at the kernel that caused it. Anything else
 /// throws ValueError naming the variable.
 bool parse_cuda_sync(const char* value);
+
+/// Checks int64 indices idx[0, n) against [0, limit) on cuda:`device` without waiting for it.
+/// `safe` receives the indices with bad ones replaced by 0, so kernels that index with it stay
+/// in bounds; the first bad one is recorded, and the next check_indices or synchronize on that
+/// device throws ValueError naming `op` (a string literal), the position and the value.
+void check_indices(const int64_t* idx, int64_t* safe, int64_t n, int64_t limit, const char* op,
+                   int device);
 
 /// Copies nbytes between any two of host and device memory; synchronous.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);

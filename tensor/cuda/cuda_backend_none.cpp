@@ -27,6 +27,9 @@ DefaultStreamHold::DefaultStreamHold(int, std::chrono::milliseconds) {
 }
 DefaultStreamHold::~DefaultStreamHold() = default;
 void DefaultStreamHold::release() {}
+void check_indices(const int64_t*, int64_t*, int64_t, int64_t, const char*, int) {
+  refuse("check indices on CUDA");
+}
 void copy_bytes(void*, Device, const void*, Device, size_t) { refuse("copy to/from CUDA"); }
 void fill(void*, DType, int64_t, double, int) { refuse("fill on CUDA"); }
 void convert(const void*, DType, void*, DType, int64_t, int) { refuse("to_dtype on CUDA"); }

@@ -1,8 +1,11 @@
-// Batch norm's counter and optimiser state on the parameters' device: the host-side rules run
-// everywhere, the GPU cases (BN on cuda:0 against the CPU, resuming an optimiser there) skip
-// without a CUDA device.
+// Layers on the parameters' device: batch norm's counter and optimiser state (host-side rules that
+// run everywhere), and GPU cases that skip without a CUDA device: batch norm and cross-entropy on
+// cuda:0 against the CPU, resuming an optimiser there.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
 
 #include "dtrain/autograd/functions.h"
 #include "dtrain/nn/layers.h"
@@ -164,6 +167,67 @@ TEST_F(CudaLayers, BatchNormOnOddPlaneSizesAndWithoutAffineMatchesTheCpu) {
           << shape_str(shape) << " gradient " << i;
     }
   }
+}
+
+TEST_F(CudaLayers, CrossEntropyForwardAndBackwardMatchTheCpuWithoutWaitingForTheDevice) {
+  const Device dev = Device::cuda(0);
+  Generator gen(23);
+  Tensor logits = randn({64, 10}, gen);
+  std::vector<int64_t> labels(64);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>((i * 7) % 10);
+  const Tensor targets = from_vector<int64_t>(labels, {64});
+  const Tensor targets_gpu = to_device(targets, dev);
+  Tensor lh = logits.detach().set_requires_grad(true);
+  Tensor lg = to_device(logits, dev).set_requires_grad(true);
+
+  Tensor loss_cpu = cross_entropy(lh, targets, 0.1);
+  loss_cpu.backward();
+  const auto step_on_gpu = [&] {
+    lg.set_grad(Tensor());
+    Tensor loss = cross_entropy(lg, targets_gpu, 0.1);
+    loss.backward();
+    return loss;
+  };
+  step_on_gpu();  // the allocator's blocks and the check's host slot exist from here on
+  cuda::synchronize(0);
+
+  // With the default stream held, a call that waited for the device would wait for the hold's
+  // limit; the forward and backward pass must come back long before it.
+  const auto limit = std::chrono::seconds(60);
+  Tensor loss_gpu;
+  std::chrono::steady_clock::duration queued{};
+  {
+    cuda::DefaultStreamHold hold(0, limit);
+    const auto start = std::chrono::steady_clock::now();
+    loss_gpu = step_on_gpu();
+    queued = std::chrono::steady_clock::now() - start;
+  }
+  EXPECT_LT(queued, limit / 2) << "the cross-entropy step waited for the device";
+  EXPECT_TRUE(all_close(cpu(loss_gpu), loss_cpu, 1e-5, 1e-6));
+  EXPECT_TRUE(all_close(cpu(lg.grad()), lh.grad(), 1e-5, 1e-7));
+}
+
+TEST_F(CudaLayers, ABadTargetOnTheDeviceIsReportedByTheNextSynchronize) {
+  const Device dev = Device::cuda(0);
+  Generator gen(24);
+  Tensor logits = to_device(randn({6, 10}, gen), dev);
+  const Tensor bad = from_vector<int64_t>({1, 2, 3, 10, 4, -1}, {6}, dev);
+  cuda::synchronize(0);  // nothing recorded before
+  auto [loss, probs] = ops::softmax_cross_entropy(logits, bad, 0.0);
+  EXPECT_TRUE(std::isfinite(loss.item<float>())) << "a bad target must not be read out of bounds";
+  try {
+    cuda::synchronize(0);
+    FAIL() << "target 10 of 10 classes was accepted";
+  } catch (const ValueError& e) {
+    EXPECT_THAT(e.message(), HasSubstr("cross_entropy: target 10 at position 3"));
+    EXPECT_THAT(e.message(), HasSubstr("[0, 10)"));
+  }
+  // Reported once; good targets then pass.
+  const Tensor good = from_vector<int64_t>({1, 2, 3, 9, 4, 0}, {6}, dev);
+  ops::softmax_cross_entropy(logits, good, 0.0);
+  EXPECT_NO_THROW(cuda::synchronize(0));
+  // The CPU still refuses at once.
+  EXPECT_THROW(ops::softmax_cross_entropy(cpu(logits), cpu(bad), 0.0), ValueError);
 }
 
 TEST_F(CudaLayers, ResumedOptimiserStateMovesToTheParametersDeviceAndStepsLikeTheCpu) {
