@@ -15,6 +15,9 @@
 #include <thread>
 
 #include "dtrain/distributed/backends/local/local_communicator.h"
+#if defined(DTRAIN_HAS_NCCL)
+#include "dtrain/distributed/backends/nccl/nccl_communicator.h"
+#endif
 #include "dtrain/distributed/device_routed_communicator.h"
 #include "dtrain/distributed/heartbeat.h"
 #include "dtrain/distributed/hierarchical_communicator.h"
@@ -354,7 +357,8 @@ std::vector<CommunicatorPtr> Job::replica_communicators(int n, bool span_process
   return out;
 }
 
-std::vector<CommunicatorPtr> Job::replica_communicators(const std::vector<Device>& devices) {
+std::vector<CommunicatorPtr> Job::replica_communicators(const std::vector<Device>& devices,
+                                                        bool span_processes) {
   check_replica_devices(devices);
   const int n = static_cast<int>(devices.size());
   auto local = make_local_group(n);
@@ -363,6 +367,20 @@ std::vector<CommunicatorPtr> Job::replica_communicators(const std::vector<Device
   if (devices[0].is_cpu()) return out;
   std::vector<int> ids;
   for (const Device& d : devices) ids.push_back(d.index);
+#if defined(DTRAIN_HAS_NCCL)
+  if (span_processes) {
+    std::shared_ptr<HostCommunicator> cross = host_world();
+    auto nccl = NcclCommunicator::create_across_processes(*cross, ids, spec_.timeout);
+    for (int r = 0; r < n; ++r) {
+      auto host = std::make_shared<HierarchicalCommunicator>(local[r], r == 0 ? cross : nullptr,
+                                                             rank(), world_size());
+      watch(host, /*publish=*/true);
+      out[r] = std::make_shared<DeviceRoutedCommunicator>(host, nccl[r]);
+    }
+    return out;
+  }
+#endif
+  DTRAIN_CHECK(!span_processes, "replicas on GPUs across processes need the nccl backend");
   auto nccl = create_local_device_communicators("nccl", ids);
   for (int r = 0; r < n; ++r) out[r] = std::make_shared<DeviceRoutedCommunicator>(out[r], nccl[r]);
   return out;

@@ -62,8 +62,11 @@ class Job {
   std::vector<CommunicatorPtr> replica_communicators(int n, bool span_processes);
   /// One communicator per replica thread on `devices`, all cpu or distinct GPUs (NCCL between
   /// them, the local group for host tensors). Throws ValueError for mixed or repeated devices and
-  /// UnsupportedError for GPUs this build or machine cannot use, naming them.
-  std::vector<CommunicatorPtr> replica_communicators(const std::vector<Device>& devices);
+  /// UnsupportedError for GPUs this build or machine cannot use, naming them. With
+  /// span_processes and GPUs, one NCCL clique over every (process, GPU) pair of the job, and the
+  /// hierarchical host communicators of replica_communicators(n, true) for host tensors.
+  std::vector<CommunicatorPtr> replica_communicators(const std::vector<Device>& devices,
+                                                     bool span_processes = false);
 
   /// Runs fn(replica) for every replica in [0, n), each on its own thread (on this one when
   /// n == 1). The first replica to throw aborts the replica group of this process, so the others

@@ -70,17 +70,8 @@ TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerPart
                           ": the host backends move host memory only",
                       __FILE__, __LINE__);
   }
-  if (on_gpus && kind.spans_processes && replicas > 1) {
-    throw ConfigError(
-        "train.device: cuda with several replicas per process in a multi-process "
-        "strategy (" +
-            config.strategy.type + ", strategy.devices " + std::to_string(replicas) +
-            ") is not supported yet; use ddp with one process per GPU (dtrain "
-            "launch --nproc-per-node GPUS)",
-        __FILE__, __LINE__);
-  }
   std::vector<dist::CommunicatorPtr> comms =
-      on_gpus && replicas > 1 ? job.replica_communicators(devices)
+      on_gpus && replicas > 1 ? job.replica_communicators(devices, kind.spans_processes)
                               : job.replica_communicators(replicas, kind.spans_processes);
   std::vector<TrainResult> results(replicas);
   // Each replica builds its own data, model and optimiser; construction is collective (DDP

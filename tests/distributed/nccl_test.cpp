@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "dtrain/tensor/cuda/cuda_backend.h"
@@ -99,6 +102,85 @@ TEST(Nccl, WaitingTwiceAndWaitingOnACompletedCollectiveAreHarmless) {
   comm->all_reduce(next)->wait();  // a zero timeout on a done collective aborted nothing
   EXPECT_EQ(next.to_vector<float>(), (std::vector<float>{5, 5}));
   EXPECT_EQ(t.to_vector<float>(), std::vector<float>(8, 3.0f));
+}
+
+/// Runs fn(p) on a thread per process p and returns what each threw ("" when nothing).
+std::vector<std::string> on_threads(int n, const std::function<void(int)>& fn) {
+  std::vector<std::string> errors(n);
+  std::vector<std::thread> threads;
+  for (int p = 0; p < n; ++p) {
+    threads.emplace_back([&errors, &fn, p] {
+      try {
+        fn(p);
+      } catch (const std::exception& e) {
+        errors[p] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+TEST(NcclAcrossProcesses, ProcessesDrivingDifferentGpuCountsAreRefusedOnTheHost) {
+  // Refused by the host check before NCCL or a GPU is touched: runs without a GPU.
+  auto host = dist::make_local_group(2);
+  const std::vector<std::string> errors = on_threads(2, [&host](int p) {
+    dist::NcclCommunicator::create_across_processes(
+        *host[p], p == 0 ? std::vector<int>{0} : std::vector<int>{0, 1});
+  });
+  for (int p = 0; p < 2; ++p) {
+    EXPECT_NE(errors[p].find("every process must drive the same number of GPUs"), std::string::npos)
+        << "process " << p << ": " << errors[p];
+  }
+}
+
+/// `processes` host ranks (threads) each drive `per_process` GPUs of this machine; every (process,
+/// GPU) pair all-reduces its rank + 1 and must get the sum over all pairs.
+void expect_sum_over_every_process_and_gpu(int processes, int per_process) {
+  auto host = dist::make_local_group(processes);
+  std::vector<std::vector<std::shared_ptr<dist::NcclCommunicator>>> comms(processes);
+  const std::vector<std::string> created = on_threads(processes, [&](int p) {
+    std::vector<int> devices;
+    for (int i = 0; i < per_process; ++i) devices.push_back(p * per_process + i);
+    comms[p] = dist::NcclCommunicator::create_across_processes(*host[p], devices);
+  });
+  for (int p = 0; p < processes; ++p) ASSERT_EQ(created[p], "") << "process " << p;
+  const int size = processes * per_process;
+  std::vector<std::shared_ptr<dist::NcclCommunicator>> by_rank(size);
+  for (const auto& mine : comms) {
+    for (const auto& c : mine) {
+      ASSERT_EQ(c->size(), size);
+      by_rank.at(c->rank()) = c;
+    }
+  }
+  for (int p = 0; p < processes; ++p) {
+    for (int i = 0; i < per_process; ++i) {
+      EXPECT_EQ(by_rank[p * per_process + i]->device(), p * per_process + i);
+    }
+  }
+  std::vector<std::vector<float>> got(size);
+  const std::vector<std::string> reduced = on_threads(size, [&](int r) {
+    cuda::set_device(by_rank[r]->device());
+    Tensor t = full({64}, r + 1.0, DType::kFloat32, Device::cuda(by_rank[r]->device()));
+    by_rank[r]->all_reduce(t)->wait();
+    got[r] = t.to_vector<float>();
+  });
+  const float expected = size * (size + 1) / 2.0f;
+  for (int r = 0; r < size; ++r) {
+    EXPECT_EQ(reduced[r], "") << "rank " << r;
+    EXPECT_EQ(got[r], std::vector<float>(64, expected)) << "rank " << r;
+  }
+}
+
+TEST(NcclAcrossProcesses, OneProcessDrivingEveryGpuSumsOverAllOfThem) {
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  expect_sum_over_every_process_and_gpu(1, cuda::device_count());
+}
+
+TEST(NcclAcrossProcesses, TwoProcessesOfSeveralGpusSumOverEveryPair) {
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  if (cuda::device_count() < 2) GTEST_SKIP() << "needs two GPUs; this machine has one";
+  expect_sum_over_every_process_and_gpu(2, cuda::device_count() / 2);
 }
 #else
 TEST(Nccl, NotBuilt) {

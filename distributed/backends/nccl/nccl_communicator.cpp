@@ -138,6 +138,7 @@ struct NcclCommunicator::Impl {
   }
   void watch_loop();
 };
+
 namespace {
 
 /// How long the destructor lets a nonblocking communicator finish before aborting it instead.
@@ -450,8 +451,9 @@ std::shared_ptr<NcclCommunicator> NcclCommunicator::create(int rank, int size, i
       new NcclCommunicator(rank, size, join_clique(id, rank, size, device, init_timeout)));
 }
 
-std::shared_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& host, int device,
-                                                           Timeout init_timeout) {
+namespace {
+/// Rank 0's new NCCL id on every rank of `host`.
+ncclUniqueId id_through(Communicator& host) {
   ncclUniqueId id;
   static_assert(sizeof id % sizeof(int64_t) == 0, "the NCCL id travels as int64 words");
   Tensor words = zeros({static_cast<int64_t>(sizeof id / sizeof(int64_t))}, DType::kInt64);
@@ -461,8 +463,72 @@ std::shared_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& host, i
   }
   host.broadcast(words, {0})->wait();
   std::memcpy(&id, words.data_ptr(), sizeof id);
+  return id;
+}
+}  // namespace
+
+std::shared_ptr<NcclCommunicator> NcclCommunicator::create(Communicator& host, int device,
+                                                           Timeout init_timeout) {
+  const ncclUniqueId id = id_through(host);
   return std::shared_ptr<NcclCommunicator>(new NcclCommunicator(
       host.rank(), host.size(), join_clique(id, host.rank(), host.size(), device, init_timeout)));
+}
+
+std::vector<std::shared_ptr<NcclCommunicator>> NcclCommunicator::create_across_processes(
+    Communicator& host, const std::vector<int>& devices, Timeout init_timeout) {
+  const int n = static_cast<int>(devices.size());
+  DTRAIN_CHECK(n >= 1, "nccl: create_across_processes needs at least one device");
+  // The ranks below assume the same count everywhere: the largest n and the largest -n agree
+  // only then. Checked on the host before any process touches NCCL.
+  Tensor counts({2}, DType::kInt64);
+  counts.data<int64_t>()[0] = n;
+  counts.data<int64_t>()[1] = -n;
+  host.all_reduce(counts, {ReduceOp::kMax, init_timeout})->wait(init_timeout);
+  const int64_t most = counts.data<int64_t>()[0], fewest = -counts.data<int64_t>()[1];
+  DTRAIN_CHECK(most == fewest, "nccl: every process must drive the same number of GPUs; process ",
+               host.rank(), " of ", host.size(), " drives ", n, " but some drive ", fewest,
+               " and some ", most, " (strategy.devices must be the same in every process)");
+  const ncclUniqueId id = id_through(host);
+  const int size = host.size() * n;
+  const int first_rank = host.rank() * n;
+  std::vector<std::shared_ptr<Impl>> impls;
+  for (int i = 0; i < n; ++i) {
+    auto impl = std::make_shared<Impl>();
+    impl->device = devices[i];
+    impl->rank = first_rank + i;
+    impl->size = size;
+    impl->nonblocking = true;
+    cuda::DeviceGuard guard(devices[i]);
+    create_stream(*impl);
+    impls.push_back(std::move(impl));
+  }
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  try {
+    // One process joins a clique once per device: in one group, or the first join would wait
+    // for this process's other ranks, which it has not started yet.
+    GroupGuard group;
+    for (int i = 0; i < n; ++i) {
+      cuda::DeviceGuard guard(devices[i]);
+      const ncclResult_t started =
+          ncclCommInitRankConfig(&impls[i]->comm, size, id, impls[i]->rank, &config);
+      if (started != ncclInProgress) DTRAIN_NCCL_CHECK(started);
+    }
+    const ncclResult_t ended = group.end();
+    for (const auto& impl : impls) {
+      settle(*impl, ended, "ncclCommInitRankConfig (joining the clique, one rank per device)",
+             init_timeout, std::chrono::milliseconds(1));
+    }
+  } catch (...) {
+    for (const auto& impl : impls) impl->abort("joining the clique failed");
+    throw;
+  }
+  std::vector<std::shared_ptr<NcclCommunicator>> out;
+  for (int i = 0; i < n; ++i) {
+    out.push_back(
+        std::shared_ptr<NcclCommunicator>(new NcclCommunicator(first_rank + i, size, impls[i])));
+  }
+  return out;
 }
 
 std::vector<std::shared_ptr<NcclCommunicator>> NcclCommunicator::create_local(

@@ -33,6 +33,13 @@ class NcclCommunicator final : public Communicator {
   /// ranks: mpi, tcp, or a local group), so no Store is needed (plain mpirun, srun).
   static std::shared_ptr<NcclCommunicator> create(Communicator& host, int device,
                                                   Timeout init_timeout = kDefaultTimeout);
+  /// Several GPUs in every process (multi_worker_mirrored): one clique over every (process,
+  /// device) pair, rank host.rank() * devices.size() + i on cuda:devices[i]. `host` is a
+  /// communicator over the processes; every process must pass as many devices (checked on
+  /// `host` first, ValueError otherwise). The NCCL id goes from process 0 through `host`; this
+  /// process joins on all its devices in one NCCL group, nonblocking, bounded by `init_timeout`.
+  static std::vector<std::shared_ptr<NcclCommunicator>> create_across_processes(
+      Communicator& host, const std::vector<int>& devices, Timeout init_timeout = kDefaultTimeout);
   /// One communicator per device of this process (ncclCommInitAll), ranks in `devices` order.
   static std::vector<std::shared_ptr<NcclCommunicator>> create_local(
       const std::vector<int>& devices);
