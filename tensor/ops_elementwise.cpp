@@ -268,7 +268,9 @@ void axpy_(Tensor& y, double alpha, const Tensor& x) {
 
 void scale_(Tensor& t, double factor) {
   if (t.device().is_cuda()) {
-    t.copy_(unary(Unary::kMulScalar, t, {factor}));
+    // Elementwise in place: each element is read and written by the same thread.
+    cuda::unary(Unary::kMulScalar, t.dtype(), t.data_ptr(), t.data_ptr(), t.numel(), {factor},
+                t.device().index);
     return;
   }
   detail::dispatch_floating(t.dtype(), "scale_", [&](auto tag) {

@@ -175,16 +175,21 @@ class CachingCudaAllocator final : public detail::CachingAllocator {
       DTRAIN_CUDA_CHECK(err);
     }
     uses.emplace_back(stream, event);
+    blocks_with_uses_.store(uses_.size(), std::memory_order_release);
   }
 
   /// Never throws: it runs in ~Storage.
   void deallocate(void* ptr, size_t nbytes) override {
     std::vector<cudaEvent_t> events;
-    {
+    // Most blocks never meet another stream: skip the lock while no block has recorded uses. A
+    // block's record_stream happens before its free on the freeing thread (it must still be alive
+    // to be used), so its count is seen here.
+    if (blocks_with_uses_.load(std::memory_order_acquire) != 0) {
       std::lock_guard lock(uses_mu_);
       if (auto it = uses_.find(ptr); it != uses_.end()) {
         for (auto& [stream, event] : it->second) events.push_back(event);
         uses_.erase(it);
+        blocks_with_uses_.store(uses_.size(), std::memory_order_release);
       }
     }
     if (events.empty()) {
@@ -227,6 +232,7 @@ class CachingCudaAllocator final : public detail::CachingAllocator {
   int device_;
   std::mutex uses_mu_;
   std::unordered_map<void*, std::vector<std::pair<cudaStream_t, cudaEvent_t>>> uses_;
+  std::atomic<size_t> blocks_with_uses_{0};  // uses_.size(), readable without uses_mu_
 };
 
 // ---- kernels --------------------------------------------------------------------------------
@@ -634,6 +640,13 @@ std::string unavailable_reason() {
 }
 
 Allocator& allocator(int device) {
+  // Every tensor allocation and free asks for its device's allocator: once made, it is found
+  // without a lock (the lock and the device checks stay on the first call per device).
+  constexpr int kFastDevices = 64;
+  static std::array<std::atomic<CachingCudaAllocator*>, kFastDevices> made{};
+  if (device >= 0 && device < kFastDevices) {
+    if (CachingCudaAllocator* a = made[device].load(std::memory_order_acquire)) return *a;
+  }
   static std::mutex mu;
   static std::vector<CachingCudaAllocator*> allocators;  // leaked: outlives static tensors
   std::lock_guard lock(mu);
@@ -647,7 +660,10 @@ Allocator& allocator(int device) {
                  " CUDA device", count == 1 ? "" : "s", " (cuda:0 to cuda:", count - 1, ")");
   }
   if (static_cast<int>(allocators.size()) <= device) allocators.resize(device + 1, nullptr);
-  if (allocators[device] == nullptr) allocators[device] = new CachingCudaAllocator(device);
+  if (allocators[device] == nullptr) {
+    allocators[device] = new CachingCudaAllocator(device);
+    if (device < kFastDevices) made[device].store(allocators[device], std::memory_order_release);
+  }
   return *allocators[device];
 }
 

@@ -1,6 +1,7 @@
 // CUDA backend parity: ops on cuda:0 agree with the CPU. Skipped where no CUDA device is usable.
 #include <gtest/gtest.h>
 
+#include "dtrain/tensor/allocator.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/ops.h"
@@ -158,6 +159,23 @@ TEST_F(Cuda, ExpandAndPermuteGatherTheCpusElements) {
     EXPECT_TRUE(bit_equal(cpu(ops::permute(gpu(x), perm)), ops::permute(x, perm)))
         << perm[0] << perm[1] << perm[2] << perm[3];
   }
+}
+
+TEST_F(Cuda, ScaleInPlaceMatchesCpuOnAViewAndAllocatesNothing) {
+  Tensor x = random_tensor({1000, 37}, 70);
+  Tensor on_gpu = gpu(x);
+  // Rows 100..599 as a view with a storage offset; the rows around it must not change.
+  const size_t row_bytes = 37 * sizeof(float);
+  Tensor middle(on_gpu.storage(), on_gpu.storage_offset_bytes() + 100 * row_bytes, {500, 37},
+                DType::kFloat32);
+  const uint64_t allocs_before = allocator_for(Device::cuda(0)).stats().allocs;
+  ops::scale_(middle, -1.75);
+  EXPECT_EQ(allocator_for(Device::cuda(0)).stats().allocs, allocs_before)
+      << "scale_ on CUDA allocated a temporary";
+  Tensor expected = x.clone();
+  Tensor expected_middle(expected.storage(), 100 * row_bytes, {500, 37}, DType::kFloat32);
+  ops::scale_(expected_middle, -1.75);
+  EXPECT_TRUE(bit_equal(cpu(on_gpu), expected));
 }
 
 TEST_F(Cuda, MatmulMatchesCpu) {
