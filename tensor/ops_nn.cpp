@@ -19,6 +19,13 @@ using detail::split_at;
 
 constexpr int64_t kLineGrain = 64;  // lines, rows and channels are heavy work items
 
+/// On CUDA, contiguous lines at least this long get a block each instead of a thread (shorter
+/// ones, like 10 classes, keep a thread per line; strided lines are already read coalesced).
+constexpr int64_t kBlockLineMin = 32;
+bool use_line_blocks(Device device, const Split& s) {
+  return device.is_cuda() && s.inner == 1 && s.r >= kBlockLineMin;
+}
+
 Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
   detail::check_defined(op, x, "input");
@@ -27,9 +34,12 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   Tensor y(x.shape(), x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(x.device(), s.outer * s.inner,
-               kernels::SoftmaxLines<T>{x.data_ptr<T>(), y.data_ptr<T>(), s.r, s.inner, log},
-               kLineGrain);
+    const kernels::SoftmaxLines<T> k{x.data_ptr<T>(), y.data_ptr<T>(), s.r, s.inner, log};
+    if (use_line_blocks(x.device(), s)) {
+      cuda::softmax_rows(k, s.outer, x.device().index);
+    } else {
+      run_kernel(x.device(), s.outer * s.inner, k, kLineGrain);
+    }
   });
   return y;
 }
@@ -41,10 +51,13 @@ Tensor softmax_backward_impl(const Tensor& y, const Tensor& gy, int64_t dim, boo
   Tensor dx(y.shape(), y.dtype(), y.device());
   detail::dispatch_floating(y.dtype(), "softmax backward", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(y.device(), s.outer * s.inner,
-               kernels::SoftmaxBackwardLines<T>{y.data_ptr<T>(), gy.data_ptr<T>(), dx.data_ptr<T>(),
-                                                s.r, s.inner, log},
-               kLineGrain);
+    const kernels::SoftmaxBackwardLines<T> k{
+        y.data_ptr<T>(), gy.data_ptr<T>(), dx.data_ptr<T>(), s.r, s.inner, log};
+    if (use_line_blocks(y.device(), s)) {
+      cuda::softmax_backward_rows(k, s.outer, y.device().index);
+    } else {
+      run_kernel(y.device(), s.outer * s.inner, k, kLineGrain);
+    }
   });
   return dx;
 }
@@ -109,11 +122,17 @@ std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tens
   Tensor row_loss({n}, logits.dtype(), logits.device());
   detail::dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(logits.device(), n,
-               kernels::CrossEntropyRows<T>{logits.data_ptr<T>(), in_range.data_ptr<int64_t>(),
-                                            probs.data_ptr<T>(), row_loss.data_ptr<T>(), c,
-                                            label_smoothing},
-               kLineGrain);
+    const kernels::CrossEntropyRows<T> k{logits.data_ptr<T>(),
+                                         in_range.data_ptr<int64_t>(),
+                                         probs.data_ptr<T>(),
+                                         row_loss.data_ptr<T>(),
+                                         c,
+                                         label_smoothing};
+    if (use_line_blocks(logits.device(), Split{n, c, 1})) {
+      cuda::cross_entropy_rows(k, n, logits.device().index);
+    } else {
+      run_kernel(logits.device(), n, k, kLineGrain);
+    }
   });
   return {mean_of_rows(row_loss), probs};
 }

@@ -341,23 +341,42 @@ struct IsGather<kernels::GatherElements<E>> : std::true_type {};
 // the block size, and the sizes are chosen from the problem's shape alone, so a result is the same
 // bit for bit from run to run (and on any GPU).
 
-/// The sum of every thread's `v` in a fixed order (a shuffle tree inside each warp, then one over
-/// the warps' sums), returned to every thread. blockDim.x must be a multiple of 32 and at most
+/// op over every thread's `v` in a fixed order (a shuffle tree inside each warp, then one over the
+/// warps' results), returned to every thread. blockDim.x must be a multiple of 32 and at most
 /// 1024; `scratch` is 32 doubles of shared memory, free again when this returns.
-__device__ double block_sum(double v, double* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+template <class Op>
+__device__ double block_reduce(double v, double* scratch, Op op, double identity) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = op(v, __shfl_down_sync(0xffffffffu, v, offset));
+  }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    v = lane < static_cast<int>(blockDim.x >> 5) ? scratch[lane] : identity;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      v = op(v, __shfl_down_sync(0xffffffffu, v, offset));
+    }
     if (lane == 0) scratch[0] = v;  // the other lanes read their scratch entry before the shuffles
   }
   __syncthreads();
   const double total = scratch[0];
   __syncthreads();  // the next call may overwrite scratch
   return total;
+}
+
+struct AddOp {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ double operator()(double a, double b) const { return b > a ? b : a; }
+};
+
+__device__ double block_sum(double v, double* scratch) {
+  return block_reduce(v, scratch, AddOp{}, 0.0);
+}
+__device__ double block_max(double v, double* scratch) {
+  return block_reduce(v, scratch, MaxOp{}, -std::numeric_limits<double>::infinity());
 }
 
 /// A block size for `work` items per block: a multiple of 32 up to kThreads.
@@ -462,6 +481,72 @@ __global__ void batch_norm_backward_kernel(kernels::BatchNormBackwardChannels<T>
   });
 }
 
+/// kernels::SoftmaxLines for contiguous lines (inner == 1), block b on line b: the maximum and
+/// the sum of exponentials are block reductions (the sum in double), then the functor's formulas.
+template <class T>
+__global__ void softmax_rows_kernel(kernels::SoftmaxLines<T> k) {
+  __shared__ double scratch[32];
+  const T* px = k.x + blockIdx.x * k.r;
+  T* py = k.y + blockIdx.x * k.r;
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = threadIdx.x; j < k.r; j += blockDim.x) m = MaxOp{}(m, px[j]);
+  const T mx = static_cast<T>(block_max(m, scratch));
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < k.r; j += blockDim.x) s += exp(px[j] - mx);
+  const T sum = static_cast<T>(block_sum(s, scratch));
+  if (k.log) {
+    const T lse = log(sum);
+    for (int64_t j = threadIdx.x; j < k.r; j += blockDim.x) py[j] = px[j] - mx - lse;
+  } else {
+    const T inv = T(1) / sum;
+    for (int64_t j = threadIdx.x; j < k.r; j += blockDim.x) py[j] = exp(px[j] - mx) * inv;
+  }
+}
+
+/// kernels::SoftmaxBackwardLines for contiguous lines, block b on line b.
+template <class T>
+__global__ void softmax_backward_rows_kernel(kernels::SoftmaxBackwardLines<T> k) {
+  __shared__ double scratch[32];
+  const int64_t base = blockIdx.x * k.r;
+  double d = 0;
+  for (int64_t j = threadIdx.x; j < k.r; j += blockDim.x) {
+    const int64_t i = base + j;
+    d += k.log ? k.gy[i] : k.gy[i] * k.y[i];
+  }
+  const T dot = static_cast<T>(block_sum(d, scratch));
+  for (int64_t j = threadIdx.x; j < k.r; j += blockDim.x) {
+    const int64_t i = base + j;
+    k.dx[i] = k.log ? k.gy[i] - exp(k.y[i]) * dot : k.y[i] * (k.gy[i] - dot);
+  }
+}
+
+/// kernels::CrossEntropyRows with block b on row b: maximum, sum of exponentials and sum of log
+/// probabilities as block reductions in double, then the functor's formulas.
+template <class T>
+__global__ void cross_entropy_rows_kernel(kernels::CrossEntropyRows<T> k) {
+  __shared__ double scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* x = k.logits + row * k.c;
+  T* p = k.probs + row * k.c;
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = threadIdx.x; j < k.c; j += blockDim.x) m = MaxOp{}(m, x[j]);
+  const T mx = static_cast<T>(block_max(m, scratch));
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < k.c; j += blockDim.x) s += exp(static_cast<double>(x[j] - mx));
+  const double lse = log(block_sum(s, scratch)) + static_cast<double>(mx);
+  double all = 0;
+  for (int64_t j = threadIdx.x; j < k.c; j += blockDim.x) {
+    const double logp = static_cast<double>(x[j]) - lse;
+    all += logp;
+    p[j] = static_cast<T>(exp(logp));
+  }
+  all = block_sum(all, scratch);
+  if (threadIdx.x == 0) {
+    const double target_logp = static_cast<double>(x[k.targets[row]]) - lse;
+    k.row_loss[row] = static_cast<T>(-(1 - k.smoothing) * target_logp - k.smoothing * all / k.c);
+  }
+}
+
 /// Threads for a block that reduces one channel of `count` values: a multiple of 32, at most 512.
 int channel_threads(int64_t count) {
   return static_cast<int>(std::clamp<int64_t>((count + 31) / 32, 1, 16) * 32);
@@ -537,6 +622,37 @@ void batch_norm_backward(const kernels::BatchNormBackwardChannels<T>& k, int dev
   batch_norm_backward_kernel<T><<<static_cast<unsigned>(k.c), channel_threads(k.n * k.hw)>>>(k);
   check_launch("batch_norm_backward_kernel", device);
 }
+
+template <class T>
+void softmax_rows(const kernels::SoftmaxLines<T>& k, int64_t rows, int device) {
+  if (rows == 0) return;
+  DeviceGuard guard(device);
+  softmax_rows_kernel<T><<<static_cast<unsigned>(rows), reduce_threads_for(k.r)>>>(k);
+  check_launch("softmax_rows_kernel", device);
+}
+
+template <class T>
+void softmax_backward_rows(const kernels::SoftmaxBackwardLines<T>& k, int64_t rows, int device) {
+  if (rows == 0) return;
+  DeviceGuard guard(device);
+  softmax_backward_rows_kernel<T><<<static_cast<unsigned>(rows), reduce_threads_for(k.r)>>>(k);
+  check_launch("softmax_backward_rows_kernel", device);
+}
+
+template <class T>
+void cross_entropy_rows(const kernels::CrossEntropyRows<T>& k, int64_t rows, int device) {
+  if (rows == 0) return;
+  DeviceGuard guard(device);
+  cross_entropy_rows_kernel<T><<<static_cast<unsigned>(rows), reduce_threads_for(k.c)>>>(k);
+  check_launch("cross_entropy_rows_kernel", device);
+}
+
+#define DTRAIN_ROW_KERNELS(T)                                                                    \
+  template void softmax_rows<T>(const kernels::SoftmaxLines<T>&, int64_t, int);                  \
+  template void softmax_backward_rows<T>(const kernels::SoftmaxBackwardLines<T>&, int64_t, int); \
+  template void cross_entropy_rows<T>(const kernels::CrossEntropyRows<T>&, int64_t, int)
+DTRAIN_ROW_KERNELS(float);
+DTRAIN_ROW_KERNELS(double);
 
 template void batch_norm<float>(const kernels::BatchNormChannels<float>&, int);
 template void batch_norm<double>(const kernels::BatchNormChannels<double>&, int);

@@ -114,6 +114,12 @@ template <class T>
 struct BatchNormChannels;
 template <class T>
 struct BatchNormBackwardChannels;
+template <class T>
+struct SoftmaxLines;
+template <class T>
+struct SoftmaxBackwardLines;
+template <class T>
+struct CrossEntropyRows;
 }  // namespace dtrain::kernels
 
 namespace dtrain::cuda {
@@ -126,6 +132,15 @@ template <class T>
 void batch_norm(const kernels::BatchNormChannels<T>& k, int device);
 template <class T>
 void batch_norm_backward(const kernels::BatchNormBackwardChannels<T>& k, int device);
+/// SoftmaxLines, SoftmaxBackwardLines (inner == 1) and CrossEntropyRows on `rows` contiguous rows
+/// with a block per row instead of a thread: fixed-order block reductions, the sums in double
+/// (the functors' formulas, other rounding of the sums). float and double.
+template <class T>
+void softmax_rows(const kernels::SoftmaxLines<T>& k, int64_t rows, int device);
+template <class T>
+void softmax_backward_rows(const kernels::SoftmaxBackwardLines<T>& k, int64_t rows, int device);
+template <class T>
+void cross_entropy_rows(const kernels::CrossEntropyRows<T>& k, int64_t rows, int device);
 /// Runs k(i) for every i in [0, n) on the device in a grid-stride kernel. Explicitly instantiated
 /// in cuda_backend.cu for every functor of tensor/kernels_nn.h and optimiser step of kernels.h.
 template <class Kernel>
@@ -142,6 +157,18 @@ void batch_norm(const kernels::BatchNormChannels<T>&, int) {
 template <class T>
 void batch_norm_backward(const kernels::BatchNormBackwardChannels<T>&, int) {
   DTRAIN_THROW(UnsupportedError, "batch norm on CUDA: this dtrain was built without CUDA");
+}
+template <class T>
+void softmax_rows(const kernels::SoftmaxLines<T>&, int64_t, int) {
+  DTRAIN_THROW(UnsupportedError, "softmax on CUDA: this dtrain was built without CUDA");
+}
+template <class T>
+void softmax_backward_rows(const kernels::SoftmaxBackwardLines<T>&, int64_t, int) {
+  DTRAIN_THROW(UnsupportedError, "softmax on CUDA: this dtrain was built without CUDA");
+}
+template <class T>
+void cross_entropy_rows(const kernels::CrossEntropyRows<T>&, int64_t, int) {
+  DTRAIN_THROW(UnsupportedError, "cross_entropy on CUDA: this dtrain was built without CUDA");
 }
 #endif
 /// Copies `rows` blocks of `width` bytes between strided host or device buffers (cudaMemcpy2D),

@@ -1,6 +1,9 @@
 // CUDA backend parity: ops on cuda:0 agree with the CPU. Skipped where no CUDA device is usable.
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 #include "dtrain/tensor/allocator.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/dispatch.h"
@@ -176,6 +179,46 @@ TEST_F(Cuda, ScaleInPlaceMatchesCpuOnAViewAndAllocatesNothing) {
   Tensor expected_middle(expected.storage(), 100 * row_bytes, {500, 37}, DType::kFloat32);
   ops::scale_(expected_middle, -1.75);
   EXPECT_TRUE(bit_equal(cpu(on_gpu), expected));
+}
+
+TEST_F(Cuda, SoftmaxFamilyOnLongAndShortLinesMatchesCpu) {
+  // [300, 1000] along dim 1: a block per row; [300, 10]: a thread per row; dim 0: strided lines.
+  struct Case {
+    Shape shape;
+    int64_t dim;
+  };
+  for (const Case& c : {Case{{300, 1000}, 1}, Case{{300, 10}, 1}, Case{{40, 300}, 0}}) {
+    Tensor x = random_tensor(c.shape, 80, -4.0, 4.0), gy = random_tensor(c.shape, 81);
+    const std::string what = shape_str(c.shape) + " dim " + std::to_string(c.dim);
+    Tensor y = ops::softmax(x, c.dim), ly = ops::log_softmax(x, c.dim);
+    Tensor y_gpu = ops::softmax(gpu(x), c.dim), ly_gpu = ops::log_softmax(gpu(x), c.dim);
+    EXPECT_TRUE(all_close(cpu(y_gpu), y, 1e-5, 1e-7)) << what;
+    EXPECT_TRUE(all_close(cpu(ly_gpu), ly, 1e-5, 1e-6)) << what;
+    EXPECT_TRUE(all_close(cpu(ops::softmax_backward(y_gpu, gpu(gy), c.dim)),
+                          ops::softmax_backward(y, gy, c.dim), 1e-5, 1e-6))
+        << what;
+    EXPECT_TRUE(all_close(cpu(ops::log_softmax_backward(ly_gpu, gpu(gy), c.dim)),
+                          ops::log_softmax_backward(ly, gy, c.dim), 1e-5, 1e-5))
+        << what;
+    EXPECT_TRUE(bit_equal(cpu(ops::softmax(gpu(x), c.dim)), cpu(y_gpu))) << what;
+  }
+}
+
+TEST_F(Cuda, CrossEntropyOverManyClassesMatchesCpu) {
+  for (int64_t classes : {10, 1000}) {
+    Tensor logits = random_tensor({128, classes}, 90, -3.0, 3.0);
+    std::vector<int64_t> labels(128);
+    for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>((i * 37) % classes);
+    Tensor targets = from_vector<int64_t>(labels, {128});
+    for (double smoothing : {0.0, 0.1}) {
+      auto [loss, probs] = ops::softmax_cross_entropy(logits, targets, smoothing);
+      auto [loss_gpu, probs_gpu] = ops::softmax_cross_entropy(gpu(logits), gpu(targets), smoothing);
+      EXPECT_TRUE(all_close(cpu(loss_gpu), loss, 1e-5, 1e-6))
+          << classes << " classes, smoothing " << smoothing;
+      EXPECT_TRUE(all_close(cpu(probs_gpu), probs, 1e-5, 1e-7))
+          << classes << " classes, smoothing " << smoothing;
+    }
+  }
 }
 
 TEST_F(Cuda, MatmulMatchesCpu) {
