@@ -3,6 +3,7 @@
 // pooling. CUDA tensors go to tensor/cuda/cuda_conv2d.h (cuDNN, or im2col + batched cuBLAS).
 #include <limits>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <type_traits>
 
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cuda/cuda_conv2d.h"
@@ -11,6 +12,10 @@
 #include "dtrain/tensor/ops.h"
 #include "dtrain/tensor/precision.h"
 #include "dtrain/tensor/run.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace dtrain::ops {
 namespace {
@@ -60,18 +65,18 @@ ConvDescs conv_descs(const ConvGeometry& g, Conv2dArgs args) {
 
 /// The same shape with layout left to oneDNN: its blocked layouts are several times faster than
 /// plain NCHW, and reordering in and out costs one pass over each tensor.
-/// Few input channels (the first layer of an image model) run faster in the plain layout.
-memory::desc any_layout(const memory::desc& md, bool blocked) {
-  return blocked ? memory::desc(md.dims(), f32, tag::any) : md;
+memory::desc any_layout(const memory::desc& md) { return memory::desc(md.dims(), f32, tag::any); }
+/// An input with few channels (the first layer of an image model) stays plain: oneDNN's direct
+/// kernels read it as it is and write their blocked output, where a plain output would send the
+/// whole layer to its GEMM path at a tenth of the speed.
+memory::desc src_layout(const ConvDescs& d) {
+  return d.src.dims()[1] >= 4 ? any_layout(d.src) : d.src;
 }
-bool prefers_blocked(const ConvDescs& d) { return d.src.dims()[1] >= 4; }
 
 // oneDNN keeps its own cache of compiled primitives, so re-creating a primitive for a shape
 // seen before is a cache hit rather than a JIT compilation.
 dnnl::convolution_forward::primitive_desc forward_pd(const ConvDescs& d, bool with_bias) {
-  const bool blocked = prefers_blocked(d);
-  const auto src = any_layout(d.src, blocked), wei = any_layout(d.wei, blocked),
-             dst = any_layout(d.dst, blocked);
+  const auto src = src_layout(d), wei = any_layout(d.wei), dst = any_layout(d.dst);
   auto desc = with_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
                                                           dnnl::algorithm::convolution_direct, src,
                                                           wei, d.bias, dst, d.strides, d.pad, d.pad)
@@ -218,10 +223,9 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
   Tensor dx(x_shape, gy.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, false);
-  dnnl::convolution_backward_data::desc desc(
-      dnnl::algorithm::convolution_direct, any_layout(d.src, prefers_blocked(d)),
-      any_layout(d.wei, prefers_blocked(d)), any_layout(d.dst, prefers_blocked(d)), d.strides,
-      d.pad, d.pad);
+  dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, src_layout(d),
+                                             any_layout(d.wei), any_layout(d.dst), d.strides, d.pad,
+                                             d.pad);
   dnnl::convolution_backward_data::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
   Output out(wrap(d.src, dx), pd.diff_src_desc());
@@ -244,10 +248,9 @@ Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_
   Tensor dw(w_shape, gy.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, false);
-  dnnl::convolution_backward_weights::desc desc(
-      dnnl::algorithm::convolution_direct, any_layout(d.src, prefers_blocked(d)),
-      any_layout(d.wei, prefers_blocked(d)), any_layout(d.dst, prefers_blocked(d)), d.strides,
-      d.pad, d.pad);
+  dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, src_layout(d),
+                                                any_layout(d.wei), any_layout(d.dst), d.strides,
+                                                d.pad, d.pad);
   dnnl::convolution_backward_weights::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
   Output out(wrap(d.wei, dw), pd.diff_weights_desc());
@@ -285,6 +288,82 @@ kernels::Window2d pool_window(const PoolGeometry& g, Pool2dArgs a) {
 }
 }  // namespace
 
+namespace {
+/// The common 2x2, stride 2, no padding window on the CPU, without branches (random data makes
+/// the compares unpredictable): the same maxima and indices as kernels::MaxPoolForward (the first
+/// of equal values in window order wins; a NaN is kept only where it comes first).
+template <class T>
+void max_pool_2x2_row(const T* r0, const T* r1, int64_t top, int64_t w, int64_t ow, T* out,
+                      int64_t* arg) {
+  int64_t oj = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; oj < ow; oj += 16) {
+      const int64_t left = ow - oj < 16 ? ow - oj : 16;
+      const __mmask16 outs = static_cast<__mmask16>((1u << left) - 1);
+      const __mmask16 lo = static_cast<__mmask16>(left >= 8 ? 0xFFFF : (1u << (2 * left)) - 1);
+      const __mmask16 hi = static_cast<__mmask16>(left > 8 ? (1u << (2 * (left - 8))) - 1 : 0);
+      const __m512 r0a = _mm512_maskz_loadu_ps(lo, r0 + 2 * oj);
+      const __m512 r0b = _mm512_maskz_loadu_ps(hi, r0 + 2 * oj + 16);
+      const __m512 r1a = _mm512_maskz_loadu_ps(lo, r1 + 2 * oj);
+      const __m512 r1b = _mm512_maskz_loadu_ps(hi, r1 + 2 * oj + 16);
+      const __m512 a = _mm512_permutex2var_ps(r0a, even, r0b);
+      const __m512 b = _mm512_permutex2var_ps(r0a, odd, r0b);
+      const __m512 c = _mm512_permutex2var_ps(r1a, even, r1b);
+      const __m512 d = _mm512_permutex2var_ps(r1a, odd, r1b);
+      // Offset of the maximum from the window's top-left corner: 0, 1, w or w + 1.
+      __m512 best = a;
+      __m512i offset = _mm512_setzero_si512();
+      __mmask16 m = _mm512_cmp_ps_mask(b, best, _CMP_GT_OQ);
+      best = _mm512_mask_blend_ps(m, best, b);
+      offset = _mm512_mask_mov_epi32(offset, m, _mm512_set1_epi32(1));
+      m = _mm512_cmp_ps_mask(c, best, _CMP_GT_OQ);
+      best = _mm512_mask_blend_ps(m, best, c);
+      offset = _mm512_mask_mov_epi32(offset, m, _mm512_set1_epi32(static_cast<int>(w)));
+      m = _mm512_cmp_ps_mask(d, best, _CMP_GT_OQ);
+      best = _mm512_mask_blend_ps(m, best, d);
+      offset = _mm512_mask_mov_epi32(offset, m, _mm512_set1_epi32(static_cast<int>(w + 1)));
+      _mm512_mask_storeu_ps(out + oj, outs, best);
+      // Indices within the plane fit 32 bits here (checked by the caller).
+      const __m512i at = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(top + 2 * oj)),
+                                          _mm512_add_epi32(_mm512_add_epi32(lane, lane), offset));
+      _mm512_mask_storeu_epi64(arg + oj, static_cast<__mmask8>(outs),
+                               _mm512_cvtepi32_epi64(_mm512_castsi512_si256(at)));
+      _mm512_mask_storeu_epi64(arg + oj + 8, static_cast<__mmask8>(outs >> 8),
+                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(at, 1)));
+    }
+    return;
+  }
+#endif
+  for (; oj < ow; ++oj) {
+    const T a = r0[2 * oj], b = r0[2 * oj + 1], c = r1[2 * oj], d = r1[2 * oj + 1];
+    T best = a;
+    int64_t at = top + 2 * oj;
+    if (b > best) best = b, at = top + 2 * oj + 1;
+    if (c > best) best = c, at = top + w + 2 * oj;
+    if (d > best) best = d, at = top + w + 2 * oj + 1;
+    out[oj] = best;
+    arg[oj] = at;
+  }
+}
+
+template <class T>
+void max_pool_2x2_cpu(const T* x, T* y, int64_t* indices, const PoolGeometry& g) {
+  cpu::parallel_for(g.planes * g.oh, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t p = row / g.oh, oi = row % g.oh;
+      const int64_t top = 2 * oi * g.w;  // flat index of the window's top row in its plane
+      const T* r0 = x + p * g.h * g.w + top;
+      max_pool_2x2_row(r0, r0 + g.w, top, g.w, g.ow, y + row * g.ow, indices + row * g.ow);
+    }
+  });
+}
+}  // namespace
+
 std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
   detail::check_defined("max_pool2d", x, "input");
   const PoolGeometry g = pool_geometry(x.shape(), a, "max_pool2d");
@@ -292,6 +371,11 @@ std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
   Tensor idx(y.shape(), DType::kInt64, x.device());
   detail::dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag_) {
     using T = decltype(tag_);
+    if (!x.device().is_cuda() && a.kernel == 2 && a.stride == 2 && a.padding == 0 &&
+        g.h * g.w < (int64_t{1} << 31)) {
+      max_pool_2x2_cpu(x.data_ptr<T>(), y.data_ptr<T>(), idx.data_ptr<int64_t>(), g);
+      return;
+    }
     run_kernel(x.device(), g.planes * g.oh,
                kernels::MaxPoolForward<T>{x.data_ptr<T>(), y.data_ptr<T>(), idx.data_ptr<int64_t>(),
                                           pool_window(g, a)},

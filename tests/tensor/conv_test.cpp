@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "dtrain/tensor/kernels_nn.h"
 #include "dtrain/tensor/ops.h"
 #include "reference.h"
 #include "testutil.h"
@@ -197,7 +198,7 @@ struct PoolCase {
 std::vector<PoolCase> pool_cases() {
   return {{{2, 3, 8, 8}, {2, 2, 0}}, {{1, 2, 7, 9}, {3, 2, 1}}, {{2, 1, 5, 5}, {3, 1, 1}},
           {{1, 2, 9, 7}, {4, 3, 2}}, {{3, 2, 6, 5}, {2, 1, 0}}, {{1, 1, 4, 4}, {1, 1, 0}},
-          {{1, 1, 5, 6}, {5, 2, 2}}};
+          {{1, 1, 5, 6}, {5, 2, 2}}, {{1, 2, 7, 9}, {2, 2, 0}}, {{2, 3, 28, 28}, {2, 2, 0}}};
 }
 
 std::string describe(const PoolCase& c) {
@@ -262,6 +263,33 @@ TEST(MaxPool2d, ForwardAndBackwardMatchNaive) {
     for (size_t o = 0; o < vg.size(); ++o)
       ref_dx[(o / ohw) * hw + static_cast<int64_t>(ref_idx[o])] += vg[o];
     EXPECT_TRUE(all_close(dx, tensor_of(ref_dx, c.x), 1e-6, 1e-7)) << describe(c);
+  }
+}
+
+// The CPU's 2x2 stride-2 path against the shared window body (the CUDA path): equal values keep
+// the first in window order, and a NaN is kept only where it comes first.
+TEST(MaxPool2d, TwoByTwoPathMatchesTheSharedBodyOnTiesAndNaN) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> v(2 * 6 * 8);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i * 7) % 5) - 2.f;  // ties
+  v[0] = nan;   // first in its window
+  v[11] = nan;  // second row of a window
+  v[50] = 3.f;
+  v[51] = 3.f;  // a tie on the maximum
+  Tensor x = tensor_of(std::vector<double>(v.begin(), v.end()), {1, 2, 6, 8});
+  auto [y, indices] = ops::max_pool2d(x, {2, 2, 0});
+  std::vector<float> ref_y(2 * 3 * 4);
+  std::vector<int64_t> ref_idx(ref_y.size());
+  const kernels::MaxPoolForward<float> body{
+      v.data(), ref_y.data(), ref_idx.data(), {6, 8, 3, 4, 2, 2, 2, 0}};
+  for (int64_t row = 0; row < 2 * 3; ++row) body(row);
+  EXPECT_EQ(indices.to_vector<int64_t>(), ref_idx);
+  const auto got = y.to_vector<float>();
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(ref_y[i]))
+      EXPECT_TRUE(std::isnan(got[i])) << i;
+    else
+      EXPECT_EQ(got[i], ref_y[i]) << i;
   }
 }
 
