@@ -278,11 +278,15 @@ struct StridedIndex {
   }
 
   /// The same offsets as BroadcastIndex::offsets; the outermost dim needs no division (i is
-  /// already below its extent there), so one dim (equal shapes, a scalar) costs none.
+  /// already below its extent there), so one dim (equal shapes, a scalar) costs none. Unrolled
+  /// over kMaxDims so every array index is a constant: the map is read from the kernel's
+  /// parameters instead of being copied to local memory by every thread.
   __device__ __forceinline__ void offsets(I i, I& a, I& b) const {
     a = 0;
     b = 0;
-    for (int d = ndim - 1; d > 0; --d) {
+#pragma unroll
+    for (int d = kernels::BroadcastIndex::kMaxDims - 1; d > 0; --d) {
+      if (d >= ndim) continue;
       const I q = i / shape[d], idx = i - q * shape[d];
       i = q;
       a += idx * a_stride[d];
