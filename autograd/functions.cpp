@@ -291,19 +291,23 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
               int64_t padding) {
   const ops::Conv2dArgs args{stride, padding};
-  return record(ops::conv2d(x, weight, bias, args), "conv2d", {x, weight, bias},
-                [x = x.detach(), w = weight.detach(), args, rx = needs(x), rw = needs(weight),
-                 rb = needs(bias)](const Tensor& g) {
-                  return Grads{rx ? ops::conv2d_backward_input(g, w, x.shape(), args) : Tensor(),
-                               rw ? ops::conv2d_backward_weight(g, x, w.shape(), args) : Tensor(),
-                               rb ? ops::sum(g, {0, 2, 3}) : Tensor()};
-                });
+  return record(
+      ops::conv2d(x, weight, bias, args), "conv2d", {x, weight, bias},
+      [x = x.detach(), w = weight.detach(), args, rx = needs(x), rw = needs(weight),
+       rb = needs(bias)](const Tensor& g) {
+        Tensor db;
+        Tensor dw =
+            rw ? ops::conv2d_backward_weight(g, x, w.shape(), args, rb ? &db : nullptr) : Tensor();
+        if (rb && !rw) db = ops::sum(g, {0, 2, 3});
+        return Grads{rx ? ops::conv2d_backward_input(g, w, x.shape(), args) : Tensor(), dw, db};
+      });
 }
 
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
   auto [y, idx] = ops::max_pool2d(x, {kernel, stride, padding});
-  return record(y, "max_pool2d", {x}, [s = x.shape(), idx = idx](const Tensor& g) {
-    return Grads{ops::max_pool2d_backward(g, idx, s)};
+  const ops::Pool2dArgs window{kernel, stride, padding};
+  return record(y, "max_pool2d", {x}, [s = x.shape(), idx = idx, window](const Tensor& g) {
+    return Grads{ops::max_pool2d_backward(g, idx, s, window)};
   });
 }
 

@@ -71,11 +71,12 @@ struct Conv2dArgs {
 };
 /// x [N, C, H, W], w [O, C, KH, KW], bias [O] or undefined -> [N, O, OH, OW]. oneDNN on the CPU.
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args);
-/// Gradients of conv2d: dx (needs x's shape), dw, db (when want_bias).
+/// Gradients of conv2d: dx (needs x's shape), dw, and with `bias_grad` also db (the sum of gy
+/// over N, H and W; on the CPU in the same oneDNN pass as dw).
 Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_shape,
                              Conv2dArgs args);
 Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
-                              Conv2dArgs args);
+                              Conv2dArgs args, Tensor* bias_grad = nullptr);
 /// The reference implementation (im2col + GEMM) the tests compare oneDNN against.
 Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args);
 Tensor im2col(const Tensor& x, int64_t kh, int64_t kw, Conv2dArgs args);  // [N, C*KH*KW, OH*OW]
@@ -85,7 +86,10 @@ struct Pool2dArgs {
 };
 /// Returns output and, for max pooling, the flat input index of each maximum (int64).
 std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs args);
-Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape);
+/// With the forward's `window` known to be 2x2 with stride 2 and no padding, the CPU writes each
+/// window's four gradients in one pass instead of zeroing dx and scattering into it.
+Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape,
+                           std::optional<Pool2dArgs> window = std::nullopt);
 /// Padding counts towards the divisor (PyTorch's count_include_pad=True).
 Tensor avg_pool2d(const Tensor& x, Pool2dArgs args);
 Tensor avg_pool2d_backward(const Tensor& gy, const Shape& x_shape, Pool2dArgs args);

@@ -1,9 +1,11 @@
 // Convolution through oneDNN's primitives (forward, backward-data, backward-weights) on the CPU,
 // im2col + GEMM as the reference the tests compare it with (also the float64 path), and 2-D
 // pooling. CUDA tensors go to tensor/cuda/cuda_conv2d.h (cuDNN, or im2col + batched cuBLAS).
+#include <algorithm>
 #include <limits>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <type_traits>
+#include <unordered_map>
 
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cuda/cuda_conv2d.h"
@@ -239,25 +241,37 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
 }
 
 Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
-                              Conv2dArgs args) {
+                              Conv2dArgs args, Tensor* bias_grad) {
   detail::check_same("conv2d backward", gy, x);
   const ConvGeometry g = conv_geometry(x.shape(), w_shape, args, "conv2d backward");
-  if (gy.device().is_cuda()) return conv2d_backward_weight_cuda(gy, x, w_shape, args);
-  if (use_reference(gy)) return conv2d_backward_weight_reference(gy, x, g, args);
+  if (gy.device().is_cuda() || use_reference(gy)) {
+    if (bias_grad) *bias_grad = sum(gy, {0, 2, 3});
+    return gy.device().is_cuda() ? conv2d_backward_weight_cuda(gy, x, w_shape, args)
+                                 : conv2d_backward_weight_reference(gy, x, g, args);
+  }
   const Tensor gyr = at_matmul_precision(gy), xr = at_matmul_precision(x);
   Tensor dw(w_shape, gy.dtype());
   const ConvDescs d = conv_descs(g, args);
-  const auto fwd = forward_pd(d, false);
-  dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, src_layout(d),
-                                                any_layout(d.wei), any_layout(d.dst), d.strides,
-                                                d.pad, d.pad);
+  const auto fwd = forward_pd(d, bias_grad != nullptr);
+  // With a bias, oneDNN sums its gradient in the same pass over gy.
+  auto desc = bias_grad ? dnnl::convolution_backward_weights::desc(
+                              dnnl::algorithm::convolution_direct, src_layout(d), any_layout(d.wei),
+                              d.bias, any_layout(d.dst), d.strides, d.pad, d.pad)
+                        : dnnl::convolution_backward_weights::desc(
+                              dnnl::algorithm::convolution_direct, src_layout(d), any_layout(d.wei),
+                              any_layout(d.dst), d.strides, d.pad, d.pad);
   dnnl::convolution_backward_weights::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
   Output out(wrap(d.wei, dw), pd.diff_weights_desc());
-  dnnl::convolution_backward_weights(pd).execute(
-      stream, {{DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream)},
-               {DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
-               {DNNL_ARG_DIFF_WEIGHTS, out.primitive}});
+  std::unordered_map<int, memory> io{
+      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream)},
+      {DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
+      {DNNL_ARG_DIFF_WEIGHTS, out.primitive}};
+  if (bias_grad) {
+    *bias_grad = Tensor({g.o}, gy.dtype());
+    io.emplace(DNNL_ARG_DIFF_BIAS, wrap(d.bias, *bias_grad));
+  }
+  dnnl::convolution_backward_weights(pd).execute(stream, io);
   out.copy_out(stream);
   stream.wait();
   return dw;
@@ -384,7 +398,102 @@ std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, Pool2dArgs a) {
   return {y, idx};
 }
 
-Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape) {
+namespace {
+#if defined(__AVX512F__)
+/// One row of windows, sixteen at a time; returns the number of windows done (all of them).
+int64_t max_pool_2x2_backward_row_avx512(const float* g, const int64_t* at, float* r0, float* r1,
+                                         int64_t top, int64_t w, int64_t ow) {
+  const __m512i even = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i odd =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i lane2 =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i one = _mm512_set1_epi32(1), wide = _mm512_set1_epi32(static_cast<int>(w)),
+                wide1 = _mm512_set1_epi32(static_cast<int>(w + 1));
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t oj = 0; oj < ow; oj += 16) {
+    const int64_t left = ow - oj < 16 ? ow - oj : 16;
+    const __mmask16 outs = static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 lo = static_cast<__mmask16>(left >= 8 ? 0xFFFF : (1u << (2 * left)) - 1);
+    const __mmask16 hi = static_cast<__mmask16>(left > 8 ? (1u << (2 * (left - 8))) - 1 : 0);
+    const __m512 v = _mm512_maskz_loadu_ps(outs, g + oj);
+    const __m256i at_lo =
+        _mm512_cvtepi64_epi32(_mm512_maskz_loadu_epi64(static_cast<__mmask8>(outs), at + oj));
+    const __m256i at_hi = _mm512_cvtepi64_epi32(
+        _mm512_maskz_loadu_epi64(static_cast<__mmask8>(outs >> 8), at + oj + 8));
+    // Offset of each window's maximum from its top-left corner: 0, 1, w or w + 1.
+    const __m512i offset = _mm512_sub_epi32(
+        _mm512_inserti64x4(_mm512_castsi256_si512(at_lo), at_hi, 1),
+        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(top + 2 * oj)), lane2));
+    const __m512 a =
+        _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(offset, _mm512_setzero_si512()), zero, v);
+    const __m512 b = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(offset, one), zero, v);
+    const __m512 c = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(offset, wide), zero, v);
+    const __m512 d = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(offset, wide1), zero, v);
+    // Interleave (a, b) into the top row and (c, d) into the bottom one.
+    _mm512_mask_storeu_ps(r0 + 2 * oj, lo, _mm512_permutex2var_ps(a, even, b));
+    _mm512_mask_storeu_ps(r0 + 2 * oj + 16, hi, _mm512_permutex2var_ps(a, odd, b));
+    _mm512_mask_storeu_ps(r1 + 2 * oj, lo, _mm512_permutex2var_ps(c, even, d));
+    _mm512_mask_storeu_ps(r1 + 2 * oj + 16, hi, _mm512_permutex2var_ps(c, odd, d));
+  }
+  return ow;
+}
+#endif
+
+/// dx of a 2x2, stride 2, unpadded max pool: each input element of a window gets the window's
+/// gradient where it was the maximum and zero elsewhere; an odd last row or column, which no
+/// window covers, gets zero.
+template <class T>
+void max_pool_2x2_backward_cpu(const T* gy, const int64_t* indices, T* dx, int64_t planes,
+                               int64_t h, int64_t w, int64_t oh, int64_t ow) {
+  cpu::parallel_for(planes, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      T* plane = dx + p * h * w;
+      const T* g = gy + p * oh * ow;
+      const int64_t* at = indices + p * oh * ow;
+      for (int64_t oi = 0; oi < oh; ++oi) {
+        T* r0 = plane + 2 * oi * w;
+        T* r1 = r0 + w;
+        const int64_t top = 2 * oi * w;
+        int64_t oj = 0;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<T, float>) {
+          if (h * w < (int64_t{1} << 31)) {
+            oj = max_pool_2x2_backward_row_avx512(g + oi * ow, at + oi * ow, r0, r1, top, w, ow);
+          }
+        }
+#endif
+        for (; oj < ow; ++oj) {
+          const int64_t o = oi * ow + oj, left = top + 2 * oj;
+          const T v = g[o];
+          const int64_t m = at[o];
+          r0[2 * oj] = m == left ? v : T(0);
+          r0[2 * oj + 1] = m == left + 1 ? v : T(0);
+          r1[2 * oj] = m == left + w ? v : T(0);
+          r1[2 * oj + 1] = m == left + w + 1 ? v : T(0);
+        }
+        if (w % 2) r0[w - 1] = r1[w - 1] = T(0);
+      }
+      if (h % 2) std::fill(plane + (h - 1) * w, plane + h * w, T(0));
+    }
+  });
+}
+}  // namespace
+
+Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape,
+                           std::optional<Pool2dArgs> window) {
+  if (window && window->kernel == 2 && window->stride == 2 && window->padding == 0 &&
+      !gy.device().is_cuda() && x_shape.size() == 4 && gy.dim() == 4 &&
+      gy.size(2) == x_shape[2] / 2 && gy.size(3) == x_shape[3] / 2) {
+    Tensor dx(x_shape, gy.dtype(), gy.device());
+    detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
+      using T = decltype(tag_);
+      max_pool_2x2_backward_cpu(gy.data_ptr<T>(), indices.data_ptr<int64_t>(), dx.data_ptr<T>(),
+                                x_shape[0] * x_shape[1], x_shape[2], x_shape[3], gy.size(2),
+                                gy.size(3));
+    });
+    return dx;
+  }
   Tensor dx = zeros(x_shape, gy.dtype(), gy.device());
   const int64_t planes = x_shape[0] * x_shape[1];
   detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {

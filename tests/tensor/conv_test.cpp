@@ -146,6 +146,14 @@ TEST(Conv2d, BackwardMatchesDirectLoopsAndTheFloat64Path) {
     EXPECT_EQ(dw.shape(), w_shape);
     EXPECT_TRUE(all_close(dx, dx64, 1e-4, 1e-5)) << "oneDNN dx " << describe(c);
     EXPECT_TRUE(all_close(dw, dw64, 1e-4, 1e-4)) << "oneDNN dw " << describe(c);
+    // The bias gradient summed in the weight pass (oneDNN) and on the reference path.
+    Tensor db, db64;
+    Tensor dw_with_bias = ops::conv2d_backward_weight(gy, x, w_shape, args, &db);
+    ops::conv2d_backward_weight(gy64, x64, w_shape, args, &db64);
+    ASSERT_EQ(db.shape(), (Shape{c.o})) << describe(c);
+    EXPECT_TRUE(all_close(db64, ops::sum(gy64, {0, 2, 3}), 1e-12, 1e-12)) << describe(c);
+    EXPECT_TRUE(all_close(db, db64, 1e-4, 1e-5)) << "oneDNN db " << describe(c);
+    EXPECT_TRUE(all_close(dw_with_bias, dw64, 1e-4, 1e-4)) << "oneDNN dw with db " << describe(c);
   }
 }
 
@@ -257,12 +265,15 @@ TEST(MaxPool2d, ForwardAndBackwardMatchNaive) {
     // Backward routes each output gradient to its window's maximum (summing overlaps).
     Tensor gy = random_tensor(y_shape, seed++);
     Tensor dx = ops::max_pool2d_backward(gy, indices, c.x);
+    // Told the window, a 2x2 stride-2 pool writes dx in one pass (and others still scatter).
+    Tensor dx_window = ops::max_pool2d_backward(gy, indices, c.x, c.args);
     const int64_t hw = c.x[2] * c.x[3], ohw = y_shape[2] * y_shape[3];
     std::vector<double> ref_dx(shape_numel(c.x), 0.0);
     const auto vg = gy.to_vector<double>();
     for (size_t o = 0; o < vg.size(); ++o)
       ref_dx[(o / ohw) * hw + static_cast<int64_t>(ref_idx[o])] += vg[o];
     EXPECT_TRUE(all_close(dx, tensor_of(ref_dx, c.x), 1e-6, 1e-7)) << describe(c);
+    EXPECT_TRUE(testutil::bit_equal(dx_window, dx)) << describe(c);
   }
 }
 
