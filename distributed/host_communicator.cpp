@@ -284,6 +284,26 @@ WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
     notify_observers(info, /*started=*/false);
     work->finish(error);
   };
+  if (may_run_inline(info)) {
+    // Nothing issued earlier is queued or running, so running it here keeps the issue order and
+    // saves waking the worker and being woken by it (two thread switches, most of the time of a
+    // collective with no peers). Observers, progress and errors go through the same task.
+    std::unique_lock running(run_mu_, std::try_to_lock);
+    if (running.owns_lock()) {
+      bool idle;
+      {
+        std::lock_guard lock(mu_);
+        DTRAIN_CHECK(!stopping_, info.describe(), ": the communicator is shutting down");
+        idle = queue_.empty();
+      }
+      if (idle) {
+        running_on_this_thread = this;
+        task();
+        running_on_this_thread = nullptr;
+        return work;
+      }
+    }
+  }
   {
     std::lock_guard lock(mu_);
     DTRAIN_CHECK(!stopping_, info.describe(), ": the communicator is shutting down");
@@ -293,6 +313,13 @@ WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
   return work;
 }
 
+bool HostCommunicator::may_run_inline(const CollectiveInfo& info) const {
+  // Only without peers: with them a call that ran inline would wait for them before returning,
+  // and callers overlap their own work with collectives (or drive several ranks from one thread).
+  // A thread running one of this communicator's collectives (an observer, say) must not start
+  // another inside it; point-to-point calls (sequence 0) have no peer in a group of one.
+  return size() == 1 && info.sequence != 0 && running_on_this_thread != this && !is_worker_thread;
+}
 Tensor HostCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
   DTRAIN_CHECK(numel >= 0, "allocate_symmetric: numel must be >= 0, got ", numel);
   DTRAIN_CHECK(is_collective_dtype(dtype), "allocate_symmetric: dtype ", dtype_name(dtype),

@@ -37,6 +37,8 @@ bool spin_until(Pred&& pred, std::chrono::microseconds limit = std::chrono::micr
 /// "last finished collective #57 ..." between collectives. Thread-safe.
 std::string collective_progress();
 
+/// In a group of one rank a collective runs inside the call (nothing to wait for, nothing to
+/// overlap), unless one issued earlier is still queued; otherwise calls return at once.
 class HostCommunicator : public Communicator {
  public:
   ~HostCommunicator() override;
@@ -112,7 +114,12 @@ class HostCommunicator : public Communicator {
                         Timeout timeout) = 0;
 
  private:
+  /// Queues body for the worker, or runs it on the calling thread when may_run_inline(info) and
+  /// nothing issued earlier is queued or running; either way the returned Work reports it.
   WorkPtr enqueue(CollectiveInfo info, Timeout timeout, std::function<void()> body);
+  /// Collectives of a group of one rank (nothing to wait for), issued by a thread that is not
+  /// running one of this communicator's collectives.
+  bool may_run_inline(const CollectiveInfo& info) const;
   /// The debug check: every rank's call, compared; throws listing them when they differ.
   void verify_same_call(const CollectiveInfo& info, Timeout timeout);
   CollectiveInfo make_info(std::string kind, const Tensor& t);

@@ -207,9 +207,15 @@ TEST(LocalBackend, RemoveObserverWaitsForACallInProgress) {
   RecordingObserver held(/*hold=*/true);
   comms[0]->add_observer(&held);
   Tensor t = ones({2});
-  dist::WorkPtr w = comms[0]->all_reduce(t);
-  ASSERT_TRUE(held.wait_for_start(std::chrono::seconds(10)));
-  // on_start is running now, on the communicator's thread.
+  // A group of one runs the collective inside the call, so the call is made on its own thread.
+  dist::WorkPtr w;
+  std::thread issuer([&] { w = comms[0]->all_reduce(t); });
+  if (!held.wait_for_start(std::chrono::seconds(10))) {
+    held.release();
+    issuer.join();
+    FAIL() << "the observer was never called";
+  }
+  // on_start is running now, on the thread running the collective.
   std::mutex mu;
   std::condition_variable cv;
   bool returned = false;
@@ -227,6 +233,7 @@ TEST(LocalBackend, RemoveObserverWaitsForACallInProgress) {
   }
   held.release();
   remover.join();
+  issuer.join();
   w->wait(std::chrono::seconds(10));
   EXPECT_TRUE(returned);
 }
