@@ -393,6 +393,29 @@ struct MaxPoolBackwardPlanes {
   }
 };
 
+/// Backward of a 2x2, stride 2, unpadded max pool; item = one output window, which writes the
+/// four input gradients it covers (the windows do not overlap, so items never share an output).
+/// An odd last row or column of dx, which no window covers, must be zeroed by the caller.
+template <class T>
+struct MaxPool2x2BackwardWindows {
+  const T* gy;
+  const int64_t* indices;
+  T* dx;
+  int64_t h, w, oh, ow;
+  DTRAIN_HD void operator()(int64_t o) const {
+    const int64_t p = o / (oh * ow), within = o % (oh * ow);
+    const int64_t oi = within / ow, oj = within % ow;
+    const int64_t left = 2 * oi * w + 2 * oj;  // the window's top-left corner in its plane
+    const int64_t at = indices[o];
+    const T v = gy[o];
+    T* plane = dx + p * h * w;
+    plane[left] = at == left ? v : T(0);
+    plane[left + 1] = at == left + 1 ? v : T(0);
+    plane[left + w] = at == left + w ? v : T(0);
+    plane[left + w + 1] = at == left + w + 1 ? v : T(0);
+  }
+};
+
 /// PyTorch's average-pool window (count_include_pad=True): the divisor counts padding but not the
 /// part of the window past the padded border.
 DTRAIN_HD void avg_window(const Window2d& g, int64_t oi, int64_t oj, int64_t& h0, int64_t& h1,

@@ -483,14 +483,28 @@ void max_pool_2x2_backward_cpu(const T* gy, const int64_t* indices, T* dx, int64
 Tensor max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Shape& x_shape,
                            std::optional<Pool2dArgs> window) {
   if (window && window->kernel == 2 && window->stride == 2 && window->padding == 0 &&
-      !gy.device().is_cuda() && x_shape.size() == 4 && gy.dim() == 4 &&
-      gy.size(2) == x_shape[2] / 2 && gy.size(3) == x_shape[3] / 2) {
+      x_shape.size() == 4 && gy.dim() == 4 && gy.size(2) == x_shape[2] / 2 &&
+      gy.size(3) == x_shape[3] / 2) {
+    const int64_t h = x_shape[2], w = x_shape[3];
+    if (gy.device().is_cuda()) {
+      // A thread per window instead of one per plane; odd edges, which no window covers, start
+      // zeroed.
+      Tensor dx = h % 2 || w % 2 ? zeros(x_shape, gy.dtype(), gy.device())
+                                 : Tensor(x_shape, gy.dtype(), gy.device());
+      detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
+        using T = decltype(tag_);
+        run_kernel(
+            gy.device(), gy.numel(),
+            kernels::MaxPool2x2BackwardWindows<T>{gy.data_ptr<T>(), indices.data_ptr<int64_t>(),
+                                                  dx.data_ptr<T>(), h, w, gy.size(2), gy.size(3)});
+      });
+      return dx;
+    }
     Tensor dx(x_shape, gy.dtype(), gy.device());
     detail::dispatch_floating(gy.dtype(), "max_pool2d backward", [&](auto tag_) {
       using T = decltype(tag_);
       max_pool_2x2_backward_cpu(gy.data_ptr<T>(), indices.data_ptr<int64_t>(), dx.data_ptr<T>(),
-                                x_shape[0] * x_shape[1], x_shape[2], x_shape[3], gy.size(2),
-                                gy.size(3));
+                                x_shape[0] * x_shape[1], h, w, gy.size(2), gy.size(3));
     });
     return dx;
   }

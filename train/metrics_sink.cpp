@@ -27,7 +27,7 @@ void MetricsSink::scalar(const char* tag, double value, int64_t step) {
 }
 
 void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss, double lr,
-                       double samples_per_step, bool last) {
+                       double samples_per_step, bool last, bool loss_read) {
   window_loss_ += loss;
   ++window_steps_;
   last_step_at_ = std::chrono::steady_clock::now();
@@ -35,7 +35,8 @@ void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss,
       window_seconds_before_ + std::chrono::duration<double>(last_step_at_ - window_start_).count();
   const double rate = window_steps_ * samples_per_step / std::max(window_s, 1e-9);
   const double mean_loss = window_loss_ / window_steps_;
-  progress_.update(step, epoch, epochs, mean_loss, rate);
+  if (loss_read) shown_loss_ = mean_loss;
+  progress_.update(step, epoch, epochs, shown_loss_, rate);
   if (step % every_steps_ != 0 && !last) return;
   std::vector<std::pair<std::string, double>> record = {{"step", double(step)},
                                                         {"epoch", double(epoch)},

@@ -20,8 +20,11 @@ class MetricsSink {
   /// After optimiser step `step`: adds `loss` to the window, updates the progress display and,
   /// every log.every_steps steps or when `last`, records the window's mean loss, the learning rate
   /// and the throughput (`samples_per_step` samples each step), then starts a new window.
+  /// `loss_read` false: the Trainer keeps the loss on the device and passes 0 here, then the sum
+  /// since its last read at the next step it reads (every log.every_steps, the last, the first);
+  /// the progress display keeps the last mean read until then.
   void step(int64_t step, int64_t epoch, int64_t epochs, double loss, double lr,
-            double samples_per_step, bool last);
+            double samples_per_step, bool last, bool loss_read = true);
   /// A value written with the next training record (metrics.jsonl and TensorBoard "train/<key>").
   void note(const std::string& key, double value);
   /// The test split's results at the end of an epoch. Throughput windows exclude evaluation.
@@ -46,6 +49,7 @@ class MetricsSink {
   Progress progress_;
   std::vector<std::pair<std::string, double>> notes_;
   double window_loss_ = 0;
+  double shown_loss_ = 0;  // the mean loss the progress display shows
   int64_t window_steps_ = 0;
   std::chrono::steady_clock::time_point window_start_ = std::chrono::steady_clock::now();
   // Training time of the window before the last evaluation: steps done before it count with the

@@ -112,6 +112,15 @@ Trainer::Trainer(Config config, std::unique_ptr<Strategy> strategy, TrainerParts
   if (config_.train.threads > 0) cpu::set_num_threads(static_cast<int>(config_.train.threads));
   build(std::move(parts));
   slow_batches_ = slow_replica_delay(strategy_->rank());
+  const char* defer = std::getenv("DTRAIN_TEST_DEFER_LOSS");
+  defer_loss_ = device_.is_cuda() || (defer != nullptr && std::string(defer) == "1");
+}
+
+double Trainer::read_device_loss() {
+  if (!device_loss_sum_.defined()) return 0;
+  const double sum = device_loss_sum_.item<double>();
+  device_loss_sum_ = Tensor();
+  return sum;
 }
 
 Trainer::~Trainer() = default;
@@ -507,7 +516,13 @@ double Trainer::train_micro_batch(const data::Batch& b, bool last_of_step) {
   // fp16: the loss scale keeps small gradients inside float16's range; the step divides it out.
   const double backward_scale = accum_scale * (scaler_ ? scaler_->scale() : 1.0);
   (backward_scale != 1.0 ? loss * backward_scale : loss).backward();
-  const double value = loss.item<double>() * accum_scale;
+  double value = 0;
+  if (defer_loss_) {
+    Tensor scaled = loss.detach() * accum_scale;
+    device_loss_sum_ = device_loss_sum_.defined() ? device_loss_sum_ + scaled : scaled;
+  } else {
+    value = loss.item<double>() * accum_scale;
+  }
   timeline_.add(Phase::kBackward, forward_end, Timeline::Clock::now());
   return value;
 }
@@ -676,19 +691,29 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
     }
     accumulated = 0;
     const StepResult stepped = optimizer_step(++at.step);
+    const bool last = at.step >= plan.stop_step;
+    // With the loss on the device, it is read where it is shown or checked: the first step, every
+    // log.every_steps and the last. In between, step_loss stays 0 and the sum over the window
+    // arrives at the read, so the recorded means are the same.
+    const bool loss_due = at.step % config_.log.every_steps == 0 || last || at.step == 1;
+    const bool loss_read = !defer_loss_ || loss_due;
+    if (defer_loss_ && loss_due) {
+      step_loss = read_device_loss();
+    }
     if (stepped == StepResult::kSkippedNonFinite) {
       if (strategy_->is_primary()) {
-        warn_stderr("step " + std::to_string(at.step) + ": a gradient is not finite (loss " +
-                    std::to_string(step_loss) +
-                    "); the step is skipped (train.on_nonfinite: skip_step)");
+        const std::string loss =
+            loss_read ? " (loss " + std::to_string(step_loss) + ")" : std::string();
+        warn_stderr("step " + std::to_string(at.step) + ": a gradient is not finite" + loss +
+                    "; the step is skipped (train.on_nonfinite: skip_step)");
       }
     } else if (stepped == StepResult::kStepped && !std::isfinite(step_loss) &&
                config_.train.on_nonfinite == "stop") {
-      DTRAIN_THROW(ValueError, "train: the loss became ", step_loss, " at step ", at.step,
+      DTRAIN_THROW(ValueError, "train: the loss became ", step_loss,
+                   defer_loss_ ? " in the steps up to " : " at step ", at.step,
                    "; lower optimizer.lr or check the data (train.on_nonfinite: skip_step skips "
                    "such steps)");
     }
-    const bool last = at.step >= plan.stop_step;
     timeline_.end_step(Timeline::Clock::now());
     if (const std::string message = strategy_->take_message(); !message.empty()) {
       std::printf("%s\n", message.c_str());
@@ -702,7 +727,8 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
     }
     if (sink) {
       sink->step(at.step, at.epoch, plan.epochs, step_loss, optimizer_->lr(),
-                 static_cast<double>(plan.batch * t.grad_accum_steps * plan.replicas), last);
+                 static_cast<double>(plan.batch * t.grad_accum_steps * plan.replicas), last,
+                 loss_read);
     }
     step_loss = 0;
     const bool stop = stop_agreed(at.step);

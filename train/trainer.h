@@ -120,7 +120,8 @@ class Trainer {
   /// way); returns where it stopped. Adds the epoch's samples and seconds to the totals.
   Position train_epoch(const Plan& plan, Position at, data::DataLoader& loader, MetricsSink* sink,
                        TrainResult& result, int64_t& samples, double& seconds);
-  /// One micro-batch: forward and backward; returns its loss (scaled by 1/grad_accum_steps).
+  /// One micro-batch: forward and backward; returns its loss (scaled by 1/grad_accum_steps), or
+  /// 0 with defer_loss_, which adds it to device_loss_sum_ instead.
   double train_micro_batch(const data::Batch& b, bool last_of_step);
   /// After a step's micro-batches: reduced gradients, optimiser and schedule step, drift check.
   /// A step is skipped when a reduced gradient is not finite, with train.on_nonfinite: skip_step
@@ -178,6 +179,13 @@ class Trainer {
   DType precision_ = DType::kFloat32;          // train.precision: the matmul operands' type
   std::optional<LossScaler> scaler_;           // fp16
   std::chrono::milliseconds slow_batches_{0};  // DTRAIN_TEST_SLOW_REPLICA
+  // On a GPU the loss stays on the device, summed over the steps since it was last read, and is
+  // read only where a value is shown or checked (DTRAIN_TEST_DEFER_LOSS=1 does the same on the
+  // CPU, for tests): an item() per step would make the host wait for every step's kernels.
+  bool defer_loss_ = false;
+  Tensor device_loss_sum_;  // [1] on device_, or undefined while nothing is pending
+  /// The loss summed on the device since the last read, as a host value; resets the sum.
+  double read_device_loss();
   bool trace_written_ = false;
 };
 

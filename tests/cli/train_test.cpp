@@ -150,6 +150,39 @@ TEST(Train, WritesMetricsAndTensorBoardEvents) {
   }
 }
 
+// On a GPU the loss stays on the device and is read only every log.every_steps (and at the first
+// and last steps); DTRAIN_TEST_DEFER_LOSS=1 takes that path on the CPU. The records must hold the
+// same window means (summed in float32 on the device instead of double on the host) and the
+// training must not change.
+TEST(Train, ALossKeptOnTheDeviceIsRecordedAsWhenReadEveryStep) {
+  RunDir every_step, deferred;
+  const std::string overrides = "log.every_steps=7 train.grad_accum_steps=2";
+  const auto a = every_step.train(overrides);
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  ASSERT_EQ(setenv("DTRAIN_TEST_DEFER_LOSS", "1", 1), 0);
+  const auto b = deferred.train(overrides);
+  unsetenv("DTRAIN_TEST_DEFER_LOSS");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_EQ(final_line(a.output).loss, final_line(b.output).loss);
+  EXPECT_EQ(final_line(a.output).accuracy, final_line(b.output).accuracy);
+  const std::regex loss_field("\"loss\": *([-+0-9.eE]+)");
+  auto losses = [&](const RunDir& dir) {
+    std::vector<double> values;
+    const std::string metrics = testutil::read_bytes(dir / "runs/metrics.jsonl");
+    for (const auto& line : lines_containing(metrics, "\"loss\":")) {
+      std::smatch m;
+      if (std::regex_search(line, m, loss_field)) values.push_back(std::stod(m[1].str()));
+    }
+    return values;
+  };
+  const std::vector<double> expected = losses(every_step), got = losses(deferred);
+  ASSERT_EQ(got.size(), expected.size());
+  ASSERT_GT(expected.size(), 5u);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_NEAR(got[i], expected[i], 1e-5 * std::abs(expected[i]) + 1e-7) << "record " << i;
+  }
+}
+
 TEST(Train, CheckpointsArePrunedToKeepCheckpoints) {
   RunDir dir;
   const auto r = dir.train("train.checkpoint_every_steps=16 train.keep_checkpoints=2");

@@ -304,6 +304,22 @@ TEST(MaxPool2d, TwoByTwoPathMatchesTheSharedBodyOnTiesAndNaN) {
   }
 }
 
+// The window-per-item body the CUDA path runs, on the CPU, against the CPU's one-pass backward.
+TEST(MaxPool2d, TwoByTwoBackwardWindowBodyMatchesTheCpuPath) {
+  for (const Shape& shape : {Shape{2, 3, 8, 8}, Shape{1, 2, 7, 9}, Shape{4, 5, 28, 28}}) {
+    Tensor x = random_tensor(shape, 470);
+    auto [y, indices] = ops::max_pool2d(x, {2, 2, 0});
+    Tensor gy = random_tensor(y.shape(), 471);
+    Tensor expected = ops::max_pool2d_backward(gy, indices, shape, ops::Pool2dArgs{2, 2, 0});
+    Tensor dx = zeros(shape);
+    const kernels::MaxPool2x2BackwardWindows<float> body{
+        gy.data<float>(), indices.data<int64_t>(), dx.data<float>(), shape[2], shape[3], y.size(2),
+        y.size(3)};
+    for (int64_t o = 0; o < y.numel(); ++o) body(o);
+    EXPECT_TRUE(testutil::bit_equal(dx, expected)) << shape_str(shape);
+  }
+}
+
 TEST(MaxPool2d, AllNegativeInputIgnoresPadding) {
   // Padding must not act as zeros: every output of an all-negative input stays negative.
   Tensor x = random_tensor({1, 1, 4, 4}, 450, -2, -1);
