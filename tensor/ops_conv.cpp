@@ -16,7 +16,13 @@
 #include "dtrain/tensor/run.h"
 
 #if defined(__AVX512F__)
+// GCC 12's AVX-512 intrinsics start some vectors from _mm512_undefined_*, which its middle end
+// reports as uninitialised where they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 namespace dtrain::ops {
@@ -423,7 +429,7 @@ int64_t max_pool_2x2_backward_row_avx512(const float* g, const int64_t* at, floa
         _mm512_maskz_loadu_epi64(static_cast<__mmask8>(outs >> 8), at + oj + 8));
     // Offset of each window's maximum from its top-left corner: 0, 1, w or w + 1.
     const __m512i offset = _mm512_sub_epi32(
-        _mm512_inserti64x4(_mm512_castsi256_si512(at_lo), at_hi, 1),
+        _mm512_inserti64x4(_mm512_zextsi256_si512(at_lo), at_hi, 1),
         _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(top + 2 * oj)), lane2));
     const __m512 a =
         _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(offset, _mm512_setzero_si512()), zero, v);

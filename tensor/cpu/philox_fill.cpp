@@ -7,7 +7,13 @@
 #include "dtrain/tensor/kernels.h"
 
 #if defined(__AVX512F__)
+// GCC 12's AVX-512 intrinsics start some vectors from _mm512_undefined_*, which its middle end
+// reports as uninitialised where they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 namespace dtrain::cpu {
@@ -21,13 +27,14 @@ typedef uint32_t U32x16 __attribute__((vector_size(64)));
 constexpr int kChains = 4;  // independent vectors per round: the rounds are latency-bound
 constexpr int kBlocksPerGroup = 8 * kChains;
 
-/// Lane-wise product of the low 32 bits of `a` with `m`, as 64 bits.
-inline U64x8 mul_32x32(U64x8 a, uint32_t m) {
+/// Lane-wise product of the low 32 bits of `a` with `m`, as 64 bits. (Vectors pass by reference:
+/// by value their ABI would depend on whether the build has AVX-512.)
+inline void mul_32x32(const U64x8& a, uint32_t m, U64x8& product) {
 #if defined(__AVX512F__)
-  return reinterpret_cast<U64x8>(
+  product = reinterpret_cast<U64x8>(
       _mm512_mul_epu32(reinterpret_cast<__m512i>(a), _mm512_set1_epi64(static_cast<int64_t>(m))));
 #else
-  return (a & 0xFFFFFFFFu) * m;
+  product = (a & 0xFFFFFFFFu) * m;
 #endif
 }
 
@@ -49,8 +56,9 @@ void philox_group(uint64_t seed, uint64_t stream, uint64_t first, U32x16 (&words
   uint64_t k0 = seed & kLow, k1 = seed >> 32;
   for (int round = 0; round < 10; ++round) {
     for (int c = 0; c < kChains; ++c) {
-      const U64x8 p0 = mul_32x32(c0[c], 0xD2511F53u);
-      const U64x8 p1 = mul_32x32(c2[c], 0xCD9E8D57u);
+      U64x8 p0, p1;
+      mul_32x32(c0[c], 0xD2511F53u, p0);
+      mul_32x32(c2[c], 0xCD9E8D57u, p1);
       c0[c] = (p1 >> 32) ^ c1[c] ^ k0;
       c1[c] = p1 & kLow;
       c2[c] = (p0 >> 32) ^ c3[c] ^ k1;
@@ -83,14 +91,14 @@ uint32_t keep_threshold(double p) {
   return scaled >= 16777216.0 ? 16777216u : static_cast<uint32_t>(scaled);
 }
 
-void store_sixteen(float* dst, U32x16 words, uint32_t threshold, float keep) {
+void store_sixteen(float* dst, const U32x16& words, uint32_t threshold, float keep) {
   uint32_t keep_bits;
   std::memcpy(&keep_bits, &keep, sizeof keep_bits);
   const U32x16 kept = reinterpret_cast<U32x16>((words >> 8) >= threshold);  // all ones or zero
   const U32x16 bits = kept & keep_bits;
   std::memcpy(dst, &bits, sizeof bits);
 }
-void store_sixteen(double* dst, U32x16 words, uint32_t threshold, double keep) {
+void store_sixteen(double* dst, const U32x16& words, uint32_t threshold, double keep) {
   for (int i = 0; i < 16; ++i) dst[i] = (words[i] >> 8) >= threshold ? keep : 0.0;
 }
 
