@@ -70,6 +70,15 @@ TrainResult train_in_job(const Config& config, dist::Job& job, const TrainerPart
                           ": the host backends move host memory only",
                       __FILE__, __LINE__);
   }
+  if (on_gpus && config.strategy.bucket_cap_auto) {
+    // The tuner compares the communication the host waits for, and on GPUs the host does not
+    // wait for NCCL (the default stream does), so every size would look alike.
+    throw ConfigError(
+        "strategy.bucket_cap_mb: auto measures the gradient communication the host waits for, "
+        "which GPU replicas do not (their default stream waits for NCCL); give bucket_cap_mb a "
+        "size (25 MiB is the default) on train.device cuda",
+        __FILE__, __LINE__);
+  }
   std::vector<dist::CommunicatorPtr> comms =
       on_gpus && replicas > 1 ? job.replica_communicators(devices, kind.spans_processes)
                               : job.replica_communicators(replicas, kind.spans_processes);

@@ -649,6 +649,16 @@ TEST(Backend, NcclInABuildWithoutItIsAConfigProblem) {
 
 // train.device: cuda where no GPU can be used stops before anything is read or written, naming
 // the reason; auto then trains on the CPU exactly as cpu does.
+TEST(DeviceGpu, BucketCapAutoIsRefusedOnAGpuNamingTheKey) {
+  if (!cuda::available()) GTEST_SKIP() << "no CUDA device: " << cuda::unavailable_reason();
+  RunDir refused;
+  const CommandResult r =
+      refused.train("train.device=cuda strategy.type=ddp strategy.bucket_cap_mb=auto");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "strategy.bucket_cap_mb: auto")) << r.output;
+  EXPECT_TRUE(refused.checkpoints().empty());
+}
+
 TEST(Device, CudaWithoutAGpuExitsTwoNamingTheReasonAndAutoTrainsLikeCpu) {
   if (cuda::available()) GTEST_SKIP() << "this machine has a GPU, so train.device=cuda can run";
   RunDir refused;
