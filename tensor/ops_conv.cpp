@@ -98,10 +98,21 @@ dnnl::convolution_forward::primitive_desc forward_pd(const ConvDescs& d, bool wi
   return {desc, cpu_engine()};
 }
 
+/// Buffers for one call's layout conversions, from dtrain's caching allocator: oneDNN's own
+/// allocation is a fresh aligned malloc per call, which at these sizes maps and zeroes new pages
+/// every step (5% of a ResNet step in the kernel).
+struct Scratch {
+  std::vector<Tensor> buffers;
+  memory make(const memory::desc& md) {
+    buffers.emplace_back(Shape{static_cast<int64_t>((md.get_size() + 3) / 4)}, DType::kFloat32);
+    return memory(md, cpu_engine(), buffers.back().data_ptr());
+  }
+};
+
 /// `user` (plain layout) as the layout a primitive wants, reordered into scratch memory if needed.
-memory as_layout(memory user, const memory::desc& wanted, dnnl::stream& stream) {
+memory as_layout(memory user, const memory::desc& wanted, dnnl::stream& stream, Scratch& scratch) {
   if (user.get_desc() == wanted) return user;
-  memory converted(wanted, cpu_engine());
+  memory converted = scratch.make(wanted);
   dnnl::reorder(user, converted).execute(stream, user, converted);
   return converted;
 }
@@ -109,9 +120,9 @@ memory as_layout(memory user, const memory::desc& wanted, dnnl::stream& stream) 
 /// Output memory in the primitive's layout; copy_out() moves it into the user's plain tensor.
 struct Output {
   memory user, primitive;
-  Output(const memory& user_memory, const memory::desc& wanted)
+  Output(const memory& user_memory, const memory::desc& wanted, Scratch& scratch)
       : user(user_memory),
-        primitive(user_memory.get_desc() == wanted ? user_memory : memory(wanted, cpu_engine())) {}
+        primitive(user_memory.get_desc() == wanted ? user_memory : scratch.make(wanted)) {}
   void copy_out(dnnl::stream& stream) {
     if (primitive != user) dnnl::reorder(primitive, user).execute(stream, primitive, user);
   }
@@ -213,10 +224,11 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs a
   const ConvDescs d = conv_descs(g, args);
   const auto pd = forward_pd(d, bias.defined());
   dnnl::stream stream(cpu_engine());
-  Output out(wrap(d.dst, y), pd.dst_desc());
+  Scratch scratch;
+  Output out(wrap(d.dst, y), pd.dst_desc(), scratch);
   std::unordered_map<int, memory> io{
-      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream)},
-      {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream)},
+      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream, scratch)},
+      {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream, scratch)},
       {DNNL_ARG_DST, out.primitive}};
   if (bias.defined()) io.emplace(DNNL_ARG_BIAS, wrap(d.bias, bias));
   dnnl::convolution_forward(pd).execute(stream, io);
@@ -240,11 +252,13 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
                                              d.pad);
   dnnl::convolution_backward_data::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
-  Output out(wrap(d.src, dx), pd.diff_src_desc());
+  Scratch scratch;
+  Output out(wrap(d.src, dx), pd.diff_src_desc(), scratch);
   dnnl::convolution_backward_data(pd).execute(
-      stream, {{DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
-               {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream)},
-               {DNNL_ARG_DIFF_SRC, out.primitive}});
+      stream,
+      {{DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream, scratch)},
+       {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream, scratch)},
+       {DNNL_ARG_DIFF_SRC, out.primitive}});
   out.copy_out(stream);
   stream.wait();
   return dx;
@@ -272,10 +286,11 @@ Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_
                               any_layout(d.dst), d.strides, d.pad, d.pad);
   dnnl::convolution_backward_weights::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
-  Output out(wrap(d.wei, dw), pd.diff_weights_desc());
+  Scratch scratch;
+  Output out(wrap(d.wei, dw), pd.diff_weights_desc(), scratch);
   std::unordered_map<int, memory> io{
-      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream)},
-      {DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
+      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream, scratch)},
+      {DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream, scratch)},
       {DNNL_ARG_DIFF_WEIGHTS, out.primitive}};
   if (bias_grad) {
     *bias_grad = Tensor({g.o}, gy.dtype());
