@@ -1,4 +1,5 @@
 // Elementwise ops with broadcasting: the shared kernel bodies run by the CPU loop or on CUDA.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -310,6 +311,50 @@ bool all_finite(const Tensor& t) {
 
 namespace dtrain::ops {
 
+namespace {
+/// x [a, b, 1, 1] into out [a, b, h, w] (leading dims equal, every broadcast dim trailing): each
+/// element of x fills one contiguous run of out. The backward of a mean or sum over trailing dims
+/// (global average pooling) expands this way. False when the shapes are of another kind.
+bool expand_trailing_cpu(const Tensor& x, Tensor& out) {
+  const Shape& to = out.shape();
+  const int64_t lead = static_cast<int64_t>(to.size()) - x.dim();
+  if (lead != 0) return false;
+  int64_t kept = x.dim();
+  while (kept > 0 && x.size(kept - 1) == 1) --kept;
+  for (int64_t d = 0; d < kept; ++d) {
+    if (x.size(d) != to[d]) return false;
+  }
+  int64_t run = 1;
+  for (int64_t d = kept; d < x.dim(); ++d) run *= to[d];
+  const int64_t items = x.numel();
+  auto fill = [&](auto tag) {
+    using E = decltype(tag);
+    const E* src = static_cast<const E*>(x.data_ptr());
+    E* dst = static_cast<E*>(out.data_ptr());
+    cpu::parallel_for(items, std::max<int64_t>(1, cpu::kGrain / std::max<int64_t>(run, 1)),
+                      [&](int64_t b, int64_t e) {
+                        for (int64_t i = b; i < e; ++i) std::fill_n(dst + i * run, run, src[i]);
+                      });
+  };
+  switch (dtype_size(x.dtype())) {
+    case 1:
+      fill(uint8_t{});
+      return true;
+    case 2:
+      fill(uint16_t{});
+      return true;
+    case 4:
+      fill(uint32_t{});
+      return true;
+    case 8:
+      fill(uint64_t{});
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
 Tensor expand(const Tensor& x, const Shape& shape) {
   const Shape out_shape = broadcast_shapes(x.shape(), shape, "expand");
   DTRAIN_CHECK(out_shape == shape, "expand: ", x.describe(), " cannot be expanded to ",
@@ -334,6 +379,7 @@ Tensor expand(const Tensor& x, const Shape& shape) {
                       });
     return out;
   }
+  if (x.device().is_cpu() && expand_trailing_cpu(x, out)) return out;
   gather_elements(x, out, index);
   return out;
 }

@@ -314,9 +314,20 @@ TEST(Scale, MultipliesInPlace) {
 
 TEST(Expand, CopiesBroadcastValues) {
   const std::vector<std::pair<Shape, Shape>> cases = {
-      {{3, 1}, {2, 3, 4}},    {{4}, {3, 4}},    {{}, {2, 2}},        {{1}, {3}},
-      {{2, 1, 3}, {2, 5, 3}}, {{1, 1}, {4, 1}}, {{5, 1}, {5, 7000}},  // last: threaded
-      {{2, 3}, {2, 3}}};
+      {{3, 1}, {2, 3, 4}},
+      {{4}, {3, 4}},
+      {{}, {2, 2}},
+      {{1}, {3}},
+      {{2, 1, 3}, {2, 5, 3}},
+      {{1, 1}, {4, 1}},
+      {{5, 1}, {5, 7000}},  // last: threaded
+      {{2, 3}, {2, 3}},
+      // trailing broadcast dims (the backward of global average pooling): runs filled per element
+      {{2, 3, 1, 1}, {2, 3, 4, 5}},
+      {{128, 64, 1, 1}, {128, 64, 7, 7}},
+      {{1, 1}, {3, 2}},
+      {{3, 1}, {3, 4}},
+      {{1, 3, 1}, {2, 3, 4}}};
   uint64_t seed = 90;
   for (const auto& [in, out] : cases) {
     for (DType dtype : {DType::kFloat32, DType::kFloat64, DType::kInt64}) {
