@@ -95,6 +95,12 @@ class Communicator {
 
   /// In place: afterwards every rank holds op(t_0, ..., t_{size-1}) (kAvg: the sum / size).
   virtual WorkPtr all_reduce(Tensor& t, const AllReduceOptions& opts = {}) = 0;
+  /// all_reduce(t, opts)->wait(opts.timeout), for callers that wait at once: the same result,
+  /// order, observers and errors, but a backend may run it on the calling thread instead of
+  /// handing it to a background one (host backends do when nothing issued earlier is pending).
+  virtual void all_reduce_now(Tensor& t, const AllReduceOptions& opts = {}) {
+    all_reduce(t, opts)->wait(opts.timeout);
+  }
   /// In place over several tensors as if they were one buffer (one collective).
   virtual WorkPtr all_reduce_coalesced(std::vector<Tensor>& ts,
                                        const AllReduceOptions& opts = {}) = 0;

@@ -35,6 +35,10 @@ WorkPtr DeviceRoutedCommunicator::all_reduce(Tensor& t, const AllReduceOptions& 
   return route("all_reduce", t).all_reduce(t, opts);
 }
 
+void DeviceRoutedCommunicator::all_reduce_now(Tensor& t, const AllReduceOptions& opts) {
+  route("all_reduce", t).all_reduce_now(t, opts);
+}
+
 WorkPtr DeviceRoutedCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
                                                        const AllReduceOptions& opts) {
   DTRAIN_CHECK(!ts.empty(), "all_reduce_coalesced: no tensors");

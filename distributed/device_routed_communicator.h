@@ -22,6 +22,7 @@ class DeviceRoutedCommunicator final : public Communicator {
   Communicator& device() { return *device_; }
 
   WorkPtr all_reduce(Tensor& t, const AllReduceOptions& opts = {}) override;
+  void all_reduce_now(Tensor& t, const AllReduceOptions& opts = {}) override;
   WorkPtr all_reduce_coalesced(std::vector<Tensor>& ts, const AllReduceOptions& opts = {}) override;
   WorkPtr broadcast(Tensor& t, const BroadcastOptions& opts = {}) override;
   WorkPtr reduce(Tensor& t, const ReduceOptions& opts = {}) override;

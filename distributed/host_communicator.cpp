@@ -266,8 +266,8 @@ CollectiveInfo HostCommunicator::make_info(std::string kind, const Tensor& t) {
   return info;
 }
 
-WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
-                                  std::function<void()> body) {
+WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout, std::function<void()> body,
+                                  bool caller_waits) {
   auto work = std::make_shared<QueuedWork>(info, [this] { return try_run_queued(); });
   auto task = [this, work, info, timeout, body = std::move(body)] {
     note_progress(backend_name(), rank(), info, true);
@@ -284,7 +284,7 @@ WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
     notify_observers(info, /*started=*/false);
     work->finish(error);
   };
-  if (may_run_inline(info)) {
+  if (may_run_inline(info, caller_waits)) {
     // Nothing issued earlier is queued or running, so running it here keeps the issue order and
     // saves waking the worker and being woken by it (two thread switches, most of the time of a
     // collective with no peers). Observers, progress and errors go through the same task.
@@ -313,13 +313,16 @@ WorkPtr HostCommunicator::enqueue(CollectiveInfo info, Timeout timeout,
   return work;
 }
 
-bool HostCommunicator::may_run_inline(const CollectiveInfo& info) const {
-  // Only without peers: with them a call that ran inline would wait for them before returning,
-  // and callers overlap their own work with collectives (or drive several ranks from one thread).
-  // A thread running one of this communicator's collectives (an observer, say) must not start
-  // another inside it; point-to-point calls (sequence 0) have no peer in a group of one.
-  return size() == 1 && info.sequence != 0 && running_on_this_thread != this && !is_worker_thread;
+bool HostCommunicator::may_run_inline(const CollectiveInfo& info, bool caller_waits) const {
+  // Without peers, or when the caller waits at once anyway: otherwise a call that ran inline
+  // would wait for its peers before returning, and callers overlap their own work with
+  // collectives (or drive several ranks from one thread). A thread running one of this
+  // communicator's collectives (an observer, say) must not start another inside it;
+  // point-to-point calls (sequence 0) have no peer in a group of one.
+  return (size() == 1 || caller_waits) && info.sequence != 0 && running_on_this_thread != this &&
+         !is_worker_thread;
 }
+
 Tensor HostCommunicator::allocate_symmetric(int64_t numel, DType dtype) {
   DTRAIN_CHECK(numel >= 0, "allocate_symmetric: numel must be >= 0, got ", numel);
   DTRAIN_CHECK(is_collective_dtype(dtype), "allocate_symmetric: dtype ", dtype_name(dtype),
@@ -342,22 +345,38 @@ bool HostCommunicator::in_shared_memory(const Tensor& t) {
 }
 
 WorkPtr HostCommunicator::all_reduce(Tensor& t, const AllReduceOptions& opts) {
+  return issue_all_reduce(t, opts, /*caller_waits=*/false);
+}
+
+void HostCommunicator::all_reduce_now(Tensor& t, const AllReduceOptions& opts) {
+  // Run here, the Work is finished on return and wait() only re-throws the collective's error.
+  issue_all_reduce(t, opts, /*caller_waits=*/true)->wait(opts.timeout);
+}
+
+WorkPtr HostCommunicator::issue_all_reduce(Tensor& t, const AllReduceOptions& opts,
+                                           bool caller_waits) {
   check_host_tensor("all_reduce", t, "tensor");
   CollectiveInfo info = make_info("all_reduce(" + std::string(reduce_op_name(opts.op)) + ")", t);
   if (auto segment = shared_memory_->segment_holding(t)) {
     // In place in the segment: no copy in or out, and no message within a host.
-    return enqueue(info, opts.timeout, [this, segment, t, opts, info]() mutable {
-      // A thread waiting for this result may spin for its peers; the worker, running it while
-      // the caller computes (overlap), should give the core back soon.
-      const auto spin =
-          is_worker_thread ? std::chrono::microseconds(50) : std::chrono::microseconds(1000);
-      shared_memory_->all_reduce(*segment, t, opts.op, info, opts.timeout, spin);
-    });
+    return enqueue(
+        info, opts.timeout,
+        [this, segment, t, opts, info]() mutable {
+          // A thread waiting for this result may spin for its peers; the worker, running it while
+          // the caller computes (overlap), should give the core back soon.
+          const auto spin =
+              is_worker_thread ? std::chrono::microseconds(50) : std::chrono::microseconds(1000);
+          shared_memory_->all_reduce(*segment, t, opts.op, info, opts.timeout, spin);
+        },
+        caller_waits);
   }
-  return enqueue(info, opts.timeout, [this, t, opts, info]() mutable {
-    run_all_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
-    if (opts.op == ReduceOp::kAvg) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
-  });
+  return enqueue(
+      info, opts.timeout,
+      [this, t, opts, info]() mutable {
+        run_all_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
+        if (opts.op == ReduceOp::kAvg) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
+      },
+      caller_waits);
 }
 
 WorkPtr HostCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,

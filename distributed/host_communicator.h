@@ -39,11 +39,15 @@ std::string collective_progress();
 
 /// In a group of one rank a collective runs inside the call (nothing to wait for, nothing to
 /// overlap), unless one issued earlier is still queued; otherwise calls return at once.
+/// all_reduce_now runs inside the call in any group, under the same condition.
 class HostCommunicator : public Communicator {
  public:
   ~HostCommunicator() override;
 
   WorkPtr all_reduce(Tensor& t, const AllReduceOptions& opts = {}) override;
+  /// On the calling thread when nothing issued earlier is queued or running (no hand-off to the
+  /// worker and back: most of the time of a small all-reduce); otherwise queued and waited for.
+  void all_reduce_now(Tensor& t, const AllReduceOptions& opts = {}) override;
   WorkPtr all_reduce_coalesced(std::vector<Tensor>& ts, const AllReduceOptions& opts = {}) override;
   WorkPtr broadcast(Tensor& t, const BroadcastOptions& opts = {}) override;
   WorkPtr reduce(Tensor& t, const ReduceOptions& opts = {}) override;
@@ -114,12 +118,16 @@ class HostCommunicator : public Communicator {
                         Timeout timeout) = 0;
 
  private:
-  /// Queues body for the worker, or runs it on the calling thread when may_run_inline(info) and
-  /// nothing issued earlier is queued or running; either way the returned Work reports it.
-  WorkPtr enqueue(CollectiveInfo info, Timeout timeout, std::function<void()> body);
-  /// Collectives of a group of one rank (nothing to wait for), issued by a thread that is not
-  /// running one of this communicator's collectives.
-  bool may_run_inline(const CollectiveInfo& info) const;
+  /// Queues body for the worker, or runs it on the calling thread when may_run_inline(info,
+  /// caller_waits) and nothing issued earlier is queued or running; either way the returned Work
+  /// reports it.
+  WorkPtr enqueue(CollectiveInfo info, Timeout timeout, std::function<void()> body,
+                  bool caller_waits = false);
+  /// Collectives of a group of one rank (nothing to wait for) or whose caller waits at once,
+  /// issued by a thread that is not running one of this communicator's collectives.
+  bool may_run_inline(const CollectiveInfo& info, bool caller_waits) const;
+  /// all_reduce and all_reduce_now: the checks, the sequence number and the task.
+  WorkPtr issue_all_reduce(Tensor& t, const AllReduceOptions& opts, bool caller_waits);
   /// The debug check: every rank's call, compared; throws listing them when they differ.
   void verify_same_call(const CollectiveInfo& info, Timeout timeout);
   CollectiveInfo make_info(std::string kind, const Tensor& t);

@@ -160,7 +160,7 @@ void DataParallelStrategy::sum_across_replicas(std::vector<double>& values) {
   if (values.empty()) return;
   Tensor t({static_cast<int64_t>(values.size())}, DType::kFloat64);
   std::memcpy(t.data_ptr(), values.data(), values.size() * sizeof(double));
-  comm_->all_reduce(t)->wait();
+  comm_->all_reduce_now(t);
   std::memcpy(values.data(), t.data_ptr(), values.size() * sizeof(double));
 }
 

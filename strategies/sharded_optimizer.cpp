@@ -33,7 +33,7 @@ std::pair<size_t, std::string> split_key(const std::string& key) {
 double sum_over_replicas(dist::Communicator& comm, double value) {
   Tensor t({1}, DType::kFloat64);
   t.data<double>()[0] = value;
-  comm.all_reduce(t)->wait();
+  comm.all_reduce_now(t);
   return t.data<double>()[0];
 }
 

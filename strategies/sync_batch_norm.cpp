@@ -7,9 +7,7 @@ namespace dtrain::nn {
 
 ReplicaSum replica_sum_over(dist::CommunicatorPtr comm, dist::Timeout timeout) {
   DTRAIN_CHECK(comm != nullptr, "SyncBatchNorm: needs a communicator");
-  return [comm, timeout](Tensor& t) {
-    comm->all_reduce(t, {dist::ReduceOp::kSum, timeout})->wait(timeout);
-  };
+  return [comm, timeout](Tensor& t) { comm->all_reduce_now(t, {dist::ReduceOp::kSum, timeout}); };
 }
 
 SyncBatchNorm::SyncBatchNorm(int64_t num_features, int spatial_dims, dist::CommunicatorPtr comm,

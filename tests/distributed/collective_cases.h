@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "dtrain/distributed/communicator.h"
@@ -217,6 +219,90 @@ inline void check_large_messages(Communicator& c) {
   check_all_gather(c, DType::kFloat32, kCount / 4);
   check_reduce_scatter(c, DType::kFloat32, kCount / 4);
   check_send_recv_ring(c, DType::kFloat32, kCount);
+}
+
+/// all_reduce_now against all_reduce(...)->wait() on the same inputs, whose sums round (so the
+/// order of the reduction shows): every op on floating dtypes, in an ordinary buffer and in one
+/// from allocate_symmetric (shared memory where the backend has it); the bits must be the same.
+inline void check_all_reduce_now_matches_all_reduce(Communicator& c) {
+  constexpr int64_t kCount = 1001;
+  for (DType dtype : {DType::kFloat32, DType::kFloat64, DType::kBFloat16}) {
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMax, ReduceOp::kProduct}) {
+      for (bool symmetric : {false, true}) {
+        Tensor input({kCount}, dtype);
+        for (int64_t i = 0; i < kCount; ++i) {
+          const double v = 1.0 + (c.rank() + 1) * 0.1 + static_cast<double>(i % 97) * 1e-3;
+          kernels::store_element(input.data_ptr(), dtype, i, v);
+        }
+        Tensor queued = symmetric ? c.allocate_symmetric(kCount, dtype) : Tensor({kCount}, dtype);
+        Tensor now = symmetric ? c.allocate_symmetric(kCount, dtype) : Tensor({kCount}, dtype);
+        queued.copy_(input);
+        now.copy_(input);
+        c.all_reduce(queued, {op})->wait();
+        c.all_reduce_now(now, {op});
+        const std::string what =
+            label(c, symmetric ? "symmetric all_reduce_now" : "all_reduce_now", dtype, kCount) +
+            " " + std::string(dist::reduce_op_name(op));
+        EXPECT_EQ(std::memcmp(now.data_ptr(), queued.data_ptr(), now.nbytes()), 0)
+            << what << " differs from all_reduce(...)->wait()";
+        if (op == ReduceOp::kSum && c.size() > 1) {
+          EXPECT_NE(std::memcmp(now.data_ptr(), input.data_ptr(), now.nbytes()), 0)
+              << what << " left its input as it was";
+        }
+      }
+    }
+  }
+}
+
+/// Notes the sequence number of each start and finish, as "start #3" and "finish #3".
+class SequenceRecorder final : public dist::CollectiveObserver {
+ public:
+  void on_start(int, const dist::CollectiveInfo& info) override { note("start", info); }
+  void on_finish(int, const dist::CollectiveInfo& info) override { note("finish", info); }
+  std::vector<std::string> events() const {
+    std::lock_guard lock(mu_);
+    return events_;
+  }
+
+ private:
+  void note(const char* what, const dist::CollectiveInfo& info) {
+    std::lock_guard lock(mu_);
+    events_.push_back(std::string(what) + " #" + std::to_string(info.sequence));
+  }
+  mutable std::mutex mu_;
+  std::vector<std::string> events_;
+};
+
+/// all_reduce_now issued behind all_reduces still in flight runs after them: they are complete
+/// when it returns, observers see the three one after another in issue order, and each tensor
+/// holds its own sum.
+inline void check_all_reduce_now_keeps_issue_order(Communicator& c) {
+  SequenceRecorder recorder;
+  c.add_observer(&recorder);
+  Tensor a = rank_input(DType::kFloat32, ReduceOp::kSum, c.rank(), 1 << 18);
+  Tensor b = rank_input(DType::kFloat64, ReduceOp::kSum, c.rank(), 7);
+  Tensor now = rank_input(DType::kInt64, ReduceOp::kSum, c.rank(), 5);
+  dist::WorkPtr wa = c.all_reduce(a);
+  dist::WorkPtr wb = c.all_reduce(b);
+  c.all_reduce_now(now);
+  EXPECT_TRUE(wa->is_completed()) << "all_reduce_now returned before an earlier all_reduce ran";
+  EXPECT_TRUE(wb->is_completed()) << "all_reduce_now returned before an earlier all_reduce ran";
+  c.remove_observer(&recorder);
+  const uint64_t first = wa->info().sequence;
+  std::vector<std::string> expected;
+  for (uint64_t s = first; s < first + 3; ++s) {
+    expected.push_back("start #" + std::to_string(s));
+    expected.push_back("finish #" + std::to_string(s));
+  }
+  EXPECT_EQ(recorder.events(), expected) << label(c, "all_reduce_now", DType::kInt64, 5);
+  wa->wait();
+  wb->wait();
+  const auto sum = [&](DType dtype) {
+    return [&c, dtype](int64_t i) { return expected_value(dtype, ReduceOp::kSum, c.size(), i); };
+  };
+  expect_values(a, sum(DType::kFloat32), label(c, "queued all_reduce", DType::kFloat32, 1 << 18));
+  expect_values(b, sum(DType::kFloat64), label(c, "queued all_reduce", DType::kFloat64, 7));
+  expect_values(now, sum(DType::kInt64), label(c, "all_reduce_now", DType::kInt64, 5));
 }
 
 /// Every collective, dtype and op on counts 0, 1 and one not divisible by the world size, then the

@@ -34,6 +34,7 @@ TEST(DeviceRouted, HostTensorsGoThroughTheHostCommunicator) {
       EXPECT_EQ(routed.rank(), r);
       try {
         testdist::check_everything(routed);
+        testdist::check_all_reduce_now_matches_all_reduce(routed);
       } catch (const Error& e) {
         ADD_FAILURE() << "rank " << r << ": " << e.what();
       }

@@ -131,6 +131,38 @@ TEST(LocalBackend, ARankThatNeverArrivesIsNamedByTheOthers) {
   }
 }
 
+TEST(LocalBackend, AllReduceNowNamesARankThatNeverArrives) {
+  std::vector<std::string> errors(3);
+  for_each_rank(3, [&](HostCommunicator& c) {
+    if (c.rank() == 1) return;
+    Tensor t = zeros({8});
+    try {
+      c.all_reduce_now(t, {dist::ReduceOp::kSum, std::chrono::milliseconds(200)});
+      errors[c.rank()] = "completed without rank 1";
+    } catch (const Error& e) {  // the first to time out throws TimeoutError, the others its text
+      errors[c.rank()] = e.message();
+    }
+  });
+  for (int r : {0, 2}) {
+    EXPECT_THAT(errors[r], HasSubstr("collective #1 all_reduce(sum) float32 x 8 timed out"));
+    EXPECT_THAT(errors[r], HasSubstr("ranks that have not reached it: 1"));
+  }
+}
+
+TEST(LocalBackend, AllReduceNowAdvancesTheSequenceAndCallsDigestAsAllReduceDoes) {
+  auto queued = dist::make_local_group(1);
+  auto now = dist::make_local_group(1);
+  Tensor a = ones({3}), b = ones({3}, DType::kFloat64);
+  queued[0]->all_reduce(a)->wait();
+  queued[0]->all_reduce(b, {dist::ReduceOp::kMax})->wait();
+  now[0]->all_reduce_now(a);
+  now[0]->all_reduce_now(b, {dist::ReduceOp::kMax});
+  EXPECT_EQ(now[0]->next_sequence(), queued[0]->next_sequence());
+  EXPECT_EQ(now[0]->calls_digest(), queued[0]->calls_digest());
+  now[0]->all_reduce_now(b);  // another op: another digest
+  EXPECT_NE(now[0]->calls_digest(), queued[0]->calls_digest());
+}
+
 TEST(LocalBackend, WaitTimesOutNamingTheCollective) {
   auto comms = dist::make_local_group(2);
   Tensor t = zeros({3});

@@ -117,6 +117,17 @@ TEST_P(CommunicatorParity, LargeMessagesOfEveryCollective) {
                 [](dist::Communicator& c) { testdist::check_large_messages(c); });
 }
 
+TEST_P(CommunicatorParity, AllReduceNowHasTheBitsOfAllReduce) {
+  for_each_rank(backend(), world(), [](dist::Communicator& c) {
+    testdist::check_all_reduce_now_matches_all_reduce(c);
+  });
+}
+
+TEST_P(CommunicatorParity, AllReduceNowRunsAfterTheAllReducesIssuedBeforeIt) {
+  for_each_rank(backend(), world(),
+                [](dist::Communicator& c) { testdist::check_all_reduce_now_keeps_issue_order(c); });
+}
+
 TEST_P(CommunicatorParity, RoundedAveragesAreBitIdenticalOnEveryRankToTheLocalBackend) {
   // Values whose float sums round, unlike collective_cases' exact inputs: the backend must reduce
   // in the local backend's order, and every rank must end with the same bits.

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstring>
 #include <functional>
+#include <latch>
 #include <memory>
 #include <string>
 #include <thread>
@@ -214,6 +215,30 @@ TEST(TcpBackend, ACollectiveThatTimesOutNamesTheRanksStillOwingData) {
       EXPECT_THAT(e.message(), HasSubstr("receiving from rank 2"));
     }
   });
+}
+
+TEST(TcpBackend, AllReduceNowThatTimesOutNamesTheCollectiveAndTheRankStillOwingData) {
+  std::vector<std::string> errors(3);
+  std::latch others_done(2);
+  for_each_tcp_rank(3, [&](HostCommunicator& c) {
+    Tensor t({8});
+    if (c.rank() == 2) {
+      // Connected but never calls: it leaves only once the others have given up.
+      others_done.wait();
+      return;
+    }
+    try {
+      c.all_reduce_now(t, {dist::ReduceOp::kSum, std::chrono::milliseconds(100)});
+      errors[c.rank()] = "completed without rank 2";
+    } catch (const TimeoutError& e) {
+      errors[c.rank()] = e.message();
+    }
+    others_done.count_down();
+  });
+  for (int r : {0, 1}) {
+    EXPECT_THAT(errors[r], HasSubstr("all_reduce(sum) float32 x 8 did not complete within 100 ms"));
+    EXPECT_THAT(errors[r], HasSubstr("receiving from rank 2"));
+  }
 }
 
 TEST(TcpBackend, DifferentCollectivesAreReportedInsteadOfMixingData) {

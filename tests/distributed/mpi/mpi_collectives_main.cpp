@@ -230,6 +230,35 @@ TEST(MpiCollectives, RunInIssueOrderWhileTheCallerContinues) {
   EXPECT_EQ(b.to_vector<float>()[0], 10 * n * (n + 1) / 2);
 }
 
+TEST(MpiCollectives, AllReduceNowHasTheBitsOfAllReduce) {
+  testdist::check_all_reduce_now_matches_all_reduce(comm());
+}
+
+TEST(MpiCollectives, AllReduceNowRunsAfterTheAllReducesIssuedBeforeIt) {
+  testdist::check_all_reduce_now_keeps_issue_order(comm());
+}
+
+TEST(MpiCollectives, AllReduceNowTimesOutNamingTheCollective) {
+  // A communicator of its own, as a timed-out one is unusable afterwards.
+  auto c = MpiCommunicator::world();
+  Tensor t = full({8}, 1.0);
+  if (c->rank() == 0) {
+    // Rank 0 calls alone; the others join only after it has given up (the first barrier).
+    try {
+      c->all_reduce_now(t, {ReduceOp::kSum, std::chrono::milliseconds(300)});
+      ADD_FAILURE() << "expected a timeout";
+    } catch (const TimeoutError& e) {
+      EXPECT_THAT(e.message(), HasSubstr("all_reduce(sum) float32 x 8 timed out after 300 ms on "
+                                         "rank 0 of " +
+                                         std::to_string(c->size())));
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // The late ranks complete the abandoned collective, so MPI can still be finalised at exit.
+  if (c->rank() != 0) c->all_reduce_now(t);
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
 TEST(MpiCollectives, RecvOfTheWrongSizeIsReported) {
   if (comm().rank() > 1) return;
   Tensor t = zeros({comm().rank() == 0 ? 3 : 4});
