@@ -291,16 +291,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
               int64_t padding) {
   const ops::Conv2dArgs args{stride, padding};
-  return record(
-      ops::conv2d(x, weight, bias, args), "conv2d", {x, weight, bias},
-      [x = x.detach(), w = weight.detach(), args, rx = needs(x), rw = needs(weight),
-       rb = needs(bias)](const Tensor& g) {
-        Tensor db;
-        Tensor dw =
-            rw ? ops::conv2d_backward_weight(g, x, w.shape(), args, rb ? &db : nullptr) : Tensor();
-        if (rb && !rw) db = ops::sum(g, {0, 2, 3});
-        return Grads{rx ? ops::conv2d_backward_input(g, w, x.shape(), args) : Tensor(), dw, db};
-      });
+  return record(ops::conv2d(x, weight, bias, args), "conv2d", {x, weight, bias},
+                [x = x.detach(), w = weight.detach(), args, rx = needs(x), rw = needs(weight),
+                 rb = needs(bias)](const Tensor& g) {
+                  Tensor db;
+                  auto [dx, dw] = ops::conv2d_backward(g, x, w, args, rx, rw, rb ? &db : nullptr);
+                  return Grads{dx, dw, db};
+                });
 }
 
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {

@@ -77,6 +77,11 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
                              Conv2dArgs args);
 Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
                               Conv2dArgs args, Tensor* bias_grad = nullptr);
+/// Both passes of one convolution's backward (each when wanted, and db with `bias_grad`); on the
+/// CPU they share the output gradient converted once to oneDNN's layout.
+std::pair<Tensor, Tensor> conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w,
+                                          Conv2dArgs args, bool want_input, bool want_weight,
+                                          Tensor* bias_grad = nullptr);
 /// The reference implementation (im2col + GEMM) the tests compare oneDNN against.
 Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs args);
 Tensor im2col(const Tensor& x, int64_t kh, int64_t kw, Conv2dArgs args);  // [N, C*KH*KW, OH*OW]

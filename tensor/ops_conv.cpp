@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <limits>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <optional>
 #include <type_traits>
 #include <unordered_map>
 
@@ -237,14 +238,21 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs a
   return y;
 }
 
-Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_shape,
-                             Conv2dArgs args) {
-  detail::check_same("conv2d backward", gy, w);
-  const ConvGeometry g = conv_geometry(x_shape, w.shape(), args, "conv2d backward");
-  if (gy.device().is_cuda()) return conv2d_backward_input_cuda(gy, w, x_shape, args);
-  if (use_reference(gy)) return conv2d_backward_input_reference(gy, w, g, args);
-  const Tensor gyr = at_matmul_precision(gy), wr = at_matmul_precision(w);
-  Tensor dx(x_shape, gy.dtype());
+namespace {
+/// What the two gradient passes of one convolution share: scratch buffers, and the output
+/// gradient in the layout both primitives read (converted once rather than once per pass).
+struct ConvBackwardShared {
+  Scratch scratch;
+  std::optional<memory> gy;
+  memory gy_as(const memory& user, const memory::desc& wanted, dnnl::stream& stream) {
+    if (!gy || gy->get_desc() != wanted) gy = as_layout(user, wanted, stream, scratch);
+    return *gy;
+  }
+};
+
+Tensor backward_input_onednn(const Tensor& gyr, const Tensor& wr, const ConvGeometry& g,
+                             Conv2dArgs args, ConvBackwardShared& shared) {
+  Tensor dx({g.n, g.c, g.h, g.w}, gyr.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, false);
   dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, src_layout(d),
@@ -252,29 +260,20 @@ Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_s
                                              d.pad);
   dnnl::convolution_backward_data::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
-  Scratch scratch;
-  Output out(wrap(d.src, dx), pd.diff_src_desc(), scratch);
+  Output out(wrap(d.src, dx), pd.diff_src_desc(), shared.scratch);
   dnnl::convolution_backward_data(pd).execute(
       stream,
-      {{DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream, scratch)},
-       {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream, scratch)},
+      {{DNNL_ARG_DIFF_DST, shared.gy_as(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
+       {DNNL_ARG_WEIGHTS, as_layout(wrap(d.wei, wr), pd.weights_desc(), stream, shared.scratch)},
        {DNNL_ARG_DIFF_SRC, out.primitive}});
   out.copy_out(stream);
   stream.wait();
   return dx;
 }
 
-Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
-                              Conv2dArgs args, Tensor* bias_grad) {
-  detail::check_same("conv2d backward", gy, x);
-  const ConvGeometry g = conv_geometry(x.shape(), w_shape, args, "conv2d backward");
-  if (gy.device().is_cuda() || use_reference(gy)) {
-    if (bias_grad) *bias_grad = sum(gy, {0, 2, 3});
-    return gy.device().is_cuda() ? conv2d_backward_weight_cuda(gy, x, w_shape, args)
-                                 : conv2d_backward_weight_reference(gy, x, g, args);
-  }
-  const Tensor gyr = at_matmul_precision(gy), xr = at_matmul_precision(x);
-  Tensor dw(w_shape, gy.dtype());
+Tensor backward_weight_onednn(const Tensor& gyr, const Tensor& xr, const ConvGeometry& g,
+                              Conv2dArgs args, Tensor* bias_grad, ConvBackwardShared& shared) {
+  Tensor dw({g.o, g.c, g.kh, g.kw}, gyr.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, bias_grad != nullptr);
   // With a bias, oneDNN sums its gradient in the same pass over gy.
@@ -286,20 +285,63 @@ Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_
                               any_layout(d.dst), d.strides, d.pad, d.pad);
   dnnl::convolution_backward_weights::primitive_desc pd(desc, cpu_engine(), fwd);
   dnnl::stream stream(cpu_engine());
-  Scratch scratch;
-  Output out(wrap(d.wei, dw), pd.diff_weights_desc(), scratch);
+  Output out(wrap(d.wei, dw), pd.diff_weights_desc(), shared.scratch);
   std::unordered_map<int, memory> io{
-      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream, scratch)},
-      {DNNL_ARG_DIFF_DST, as_layout(wrap(d.dst, gyr), pd.diff_dst_desc(), stream, scratch)},
+      {DNNL_ARG_SRC, as_layout(wrap(d.src, xr), pd.src_desc(), stream, shared.scratch)},
+      {DNNL_ARG_DIFF_DST, shared.gy_as(wrap(d.dst, gyr), pd.diff_dst_desc(), stream)},
       {DNNL_ARG_DIFF_WEIGHTS, out.primitive}};
   if (bias_grad) {
-    *bias_grad = Tensor({g.o}, gy.dtype());
+    *bias_grad = Tensor({g.o}, gyr.dtype());
     io.emplace(DNNL_ARG_DIFF_BIAS, wrap(d.bias, *bias_grad));
   }
   dnnl::convolution_backward_weights(pd).execute(stream, io);
   out.copy_out(stream);
   stream.wait();
   return dw;
+}
+}  // namespace
+
+Tensor conv2d_backward_input(const Tensor& gy, const Tensor& w, const Shape& x_shape,
+                             Conv2dArgs args) {
+  detail::check_same("conv2d backward", gy, w);
+  const ConvGeometry g = conv_geometry(x_shape, w.shape(), args, "conv2d backward");
+  if (gy.device().is_cuda()) return conv2d_backward_input_cuda(gy, w, x_shape, args);
+  if (use_reference(gy)) return conv2d_backward_input_reference(gy, w, g, args);
+  ConvBackwardShared shared;
+  return backward_input_onednn(at_matmul_precision(gy), at_matmul_precision(w), g, args, shared);
+}
+
+Tensor conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Shape& w_shape,
+                              Conv2dArgs args, Tensor* bias_grad) {
+  detail::check_same("conv2d backward", gy, x);
+  const ConvGeometry g = conv_geometry(x.shape(), w_shape, args, "conv2d backward");
+  if (gy.device().is_cuda() || use_reference(gy)) {
+    if (bias_grad) *bias_grad = sum(gy, {0, 2, 3});
+    return gy.device().is_cuda() ? conv2d_backward_weight_cuda(gy, x, w_shape, args)
+                                 : conv2d_backward_weight_reference(gy, x, g, args);
+  }
+  ConvBackwardShared shared;
+  return backward_weight_onednn(at_matmul_precision(gy), at_matmul_precision(x), g, args, bias_grad,
+                                shared);
+}
+
+std::pair<Tensor, Tensor> conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w,
+                                          Conv2dArgs args, bool want_input, bool want_weight,
+                                          Tensor* bias_grad) {
+  detail::check_same("conv2d backward", gy, x);
+  detail::check_same("conv2d backward", gy, w);
+  if (gy.device().is_cuda() || use_reference(gy) || !want_input || !want_weight) {
+    Tensor dx = want_input ? conv2d_backward_input(gy, w, x.shape(), args) : Tensor();
+    Tensor dw = want_weight ? conv2d_backward_weight(gy, x, w.shape(), args, bias_grad) : Tensor();
+    if (bias_grad && !want_weight) *bias_grad = sum(gy, {0, 2, 3});
+    return {dx, dw};
+  }
+  const ConvGeometry g = conv_geometry(x.shape(), w.shape(), args, "conv2d backward");
+  const Tensor gyr = at_matmul_precision(gy);
+  ConvBackwardShared shared;
+  Tensor dx = backward_input_onednn(gyr, at_matmul_precision(w), g, args, shared);
+  Tensor dw = backward_weight_onednn(gyr, at_matmul_precision(x), g, args, bias_grad, shared);
+  return {dx, dw};
 }
 
 // ---- pooling --------------------------------------------------------------------------------
