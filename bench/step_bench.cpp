@@ -160,8 +160,8 @@ void BM_DropoutMask(benchmark::State& state) {
     Tensor m = ops::dropout_mask({n}, 0.1, gen);
     benchmark::DoNotOptimize(m.data_ptr());
   }
-  state.counters["elements/s"] = benchmark::Counter(static_cast<double>(n) * state.iterations(),
-                                                    benchmark::Counter::kIsRate);
+  state.counters["elements/s"] =
+      benchmark::Counter(static_cast<double>(n) * state.iterations(), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_DropoutMask)->Arg(24576)->Arg(1 << 20);
 BENCHMARK(BM_Memcpy)->Arg(1 << 16)->Arg(1 << 22);
