@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "dtrain/tensor/cpu/avx512.h"
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cuda/cuda_conv2d.h"
 #include "dtrain/tensor/dispatch.h"
@@ -15,20 +16,6 @@
 #include "dtrain/tensor/ops.h"
 #include "dtrain/tensor/precision.h"
 #include "dtrain/tensor/run.h"
-
-#if defined(__AVX512F__)
-// GCC 12's AVX-512 intrinsics start some vectors from _mm512_undefined_*, which its middle end
-// reports as uninitialised where they are inlined (GCC bug 105593, fixed in GCC 13).
-#if !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
 
 namespace dtrain::ops {
 namespace {

@@ -3,22 +3,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "dtrain/tensor/cpu/avx512.h"
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/kernels.h"
-
-#if defined(__AVX512F__)
-// GCC 12's AVX-512 intrinsics start some vectors from _mm512_undefined_*, which its middle end
-// reports as uninitialised where they are inlined (GCC bug 105593, fixed in GCC 13).
-#if !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#endif
 
 namespace dtrain::cpu {
 namespace {

@@ -118,10 +118,14 @@ TEST(Stragglers, AReplicaSlowedOnPurposeIsNamedInTheTableAndTheOutput) {
       EXPECT_EQ(replica, 1) << line;
       ++flagged;
     }
-    if (replica == 1) EXPECT_GT(j["data_wait_ms"].get<double>(), 3.5) << line;
+    if (replica == 1) {
+      EXPECT_GT(j["data_wait_ms"].get<double>(), 3.5) << line;
+    }
     // About the 4 ms a step on a quiet machine; on two loaded cores the slowed replica waits for
     // its communicator thread too, which the difference removes.
-    if (replica == 0) EXPECT_GT(j["waiting_for_slowest_ms"].get<double>(), 0.5) << line;
+    if (replica == 0) {
+      EXPECT_GT(j["waiting_for_slowest_ms"].get<double>(), 0.5) << line;
+    }
   }
   EXPECT_EQ(rows, 2 * 4);
   EXPECT_EQ(flagged, 4);
