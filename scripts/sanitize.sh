@@ -124,9 +124,11 @@ run_tsan() {
   local archer
   archer=$(clang -print-resource-dir)/../../libarcher.so
   [ -f "$archer" ] || { echo "sanitize tsan: $archer missing (apt-get install libomp-dev)"; return 1; }
+  local status=0
   OMP_TOOL_LIBRARIES="$archer" ctest --test-dir build-tsan --output-on-failure --timeout 600 \
-    -j"$jobs" -R "$tsan_regex" "${ctest_args[@]}"
+    -j"$jobs" -R "$tsan_regex" "${ctest_args[@]}" || status=1
   echo "sanitize tsan: tests $(($(now) - t2)) s"
+  return $status
 }
 
 status=0
