@@ -9,10 +9,10 @@ A sample is one image, or for the transformer one window of 128 bytes (batch 16,
 cross-entropy at every position): both sides count sequences per second, not tokens (x 128).
 The transformer is the config's model layer for layer (causal attention with one qkv Linear and
 dropout 0.1 on its probabilities only, exact GELU, learned positions, a final LayerNorm and an
-untied output Linear over the corpus's distinct bytes: 95, and 635,871 parameters on both sides) under
-AdamW (no decay on biases, norms and embeddings), gradient clipping at 1.0 and warm-up + cosine;
-PyTorch's attention is F.scaled_dot_product_attention(is_causal=True), and it trains on random
-windows of the first 90% of the corpus (dtrain's train split), drawn before the timed steps.
+untied output Linear over the corpus's 95 distinct bytes: 635,871 parameters on both sides)
+under AdamW (no decay on biases, norms and embeddings), gradient clipping at 1.0 and warm-up +
+cosine. PyTorch's attention is F.scaled_dot_product_attention(is_causal=True); it trains on
+random windows of the first 90% of the corpus (dtrain's train split), drawn before timing.
 On a GPU (scripts/gpu_check.sh): --device cuda --pytorch-only --kinds mlp,cnn,resnet --steps N
 [--data DIR] prints `pytorch <kind> samples_per_sec=<x>` per model (batches copied from the host
 each step, as dtrain's loader does; the ResNet without random crops and flips)."""
