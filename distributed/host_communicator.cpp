@@ -45,6 +45,13 @@ thread_local const void* running_on_this_thread = nullptr;
 /// Set on communicators' worker threads, which run collectives nobody waits for yet.
 thread_local bool is_worker_thread = false;
 
+/// How long a collective's thread spins for its peers in shared memory before sleeping: a thread
+/// waiting for the result may spin; the worker, running it while the caller computes (overlap),
+/// should give the core back soon.
+std::chrono::microseconds waiting_spin() {
+  return is_worker_thread ? std::chrono::microseconds(50) : std::chrono::microseconds(1000);
+}
+
 /// How long a timed-out wait() waits on for the backend's own report (longer than the watchdog's
 /// poll, so the watchdog's report comes first too).
 constexpr Timeout kBackendReportGrace{1000};
@@ -123,14 +130,25 @@ HostCommunicator::HostCommunicator(int rank, int size) : Communicator(rank, size
   debug_checks_ = debug != nullptr && std::string(debug) != "0" && std::string(debug) != "";
   // The ring among hosts runs inside an all_reduce, on the thread running it: it calls the
   // blocking primitives directly (a queued send would wait behind that very all_reduce).
-  shared_memory_ = std::make_unique<SharedMemoryGroup>(
-      *this,
-      [this](const Tensor& t, int peer, int tag, const CollectiveInfo& info, Timeout timeout) {
-        run_send(t, peer, tag, info, timeout);
-      },
-      [this](Tensor& t, int peer, int tag, const CollectiveInfo& info, Timeout timeout) {
-        run_recv(t, peer, tag, info, timeout);
-      });
+  const SharedMemoryGroup::Send send = [this](const Tensor& t, int peer, int tag,
+                                              const CollectiveInfo& info, Timeout timeout) {
+    run_send(t, peer, tag, info, timeout);
+  };
+  const SharedMemoryGroup::Recv recv = [this](Tensor& t, int peer, int tag,
+                                              const CollectiveInfo& info, Timeout timeout) {
+    run_recv(t, peer, tag, info, timeout);
+  };
+  shared_memory_ = std::make_unique<SharedMemoryGroup>(*this, send, recv);
+  // The staging slot is negotiated inside an all-reduce, by the thread running it.
+  staging_group_ = std::make_unique<SharedMemoryGroup>(
+      *this, send, recv,
+      SharedMemoryGroup::Negotiation{[this](const Tensor& in, Tensor& out) {
+                                       run_all_gather(in, out, *staging_info_, staging_timeout_);
+                                     },
+                                     [this](Tensor& t) {
+                                       run_all_reduce(t, ReduceOp::kMin, *staging_info_,
+                                                      staging_timeout_);
+                                     }});
 }
 
 namespace {
@@ -337,6 +355,7 @@ const std::vector<int>& HostCommunicator::ranks_sharing_memory() const {
 }
 
 void HostCommunicator::set_shared_memory_host_key(std::string key) {
+  staging_group_->set_host_key(key);
   shared_memory_->set_host_key(std::move(key));
 }
 
@@ -362,21 +381,45 @@ WorkPtr HostCommunicator::issue_all_reduce(Tensor& t, const AllReduceOptions& op
     return enqueue(
         info, opts.timeout,
         [this, segment, t, opts, info]() mutable {
-          // A thread waiting for this result may spin for its peers; the worker, running it while
-          // the caller computes (overlap), should give the core back soon.
-          const auto spin =
-              is_worker_thread ? std::chrono::microseconds(50) : std::chrono::microseconds(1000);
-          shared_memory_->all_reduce(*segment, t, opts.op, info, opts.timeout, spin);
+          shared_memory_->all_reduce(*segment, t, opts.op, info, opts.timeout, waiting_spin());
         },
         caller_waits);
   }
+  // Every rank decides alike: the sizes of one collective agree.
+  const bool may_stage = small_all_reduces_through_shared_memory() && size() > 1 && t.numel() > 0 &&
+                         t.nbytes() <= kStagedAllReduceBytes;
   return enqueue(
       info, opts.timeout,
-      [this, t, opts, info]() mutable {
+      [this, t, opts, info, may_stage]() mutable {
+        if (may_stage) {
+          if (Tensor staging = staging_slot(info, opts.timeout); staging.defined()) {
+            // Two copies of at most 64 KiB and a reduction in shared memory instead of the
+            // backend's messages; calls run one at a time, so they share the slot.
+            Tensor slot(staging.storage(), 0, {t.numel()}, t.dtype());
+            std::memcpy(slot.data_ptr(), t.data_ptr(), t.nbytes());
+            staging_group_->all_reduce(*staging_group_->segment_holding(staging), slot, opts.op,
+                                       info, opts.timeout, waiting_spin());
+            std::memcpy(t.data_ptr(), slot.data_ptr(), t.nbytes());
+            return;
+          }
+        }
         run_all_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
         if (opts.op == ReduceOp::kAvg) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
       },
       caller_waits);
+}
+
+Tensor HostCommunicator::staging_slot(const CollectiveInfo& info, Timeout timeout) {
+  if (!staging_negotiated_) {
+    staging_negotiated_ = true;  // once, even if it fails: the ranks then agree on messages
+    staging_info_ = &info;
+    staging_timeout_ = timeout;
+    Tensor slot = staging_group_->allocate(kStagedAllReduceBytes / 4, DType::kFloat32,
+                                           shared_memory_default_max_bytes(), /*verbose=*/false);
+    staging_info_ = nullptr;
+    if (staging_group_->segment_holding(slot)) staging_ = slot;
+  }
+  return staging_;
 }
 
 WorkPtr HostCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,

@@ -76,6 +76,11 @@ class HostCommunicator : public Communicator {
   void set_shared_memory_host_key(std::string key);
   /// Whether all_reduce on `t` goes through shared memory (t lies in a segment of this group).
   bool in_shared_memory(const Tensor& t);
+  /// Whether all-reduces of other tensors of up to kStagedAllReduceBytes are copied through a
+  /// shared-memory slot of this communicator (backends that opt in, when ranks share memory;
+  /// decided inside the first such all-reduce). Read it after a wait().
+  bool stages_small_all_reduces() const { return staging_.defined(); }
+  static constexpr size_t kStagedAllReduceBytes = 64 << 10;
 
   /// The sequence number the next collective will get (1 for the first).
   uint64_t next_sequence() const { return sequence_ + 1; }
@@ -98,6 +103,10 @@ class HostCommunicator : public Communicator {
   /// DTRAIN_SHARED_MEMORY_MAX_MB says otherwise: a backend whose own large all-reduce serves
   /// training better says so here.
   virtual double shared_memory_default_max_bytes() const { return 1e18; }
+  /// Backends whose own small all-reduce costs far more than a round through shared memory (a
+  /// socket round trip, say) opt in here: all-reduces of up to kStagedAllReduceBytes then copy
+  /// the tensor into a shared slot, reduce it there and copy it back.
+  virtual bool small_all_reduces_through_shared_memory() const { return false; }
 
   // Blocking primitives, run one at a time in issue order on the worker thread or on a thread
   // waiting for their Work. kAvg never reaches them (the
@@ -128,6 +137,10 @@ class HostCommunicator : public Communicator {
   bool may_run_inline(const CollectiveInfo& info, bool caller_waits) const;
   /// all_reduce and all_reduce_now: the checks, the sequence number and the task.
   WorkPtr issue_all_reduce(Tensor& t, const AllReduceOptions& opts, bool caller_waits);
+  /// The shared slot small all-reduces are staged through (undefined without one), run inside the
+  /// all-reduce `info`: the first call negotiates it with the blocking primitives, so its errors
+  /// and timeout are that all-reduce's.
+  Tensor staging_slot(const CollectiveInfo& info, Timeout timeout);
   /// The debug check: every rank's call, compared; throws listing them when they differ.
   void verify_same_call(const CollectiveInfo& info, Timeout timeout);
   CollectiveInfo make_info(std::string kind, const Tensor& t);
@@ -143,6 +156,12 @@ class HostCommunicator : public Communicator {
   bool debug_checks_ = false;
   // Who shares memory, the segments, and their all-reduce (its ring runs over run_send/run_recv).
   std::unique_ptr<SharedMemoryGroup> shared_memory_;
+  // The staging slot's own group, used only by the thread running collectives (run_mu_).
+  std::unique_ptr<SharedMemoryGroup> staging_group_;
+  Tensor staging_;
+  bool staging_negotiated_ = false;
+  const CollectiveInfo* staging_info_ = nullptr;  // the all-reduce negotiating the slot
+  Timeout staging_timeout_{};
   std::mutex mu_;
   std::mutex run_mu_;  // held while a collective runs: one at a time, in issue order
   std::condition_variable cv_;

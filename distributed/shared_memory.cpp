@@ -38,6 +38,7 @@ namespace dtrain::dist {
 /// One cache line per rank, so ranks spinning on each other's flags do not share lines.
 struct alignas(64) SharedSegment::Flags {
   std::atomic<uint64_t> counter;  // 2 steps per collective: entered it, left it
+  std::atomic<uint64_t> call;     // the collective entered last: count | dtype << 48 | op << 56
   int32_t pid;                    // for the liveness check while waiting
 };
 
@@ -217,6 +218,33 @@ void SharedSegment::raise_flag() {
   if (bell.sleepers.load(std::memory_order_seq_cst) > 0) futex_wake_all(bell.wake);
 }
 
+void SharedSegment::enter(int64_t count, DType dtype, ReduceOp op, const CollectiveInfo& info,
+                          Timeout timeout, std::chrono::microseconds spin) {
+  const auto pack = [](int64_t n, DType d, ReduceOp o) {
+    return static_cast<uint64_t>(n) | static_cast<uint64_t>(d) << 48 |
+           static_cast<uint64_t>(o) << 56;
+  };
+  const uint64_t mine = pack(count, dtype, op);
+  flags(rank_)->call.store(mine, std::memory_order_relaxed);  // published by raise_flag
+  raise_flag();
+  wait_for_all(counter_, "enter", info, timeout, spin);
+  bool same = true;
+  for (int r = 0; r < ranks_; ++r) same = same && flags(r)->call.load() == mine;
+  if (same) return;
+  std::ostringstream calls;
+  for (int r = 0; r < ranks_; ++r) {
+    const uint64_t c = flags(r)->call.load();
+    calls << "\n  rank " << name_of(r) << ": "
+          << reduce_op_name(static_cast<ReduceOp>(c >> 56 & 0xff)) << " of "
+          << (c & ((uint64_t{1} << 48) - 1)) << " "
+          << dtype_name(static_cast<DType>(c >> 48 & 0xff));
+  }
+  DTRAIN_THROW(DistError, "shared memory: rank ", name_of(rank_), " in ", info.describe(),
+               ": the ranks issued different collectives:", calls.str(),
+               "\nEvery rank must call the same collectives in the same order; "
+               "DTRAIN_DISTRIBUTED_DEBUG=1 lists each call");
+}
+
 SharedSegment::SharedSegment(std::string name, int ranks, size_t slot_bytes, int rank, void* base,
                              size_t mapped)
     : name_(std::move(name)),
@@ -394,8 +422,7 @@ void SharedSegment::all_reduce_across_hosts(size_t offset, int64_t count, DType 
                                             std::chrono::microseconds spin) {
   // 1. every input written; 2. this host's sum in slot 0; 3. slot 0 holds every host's result;
   // 4. every rank copied it (slot 0's owner may then write its next input).
-  raise_flag();
-  wait_for_all(counter_, "enter", info, timeout, spin);
+  enter(count, dtype, op, info, timeout, spin);
   if (ranks_ > 1) reduce_my_chunk(offset, count, dtype, op, /*sum_only=*/true, /*into_all=*/false);
   raise_flag();
   wait_for_all(counter_, "reduce its share of", info, timeout, spin);
@@ -421,8 +448,7 @@ void SharedSegment::all_reduce(size_t offset, int64_t count, DType dtype, Reduce
   //     less, measured);
   //  3. raise my flag ("left") and wait for every rank's: all chunks are reduced, so each slot
   //     holds the whole result and its owner may use it (and write the next step's input).
-  raise_flag();
-  wait_for_all(counter_, "enter", info, timeout, spin);
+  enter(count, dtype, op, info, timeout, spin);
 
   reduce_my_chunk(offset, count, dtype, op, /*sum_only=*/false, /*into_all=*/true);
 

@@ -111,6 +111,11 @@ class SharedSegment {
                        bool into_all);
   /// Advances this rank's flag and rings the doorbell for ranks sleeping on it.
   void raise_flag();
+  /// Step 1 of every collective: publishes this rank's call (count, dtype, op), raises the flag,
+  /// waits for every rank's, and throws DistError listing the calls when they differ (the ranks
+  /// issued different collectives: reducing would mix unrelated data).
+  void enter(int64_t count, DType dtype, ReduceOp op, const CollectiveInfo& info, Timeout timeout,
+             std::chrono::microseconds spin);
 
   std::string name_;
   const int ranks_;

@@ -12,8 +12,23 @@
 
 namespace dtrain::dist {
 
-SharedMemoryGroup::SharedMemoryGroup(Communicator& owner, Send send, Recv recv)
-    : owner_(owner), send_(std::move(send)), recv_(std::move(recv)) {}
+SharedMemoryGroup::SharedMemoryGroup(Communicator& owner, Send send, Recv recv,
+                                     Negotiation negotiation)
+    : owner_(owner),
+      send_(std::move(send)),
+      recv_(std::move(recv)),
+      negotiation_(std::move(negotiation)) {
+  if (!negotiation_.all_gather) {
+    negotiation_.all_gather = [this](const Tensor& in, Tensor& out) {
+      owner_.all_gather(in, out)->wait();
+    };
+  }
+  if (!negotiation_.all_reduce_min) {
+    negotiation_.all_reduce_min = [this](Tensor& t) {
+      owner_.all_reduce(t, {ReduceOp::kMin})->wait();
+    };
+  }
+}
 
 std::shared_ptr<SharedSegment> SharedMemoryGroup::segment_holding(const Tensor& t) {
   for (const auto& weak : segments_) {
@@ -33,7 +48,7 @@ void SharedMemoryGroup::decide(double default_max_bytes, bool verbose) {
       static_cast<int64_t>(fnv1a(host_key_.empty() ? host_identity() : host_key_));
   mine.data<int64_t>()[1] = static_cast<int64_t>(fnv1a(settings));
   Tensor all({2 * size}, DType::kInt64);
-  owner_.all_gather(mine, all)->wait();
+  negotiation_.all_gather(mine, all);
   const int64_t* row = all.data<int64_t>();
   bool same_settings = true;
   for (int r = 0; r < size; ++r) {
@@ -95,7 +110,7 @@ Tensor SharedMemoryGroup::allocate(int64_t numel, DType dtype, double default_ma
     words[3] = segment ? static_cast<int64_t>(name.nonce) : 0;
   }
   Tensor ids({kWords * owner_.size()}, DType::kInt64);
-  owner_.all_gather(id, ids)->wait();
+  negotiation_.all_gather(id, ids);
   if (rank != leader) {
     const int64_t* theirs = ids.data<int64_t>() + kWords * leader;
     if (theirs[3] != 0) {
@@ -110,7 +125,7 @@ Tensor SharedMemoryGroup::allocate(int64_t numel, DType dtype, double default_ma
     }
   }
   Tensor mapped = full({1}, segment ? 1.0 : 0.0, DType::kInt32);
-  owner_.all_reduce(mapped, {ReduceOp::kMin})->wait();
+  negotiation_.all_reduce_min(mapped);
   if (segment) segment->unlink();
   if (mapped.data<int32_t>()[0] == 0) {
     if (!why.empty()) {

@@ -19,7 +19,8 @@ namespace dtrain::dist {
 
 /// Owned by one communicator (its owner) and used through it only. allocate() runs on the
 /// owner's issuing thread and negotiates through the owner's public collectives, so every rank's
-/// negotiation takes the same sequence numbers as any other call. all_reduce() runs inside one of
+/// negotiation takes the same sequence numbers as any other call (or, given a Negotiation, inside
+/// one of the owner's collectives with its blocking primitives). all_reduce() runs inside one of
 /// the owner's collectives, on the thread running it, and reaches other hosts through the owner's
 /// blocking send and receive (which that thread may call while the collective runs).
 class SharedMemoryGroup {
@@ -30,8 +31,15 @@ class SharedMemoryGroup {
   using Recv = std::function<void(Tensor& t, int peer, int tag, const CollectiveInfo& info,
                                   Timeout timeout)>;
 
+  /// How allocate() reaches the other ranks: an all-gather, and an all-reduce to the minimum of
+  /// an int32; both blocking. Default: the owner's public collectives, waited for.
+  struct Negotiation {
+    std::function<void(const Tensor& in, Tensor& out)> all_gather;
+    std::function<void(Tensor& t)> all_reduce_min;
+  };
+
   /// `owner` must outlive this; nothing is called on it before the first allocate().
-  SharedMemoryGroup(Communicator& owner, Send send, Recv recv);
+  SharedMemoryGroup(Communicator& owner, Send send, Recv recv, Negotiation negotiation = {});
 
   /// allocate_symmetric's body (arguments already checked). The first call decides which ranks
   /// share memory (collective: an all_gather); each call then negotiates one segment per host (an
@@ -67,6 +75,7 @@ class SharedMemoryGroup {
   Communicator& owner_;
   Send send_;
   Recv recv_;
+  Negotiation negotiation_;
   enum class Mode { kUndecided, kOff, kOneHost, kPerHost };
   Mode mode_ = Mode::kUndecided;
   std::string host_key_;           // "" : host_identity()

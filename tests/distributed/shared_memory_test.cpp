@@ -24,6 +24,7 @@
 
 #include "collective_cases.h"
 #include "dtrain/distributed/backends/local/local_communicator.h"
+#include "dtrain/tensor/ops.h"
 #include "tcp_ranks.h"
 
 namespace dtrain {
@@ -117,6 +118,110 @@ TEST(SharedMemory, ARankThatDoesNotArriveIsNamedAfterTheTimeout) {
       ADD_FAILURE() << "the all-reduce completed without rank 1";
     } catch (const TimeoutError& e) {
       EXPECT_THAT(e.message(), HasSubstr("shared memory: rank 0 in collective #"));
+      EXPECT_THAT(e.message(), HasSubstr("rank(s) 1 did not enter it within 300 ms"));
+    }
+    reported.set_value();
+  });
+}
+
+// tcp all-reduces of ordinary tensors up to 64 KiB are copied through a shared slot.
+
+TEST(StagedAllReduce, SmallOrdinaryTensorsReduceInASharedSlotBitIdenticalToTheLocalBackend) {
+  const int64_t count = 1000;
+  for (int world : {2, 3, 4}) {
+    std::vector<Tensor> staged(world), local(world);
+    for_each_tcp_rank(world, [&](HostCommunicator& c) {
+      EXPECT_FALSE(c.stages_small_all_reduces()) << "before the first all-reduce";
+      Tensor a = random_input(c.rank(), count), b = random_input(c.rank() + 10, count);
+      Tensor n = full({3}, static_cast<double>(c.rank()), DType::kInt64);
+      // Two issued before either is waited for: they take turns in the one slot.
+      auto wa = c.all_reduce(a, {ReduceOp::kAvg});
+      auto wb = c.all_reduce(b, {ReduceOp::kSum});
+      wa->wait();
+      wb->wait();
+      c.all_reduce_now(n, {ReduceOp::kMax});
+      EXPECT_TRUE(c.stages_small_all_reduces()) << "rank " << c.rank() << " of " << world;
+      EXPECT_EQ(n.to_vector<int64_t>(), std::vector<int64_t>(3, world - 1));
+      staged[c.rank()] = ops::cat({a, b}, 0);
+    });
+    auto comms = dist::make_local_group(world);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        Tensor a = random_input(r, count), b = random_input(r + 10, count);
+        comms[r]->all_reduce(a, {ReduceOp::kAvg})->wait();
+        comms[r]->all_reduce(b, {ReduceOp::kSum})->wait();
+        local[r] = ops::cat({a, b}, 0);
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int r = 0; r < world; ++r) {
+      EXPECT_EQ(std::memcmp(staged[r].data_ptr(), local[0].data_ptr(), local[0].nbytes()), 0)
+          << "rank " << r << " of " << world << " differs from the local backend";
+    }
+  }
+}
+
+TEST(StagedAllReduce, TensorsAbove64KiBGoThroughTheBackendAndNegotiateNoSlot) {
+  for_each_tcp_rank(2, [](HostCommunicator& c) {
+    const int64_t limit = HostCommunicator::kStagedAllReduceBytes / 4;
+    Tensor large = full({limit + 1}, 1.0);
+    c.all_reduce(large)->wait();
+    EXPECT_FALSE(c.stages_small_all_reduces());
+    EXPECT_EQ(large.to_vector<float>()[limit], 2.0f);
+    Tensor largest_staged = full({limit}, 2.0);
+    c.all_reduce(largest_staged)->wait();
+    EXPECT_TRUE(c.stages_small_all_reduces());
+    EXPECT_EQ(largest_staged.to_vector<float>()[limit - 1], 4.0f);
+  });
+}
+
+TEST(StagedAllReduce, DtrainSharedMemory0KeepsSmallAllReducesOnTheBackend) {
+  setenv("DTRAIN_SHARED_MEMORY", "0", 1);
+  for_each_tcp_rank(3, [](HostCommunicator& c) {
+    Tensor t = full({10}, static_cast<double>(c.rank() + 1));
+    c.all_reduce(t)->wait();
+    EXPECT_FALSE(c.stages_small_all_reduces());
+    EXPECT_EQ(t.to_vector<float>()[9], 6.0f);
+  });
+  unsetenv("DTRAIN_SHARED_MEMORY");
+}
+
+TEST(StagedAllReduce, DifferentSizesAreReportedInsteadOfMixingData) {
+  std::vector<std::string> errors(2);
+  for_each_tcp_rank(2, [&](HostCommunicator& c) {
+    Tensor first({4});
+    c.all_reduce(first)->wait();  // negotiates the slot
+    Tensor t({c.rank() == 0 ? 8 : 9});
+    try {
+      c.all_reduce(t)->wait();
+    } catch (const DistError& e) {
+      errors[c.rank()] = e.message();
+    }
+  });
+  for (int r : {0, 1}) {
+    EXPECT_THAT(errors[r], HasSubstr("the ranks issued different collectives"));
+    EXPECT_THAT(errors[r], HasSubstr("rank 0: sum of 8 float32"));
+    EXPECT_THAT(errors[r], HasSubstr("rank 1: sum of 9 float32"));
+  }
+}
+
+TEST(StagedAllReduce, ARankThatDoesNotArriveIsNamedWithTheCollective) {
+  std::promise<void> reported;
+  std::shared_future<void> done = reported.get_future().share();
+  for_each_tcp_rank(2, [&](HostCommunicator& c) {
+    Tensor t({16});
+    c.all_reduce(t)->wait();
+    ASSERT_TRUE(c.stages_small_all_reduces());
+    if (c.rank() == 1) {
+      done.wait();  // stays alive, but never joins the second all-reduce
+      return;
+    }
+    try {
+      c.all_reduce(t, {ReduceOp::kSum, std::chrono::milliseconds(300)})->wait();
+      ADD_FAILURE() << "the all-reduce completed without rank 1";
+    } catch (const TimeoutError& e) {
+      EXPECT_THAT(e.message(), HasSubstr("shared memory: rank 0 in collective #2 all_reduce(sum)"));
       EXPECT_THAT(e.message(), HasSubstr("rank(s) 1 did not enter it within 300 ms"));
     }
     reported.set_value();
@@ -260,7 +365,9 @@ TEST(SharedMemory, ANameLeftByARankKilledDuringSetUpIsRemovedByTheRestartedSetUp
     dist::TcpCommunicator comm(store.client(), 1, 2);
     Tensor first = comm.allocate_symmetric(64, DType::kFloat32);
     ASSERT_TRUE(comm.in_shared_memory(first));
-    // Rank 0's first name was created before its second: the second is the one it waits on.
+    // Rank 0's first buffer's name and its small all-reduces' staging slot (negotiated inside the
+    // first allocation's own all-reduce) come before the second buffer's: the third is the one
+    // it waits on.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     int seen = 0;
     while (name.empty()) {
@@ -278,7 +385,7 @@ TEST(SharedMemory, ANameLeftByARankKilledDuringSetUpIsRemovedByTheRestartedSetUp
         at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
         if (event->len == 0) continue;
         const std::optional<SegmentName> parsed = SegmentName::parse(event->name);
-        if (parsed && parsed->pid == child && ++seen == 2) name = "/" + std::string(event->name);
+        if (parsed && parsed->pid == child && ++seen == 3) name = "/" + std::string(event->name);
       }
     }
     // Rank 0 is alive and waiting, so its name is there (and no sweep may remove it).
@@ -377,6 +484,19 @@ TEST(SharedMemoryAcrossHosts, RanksAllOnDifferentHostsShareNothing) {
     c.all_reduce(t)->wait();
     EXPECT_EQ(t.to_vector<float>()[99], 3.0f);
   });
+}
+
+TEST(SharedMemoryAcrossHosts, SmallOrdinaryTensorsAreStagedPerHostAndExact) {
+  for (const std::string hosts : {"aabb", "abab", "aab", "abc"}) {
+    SCOPED_TRACE("hosts " + hosts);
+    const int world = static_cast<int>(hosts.size());
+    for_each_rank_on_hosts(hosts, [&](HostCommunicator& c) {
+      Tensor t = full({100}, static_cast<double>(c.rank() + 1));
+      c.all_reduce(t)->wait();
+      EXPECT_EQ(t.to_vector<float>()[99], static_cast<float>(world * (world + 1) / 2));
+      EXPECT_EQ(c.stages_small_all_reduces(), hosts != "abc") << "rank " << c.rank();
+    });
+  }
 }
 
 TEST(SharedMemoryAcrossHosts, ALateRankIsNamedByItsRankInTheGroup) {
