@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cpu/permute_copy.h"
 #include "dtrain/tensor/cpu/philox_fill.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/dispatch.h"
@@ -474,7 +475,11 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& dims) {
     index.a_stride[i] = in_stride[perm[i]];
   }
   Tensor out(out_shape, x.dtype(), x.device());
-  gather_elements(x, out, index);
+  if (x.device().is_cpu()) {
+    cpu::permute_copy(x.data_ptr(), out.data_ptr(), x.shape(), perm, dtype_size(x.dtype()));
+  } else {
+    gather_elements(x, out, index);
+  }
   return out;
 }
 

@@ -441,6 +441,47 @@ TEST(Permute, MovesDimsByIndexMath) {
   EXPECT_TRUE(testutil::bit_equal(ops::permute(ops::permute(big, {2, 0, 1}), {1, 2, 0}), big));
 }
 
+TEST(Permute, RunsTransposesAndMergedDimsMatchIndexMathForEveryElementSize) {
+  // Runs of the innermost dim (attention's head split and merge), tiled transposes larger and
+  // smaller than a tile, the contiguous dim landing in the middle, and size-1 dims anywhere.
+  const std::vector<std::pair<Shape, std::vector<int64_t>>> cases = {
+      {{2, 5, 3, 4, 6}, {2, 0, 3, 1, 4}},
+      {{2, 4, 5, 6}, {0, 2, 1, 3}},
+      {{3, 37, 21}, {0, 2, 1}},
+      {{2, 3, 5, 7}, {0, 1, 3, 2}},
+      {{4, 5, 6}, {2, 0, 1}},
+      {{5, 1, 7, 3}, {3, 1, 2, 0}},
+      {{1, 9, 1}, {2, 1, 0}},
+      {{6, 4, 3}, {1, 2, 0}},
+      {{33, 17}, {1, 0}},
+      {{2, 3, 4}, {0, 1, 2}},
+      {{7}, {0}},
+      {{3, 0, 2}, {2, 1, 0}}};
+  for (const auto& [shape, perm] : cases) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    std::vector<int64_t> values(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) values[i] = (i * 7919) % 251;  // fits every dtype exactly
+    const Tensor x = from_vector<int64_t>(values, shape);
+    const int64_t nd = static_cast<int64_t>(shape.size());
+    Shape out_shape(nd);
+    for (int64_t k = 0; k < nd; ++k) out_shape[k] = shape[perm[k]];
+    std::vector<int64_t> want(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const auto out_idx = testref::unravel(i, out_shape);
+      std::vector<int64_t> in_idx(nd);
+      for (int64_t k = 0; k < nd; ++k) in_idx[perm[k]] = out_idx[k];
+      want[i] = values[testref::ravel(in_idx, shape)];
+    }
+    for (DType dtype : {DType::kUInt8, DType::kFloat16, DType::kFloat32, DType::kInt64}) {
+      const Tensor got = ops::permute(to_dtype(x, dtype), perm);
+      ASSERT_EQ(got.shape(), out_shape);
+      EXPECT_TRUE(testutil::bit_equal(got, to_dtype(from_vector<int64_t>(want, out_shape), dtype)))
+          << shape_str(shape) << " permuted by " << shape_str(perm) << " as " << dtype_name(dtype);
+    }
+  }
+}
+
 TEST(Transpose, SwapsTwoDims) {
   Tensor x = random_tensor({3, 4, 5}, 110);
   const auto vx = x.to_vector<float>();
