@@ -49,10 +49,15 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
   const Tensor q = reshape(slice(heads, 0, 0, 1), per_head);
   const Tensor k = reshape(slice(heads, 0, 1, 2), per_head);
   const Tensor v = reshape(slice(heads, 0, 2, 3), per_head);
+  // The scale goes on q ([N, H, T, hd]) rather than on the scores ([N, H, T, T]): a quarter of the
+  // elements at T = 4 hd.
   const Tensor scores =
-      mul(matmul(q, transpose(k, -2, -1)), 1.0 / std::sqrt(static_cast<double>(head_dim)));
-  const Tensor probs =
-      attn_drop->forward(softmax(add(scores, causal_mask(t, x.dtype(), x.device())), -1));
+      matmul(mul(q, 1.0 / std::sqrt(static_cast<double>(head_dim))), transpose(k, -2, -1));
+  if (!mask_.defined() || mask_.size(0) != t || mask_.dtype() != x.dtype() ||
+      mask_.device() != x.device()) {
+    mask_ = causal_mask(t, x.dtype(), x.device());
+  }
+  const Tensor probs = attn_drop->forward(softmax(add(scores, mask_), -1));
   const Tensor y = permute(matmul(probs, v), {0, 2, 1, 3});  // [N, T, H, hd]
   return proj->forward(reshape(y, {n, t, dim_}));
 }

@@ -26,6 +26,7 @@ class CausalSelfAttention : public Module {
   int64_t dim_, heads_;
   double dropout_;
   uint64_t seed_;
+  Tensor mask_;  // the last causal mask built ([T, T], 0 / -inf), reused while T stays
 };
 
 /// GPT-style pre-norm block: x = x + attn(ln1(x)); x = x + fc2(gelu(fc1(ln2(x)))).

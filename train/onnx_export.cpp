@@ -188,11 +188,10 @@ class GraphBuilder {
     const std::string q = part(0, "q"), k = part(1, "k"), v = part(2, "v");  // [N, H, T, hd]
     onnx::NodeProto& kt = add_node("Transpose", {k}, path + ".kt");
     ints_attribute(kt, "perm", {0, 1, 3, 2});
-    const std::string scores =
-        node("Mul",
-             {node("MatMul", {q, kt.output(0)}, path + ".qk"),
-              scalar(path + ".scale", 1.0 / std::sqrt(static_cast<double>(head_dim)))},
-             path + ".scores");
+    const std::string q_scaled =
+        node("Mul", {q, scalar(path + ".scale", 1.0 / std::sqrt(static_cast<double>(head_dim)))},
+             path + ".q_scaled");
+    const std::string scores = node("MatMul", {q_scaled, kt.output(0)}, path + ".scores");
     // Positions after t get -inf, the others keep their score (dtrain adds 0 there).
     const std::string shape = node("Shape", {scores}, path + ".scores_shape");
     const std::string tt = node(
