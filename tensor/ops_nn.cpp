@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "dtrain/tensor/cpu/layer_norm_cpu.h"
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cpu/permute_copy.h"
 #include "dtrain/tensor/cpu/philox_fill.h"
@@ -197,6 +198,12 @@ std::pair<Tensor, NormStats> layer_norm(const Tensor& x, int64_t group, const Te
   const int64_t rows = x.numel() / group;
   Tensor y(x.shape(), x.dtype(), x.device());
   NormStats st{Tensor({rows}, x.dtype(), x.device()), Tensor({rows}, x.dtype(), x.device())};
+  if (x.device().is_cpu() && x.dtype() == DType::kFloat32) {
+    cpu::layer_norm_rows(x.data<float>(), weight.defined() ? weight.data<float>() : nullptr,
+                         bias.defined() ? bias.data<float>() : nullptr, y.data<float>(),
+                         st.mean.data<float>(), st.rstd.data<float>(), rows, group, eps);
+    return {y, st};
+  }
   detail::dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(x.device(), rows,
@@ -215,6 +222,13 @@ std::vector<Tensor> layer_norm_backward(const Tensor& gy, const Tensor& x, const
   const int64_t rows = x.numel() / group;
   Tensor dx(x.shape(), x.dtype(), x.device());
   Tensor dw({group}, x.dtype(), x.device()), db({group}, x.dtype(), x.device());
+  if (x.device().is_cpu() && x.dtype() == DType::kFloat32) {
+    cpu::layer_norm_backward_rows(x.data<float>(), gy.data<float>(),
+                                  weight.defined() ? weight.data<float>() : nullptr,
+                                  st.mean.data<float>(), st.rstd.data<float>(), dx.data<float>(),
+                                  dw.data<float>(), db.data<float>(), rows, group);
+    return {dx, dw, db};
+  }
   detail::dispatch_floating(x.dtype(), "layer_norm backward", [&](auto tag) {
     using T = decltype(tag);
     run_kernel(x.device(), rows,

@@ -18,6 +18,7 @@ using testref::tensor_of;
 using testutil::all_close;
 
 constexpr DType kF64 = DType::kFloat64;
+constexpr DType kF32 = DType::kFloat32;
 
 /// Calls f(base, stride) for every line of x along dim, where element k of the line is at
 /// base + k * stride.
@@ -205,6 +206,32 @@ TEST(LayerNorm, BackwardMatchesCentralDifferences) {
   EXPECT_TRUE(all_close(grads[2], numeric_grad([&](const Tensor& t) { return loss(x, w, t); }, b),
                         1e-6, 1e-8))
       << "dbias";
+}
+
+TEST(LayerNorm, Float32RowsAndParameterGradientsMatchFloat64) {
+  // The CPU's float32 path (vectorised sums, gradients accumulated across columns) against the
+  // float64 path, on widths with and without a vector tail and enough rows for several threads.
+  for (int64_t group : {37, 128}) {
+    for (bool affine : {false, true}) {
+      const int64_t rows = 600;
+      Tensor x = random_tensor({rows, group}, 27, -2, 3, kF64);
+      Tensor w = affine ? random_tensor({group}, 28, 0.5, 1.5, kF64) : Tensor();
+      Tensor b = affine ? random_tensor({group}, 29, -1, 1, kF64) : Tensor();
+      Tensor gy = random_tensor({rows, group}, 30, -1, 1, kF64);
+      const auto f32 = [](const Tensor& t) { return t.defined() ? to_dtype(t, kF32) : Tensor(); };
+      auto [y64, st64] = ops::layer_norm(x, group, w, b, 1e-5);
+      auto [y32, st32] = ops::layer_norm(f32(x), group, f32(w), f32(b), 1e-5);
+      const std::string where =
+          "group " + std::to_string(group) + (affine ? " affine" : " no affine");
+      EXPECT_TRUE(all_close(to_dtype(y32, kF64), y64, 1e-5, 1e-5)) << where;
+      EXPECT_TRUE(all_close(to_dtype(st32.rstd, kF64), st64.rstd, 1e-5, 1e-6)) << where;
+      const auto g64 = ops::layer_norm_backward(gy, x, st64, w, group);
+      const auto g32 = ops::layer_norm_backward(f32(gy), f32(x), st32, f32(w), group);
+      EXPECT_TRUE(all_close(to_dtype(g32[0], kF64), g64[0], 1e-4, 1e-5)) << "dx, " << where;
+      EXPECT_TRUE(all_close(to_dtype(g32[1], kF64), g64[1], 1e-4, 1e-3)) << "dw, " << where;
+      EXPECT_TRUE(all_close(to_dtype(g32[2], kF64), g64[2], 1e-4, 1e-3)) << "db, " << where;
+    }
+  }
 }
 
 // ---- batch norm -----------------------------------------------------------------------------
