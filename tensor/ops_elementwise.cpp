@@ -2,8 +2,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cpu/vec_math.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/kernels_nn.h"
@@ -161,6 +163,13 @@ Tensor unary(Unary op, const Tensor& x, kernels::UnaryParams params) {
         for (int64_t i = s; i < e; ++i) out[i] = f(in[i]);
       });
     };
+    if constexpr (std::is_same_v<T, float>) {
+      if (op == Unary::kGelu) {  // vector erf: libm's erff per element is the slow part
+        cpu::parallel_for(x.numel(),
+                          [&](int64_t s, int64_t e) { cpu::gelu_f32(in + s, out + s, e - s); });
+        return;
+      }
+    }
     if (op == Unary::kRelu) {
       loop([](T v) { return v > T(0) ? v : T(0); });
     } else if (op == Unary::kNeg) {
@@ -195,6 +204,17 @@ Tensor binary(Binary op, const Tensor& a, const Tensor& b) {
   }
   detail::dispatch_numeric(a.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float>) {
+      if (op == Binary::kGeluBackward && a.shape() == b.shape()) {  // vector erf and exp
+        const float* pa = a.data<float>();
+        const float* pb = b.data<float>();
+        float* po = out.data<float>();
+        cpu::parallel_for(out.numel(), [&](int64_t s, int64_t e) {
+          cpu::gelu_backward_f32(pa + s, pb + s, po + s, e - s);
+        });
+        return;
+      }
+    }
     if (cmp) {
       binary_cpu<T, bool>(op, a.data<T>(), b.data<T>(), out.data<bool>(), out_shape, a.shape(),
                           b.shape());

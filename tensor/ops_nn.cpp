@@ -2,11 +2,13 @@
 // dropout: functors from tensor/kernels_nn.h run on the CPU or CUDA.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "dtrain/tensor/cpu/layer_norm_cpu.h"
 #include "dtrain/tensor/cpu/parallel.h"
 #include "dtrain/tensor/cpu/permute_copy.h"
 #include "dtrain/tensor/cpu/philox_fill.h"
+#include "dtrain/tensor/cpu/vec_math.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
 #include "dtrain/tensor/dispatch.h"
 #include "dtrain/tensor/kernels_nn.h"
@@ -36,6 +38,16 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   Tensor y(x.shape(), x.dtype(), x.device());
   detail::dispatch_floating(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float>) {
+      if (x.device().is_cpu() && s.inner == 1) {  // contiguous rows: vector exp, one exp each
+        const float* px = x.data_ptr<float>();
+        float* py = y.data_ptr<float>();
+        cpu::parallel_for(s.outer, kLineGrain, [&](int64_t b, int64_t e) {
+          cpu::softmax_rows_f32(px + b * s.r, py + b * s.r, e - b, s.r, log);
+        });
+        return;
+      }
+    }
     const kernels::SoftmaxLines<T> k{x.data_ptr<T>(), y.data_ptr<T>(), s.r, s.inner, log};
     if (use_line_blocks(x.device(), s)) {
       cuda::softmax_rows(k, s.outer, x.device().index);
@@ -53,6 +65,17 @@ Tensor softmax_backward_impl(const Tensor& y, const Tensor& gy, int64_t dim, boo
   Tensor dx(y.shape(), y.dtype(), y.device());
   detail::dispatch_floating(y.dtype(), "softmax backward", [&](auto tag) {
     using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float>) {
+      if (y.device().is_cpu() && s.inner == 1) {
+        const float* py = y.data_ptr<float>();
+        const float* pg = gy.data_ptr<float>();
+        float* pd = dx.data_ptr<float>();
+        cpu::parallel_for(s.outer, kLineGrain, [&](int64_t b, int64_t e) {
+          cpu::softmax_backward_rows_f32(py + b * s.r, pg + b * s.r, pd + b * s.r, e - b, s.r, log);
+        });
+        return;
+      }
+    }
     const kernels::SoftmaxBackwardLines<T> k{
         y.data_ptr<T>(), gy.data_ptr<T>(), dx.data_ptr<T>(), s.r, s.inner, log};
     if (use_line_blocks(y.device(), s)) {

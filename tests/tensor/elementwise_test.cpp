@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
+#include <random>
 
+#include "dtrain/tensor/cpu/vec_math.h"
 #include "dtrain/tensor/ops.h"
 #include "reference.h"
 #include "testutil.h"
@@ -353,6 +356,227 @@ TEST(AllFinite, DetectsNanAndInf) {
   t.data<float>()[500] = std::nanf("");
   EXPECT_FALSE(ops::all_finite(t));
   EXPECT_TRUE(ops::all_finite(from_vector(std::vector<int64_t>{1, 2})));
+}
+
+// The float32 fast paths (tensor/cpu/vec_math.h) against double-precision std:: references.
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+/// Counts the entries outside |got - ref| <= abs_tol + rel_tol |ref| (NaN must match NaN, an
+/// infinite reference the same infinity) and describes the worst one.
+struct Mismatches {
+  int64_t count = 0;
+  double worst = 0;
+  std::string where;
+  void check(double x, double got, double ref, double rel_tol, double abs_tol) {
+    bool ok;
+    double excess = 0;
+    if (std::isnan(ref) || std::isinf(ref)) {
+      ok = std::isnan(ref) ? std::isnan(got) : got == ref;
+      excess = ok ? 0 : 1;
+    } else {
+      const double tol = abs_tol + rel_tol * std::fabs(ref);
+      excess = std::isnan(got) ? 1e300 : std::fabs(got - ref) / tol;
+      ok = excess <= 1;
+    }
+    if (ok) return;
+    ++count;
+    if (excess > worst || where.empty()) {
+      worst = excess;
+      where = "x " + std::to_string(x) + ": got " + std::to_string(got) + ", want " +
+              std::to_string(ref);
+    }
+  }
+};
+
+/// A dense grid over [lo, hi] with a length that is not a multiple of 16, then `extra`.
+std::vector<float> grid_with(double lo, double hi, int64_t n, const std::vector<float>& extra) {
+  std::vector<float> v;
+  for (int64_t i = 0; i < n; ++i) v.push_back(static_cast<float>(lo + (hi - lo) * i / (n - 1)));
+  v.insert(v.end(), extra.begin(), extra.end());
+  return v;
+}
+
+TEST(VecMath, ExpMatchesDoubleOverWideRange) {
+  const std::vector<float> x =
+      grid_with(-120, 100, 30011,
+                {-kInf, kInf, std::nanf(""), 0.f, -0.f, 1e-30f, -1e-30f, 88.7f, 88.75f, 89.f, 1e30f,
+                 -87.3f, -100.f, -103.9f, -104.f, -1e30f, 0.34657359f, -0.34657359f, 0.3466f});
+  std::vector<float> y(x.size());
+  cpu::exp_f32(x.data(), y.data(), static_cast<int64_t>(x.size()));
+  Mismatches bad;
+  for (size_t i = 0; i < x.size(); ++i) {
+    double ref = std::exp(static_cast<double>(x[i]));
+    // Beyond the largest float the result must be inf; skip the one-ulp band where the rounding
+    // of a double reference just below FLT_MAX is not decided within 2e-6.
+    if (ref > std::numeric_limits<float>::max() * (1 + 2e-6)) ref = kInf;
+    if (!std::isinf(ref) && ref > std::numeric_limits<float>::max() * (1 - 2e-6)) continue;
+    // 2e-6 relative; 3e-45 absolute is two float denormal steps, for results below 1.2e-38.
+    bad.check(x[i], y[i], ref, 2e-6, 3e-45);
+  }
+  EXPECT_EQ(bad.count, 0) << bad.where;
+  EXPECT_EQ(y[x.size() - 19], 0.f);  // exp(-inf) is exactly 0
+  EXPECT_EQ(y[x.size() - 4], 0.f);   // and so is exp(-1e30)
+}
+
+TEST(VecMath, ErfMatchesDoubleAndIsOdd) {
+  const std::vector<float> x =
+      grid_with(-12, 12, 40009,
+                {-kInf, kInf, std::nanf(""), 0.f, 1e-38f, 1e-20f, 1e-3f, -1e-3f, 0.99999994f, 1.f,
+                 1.0000001f, 3.9999998f, 4.f, 4.0000005f, 1e30f});
+  std::vector<float> neg(x.size()), y(x.size()), y_neg(x.size());
+  for (size_t i = 0; i < x.size(); ++i) neg[i] = -x[i];
+  cpu::erf_f32(x.data(), y.data(), static_cast<int64_t>(x.size()));
+  cpu::erf_f32(neg.data(), y_neg.data(), static_cast<int64_t>(x.size()));
+  Mismatches bad;
+  int64_t not_odd = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    bad.check(x[i], y[i], std::erf(static_cast<double>(x[i])), 2e-6, 1e-7);
+    if (!std::isnan(x[i]) && y_neg[i] != -y[i]) ++not_odd;
+    if (!std::isnan(x[i])) {
+      EXPECT_LE(std::fabs(y[i]), 1.f) << x[i];
+    }
+  }
+  EXPECT_EQ(bad.count, 0) << bad.where;
+  EXPECT_EQ(not_odd, 0);
+  EXPECT_EQ(y[x.size() - 15], -1.f);  // saturates at -inf and inf
+  EXPECT_EQ(y[x.size() - 14], 1.f);
+}
+
+double normal_cdf(double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); }
+double normal_pdf(double x) { return std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI); }
+
+TEST(Unary, GeluFloat32MatchesDoubleOverWideRange) {
+  // 60013 elements: above the parallel grain and not a multiple of 16.
+  const std::vector<float> x = grid_with(-30, 30, 60000,
+                                         {0.f, -0.f, 1e-30f, -1e-30f, 1e30f, -1e30f, -5.6f, -5.7f,
+                                          1.4142135f, -1.4142135f, 5.6568542f, -5.6568542f, 1e-3f});
+  Tensor t = tensor_of(std::vector<double>(x.begin(), x.end()), {static_cast<int64_t>(x.size())});
+  const std::vector<float> y = ops::unary(Unary::kGelu, t).to_vector<float>();
+  Mismatches bad;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double xd = x[i];
+    bad.check(xd, y[i], xd * normal_cdf(xd), 2e-6, 1e-7);
+  }
+  EXPECT_EQ(bad.count, 0) << bad.where;
+}
+
+TEST(Binary, GeluBackwardFloat32MatchesDoubleOverWideRange) {
+  const std::vector<float> x = grid_with(-30, 30, 50000,
+                                         {0.f, 1e-30f, -1e-30f, -0.7518f, 1.4142135f, -1.4142135f,
+                                          5.6568542f, -5.6568542f, 1e30f, -1e30f, 3.f});
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> unit(-1.f, 1.f);
+  std::vector<double> xv(x.begin(), x.end()), gv(x.size());
+  for (double& g : gv) g = unit(rng);
+  const Shape shape{static_cast<int64_t>(x.size())};
+  const std::vector<float> dx =
+      ops::binary(Binary::kGeluBackward, tensor_of(xv, shape), tensor_of(gv, shape))
+          .to_vector<float>();
+  Mismatches bad;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double a = xv[i];
+    const double pdf_term = std::isinf(a * a) ? 0 : a * normal_pdf(a);  // x phi(x) -> 0
+    bad.check(a, dx[i], gv[i] * (normal_cdf(a) + pdf_term), 2e-6, 1e-7);
+  }
+  EXPECT_EQ(bad.count, 0) << bad.where;
+}
+
+/// Rows of scale * uniform(-1, 1) with a causal mask (-inf after column r % cols) on every other
+/// row and row 2 shifted by 1e4.
+std::vector<double> masked_rows(int64_t rows, int64_t cols, double scale, uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<double> unit(-1, 1);
+  std::vector<double> v(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      double e = static_cast<float>(scale * unit(rng));
+      if (r % 2 == 1 && c > r % cols) e = -kInf;
+      if (r == 2) e = static_cast<float>(e + 1e4);  // the float input the op sees
+      v[r * cols + c] = e;
+    }
+  }
+  return v;
+}
+
+TEST(Softmax, Float32LastDimMatchesDoubleWithMaskedEntries) {
+  for (const int64_t cols : {1, 5, 16, 17, 33, 100, 257}) {
+    const int64_t rows = 150;  // above the 64-line grain, so the threaded split runs
+    const std::vector<double> xv = masked_rows(rows, cols, 20, cols);
+    Tensor x = tensor_of(xv, {rows, cols});
+    const std::vector<float> y = ops::softmax(x, -1).to_vector<float>();
+    const std::vector<float> ly = ops::log_softmax(x, 1).to_vector<float>();
+    Mismatches bad, bad_log;
+    int64_t masked_nonzero = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const double* row = xv.data() + r * cols;
+      double mx = row[0];
+      for (int64_t c = 1; c < cols; ++c) mx = std::max(mx, row[c]);
+      double sum = 0;
+      for (int64_t c = 0; c < cols; ++c) sum += std::exp(row[c] - mx);
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t i = r * cols + c;
+        if (std::isinf(row[c])) {
+          masked_nonzero += y[i] != 0.f || ly[i] != -kInf;
+          continue;
+        }
+        bad.check(row[c], y[i], std::exp(row[c] - mx) / sum, 2e-6, 1e-7);
+        // log(sum) of a float sum near 1 is good to its ulp, 1.2e-7: absolute 3e-7.
+        bad_log.check(row[c], ly[i], row[c] - mx - std::log(sum), 2e-6, 3e-7);
+      }
+    }
+    EXPECT_EQ(bad.count, 0) << "cols " << cols << ": " << bad.where;
+    EXPECT_EQ(bad_log.count, 0) << "cols " << cols << ": " << bad_log.where;
+    EXPECT_EQ(masked_nonzero, 0) << "cols " << cols;
+  }
+}
+
+TEST(Softmax, Float32RowOfAllMinusInfGivesNanLikeFloat64) {
+  for (const int64_t cols : {3, 16, 21}) {
+    std::vector<double> xv(2 * cols, -kInf);
+    for (int64_t c = 0; c < cols; ++c) xv[cols + c] = 0.5 * c;
+    for (const DType dtype : {DType::kFloat32, DType::kFloat64}) {
+      Tensor x = tensor_of(xv, {2, cols}, dtype);
+      const std::vector<double> y = ops::softmax(x, 1).to_vector<double>();
+      const std::vector<double> ly = ops::log_softmax(x, 1).to_vector<double>();
+      for (int64_t c = 0; c < cols; ++c) {
+        EXPECT_TRUE(std::isnan(y[c]) && std::isnan(ly[c])) << cols << " " << c;
+        EXPECT_TRUE(std::isfinite(y[cols + c]) && std::isfinite(ly[cols + c])) << cols << " " << c;
+      }
+    }
+  }
+}
+
+TEST(Softmax, Float32LastDimBackwardMatchesDouble) {
+  for (const int64_t cols : {1, 7, 16, 31, 129}) {
+    const int64_t rows = 130;
+    const std::vector<double> xv = masked_rows(rows, cols, 5, 100 + cols);
+    std::mt19937 rng(static_cast<uint32_t>(cols));
+    std::uniform_real_distribution<float> unit(-1.f, 1.f);
+    std::vector<double> gv(rows * cols);
+    for (double& g : gv) g = unit(rng);
+    Tensor x = tensor_of(xv, {rows, cols}), gy = tensor_of(gv, {rows, cols});
+    Tensor y = ops::softmax(x, 1), ly = ops::log_softmax(x, 1);
+    const std::vector<double> yv = y.to_vector<double>(), lyv = ly.to_vector<double>();
+    const std::vector<float> dx = ops::softmax_backward(y, gy, 1).to_vector<float>();
+    const std::vector<float> ldx = ops::log_softmax_backward(ly, gy, 1).to_vector<float>();
+    Mismatches bad, bad_log;
+    for (int64_t r = 0; r < rows; ++r) {
+      double dot = 0, gsum = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        dot += gv[r * cols + c] * yv[r * cols + c];
+        gsum += gv[r * cols + c];
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t i = r * cols + c;
+        bad.check(yv[i], dx[i], yv[i] * (gv[i] - dot), 2e-6, 1e-7);
+        // gsum of up to 129 float gradients carries ~1e-6 of rounding; exp(ly) <= 1 scales it.
+        bad_log.check(lyv[i], ldx[i], gv[i] - std::exp(lyv[i]) * gsum, 2e-6, 2e-6);
+      }
+    }
+    EXPECT_EQ(bad.count, 0) << "cols " << cols << ": " << bad.where;
+    EXPECT_EQ(bad_log.count, 0) << "cols " << cols << ": " << bad_log.where;
+  }
 }
 
 }  // namespace
