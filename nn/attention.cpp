@@ -2,8 +2,14 @@
 #include "dtrain/nn/attention.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#include "dtrain/autograd/node.h"
+#include "dtrain/tensor/cpu/parallel.h"
+#include "dtrain/tensor/cpu/vec_math.h"
+#include "dtrain/tensor/ops.h"
 
 namespace dtrain::nn {
 
@@ -16,6 +22,54 @@ Tensor causal_mask(int64_t t, DType dtype, Device device) {
       values[i * t + j] = -std::numeric_limits<double>::infinity();
   }
   return to_device(to_dtype(from_vector<double>(values, {t, t}), dtype), device);
+}
+
+/// Part `i` of heads [3, N, H, T, hd] (q, k or v) as a view.
+Tensor head_part(const Tensor& heads, int64_t i) {
+  const Shape per_head(heads.shape().begin() + 1, heads.shape().end());
+  const size_t part_bytes = heads.nbytes() / 3;
+  return Tensor(heads.storage(), heads.storage_offset_bytes() + static_cast<size_t>(i) * part_bytes,
+                per_head, heads.dtype());
+}
+
+/// Float32 rows [.., T, T] on the CPU: row i is the softmax of its first i + 1 scores and 0
+/// after them (what adding the causal mask and a full softmax give, without the masked half).
+bool causal_rows_on_cpu(const Tensor& t) {
+  return t.device().is_cpu() && t.dtype() == DType::kFloat32;
+}
+
+Tensor causal_softmax(const Tensor& scores, const Tensor& mask) {
+  if (!causal_rows_on_cpu(scores))
+    return ops::softmax(ops::binary(kernels::Binary::kAdd, scores, mask), -1);
+  const int64_t t = scores.size(-1), rows = scores.numel() / t;
+  Tensor probs(scores.shape(), scores.dtype(), scores.device());
+  const float* in = scores.data<float>();
+  float* out = probs.data<float>();
+  cpu::parallel_for(rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t keep = r % t + 1;
+      cpu::softmax_rows_f32(in + r * t, out + r * t, 1, keep, false);
+      std::memset(out + r * t + keep, 0, static_cast<size_t>(t - keep) * sizeof(float));
+    }
+  });
+  return probs;
+}
+
+Tensor causal_softmax_backward(const Tensor& probs, const Tensor& grad) {
+  if (!causal_rows_on_cpu(probs)) return ops::softmax_backward(probs, grad, -1);
+  const int64_t t = probs.size(-1), rows = probs.numel() / t;
+  Tensor dx(probs.shape(), probs.dtype(), probs.device());
+  const float* y = probs.data<float>();
+  const float* g = grad.data<float>();
+  float* out = dx.data<float>();
+  cpu::parallel_for(rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t keep = r % t + 1;
+      cpu::softmax_backward_rows_f32(y + r * t, g + r * t, out + r * t, 1, keep, false);
+      std::memset(out + r * t + keep, 0, static_cast<size_t>(t - keep) * sizeof(float));
+    }
+  });
+  return dx;
 }
 }  // namespace
 
@@ -42,24 +96,46 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
     DTRAIN_THROW(ValueError, describe(), ": input ", x.describe(), "; expected [N, T, ", dim_, "]");
   }
   const int64_t n = x.size(0), t = x.size(1), head_dim = dim_ / heads_;
-  // [N, T, 3D] -> [3, N, H, T, hd]: q, k and v are then contiguous slices along dim 0.
+  // [N, T, 3D] -> [3, N, H, T, hd]: q, k and v are then contiguous parts along dim 0.
   const Tensor heads =
       permute(reshape(qkv->forward(x), {n, t, 3, heads_, head_dim}), {2, 0, 3, 1, 4});
-  const Shape per_head{n, heads_, t, head_dim};
-  const Tensor q = reshape(slice(heads, 0, 0, 1), per_head);
-  const Tensor k = reshape(slice(heads, 0, 1, 2), per_head);
-  const Tensor v = reshape(slice(heads, 0, 2, 3), per_head);
-  // The scale goes on q ([N, H, T, hd]) rather than on the scores ([N, H, T, T]): a quarter of the
-  // elements at T = 4 hd.
-  const Tensor scores =
-      matmul(mul(q, 1.0 / std::sqrt(static_cast<double>(head_dim))), transpose(k, -2, -1));
   if (!mask_.defined() || mask_.size(0) != t || mask_.dtype() != x.dtype() ||
       mask_.device() != x.device()) {
     mask_ = causal_mask(t, x.dtype(), x.device());
   }
-  const Tensor probs = attn_drop->forward(softmax(add(scores, mask_), -1));
-  const Tensor y = permute(matmul(probs, v), {0, 2, 1, 3});  // [N, T, H, hd]
+  const Tensor y = permute(attend(heads), {0, 2, 1, 3});  // [N, T, H, hd]
   return proj->forward(reshape(y, {n, t, dim_}));
+}
+
+Tensor CausalSelfAttention::attend(const Tensor& heads) {
+  // One autograd node from [3, N, H, T, hd] to [N, H, T, hd], so the backward writes the three
+  // gradients into one tensor (no slice gradients padded with zeros and summed) and no transposed
+  // copies are made: softmax((q * scale) k^T + mask) (dropped out) v.
+  using kernels::Binary;
+  const Tensor h = heads.detach();
+  const Tensor q = head_part(h, 0), k = head_part(h, 1), v = head_part(h, 2);
+  // The scale goes on q ([N, H, T, hd]) rather than on the scores ([N, H, T, T]): a quarter of the
+  // elements at T = 4 hd.
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  const Tensor q_scaled = ops::unary(kernels::Unary::kMulScalar, q, {scale});
+  const Tensor probs = causal_softmax(ops::matmul(q_scaled, k, false, true), mask_);
+  Tensor keep;  // the dropout mask (already scaled by 1 / (1 - p)), when training
+  if (attn_drop->is_training() && dropout_ > 0) {
+    keep = ops::dropout_mask(probs.shape(), dropout_, attn_drop->generator(), probs.dtype(),
+                             probs.device());
+  }
+  const Tensor dropped = keep.defined() ? ops::binary(Binary::kMul, probs, keep) : probs;
+  return autograd::record(ops::matmul(dropped, v), "causal_self_attention", {heads},
+                          [q_scaled, k, v, probs, keep, dropped, scale](const Tensor& g) {
+                            const Tensor dv = ops::matmul(dropped, g, true, false);
+                            Tensor d_probs = ops::matmul(g, v, false, true);
+                            if (keep.defined()) ops::binary_(Binary::kMul, d_probs, keep);
+                            const Tensor d_scores = causal_softmax_backward(probs, d_probs);
+                            const Tensor dq = ops::unary(kernels::Unary::kMulScalar,
+                                                         ops::matmul(d_scores, k), {scale});
+                            const Tensor dk = ops::matmul(d_scores, q_scaled, true, false);
+                            return std::vector<Tensor>{ops::stack({dq, dk, dv}, 0)};
+                          });
 }
 
 std::shared_ptr<Module> CausalSelfAttention::make_empty() const {

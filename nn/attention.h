@@ -23,6 +23,10 @@ class CausalSelfAttention : public Module {
   std::shared_ptr<Module> make_empty() const override;
 
  private:
+  /// softmax(q k^T / sqrt(hd) + causal mask), dropped out, times v, from heads [3, N, H, T, hd]
+  /// (q, k, v); [N, H, T, hd].
+  Tensor attend(const Tensor& heads);
+
   int64_t dim_, heads_;
   double dropout_;
   uint64_t seed_;

@@ -218,6 +218,32 @@ TEST(CausalSelfAttention, GradcheckWithAFixedDropoutMask) {
   EXPECT_TRUE(r.ok) << r.message;
 }
 
+TEST(CausalSelfAttention, Float32GradientsWithDropoutMatchFloat64) {
+  // The float32 CPU path (causal rows without the masked half, one node for q, k and v) against
+  // the float64 path with the same weights and the same dropout mask.
+  Generator gen(8);
+  nn::CausalSelfAttention f32(16, 4, 0.3, /*seed=*/5, gen);
+  auto f64 = std::dynamic_pointer_cast<nn::CausalSelfAttention>(f32.clone());
+  ASSERT_NE(f64, nullptr);
+  to_float64(*f64);
+  const Tensor x = randn({3, 9, 16}, gen);
+  const Tensor w = randn({3, 9, 16}, gen);
+  Tensor x32 = x.detach().clone().set_requires_grad();
+  Tensor x64 = to_dtype(x, DType::kFloat64).set_requires_grad();
+  const Tensor y32 = f32.forward(x32), y64 = f64->forward(x64);
+  EXPECT_TRUE(all_close(to_dtype(y32, DType::kFloat64), y64, 1e-4, 1e-5));
+  sum(mul(y32, w)).backward();
+  sum(mul(y64, to_dtype(w, DType::kFloat64))).backward();
+  EXPECT_TRUE(all_close(to_dtype(x32.grad(), DType::kFloat64), x64.grad(), 1e-4, 1e-5)) << "dx";
+  const auto p32 = f32.named_parameters(), p64 = f64->named_parameters();
+  ASSERT_EQ(p32.size(), p64.size());
+  for (size_t i = 0; i < p32.size(); ++i) {
+    EXPECT_TRUE(all_close(to_dtype(p32[i].second.grad(), DType::kFloat64), p64[i].second.grad(),
+                          1e-4, 1e-5))
+        << p32[i].first;
+  }
+}
+
 // ---- TransformerBlock -----------------------------------------------------------------------
 TEST(TransformerBlock, ChildrenAndParameterNames) {
   Generator gen(8);
