@@ -1,6 +1,7 @@
-// Micro-benchmarks of the foundation: GEMM through dtrain against a direct dnnl_sgemm call,
-// conv2d forward + backward at the CNN's layer shapes, elementwise bandwidth against memcpy, and
-// one MLP 784-256-128-10 training step. Run: build/bench/step_bench (see docs/performance.md).
+// Micro-benchmarks of the foundation: GEMM through dtrain against a direct dnnl_sgemm call (also
+// at the char transformer's shapes, and its attention's batched products), conv2d forward +
+// backward at the CNN's layer shapes, elementwise bandwidth against memcpy, and one MLP
+// 784-256-128-10 training step. Run: build/bench/step_bench (see docs/performance.md).
 #include <benchmark/benchmark.h>
 #include <oneapi/dnnl/dnnl.h>
 
@@ -53,6 +54,30 @@ void gemm_shapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_GemmDirectDnnl)->Apply(gemm_shapes);
 BENCHMARK(BM_GemmDtrain)->Apply(gemm_shapes);
+
+// The char transformer's Linear layers (batch 16 x 128 tokens, width 128): qkv, fc1, fc2, head.
+void transformer_gemm_shapes(benchmark::internal::Benchmark* b) {
+  b->Args({2048, 128, 384})->Args({2048, 128, 512})->Args({2048, 512, 128})->Args({2048, 128, 95});
+  b->ArgNames({"M", "K", "N"});
+}
+BENCHMARK(BM_GemmDirectDnnl)->Name("BM_TransformerGemmDirectDnnl")->Apply(transformer_gemm_shapes);
+BENCHMARK(BM_GemmDtrain)->Name("BM_TransformerGemmDtrain")->Apply(transformer_gemm_shapes);
+
+// Attention's batched products at the char transformer's shapes (16 x 4 heads, T 128, hd 32):
+// scores = q k^T ([B, T, hd] x [B, T, hd]^T) and mixed = probs v ([B, T, T] x [B, T, hd]).
+void BM_AttentionMatmul(benchmark::State& state) {
+  const int64_t batch = 64, t = 128, hd = 32;
+  const bool scores = state.range(0) == 0;
+  Generator gen(1);
+  Tensor a = scores ? randn({batch, t, hd}, gen) : randn({batch, t, t}, gen);
+  Tensor b = randn({batch, t, hd}, gen);
+  for (auto _ : state) {
+    Tensor c = ops::matmul(a, b, false, scores);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  set_flops(state, 2.0 * batch * t * t * hd);
+}
+BENCHMARK(BM_AttentionMatmul)->Arg(0)->Arg(1)->ArgName("probs_v");
 
 // ---- bfloat16: oneDNN's bf16 matmul against train.precision's rounding + float32 kernel ------
 // What a bf16 training step would pay with oneDNN: both float32 operands converted (reorders),

@@ -32,12 +32,13 @@ Tensor head_part(const Tensor& heads, int64_t i) {
                 per_head, heads.dtype());
 }
 
-/// Float32 rows [.., T, T] on the CPU: row i is the softmax of its first i + 1 scores and 0
-/// after them (what adding the causal mask and a full softmax give, without the masked half).
+/// Whether causal_softmax and its backward take the row-prefix path.
 bool causal_rows_on_cpu(const Tensor& t) {
   return t.device().is_cpu() && t.dtype() == DType::kFloat32;
 }
 
+/// softmax(scores + mask) over the last dim of scores [.., T, T]. Float32 rows on the CPU skip the
+/// masked half: row i is the softmax of its first i + 1 scores and 0 after them.
 Tensor causal_softmax(const Tensor& scores, const Tensor& mask) {
   if (!causal_rows_on_cpu(scores))
     return ops::softmax(ops::binary(kernels::Binary::kAdd, scores, mask), -1);
@@ -55,6 +56,7 @@ Tensor causal_softmax(const Tensor& scores, const Tensor& mask) {
   return probs;
 }
 
+/// The gradient of causal_softmax from its output and the incoming gradient.
 Tensor causal_softmax_backward(const Tensor& probs, const Tensor& grad) {
   if (!causal_rows_on_cpu(probs)) return ops::softmax_backward(probs, grad, -1);
   const int64_t t = probs.size(-1), rows = probs.numel() / t;
