@@ -101,7 +101,7 @@ run_asan() {
 # The suites whose threads the TSan run is for. Parity runs 2 and 3 ranks of each backend (4 and
 # 8 take minutes under TSan and add no other interleavings to the same code).
 tsan_tests=(
-  'LocalBackend\.' 'TcpBackend\.' 'Hierarchical\.' 'JobRunReplicas\.' 'JobReplicas\.'
+  'LocalBackend\.' 'TcpBackend\.' 'StagedAllReduce\.' 'Hierarchical\.' 'JobRunReplicas\.' 'JobReplicas\.'
   'AllBackends/CommunicatorParity\.EveryCollectiveDtypeAndCount/(local|tcp)_[23]ranks'
   'AllBackends/CommunicatorParity\.RoundingSums'
   'Ddp\.' 'DdpWithoutSynchronize\.' 'World/DdpMatchesOneProcess\.' 'Replicas/MirroredDistributedData\.'
