@@ -630,12 +630,13 @@ TEST(DataParallelStrategy, ParameterDriftIsReportedNamingTheReplica) {
 }
 
 // The per-step agreement carries a digest of every replica's collectives: replicas that issued
-// the same calls agree; one that reduced with another op is caught at the next step.
+// the same calls agree; one that reduced with another op is caught at the next step too, for
+// transports that pair whatever the ranks issue (mpi with Open MPI's own reduction order).
 TEST(DataParallelStrategy, TheStepAgreementCatchesReplicasThatIssuedDifferentCollectives) {
   for (const bool other_op : {false, true}) {
     std::vector<Strategy::StepAgreement> seen(2);
-    // The local backend and tcp's messages compare every call themselves; tcp ranks on one host
-    // reducing in shared memory (and mpi) pair whatever the ranks issue.
+    // The local backend, tcp's messages and shared memory compare each call themselves (shared
+    // memory fails it at entry); the digest still differs at the next step's agreement.
     for_each_tcp_rank(2, [&](dist::HostCommunicator& host) {
       const std::shared_ptr<dist::Communicator> comm(&host, [](dist::Communicator*) {});
       DataParallelStrategy strategy("ddp", StrategyOptions{}, comm);
@@ -643,9 +644,16 @@ TEST(DataParallelStrategy, TheStepAgreementCatchesReplicasThatIssuedDifferentCol
       // In the ranks' shared memory, where no message carries the call to compare.
       Tensor t = host.allocate_symmetric(4, DType::kFloat32);
       const bool odd = comm->rank() == 1;
-      // With other_op, replica 1 reduces with max where replica 0 sums: the collective completes
-      // (the same size meets the same size), and only the digest tells them apart.
-      comm->all_reduce(t, {other_op && odd ? dist::ReduceOp::kMax : dist::ReduceOp::kSum})->wait();
+      // With other_op, replica 1 reduces with max where replica 0 sums.
+      try {
+        comm->all_reduce(t, {other_op && odd ? dist::ReduceOp::kMax : dist::ReduceOp::kSum})
+            ->wait();
+        EXPECT_FALSE(other_op) << "replica " << comm->rank() << " reduced unlike calls";
+      } catch (const DistError& e) {
+        EXPECT_TRUE(other_op) << e.message();
+        EXPECT_THAT(e.message(), HasSubstr("rank 0: sum of 4 float32"));
+        EXPECT_THAT(e.message(), HasSubstr("rank 1: max of 4 float32"));
+      }
       seen[comm->rank()] = strategy.start_step_agreement(odd ? 1000 : 0)();
     });
     for (int r = 0; r < 2; ++r) {
