@@ -1,6 +1,6 @@
 // Layers on the parameters' device: batch norm's counter and optimiser state (host-side rules that
 // run everywhere), and GPU cases that skip without a CUDA device: batch norm and cross-entropy on
-// cuda:0 against the CPU, resuming an optimiser there.
+// cuda:0 against the CPU, causal self-attention with dropout, resuming an optimiser there.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "dtrain/autograd/functions.h"
+#include "dtrain/nn/attention.h"
 #include "dtrain/nn/layers.h"
 #include "dtrain/nn/optim.h"
 #include "dtrain/tensor/cuda/cuda_backend.h"
@@ -96,6 +97,31 @@ TEST_F(CudaLayers, BatchNormTrainingAndEvalMatchTheCpuAndCountOnTheDevice) {
   Tensor eg = gpu.forward(to_device(x, Device::cuda(0)));
   EXPECT_TRUE(all_close(cpu(eg), eh, 1e-5, 1e-5));
   EXPECT_EQ(gpu.num_batches_tracked.item<int64_t>(), 1);
+}
+
+TEST_F(CudaLayers, CausalSelfAttentionWithDropoutMatchesTheCpu) {
+  // The attention node's device path (mask added, full softmax, dropout mask from the same Philox
+  // stream, products with transposed operands) against the CPU's causal rows.
+  Generator gen(12);
+  nn::CausalSelfAttention host(16, 4, 0.3, /*seed=*/5, gen);
+  auto gpu_module = host.clone(Device::cuda(0));
+  auto& gpu = dynamic_cast<nn::CausalSelfAttention&>(*gpu_module);
+  Tensor x = randn({3, 9, 16}, gen);
+  Tensor w = randn({3, 9, 16}, gen);
+  Tensor xh = x.detach().set_requires_grad(true);
+  Tensor xg = to_device(x, Device::cuda(0)).set_requires_grad(true);
+  Tensor yh = host.forward(xh);
+  Tensor yg = gpu.forward(xg);
+  EXPECT_TRUE(all_close(cpu(yg), yh, 1e-4, 1e-5));
+  sum(yh * w).backward();
+  sum(yg * to_device(w, Device::cuda(0))).backward();
+  EXPECT_TRUE(all_close(cpu(xg.grad()), xh.grad(), 1e-4, 1e-5));
+  const auto ph = host.named_parameters(), pg = gpu.named_parameters();
+  ASSERT_EQ(ph.size(), pg.size());
+  for (size_t i = 0; i < ph.size(); ++i) {
+    EXPECT_TRUE(all_close(cpu(pg[i].second.grad()), ph[i].second.grad(), 1e-4, 1e-5))
+        << ph[i].first;
+  }
 }
 
 TEST_F(CudaLayers, BatchNormOverAFullCnnBatchMatchesTheCpuAndRepeatsBitForBit) {
