@@ -162,7 +162,10 @@ TEST_F(Preemption, SigtermToTheLauncherCheckpointsEveryWorkerAtOneStepAndExits14
 TEST_F(Preemption, SigtermAtAnyMomentOfALaunchedJobEndsItWith143AndNoCrash) {
   for (const int delay_ms : {0, 150, 400, 800, 1500}) {
     SCOPED_TRACE("SIGTERM " + std::to_string(delay_ms) + " ms after the start");
-    const std::string dir_override = " train.checkpoint_dir=at_" + std::to_string(delay_ms);
+    // Enough epochs that training outlasts the latest signal (the config's six take under half a
+    // second once running); the signal ends every run.
+    const std::string dir_override =
+        " train.checkpoint_dir=at_" + std::to_string(delay_ms) + " train.epochs=200";
     auto run = start("exec timeout -s KILL " + std::to_string(kRunLimitS) + " " + dtrain() +
                      " launch --nproc-per-node 2 run.yaml" + dir_override);
     const auto sent_after = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay_ms);
