@@ -124,9 +124,11 @@ TEST(Watchdog, RankWhoseRecordStopsChangingIsNamedAsNotResponding) {
   dist::StoreServer server(so);
   auto comms = dist::make_local_group(2);
   dist::WatchdogOptions o;
-  o.timeout = 600ms;
+  // The judgment needs a probe taken between the probe lead and the minimum probe age before
+  // the timeout: a window of one poll, which a 100 ms poll keeps open on two loaded cores.
+  o.timeout = 1200ms;
   o.stall_warning = 10s;
-  o.poll = 20ms;
+  o.poll = 100ms;
   auto reader = client_of(server);
   {
     dist::Watchdog silent(1, 2, o, client_of(server), [](const std::string&) {});
@@ -143,7 +145,7 @@ TEST(Watchdog, RankWhoseRecordStopsChangingIsNamedAsNotResponding) {
   dist::Watchdog dog(0, 2, o, client_of(server), [&](const std::string& r) { timeouts.add(r); });
   comms[0]->add_observer(&dog);
   Tensor a = zeros({8});
-  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 1500ms});
+  dist::WorkPtr w = comms[0]->all_reduce(a, {dist::ReduceOp::kSum, 3000ms});
   ASSERT_TRUE(timeouts.wait_for_count(1, 10s)) << "the watchdog did not fire";
   const std::string& rep = timeouts.items[0];
   EXPECT_THAT(rep, HasSubstr("collective #1 all_reduce(sum) float32 x 8"));
