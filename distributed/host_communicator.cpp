@@ -403,10 +403,18 @@ WorkPtr HostCommunicator::issue_all_reduce(Tensor& t, const AllReduceOptions& op
             return;
           }
         }
-        run_all_reduce(t, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
-        if (opts.op == ReduceOp::kAvg) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
+        run_all_reduce(t, backend_op(opts.op), info, opts.timeout);
+        if (divides_after(opts.op)) divide_in_place(t.data_ptr(), t.numel(), t.dtype(), size());
       },
       caller_waits);
+}
+
+ReduceOp HostCommunicator::backend_op(ReduceOp op) const {
+  return divides_after(op) ? ReduceOp::kSum : op;
+}
+
+bool HostCommunicator::divides_after(ReduceOp op) const {
+  return op == ReduceOp::kAvg && !divides_while_reducing();
 }
 
 Tensor HostCommunicator::staging_slot(const CollectiveInfo& info, Timeout timeout) {
@@ -444,8 +452,8 @@ WorkPtr HostCommunicator::all_reduce_coalesced(std::vector<Tensor>& ts,
       std::memcpy(static_cast<char*>(flat.data_ptr()) + at * es, t.data_ptr(), t.nbytes());
       at += t.numel();
     }
-    run_all_reduce(flat, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info, opts.timeout);
-    if (opts.op == ReduceOp::kAvg)
+    run_all_reduce(flat, backend_op(opts.op), info, opts.timeout);
+    if (divides_after(opts.op))
       divide_in_place(flat.data_ptr(), flat.numel(), flat.dtype(), size());
     at = 0;
     for (Tensor& t : ts) {
@@ -504,10 +512,8 @@ WorkPtr HostCommunicator::reduce_scatter(const Tensor& in, Tensor& out,
   CollectiveInfo info =
       make_info("reduce_scatter(" + std::string(reduce_op_name(opts.op)) + ")", out);
   return enqueue(info, opts.timeout, [this, in, out, opts, info]() mutable {
-    run_reduce_scatter(in, out, opts.op == ReduceOp::kAvg ? ReduceOp::kSum : opts.op, info,
-                       opts.timeout);
-    if (opts.op == ReduceOp::kAvg)
-      divide_in_place(out.data_ptr(), out.numel(), out.dtype(), size());
+    run_reduce_scatter(in, out, backend_op(opts.op), info, opts.timeout);
+    if (divides_after(opts.op)) divide_in_place(out.data_ptr(), out.numel(), out.dtype(), size());
   });
 }
 

@@ -107,10 +107,16 @@ class HostCommunicator : public Communicator {
   /// socket round trip, say) opt in here: all-reduces of up to kStagedAllReduceBytes then copy
   /// the tensor into a shared slot, reduce it there and copy it back.
   virtual bool small_all_reduces_through_shared_memory() const { return false; }
+  /// Backends whose run_all_reduce and run_reduce_scatter take ReduceOp::kAvg, dividing each chunk
+  /// they reduce while it is in cache (the same division of the same sum, so the same bits), say
+  /// so here; the others get kSum and the base divides the whole result afterwards, one more
+  /// pass over memory.
+  virtual bool divides_while_reducing() const { return false; }
 
   // Blocking primitives, run one at a time in issue order on the worker thread or on a thread
-  // waiting for their Work. kAvg never reaches them (the
-  // base runs kSum and divides). `timeout` bounds how long to wait for the other ranks.
+  // waiting for their Work. kAvg reaches only run_all_reduce and run_reduce_scatter, and only
+  // when divides_while_reducing() (otherwise the base runs kSum and divides). `timeout` bounds
+  // how long to wait for the other ranks.
   virtual void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info,
                               Timeout timeout) = 0;
   virtual void run_broadcast(Tensor& t, int root, const CollectiveInfo& info, Timeout timeout) = 0;
@@ -127,6 +133,10 @@ class HostCommunicator : public Communicator {
                         Timeout timeout) = 0;
 
  private:
+  /// The op a backend's reduction runs for `op`, and whether the base divides its result after.
+  ReduceOp backend_op(ReduceOp op) const;
+  bool divides_after(ReduceOp op) const;
+
   /// Queues body for the worker, or runs it on the calling thread when may_run_inline(info,
   /// caller_waits) and nothing issued earlier is queued or running; either way the returned Work
   /// reports it.

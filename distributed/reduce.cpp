@@ -48,6 +48,18 @@ void reduce_half(uint16_t* dst, const uint16_t* src, int64_t n, ReduceOp op) {
   for (int64_t i = 0; i < n; ++i) dst[i] = FromFloat(combine(ToFloat(dst[i]), ToFloat(src[i]), op));
 }
 
+template <class T>
+void divide_floats(T* p, int64_t n, int64_t divisor) {
+  if ((divisor & (divisor - 1)) == 0) {
+    // x * 2^-k is the same real number as x / 2^k, rounded once: the same bits, at a
+    // multiplication's cost instead of a division's.
+    const T reciprocal = T(1) / static_cast<T>(divisor);
+    for (int64_t i = 0; i < n; ++i) p[i] *= reciprocal;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) p[i] /= static_cast<T>(divisor);
+}
+
 }  // namespace
 
 std::string_view reduce_op_name(ReduceOp op) {
@@ -98,11 +110,8 @@ void reduce_into(void* dst, const void* src, int64_t n, DType dtype, ReduceOp op
 
 void divide_in_place(void* data, int64_t n, DType dtype, int64_t divisor) {
   if (divisor == 1) return;  // one rank: its values are the average already
-  if (dtype == DType::kFloat32) {
-    float* p = static_cast<float*>(data);
-    for (int64_t i = 0; i < n; ++i) p[i] /= static_cast<float>(divisor);
-    return;
-  }
+  if (dtype == DType::kFloat32) return divide_floats(static_cast<float*>(data), n, divisor);
+  if (dtype == DType::kFloat64) return divide_floats(static_cast<double*>(data), n, divisor);
   for (int64_t i = 0; i < n; ++i) {
     kernels::store_element(data, dtype, i, [&] {
       const double v = kernels::load_element(data, dtype, i);

@@ -8,7 +8,8 @@
 
 namespace dtrain::dist {
 
-/// dst[i] = op(dst[i], src[i]) for n elements of dtype. kAvg reduces as kSum (the caller divides).
+/// dst[i] = op(dst[i], src[i]) for n elements of dtype. kAvg reduces as kSum (the caller divides,
+/// with divide_in_place, once every part is in).
 /// float16 and bfloat16 are widened to float for each operation and rounded back.
 void reduce_into(void* dst, const void* src, int64_t n, DType dtype, ReduceOp op);
 /// t /= divisor in place (kAvg after a sum); integers divide with truncation.

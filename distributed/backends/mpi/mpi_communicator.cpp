@@ -41,7 +41,7 @@ constexpr int64_t kGatherAllMaxBytes = int64_t{32} << 10;
 constexpr int kDirectExchangeMaxRanks = 8;
 constexpr int kExchangeTag = 1;
 
-/// The four reductions that reach a backend (kAvg arrives as kSum).
+/// The four reductions MPI runs (kAvg runs as kSum, divided afterwards).
 constexpr ReduceOp kHalfOps[] = {ReduceOp::kSum, ReduceOp::kMin, ReduceOp::kMax,
                                  ReduceOp::kProduct};
 
@@ -240,8 +240,9 @@ MpiReductionOrder reduction_order_from_env(MpiReductionOrder fallback) {
 }
 
 /// dst = ((part(0) + part(1)) + part(2)) + ... over n elements, each element reduced by
-/// reduce_into as the tcp and shared-memory backends do. Block by block through a buffer that
-/// stays in L1, so each part is read once and dst written once; dst may be one of the parts.
+/// reduce_into as the tcp and shared-memory backends do (kAvg: that sum, divided by `parts`).
+/// Block by block through a buffer that stays in L1, so each part is read once and dst written
+/// once; dst may be one of the parts.
 template <class Part>
 void reduce_in_rank_order(char* dst, int64_t n, DType dtype, ReduceOp op, int parts, Part&& part) {
   constexpr size_t kBlockBytes = 16 * 1024;
@@ -252,6 +253,7 @@ void reduce_in_rank_order(char* dst, int64_t n, DType dtype, ReduceOp op, int pa
     const int64_t m = std::min(per_block, n - first);
     std::memcpy(block, part(0) + first * es, m * es);
     for (int r = 1; r < parts; ++r) reduce_into(block, part(r) + first * es, m, dtype, op);
+    if (op == ReduceOp::kAvg) divide_in_place(block, m, dtype, parts);
     std::memcpy(dst + first * es, block, m * es);
   }
 }
@@ -569,6 +571,7 @@ void MpiCommunicator::run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInf
                                     impl_->comm, &request),
                      info.describe(), " on rank ", rank());
     impl_->wait(request, nullptr, info, deadline, {t});
+    if (op == ReduceOp::kAvg) divide_in_place(bytes(t) + offset * es, count, t.dtype(), size());
   });
 }
 
@@ -694,6 +697,7 @@ void MpiCommunicator::run_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp
                                                mop, impl_->comm, &request),
                      info.describe(), " on rank ", rank());
     impl_->wait(request, nullptr, info, deadline, {in, out});
+    if (op == ReduceOp::kAvg) divide_in_place(bytes(out), n, out.dtype(), size());
     return;
   }
   // As in all_gather: pack chunk k of every rank's block contiguously, then reduce-scatter that.
@@ -710,6 +714,7 @@ void MpiCommunicator::run_reduce_scatter(const Tensor& in, Tensor& out, ReduceOp
                                                type, mop, impl_->comm, &request),
                      info.describe(), " on rank ", rank());
     impl_->wait(request, nullptr, info, deadline, {in, out, scratch});
+    if (op == ReduceOp::kAvg) divide_in_place(bytes(out) + offset * es, count, out.dtype(), size());
   });
 }
 

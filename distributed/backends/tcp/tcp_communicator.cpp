@@ -703,6 +703,7 @@ void TcpCommunicator::reduce_chunk_from_all(const char* data, int64_t count, DTy
   const int64_t n = at[me + 1] - at[me];
   std::memmove(acc, part(0), my_bytes);
   for (int r = 1; r < size(); ++r) reduce_into(acc, part(r), n, dtype, op);
+  if (op == ReduceOp::kAvg) divide_in_place(acc, n, dtype, size());
   std::memmove(mine, acc, my_bytes);
 }
 

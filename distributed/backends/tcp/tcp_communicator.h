@@ -51,6 +51,7 @@ class TcpCommunicator final : public HostCommunicator {
   /// A 4 KiB all-reduce over loopback sockets took ~8x raw MPI_Allreduce; through the shared
   /// slot it takes about what MPI does.
   bool small_all_reduces_through_shared_memory() const override { return true; }
+  bool divides_while_reducing() const override { return true; }
   void run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info, Timeout timeout) override;
   void run_broadcast(Tensor& t, int root, const CollectiveInfo& info, Timeout timeout) override;
   void run_reduce(Tensor& t, ReduceOp op, int root, const CollectiveInfo& info,
@@ -99,7 +100,8 @@ class TcpCommunicator final : public HostCommunicator {
   void exchange(std::vector<Transfer>& transfers, const CollectiveInfo& info, Timeout timeout);
   /// The state of one exchange() call: per-peer queues and frames; defined in the .cpp.
   class Exchange;
-  /// Reduce-scatter in rank order: afterwards `mine` holds op over every rank's chunk rank().
+  /// Reduce-scatter in rank order: afterwards `mine` holds op over every rank's chunk rank()
+  /// (kAvg: their sum divided by size()).
   void reduce_chunk_from_all(const char* data, int64_t count, DType dtype, ReduceOp op, char* mine,
                              const CollectiveInfo& info, Timeout timeout);
   std::vector<Peer> peers_;
