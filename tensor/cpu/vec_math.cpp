@@ -1,5 +1,6 @@
-// Float32 vector math: AVX-512 exp and erf from range reduction and polynomials fitted at
-// Chebyshev nodes, and the GELU and softmax loops built on them; std:: functions otherwise.
+// Float32 vector math: exp and erf from range reduction and polynomials fitted at Chebyshev
+// nodes, and the GELU and softmax loops built on them, written once over a small set of vector
+// operations that AVX-512 and AVX2 + FMA both provide; std:: functions otherwise.
 #include "dtrain/tensor/cpu/vec_math.h"
 
 #include <cmath>
@@ -13,162 +14,262 @@ constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;  // 1 / sqrt(2 pi)
 
 #if defined(__AVX512F__)
+#define DTRAIN_VEC_MATH_SIMD 1
 
-inline __m512 splat(float v) { return _mm512_set1_ps(v); }
+/// The vector operations the math below is written in: 16 lanes of AVX-512.
+struct Simd {
+  using V = __m512;
+  static constexpr int64_t kLanes = 16;
+  static V splat(float v) { return _mm512_set1_ps(v); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  /// Lanes [0, n) of p, the others `fill` (0 < n < kLanes); store_tail writes lanes [0, n).
+  static __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static V load_tail(const float* p, int64_t n, float fill) {
+    return _mm512_mask_loadu_ps(splat(fill), tail_mask(n), p);
+  }
+  static void store_tail(float* p, int64_t n, V v) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+  /// min and max return b when either is NaN.
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V round(V a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  /// p 2^n for integral n, rounded once: IEEE overflow to inf and gradual underflow to 0.
+  static V scale_by_pow2(V p, V n) { return _mm512_scalef_ps(p, n); }
+  static V abs(V a) { return _mm512_abs_ps(a); }
+  /// |magnitude| with the sign bit of `sign`; magnitude is not negative.
+  static V with_sign_of(V magnitude, V sign) {
+    const __m512i bit = _mm512_and_si512(_mm512_castps_si512(sign), _mm512_set1_epi32(INT32_MIN));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(magnitude), bit));
+  }
+  /// a > b ? then : otherwise, and a < b ? then : otherwise (false where either is NaN).
+  static V if_greater(V a, V b, V then, V otherwise) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), otherwise, then);
+  }
+  static V if_less(V a, V b, V then, V otherwise) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, then);
+  }
+  static float sum(V a) { return _mm512_reduce_add_ps(a); }
+  static float maximum(V a) { return _mm512_reduce_max_ps(a); }
+};
 
-/// Lanes [0, n) of a 16-lane mask, for the tail of a loop (0 < n < 16).
-inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+#elif defined(__AVX2__) && defined(__FMA__)
+#define DTRAIN_VEC_MATH_SIMD 1
+
+/// The same operations in 8 lanes of AVX2 and FMA.
+struct Simd {
+  using V = __m256;
+  static constexpr int64_t kLanes = 8;
+  static V splat(float v) { return _mm256_set1_ps(v); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static __m256i tail_mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V load_tail(const float* p, int64_t n, float fill) {
+    const __m256i m = tail_mask(n);
+    return _mm256_blendv_ps(splat(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  static void store_tail(float* p, int64_t n, V v) { _mm256_maskstore_ps(p, tail_mask(n), v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  /// No scalef: 2^n as two factors built from exponent bits, 2^floor(n/2) 2^ceil(n/2), each a
+  /// normal float for the |n| <= 159 that exp gives. The first product stays normal, so it is
+  /// exact, and only the second rounds (gradual underflow, overflow to inf) as scalef would.
+  static V scale_by_pow2(V p, V n) {
+    const __m256i k = _mm256_cvtps_epi32(n);
+    const __m256i half = _mm256_srai_epi32(k, 1);
+    const auto pow2 = [](__m256i e) {
+      return _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
+    };
+    return _mm256_mul_ps(_mm256_mul_ps(p, pow2(half)), pow2(_mm256_sub_epi32(k, half)));
+  }
+  static V abs(V a) { return _mm256_andnot_ps(splat(-0.f), a); }
+  static V with_sign_of(V magnitude, V sign) {
+    return _mm256_or_ps(magnitude, _mm256_and_ps(sign, splat(-0.f)));
+  }
+  static V if_greater(V a, V b, V then, V otherwise) {
+    return _mm256_blendv_ps(otherwise, then, _mm256_cmp_ps(a, b, _CMP_GT_OQ));
+  }
+  static V if_less(V a, V b, V then, V otherwise) {
+    return _mm256_blendv_ps(otherwise, then, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+  }
+  static float sum(V a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  static float maximum(V a) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
+};
+
+#endif
+
+#if defined(DTRAIN_VEC_MATH_SIMD)
+
+using V = Simd::V;
+constexpr int64_t kLanes = Simd::kLanes;
+inline V splat(float v) { return Simd::splat(v); }
 
 /// exp(x) = 2^n exp(r) with n = round(x / ln2) and |r| <= ln2 / 2; exp(r) = 1 + r + r^2 q(r),
-/// q of degree 4 (relative error 7e-8 over the range). scalef applies 2^n with IEEE overflow to
-/// inf and gradual underflow to 0, which exponent-bit arithmetic would not.
-inline __m512 exp_v(__m512 x) {
+/// q of degree 4 (relative error 7e-8 over the range). The 2^n scaling overflows to inf and
+/// underflows gradually to 0, which adding n to the exponent bits would not.
+inline V exp_v(V x) {
   // Clamping keeps -inf from becoming -inf - (-inf) = NaN in the reduction; exp(-110) and
-  // exp(89) are already 0 and inf in float. max/min return their second operand when either is
+  // exp(89) are already 0 and inf in float. min/max return their second operand when either is
   // NaN, so a NaN x passes through.
-  x = _mm512_min_ps(splat(89.f), _mm512_max_ps(splat(-110.f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, splat(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = Simd::min(splat(89.f), Simd::max(splat(-110.f), x));
+  const V n = Simd::round(Simd::mul(x, splat(1.44269504088896341f)));
   // ln2 split into its float value and the remainder, so that x - n ln2 keeps its low bits.
-  __m512 r = _mm512_fnmadd_ps(n, splat(0.693147182464599609f), x);
-  r = _mm512_fnmadd_ps(n, splat(-1.9046542e-9f), r);
-  __m512 q = splat(0.0013926175888627768f);
-  q = _mm512_fmadd_ps(q, r, splat(0.008363173343241215f));
-  q = _mm512_fmadd_ps(q, r, splat(0.041666556149721146f));
-  q = _mm512_fmadd_ps(q, r, splat(0.16666577756404877f));
-  q = _mm512_fmadd_ps(q, r, splat(0.5f));
-  const __m512 p = _mm512_add_ps(_mm512_fmadd_ps(q, _mm512_mul_ps(r, r), r), splat(1.f));
-  return _mm512_scalef_ps(p, n);
+  V r = Simd::fnmadd(n, splat(0.693147182464599609f), x);
+  r = Simd::fnmadd(n, splat(-1.9046542e-9f), r);
+  V q = splat(0.0013926175888627768f);
+  q = Simd::fmadd(q, r, splat(0.008363173343241215f));
+  q = Simd::fmadd(q, r, splat(0.041666556149721146f));
+  q = Simd::fmadd(q, r, splat(0.16666577756404877f));
+  q = Simd::fmadd(q, r, splat(0.5f));
+  const V p = Simd::add(Simd::fmadd(q, Simd::mul(r, r), r), splat(1.f));
+  return Simd::scale_by_pow2(p, n);
 }
 
 /// erf(z) / z for |z| < 1, as a polynomial in s = z^2 (relative error 2e-7 in float).
-inline __m512 erf_small_v(__m512 s) {
-  __m512 p = splat(-0.0005648059886880219f);
-  p = _mm512_fmadd_ps(p, s, splat(0.004921761807054281f));
-  p = _mm512_fmadd_ps(p, s, splat(-0.026715055108070374f));
-  p = _mm512_fmadd_ps(p, s, splat(0.11280316859483719f));
-  p = _mm512_fmadd_ps(p, s, splat(-0.37612342834472656f));
-  return _mm512_fmadd_ps(p, s, splat(1.1283791065216064f));
+inline V erf_small_v(V s) {
+  V p = splat(-0.0005648059886880219f);
+  p = Simd::fmadd(p, s, splat(0.004921761807054281f));
+  p = Simd::fmadd(p, s, splat(-0.026715055108070374f));
+  p = Simd::fmadd(p, s, splat(0.11280316859483719f));
+  p = Simd::fmadd(p, s, splat(-0.37612342834472656f));
+  return Simd::fmadd(p, s, splat(1.1283791065216064f));
 }
 
 /// erfc(t) for t >= 1 (NaN for NaN): exp(h(t) - t^2), h(t) = log erfc(t) + t^2 a polynomial in
 /// t - 2.5 over [1, 4] (absolute error of erfc 1e-8). 0 beyond t = 4, where erfc(t) < 1.6e-8 is
 /// below what 1 - erfc or x * erfc can show within the callers' 1e-7.
-inline __m512 erfc_big_v(__m512 t) {
-  const __m512 tc = _mm512_min_ps(splat(4.f), t);
-  const __m512 u = _mm512_sub_ps(tc, splat(2.5f));
-  __m512 h = splat(1.6371513993362896e-06f);
-  h = _mm512_fmadd_ps(h, u, splat(-1.3315014257386792e-05f));
-  h = _mm512_fmadd_ps(h, u, splat(7.729137723799795e-05f));
-  h = _mm512_fmadd_ps(h, u, splat(-0.00042012252379208803f));
-  h = _mm512_fmadd_ps(h, u, splat(0.0021653035655617714f));
-  h = _mm512_fmadd_ps(h, u, splat(-0.01085854135453701f));
-  h = _mm512_fmadd_ps(h, u, splat(0.05610629543662071f));
-  h = _mm512_fmadd_ps(h, u, splat(-0.35268068313598633f));
-  h = _mm512_fmadd_ps(h, u, splat(-1.556815266609192f));
-  const __m512 e = exp_v(_mm512_fnmadd_ps(tc, tc, h));
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, splat(4.f), _CMP_GT_OQ), e, splat(0.f));
+inline V erfc_big_v(V t) {
+  const V tc = Simd::min(splat(4.f), t);
+  const V u = Simd::sub(tc, splat(2.5f));
+  V h = splat(1.6371513993362896e-06f);
+  h = Simd::fmadd(h, u, splat(-1.3315014257386792e-05f));
+  h = Simd::fmadd(h, u, splat(7.729137723799795e-05f));
+  h = Simd::fmadd(h, u, splat(-0.00042012252379208803f));
+  h = Simd::fmadd(h, u, splat(0.0021653035655617714f));
+  h = Simd::fmadd(h, u, splat(-0.01085854135453701f));
+  h = Simd::fmadd(h, u, splat(0.05610629543662071f));
+  h = Simd::fmadd(h, u, splat(-0.35268068313598633f));
+  h = Simd::fmadd(h, u, splat(-1.556815266609192f));
+  const V e = exp_v(Simd::fnmadd(tc, tc, h));
+  return Simd::if_greater(t, splat(4.f), splat(0.f), e);
 }
 
-inline __m512 erf_v(__m512 z) {
-  const __m512 t = _mm512_abs_ps(z);
-  const __m512 small = _mm512_mul_ps(z, erf_small_v(_mm512_mul_ps(z, z)));
-  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32(INT32_MIN));
-  const __m512 big = _mm512_castsi512_ps(
-      _mm512_or_si512(_mm512_castps_si512(_mm512_sub_ps(splat(1.f), erfc_big_v(t))), sign));
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, splat(1.f), _CMP_LT_OQ), big, small);
+inline V erf_v(V z) {
+  const V t = Simd::abs(z);
+  const V small = Simd::mul(z, erf_small_v(Simd::mul(z, z)));
+  const V big = Simd::with_sign_of(Simd::sub(splat(1.f), erfc_big_v(t)), z);
+  return Simd::if_less(t, splat(1.f), small, big);
 }
 
 /// The standard normal CDF Phi(x) = (1 + erf(x / sqrt 2)) / 2, taken for x < 0 from erfc
 /// directly so that the left tail keeps its relative accuracy (1 + erf would cancel).
-inline __m512 normal_cdf_v(__m512 x) {
-  const __m512 z = _mm512_mul_ps(x, splat(kInvSqrt2));
-  const __m512 t = _mm512_abs_ps(z);
-  const __m512 small =
-      _mm512_fmadd_ps(_mm512_mul_ps(z, erf_small_v(_mm512_mul_ps(z, z))), splat(0.5f), splat(0.5f));
-  const __m512 half_erfc = _mm512_mul_ps(erfc_big_v(t), splat(0.5f));
-  const __m512 big = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, splat(0.f), _CMP_GT_OQ), half_erfc,
-                                          _mm512_sub_ps(splat(1.f), half_erfc));
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, splat(1.f), _CMP_LT_OQ), big, small);
+inline V normal_cdf_v(V x) {
+  const V z = Simd::mul(x, splat(kInvSqrt2));
+  const V t = Simd::abs(z);
+  const V small = Simd::fmadd(Simd::mul(z, erf_small_v(Simd::mul(z, z))), splat(0.5f), splat(0.5f));
+  const V half_erfc = Simd::mul(erfc_big_v(t), splat(0.5f));
+  const V big = Simd::if_greater(z, splat(0.f), Simd::sub(splat(1.f), half_erfc), half_erfc);
+  return Simd::if_less(t, splat(1.f), small, big);
 }
 
-inline __m512 gelu_v(__m512 x) { return _mm512_mul_ps(x, normal_cdf_v(x)); }
+inline V gelu_v(V x) { return Simd::mul(x, normal_cdf_v(x)); }
 
-inline __m512 gelu_backward_v(__m512 x, __m512 g) {
-  const __m512 pdf =
-      _mm512_mul_ps(splat(kInvSqrt2Pi), exp_v(_mm512_mul_ps(splat(-0.5f), _mm512_mul_ps(x, x))));
-  return _mm512_mul_ps(g, _mm512_fmadd_ps(x, pdf, normal_cdf_v(x)));
+inline V gelu_backward_v(V x, V g) {
+  const V pdf = Simd::mul(splat(kInvSqrt2Pi), exp_v(Simd::mul(splat(-0.5f), Simd::mul(x, x))));
+  return Simd::mul(g, Simd::fmadd(x, pdf, normal_cdf_v(x)));
 }
 
-/// y[i] = f(x[i]) in vectors of 16, the tail through masked loads and stores.
+/// y[i] = f(x[i]) a vector at a time, the tail through masked loads and stores.
 template <class F>
 void map1(const float* x, float* y, int64_t n, F f) {
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, f(_mm512_loadu_ps(x + i)));
+  for (; i + kLanes <= n; i += kLanes) Simd::store(y + i, f(Simd::load(x + i)));
+  if (i < n) Simd::store_tail(y + i, n - i, f(Simd::load_tail(x + i, n - i, 0.f)));
+}
+
+/// dx[i] = f(x[i], g[i]), likewise.
+template <class F>
+void map2(const float* x, const float* g, float* dx, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) Simd::store(dx + i, f(Simd::load(x + i), Simd::load(g + i)));
   if (i < n) {
-    const __mmask16 m = tail_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, m, f(_mm512_maskz_loadu_ps(m, x + i)));
+    Simd::store_tail(dx + i, n - i,
+                     f(Simd::load_tail(x + i, n - i, 0.f), Simd::load_tail(g + i, n - i, 0.f)));
   }
 }
 
 void softmax_row(const float* x, float* y, int64_t n, bool log) {
-  const __m512 neg_inf = splat(-INFINITY);
-  const int64_t full = n - n % 16;
-  const __mmask16 m = tail_mask(n % 16);
-  __m512 vmax = neg_inf;
-  for (int64_t i = 0; i < full; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
-  if (full < n) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(neg_inf, m, x + full));
-  const float mx = _mm512_reduce_max_ps(vmax);
-  const __m512 vmx = splat(mx);
-  __m512 vsum = _mm512_setzero_ps();
+  const int64_t full = n - n % kLanes;
+  V vmax = splat(-INFINITY);
+  for (int64_t i = 0; i < full; i += kLanes) vmax = Simd::max(vmax, Simd::load(x + i));
+  if (full < n) vmax = Simd::max(vmax, Simd::load_tail(x + full, n - full, -INFINITY));
+  const float mx = Simd::maximum(vmax);
+  const V vmx = splat(mx);
+  V vsum = splat(0.f);
   // Softmax writes exp(x - max) once and rescales it in place; log-softmax only needs the sum.
-  for (int64_t i = 0; i < full; i += 16) {
-    const __m512 e = exp_v(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmx));
-    if (!log) _mm512_storeu_ps(y + i, e);
-    vsum = _mm512_add_ps(vsum, e);
+  // Lanes past the end hold -inf, whose exp adds 0 (or NaN to a row that is all -inf, which is
+  // NaN anyway).
+  for (int64_t i = 0; i < full; i += kLanes) {
+    const V e = exp_v(Simd::sub(Simd::load(x + i), vmx));
+    if (!log) Simd::store(y + i, e);
+    vsum = Simd::add(vsum, e);
   }
   if (full < n) {
-    const __m512 e = exp_v(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + full), vmx));
-    if (!log) _mm512_mask_storeu_ps(y + full, m, e);
-    vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+    const V e = exp_v(Simd::sub(Simd::load_tail(x + full, n - full, -INFINITY), vmx));
+    if (!log) Simd::store_tail(y + full, n - full, e);
+    vsum = Simd::add(vsum, e);
   }
-  const float sum = _mm512_reduce_add_ps(vsum);
+  const float sum = Simd::sum(vsum);
   if (log) {
-    const __m512 lse = splat(std::log(sum));
-    map1(x, y, n, [&](__m512 v) { return _mm512_sub_ps(_mm512_sub_ps(v, vmx), lse); });
+    const V lse = splat(std::log(sum));
+    map1(x, y, n, [&](V v) { return Simd::sub(Simd::sub(v, vmx), lse); });
   } else {
-    const __m512 inv = splat(1.f / sum);
-    map1(y, y, n, [&](__m512 v) { return _mm512_mul_ps(v, inv); });
+    const V inv = splat(1.f / sum);
+    map1(y, y, n, [&](V v) { return Simd::mul(v, inv); });
   }
 }
 
 void softmax_backward_row(const float* y, const float* gy, float* dx, int64_t n, bool log) {
-  const int64_t full = n - n % 16;
-  const __mmask16 m = tail_mask(n % 16);
-  __m512 vdot = _mm512_setzero_ps();
-  for (int64_t i = 0; i < full; i += 16) {
-    const __m512 g = _mm512_loadu_ps(gy + i);
-    vdot = log ? _mm512_add_ps(vdot, g) : _mm512_fmadd_ps(g, _mm512_loadu_ps(y + i), vdot);
-  }
-  if (full < n) {  // masked-off lanes load 0 and add nothing
-    const __m512 g = _mm512_maskz_loadu_ps(m, gy + full);
-    vdot =
-        log ? _mm512_add_ps(vdot, g) : _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(m, y + full), vdot);
-  }
-  const __m512 dot = splat(_mm512_reduce_add_ps(vdot));
-  const auto row = [&](__m512 vy, __m512 g) {
-    return log ? _mm512_fnmadd_ps(exp_v(vy), dot, g) : _mm512_mul_ps(vy, _mm512_sub_ps(g, dot));
+  const int64_t full = n - n % kLanes;
+  V vdot = splat(0.f);
+  const auto accumulate = [&](V vy, V g) {
+    vdot = log ? Simd::add(vdot, g) : Simd::fmadd(g, vy, vdot);
   };
-  for (int64_t i = 0; i < full; i += 16) {
-    _mm512_storeu_ps(dx + i, row(_mm512_loadu_ps(y + i), _mm512_loadu_ps(gy + i)));
+  for (int64_t i = 0; i < full; i += kLanes) accumulate(Simd::load(y + i), Simd::load(gy + i));
+  if (full < n) {  // lanes past the end load 0 and add nothing
+    accumulate(Simd::load_tail(y + full, n - full, 0.f), Simd::load_tail(gy + full, n - full, 0.f));
   }
-  if (full < n) {
-    _mm512_mask_storeu_ps(
-        dx + full, m, row(_mm512_maskz_loadu_ps(m, y + full), _mm512_maskz_loadu_ps(m, gy + full)));
-  }
+  const V dot = splat(Simd::sum(vdot));
+  map2(y, gy, dx, n, [&](V vy, V g) {
+    return log ? Simd::fnmadd(exp_v(vy), dot, g) : Simd::mul(vy, Simd::sub(g, dot));
+  });
 }
 
-#else  // no AVX-512: the formulas of the shared kernel bodies
+#else  // no AVX-512 or AVX2: the formulas of the shared kernel bodies
 
 void softmax_row(const float* x, float* y, int64_t n, bool log) {
   float mx = x[0];
@@ -194,23 +295,13 @@ void softmax_backward_row(const float* y, const float* gy, float* dx, int64_t n,
 
 }  // namespace
 
-#if defined(__AVX512F__)
+#if defined(DTRAIN_VEC_MATH_SIMD)
 
 void exp_f32(const float* x, float* y, int64_t n) { map1(x, y, n, exp_v); }
 void erf_f32(const float* x, float* y, int64_t n) { map1(x, y, n, erf_v); }
 void gelu_f32(const float* x, float* y, int64_t n) { map1(x, y, n, gelu_v); }
-
 void gelu_backward_f32(const float* x, const float* gy, float* dx, int64_t n) {
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    _mm512_storeu_ps(dx + i, gelu_backward_v(_mm512_loadu_ps(x + i), _mm512_loadu_ps(gy + i)));
-  }
-  if (i < n) {
-    const __mmask16 m = tail_mask(n - i);
-    _mm512_mask_storeu_ps(
-        dx + i, m,
-        gelu_backward_v(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, gy + i)));
-  }
+  map2(x, gy, dx, n, gelu_backward_v);
 }
 
 #else

@@ -1,5 +1,5 @@
 // Float32 vector math for the CPU hot paths: exp, erf, GELU and its gradient, and softmax over
-// contiguous rows. AVX-512 where the build targets it, std:: functions otherwise.
+// contiguous rows. AVX-512 or AVX2 + FMA where the build targets them, std:: functions otherwise.
 #pragma once
 
 #include <cstdint>
