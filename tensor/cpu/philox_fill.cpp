@@ -15,7 +15,13 @@ namespace {
 // lane-wise multiplies.
 typedef uint64_t U64x8 __attribute__((vector_size(64)));
 typedef uint32_t U32x16 __attribute__((vector_size(64)));
-constexpr int kChains = 4;  // independent vectors per round: the rounds are latency-bound
+// Independent vectors per round: the rounds are latency-bound. Each chain's four words take 4
+// of AVX-512's 32 registers, but 8 of AVX2's 16, where more than two chains spill.
+#if defined(__AVX512F__)
+constexpr int kChains = 4;
+#else
+constexpr int kChains = 2;
+#endif
 constexpr int kBlocksPerGroup = 8 * kChains;
 
 /// Lane-wise product of the low 32 bits of `a` with `m`, as 64 bits. (Vectors pass by reference:
