@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 
 #include "dtrain/nn/layers.h"
 #include "dtrain/nn/loss.h"
@@ -92,11 +93,19 @@ void BM_GemmOnednnBf16(benchmark::State& state) {
   const memory::desc a32({m, k}, memory::data_type::f32, memory::format_tag::ab);
   const memory::desc b32({k, n}, memory::data_type::f32, memory::format_tag::ba);  // B^T
   const memory::desc c32({m, n}, memory::data_type::f32, memory::format_tag::ab);
-  const dnnl::matmul::primitive_desc pd(
-      dnnl::matmul::desc(memory::desc({m, k}, memory::data_type::bf16, memory::format_tag::any),
-                         memory::desc({k, n}, memory::data_type::bf16, memory::format_tag::any),
-                         c32),
-      engine);
+  dnnl::matmul::primitive_desc pd;
+  try {
+    pd = dnnl::matmul::primitive_desc(
+        dnnl::matmul::desc(memory::desc({m, k}, memory::data_type::bf16, memory::format_tag::any),
+                           memory::desc({k, n}, memory::data_type::bf16, memory::format_tag::any),
+                           c32),
+        engine);
+  } catch (const dnnl::error& e) {
+    // oneDNN 2.6 runs bf16 matmul only on AVX-512 CPUs.
+    state.SkipWithError(
+        ("oneDNN has no bf16 matmul for this CPU (" + std::string(e.what()) + ")").c_str());
+    return;
+  }
   const dnnl::matmul matmul(pd);
   memory a_user(a32, engine, a.data_ptr()), b_user(b32, engine, b.data_ptr()),
       c_user(c32, engine, c.data_ptr());
