@@ -21,6 +21,29 @@ def use_requested_python():
     sys.argv = rest
 
 
+def cpu_description():
+    """"AMD EPYC, 2 cores, AVX2 + FMA (no AVX-512)" for a table's heading: dtrain's kernels and
+    oneDNN's pick their code by these features, so figures from different CPUs do not compare."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    if "avx512f" in flags:
+        isa = "AVX-512" + (" with BF16" if "avx512_bf16" in flags else "")
+    elif "avx2" in flags:
+        isa = "AVX2" + (" + FMA" if "fma" in flags else "") + " (no AVX-512)"
+    else:
+        isa = "no AVX2"
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {isa}"
+
+
 def torch_description():
     """"PyTorch 2.15.0 (MKL, oneDNN 3.13) from /path/python" for a table's heading."""
     import re

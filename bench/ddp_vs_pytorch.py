@@ -158,6 +158,7 @@ def main():
     print(f"samples/s, batch {BATCH} per replica, 1 thread per process, best of {args.rounds}")
     if not args.no_torch:
         print(bench_python.torch_description())
+    print(f"CPU: {bench_python.cpu_description()}")
     print("| model | dtrain 1 proc | dtrain ddp 2 procs | efficiency | 2 procs without communication "
           "| their efficiency (ceiling) | PyTorch 1 proc | PyTorch DDP 2 procs | efficiency "
           "| dtrain DDP / PyTorch DDP |")

@@ -264,6 +264,7 @@ def main():
                                                           data[kind], args.device))
     print(f"training throughput, each config's batch size, {args.threads} thread(s), best of "
           f"{args.rounds} rounds; {bench_python.torch_description()}")
+    print(f"CPU: {bench_python.cpu_description()}")
     if "transformer" in kinds:
         print(f"(char_transformer: a sample is a sequence of {CONTEXT} tokens, batch {TEXT_BATCH})")
     print(f"{'config':<29} {'dtrain samples/s':>17} {'pytorch samples/s':>18} {'ratio':>6}")
