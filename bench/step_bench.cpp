@@ -159,6 +159,21 @@ void set_bytes(benchmark::State& state, int64_t bytes_per_iter) {
   state.SetBytesProcessed(bytes_per_iter * state.iterations());
 }
 
+// ---- 2x2 max pooling forward + backward at the CNN's shapes (batch 64) -------------------------
+void BM_MaxPool2x2ForwardBackward(benchmark::State& state) {
+  const int64_t c = state.range(0), hw = state.range(1), n = 64;
+  Generator gen(3);
+  Tensor x = randn({n, c, hw, hw}, gen), gy = randn({n, c, hw / 2, hw / 2}, gen);
+  for (auto _ : state) {
+    auto [y, indices] = ops::max_pool2d(x, {2, 2, 0});
+    Tensor dx = ops::max_pool2d_backward(gy, indices, x.shape(), ops::Pool2dArgs{2, 2, 0});
+    benchmark::DoNotOptimize(dx.data_ptr());
+  }
+  // x read, y and its int64 indices written, then gy and the indices read and dx written.
+  set_bytes(state, n * c * hw * hw * 4 * 2 + n * c * (hw / 2) * (hw / 2) * (4 + 8 + 4 + 8));
+}
+BENCHMARK(BM_MaxPool2x2ForwardBackward)->Args({32, 28})->Args({64, 14})->ArgNames({"C", "HW"});
+
 void BM_Memcpy(benchmark::State& state) {
   const int64_t n = state.range(0);
   Tensor a = randn({n}), b({n});

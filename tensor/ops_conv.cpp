@@ -406,6 +406,57 @@ void max_pool_2x2_row(const T* r0, const T* r1, int64_t top, int64_t w, int64_t 
     }
     return;
   }
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const auto below = [&](int64_t n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane); };
+    // Even and odd elements of the 16 at p, q (8 each), in order.
+    const auto split = [](__m256 p, __m256 q, __m256& even, __m256& odd) {
+      even = _mm256_castpd_ps(_mm256_permute4x64_pd(
+          _mm256_castps_pd(_mm256_shuffle_ps(p, q, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));
+      odd = _mm256_castpd_ps(_mm256_permute4x64_pd(
+          _mm256_castps_pd(_mm256_shuffle_ps(p, q, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
+    };
+    for (; oj < ow; oj += 8) {
+      const int64_t left = ow - oj < 8 ? ow - oj : 8;
+      const __m256i lo = below(2 * left), hi = below(2 * left - 8);
+      __m256 a, b, c, d;
+      split(_mm256_maskload_ps(r0 + 2 * oj, lo), _mm256_maskload_ps(r0 + 2 * oj + 8, hi), a, b);
+      split(_mm256_maskload_ps(r1 + 2 * oj, lo), _mm256_maskload_ps(r1 + 2 * oj + 8, hi), c, d);
+      // Offset of the maximum from the window's top-left corner: 0, 1, w or w + 1.
+      __m256 best = a;
+      __m256i offset = _mm256_setzero_si256();
+      const auto take = [&](__m256 v, int64_t at) {
+        const __m256 m = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+        best = _mm256_blendv_ps(best, v, m);
+        offset = _mm256_blendv_epi8(offset, _mm256_set1_epi32(static_cast<int>(at)),
+                                    _mm256_castps_si256(m));
+      };
+      take(b, 1);
+      take(c, w);
+      take(d, w + 1);
+      // Indices within the plane fit 32 bits here (checked by the caller).
+      const __m256i at = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(top + 2 * oj)),
+                                          _mm256_add_epi32(_mm256_add_epi32(lane, lane), offset));
+      const __m256i at_lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(at));
+      const __m256i at_hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(at, 1));
+      if (left == 8) {
+        _mm256_storeu_ps(out + oj, best);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + oj), at_lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + oj + 4), at_hi);
+        continue;
+      }
+      // The tail through a buffer: masked stores are slow on some CPUs (AMD's especially).
+      alignas(32) float best_buf[8];
+      alignas(32) int64_t at_buf[8];
+      _mm256_store_ps(best_buf, best);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(at_buf), at_lo);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(at_buf + 4), at_hi);
+      std::copy_n(best_buf, left, out + oj);
+      std::copy_n(at_buf, left, arg + oj);
+    }
+    return;
+  }
 #endif
   for (; oj < ow; ++oj) {
     const T a = r0[2 * oj], b = r0[2 * oj + 1], c = r1[2 * oj], d = r1[2 * oj + 1];
@@ -492,6 +543,56 @@ int64_t max_pool_2x2_backward_row_avx512(const float* g, const int64_t* at, floa
   }
   return ow;
 }
+#elif defined(__AVX2__)
+/// One row of windows, eight at a time; returns the number of windows done (all of them).
+int64_t max_pool_2x2_backward_row_avx2(const float* g, const int64_t* at, float* r0, float* r1,
+                                       int64_t top, int64_t w, int64_t ow) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i quad = _mm256_setr_epi64x(0, 1, 2, 3);
+  const __m256i low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const auto below = [&](int64_t n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane); };
+  const auto below64 = [&](int64_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), quad); };
+  const __m256i one = _mm256_set1_epi32(1), wide = _mm256_set1_epi32(static_cast<int>(w)),
+                wide1 = _mm256_set1_epi32(static_cast<int>(w + 1));
+  for (int64_t oj = 0; oj < ow; oj += 8) {
+    const int64_t left = ow - oj < 8 ? ow - oj : 8;
+    const __m256 v = _mm256_maskload_ps(g + oj, below(left));
+    const auto low32 = [&](const int64_t* p, int64_t n) {
+      return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+          _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), below64(n)), low_halves));
+    };
+    const __m256i at32 = _mm256_inserti128_si256(_mm256_castsi128_si256(low32(at + oj, left)),
+                                                 low32(at + oj + 4, left - 4), 1);
+    // Offset of each window's maximum from its top-left corner: 0, 1, w or w + 1.
+    const __m256i offset =
+        _mm256_sub_epi32(at32, _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(top + 2 * oj)),
+                                                _mm256_add_epi32(lane, lane)));
+    const auto where = [&](__m256i is) { return _mm256_and_ps(v, _mm256_castsi256_ps(is)); };
+    const __m256 a = where(_mm256_cmpeq_epi32(offset, _mm256_setzero_si256()));
+    const __m256 b = where(_mm256_cmpeq_epi32(offset, one));
+    const __m256 c = where(_mm256_cmpeq_epi32(offset, wide));
+    const __m256 d = where(_mm256_cmpeq_epi32(offset, wide1));
+    // Interleave (a, b) into the top row and (c, d) into the bottom one.
+    const auto store_pairs = [&](float* row, __m256 x, __m256 y) {
+      const __m256 first = _mm256_unpacklo_ps(x, y), second = _mm256_unpackhi_ps(x, y);
+      const __m256 pairs_lo = _mm256_permute2f128_ps(first, second, 0x20);
+      const __m256 pairs_hi = _mm256_permute2f128_ps(first, second, 0x31);
+      if (left == 8) {
+        _mm256_storeu_ps(row + 2 * oj, pairs_lo);
+        _mm256_storeu_ps(row + 2 * oj + 8, pairs_hi);
+        return;
+      }
+      // The tail through a buffer, as in the forward pass.
+      alignas(32) float buf[16];
+      _mm256_store_ps(buf, pairs_lo);
+      _mm256_store_ps(buf + 8, pairs_hi);
+      std::copy_n(buf, 2 * left, row + 2 * oj);
+    };
+    store_pairs(r0, a, b);
+    store_pairs(r1, c, d);
+  }
+  return ow;
+}
 #endif
 
 /// dx of a 2x2, stride 2, unpadded max pool: each input element of a window gets the window's
@@ -514,6 +615,12 @@ void max_pool_2x2_backward_cpu(const T* gy, const int64_t* indices, T* dx, int64
         if constexpr (std::is_same_v<T, float>) {
           if (h * w < (int64_t{1} << 31)) {
             oj = max_pool_2x2_backward_row_avx512(g + oi * ow, at + oi * ow, r0, r1, top, w, ow);
+          }
+        }
+#elif defined(__AVX2__)
+        if constexpr (std::is_same_v<T, float>) {
+          if (h * w < (int64_t{1} << 31)) {
+            oj = max_pool_2x2_backward_row_avx2(g + oi * ow, at + oi * ow, r0, r1, top, w, ow);
           }
         }
 #endif
