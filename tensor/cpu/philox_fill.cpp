@@ -10,18 +10,12 @@
 namespace dtrain::cpu {
 namespace {
 
-// GCC vector extensions: AVX-512, AVX2 or SSE code, whatever the build targets. Each 32-bit
-// Philox word lives in the low half of a 64-bit lane, so that the 32x32->64 products are
-// lane-wise multiplies.
+// GCC vector extensions: AVX-512 or SSE code, whatever the build targets (AVX2 builds have their
+// own philox_group below). Each 32-bit Philox word lives in the low half of a 64-bit lane, so that
+// the 32x32->64 products are lane-wise multiplies.
 typedef uint64_t U64x8 __attribute__((vector_size(64)));
 typedef uint32_t U32x16 __attribute__((vector_size(64)));
-// Independent vectors per round: the rounds are latency-bound. Each chain's four words take 4
-// of AVX-512's 32 registers, but 8 of AVX2's 16, where more than two chains spill.
-#if defined(__AVX512F__)
-constexpr int kChains = 4;
-#else
-constexpr int kChains = 2;
-#endif
+constexpr int kChains = 4;  // independent vectors per round: the rounds are latency-bound
 constexpr int kBlocksPerGroup = 8 * kChains;
 
 /// Lane-wise product of the low 32 bits of `a` with `m`, as 64 bits. (Vectors pass by reference:
@@ -35,6 +29,67 @@ inline void mul_32x32(const U64x8& a, uint32_t m, U64x8& product) {
 #endif
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/// hi and lo halves of the 32x32->64 products of a's eight u32 lanes with m's.
+inline void mul_hi_lo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);                        // lanes 0, 2, 4, 6
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1, 3, 5, 7
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+/// philox_group below for AVX2, which has no 64-bit lane multiply (the generic code's products
+/// become shift-and-add chains): each word of eight blocks in the u32 lanes of one register, the
+/// rounds on vpmuludq, then a 4 x 8 transpose into the same element order.
+void philox_group(uint64_t seed, uint64_t stream, uint64_t first, U32x16 (&words)[kChains][2]) {
+  __m256i c0[kChains], c1[kChains], c2[kChains], c3[kChains];
+  for (int c = 0; c < kChains; ++c) {
+    alignas(32) uint32_t lo[8], hi[8];
+    for (int l = 0; l < 8; ++l) {
+      const uint64_t counter = first + static_cast<uint64_t>(8 * c + l);
+      lo[l] = static_cast<uint32_t>(counter);
+      hi[l] = static_cast<uint32_t>(counter >> 32);
+    }
+    c0[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+    c1[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+    c2[c] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stream)));
+    c3[c] = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(stream >> 32)));
+  }
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0));
+    const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (int c = 0; c < kChains; ++c) {
+      __m256i hi0, lo0, hi1, lo1;
+      mul_hi_lo(c0[c], m0, hi0, lo0);
+      mul_hi_lo(c2[c], m1, hi1, lo1);
+      c0[c] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[c]), key0);
+      c1[c] = lo1;
+      c2[c] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[c]), key1);
+      c3[c] = lo0;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  for (int c = 0; c < kChains; ++c) {
+    // Lanes hold blocks 0..7 of one word each; interleave into block order (w0 w1 w2 w3 of each).
+    const __m256i t0 = _mm256_unpacklo_epi32(c0[c], c1[c]);  // b0 b1 | b4 b5, words 0-1
+    const __m256i t1 = _mm256_unpackhi_epi32(c0[c], c1[c]);  // b2 b3 | b6 b7, words 0-1
+    const __m256i t2 = _mm256_unpacklo_epi32(c2[c], c3[c]);  // b0 b1 | b4 b5, words 2-3
+    const __m256i t3 = _mm256_unpackhi_epi32(c2[c], c3[c]);  // b2 b3 | b6 b7, words 2-3
+    const __m256i b04 = _mm256_unpacklo_epi64(t0, t2), b15 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i b26 = _mm256_unpacklo_epi64(t1, t3), b37 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i* out0 = reinterpret_cast<__m256i*>(&words[c][0]);
+    __m256i* out1 = reinterpret_cast<__m256i*>(&words[c][1]);
+    _mm256_storeu_si256(out0, _mm256_permute2x128_si256(b04, b15, 0x20));
+    _mm256_storeu_si256(out0 + 1, _mm256_permute2x128_si256(b26, b37, 0x20));
+    _mm256_storeu_si256(out1, _mm256_permute2x128_si256(b04, b15, 0x31));
+    _mm256_storeu_si256(out1 + 1, _mm256_permute2x128_si256(b26, b37, 0x31));
+  }
+}
+#else
 /// Philox4x32-10 of the kBlocksPerGroup counters from `first`, the rounds of kernels::philox.
 /// On return, words[c] holds block first + 8c + l's four words in element order: u32 lanes
 /// 0..15 of words[c][0] are elements 0..15 of blocks 8c..8c+3, words[c][1] those of 8c+4..8c+7.
@@ -74,6 +129,7 @@ void philox_group(uint64_t seed, uint64_t stream, uint64_t first, U32x16 (&words
         reinterpret_cast<U32x16>(__builtin_shufflevector(lo, hi, 4, 12, 5, 13, 6, 14, 7, 15));
   }
 }
+#endif
 
 template <class T>
 T keep_value(double p) {
