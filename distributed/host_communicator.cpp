@@ -392,13 +392,19 @@ WorkPtr HostCommunicator::issue_all_reduce(Tensor& t, const AllReduceOptions& op
       info, opts.timeout,
       [this, t, opts, info, may_stage]() mutable {
         if (may_stage) {
+          check_usable_for(info);
           if (Tensor staging = staging_slot(info, opts.timeout); staging.defined()) {
             // Two copies of at most 64 KiB and a reduction in shared memory instead of the
             // backend's messages; calls run one at a time, so they share the slot.
             Tensor slot(staging.storage(), 0, {t.numel()}, t.dtype());
             std::memcpy(slot.data_ptr(), t.data_ptr(), t.nbytes());
-            staging_group_->all_reduce(*staging_group_->segment_holding(staging), slot, opts.op,
-                                       info, opts.timeout, waiting_spin());
+            try {
+              staging_group_->all_reduce(*staging_group_->segment_holding(staging), slot, opts.op,
+                                         info, opts.timeout, waiting_spin());
+            } catch (const Error& e) {
+              note_staged_failure(info, e.message());
+              throw;
+            }
             std::memcpy(t.data_ptr(), slot.data_ptr(), t.nbytes());
             return;
           }
@@ -422,8 +428,13 @@ Tensor HostCommunicator::staging_slot(const CollectiveInfo& info, Timeout timeou
     staging_negotiated_ = true;  // once, even if it fails: the ranks then agree on messages
     staging_info_ = &info;
     staging_timeout_ = timeout;
-    Tensor slot = staging_group_->allocate(kStagedAllReduceBytes / 4, DType::kFloat32,
-                                           shared_memory_default_max_bytes(), /*verbose=*/false);
+    // The slot is the backend's default size limit or larger: a backend that keeps its buffers
+    // out of shared memory by default (mpi) still stages; DTRAIN_SHARED_MEMORY=0 or
+    // DTRAIN_SHARED_MEMORY_MAX_MB below 64 KiB turn it off.
+    const double limit =
+        std::max(shared_memory_default_max_bytes(), static_cast<double>(kStagedAllReduceBytes));
+    Tensor slot = staging_group_->allocate(kStagedAllReduceBytes / 4, DType::kFloat32, limit,
+                                           /*verbose=*/false);
     staging_info_ = nullptr;
     if (staging_group_->segment_holding(slot)) staging_ = slot;
   }

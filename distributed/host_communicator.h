@@ -107,6 +107,10 @@ class HostCommunicator : public Communicator {
   /// socket round trip, say) opt in here: all-reduces of up to kStagedAllReduceBytes then copy
   /// the tensor into a shared slot, reduce it there and copy it back.
   virtual bool small_all_reduces_through_shared_memory() const { return false; }
+  /// A staged all-reduce runs outside the backend's primitives: a backend that refuses every call
+  /// after a failure checks here before one, and hears here of one that failed.
+  virtual void check_usable_for(const CollectiveInfo&) const {}
+  virtual void note_staged_failure(const CollectiveInfo&, const std::string& /*what*/) {}
   /// Backends whose run_all_reduce and run_reduce_scatter take ReduceOp::kAvg, dividing each chunk
   /// they reduce while it is in cache (the same division of the same sum, so the same bits), say
   /// so here; the others get kSum and the base divides the whole result afterwards, one more

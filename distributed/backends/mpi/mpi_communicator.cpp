@@ -549,6 +549,23 @@ void MpiCommunicator::set_max_chunk_elements(int64_t n) {
 
 MpiReductionOrder MpiCommunicator::reduction_order() const { return impl_->order; }
 
+bool MpiCommunicator::small_all_reduces_through_shared_memory() const {
+  return impl_->order == MpiReductionOrder::kRank;
+}
+
+void MpiCommunicator::check_usable_for(const CollectiveInfo& info) const {
+  impl_->check_usable(info);
+}
+
+void MpiCommunicator::note_staged_failure(const CollectiveInfo& info, const std::string& what) {
+  // The peers' flags in the shared slot no longer agree with this rank's: no later call may use
+  // it, as after a timed-out MPI collective.
+  if (impl_->failure.empty()) {
+    impl_->failure = info.describe() + " failed in shared memory on rank " +
+                     std::to_string(rank()) + ": " + what;
+  }
+}
+
 void MpiCommunicator::run_all_reduce(Tensor& t, ReduceOp op, const CollectiveInfo& info,
                                      Timeout timeout) {
   impl_->check_usable(info);

@@ -238,9 +238,70 @@ TEST(MpiCollectives, AllReduceNowRunsAfterTheAllReducesIssuedBeforeIt) {
   testdist::check_all_reduce_now_keeps_issue_order(comm());
 }
 
-TEST(MpiCollectives, AllReduceNowTimesOutNamingTheCollective) {
-  // A communicator of its own, as a timed-out one is unusable afterwards.
+// float32 elements of a tensor too large for the staged small all-reduce (64 KiB).
+constexpr int64_t kAboveStaging = 20000;
+
+TEST(MpiCollectives, SmallAllReducesAreStagedInSharedMemoryWithTheBitsOfTheMessages) {
+  auto staged = MpiCommunicator::world();
+  dist::MpiOptions native;
+  native.reduction_order = dist::MpiReductionOrder::kNative;
+  auto unstaged = MpiCommunicator::world(native);  // Open MPI's order: never staged
+  for (int64_t count : {int64_t{1}, int64_t{1000}, int64_t{16384}}) {
+    Generator gen(11, staged->rank());
+    Tensor input({count});
+    uniform_(input, -1, 1, gen);
+    Tensor via_slot = input.clone(), via_messages = input.clone();
+    staged->all_reduce_now(via_slot, {ReduceOp::kAvg});
+    // The same rank-order sums through the backend's own messages: a tensor just above the
+    // staging size whose first `count` elements are the input.
+    Tensor padded = zeros({kAboveStaging});
+    Tensor(padded.storage(), 0, {count}, DType::kFloat32).copy_(input);
+    staged->all_reduce_now(padded, {ReduceOp::kAvg});
+    via_messages.copy_(Tensor(padded.storage(), 0, {count}, DType::kFloat32));
+    EXPECT_EQ(std::memcmp(via_slot.data_ptr(), via_messages.data_ptr(), via_slot.nbytes()), 0)
+        << count << " elements: the staged sums differ from the messages' bits";
+    expect_same_on_every_rank(via_slot, "staged all_reduce(avg)");
+    Tensor native_input = input.clone();
+    unstaged->all_reduce_now(native_input, {ReduceOp::kSum});
+  }
+  EXPECT_TRUE(staged->stages_small_all_reduces()) << "the ranks of this job share one host";
+  EXPECT_FALSE(unstaged->stages_small_all_reduces());
+}
+
+TEST(MpiCollectives, AStagedAllReduceThatTimesOutLeavesTheCommunicatorUnusable) {
   auto c = MpiCommunicator::world();
+  Tensor t = full({8}, 1.0);
+  c->all_reduce_now(t);  // every rank: the shared slot is set up
+  ASSERT_TRUE(c->stages_small_all_reduces());
+  if (c->rank() == 0) {
+    // Rank 0 issues alone; the others join the barrier only after it has given up.
+    try {
+      c->all_reduce(t, {ReduceOp::kSum, std::chrono::milliseconds(300)})->wait();
+      ADD_FAILURE() << "expected a timeout";
+    } catch (const TimeoutError& e) {
+      EXPECT_THAT(e.message(), HasSubstr("all_reduce(sum) float32 x 8"));
+      EXPECT_THAT(e.message(), HasSubstr("within 300 ms"));
+    }
+    for (int64_t count : {int64_t{8}, kAboveStaging}) {  // staged or not, refused
+      Tensor u = full({count}, 1.0);
+      try {
+        c->all_reduce(u)->wait();
+        ADD_FAILURE() << "expected the communicator to refuse further collectives";
+      } catch (const Error& e) {
+        EXPECT_THAT(e.message(), HasSubstr("unusable after an earlier failure"));
+        EXPECT_THAT(e.message(), HasSubstr("failed in shared memory on rank 0"));
+      }
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST(MpiCollectives, AllReduceNowTimesOutNamingTheCollective) {
+  // A communicator of its own, as a timed-out one is unusable afterwards. Open MPI's order: the
+  // call is one MPI collective (not staged in shared memory), which the late ranks complete.
+  dist::MpiOptions native;
+  native.reduction_order = dist::MpiReductionOrder::kNative;
+  auto c = MpiCommunicator::world(native);
   Tensor t = full({8}, 1.0);
   if (c->rank() == 0) {
     // Rank 0 calls alone; the others join only after it has given up (the first barrier).
@@ -248,8 +309,8 @@ TEST(MpiCollectives, AllReduceNowTimesOutNamingTheCollective) {
       c->all_reduce_now(t, {ReduceOp::kSum, std::chrono::milliseconds(300)});
       ADD_FAILURE() << "expected a timeout";
     } catch (const TimeoutError& e) {
-      EXPECT_THAT(e.message(), HasSubstr("all_reduce(sum) float32 x 8 timed out after 300 ms on "
-                                         "rank 0 of " +
+      EXPECT_THAT(e.message(), HasSubstr("all_reduce(sum) float32 x 8 timed out after 300 ms "
+                                         "on rank 0 of " +
                                          std::to_string(c->size())));
     }
   }
@@ -331,8 +392,11 @@ TEST(MpiCollectives, TheJobFromEnvFindsOpenMpisRankAndSize) {
 }
 
 TEST(MpiCollectives, ATimeoutNamesTheCollectiveAndLeavesTheCommunicatorUnusable) {
-  // A communicator of its own, as this one ends up unusable.
-  auto c = MpiCommunicator::world();
+  // A communicator of its own, as this one ends up unusable. Open MPI's order: the call is one
+  // MPI collective (not staged in shared memory), which the late ranks complete.
+  dist::MpiOptions native;
+  native.reduction_order = dist::MpiReductionOrder::kNative;
+  auto c = MpiCommunicator::world(native);
   Tensor t = full({8}, 1.0);
   if (c->rank() == 0) {
     // Rank 0 issues alone; the others join only after it has given up (the first barrier).
@@ -340,8 +404,8 @@ TEST(MpiCollectives, ATimeoutNamesTheCollectiveAndLeavesTheCommunicatorUnusable)
       c->all_reduce(t, {ReduceOp::kSum, std::chrono::milliseconds(300)})->wait();
       ADD_FAILURE() << "expected a timeout";
     } catch (const TimeoutError& e) {
-      EXPECT_THAT(e.message(), HasSubstr("all_reduce(sum) float32 x 8 timed out after 300 ms on "
-                                         "rank 0 of " +
+      EXPECT_THAT(e.message(), HasSubstr("all_reduce(sum) float32 x 8 timed out after 300 ms "
+                                         "on rank 0 of " +
                                          std::to_string(c->size())));
       EXPECT_THAT(e.message(), HasSubstr("unusable"));
     }
