@@ -18,17 +18,6 @@ typedef uint32_t U32x16 __attribute__((vector_size(64)));
 constexpr int kChains = 4;  // independent vectors per round: the rounds are latency-bound
 constexpr int kBlocksPerGroup = 8 * kChains;
 
-/// Lane-wise product of the low 32 bits of `a` with `m`, as 64 bits. (Vectors pass by reference:
-/// by value their ABI would depend on whether the build has AVX-512.)
-inline void mul_32x32(const U64x8& a, uint32_t m, U64x8& product) {
-#if defined(__AVX512F__)
-  product = reinterpret_cast<U64x8>(
-      _mm512_mul_epu32(reinterpret_cast<__m512i>(a), _mm512_set1_epi64(static_cast<int64_t>(m))));
-#else
-  product = (a & 0xFFFFFFFFu) * m;
-#endif
-}
-
 #if defined(__AVX2__) && !defined(__AVX512F__)
 /// hi and lo halves of the 32x32->64 products of a's eight u32 lanes with m's.
 inline void mul_hi_lo(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
@@ -90,6 +79,17 @@ void philox_group(uint64_t seed, uint64_t stream, uint64_t first, U32x16 (&words
   }
 }
 #else
+/// Lane-wise product of the low 32 bits of `a` with `m`, as 64 bits. (Vectors pass by reference:
+/// by value their ABI would depend on whether the build has AVX-512.)
+inline void mul_32x32(const U64x8& a, uint32_t m, U64x8& product) {
+#if defined(__AVX512F__)
+  product = reinterpret_cast<U64x8>(
+      _mm512_mul_epu32(reinterpret_cast<__m512i>(a), _mm512_set1_epi64(static_cast<int64_t>(m))));
+#else
+  product = (a & 0xFFFFFFFFu) * m;
+#endif
+}
+
 /// Philox4x32-10 of the kBlocksPerGroup counters from `first`, the rounds of kernels::philox.
 /// On return, words[c] holds block first + 8c + l's four words in element order: u32 lanes
 /// 0..15 of words[c][0] are elements 0..15 of blocks 8c..8c+3, words[c][1] those of 8c+4..8c+7.
