@@ -58,6 +58,13 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 Tensor sum_to(const Tensor& g, const Shape& shape);
 
 // ---- linear algebra -------------------------------------------------------------------------
+/// Floating-point operations of the matrix products this process has run since it started: GEMMs,
+/// matmuls and convolutions (forward and both gradients) on every device and dtype, counted as 2
+/// per multiply-add, as model-FLOP utilisation counts them. Elementwise work, normalisation and the
+/// optimiser are not counted. The difference over a span of time is the achieved matrix FLOP rate.
+uint64_t matrix_flops();
+/// Adds to matrix_flops(): for kernels that run a matrix product without going through gemm().
+void count_matrix_flops(int64_t flops);
 /// C = alpha * op(A) @ op(B) + beta * C for 2-D tensors, op = transpose when the flag is set.
 /// Transposes are GEMM flags, never copies. float32 through oneDNN (CPU) or cuBLAS (CUDA).
 void gemm(bool trans_a, bool trans_b, const Tensor& a, const Tensor& b, Tensor& c,

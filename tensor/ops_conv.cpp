@@ -24,6 +24,11 @@ struct ConvGeometry {
   int64_t n, c, h, w, o, kh, kw, oh, ow;
 };
 
+/// Multiply-adds of one pass (forward, data gradient or weight gradient) times 2.
+int64_t pass_flops(const ConvGeometry& g) {
+  return 2 * g.n * g.o * g.oh * g.ow * g.c * g.kh * g.kw;
+}
+
 ConvGeometry conv_geometry(const Shape& x, const Shape& w, Conv2dArgs args, const char* op) {
   DTRAIN_CHECK(x.size() == 4, op, ": input must be [N, C, H, W]; got ", shape_str(x));
   DTRAIN_CHECK(w.size() == 4, op, ": weight must be [O, C, KH, KW]; got ", shape_str(w));
@@ -207,6 +212,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dArgs a
   }
   if (x.device().is_cuda()) return conv2d_cuda(x, w, bias, args);
   if (use_reference(x)) return conv2d_reference(x, w, bias, args);
+  count_matrix_flops(pass_flops(g));
   const Tensor xr = at_matmul_precision(x), wr = at_matmul_precision(w);
   Tensor y({g.n, g.o, g.oh, g.ow}, x.dtype());
   const ConvDescs d = conv_descs(g, args);
@@ -239,6 +245,7 @@ struct ConvBackwardShared {
 
 Tensor backward_input_onednn(const Tensor& gyr, const Tensor& wr, const ConvGeometry& g,
                              Conv2dArgs args, ConvBackwardShared& shared) {
+  count_matrix_flops(pass_flops(g));
   Tensor dx({g.n, g.c, g.h, g.w}, gyr.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, false);
@@ -260,6 +267,7 @@ Tensor backward_input_onednn(const Tensor& gyr, const Tensor& wr, const ConvGeom
 
 Tensor backward_weight_onednn(const Tensor& gyr, const Tensor& xr, const ConvGeometry& g,
                               Conv2dArgs args, Tensor* bias_grad, ConvBackwardShared& shared) {
+  count_matrix_flops(pass_flops(g));
   Tensor dw({g.o, g.c, g.kh, g.kw}, gyr.dtype());
   const ConvDescs d = conv_descs(g, args);
   const auto fwd = forward_pd(d, bias_grad != nullptr);

@@ -2,6 +2,7 @@
 // float32 matmul), a plain loop for float64.
 #include <oneapi/dnnl/dnnl.h>
 
+#include <atomic>
 #include <vector>
 
 #include "dtrain/tensor/cpu/parallel.h"
@@ -13,6 +14,8 @@
 
 namespace dtrain::ops {
 namespace {
+
+std::atomic<uint64_t> matrix_flops_done{0};
 
 /// Row-major C[M, N] = alpha * op(A) op(B) + beta * C; lda/ldb/ldc are row strides as stored.
 template <class T>
@@ -54,6 +57,7 @@ void gemm_raw(Device device, DType dtype, bool ta, bool tb, int64_t m, int64_t n
               float alpha, const void* a, int64_t lda, const void* b, int64_t ldb, float beta,
               void* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  count_matrix_flops(2 * m * n * k);
   if (dtype == DType::kFloat32) {
     const DType precision = matmul_precision();
     if (precision != DType::kFloat32 && k > 0) {
@@ -108,6 +112,12 @@ void gemm_raw(Device device, DType dtype, bool ta, bool tb, int64_t m, int64_t n
 
 }  // namespace
 
+void count_matrix_flops(int64_t flops) {
+  matrix_flops_done.fetch_add(static_cast<uint64_t>(flops), std::memory_order_relaxed);
+}
+
+uint64_t matrix_flops() { return matrix_flops_done.load(std::memory_order_relaxed); }
+
 void gemm(bool trans_a, bool trans_b, const Tensor& a, const Tensor& b, Tensor& c, float alpha,
           float beta) {
   detail::check_same("gemm", a, b);
@@ -155,6 +165,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
       matmul_precision() == DType::kFloat32 && (a_count == batches || a_count == 1) &&
       (b_count == batches || b_count == 1)) {
     // Each operand is a full batch or one matrix for all: one strided-batched cuBLAS call.
+    count_matrix_flops(2 * batches * m * n * k);
     cuda::gemm_strided_batched(trans_a, trans_b, m, n, k, 1.f, a.data_ptr<float>(), ac,
                                a_count == 1 ? 0 : ar * ac, b.data_ptr<float>(), bc,
                                b_count == 1 ? 0 : br * bc, 0.f, out.data_ptr<float>(), n, m * n,

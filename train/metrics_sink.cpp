@@ -34,15 +34,17 @@ void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss,
   const double window_s =
       window_seconds_before_ + std::chrono::duration<double>(last_step_at_ - window_start_).count();
   const double rate = window_steps_ * samples_per_step / std::max(window_s, 1e-9);
+  flops_at_last_step_ = ops::matrix_flops();
+  const double window_flops =
+      static_cast<double>(window_flops_before_ + (flops_at_last_step_ - window_flops_start_));
+  const double gflops = window_flops / std::max(window_s, 1e-9) / 1e9;
   const double mean_loss = window_loss_ / window_steps_;
   if (loss_read) shown_loss_ = mean_loss;
   progress_.update(step, epoch, epochs, shown_loss_, rate);
   if (step % every_steps_ != 0 && !last) return;
-  std::vector<std::pair<std::string, double>> record = {{"step", double(step)},
-                                                        {"epoch", double(epoch)},
-                                                        {"loss", mean_loss},
-                                                        {"lr", lr},
-                                                        {"samples_per_sec", rate}};
+  std::vector<std::pair<std::string, double>> record = {
+      {"step", double(step)},    {"epoch", double(epoch)}, {"loss", mean_loss}, {"lr", lr},
+      {"samples_per_sec", rate}, {"gflops", gflops}};
   for (const auto& [key, value] : notes_) {
     record.emplace_back(key, value);
     scalar(("train/" + key).c_str(), value, step);
@@ -53,10 +55,13 @@ void MetricsSink::step(int64_t step, int64_t epoch, int64_t epochs, double loss,
   scalar("train/loss", mean_loss, step);
   scalar("train/lr", lr, step);
   scalar("train/samples_per_sec", rate, step);
+  scalar("train/gflops", gflops, step);
   window_loss_ = 0;
   window_steps_ = 0;
   window_seconds_before_ = 0;
   window_start_ = std::chrono::steady_clock::now();
+  window_flops_before_ = 0;
+  window_flops_start_ = ops::matrix_flops();
 }
 
 void MetricsSink::test(int64_t step, int64_t epoch, int64_t epochs, double loss, double accuracy) {
@@ -75,8 +80,10 @@ void MetricsSink::test(int64_t step, int64_t epoch, int64_t epochs, double loss,
   // The evaluation ran between the last step and now.
   if (window_steps_ > 0) {
     window_seconds_before_ += std::chrono::duration<double>(last_step_at_ - window_start_).count();
+    window_flops_before_ += flops_at_last_step_ - window_flops_start_;
   }
   window_start_ = std::chrono::steady_clock::now();
+  window_flops_start_ = ops::matrix_flops();
 }
 
 void MetricsSink::note(const std::string& key, double value) {

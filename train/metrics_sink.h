@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "dtrain/tensor/ops.h"
 #include "dtrain/train/config.h"
 #include "dtrain/train/progress.h"
 #include "dtrain/train/summary.h"
@@ -18,8 +19,9 @@ class MetricsSink {
   /// `append`: a resumed run continues metrics.jsonl.
   MetricsSink(const Config& config, int64_t total_steps, bool append);
   /// After optimiser step `step`: adds `loss` to the window, updates the progress display and,
-  /// every log.every_steps steps or when `last`, records the window's mean loss, the learning rate
-  /// and the throughput (`samples_per_step` samples each step), then starts a new window.
+  /// every log.every_steps steps or when `last`, records the window's mean loss, the learning rate,
+  /// the throughput (`samples_per_step` samples each step) and this process's matrix GFLOP/s
+  /// (ops::matrix_flops), then starts a new window.
   /// `loss_read` false: the Trainer keeps the loss on the device and passes 0 here, then the sum
   /// since its last read at the next step it reads (every log.every_steps, the last, the first);
   /// the progress display keeps the last mean read until then.
@@ -56,6 +58,10 @@ class MetricsSink {
   // time they took, not with none (which read ~2x too high right after every evaluation).
   double window_seconds_before_ = 0;
   std::chrono::steady_clock::time_point last_step_at_ = window_start_;
+  // The same for the matrix FLOPs: evaluation's forward passes do not count as training.
+  uint64_t window_flops_start_ = ops::matrix_flops();
+  uint64_t window_flops_before_ = 0;
+  uint64_t flops_at_last_step_ = window_flops_start_;
 };
 
 }  // namespace dtrain::train

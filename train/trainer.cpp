@@ -76,8 +76,8 @@ std::string TrainResult::final_line() const {
   char buf[256];
   std::snprintf(buf, sizeof buf,
                 "final: test_accuracy=%.4f test_loss=%.4f steps=%" PRId64
-                " samples_per_sec=%.1f wall_s=%.2f",
-                test.accuracy, test.loss, steps, samples_per_sec, wall_s);
+                " samples_per_sec=%.1f wall_s=%.2f gflops=%.2f",
+                test.accuracy, test.loss, steps, samples_per_sec, wall_s, gflops);
   return buf;
 }
 
@@ -652,9 +652,10 @@ void Trainer::on_device(data::Batch& b) const {
 
 Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::DataLoader& loader,
                                        MetricsSink* sink, TrainResult& result, int64_t& samples,
-                                       double& seconds) {
+                                       double& seconds, uint64_t& matrix_flops) {
   const TrainSection& t = config_.train;
   const auto epoch_start = std::chrono::steady_clock::now();
+  const uint64_t flops_at_start = ops::matrix_flops();
   loader.start_epoch(at.epoch, at.batch_in_epoch);
   int accumulated = 0;
   double step_loss = 0;
@@ -752,6 +753,7 @@ Trainer::Position Trainer::train_epoch(const Plan& plan, Position at, data::Data
     if (stop) break;
   }
   seconds += seconds_since(epoch_start);
+  matrix_flops += ops::matrix_flops() - flops_at_start;
   return at;
 }
 
@@ -829,6 +831,7 @@ TrainResult Trainer::run() {
   TrainResult result;
   int64_t samples = 0;
   double train_seconds = 0;
+  uint64_t train_flops = 0;
   optimizer_->zero_grad(!strategy_->gradients_stay_in_place());
   // A run that early stopping ended stays ended when run again.
   const bool ended = config_.train.early_stop_patience > 0 &&
@@ -836,7 +839,7 @@ TrainResult Trainer::run() {
   if (ended) result.stopped_early = true;
   for (; !ended && at.epoch < p.epochs && at.step < p.stop_step;
        ++at.epoch, at.batch_in_epoch = 0) {
-    at = train_epoch(p, at, loader, sink.get(), result, samples, train_seconds);
+    at = train_epoch(p, at, loader, sink.get(), result, samples, train_seconds, train_flops);
     if (at.batch_in_epoch < p.batches_per_epoch_used) break;  // stopped inside the epoch
     result.test = evaluate();
     if (sink) {
@@ -900,6 +903,7 @@ TrainResult Trainer::run() {
   result.primary = primary;
   result.stopped_early = result.stopped_early || at.step < p.total_steps;
   result.samples_per_sec = train_seconds > 0 ? samples / train_seconds : 0;
+  result.gflops = train_seconds > 0 ? static_cast<double>(train_flops) / train_seconds / 1e9 : 0;
   result.wall_s = seconds_since(start);
   return result;
 }

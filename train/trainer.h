@@ -35,14 +35,15 @@ struct EvalResult {
 
 struct TrainResult {
   EvalResult test;
-  int64_t steps = 0;            // optimiser steps completed in total (resumed runs included)
-  double samples_per_sec = 0;   // training throughput of this run (all replicas)
-  double wall_s = 0;            // this process's time from start to end
+  int64_t steps = 0;           // optimiser steps completed in total (resumed runs included)
+  double samples_per_sec = 0;  // training throughput of this run (all replicas)
+  double gflops = 0;  // this process's matrix products per second of training (ops::matrix_flops)
+  double wall_s = 0;  // this process's time from start to end
   bool stopped_early = false;   // train.stop_at_step, early stopping or a signal ended the run
   int stopped_by_signal = 0;    // the signal that ended the run after its checkpoint, or 0
   bool primary = true;          // this process is the replica that reports for the job
   std::string last_checkpoint;  // written by the primary; "" when none was written
-  /// "final: test_accuracy=<x> test_loss=<y> steps=<n> samples_per_sec=<z> wall_s=<t>"
+  /// "final: test_accuracy=<x> test_loss=<y> steps=<n> samples_per_sec=<z> wall_s=<t> gflops=<g>"
   std::string final_line() const;
 };
 
@@ -117,9 +118,11 @@ class Trainer {
   /// from `resumed`; returns where to continue.
   Position restore(const Plan& plan, const std::optional<LoadedCheckpoint>& resumed);
   /// Trains from `at` to the end of its epoch or to the stop step (writing checkpoints on the
-  /// way); returns where it stopped. Adds the epoch's samples and seconds to the totals.
+  /// way); returns where it stopped. Adds the epoch's samples, seconds and matrix FLOPs to the
+  /// totals.
   Position train_epoch(const Plan& plan, Position at, data::DataLoader& loader, MetricsSink* sink,
-                       TrainResult& result, int64_t& samples, double& seconds);
+                       TrainResult& result, int64_t& samples, double& seconds,
+                       uint64_t& matrix_flops);
   /// One micro-batch: forward and backward; returns its loss (scaled by 1/grad_accum_steps), or
   /// 0 with defer_loss_, which adds it to device_loss_sum_ instead.
   double train_micro_batch(const data::Batch& b, bool last_of_step);

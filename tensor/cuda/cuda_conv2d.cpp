@@ -36,6 +36,11 @@ bool use_cudnn(const Tensor& t, const cuda::ConvShape& s) {
          cuda::cudnn_loaded();
 }
 
+/// Multiply-adds of one cuDNN pass times 2 (the im2col path counts its GEMMs in gemm()).
+void count_pass(const cuda::ConvShape& s) {
+  count_matrix_flops(2 * s.n * s.o * s.oh() * s.ow() * s.c * s.kh * s.kw);
+}
+
 kernels::Window2d window_of(const cuda::ConvShape& s) {
   return {s.h, s.w, s.oh(), s.ow(), s.kh, s.kw, s.stride, s.padding};
 }
@@ -48,6 +53,7 @@ Tensor conv2d_cuda(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dA
     Tensor y({s.n, s.o, s.oh(), s.ow()}, x.dtype(), x.device());
     if (cuda::cudnn_conv_forward(s, x.data_ptr<float>(), w.data_ptr<float>(), y.data_ptr<float>(),
                                  x.device().index)) {
+      count_pass(s);
       if (bias.defined()) {
         Tensor planes = y.view({s.n, s.o, s.oh() * s.ow()});
         binary_(kernels::Binary::kAdd, planes, bias.view({s.o, 1}));
@@ -66,6 +72,7 @@ Tensor conv2d_backward_input_cuda(const Tensor& gy, const Tensor& w, const Shape
     Tensor dx(x_shape, gy.dtype(), gy.device());
     if (cuda::cudnn_conv_backward_data(s, gy.data_ptr<float>(), w.data_ptr<float>(),
                                        dx.data_ptr<float>(), gy.device().index)) {
+      count_pass(s);
       return dx;
     }
   }
@@ -89,6 +96,7 @@ Tensor conv2d_backward_weight_cuda(const Tensor& gy, const Tensor& x, const Shap
   if (use_cudnn(gy, s) &&
       cuda::cudnn_conv_backward_filter(s, gy.data_ptr<float>(), x.data_ptr<float>(),
                                        dw.data_ptr<float>(), gy.device().index)) {
+    count_pass(s);
     return dw;
   }
   const int64_t ckk = s.c * s.kh * s.kw, ohw = s.oh() * s.ow();

@@ -73,7 +73,7 @@ struct FinalLine {
 
 const std::regex kFinalLine(
     "^final: test_accuracy=([0-9.]+) test_loss=([0-9.]+) steps=([0-9]+) "
-    "samples_per_sec=[0-9.]+ wall_s=[0-9.]+$");
+    "samples_per_sec=[0-9.]+ wall_s=[0-9.]+ gflops=[0-9.]+$");
 
 /// The one line matching kFinalLine; fails the test when there is not exactly one.
 FinalLine final_line(const std::string& output) {

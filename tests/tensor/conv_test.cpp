@@ -157,6 +157,31 @@ TEST(Conv2d, BackwardMatchesDirectLoopsAndTheFloat64Path) {
   }
 }
 
+// One pass (forward, data or weight gradient) is 2 * N * O * OH * OW * C * KH * KW on every path:
+// oneDNN for float32, the im2col reference's GEMMs for float64.
+TEST(Conv2d, EachPassCountsItsMultiplyAddsInMatrixFlops) {
+  uint64_t seed = 300;
+  for (const auto& c : conv_cases()) {
+    const ops::Conv2dArgs args{c.stride, c.padding};
+    const int64_t oh = out_size(c.h, c.kh, c), ow = out_size(c.w, c.kw, c);
+    const uint64_t pass = 2u * c.n * c.o * oh * ow * c.c * c.kh * c.kw;
+    for (DType dtype : {DType::kFloat32, DType::kFloat64}) {
+      const Tensor x = random_tensor({c.n, c.c, c.h, c.w}, seed++, -1, 1, dtype);
+      const Tensor w = random_tensor({c.o, c.c, c.kh, c.kw}, seed++, -1, 1, dtype);
+      const Tensor gy = random_tensor({c.n, c.o, oh, ow}, seed++, -1, 1, dtype);
+      uint64_t before = ops::matrix_flops();
+      ops::conv2d(x, w, Tensor(), args);
+      EXPECT_EQ(ops::matrix_flops() - before, pass) << describe(c) << " " << dtype_name(dtype);
+      before = ops::matrix_flops();
+      ops::conv2d_backward(gy, x, w, args, /*want_input=*/true, /*want_weight=*/true, nullptr);
+      EXPECT_EQ(ops::matrix_flops() - before, 2 * pass) << describe(c) << " " << dtype_name(dtype);
+      before = ops::matrix_flops();
+      ops::conv2d_backward(gy, x, w, args, /*want_input=*/false, /*want_weight=*/true, nullptr);
+      EXPECT_EQ(ops::matrix_flops() - before, pass) << describe(c) << " " << dtype_name(dtype);
+    }
+  }
+}
+
 TEST(Conv2d, BackwardIsTheAdjointOfForward) {
   // <conv(x, w), gy> = <x, dx(gy, w)> = <w, dw(gy, x)> for any x, w, gy (conv is bilinear).
   const ConvCase c{2, 3, 9, 7, 4, 3, 3, 2, 1};

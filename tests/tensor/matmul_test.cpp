@@ -171,5 +171,30 @@ TEST(Matmul, AgreesWithGemmOnTwoDimensionalOperands) {
   EXPECT_TRUE(all_close(ops::matmul(a, b), c, 1e-6, 1e-6));
 }
 
+TEST(MatrixFlops, GemmAndMatmulCountTwicePerMultiplyAdd) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat64}) {
+    const Tensor a = random_tensor({3, 7}, 1, -1, 1, dtype);
+    const Tensor b = random_tensor({5, 7}, 2, -1, 1, dtype);
+    Tensor c = zeros({3, 5}, dtype);
+    uint64_t before = ops::matrix_flops();
+    ops::gemm(false, true, a, b, c);
+    EXPECT_EQ(ops::matrix_flops() - before, 2u * 3 * 5 * 7) << dtype_name(dtype);
+    // Stacked rows ([4, 3, 7] @ [7, 5]) and broadcast batches ([4, 3, 7] @ [1, 7, 5]).
+    const Tensor stacked = random_tensor({4, 3, 7}, 3, -1, 1, dtype);
+    const Tensor right = random_tensor({7, 5}, 4, -1, 1, dtype);
+    before = ops::matrix_flops();
+    ops::matmul(stacked, right);
+    EXPECT_EQ(ops::matrix_flops() - before, 2u * 4 * 3 * 5 * 7) << dtype_name(dtype);
+    before = ops::matrix_flops();
+    ops::matmul(stacked, right.view({1, 7, 5}));
+    EXPECT_EQ(ops::matrix_flops() - before, 2u * 4 * 3 * 5 * 7) << dtype_name(dtype);
+    // Nothing to multiply, nothing counted.
+    Tensor empty = zeros({0, 5}, dtype);
+    before = ops::matrix_flops();
+    ops::gemm(false, true, zeros({0, 7}, dtype), b, empty);
+    EXPECT_EQ(ops::matrix_flops(), before) << dtype_name(dtype);
+  }
+}
+
 }  // namespace
 }  // namespace dtrain

@@ -81,6 +81,17 @@ TEST(OpenTrainer, FitTrainsTheCallersModelDataAndLossWithCheckpoints) {
   EXPECT_EQ(c.model[0].first, "fc1.weight");  // the caller's module names
 }
 
+// TwoLayers 16-32-4: forward 2 * (16*32 + 32*4) = 1280 FLOPs a sample; backward the two weight
+// gradients (1024 + 256) and fc2's input gradient (256), none for the data. The three
+// evaluations' forward passes (256 samples each) are not training and must not be counted.
+TEST(OpenTrainer, GflopsCountTheTrainingStepsMatrixProductsOnly) {
+  ScratchDir dir;
+  const train::TrainResult r = train::fit(config(dir.path()), parts());
+  ASSERT_GT(r.samples_per_sec, 0);
+  EXPECT_NEAR(r.gflops * 1e9 / r.samples_per_sec, 1280 + 1024 + 256 + 256, 1e-6);
+  EXPECT_THAT(r.final_line(), HasSubstr(" gflops="));
+}
+
 TEST(OpenTrainer, StoppedAndResumedEndsWithTheSameWeights) {
   ScratchDir straight, parts_dir;
   train::fit(config(straight.path()), parts());

@@ -214,7 +214,8 @@ TEST(MetricsSink, FlushPutsTheScalarsSoFarInTheEventFile) {
       EXPECT_EQ(event.summary().value(0).simple_value(), 0.25f);
     }
   }
-  EXPECT_EQ(tags, (std::vector<std::string>{"train/loss", "train/lr", "train/samples_per_sec"}));
+  EXPECT_EQ(tags, (std::vector<std::string>{"train/loss", "train/lr", "train/samples_per_sec",
+                                            "train/gflops"}));
 }
 
 // Steps of 20 ms or more around a 200 ms evaluation: the window's throughput counts the four
@@ -252,6 +253,45 @@ TEST(MetricsSink, ThroughputAfterAnEvaluationCountsTheWholeWindowsSteps) {
   ASSERT_GT(rate, 0) << "no samples_per_sec in metrics.jsonl";
   // At least 4 x 20 ms of steps: at most 5,000 samples/s (2x that when the evaluation resets it).
   EXPECT_LE(rate, 4 * samples_per_step / 0.080 * 1.02);
+}
+
+// A window's gflops are its training steps' matrix products over their time: samples_per_sec
+// shares that time, so gflops / samples_per_sec gives the FLOPs per sample back. An evaluation's
+// products inside the window (here 100x a step's) are left out.
+TEST(MetricsSink, GflopsOfAWindowLeaveTheEvaluationOut) {
+  ScratchDir dir;
+  Config config;
+  config.log.dir = dir / "logs";
+  config.log.progress = "off";
+  config.log.tensorboard = false;
+  config.log.every_steps = 2;
+  const Tensor a = ones({8, 16}), b = ones({16, 4}), big = ones({80, 16});
+  const double step_flops = 2.0 * 8 * 16 * 4;
+  {
+    MetricsSink sink(config, /*total_steps=*/2, /*append=*/false);
+    ops::matmul(a, b);
+    sink.step(1, /*epoch=*/0, /*epochs=*/1, /*loss=*/1.0, /*lr=*/0.1, /*samples_per_step=*/1,
+              /*last=*/false);
+    for (int i = 0; i < 10; ++i) ops::matmul(big, b);  // the evaluation
+    sink.test(1, 0, 1, /*loss=*/1.0, /*accuracy=*/0.5);
+    ops::matmul(a, b);
+    sink.step(2, /*epoch=*/0, /*epochs=*/1, /*loss=*/1.0, /*lr=*/0.1, /*samples_per_step=*/1,
+              /*last=*/true);
+    sink.finish();
+  }
+  std::ifstream in(config.log.dir + "/metrics.jsonl");
+  std::string line;
+  double rate = -1, gflops = -1;
+  const std::regex rate_field("\"samples_per_sec\": *([0-9.eE+-]+)");
+  const std::regex gflops_field("\"gflops\": *([0-9.eE+-]+)");
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_search(line, m, rate_field)) rate = std::stod(m[1]);
+    if (std::regex_search(line, m, gflops_field)) gflops = std::stod(m[1]);
+  }
+  ASSERT_GT(rate, 0) << "no samples_per_sec in metrics.jsonl";
+  ASSERT_GE(gflops, 0) << "no gflops in metrics.jsonl";
+  EXPECT_NEAR(gflops * 1e9 / rate, step_flops, step_flops * 1e-9);
 }
 
 TEST(TensorBoardWriter, SecondWriterInSameSecondGetsItsOwnFile) {
