@@ -15,7 +15,11 @@ cosine. PyTorch's attention is F.scaled_dot_product_attention(is_causal=True); i
 random windows of the first 90% of the corpus (dtrain's train split), drawn before timing.
 On a GPU (scripts/gpu_check.sh): --device cuda --pytorch-only --kinds mlp,cnn,resnet --steps N
 [--data DIR] prints `pytorch <kind> samples_per_sec=<x>` per model (batches copied from the host
-each step, as dtrain's loader does; the ResNet without random crops and flips)."""
+each step, as dtrain's loader does; the ResNet without random crops and flips).
+The table also gives each model's matrix FLOPs per sample (dtrain's final line: gflops divided by
+samples_per_sec; GEMMs and convolutions, 2 per multiply-add), the GFLOP/s both sides reach with
+that count, and their share of the CPU's FMA peak (build/bench/fma_peak, --peak-gflops to give
+it), with the share the issue's target ratio would take."""
 import argparse
 import gzip
 import os
@@ -36,6 +40,7 @@ CASES = {"mlp": ("configs/fashion_mnist_mlp.yaml", 3000, 1500),
          "resnet": ("configs/fashion_mnist_resnet.yaml", 100, 50),
          "transformer": ("configs/char_transformer.yaml", 40, 80)}
 CONTEXT, TEXT_BATCH, WARMUP = 128, 16, 50  # configs/char_transformer.yaml
+TARGETS = {"mlp": 2.5, "cnn": 2.0, "resnet": 1.5, "transformer": 1.5}  # dtrain / PyTorch
 
 
 def load_train_images(data=DATA):
@@ -208,7 +213,8 @@ def torch_samples_per_sec(kind, steps, threads, data, device="cpu"):
 
 
 def dtrain_samples_per_sec(binary, kind, steps, threads, device="cpu", data=DATA):
-    """data: the Fashion-MNIST folder, or for the transformer the text corpus."""
+    """(samples/s, matrix GFLOP/s) of the final line. data: the Fashion-MNIST folder, or for the
+    transformer the text corpus."""
     config = CASES[kind][0]
     with tempfile.TemporaryDirectory() as tmp:
         # The transformer's config trains with ddp (dtrain launch) and caches its tokens.
@@ -222,7 +228,18 @@ def dtrain_samples_per_sec(binary, kind, steps, threads, device="cpu", data=DATA
              f"train.device={device}", f"data.path={data}"] + text,
             env=dict(os.environ, OMP_NUM_THREADS=str(threads)), check=True, capture_output=True,
             text=True).stdout
-    return float(re.search(r"samples_per_sec=([0-9.]+)", out).group(1))
+    final = re.search(r"samples_per_sec=([0-9.]+) .*gflops=([0-9.]+)", out)
+    return float(final.group(1)), float(final.group(2))
+
+
+def fma_peak_gflops(dtrain, threads):
+    """build/bench/fma_peak next to the dtrain binary, or None when it is not built."""
+    binary = os.path.join(os.path.dirname(os.path.abspath(dtrain)), "bench", "fma_peak")
+    if not os.path.exists(binary):
+        return None
+    out = subprocess.run([binary, "--threads", str(threads)], check=True, capture_output=True,
+                         text=True).stdout
+    return float(re.search(r"fma_peak_gflops=([0-9.]+)", out).group(1))
 
 
 def main():
@@ -239,6 +256,8 @@ def main():
                         help="comma-separated: mlp, cnn, resnet, transformer")
     parser.add_argument("--steps", type=int, default=0, help="PyTorch steps per model (0: CASES)")
     parser.add_argument("--pytorch-only", action="store_true", help="measure PyTorch alone")
+    parser.add_argument("--peak-gflops", type=float, default=0,
+                        help="the CPU's FMA peak for --threads (0: run build/bench/fma_peak)")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     # OpenBLAS sizes its pool from the environment when torch is imported.
@@ -267,10 +286,26 @@ def main():
     print(f"CPU: {bench_python.cpu_description()}")
     if "transformer" in kinds:
         print(f"(char_transformer: a sample is a sequence of {CONTEXT} tokens, batch {TEXT_BATCH})")
-    print(f"{'config':<29} {'dtrain samples/s':>17} {'pytorch samples/s':>18} {'ratio':>6}")
+    peak = args.peak_gflops or (fma_peak_gflops(args.dtrain, args.threads)
+                                if args.device == "cpu" else None)
+    if peak:
+        print(f"FMA peak: {peak:.1f} GFLOP/s on {args.threads} thread(s); GFLOP/s count dtrain's "
+              f"matrix FLOPs per sample on both sides")
+    print(f"{'config':<29} {'dtrain samples/s':>17} {'pytorch samples/s':>18} {'ratio':>6} "
+          f"{'MFLOP/sample':>13} {'dtrain GFLOP/s':>15} {'pytorch GFLOP/s':>16} "
+          f"{'target':>7} {'target GFLOP/s':>15}")
     for kind, (ours, theirs) in results.items():
-        print(f"{CASES[kind][0]:<29} {max(ours):>17.0f} {max(theirs):>18.0f} "
-              f"{max(ours) / max(theirs):>6.2f}")
+        rate, gflops = max(ours)
+        flop_per_sample = gflops * 1e9 / rate
+        torch_gflops = flop_per_sample * max(theirs) / 1e9
+        needed = TARGETS[kind] * torch_gflops
+
+        def of_peak(value):
+            return f"{value:.1f} ({100 * value / peak:.0f}%)" if peak else f"{value:.1f}"
+
+        print(f"{CASES[kind][0]:<29} {rate:>17.0f} {max(theirs):>18.0f} "
+              f"{rate / max(theirs):>6.2f} {flop_per_sample / 1e6:>13.3f} {of_peak(gflops):>15} "
+              f"{of_peak(torch_gflops):>16} {TARGETS[kind]:>6.1f}x {of_peak(needed):>15}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "dtrain/tensor/ops.h"
 #include "layer_checks.h"
 #include "testutil.h"
 
@@ -139,13 +140,16 @@ TEST(CausalSelfAttention, ValidatesConfigurationAndInput) {
 
 TEST(CausalSelfAttention, MatchesAHeadByHeadReference) {
   Generator gen(2);
-  for (int64_t heads : {1, 2, 4}) {
-    nn::CausalSelfAttention attn(8, heads, 0.0, 0, gen);
-    const Tensor x = randn({2, 6, 8}, gen);
-    const Tensor y = attn.forward(x);
-    EXPECT_TRUE(all_close(y, from_vector<double>(reference_attention(attn, x, heads), y.shape()),
-                          1e-5, 1e-5))
-        << heads << " heads";
+  // Short sequences and one longer than the training config's 128.
+  for (int64_t t : {6, 130}) {
+    for (int64_t heads : {1, 2, 4}) {
+      nn::CausalSelfAttention attn(8, heads, 0.0, 0, gen);
+      const Tensor x = randn({2, t, 8}, gen);
+      const Tensor y = attn.forward(x);
+      EXPECT_TRUE(all_close(y, from_vector<double>(reference_attention(attn, x, heads), y.shape()),
+                            1e-5, 1e-5))
+          << heads << " heads, T = " << t;
+    }
   }
 }
 
@@ -220,27 +224,31 @@ TEST(CausalSelfAttention, GradcheckWithAFixedDropoutMask) {
 
 TEST(CausalSelfAttention, Float32GradientsWithDropoutMatchFloat64) {
   // The float32 CPU path (causal rows without the masked half, one node for q, k and v) against
-  // the float64 path with the same weights and the same dropout mask.
-  Generator gen(8);
-  nn::CausalSelfAttention f32(16, 4, 0.3, /*seed=*/5, gen);
-  auto f64 = std::dynamic_pointer_cast<nn::CausalSelfAttention>(f32.clone());
-  ASSERT_NE(f64, nullptr);
-  to_float64(*f64);
-  const Tensor x = randn({3, 9, 16}, gen);
-  const Tensor w = randn({3, 9, 16}, gen);
-  Tensor x32 = x.detach().clone().set_requires_grad();
-  Tensor x64 = to_dtype(x, DType::kFloat64).set_requires_grad();
-  const Tensor y32 = f32.forward(x32), y64 = f64->forward(x64);
-  EXPECT_TRUE(all_close(to_dtype(y32, DType::kFloat64), y64, 1e-4, 1e-5));
-  sum(mul(y32, w)).backward();
-  sum(mul(y64, to_dtype(w, DType::kFloat64))).backward();
-  EXPECT_TRUE(all_close(to_dtype(x32.grad(), DType::kFloat64), x64.grad(), 1e-4, 1e-5)) << "dx";
-  const auto p32 = f32.named_parameters(), p64 = f64->named_parameters();
-  ASSERT_EQ(p32.size(), p64.size());
-  for (size_t i = 0; i < p32.size(); ++i) {
-    EXPECT_TRUE(all_close(to_dtype(p32[i].second.grad(), DType::kFloat64), p64[i].second.grad(),
-                          1e-4, 1e-5))
-        << p32[i].first;
+  // the float64 path with the same weights and the same dropout mask, at short and long
+  // sequences.
+  for (int64_t t : {9, 64, 65, 150}) {
+    Generator gen(8);
+    nn::CausalSelfAttention f32(16, 4, 0.3, /*seed=*/5, gen);
+    auto f64 = std::dynamic_pointer_cast<nn::CausalSelfAttention>(f32.clone());
+    ASSERT_NE(f64, nullptr);
+    to_float64(*f64);
+    const Tensor x = randn({3, t, 16}, gen);
+    const Tensor w = randn({3, t, 16}, gen);
+    Tensor x32 = x.detach().clone().set_requires_grad();
+    Tensor x64 = to_dtype(x, DType::kFloat64).set_requires_grad();
+    const Tensor y32 = f32.forward(x32), y64 = f64->forward(x64);
+    EXPECT_TRUE(all_close(to_dtype(y32, DType::kFloat64), y64, 1e-4, 1e-5)) << "T = " << t;
+    sum(mul(y32, w)).backward();
+    sum(mul(y64, to_dtype(w, DType::kFloat64))).backward();
+    EXPECT_TRUE(all_close(to_dtype(x32.grad(), DType::kFloat64), x64.grad(), 1e-4, 1e-5))
+        << "dx, T = " << t;
+    const auto p32 = f32.named_parameters(), p64 = f64->named_parameters();
+    ASSERT_EQ(p32.size(), p64.size());
+    for (size_t i = 0; i < p32.size(); ++i) {
+      EXPECT_TRUE(all_close(to_dtype(p32[i].second.grad(), DType::kFloat64), p64[i].second.grad(),
+                            1e-4, 1e-5))
+          << p32[i].first << ", T = " << t;
+    }
   }
 }
 
