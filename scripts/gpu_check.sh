@@ -401,7 +401,7 @@ run_check() {
   # 5. Throughput: a fixed number of steps of each model on the GPU (dtrain's final line).
   local kinds=(mlp cnn resnet) kind
   declare -A steps=([mlp]=2000 [cnn]=1000 [resnet]=300) batch=([mlp]=64 [cnn]=64 [resnet]=128)
-  declare -A ours=() theirs=()
+  declare -A ours=() theirs=() flops=()
   for kind in "${kinds[@]}"; do
     if ((have_data == 0)); then
       ours[$kind]="not measured: no dataset in gpu-bundle/"
@@ -411,11 +411,12 @@ run_check() {
     rc=$?
     if ((rc == 0)) && [ -n "$(final_field samples_per_sec "speed_$kind")" ]; then
       ours[$kind]=$(final_field samples_per_sec "speed_$kind")
+      flops[$kind]=$(final_field gflops "speed_$kind")
     else
       ours[$kind]=$(why_not "$rc" "speed_$kind")
       ((rc == 125 || rc == 124 || rc == 137)) || failures+=("dtrain $kind throughput run exited $rc")
     fi
-    say "dtrain $kind on $device: ${ours[$kind]}$(unit "${ours[$kind]}" " samples/s")"
+    say "dtrain $kind on $device: ${ours[$kind]}$(unit "${ours[$kind]}" " samples/s")${flops[$kind]:+, ${flops[$kind]} GFLOP/s of matrix products}"
   done
 
   # 6. The accuracy runs: the full configs on the GPU against their targets. Targets: the MLP's
@@ -534,6 +535,15 @@ sys.exit(0) if sys.argv[1] == "cpu" or torch.cuda.is_available() else print("tor
       echo "| GEMM 4096³ $dt: TFLOP/s | $(fmt2 "$impl_ours") | $(fmt2 "$impl_ref") | $ref_name | $(ratio "$impl_ours" "$impl_ref") |"
     done
     echo
+    local matrix_rates=()
+    for kind in "${kinds[@]}"; do
+      [ -n "${flops[$kind]:-}" ] && matrix_rates+=("$kind ${flops[$kind]}")
+    done
+    if ((${#matrix_rates[@]})); then
+      echo "dtrain's matrix products in those runs, GFLOP/s (the final line's \`gflops\`: GEMMs and"
+      echo "convolutions, 2 per multiply-add, for the share of the GPU's peak): $(printf '%s; ' "${matrix_rates[@]}" | sed 's/; $//')."
+      echo
+    fi
     echo "GPU tests (\`--gtest_filter='$gpu_filter'\`): $total_pass passed, $total_fail failed, $total_skip skipped."
     echo "Accuracy (full configs, train.device=$device): $(printf '%s; ' "${accuracy_lines[@]}" | sed 's/; $//')."
 
