@@ -218,15 +218,34 @@ TEST(MetricsSink, FlushPutsTheScalarsSoFarInTheEventFile) {
                                             "train/gflops"}));
 }
 
-// Steps of 20 ms or more around a 200 ms evaluation: the window's throughput counts the four
-// steps' time, not only the two after the evaluation. (A slower machine only lowers the rate.)
-TEST(MetricsSink, ThroughputAfterAnEvaluationCountsTheWholeWindowsSteps) {
-  ScratchDir dir;
+/// A quiet run's config for MetricsSink: logs under `dir`, no progress display, no event file.
+Config sink_config(const ScratchDir& dir, int64_t every_steps) {
   Config config;
   config.log.dir = dir / "logs";
   config.log.progress = "off";
   config.log.tensorboard = false;
-  config.log.every_steps = 4;
+  config.log.every_steps = every_steps;
+  return config;
+}
+
+/// The last value of `key` in the training records of `path` (metrics.jsonl), or -1 when none.
+double last_record_value(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line;
+  double value = -1;
+  const std::regex field("\"" + key + "\": *([0-9.eE+-]+)");
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_search(line, m, field)) value = std::stod(m[1]);
+  }
+  return value;
+}
+
+// Steps of 20 ms or more around a 200 ms evaluation: the window's throughput counts the four
+// steps' time, not only the two after the evaluation. (A slower machine only lowers the rate.)
+TEST(MetricsSink, ThroughputAfterAnEvaluationCountsTheWholeWindowsSteps) {
+  ScratchDir dir;
+  const Config config = sink_config(dir, 4);
   const double samples_per_step = 100;
   const auto pause = [](int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); };
   {
@@ -242,14 +261,7 @@ TEST(MetricsSink, ThroughputAfterAnEvaluationCountsTheWholeWindowsSteps) {
     }
     sink.finish();
   }
-  std::ifstream in(config.log.dir + "/metrics.jsonl");
-  std::string line;
-  double rate = -1;
-  const std::regex field("\"samples_per_sec\": *([0-9.eE+-]+)");
-  while (std::getline(in, line)) {
-    std::smatch m;
-    if (std::regex_search(line, m, field)) rate = std::stod(m[1]);
-  }
+  const double rate = last_record_value(config.log.dir + "/metrics.jsonl", "samples_per_sec");
   ASSERT_GT(rate, 0) << "no samples_per_sec in metrics.jsonl";
   // At least 4 x 20 ms of steps: at most 5,000 samples/s (2x that when the evaluation resets it).
   EXPECT_LE(rate, 4 * samples_per_step / 0.080 * 1.02);
@@ -260,11 +272,7 @@ TEST(MetricsSink, ThroughputAfterAnEvaluationCountsTheWholeWindowsSteps) {
 // products inside the window (here 100x a step's) are left out.
 TEST(MetricsSink, GflopsOfAWindowLeaveTheEvaluationOut) {
   ScratchDir dir;
-  Config config;
-  config.log.dir = dir / "logs";
-  config.log.progress = "off";
-  config.log.tensorboard = false;
-  config.log.every_steps = 2;
+  const Config config = sink_config(dir, 2);
   const Tensor a = ones({8, 16}), b = ones({16, 4}), big = ones({80, 16});
   const double step_flops = 2.0 * 8 * 16 * 4;
   {
@@ -279,16 +287,9 @@ TEST(MetricsSink, GflopsOfAWindowLeaveTheEvaluationOut) {
               /*last=*/true);
     sink.finish();
   }
-  std::ifstream in(config.log.dir + "/metrics.jsonl");
-  std::string line;
-  double rate = -1, gflops = -1;
-  const std::regex rate_field("\"samples_per_sec\": *([0-9.eE+-]+)");
-  const std::regex gflops_field("\"gflops\": *([0-9.eE+-]+)");
-  while (std::getline(in, line)) {
-    std::smatch m;
-    if (std::regex_search(line, m, rate_field)) rate = std::stod(m[1]);
-    if (std::regex_search(line, m, gflops_field)) gflops = std::stod(m[1]);
-  }
+  const std::string metrics = config.log.dir + "/metrics.jsonl";
+  const double rate = last_record_value(metrics, "samples_per_sec");
+  const double gflops = last_record_value(metrics, "gflops");
   ASSERT_GT(rate, 0) << "no samples_per_sec in metrics.jsonl";
   ASSERT_GE(gflops, 0) << "no gflops in metrics.jsonl";
   EXPECT_NEAR(gflops * 1e9 / rate, step_flops, step_flops * 1e-9);
