@@ -9,11 +9,35 @@ namespace dtrain::nn {
 
 namespace {
 
+// Reducing the bulk as [rows, kCols] over rows first gives kCols independent partial sums; a
+// reduction over all elements at once is one sequential pass on a device, and a vector loop on
+// the CPU.
+constexpr int64_t kCols = 1024;
+
+/// Sum of the squares of x[0, n) in float64, read in place: a float64 copy of every gradient, as
+/// the tensor path makes, cost more than the rest of the clipping.
+template <class T>
+double squares_summed_on_host(const T* x, int64_t n) {
+  double partial[kCols] = {};
+  const int64_t rows = n / kCols;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = x + r * kCols;
+    for (int64_t j = 0; j < kCols; ++j) {
+      const double v = static_cast<double>(row[j]);
+      partial[j] += v * v;
+    }
+  }
+  double total = 0;
+  for (int64_t i = rows * kCols; i < n; ++i) {
+    const double v = static_cast<double>(x[i]);
+    total += v * v;
+  }
+  for (double p : partial) total += p;
+  return total;
+}
+
 /// Sum of the squares of g's elements in float64, as a one-element tensor on g's device.
 Tensor squares_summed(const Tensor& g) {
-  // Reducing the bulk as [rows, kCols] over rows first gives kCols independent partial sums; a
-  // reduction over all elements at once is one sequential pass on a device.
-  constexpr int64_t kCols = 1024;
   const int64_t n = g.numel();
   Tensor sq = ops::unary(kernels::Unary::kSquare, to_dtype(g, DType::kFloat64)).view({n});
   const int64_t rows = n / kCols;
@@ -26,15 +50,24 @@ Tensor squares_summed(const Tensor& g) {
 }  // namespace
 
 double sum_of_squares(const std::vector<Tensor>& tensors) {
+  double host_total = 0;
   Tensor total;
   for (const Tensor& t : tensors) {
     if (!t.defined()) continue;
+    if (t.device().is_cpu() && t.dtype() == DType::kFloat32) {
+      host_total += squares_summed_on_host(t.data<float>(), t.numel());
+      continue;
+    }
+    if (t.device().is_cpu() && t.dtype() == DType::kFloat64) {
+      host_total += squares_summed_on_host(t.data<double>(), t.numel());
+      continue;
+    }
     Tensor s = squares_summed(t);
     total = total.defined()
                 ? ops::binary(kernels::Binary::kAdd, total, to_device(s, total.device()))
                 : s;
   }
-  return total.defined() ? total.item<double>() : 0.0;
+  return host_total + (total.defined() ? total.item<double>() : 0.0);
 }
 
 double grad_norm(const std::vector<Tensor>& params) {

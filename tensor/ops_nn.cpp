@@ -147,6 +147,19 @@ std::pair<Tensor, Tensor> softmax_cross_entropy(const Tensor& logits, const Tens
   Tensor row_loss({n}, logits.dtype(), logits.device());
   detail::dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float>) {
+      if (logits.device().is_cpu() && c > 0) {  // one vector exp per logit
+        const float* px = logits.data_ptr<float>();
+        const int64_t* pt = in_range.data_ptr<int64_t>();
+        float* pp = probs.data_ptr<float>();
+        float* pl = row_loss.data_ptr<float>();
+        cpu::parallel_for(n, kLineGrain, [&](int64_t b, int64_t e) {
+          cpu::cross_entropy_rows_f32(px + b * c, pt + b, pp + b * c, pl + b, e - b, c,
+                                      label_smoothing);
+        });
+        return;
+      }
+    }
     const kernels::CrossEntropyRows<T> k{logits.data_ptr<T>(),
                                          in_range.data_ptr<int64_t>(),
                                          probs.data_ptr<T>(),

@@ -55,6 +55,11 @@ struct Simd {
   static V if_less(V a, V b, V then, V otherwise) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, then);
   }
+  /// p 2^n for integral n where the result is a normal float: scalef is already one instruction.
+  static V scale_by_pow2_normal(V p, V n) { return _mm512_scalef_ps(p, n); }
+  /// Bit i set where lane i of a is below b (false for NaN).
+  static int lanes_less(V a, V b) { return static_cast<int>(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ)); }
+  static constexpr int kAllLanes = 0xffff;
   static float sum(V a) { return _mm512_reduce_add_ps(a); }
   static float maximum(V a) { return _mm512_reduce_max_ps(a); }
 };
@@ -98,6 +103,13 @@ struct Simd {
     };
     return _mm256_mul_ps(_mm256_mul_ps(p, pow2(half)), pow2(_mm256_sub_epi32(k, half)));
   }
+  /// p 2^n where the result is a normal float (p normal): n added to p's exponent bits.
+  static V scale_by_pow2_normal(V p, V n) {
+    const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+  }
+  static int lanes_less(V a, V b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+  static constexpr int kAllLanes = 0xff;
   static V abs(V a) { return _mm256_andnot_ps(splat(-0.f), a); }
   static V with_sign_of(V magnitude, V sign) {
     return _mm256_or_ps(magnitude, _mm256_and_ps(sign, splat(-0.f)));
@@ -131,11 +143,9 @@ inline V splat(float v) { return Simd::splat(v); }
 /// exp(x) = 2^n exp(r) with n = round(x / ln2) and |r| <= ln2 / 2; exp(r) = 1 + r + r^2 q(r),
 /// q of degree 4 (relative error 7e-8 over the range). The 2^n scaling overflows to inf and
 /// underflows gradually to 0, which adding n to the exponent bits would not.
-inline V exp_v(V x) {
-  // Clamping keeps -inf from becoming -inf - (-inf) = NaN in the reduction; exp(-110) and
-  // exp(89) are already 0 and inf in float. min/max return their second operand when either is
-  // NaN, so a NaN x passes through.
-  x = Simd::min(splat(89.f), Simd::max(splat(-110.f), x));
+/// exp(r) 2^n for x = n ln2 + r, |r| <= ln2 / 2, scaled by `scale(p, n)`.
+template <class Scale>
+inline V exp_reduced_v(V x, Scale scale) {
   const V n = Simd::round(Simd::mul(x, splat(1.44269504088896341f)));
   // ln2 split into its float value and the remainder, so that x - n ln2 keeps its low bits.
   V r = Simd::fnmadd(n, splat(0.693147182464599609f), x);
@@ -146,7 +156,21 @@ inline V exp_v(V x) {
   q = Simd::fmadd(q, r, splat(0.16666577756404877f));
   q = Simd::fmadd(q, r, splat(0.5f));
   const V p = Simd::add(Simd::fmadd(q, Simd::mul(r, r), r), splat(1.f));
-  return Simd::scale_by_pow2(p, n);
+  return scale(p, n);
+}
+
+inline V exp_v(V x) {
+  // Clamping keeps -inf from becoming -inf - (-inf) = NaN in the reduction; exp(-110) and
+  // exp(89) are already 0 and inf in float. min/max return their second operand when either is
+  // NaN, so a NaN x passes through.
+  x = Simd::min(splat(89.f), Simd::max(splat(-110.f), x));
+  return exp_reduced_v(x, [](V p, V n) { return Simd::scale_by_pow2(p, n); });
+}
+
+/// exp(x) for x in [-87, 88], where the result is a normal float: no clamping, and 2^n goes
+/// straight into the exponent bits (the same value as exp_v there, at fewer instructions).
+inline V exp_normal_v(V x) {
+  return exp_reduced_v(x, [](V p, V n) { return Simd::scale_by_pow2_normal(p, n); });
 }
 
 /// erf(z) / z for |z| < 1, as a polynomial in s = z^2 (relative error 2e-7 in float).
@@ -174,7 +198,7 @@ inline V erfc_big_v(V t) {
   h = Simd::fmadd(h, u, splat(0.05610629543662071f));
   h = Simd::fmadd(h, u, splat(-0.35268068313598633f));
   h = Simd::fmadd(h, u, splat(-1.556815266609192f));
-  const V e = exp_v(Simd::fnmadd(tc, tc, h));
+  const V e = exp_normal_v(Simd::fnmadd(tc, tc, h));  // h - tc^2 lies in [-17.6, -0.4]
   return Simd::if_greater(t, splat(4.f), splat(0.f), e);
 }
 
@@ -187,19 +211,29 @@ inline V erf_v(V z) {
 
 /// The standard normal CDF Phi(x) = (1 + erf(x / sqrt 2)) / 2, taken for x < 0 from erfc
 /// directly so that the left tail keeps its relative accuracy (1 + erf would cancel).
+/// Only the branch that some lane needs is evaluated: activations mostly lie within |x| < sqrt 2,
+/// where the series alone serves a whole vector.
 inline V normal_cdf_v(V x) {
   const V z = Simd::mul(x, splat(kInvSqrt2));
   const V t = Simd::abs(z);
-  const V small = Simd::fmadd(Simd::mul(z, erf_small_v(Simd::mul(z, z))), splat(0.5f), splat(0.5f));
+  const int small_lanes = Simd::lanes_less(t, splat(1.f));
+  V small = splat(0.f);
+  if (small_lanes != 0) {
+    small = Simd::fmadd(Simd::mul(z, erf_small_v(Simd::mul(z, z))), splat(0.5f), splat(0.5f));
+    if (small_lanes == Simd::kAllLanes) return small;
+  }
   const V half_erfc = Simd::mul(erfc_big_v(t), splat(0.5f));
   const V big = Simd::if_greater(z, splat(0.f), Simd::sub(splat(1.f), half_erfc), half_erfc);
-  return Simd::if_less(t, splat(1.f), small, big);
+  return small_lanes == 0 ? big : Simd::if_less(t, splat(1.f), small, big);
 }
 
 inline V gelu_v(V x) { return Simd::mul(x, normal_cdf_v(x)); }
 
 inline V gelu_backward_v(V x, V g) {
-  const V pdf = Simd::mul(splat(kInvSqrt2Pi), exp_v(Simd::mul(splat(-0.5f), Simd::mul(x, x))));
+  const V arg = Simd::mul(splat(-0.5f), Simd::mul(x, x));
+  // Within |x| < 13 exp(-x^2 / 2) is a normal float, where the short exp serves.
+  const V e = Simd::lanes_less(arg, splat(-87.f)) == 0 ? exp_normal_v(arg) : exp_v(arg);
+  const V pdf = Simd::mul(splat(kInvSqrt2Pi), e);
   return Simd::mul(g, Simd::fmadd(x, pdf, normal_cdf_v(x)));
 }
 
@@ -222,7 +256,8 @@ void map2(const float* x, const float* g, float* dx, int64_t n, F f) {
   }
 }
 
-void softmax_row(const float* x, float* y, int64_t n, bool log) {
+/// Softmax or log-softmax of one row; returns the sum of exp(x - max) and the max in *max_out.
+float softmax_row(const float* x, float* y, int64_t n, bool log, float* max_out = nullptr) {
   const int64_t full = n - n % kLanes;
   V vmax = splat(-INFINITY);
   for (int64_t i = 0; i < full; i += kLanes) vmax = Simd::max(vmax, Simd::load(x + i));
@@ -251,6 +286,8 @@ void softmax_row(const float* x, float* y, int64_t n, bool log) {
     const V inv = splat(1.f / sum);
     map1(y, y, n, [&](V v) { return Simd::mul(v, inv); });
   }
+  if (max_out != nullptr) *max_out = mx;
+  return sum;
 }
 
 void softmax_backward_row(const float* y, const float* gy, float* dx, int64_t n, bool log) {
@@ -271,7 +308,7 @@ void softmax_backward_row(const float* y, const float* gy, float* dx, int64_t n,
 
 #else  // no AVX-512 or AVX2: the formulas of the shared kernel bodies
 
-void softmax_row(const float* x, float* y, int64_t n, bool log) {
+float softmax_row(const float* x, float* y, int64_t n, bool log, float* max_out = nullptr) {
   float mx = x[0];
   for (int64_t k = 1; k < n; ++k) mx = x[k] > mx ? x[k] : mx;
   float sum = 0;
@@ -283,6 +320,8 @@ void softmax_row(const float* x, float* y, int64_t n, bool log) {
     const float inv = 1.f / sum;
     for (int64_t k = 0; k < n; ++k) y[k] = std::exp(x[k] - mx) * inv;
   }
+  if (max_out != nullptr) *max_out = mx;
+  return sum;
 }
 
 void softmax_backward_row(const float* y, const float* gy, float* dx, int64_t n, bool log) {
@@ -324,6 +363,23 @@ void gelu_backward_f32(const float* x, const float* gy, float* dx, int64_t n) {
 }
 
 #endif
+
+void cross_entropy_rows_f32(const float* logits, const int64_t* targets, float* probs,
+                            float* row_loss, int64_t rows, int64_t classes, double smoothing) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = logits + r * classes;
+    float mx = 0;
+    const float sum = softmax_row(x, probs + r * classes, classes, false, &mx);
+    const double lse = std::log(static_cast<double>(sum)) + static_cast<double>(mx);
+    double all = 0;  // the sum of the row's log-probabilities, which smoothing spreads over
+    if (smoothing != 0) {
+      for (int64_t j = 0; j < classes; ++j) all += static_cast<double>(x[j]);
+      all -= static_cast<double>(classes) * lse;
+    }
+    const double target_logp = static_cast<double>(x[targets[r]]) - lse;
+    row_loss[r] = static_cast<float>(-(1 - smoothing) * target_logp - smoothing * all / classes);
+  }
+}
 
 void softmax_rows_f32(const float* x, float* y, int64_t rows, int64_t cols, bool log) {
   if (cols <= 0) return;

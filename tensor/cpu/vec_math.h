@@ -24,6 +24,12 @@ void gelu_backward_f32(const float* x, const float* gy, float* dx, int64_t n);
 /// is all -inf gives NaN, as the shared kernel body does.
 void softmax_rows_f32(const float* x, float* y, int64_t rows, int64_t cols, bool log);
 
+/// Cross-entropy with label smoothing of `rows` rows of logits [rows, classes] (classes > 0)
+/// against targets in [0, classes): each row's softmax to probs and its loss to row_loss[row],
+/// as kernels::CrossEntropyRows computes them, with the vector exp (the log-sum-exp in float64).
+void cross_entropy_rows_f32(const float* logits, const int64_t* targets, float* probs,
+                            float* row_loss, int64_t rows, int64_t classes, double smoothing);
+
 /// Gradient of softmax_rows_f32 from its output y and the incoming gradient gy: dx, y, gy
 /// [rows, cols].
 void softmax_backward_rows_f32(const float* y, const float* gy, float* dx, int64_t rows,

@@ -103,6 +103,17 @@ TEST(ClipGradNorm, ScalesToMaxNormAndReturnsThePreClipNorm) {
   }
 }
 
+TEST(ClipGradNorm, NormAddsGradientsOfEveryDtypeInFloat64) {
+  // float32 and float64 are summed in place on the CPU, bfloat16 through the tensor ops: one norm.
+  Generator gen(13);
+  const Tensor f32 = randn({3000}, gen), f64 = to_dtype(randn({1500}, gen), DType::kFloat64);
+  const Tensor bf16 = to_dtype(randn({700}, gen), DType::kBFloat16);
+  std::vector<Tensor> params{param_with_grad(f32), param_with_grad(f64), param_with_grad(bf16)};
+  const double expected = l2({f32, f64, bf16});
+  EXPECT_NEAR(nn::grad_norm(params), expected, 1e-12 * expected);
+  EXPECT_NEAR(nn::sum_of_squares({f64}), l2({f64}) * l2({f64}), 1e-12 * l2({f64}) * l2({f64}));
+}
+
 TEST(ClipGradNorm, LeavesGradientsBelowMaxNormUntouched) {
   Generator gen(12);
   const Tensor g0 = randn({3, 4}, gen), g1 = randn({7}, gen);

@@ -131,6 +131,24 @@ TEST(CrossEntropy, LossAndProbabilitiesMatchNaive) {
   }
 }
 
+TEST(CrossEntropy, Float32RowsOfEveryWidthMatchTheFloat64Kernel) {
+  // float32 on the CPU takes the vector exp (full vectors, a tail, both); float64 the shared body.
+  for (int64_t c : {1, 8, 13, 95, 1000}) {
+    std::vector<int64_t> t;
+    for (int64_t i = 0; i < 7; ++i) t.push_back((i * 5 + 3) % c);
+    const Tensor targets = from_vector(t);
+    const Tensor logits = random_tensor({7, c}, 20 + c, -12, 12);
+    for (double eps : {0.0, 0.1}) {
+      auto [loss, probs] = ops::softmax_cross_entropy(logits, targets, eps);
+      auto [loss64, probs64] = ops::softmax_cross_entropy(to_dtype(logits, kF64), targets, eps);
+      const double want = loss64.item<double>();
+      EXPECT_NEAR(loss.item<double>(), want, 1e-6 * std::max(1.0, std::abs(want)))
+          << "classes " << c << " eps " << eps;
+      EXPECT_TRUE(all_close(probs, probs64, 1e-5, 1e-7)) << "classes " << c << " eps " << eps;
+    }
+  }
+}
+
 TEST(CrossEntropy, BackwardMatchesCentralDifferences) {
   const std::vector<int64_t> t = {1, 0, 3, 3, 2};
   Tensor targets = from_vector(t);
