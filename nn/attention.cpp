@@ -37,38 +37,66 @@ bool causal_rows_on_cpu(const Tensor& t) {
   return t.device().is_cpu() && t.dtype() == DType::kFloat32;
 }
 
-/// softmax(scores + mask) over the last dim of scores [.., T, T]. Float32 rows on the CPU skip the
-/// masked half: row i is the softmax of its first i + 1 scores and 0 after them.
-Tensor causal_softmax(const Tensor& scores, const Tensor& mask) {
-  if (!causal_rows_on_cpu(scores))
-    return ops::softmax(ops::binary(kernels::Binary::kAdd, scores, mask), -1);
+/// softmax(scores + mask) over the last dim of scores [.., T, T], and when `keep` (the dropout
+/// mask, scaled) is defined also the probabilities dropped out, probs * keep. Float32 rows on the
+/// CPU skip the masked half and drop out in the same pass over each row: row i is the softmax of
+/// its first i + 1 scores and 0 after them.
+struct CausalProbs {
+  Tensor probs, dropped;
+};
+CausalProbs causal_softmax(const Tensor& scores, const Tensor& mask, const Tensor& keep) {
+  if (!causal_rows_on_cpu(scores)) {
+    Tensor probs = ops::softmax(ops::binary(kernels::Binary::kAdd, scores, mask), -1);
+    Tensor dropped = keep.defined() ? ops::binary(kernels::Binary::kMul, probs, keep) : probs;
+    return {probs, dropped};
+  }
   const int64_t t = scores.size(-1), rows = scores.numel() / t;
   Tensor probs(scores.shape(), scores.dtype(), scores.device());
+  Tensor dropped = keep.defined() ? Tensor(scores.shape(), scores.dtype(), scores.device()) : probs;
   const float* in = scores.data<float>();
+  const float* kp = keep.defined() ? keep.data<float>() : nullptr;
   float* out = probs.data<float>();
+  float* out_dropped = dropped.data<float>();
   cpu::parallel_for(rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t keep = r % t + 1;
-      cpu::softmax_rows_f32(in + r * t, out + r * t, 1, keep, false);
-      std::memset(out + r * t + keep, 0, static_cast<size_t>(t - keep) * sizeof(float));
+      const int64_t kept = r % t + 1;
+      const size_t masked_bytes = static_cast<size_t>(t - kept) * sizeof(float);
+      float* row = out + r * t;
+      cpu::softmax_rows_f32(in + r * t, row, 1, kept, false);
+      std::memset(row + kept, 0, masked_bytes);
+      if (kp == nullptr) continue;
+      const float* keep_row = kp + r * t;
+      float* dropped_row = out_dropped + r * t;
+      for (int64_t j = 0; j < kept; ++j) dropped_row[j] = row[j] * keep_row[j];
+      std::memset(dropped_row + kept, 0, masked_bytes);
     }
   });
-  return probs;
+  return {probs, dropped};
 }
 
-/// The gradient of causal_softmax from its output and the incoming gradient.
-Tensor causal_softmax_backward(const Tensor& probs, const Tensor& grad) {
-  if (!causal_rows_on_cpu(probs)) return ops::softmax_backward(probs, grad, -1);
+/// The gradient of causal_softmax's probs from probs and the gradient of the dropped-out
+/// probabilities (`keep` defined) or of probs themselves; d_probs may be overwritten.
+Tensor causal_softmax_backward(const Tensor& probs, Tensor& d_probs, const Tensor& keep) {
+  if (!causal_rows_on_cpu(probs)) {
+    if (keep.defined()) ops::binary_(kernels::Binary::kMul, d_probs, keep);
+    return ops::softmax_backward(probs, d_probs, -1);
+  }
   const int64_t t = probs.size(-1), rows = probs.numel() / t;
   Tensor dx(probs.shape(), probs.dtype(), probs.device());
   const float* y = probs.data<float>();
-  const float* g = grad.data<float>();
+  const float* kp = keep.defined() ? keep.data<float>() : nullptr;
+  float* g = d_probs.data<float>();
   float* out = dx.data<float>();
   cpu::parallel_for(rows, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t keep = r % t + 1;
-      cpu::softmax_backward_rows_f32(y + r * t, g + r * t, out + r * t, 1, keep, false);
-      std::memset(out + r * t + keep, 0, static_cast<size_t>(t - keep) * sizeof(float));
+      const int64_t kept = r % t + 1;
+      float* g_row = g + r * t;
+      if (kp != nullptr) {
+        const float* keep_row = kp + r * t;
+        for (int64_t j = 0; j < kept; ++j) g_row[j] *= keep_row[j];
+      }
+      cpu::softmax_backward_rows_f32(y + r * t, g_row, out + r * t, 1, kept, false);
+      std::memset(out + r * t + kept, 0, static_cast<size_t>(t - kept) * sizeof(float));
     }
   });
   return dx;
@@ -120,19 +148,19 @@ Tensor CausalSelfAttention::attend(const Tensor& heads) {
   // elements at T = 4 hd.
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   const Tensor q_scaled = ops::unary(kernels::Unary::kMulScalar, q, {scale});
-  const Tensor probs = causal_softmax(ops::matmul(q_scaled, k, false, true), mask_);
+  const Tensor scores = ops::matmul(q_scaled, k, false, true);
   Tensor keep;  // the dropout mask (already scaled by 1 / (1 - p)), when training
   if (attn_drop->is_training() && dropout_ > 0) {
-    keep = ops::dropout_mask(probs.shape(), dropout_, attn_drop->generator(), probs.dtype(),
-                             probs.device());
+    keep = ops::dropout_mask(scores.shape(), dropout_, attn_drop->generator(), scores.dtype(),
+                             scores.device());
   }
-  const Tensor dropped = keep.defined() ? ops::binary(Binary::kMul, probs, keep) : probs;
+  const CausalProbs out = causal_softmax(scores, mask_, keep);
+  const Tensor probs = out.probs, dropped = out.dropped;
   return autograd::record(ops::matmul(dropped, v), "causal_self_attention", {heads},
                           [q_scaled, k, v, probs, keep, dropped, scale](const Tensor& g) {
                             const Tensor dv = ops::matmul(dropped, g, true, false);
                             Tensor d_probs = ops::matmul(g, v, false, true);
-                            if (keep.defined()) ops::binary_(Binary::kMul, d_probs, keep);
-                            const Tensor d_scores = causal_softmax_backward(probs, d_probs);
+                            const Tensor d_scores = causal_softmax_backward(probs, d_probs, keep);
                             const Tensor dq = ops::unary(kernels::Unary::kMulScalar,
                                                          ops::matmul(d_scores, k), {scale});
                             const Tensor dk = ops::matmul(d_scores, q_scaled, true, false);
