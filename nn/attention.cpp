@@ -24,14 +24,6 @@ Tensor causal_mask(int64_t t, DType dtype, Device device) {
   return to_device(to_dtype(from_vector<double>(values, {t, t}), dtype), device);
 }
 
-/// Part `i` of heads [3, N, H, T, hd] (q, k or v) as a view.
-Tensor head_part(const Tensor& heads, int64_t i) {
-  const Shape per_head(heads.shape().begin() + 1, heads.shape().end());
-  const size_t part_bytes = heads.nbytes() / 3;
-  return Tensor(heads.storage(), heads.storage_offset_bytes() + static_cast<size_t>(i) * part_bytes,
-                per_head, heads.dtype());
-}
-
 /// Whether causal_softmax and its backward take the row-prefix path.
 bool causal_rows_on_cpu(const Tensor& t) {
   return t.device().is_cpu() && t.dtype() == DType::kFloat32;
@@ -125,46 +117,60 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
   if (x.dim() != 3 || x.size(2) != dim_) {
     DTRAIN_THROW(ValueError, describe(), ": input ", x.describe(), "; expected [N, T, ", dim_, "]");
   }
-  const int64_t n = x.size(0), t = x.size(1), head_dim = dim_ / heads_;
-  // [N, T, 3D] -> [3, N, H, T, hd]: q, k and v are then contiguous parts along dim 0.
-  const Tensor heads =
-      permute(reshape(qkv->forward(x), {n, t, 3, heads_, head_dim}), {2, 0, 3, 1, 4});
+  const int64_t t = x.size(1);
   if (!mask_.defined() || mask_.size(0) != t || mask_.dtype() != x.dtype() ||
       mask_.device() != x.device()) {
     mask_ = causal_mask(t, x.dtype(), x.device());
   }
-  const Tensor y = permute(attend(heads), {0, 2, 1, 3});  // [N, T, H, hd]
-  return proj->forward(reshape(y, {n, t, dim_}));
+  return proj->forward(attend(qkv->forward(x)));
 }
 
-Tensor CausalSelfAttention::attend(const Tensor& heads) {
-  // One autograd node from [3, N, H, T, hd] to [N, H, T, hd], so the backward writes the three
-  // gradients into one tensor (no slice gradients padded with zeros and summed) and no transposed
-  // copies are made: softmax((q * scale) k^T + mask) (dropped out) v.
-  using kernels::Binary;
-  const Tensor h = heads.detach();
-  const Tensor q = head_part(h, 0), k = head_part(h, 1), v = head_part(h, 2);
-  // The scale goes on q ([N, H, T, hd]) rather than on the scores ([N, H, T, T]): a quarter of the
-  // elements at T = 4 hd.
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  const Tensor q_scaled = ops::unary(kernels::Unary::kMulScalar, q, {scale});
-  const Tensor scores = ops::matmul(q_scaled, k, false, true);
+Tensor CausalSelfAttention::attend(const Tensor& qkv_out) {
+  // One autograd node from [N, T, 3D] to [N, T, D]. Head j of sequence i reads its q, k and v as
+  // T x hd matrices inside qkv_out (rows 3D apart) and writes its output into [N, T, D] the same
+  // way, so no head is permuted out into a batch or back, and the backward writes the three
+  // gradients into one [N, T, 3D] tensor: softmax(q k^T / sqrt(hd) + mask) (dropped out) v.
+  const Tensor h = qkv_out.detach();
+  const int64_t n = h.size(0), t = h.size(1), d = dim_, hd = dim_ / heads_, hs = heads_;
+  // The [N, H] grid of the heads' T x hd matrices inside [N, T, parts * D]: part 0, 1, 2 of qkv
+  // (q, k, v), part 0 of the output and its gradient.
+  const auto in_rows = [t, hd, d](const Tensor& tensor, int64_t part, int64_t parts) {
+    return ops::MatrixGrid{tensor, part * d, t * parts * d, hd, parts * d};
+  };
+  // Their T x T scores and probabilities, [N, H, T, T].
+  const auto square = [t, hs](const Tensor& tensor) {
+    return ops::MatrixGrid{tensor, 0, hs * t * t, t * t, t};
+  };
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const Shape scores_shape{n, hs, t, t};
+  Tensor scores(scores_shape, h.dtype(), h.device());
+  ops::gemm_grid(false, true, t, t, hd, scale, in_rows(h, 0, 3), in_rows(h, 1, 3), 0.f,
+                 square(scores), n, hs);
   Tensor keep;  // the dropout mask (already scaled by 1 / (1 - p)), when training
   if (attn_drop->is_training() && dropout_ > 0) {
-    keep = ops::dropout_mask(scores.shape(), dropout_, attn_drop->generator(), scores.dtype(),
-                             scores.device());
+    keep = ops::dropout_mask(scores_shape, dropout_, attn_drop->generator(), h.dtype(), h.device());
   }
   const CausalProbs out = causal_softmax(scores, mask_, keep);
-  const Tensor probs = out.probs, dropped = out.dropped;
-  return autograd::record(ops::matmul(dropped, v), "causal_self_attention", {heads},
-                          [q_scaled, k, v, probs, keep, dropped, scale](const Tensor& g) {
-                            const Tensor dv = ops::matmul(dropped, g, true, false);
-                            Tensor d_probs = ops::matmul(g, v, false, true);
+  Tensor y({n, t, d}, h.dtype(), h.device());
+  ops::gemm_grid(false, false, t, hd, t, 1.f, square(out.dropped), in_rows(h, 2, 3), 0.f,
+                 in_rows(y, 0, 1), n, hs);
+  return autograd::record(y, "causal_self_attention", {qkv_out},
+                          [h, probs = out.probs, dropped = out.dropped, keep, scale, in_rows,
+                           square, n, t, hd, hs](const Tensor& g) {
+                            Tensor d_qkv(h.shape(), h.dtype(), h.device());
+                            // dv = dropped^T g, d_probs = g v^T, then dq = scale d_scores k, dk =
+                            // scale d_scores^T q.
+                            ops::gemm_grid(true, false, t, hd, t, 1.f, square(dropped),
+                                           in_rows(g, 0, 1), 0.f, in_rows(d_qkv, 2, 3), n, hs);
+                            Tensor d_probs(probs.shape(), probs.dtype(), probs.device());
+                            ops::gemm_grid(false, true, t, t, hd, 1.f, in_rows(g, 0, 1),
+                                           in_rows(h, 2, 3), 0.f, square(d_probs), n, hs);
                             const Tensor d_scores = causal_softmax_backward(probs, d_probs, keep);
-                            const Tensor dq = ops::unary(kernels::Unary::kMulScalar,
-                                                         ops::matmul(d_scores, k), {scale});
-                            const Tensor dk = ops::matmul(d_scores, q_scaled, true, false);
-                            return std::vector<Tensor>{ops::stack({dq, dk, dv}, 0)};
+                            ops::gemm_grid(false, false, t, hd, t, scale, square(d_scores),
+                                           in_rows(h, 1, 3), 0.f, in_rows(d_qkv, 0, 3), n, hs);
+                            ops::gemm_grid(true, false, t, hd, t, scale, square(d_scores),
+                                           in_rows(h, 0, 3), 0.f, in_rows(d_qkv, 1, 3), n, hs);
+                            return std::vector<Tensor>{d_qkv};
                           });
 }
 

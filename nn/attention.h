@@ -23,9 +23,9 @@ class CausalSelfAttention : public Module {
   std::shared_ptr<Module> make_empty() const override;
 
  private:
-  /// softmax(q k^T / sqrt(hd) + causal mask), dropped out, times v, from heads [3, N, H, T, hd]
-  /// (q, k, v); [N, H, T, hd].
-  Tensor attend(const Tensor& heads);
+  /// softmax(q k^T / sqrt(hd) + causal mask), dropped out, times v, for every head, from the
+  /// qkv projection [N, T, 3D] (q, k, v, each [H, hd] per position); [N, T, D], heads side by side.
+  Tensor attend(const Tensor& qkv_out);
 
   int64_t dim_, heads_;
   double dropout_;

@@ -71,6 +71,19 @@ void gemm(bool trans_a, bool trans_b, const Tensor& a, const Tensor& b, Tensor& 
           float alpha = 1.f, float beta = 0.f);
 /// [.., M, K] @ [.., K, N] with broadcast batch dims; both operands at least 2-D.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+/// Matrix (i, j) of an [outer, inner] grid of row-major matrices inside a tensor: it starts at
+/// element offset + i * outer_stride + j * inner_stride and its rows lie ld elements apart.
+struct MatrixGrid {
+  const Tensor& tensor;
+  int64_t offset, outer_stride, inner_stride, ld;
+};
+/// C(i, j) = alpha op(A(i, j)) op(B(i, j)) + beta C(i, j) for every matrix of an [outer, inner]
+/// grid, op(A) M x K and op(B) K x N: batched products over layouts such as the attention heads
+/// inside [N, T, 3, H, hd], read and written in place instead of permuted into batches. The C
+/// matrices must not overlap. float32 through oneDNN (CPU) or cuBLAS (CUDA), as gemm().
+void gemm_grid(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const MatrixGrid& a, const MatrixGrid& b, float beta, const MatrixGrid& c,
+               int64_t outer, int64_t inner);
 
 // ---- convolution and pooling (NCHW) -------------------------------------------------------
 struct Conv2dArgs {

@@ -186,4 +186,54 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return out;
 }
 
+void gemm_grid(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const MatrixGrid& a, const MatrixGrid& b, float beta, const MatrixGrid& c,
+               int64_t outer, int64_t inner) {
+  detail::check_same("gemm_grid", a.tensor, b.tensor);
+  detail::check_same("gemm_grid", a.tensor, c.tensor);
+  DTRAIN_CHECK(m >= 0 && n >= 0 && k >= 0 && outer >= 0 && inner >= 0,
+               "gemm_grid: negative size (M ", m, ", N ", n, ", K ", k, ", grid ", outer, " x ",
+               inner, ")");
+  if (outer == 0 || inner == 0 || m == 0 || n == 0) return;
+  // Every matrix of the grid must lie inside its tensor: the last element of the last row of the
+  // matrix furthest along (strides are not negative).
+  const auto check_inside = [&](const MatrixGrid& g, int64_t rows, int64_t cols, const char* name) {
+    DTRAIN_CHECK(g.offset >= 0 && g.outer_stride >= 0 && g.inner_stride >= 0 && g.ld >= cols,
+                 "gemm_grid: ", name, " has a negative offset or stride, or ld ", g.ld,
+                 " below its ", cols, " columns");
+    const int64_t last = g.offset + (outer - 1) * g.outer_stride + (inner - 1) * g.inner_stride +
+                         (rows - 1) * g.ld + cols;
+    DTRAIN_CHECK(last <= g.tensor.numel(), "gemm_grid: ", name, "'s ", outer, " x ", inner,
+                 " grid of ", rows, " x ", cols, " matrices reaches element ", last, " of ",
+                 g.tensor.describe());
+  };
+  check_inside(a, trans_a ? k : m, trans_a ? m : k, "A");
+  check_inside(b, trans_b ? n : k, trans_b ? k : n, "B");
+  check_inside(c, m, n, "C");
+  const Tensor& t = a.tensor;
+  const size_t es = dtype_size(t.dtype());
+  const char* pa = static_cast<const char*>(a.tensor.data_ptr());
+  const char* pb = static_cast<const char*>(b.tensor.data_ptr());
+  char* pc = static_cast<char*>(c.tensor.data_ptr());
+  for (int64_t i = 0; i < outer; ++i) {
+    const int64_t oa = a.offset + i * a.outer_stride, ob = b.offset + i * b.outer_stride;
+    const int64_t oc = c.offset + i * c.outer_stride;
+    if (t.device().is_cuda() && t.dtype() == DType::kFloat32 &&
+        matmul_precision() == DType::kFloat32 && k > 0) {
+      // The inner matrices are evenly spaced: one strided-batched cuBLAS call per row of the grid.
+      count_matrix_flops(2 * inner * m * n * k);
+      cuda::gemm_strided_batched(
+          trans_a, trans_b, m, n, k, alpha, reinterpret_cast<const float*>(pa + oa * es), a.ld,
+          a.inner_stride, reinterpret_cast<const float*>(pb + ob * es), b.ld, b.inner_stride, beta,
+          reinterpret_cast<float*>(pc + oc * es), c.ld, c.inner_stride, inner, t.device().index);
+      continue;
+    }
+    for (int64_t j = 0; j < inner; ++j) {
+      gemm_raw(t.device(), t.dtype(), trans_a, trans_b, m, n, k, alpha,
+               pa + (oa + j * a.inner_stride) * es, a.ld, pb + (ob + j * b.inner_stride) * es, b.ld,
+               beta, pc + (oc + j * c.inner_stride) * es, c.ld);
+    }
+  }
+}
+
 }  // namespace dtrain::ops

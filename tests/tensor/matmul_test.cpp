@@ -1,5 +1,6 @@
 // ops::gemm and ops::matmul against a triple loop accumulated in double: every transpose
 // combination, odd sizes, alpha/beta, K = 0, batched broadcasting and the float64 path.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "dtrain/tensor/ops.h"
@@ -9,6 +10,9 @@
 namespace dtrain {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using testref::error_message;
 using testref::random_tensor;
 using testref::tensor_of;
 using testutil::all_close;
@@ -194,6 +198,78 @@ TEST(MatrixFlops, GemmAndMatmulCountTwicePerMultiplyAdd) {
     ops::gemm(false, true, zeros({0, 7}, dtype), b, empty);
     EXPECT_EQ(ops::matrix_flops(), before) << dtype_name(dtype);
   }
+}
+
+/// The rows x cols matrix at `offset` of `values`, rows ld apart, as a tensor of `dtype`.
+Tensor matrix_at(const std::vector<double>& values, int64_t offset, int64_t ld, int64_t rows,
+                 int64_t cols, DType dtype) {
+  std::vector<double> out;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out.push_back(values[offset + r * ld + c]);
+  return tensor_of(out, {rows, cols}, dtype);
+}
+
+TEST(GemmGrid, EveryMatrixOfTheGridMatchesGemmAndTheGapsStayUntouched) {
+  // A and B interleaved in one tensor (as q, k and v lie in [N, T, 3D]); C's matrices leave gaps.
+  const int64_t m = 5, n = 3, k = 4, outer = 2, inner = 3;
+  for (DType dtype : {DType::kFloat32, DType::kFloat64}) {
+    for (bool ta : {false, true}) {
+      for (bool tb : {false, true}) {
+        const Tensor ab = random_tensor({900}, 70 + ta + 2 * tb, -1, 1, dtype);
+        Tensor c = random_tensor({200}, 80, -1, 1, dtype);
+        const std::vector<double> before = c.to_vector<double>();
+        const ops::MatrixGrid a{ab, 1, 360, 30, 2 * (ta ? m : k) + 1};
+        const ops::MatrixGrid b{ab, 7, 360, 30 + 100, 2 * (tb ? k : n) + 1};
+        const ops::MatrixGrid cg{c, 2, 90, 25, n + 1};
+        const uint64_t flops = ops::matrix_flops();
+        ops::gemm_grid(ta, tb, m, n, k, 0.5f, a, b, 2.f, cg, outer, inner);
+        EXPECT_EQ(ops::matrix_flops() - flops, 2u * outer * inner * m * n * k);
+        const std::vector<double> got = c.to_vector<double>(), values = ab.to_vector<double>();
+        std::vector<bool> in_grid(before.size(), false);
+        for (int64_t i = 0; i < outer; ++i) {
+          for (int64_t j = 0; j < inner; ++j) {
+            const auto place = [&](const ops::MatrixGrid& g) {
+              return g.offset + i * g.outer_stride + j * g.inner_stride;
+            };
+            const Tensor ai = matrix_at(values, place(a), a.ld, ta ? k : m, ta ? m : k, dtype);
+            const Tensor bi = matrix_at(values, place(b), b.ld, tb ? n : k, tb ? k : n, dtype);
+            Tensor ci = matrix_at(before, place(cg), cg.ld, m, n, dtype);
+            ops::gemm(ta, tb, ai, bi, ci, 0.5f, 2.f);
+            const std::vector<double> want = ci.to_vector<double>();
+            for (int64_t r = 0; r < m; ++r) {
+              for (int64_t col = 0; col < n; ++col) {
+                const int64_t at_c = place(cg) + r * cg.ld + col;
+                in_grid[at_c] = true;
+                EXPECT_NEAR(got[at_c], want[r * n + col], 1e-6)
+                    << dtype_name(dtype) << " ta " << ta << " tb " << tb << " matrix " << i << ","
+                    << j;
+              }
+            }
+          }
+        }
+        for (size_t e = 0; e < before.size(); ++e) {
+          if (!in_grid[e]) EXPECT_EQ(got[e], before[e]) << "element " << e << " outside the grid";
+        }
+      }
+    }
+  }
+}
+
+TEST(GemmGrid, AGridReachingPastItsTensorIsRefused) {
+  const Tensor ab = zeros({100}), c = zeros({100});
+  Tensor out = c;
+  // 2 x 2 matrices of 4 x 4, the last starting at 60 + 20 = 80: its last row ends at 80 + 3 * 8
+  // + 4.
+  const ops::MatrixGrid a{ab, 0, 60, 20, 8};
+  const ops::MatrixGrid ok{ab, 0, 30, 10, 4};
+  EXPECT_THAT(error_message([&] {
+                ops::gemm_grid(false, false, 4, 4, 4, 1.f, a, ok, 0.f, {out, 0, 50, 25, 4}, 2, 2);
+              }),
+              AllOf(HasSubstr("gemm_grid"), HasSubstr("A's 2 x 2 grid"), HasSubstr("108")));
+  EXPECT_THAT(error_message([&] {
+                ops::gemm_grid(false, false, 4, 4, 4, 1.f, ok, ok, 0.f, {out, 0, 50, 25, 3}, 2, 2);
+              }),
+              HasSubstr("ld 3 below its 4 columns"));
 }
 
 }  // namespace
