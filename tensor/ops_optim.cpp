@@ -51,9 +51,9 @@ void adam_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& ex
   check_like_param(op, param, exp_avg_sq, "exp_avg_sq");
   detail::dispatch_floating(param.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    run_kernel(param.device(), param.numel(),
-               kernels::AdamStep<T>{param.data_ptr<T>(), grad.data_ptr<T>(), exp_avg.data_ptr<T>(),
-                                    exp_avg_sq.data_ptr<T>(), s});
+    run_elementwise_simd(param.device(), param.numel(),
+                         kernels::AdamStep<T>{param.data_ptr<T>(), grad.data_ptr<T>(),
+                                              exp_avg.data_ptr<T>(), exp_avg_sq.data_ptr<T>(), s});
   });
 }
 

@@ -22,4 +22,22 @@ void run_kernel(Device device, int64_t n, const Kernel& k, int64_t grain = cpu::
   });
 }
 
+/// run_kernel for elementwise functors whose items the compiler may compute side by side in vector
+/// registers (straight-line arithmetic on item i's own elements, no inner loops): the CPU loop is
+/// an OpenMP SIMD loop, which vectorises it without proving that the functor's arrays do not
+/// alias. Vector square roots and divisions round as the scalar ones do.
+template <class Kernel>
+void run_elementwise_simd(Device device, int64_t n, const Kernel& k) {
+  if (n <= 0) return;
+  if (device.is_cuda()) {
+    cuda::launch(n, k, device.index);
+    return;
+  }
+  cpu::parallel_for(n, cpu::kGrain, [&](int64_t b, int64_t e) {
+    const Kernel local = k;
+#pragma omp simd
+    for (int64_t i = b; i < e; ++i) local(i);
+  });
+}
+
 }  // namespace dtrain
