@@ -177,7 +177,7 @@ TEST(MpiCollectives, RanksGivenDifferentReductionOrdersAreRefused) {
 }
 
 TEST(MpiCollectives, SymmetricBuffersAreSharedMemoryWithTheSameBitsOnEveryRank) {
-  // Under mpi, shared memory is off by default (DTRAIN_SHARED_MEMORY_MAX_MB=0); main() allows it.
+  // Under mpi, buffers above 4 MiB stay out of shared memory by default; main() allows them.
   Tensor t = comm().allocate_symmetric(100003, DType::kFloat32);
   EXPECT_TRUE(comm().uses_shared_memory()) << "the ranks of this job share one host";
   EXPECT_TRUE(comm().in_shared_memory(t));
@@ -187,6 +187,27 @@ TEST(MpiCollectives, SymmetricBuffersAreSharedMemoryWithTheSameBitsOnEveryRank) 
   t.copy_(input);
   comm().all_reduce(t, {ReduceOp::kAvg})->wait();
   expect_same_on_every_rank(t, "symmetric all_reduce(avg)");
+}
+
+TEST(MpiCollectives, WithoutASizeLimitSetBuffersUpTo4MiBAreSharedMemoryAndLargerOnesAreNot) {
+  // main() sets DTRAIN_SHARED_MEMORY_MAX_MB; the limit is read at each allocation.
+  const std::string saved = std::getenv("DTRAIN_SHARED_MEMORY_MAX_MB");
+  unsetenv("DTRAIN_SHARED_MEMORY_MAX_MB");
+  const int64_t limit_floats =
+      static_cast<int64_t>(MpiCommunicator::kSharedMemoryDefaultMaxBytes) / 4;
+  Tensor at_limit = comm().allocate_symmetric(limit_floats, DType::kFloat32);
+  Tensor above = comm().allocate_symmetric(limit_floats + 1, DType::kFloat32);
+  setenv("DTRAIN_SHARED_MEMORY_MAX_MB", saved.c_str(), 1);
+  EXPECT_TRUE(comm().in_shared_memory(at_limit)) << "a 4 MiB bucket, ranks on one host";
+  EXPECT_FALSE(comm().in_shared_memory(above)) << "above 4 MiB Open MPI reduces it";
+  for (Tensor* t : {&at_limit, &above}) {
+    Generator gen(5, comm().rank());
+    Tensor input({t->numel()});
+    uniform_(input, -1, 1, gen);
+    t->copy_(input);
+    comm().all_reduce(*t, {ReduceOp::kSum})->wait();
+    expect_same_on_every_rank(*t, "all_reduce(sum) of a default-placed symmetric buffer");
+  }
 }
 
 TEST(MpiCollectives, RanksPretendingToBeOnTwoHostsShareMemoryPerHostAndMeetOverMpi) {
