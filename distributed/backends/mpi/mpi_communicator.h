@@ -72,7 +72,7 @@ class MpiCommunicator final : public HostCommunicator {
 
  protected:
   /// 4 MiB: small models' gradient buckets are reduced in shared memory, where Open MPI's per-call
-  /// cost is most of the time (the MLP's 0.9 MiB bucket: faster in 18 of 23 interleaved pairs of
+  /// cost is most of the time (the MLP's 0.9 MiB bucket: faster in 21 of 27 interleaved pairs of
   /// training runs on two CPUs); larger buffers stay with Open MPI, whose transport trained the
   /// CNN's 13 MB bucket as fast or faster (each rank's caches then hold its own gradients).
   double shared_memory_default_max_bytes() const override { return kSharedMemoryDefaultMaxBytes; }
