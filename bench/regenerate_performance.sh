@@ -62,6 +62,17 @@ run_overrides() {
     "train.checkpoint_every_steps=0"
 }
 
+# One dtrain command in a fresh run folder ($1: the command before the overrides; $2: what follows
+# them, e.g. a pipe), shown and run; the folder is removed afterwards.
+run_fresh() {
+  local d rc
+  d=$(new_run_dir)
+  run_shown "$1 $(run_overrides "$d")${2:+ $2}"
+  rc=$?
+  rm -rf "$d"
+  return "$rc"
+}
+
 # The last samples_per_sec of a run's output file.
 rate_of() { grep -o 'samples_per_sec=[0-9.]*' "$1" | tail -1 | cut -d= -f2; }
 
@@ -158,26 +169,22 @@ launch_vs_mpirun() {
 
 # The per-primitive oneDNN times of the AVX2 section (CNN 30 steps, ResNet 20), as the doc sums them.
 onednn_primitive_times() {
-  local rc=0 spec d sums
+  local rc=0 spec sums
   sums=$(cat <<'EOF'
 grep exec,cpu | grep -v mb256 | awk -F, '{k=$4","$5","$6; for (i=7; i<NF; i++) k=k","$i; t[k]+=$NF; n[k]++} END {for (k in t) printf "%9.2f ms %4d  %s\n", t[k], n[k], k}' | sort -rn
 EOF
   )
   for spec in fashion_mnist_cnn:30 fashion_mnist_resnet:20; do
-    d=$(new_run_dir)
-    run_shown "ONEDNN_VERBOSE=1 OMP_NUM_THREADS=1 build/dtrain train configs/${spec%%:*}.yaml train.max_steps=${spec#*:} train.threads=1 $(run_overrides "$d") | $sums" || rc=1
-    rm -rf "$d"
+    run_fresh "ONEDNN_VERBOSE=1 OMP_NUM_THREADS=1 build/dtrain train configs/${spec%%:*}.yaml train.max_steps=${spec#*:} train.threads=1" "| $sums" || rc=1
   done
   return "$rc"
 }
 
 # "bfloat16 on this CPU": the MLP config end to end at each train.precision.
 precision_mlp() {
-  local rc=0 p d
+  local rc=0 p
   for p in fp32 bf16 fp16; do
-    d=$(new_run_dir)
-    run_shown "build/dtrain train configs/fashion_mnist_mlp.yaml train.max_steps=300 train.threads=1 train.precision=$p $(run_overrides "$d")" || rc=1
-    rm -rf "$d"
+    run_fresh "build/dtrain train configs/fashion_mnist_mlp.yaml train.max_steps=300 train.threads=1 train.precision=$p" || rc=1
   done
   return "$rc"
 }
@@ -207,7 +214,7 @@ end_to_end_two_threads() {
   return "$rc"
 }
 
-export -f run_shown new_run_dir run_overrides rate_of trace_means thread_scaling zero1 \
+export -f run_shown run_fresh new_run_dir run_overrides rate_of trace_means thread_scaling zero1 \
   launch_vs_mpirun onednn_primitive_times precision_mlp step_phases end_to_end_two_threads
 
 # ---- the interpreter for the PyTorch comparisons -------------------------------------------------
